@@ -1,0 +1,56 @@
+package v1
+
+import metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+// AzureIdentityBindingSpec binds pods labelled aadpodidbinding=<selector> to
+// an AzureIdentity in the binding's namespace.
+type AzureIdentityBindingSpec struct {
+	// AzureIdentity is the name of an AzureIdentity in this namespace.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$`
+	AzureIdentity string `json:"azureIdentity"`
+
+	// Selector equals the aadpodidbinding label value of the pods to bind.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$`
+	Selector string `json:"selector"`
+
+	// Weight is kept for compatibility with earlier releases.
+	// +optional
+	Weight int `json:"weight,omitempty"`
+}
+
+// AzureIdentityBindingStatus is kept for compatibility with earlier releases.
+type AzureIdentityBindingStatus struct {
+	// +optional
+	AvailableReplicas int32 `json:"availableReplicas,omitempty"`
+}
+
+// AzureIdentityBinding gives pods with a matching aadpodidbinding label an
+// AzureIdentity.
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:printcolumn:name="Identity",type=string,JSONPath=`.spec.azureIdentity`
+// +kubebuilder:printcolumn:name="Selector",type=string,JSONPath=`.spec.selector`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type AzureIdentityBinding struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   AzureIdentityBindingSpec   `json:"spec,omitempty"`
+	Status AzureIdentityBindingStatus `json:"status,omitempty"`
+}
+
+// AzureIdentityBindingList is a list of AzureIdentityBinding.
+// +kubebuilder:object:root=true
+type AzureIdentityBindingList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []AzureIdentityBinding `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&AzureIdentityBinding{}, &AzureIdentityBindingList{})
+}

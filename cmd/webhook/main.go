@@ -1,0 +1,52 @@
+// Command webhook serves the aad-pod-identity admission webhook.
+package main
+
+import (
+	"flag"
+	"os"
+	"strings"
+
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+
+	"github.com/aad-pod-identity/aad-pod-identity/webhook"
+)
+
+func main() {
+	podNamespace := os.Getenv("POD_NAMESPACE")
+	if podNamespace == "" {
+		podNamespace = "default"
+	}
+	var (
+		opts    webhook.Options
+		trusted string
+	)
+	flag.StringVar(&opts.CertDir, "cert-dir", "/certs", "Directory holding the serving certificate; it is reloaded when it changes.")
+	flag.StringVar(&opts.CertName, "cert-name", "tls.crt", "Serving certificate file name in --cert-dir.")
+	flag.StringVar(&opts.KeyName, "key-name", "tls.key", "Serving key file name in --cert-dir.")
+	flag.IntVar(&opts.Port, "port", 9443, "Port the webhook serves HTTPS on.")
+	flag.StringVar(&opts.MetricsAddr, "metrics-bind-address", ":8080", "Address of the Prometheus metrics endpoint; 0 disables it.")
+	flag.StringVar(&opts.ProbeAddr, "health-probe-bind-address", ":8081", "Address of /healthz and /readyz.")
+	flag.BoolVar(&opts.AllowCrossNamespace, "allow-cross-namespace", false, "Let pods match AzureIdentityBindings in every namespace (the behaviour of releases before this design).")
+	flag.StringVar(&trusted, "trusted-service-accounts",
+		podNamespace+"/aad-pod-identity-webhook,"+podNamespace+"/aad-pod-identity-assigner",
+		"Comma-separated namespace/name of the service accounts that may change a pod's aadpodidbinding label, aadpodidentity.k8s.io/* annotations and scheduling gate after creation.")
+	zapOpts := zap.Options{}
+	zapOpts.BindFlags(flag.CommandLine)
+	flag.Parse()
+	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
+	log := ctrl.Log.WithName("setup")
+	opts.TrustedServiceAccounts = strings.Split(trusted, ",")
+
+	ctx := ctrl.SetupSignalHandler()
+	mgr, err := webhook.NewManager(ctx, ctrl.GetConfigOrDie(), opts)
+	if err != nil {
+		log.Error(err, "setting up webhook")
+		os.Exit(1)
+	}
+	log.Info("starting webhook", "port", opts.Port, "certDir", opts.CertDir, "allowCrossNamespace", opts.AllowCrossNamespace, "trusted", opts.TrustedServiceAccounts)
+	if err := mgr.Start(ctx); err != nil {
+		log.Error(err, "running manager")
+		os.Exit(1)
+	}
+}

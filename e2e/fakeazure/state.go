@@ -1,0 +1,156 @@
+// Package fakeazure simulates the Azure services this project talks to (ARM
+// compute, IMDS, Azure AD) over one shared state, so that IMDS hands out a
+// token only for an identity really assigned to the caller's VMSS or VM.
+package fakeazure
+
+import (
+	"fmt"
+	"maps"
+	"strings"
+	"sync"
+
+	"github.com/google/uuid"
+)
+
+// Identity is a user-assigned managed identity, as `az identity create` makes.
+type Identity struct {
+	ResourceID  string
+	Name        string
+	ClientID    string
+	PrincipalID string
+	TenantID    string
+}
+
+// PoolKind tells a VMSS from a standalone VM.
+type PoolKind string
+
+// Pool kinds.
+const (
+	KindVMSS PoolKind = "virtualMachineScaleSets"
+	KindVM   PoolKind = "virtualMachines"
+)
+
+// Pool is a VMSS or a standalone VM with its identities.
+type Pool struct {
+	ID       string // ARM ID as created (case preserved)
+	Kind     PoolKind
+	Name     string
+	Location string
+	// Instances are the VM names of a VMSS (a VM has itself).
+	Instances []string
+	// SystemAssigned holds the system-assigned identity's principal ID, or "".
+	SystemAssigned string
+	// UserAssigned maps the lower-cased resource ID of each assigned
+	// identity to the identity.
+	UserAssigned map[string]Identity
+}
+
+// State is the fake cloud. All methods are safe for concurrent use.
+type State struct {
+	mu         sync.Mutex
+	TenantID   string
+	identities map[string]Identity // by lower-cased resource ID
+	pools      map[string]*Pool    // by lower-cased ARM ID
+}
+
+// NewState returns an empty cloud in a fresh tenant.
+func NewState() *State {
+	return &State{TenantID: uuid.NewString(), identities: map[string]Identity{}, pools: map[string]*Pool{}}
+}
+
+func key(id string) string { return strings.ToLower(id) }
+
+// CreateIdentity registers a user-assigned identity.
+func (s *State) CreateIdentity(subscription, resourceGroup, name string) Identity {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	id := Identity{
+		ResourceID:  fmt.Sprintf("/subscriptions/%s/resourceGroups/%s/providers/Microsoft.ManagedIdentity/userAssignedIdentities/%s", subscription, resourceGroup, name),
+		Name:        name,
+		ClientID:    uuid.NewString(),
+		PrincipalID: uuid.NewString(),
+		TenantID:    s.TenantID,
+	}
+	if old, ok := s.identities[key(id.ResourceID)]; ok {
+		return old
+	}
+	s.identities[key(id.ResourceID)] = id
+	return id
+}
+
+// LookupIdentity finds a registered identity by resource ID (any case).
+func (s *State) LookupIdentity(resourceID string) (Identity, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	id, ok := s.identities[key(resourceID)]
+	return id, ok
+}
+
+// AddPool creates a VMSS (with instances named <name>_0 … ) or a VM.
+func (s *State) AddPool(kind PoolKind, subscription, resourceGroup, name string, instances int, systemAssigned bool) Pool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := &Pool{
+		ID:           fmt.Sprintf("/subscriptions/%s/resourceGroups/%s/providers/Microsoft.Compute/%s/%s", subscription, resourceGroup, kind, name),
+		Kind:         kind,
+		Name:         name,
+		Location:     "westus2",
+		UserAssigned: map[string]Identity{},
+	}
+	if kind == KindVM {
+		p.Instances = []string{name}
+	}
+	for i := 0; kind == KindVMSS && i < instances; i++ {
+		p.Instances = append(p.Instances, fmt.Sprintf("%s_%d", name, i))
+	}
+	if systemAssigned {
+		p.SystemAssigned = uuid.NewString()
+	}
+	s.pools[key(p.ID)] = p
+	return p.copy()
+}
+
+// Pool returns a copy of a pool by ARM ID (any case).
+func (s *State) Pool(id string) (Pool, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, ok := s.pools[key(id)]
+	if !ok {
+		return Pool{}, false
+	}
+	return p.copy(), true
+}
+
+// Assigned reports whether the identity with clientID is assigned to pool.
+func (s *State) Assigned(poolID, clientID string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, ok := s.pools[key(poolID)]
+	if !ok {
+		return false
+	}
+	for _, id := range p.UserAssigned {
+		if strings.EqualFold(id.ClientID, clientID) {
+			return true
+		}
+	}
+	return false
+}
+
+// update runs fn on a pool under the state's lock.
+func (s *State) update(poolID string, fn func(*Pool) error) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, ok := s.pools[key(poolID)]
+	if !ok {
+		return fmt.Errorf("pool %s not found", poolID)
+	}
+	return fn(p)
+}
+
+func (p *Pool) copy() Pool {
+	c := *p
+	c.Instances = append([]string(nil), p.Instances...)
+	c.UserAssigned = maps.Clone(p.UserAssigned)
+	return c
+}

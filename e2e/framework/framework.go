@@ -1,0 +1,116 @@
+// Package framework is the one place tests start the real control plane:
+// envtest with this project's CRDs and, when asked, its webhook
+// configurations rendered from config/webhook.
+package framework
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	"k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+)
+
+// RepoRoot is the repository's top directory.
+func RepoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+// Assets is the directory holding etcd, kube-apiserver and kubectl, built by
+// `make control-plane`.
+func Assets() (string, error) {
+	dir := os.Getenv("KUBEBUILDER_ASSETS")
+	if dir == "" {
+		return "", errors.New("KUBEBUILDER_ASSETS is not set: run the tests through `make test`, which builds the control plane and sets it")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "kube-apiserver")); err != nil {
+		return "", fmt.Errorf("no kube-apiserver in KUBEBUILDER_ASSETS=%s: run `make control-plane`: %w", dir, err)
+	}
+	return dir, nil
+}
+
+// Options choose what the environment installs.
+type Options struct {
+	// Webhooks installs config/webhook pointing at a local webhook server.
+	Webhooks bool
+}
+
+// NewEnvironment returns an envtest environment for this project, not yet
+// started.
+func NewEnvironment(opts Options) (*envtest.Environment, error) {
+	assets, err := Assets()
+	if err != nil {
+		return nil, err
+	}
+	env := &envtest.Environment{
+		BinaryAssetsDirectory: assets,
+		CRDDirectoryPaths:     []string{filepath.Join(RepoRoot(), "config", "crd")},
+		ErrorIfCRDPathMissing: true,
+	}
+	if opts.Webhooks {
+		mutating, validating, err := WebhookConfigurations()
+		if err != nil {
+			return nil, err
+		}
+		env.WebhookInstallOptions = envtest.WebhookInstallOptions{MutatingWebhooks: mutating, ValidatingWebhooks: validating}
+	}
+	return env, nil
+}
+
+// WebhookConfigurations renders config/webhook with kubectl kustomize, the
+// same way a user would apply it.
+func WebhookConfigurations() ([]*admissionregistrationv1.MutatingWebhookConfiguration, []*admissionregistrationv1.ValidatingWebhookConfiguration, error) {
+	assets, err := Assets()
+	if err != nil {
+		return nil, nil, err
+	}
+	var stderr bytes.Buffer
+	cmd := exec.Command(filepath.Join(assets, "kubectl"), "kustomize", filepath.Join(RepoRoot(), "config", "webhook"))
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, nil, fmt.Errorf("kubectl kustomize config/webhook: %w: %s", err, stderr.String())
+	}
+	var (
+		mutating   []*admissionregistrationv1.MutatingWebhookConfiguration
+		validating []*admissionregistrationv1.ValidatingWebhookConfiguration
+	)
+	dec := yaml.NewYAMLOrJSONDecoder(bytes.NewReader(out), 4096)
+	for {
+		var raw map[string]any
+		if err := dec.Decode(&raw); err != nil {
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			return nil, nil, fmt.Errorf("decoding rendered webhooks: %w", err)
+		}
+		js, err := json.Marshal(raw)
+		if err != nil {
+			return nil, nil, err
+		}
+		switch raw["kind"] {
+		case "MutatingWebhookConfiguration":
+			m := &admissionregistrationv1.MutatingWebhookConfiguration{}
+			if err := json.Unmarshal(js, m); err != nil {
+				return nil, nil, fmt.Errorf("decoding %s: %w", raw["kind"], err)
+			}
+			mutating = append(mutating, m)
+		case "ValidatingWebhookConfiguration":
+			v := &admissionregistrationv1.ValidatingWebhookConfiguration{}
+			if err := json.Unmarshal(js, v); err != nil {
+				return nil, nil, fmt.Errorf("decoding %s: %w", raw["kind"], err)
+			}
+			validating = append(validating, v)
+		}
+	}
+	return mutating, validating, nil
+}

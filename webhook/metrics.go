@@ -1,0 +1,55 @@
+package webhook
+
+import (
+	"context"
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+)
+
+// Admission latency is controller-runtime's
+// controller_runtime_webhook_latency_seconds{webhook=<path>}; this adds the
+// outcome and its reason, which controller-runtime cannot know.
+var admissionOutcomes = prometheus.NewCounterVec(prometheus.CounterOpts{
+	Name: "aadpodidentity_admission_outcomes_total",
+	Help: "Admission decisions by webhook, whether the request was allowed, and reason.",
+}, []string{"webhook", "allowed", "reason"})
+
+func init() {
+	metrics.Registry.MustRegister(admissionOutcomes)
+}
+
+// Reasons recorded in admissionOutcomes; a small fixed set keeps the metric's
+// cardinality bounded.
+const (
+	reasonIgnored            = "ignored"
+	reasonBadRequest         = "bad-request"
+	reasonLookupError        = "lookup-error"
+	reasonResolved           = "resolved"
+	reasonNoBinding          = "no-binding"
+	reasonAnnotationMismatch = "annotation-mismatch"
+	reasonUntrustedChange    = "untrusted-change"
+	reasonTrusted            = "trusted"
+	reasonUnchanged          = "unchanged"
+	reasonValid              = "valid"
+	reasonWarned             = "warned"
+)
+
+// decide is an admission decision with the reason it is counted under.
+type decide func(ctx context.Context, req admission.Request) (admission.Response, string)
+
+// instrumented counts every decision of a handler.
+type instrumented struct {
+	name string
+	fn   decide
+}
+
+var _ admission.Handler = instrumented{}
+
+func (h instrumented) Handle(ctx context.Context, req admission.Request) admission.Response {
+	resp, reason := h.fn(ctx, req)
+	admissionOutcomes.WithLabelValues(h.name, strconv.FormatBool(resp.Allowed), reason).Inc()
+	return resp
+}

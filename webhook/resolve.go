@@ -1,0 +1,157 @@
+package webhook
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+)
+
+// BindingSelectorIndex indexes AzureIdentityBindings by spec.selector so
+// that resolving a pod's label is one indexed lookup.
+const BindingSelectorIndex = "spec.selector"
+
+// Resolved is one AzureIdentity a pod is admitted for.
+type Resolved struct {
+	Namespace string
+	Name      string
+	ClientID  string
+	Type      aadv1.IdentityType
+}
+
+// Key is namespace/name, as written in the identities annotation.
+func (r Resolved) Key() string { return r.Namespace + "/" + r.Name }
+
+// Resolution is what a pod's aadpodidbinding label resolves to.
+type Resolution struct {
+	Identities []Resolved
+	// Dangling lists bindings that name an AzureIdentity that does not exist.
+	Dangling []string
+}
+
+// NeedsAssignment reports whether any identity must be put on a node pool
+// before the pod may be scheduled.
+func (r Resolution) NeedsAssignment() bool {
+	for _, id := range r.Identities {
+		if id.Type == aadv1.UserAssignedMSI {
+			return true
+		}
+	}
+	return false
+}
+
+// Annotations returns the identity annotations for the resolution.
+func (r Resolution) Annotations() map[string]string {
+	keys := make([]string, 0, len(r.Identities))
+	ids := make([]string, 0, len(r.Identities))
+	for _, id := range r.Identities {
+		keys = append(keys, id.Key())
+		ids = append(ids, id.ClientID)
+	}
+	return map[string]string{
+		aadv1.AnnotationIdentities: strings.Join(keys, ","),
+		aadv1.AnnotationClientIDs:  strings.Join(ids, ","),
+	}
+}
+
+// Resolve matches bindings to a pod's selector. Only bindings in the pod's
+// namespace count unless allowCrossNamespace is set; a binding always names
+// an AzureIdentity in its own namespace. The result is sorted and
+// deduplicated so that annotations are stable across replicas.
+func Resolve(podNamespace, selector string, bindings []aadv1.AzureIdentityBinding, identities []aadv1.AzureIdentity, allowCrossNamespace bool) Resolution {
+	var res Resolution
+	if selector == "" {
+		return res
+	}
+	byKey := make(map[string]*aadv1.AzureIdentity, len(identities))
+	for i := range identities {
+		byKey[identities[i].Namespace+"/"+identities[i].Name] = &identities[i]
+	}
+	seen := map[string]bool{}
+	for _, b := range bindings {
+		if b.Spec.Selector != selector || (!allowCrossNamespace && b.Namespace != podNamespace) {
+			continue
+		}
+		key := b.Namespace + "/" + b.Spec.AzureIdentity
+		id, ok := byKey[key]
+		if !ok {
+			res.Dangling = append(res.Dangling, b.Namespace+"/"+b.Name)
+			continue
+		}
+		if seen[key] {
+			continue
+		}
+		seen[key] = true
+		res.Identities = append(res.Identities, Resolved{Namespace: id.Namespace, Name: id.Name, ClientID: id.Spec.ClientID, Type: id.Spec.Type})
+	}
+	sort.Slice(res.Identities, func(i, j int) bool { return res.Identities[i].Key() < res.Identities[j].Key() })
+	sort.Strings(res.Dangling)
+	return res
+}
+
+// Resolver looks bindings and identities up and resolves a pod's label.
+type Resolver struct {
+	// Cache is read first; Live is read when the cache may be behind, which
+	// happens when a binding or identity is applied together with the pod.
+	Cache               client.Reader
+	Live                client.Reader
+	AllowCrossNamespace bool
+}
+
+// Resolve resolves the selector for a pod in podNamespace.
+func (r *Resolver) Resolve(ctx context.Context, podNamespace, selector string) (Resolution, error) {
+	if selector == "" {
+		return Resolution{}, nil
+	}
+	res, err := r.resolveFrom(ctx, r.Cache, true, podNamespace, selector)
+	if err != nil || r.Live == nil || (len(res.Identities) > 0 && len(res.Dangling) == 0) {
+		return res, err
+	}
+	return r.resolveFrom(ctx, r.Live, false, podNamespace, selector)
+}
+
+func (r *Resolver) resolveFrom(ctx context.Context, reader client.Reader, indexed bool, podNamespace, selector string) (Resolution, error) {
+	var opts []client.ListOption
+	if !r.AllowCrossNamespace {
+		opts = append(opts, client.InNamespace(podNamespace))
+	}
+	if indexed {
+		opts = append(opts, client.MatchingFields{BindingSelectorIndex: selector})
+	}
+	var bindings aadv1.AzureIdentityBindingList
+	if err := reader.List(ctx, &bindings, opts...); err != nil {
+		return Resolution{}, fmt.Errorf("listing AzureIdentityBindings: %w", err)
+	}
+	// Only the identities the matching bindings name are fetched.
+	var identities []aadv1.AzureIdentity
+	fetched := map[client.ObjectKey]bool{}
+	for _, b := range bindings.Items {
+		key := client.ObjectKey{Namespace: b.Namespace, Name: b.Spec.AzureIdentity}
+		if b.Spec.Selector != selector || fetched[key] {
+			continue
+		}
+		fetched[key] = true
+		var id aadv1.AzureIdentity
+		if err := reader.Get(ctx, key, &id); err != nil {
+			if client.IgnoreNotFound(err) == nil {
+				continue
+			}
+			return Resolution{}, fmt.Errorf("getting AzureIdentity %s: %w", key, err)
+		}
+		identities = append(identities, id)
+	}
+	return Resolve(podNamespace, selector, bindings.Items, identities, r.AllowCrossNamespace), nil
+}
+
+// IndexBindingSelector is the field indexer for BindingSelectorIndex.
+func IndexBindingSelector(obj client.Object) []string {
+	b, ok := obj.(*aadv1.AzureIdentityBinding)
+	if !ok {
+		return nil
+	}
+	return []string{b.Spec.Selector}
+}

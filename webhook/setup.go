@@ -1,0 +1,164 @@
+// Package webhook is the admission webhook: it resolves a pod's
+// aadpodidbinding label at creation, records the admitted identities on the
+// pod and gates it until the assigner has put them on the node pools, and
+// guards those records afterwards.
+package webhook
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"k8s.io/apimachinery/pkg/runtime"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	"k8s.io/apimachinery/pkg/util/sets"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/webhook"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+)
+
+// +kubebuilder:rbac:groups=aadpodidentity.k8s.io,resources=azureidentities;azureidentitybindings,verbs=get;list;watch
+
+// Paths the handlers are served on; the generated configurations use them.
+const (
+	MutatePodPath        = "/mutate-v1-pod"
+	ValidatePodPath      = "/validate-v1-pod"
+	ValidateBindingPath  = "/validate-aadpodidentity-k8s-io-v1-azureidentitybinding"
+	ValidateIdentityPath = "/validate-aadpodidentity-k8s-io-v1-azureidentity"
+)
+
+// Options configure the webhook.
+type Options struct {
+	// Port and CertDir/CertName/KeyName locate the HTTPS server and its
+	// serving certificate, which is reloaded when it changes on disk.
+	Port                       int
+	CertDir, CertName, KeyName string
+	// MetricsAddr and ProbeAddr are the metrics and /healthz, /readyz
+	// listen addresses ("0" disables).
+	MetricsAddr, ProbeAddr string
+	// AllowCrossNamespace lets a pod match bindings in every namespace, as
+	// releases before this design did.
+	AllowCrossNamespace bool
+	// TrustedServiceAccounts ("namespace/name") may change the label,
+	// annotations and gate of an existing pod.
+	TrustedServiceAccounts []string
+}
+
+// Scheme holds the types the webhook reads.
+func Scheme() *runtime.Scheme {
+	s := runtime.NewScheme()
+	utilruntime.Must(clientgoscheme.AddToScheme(s))
+	utilruntime.Must(aadv1.AddToScheme(s))
+	return s
+}
+
+// NewManager builds a manager that serves the webhook with health checks and
+// metrics; the caller starts it.
+func NewManager(ctx context.Context, cfg *rest.Config, opts Options) (manager.Manager, error) {
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:                 Scheme(),
+		Metrics:                metricsserver.Options{BindAddress: opts.MetricsAddr},
+		HealthProbeBindAddress: opts.ProbeAddr,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("creating manager: %w", err)
+	}
+	server := CertWaitingServer{
+		Server:   webhook.NewServer(webhook.Options{Port: opts.Port, CertDir: opts.CertDir, CertName: opts.CertName, KeyName: opts.KeyName}),
+		CertFile: filepath.Join(opts.CertDir, opts.CertName),
+		KeyFile:  filepath.Join(opts.CertDir, opts.KeyName),
+	}
+	if err := Setup(ctx, mgr, server, opts); err != nil {
+		return nil, err
+	}
+	if err := mgr.Add(server); err != nil {
+		return nil, fmt.Errorf("adding webhook server: %w", err)
+	}
+	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
+		return nil, fmt.Errorf("adding health check: %w", err)
+	}
+	// Ready once the server answers TLS: certificates loaded, handlers registered.
+	if err := mgr.AddReadyzCheck("webhook", server.StartedChecker()); err != nil {
+		return nil, fmt.Errorf("adding ready check: %w", err)
+	}
+	return mgr, nil
+}
+
+// Setup indexes bindings and registers the handlers on the server.
+func Setup(ctx context.Context, mgr manager.Manager, server webhook.Server, opts Options) error {
+	trusted := sets.New[string]()
+	for _, sa := range opts.TrustedServiceAccounts {
+		u, err := serviceAccountUsername(sa)
+		if err != nil {
+			return err
+		}
+		trusted.Insert(u)
+	}
+	if err := mgr.GetFieldIndexer().IndexField(ctx, &aadv1.AzureIdentityBinding{}, BindingSelectorIndex, IndexBindingSelector); err != nil {
+		return fmt.Errorf("indexing AzureIdentityBindings by selector: %w", err)
+	}
+	decoder := admission.NewDecoder(mgr.GetScheme())
+	resolver := &Resolver{Cache: mgr.GetCache(), Live: mgr.GetAPIReader(), AllowCrossNamespace: opts.AllowCrossNamespace}
+	crs := &CRValidator{Reader: resolver.Live, Decoder: decoder}
+
+	register := func(path, name string, fn decide) {
+		server.Register(path, (&admission.Webhook{Handler: instrumented{name: name, fn: fn}}).WithRecoverPanic(true))
+	}
+	register(MutatePodPath, "mutate-pod", (&PodMutator{Resolver: resolver, Decoder: decoder}).handle)
+	register(ValidatePodPath, "validate-pod", (&PodValidator{Resolver: resolver, Decoder: decoder, Trusted: trusted}).handle)
+	register(ValidateBindingPath, "validate-azureidentitybinding", crs.handleBinding)
+	register(ValidateIdentityPath, "validate-azureidentity", crs.handleIdentity)
+	return nil
+}
+
+func serviceAccountUsername(nsName string) (string, error) {
+	ns, name, ok := strings.Cut(nsName, "/")
+	if !ok || ns == "" || name == "" || strings.Contains(name, "/") {
+		return "", fmt.Errorf("trusted service account %q: want namespace/name", nsName)
+	}
+	return "system:serviceaccount:" + ns + ":" + name, nil
+}
+
+// CertWaitingServer starts the webhook server only once the serving
+// certificate exists, so that a pod started before cert-manager has issued
+// its certificate waits (unready) instead of crash-looping. The server itself
+// reloads the certificate when it is rotated.
+type CertWaitingServer struct {
+	webhook.Server
+	CertFile, KeyFile string
+}
+
+// Start waits for the certificate, then serves until ctx ends.
+func (s CertWaitingServer) Start(ctx context.Context) error {
+	logger := log.FromContext(ctx).WithValues("certFile", s.CertFile)
+	for tick := time.NewTicker(time.Second); ; {
+		if fileExists(s.CertFile) && fileExists(s.KeyFile) {
+			tick.Stop()
+			break
+		}
+		logger.Info("waiting for the serving certificate")
+		select {
+		case <-ctx.Done():
+			tick.Stop()
+			return nil
+		case <-tick.C:
+		}
+	}
+	return s.Server.Start(ctx)
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
