@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -135,6 +136,9 @@ func TestWalkthroughPodIsGatedAndAnnotated(t *testing.T) {
 	}
 	if !hasGate(got) {
 		t.Errorf("pod has no %s gate: %+v", aadv1.SchedulingGate, got.Spec.SchedulingGates)
+	}
+	if n := testutil.ToFloat64(admissionOutcomes.WithLabelValues("mutate-pod", "true", reasonResolved)); n < 1 {
+		t.Errorf("admission outcome metric for resolved pods = %v, want >= 1", n)
 	}
 	out, _, err := kubectl(t, "", "get", "azureidentities,azureidentitybindings", "-n", ns)
 	if err != nil || !strings.Contains(out, demoClientID) || !strings.Contains(out, "demo-binding") {
