@@ -165,14 +165,18 @@ func TestLabelWithoutBindingIsAdmittedWithWarning(t *testing.T) {
 
 func TestBindingInAnotherNamespace(t *testing.T) {
 	podNS, bindingNS := newNamespace(t), newNamespace(t)
-	identity, binding, pod := walkthrough("demo", demoClientID, demoResourceID)
+	// A selector of its own: with cross-namespace matching, other tests'
+	// bindings would match too.
+	identity, binding, pod := walkthrough("cross", demoClientID, demoResourceID)
+	stop := startWebhook(t, Options{})
 	apply(t, bindingNS, identity)
 	apply(t, bindingNS, binding)
+	stop()
 
 	for _, tt := range []struct {
 		cross bool
 		want  string
-	}{{false, ""}, {true, bindingNS + "/demo"}} {
+	}{{false, ""}, {true, bindingNS + "/cross"}} {
 		t.Run(fmt.Sprintf("allow-cross-namespace=%v", tt.cross), func(t *testing.T) {
 			stop := startWebhook(t, Options{AllowCrossNamespace: tt.cross})
 			defer stop()

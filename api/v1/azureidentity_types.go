@@ -88,6 +88,7 @@ type AzureIdentityStatus struct {
 // AzureIdentity is an Azure AD identity that pods can be bound to.
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
+// +kubebuilder:metadata:annotations="api-approved.kubernetes.io=unapproved, the aadpodidentity.k8s.io API predates the approval process and is kept for compatibility"
 // +kubebuilder:printcolumn:name="Type",type=integer,JSONPath=`.spec.type`
 // +kubebuilder:printcolumn:name="ClientID",type=string,JSONPath=`.spec.clientID`
 // +kubebuilder:printcolumn:name="ResourceID",type=string,JSONPath=`.spec.resourceID`,priority=1
