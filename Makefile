@@ -51,7 +51,7 @@ build: ## Build the binaries into bin/.
 
 ##@ Test
 .PHONY: test
-test: deps control-plane verify-generated vet ## Run every test (unit, envtest integration, fuzz smoke).
+test: deps control-plane verify-generated vet chart-test-deps ## Run every test (unit, envtest integration, fuzz smoke).
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	go test -race -count=1 ./...
 	go test -run '^$$' -fuzz FuzzAdmission -fuzztime $(FUZZTIME) ./webhook/
@@ -83,3 +83,37 @@ deps: ## Install the system packages the tests need (apt, when missing).
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
 		DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+
+##@ Chart and images
+HELM_VERSION         ?= v4.3.1
+CERT_MANAGER_VERSION ?= v1.21.2
+HELM                 ?= $(BIN)/helm-$(HELM_VERSION)
+CHART                := charts/aad-pod-identity
+# cert-manager's CRDs are plain YAML in its Go module; the chart tests install them into envtest.
+CERT_MANAGER_CRDS    ?= $(shell go env GOMODCACHE)/github.com/cert-manager/cert-manager@$(CERT_MANAGER_VERSION)/deploy/crds
+export HELM CERT_MANAGER_CRDS
+IMAGE_REGISTRY ?= ghcr.io/aad-pod-identity
+IMAGE_TAG      ?= v0.1.0
+IMAGES         := webhook assigner nmi demo
+CONTAINER_TOOL ?= docker
+
+.PHONY: chart-test-deps chart-crds update-golden images
+chart-test-deps: $(HELM) $(CERT_MANAGER_CRDS) ## Build helm and fetch cert-manager's CRDs for the chart tests.
+
+$(HELM):
+	GOBIN=$(BIN)/helm-$(HELM_VERSION).d go install helm.sh/helm/v4/cmd/helm@$(HELM_VERSION)
+	mv $(BIN)/helm-$(HELM_VERSION).d/helm $@ && rmdir $(BIN)/helm-$(HELM_VERSION).d
+
+$(CERT_MANAGER_CRDS):
+	cd $(CURDIR) && go mod download github.com/cert-manager/cert-manager@$(CERT_MANAGER_VERSION)
+
+chart-crds: ## Copy config/crd into the chart (a chart test fails when they differ).
+	rm -f $(CHART)/crds/*.yaml && cp config/crd/*.yaml $(CHART)/crds/
+
+update-golden: chart-test-deps ## Rewrite the chart's golden helm template outputs.
+	go test ./charts/... -run TestGolden -update
+
+images: ## Build the container images (needs a container engine; not run in CI).
+	@for i in $(IMAGES); do \
+		$(CONTAINER_TOOL) build -f build/Dockerfile --target $$i --build-arg GO_VERSION=$$(go env GOVERSION | sed 's/^go//') \
+			-t $(IMAGE_REGISTRY)/$$i:$(IMAGE_TAG) . || exit 1; done

@@ -18,8 +18,10 @@ func main() {
 		podNamespace = "default"
 	}
 	var (
-		opts    webhook.Options
-		trusted string
+		opts     webhook.Options
+		trusted  string
+		rotation webhook.CertRotation
+		rotate   bool
 	)
 	flag.StringVar(&opts.CertDir, "cert-dir", "/certs", "Directory holding the serving certificate; it is reloaded when it changes.")
 	flag.StringVar(&opts.CertName, "cert-name", "tls.crt", "Serving certificate file name in --cert-dir.")
@@ -31,6 +33,10 @@ func main() {
 	flag.StringVar(&trusted, "trusted-service-accounts",
 		podNamespace+"/aad-pod-identity-webhook,"+podNamespace+"/aad-pod-identity-assigner",
 		"Comma-separated namespace/name of the service accounts that may change a pod's aadpodidbinding label, aadpodidentity.k8s.io/* annotations and scheduling gate after creation.")
+	flag.BoolVar(&rotate, "cert-rotation", false, "Create, renew and inject the serving certificate and its CA without cert-manager; --cert-dir must be where the --cert-secret-name Secret is mounted.")
+	flag.StringVar(&rotation.Secret.Name, "cert-secret-name", "aad-pod-identity-webhook-cert", "With --cert-rotation: the Secret in $POD_NAMESPACE that holds the CA and serving certificate.")
+	flag.StringVar(&rotation.ServiceName, "cert-service-name", "aad-pod-identity-webhook", "With --cert-rotation: the webhook Service in $POD_NAMESPACE the certificate is issued for.")
+	flag.StringVar(&rotation.WebhookConfigurationName, "webhook-configuration-name", "aad-pod-identity", "With --cert-rotation: the Mutating- and ValidatingWebhookConfiguration whose caBundle is injected.")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -44,7 +50,15 @@ func main() {
 		log.Error(err, "setting up webhook")
 		os.Exit(1)
 	}
-	log.Info("starting webhook", "port", opts.Port, "certDir", opts.CertDir, "allowCrossNamespace", opts.AllowCrossNamespace, "trusted", opts.TrustedServiceAccounts)
+	if rotate {
+		rotation.Secret.Namespace = podNamespace
+		rotation.CertDir, rotation.CertName, rotation.KeyName = opts.CertDir, opts.CertName, opts.KeyName
+		if err := webhook.AddCertRotation(mgr, rotation); err != nil {
+			log.Error(err, "setting up certificate rotation")
+			os.Exit(1)
+		}
+	}
+	log.Info("starting webhook", "certRotation", rotate, "port", opts.Port, "certDir", opts.CertDir, "allowCrossNamespace", opts.AllowCrossNamespace, "trusted", opts.TrustedServiceAccounts)
 	if err := mgr.Start(ctx); err != nil {
 		log.Error(err, "running manager")
 		os.Exit(1)

@@ -1,0 +1,105 @@
+{{/* Chart name, truncated to the 63 characters of a label value. */}}
+{{- define "aad-pod-identity.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Release-wide name prefix; components append -webhook, -assigner, -nmi. */}}
+{{- define "aad-pod-identity.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 50 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 50 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 50 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "aad-pod-identity.webhook" -}}{{ include "aad-pod-identity.fullname" . }}-webhook{{- end }}
+{{- define "aad-pod-identity.assigner" -}}{{ include "aad-pod-identity.fullname" . }}-assigner{{- end }}
+{{- define "aad-pod-identity.nmi" -}}{{ include "aad-pod-identity.fullname" . }}-nmi{{- end }}
+{{- define "aad-pod-identity.cleanup" -}}{{ include "aad-pod-identity.fullname" . }}-cleanup{{- end }}
+{{/* Secret holding the webhook's serving certificate (cert-manager or built-in rotation). */}}
+{{- define "aad-pod-identity.webhookCertSecret" -}}{{ include "aad-pod-identity.webhook" . }}-cert{{- end }}
+
+{{/* Labels on every object; call with (dict "root" $ "component" "webhook"). */}}
+{{- define "aad-pod-identity.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+{{ include "aad-pod-identity.selectorLabels" . }}
+{{- with .root.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "aad-pod-identity.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "aad-pod-identity.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+{{- with .component }}
+app.kubernetes.io/component: {{ . }}
+{{- end }}
+{{- end }}
+
+{{/* repository:tag, the tag defaulting to the chart's appVersion; call with (dict "root" $ "image" .Values.x.image). */}}
+{{- define "aad-pod-identity.image" -}}
+{{ .image.repository }}:{{ .image.tag | default .root.Chart.AppVersion }}
+{{- end }}
+
+{{/* Scheduling and pod-level settings shared by every component; call with (dict "root" $ "v" .Values.x). */}}
+{{- define "aad-pod-identity.podScheduling" -}}
+{{- with .root.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .v.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with .v.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .v.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .v.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* Pod template metadata; call with (dict "root" $ "component" "webhook" "v" .Values.webhook). */}}
+{{- define "aad-pod-identity.podMetadata" -}}
+metadata:
+  labels:
+    {{- include "aad-pod-identity.labels" . | nindent 4 }}
+    {{- with .v.podLabels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- with .v.podAnnotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
+
+{{/* The flags that locate NMI's iptables redirect; `nmi` and `nmi cleanup` take the same. */}}
+{{- define "aad-pod-identity.nmiRedirectArgs" -}}
+- --listen-address={{ .Values.nmi.listenAddress }}
+- --metadata-ip={{ .Values.nmi.metadataIP }}
+- --metadata-port={{ .Values.nmi.metadataPort }}
+{{- end }}
+
+{{/* iptables takes the host's xtables lock so that NMI and kube-proxy do not race. */}}
+{{- define "aad-pod-identity.xtablesMount" -}}
+- name: xtables-lock
+  mountPath: /run/xtables.lock
+{{- end }}
+{{- define "aad-pod-identity.xtablesVolume" -}}
+- name: xtables-lock
+  hostPath:
+    path: /run/xtables.lock
+    type: FileOrCreate
+{{- end }}

@@ -1,0 +1,170 @@
+package charts
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/yaml"
+
+	"github.com/aad-pod-identity/aad-pod-identity/e2e/framework"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files (make update-golden)")
+
+// cases are the value sets with golden renderings, in testdata/<case>.values.yaml.
+var cases = []string{"default", "builtin-certs", "custom-issuer"}
+
+const (
+	goldenRelease   = "aad-pod-identity"
+	goldenNamespace = "aad-pod-identity"
+)
+
+func chartDir() string { return filepath.Join(framework.RepoRoot(), "charts", "aad-pod-identity") }
+
+func valuesFile(c string) string { return filepath.Join("testdata", c+".values.yaml") }
+
+// helm runs the helm binary that `make chart-test-deps` builds.
+func helm(args ...string) (string, error) {
+	bin := os.Getenv("HELM")
+	if bin == "" {
+		return "", errors.New("HELM is not set: run the tests through `make test`, which builds helm and sets it")
+	}
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	// A private home keeps helm away from the user's repositories and plugins.
+	home := os.TempDir()
+	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+filepath.Join(home, "aadpi-chart-helm", "cache"),
+		"HELM_CONFIG_HOME="+filepath.Join(home, "aadpi-chart-helm", "config"), "HELM_DATA_HOME="+filepath.Join(home, "aadpi-chart-helm", "data"))
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("helm %s: %w: %s", strings.Join(args, " "), err, stderr.String())
+	}
+	return stdout.String(), nil
+}
+
+// render is `helm template` of the chart in namespace ns with the given
+// values file (may be empty) and --set flags.
+func render(release, ns, values string, set ...string) (string, error) {
+	args := []string{"template", release, chartDir(), "--namespace", ns}
+	if values != "" {
+		args = append(args, "--values", values)
+	}
+	for _, s := range set {
+		args = append(args, "--set", s)
+	}
+	return helm(args...)
+}
+
+// objects splits a rendering into its documents.
+func objects(manifest string) ([]*unstructured.Unstructured, error) {
+	var objs []*unstructured.Unstructured
+	dec := yaml.NewYAMLOrJSONDecoder(strings.NewReader(manifest), 4096)
+	for {
+		var raw map[string]any
+		if err := dec.Decode(&raw); err != nil {
+			if errors.Is(err, io.EOF) {
+				return objs, nil
+			}
+			return nil, fmt.Errorf("decoding rendered manifest: %w", err)
+		}
+		if raw != nil {
+			objs = append(objs, &unstructured.Unstructured{Object: raw})
+		}
+	}
+}
+
+func TestCRDsMatchConfig(t *testing.T) {
+	want, err := filepath.Glob(filepath.Join(framework.RepoRoot(), "config", "crd", "*.yaml"))
+	if err != nil || len(want) == 0 {
+		t.Fatalf("no CRDs in config/crd: %v", err)
+	}
+	got, err := filepath.Glob(filepath.Join(chartDir(), "crds", "*.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(want) {
+		t.Errorf("chart has %d CRD files, config/crd has %d: run `make chart-crds`", len(got), len(want))
+	}
+	for _, w := range want {
+		wb, err := os.ReadFile(w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		gb, err := os.ReadFile(filepath.Join(chartDir(), "crds", filepath.Base(w)))
+		if err != nil || !bytes.Equal(gb, wb) {
+			t.Errorf("crds/%s differs from config/crd (%v): run `make chart-crds`", filepath.Base(w), err)
+		}
+	}
+}
+
+func TestLint(t *testing.T) {
+	for _, c := range cases {
+		t.Run(c, func(t *testing.T) {
+			if out, err := helm("lint", "--strict", chartDir(), "--values", valuesFile(c)); err != nil {
+				t.Errorf("%v\n%s", err, out)
+			}
+		})
+	}
+}
+
+func TestGolden(t *testing.T) {
+	for _, c := range cases {
+		t.Run(c, func(t *testing.T) {
+			got, err := render(goldenRelease, goldenNamespace, valuesFile(c))
+			if err != nil {
+				t.Fatal(err)
+			}
+			golden := filepath.Join("testdata", c+".golden.yaml")
+			if *update {
+				if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(golden)
+			if err != nil {
+				t.Fatalf("%v: run `make update-golden`", err)
+			}
+			if got != string(want) {
+				t.Errorf("helm template with %s differs from %s: run `make update-golden` and review the diff", valuesFile(c), golden)
+			}
+		})
+	}
+}
+
+func TestSchemaRejectsBadValues(t *testing.T) {
+	tests := []struct {
+		name string
+		set  []string
+		want string
+	}{
+		{"unknown top-level value", []string{"webhooks.replicas=2"}, "webhooks"},
+		{"zero webhook replicas", []string{"webhook.replicas=0"}, "replicas"},
+		{"bad credential source", []string{"assigner.azure.source=file"}, "source"},
+		{"secret without subscription", []string{"assigner.azure.source=secret", "assigner.azure.tenantID=t", "assigner.azure.resourceGroup=rg", "assigner.azure.useManagedIdentityExtension=true"}, "subscriptionID"},
+		{"secret without credentials", []string{"assigner.azure.source=secret", "assigner.azure.tenantID=t", "assigner.azure.subscriptionID=s", "assigner.azure.resourceGroup=rg"}, "clientSecret"},
+		{"existing secret without name", []string{"assigner.azure.source=existingSecret"}, "existingSecret"},
+		{"issuerRef without kind", []string{"certManager.issuerRef.name=corp"}, "kind"},
+		{"several assigners without leader election", []string{"assigner.leaderElect=false"}, "leaderElect"},
+		{"bad duration", []string{"assigner.gcGracePeriod=five minutes"}, "gcGracePeriod"},
+		{"identity type out of range", []string{"azureIdentities[0].name=x", "azureIdentities[0].type=3"}, "type"},
+		{"user-assigned identity without client ID", []string{"azureIdentities[0].name=x", "azureIdentities[0].type=0", "azureIdentities[0].resourceID=/r"}, "clientID"},
+		{"bad metadata path", []string{"nmi.allowedMetadataPaths={metadata/instance}"}, "allowedMetadataPaths"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := render(goldenRelease, goldenNamespace, "", tc.set...)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("helm template --set %v = %v, want a schema error naming %q", tc.set, err, tc.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,207 @@
+package charts
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	authorizationv1 "k8s.io/api/authorization/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+)
+
+// grant is one permission a component must have: verbs on group/resource in
+// every namespace (ns "*"), in the release namespace only (ns "release"),
+// or cluster-scoped (ns ""), for every name or only for names.
+type grant struct {
+	group, resource string
+	verbs           []string
+	ns              string
+	names           []string
+}
+
+var (
+	read = []string{"get", "list", "watch"}
+	crud = []string{"get", "list", "watch", "create", "update", "patch", "delete"}
+	crds = []string{"azureidentities", "azureidentitybindings", "azureassignedidentities", "azurepodidentityexceptions"}
+)
+
+const aad = "aadpodidentity.k8s.io"
+
+// expected lists what each component needs, per chart options.
+func expected(release string, builtinCerts, servicePrincipals, taintRemoval, cleanup bool) map[string][]grant {
+	g := map[string][]grant{
+		"webhook": {
+			{aad, "azureidentities", read, "*", nil},
+			{aad, "azureidentitybindings", read, "*", nil},
+		},
+		"assigner": {
+			{"", "pods", []string{"get", "list", "watch", "update", "patch"}, "*", nil},
+			{"", "nodes", read, "", nil},
+			{"", "events", []string{"create", "patch"}, "*", nil},
+			{"events.k8s.io", "events", []string{"create", "patch"}, "*", nil},
+			{aad, "azureidentities", read, "*", nil},
+			{aad, "azureidentitybindings", read, "*", nil},
+			{aad, "azurepodidentityexceptions", read, "*", nil},
+			{aad, "azureassignedidentities", crud, "*", nil},
+			{aad, "azureassignedidentities/status", []string{"get", "update", "patch"}, "*", nil},
+			{"coordination.k8s.io", "leases", crud, "release", nil},
+		},
+		"nmi": {{"", "pods", []string{"list", "watch"}, "*", nil}},
+	}
+	for _, r := range crds {
+		g["nmi"] = append(g["nmi"], grant{aad, r, read, "*", nil})
+	}
+	if builtinCerts {
+		for _, r := range []string{"mutatingwebhookconfigurations", "validatingwebhookconfigurations"} {
+			g["webhook"] = append(g["webhook"],
+				grant{"admissionregistration.k8s.io", r, read, "", nil},
+				grant{"admissionregistration.k8s.io", r, []string{"update", "patch"}, "", []string{release}})
+		}
+		g["webhook"] = append(g["webhook"],
+			grant{"", "secrets", read, "release", nil},
+			grant{"", "secrets", []string{"update", "patch"}, "release", []string{release + "-webhook-cert"}})
+	}
+	if servicePrincipals {
+		g["nmi"] = append(g["nmi"], grant{"", "secrets", []string{"get"}, "*", nil})
+	}
+	if taintRemoval {
+		g["nmi"] = append(g["nmi"], grant{"", "nodes", []string{"get", "patch"}, "", nil})
+	}
+	if cleanup {
+		g["cleanup"] = []grant{
+			{"apps", "daemonsets", read, "release", nil},
+			{"apps", "daemonsets", []string{"delete"}, "release", []string{release + "-nmi"}},
+		}
+	}
+	return g
+}
+
+// allows says whether the grants permit the request.
+func allows(grants []grant, releaseNS string, a authorizationv1.ResourceAttributes) bool {
+	res := a.Resource
+	if a.Subresource != "" {
+		res += "/" + a.Subresource
+	}
+	for _, g := range grants {
+		nsOK := g.ns == "*" || g.ns == "" || (g.ns == "release" && a.Namespace == releaseNS)
+		nameOK := len(g.names) == 0 || slices.Contains(g.names, a.Name)
+		if g.group == a.Group && g.resource == res && slices.Contains(g.verbs, a.Verb) && nsOK && nameOK {
+			return true
+		}
+	}
+	return false
+}
+
+// universe is every request the table checks: each verb on the resources a
+// pod identity component could plausibly be given, in the release namespace
+// and another one.
+func universe(releaseNS string) []authorizationv1.ResourceAttributes {
+	verbs := []string{"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"}
+	type res struct{ group, resource, sub string }
+	namespaced := []res{
+		{"", "pods", ""}, {"", "secrets", ""}, {"", "configmaps", ""}, {"", "events", ""}, {"", "serviceaccounts", ""},
+		{"events.k8s.io", "events", ""}, {"coordination.k8s.io", "leases", ""}, {"apps", "daemonsets", ""}, {"apps", "deployments", ""},
+		{aad, "azureassignedidentities", "status"}, {"rbac.authorization.k8s.io", "roles", ""},
+	}
+	for _, r := range crds {
+		namespaced = append(namespaced, res{aad, r, ""})
+	}
+	cluster := []res{
+		{"", "nodes", ""}, {"", "namespaces", ""}, {"rbac.authorization.k8s.io", "clusterroles", ""},
+		{"admissionregistration.k8s.io", "mutatingwebhookconfigurations", ""}, {"admissionregistration.k8s.io", "validatingwebhookconfigurations", ""},
+	}
+	var all []authorizationv1.ResourceAttributes
+	for _, v := range verbs {
+		for _, r := range namespaced {
+			for _, ns := range []string{releaseNS, "aadpi-chart-other"} {
+				all = append(all, authorizationv1.ResourceAttributes{Verb: v, Group: r.group, Resource: r.resource, Subresource: r.sub, Namespace: ns})
+			}
+		}
+		for _, r := range cluster {
+			all = append(all, authorizationv1.ResourceAttributes{Verb: v, Group: r.group, Resource: r.resource, Subresource: r.sub})
+		}
+	}
+	return all
+}
+
+func can(ctx context.Context, t *testing.T, ns, sa string, a authorizationv1.ResourceAttributes) bool {
+	t.Helper()
+	sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
+		User:               fmt.Sprintf("system:serviceaccount:%s:%s", ns, sa),
+		Groups:             []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"},
+		ResourceAttributes: &a,
+	}}
+	if err := k8s.Create(ctx, sar); err != nil {
+		t.Fatalf("SubjectAccessReview: %v", err)
+	}
+	return sar.Status.Allowed
+}
+
+// Each component's service account, bound by the rendered RBAC in a real
+// apiserver, can do exactly what expected lists: every request of the
+// universe is allowed if and only if a grant permits it, and name-restricted
+// grants hold for their names only.
+func TestRBACIsLeastPrivilege(t *testing.T) {
+	tests := []struct {
+		name, values                                         string
+		builtinCerts, servicePrincipals, taintRemoval, clean bool
+	}{
+		{name: "default", values: "default", clean: true},
+		{name: "all-features", values: "builtin-certs", builtinCerts: true, servicePrincipals: true, taintRemoval: true, clean: true},
+		{name: "no-cleanup", values: "custom-issuer"},
+	}
+	ctx := context.Background()
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ns, release := "aadpi-chart-rbac-"+tc.name, "rbac-"+tc.name
+			createNamespace(t, ns)
+			manifest, err := render(release, ns, valuesFile(tc.values), "fullnameOverride="+release)
+			if err != nil {
+				t.Fatal(err)
+			}
+			objs, err := objects(manifest)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, o := range objs {
+				switch o.GetKind() {
+				case "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding":
+					if err := k8s.Create(ctx, o); err != nil {
+						t.Fatalf("creating %s %s: %v", o.GetKind(), o.GetName(), err)
+					}
+					t.Cleanup(func() { _ = k8s.Delete(ctx, o) })
+				}
+			}
+			want := expected(release, tc.builtinCerts, tc.servicePrincipals, tc.taintRemoval, tc.clean)
+			// The authorizer's informers see new bindings a moment later.
+			err = wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+				return can(ctx, t, ns, release+"-nmi", authorizationv1.ResourceAttributes{Verb: "list", Resource: "pods", Namespace: ns}), nil
+			})
+			if err != nil {
+				t.Fatalf("NMI never got its pod access: %v", err)
+			}
+			for _, component := range []string{"webhook", "assigner", "nmi", "cleanup"} {
+				sa := release + "-" + component
+				for _, a := range universe(ns) {
+					if got, w := can(ctx, t, ns, sa, a), allows(want[component], ns, a); got != w {
+						t.Errorf("%s %s %s/%s in %q: allowed=%v, want %v", component, a.Verb, a.Group, a.Resource+"/"+a.Subresource, a.Namespace, got, w)
+					}
+				}
+				for _, g := range want[component] {
+					if len(g.names) == 0 {
+						continue
+					}
+					gns := map[string]string{"": "", "release": ns}[g.ns]
+					for _, name := range append(slices.Clone(g.names), "aadpi-chart-someone-else") {
+						a := authorizationv1.ResourceAttributes{Verb: g.verbs[0], Group: g.group, Resource: g.resource, Namespace: gns, Name: name}
+						if got, w := can(ctx, t, ns, sa, a), slices.Contains(g.names, name); got != w {
+							t.Errorf("%s %s %s %q: allowed=%v, want %v", component, a.Verb, a.Resource, name, got, w)
+						}
+					}
+				}
+			}
+		})
+	}
+}

@@ -1,0 +1,57 @@
+package webhook
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/open-policy-agent/cert-controller/pkg/rotator"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+)
+
+// CertRotation makes the webhook its own certificate authority, for clusters
+// without cert-manager: cert-controller keeps a CA and a serving certificate
+// in a Secret, renews them before they expire and injects the CA into the
+// webhook configurations. The Secret is mounted as the certificate directory;
+// the server reloads the files when the kubelet updates them.
+type CertRotation struct {
+	// Secret holds ca.crt, ca.key, tls.crt and tls.key.
+	Secret types.NamespacedName
+	// ServiceName is the webhook Service in Secret.Namespace the
+	// certificate is issued for.
+	ServiceName string
+	// WebhookConfigurationName names both the Mutating and the
+	// ValidatingWebhookConfiguration whose caBundle is injected.
+	WebhookConfigurationName string
+	// CertDir, CertName and KeyName are where the mounted Secret appears.
+	CertDir, CertName, KeyName string
+}
+
+// AddCertRotation adds the rotator to mgr. Every replica runs it: the
+// rotator tolerates concurrent writers (updates conflict and retry), and the
+// webhook manager has no leader election.
+func AddCertRotation(mgr manager.Manager, c CertRotation) error {
+	if c.Secret.Namespace == "" || c.Secret.Name == "" || c.ServiceName == "" || c.WebhookConfigurationName == "" {
+		return errors.New("certificate rotation needs the secret namespace and name, the service name and the webhook configuration name")
+	}
+	dns := fmt.Sprintf("%s.%s.svc", c.ServiceName, c.Secret.Namespace)
+	err := rotator.AddRotator(mgr, &rotator.CertRotator{
+		SecretKey:      c.Secret,
+		CertDir:        c.CertDir,
+		CertName:       c.CertName,
+		KeyName:        c.KeyName,
+		CAName:         "aad-pod-identity-webhook-ca",
+		CAOrganization: "aad-pod-identity",
+		DNSName:        dns,
+		ExtraDNSNames:  []string{dns + ".cluster.local"},
+		IsReady:        make(chan struct{}),
+		Webhooks: []rotator.WebhookInfo{
+			{Name: c.WebhookConfigurationName, Type: rotator.Mutating},
+			{Name: c.WebhookConfigurationName, Type: rotator.Validating},
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("adding certificate rotator: %w", err)
+	}
+	return nil
+}
