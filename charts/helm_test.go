@@ -12,7 +12,11 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/yaml"
 
 	"github.com/aad-pod-identity/aad-pod-identity/e2e/framework"
@@ -166,5 +170,52 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 				t.Errorf("helm template --set %v = %v, want a schema error naming %q", tc.set, err, tc.want)
 			}
 		})
+	}
+}
+
+// The chart's webhook configurations are those of config/webhook (the ones
+// the webhook's own tests run against), pointed at the chart's Service.
+func TestWebhooksMatchConfig(t *testing.T) {
+	wantM, wantV, err := framework.WebhookConfigurations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	manifest, err := render(goldenRelease, goldenNamespace, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, err := objects(manifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gotM admissionregistrationv1.MutatingWebhookConfiguration
+	var gotV admissionregistrationv1.ValidatingWebhookConfiguration
+	for _, o := range objs {
+		switch o.GetKind() {
+		case "MutatingWebhookConfiguration":
+			err = runtime.DefaultUnstructuredConverter.FromUnstructured(o.Object, &gotM)
+		case "ValidatingWebhookConfiguration":
+			err = runtime.DefaultUnstructuredConverter.FromUnstructured(o.Object, &gotV)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	service := &admissionregistrationv1.ServiceReference{Namespace: goldenNamespace, Name: goldenRelease + "-webhook"}
+	pointAtChart := func(cc *admissionregistrationv1.WebhookClientConfig) {
+		cc.Service.Namespace, cc.Service.Name = service.Namespace, service.Name
+	}
+	for i := range wantM[0].Webhooks {
+		pointAtChart(&wantM[0].Webhooks[i].ClientConfig)
+	}
+	for i := range wantV[0].Webhooks {
+		pointAtChart(&wantV[0].Webhooks[i].ClientConfig)
+	}
+	sortByName := cmpopts.SortSlices(func(a, b admissionregistrationv1.ValidatingWebhook) bool { return a.Name < b.Name })
+	if d := cmp.Diff(wantM[0].Webhooks, gotM.Webhooks); d != "" {
+		t.Errorf("mutating webhooks differ from config/webhook (-want +got):\n%s", d)
+	}
+	if d := cmp.Diff(wantV[0].Webhooks, gotV.Webhooks, sortByName); d != "" {
+		t.Errorf("validating webhooks differ from config/webhook (-want +got):\n%s", d)
 	}
 }
