@@ -87,7 +87,8 @@ deps: ## Install the system packages the tests need (apt, when missing).
 ##@ Chart and images
 HELM_VERSION         ?= v4.3.1
 CERT_MANAGER_VERSION ?= v1.21.2
-HELM                 ?= $(BIN)/helm-$(HELM_VERSION)
+# Kept in the tools cache, like the control plane, so that fresh clones reuse it.
+HELM                 ?= $(TOOLS_CACHE)/helm-$(HELM_VERSION)/helm
 CHART                := charts/aad-pod-identity
 # cert-manager's CRDs are plain YAML in its Go module; the chart tests install them into envtest.
 CERT_MANAGER_CRDS    ?= $(shell go env GOMODCACHE)/github.com/cert-manager/cert-manager@$(CERT_MANAGER_VERSION)/deploy/crds
@@ -101,8 +102,7 @@ CONTAINER_TOOL ?= docker
 chart-test-deps: $(HELM) $(CERT_MANAGER_CRDS) ## Build helm and fetch cert-manager's CRDs for the chart tests.
 
 $(HELM):
-	GOBIN=$(BIN)/helm-$(HELM_VERSION).d go install helm.sh/helm/v4/cmd/helm@$(HELM_VERSION)
-	mv $(BIN)/helm-$(HELM_VERSION).d/helm $@ && rmdir $(BIN)/helm-$(HELM_VERSION).d
+	GOBIN=$(dir $@) go install helm.sh/helm/v4/cmd/helm@$(HELM_VERSION)
 
 $(CERT_MANAGER_CRDS):
 	cd $(CURDIR) && go mod download github.com/cert-manager/cert-manager@$(CERT_MANAGER_VERSION)
