@@ -18,6 +18,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/aad-pod-identity/aad-pod-identity/webhook"
+	"github.com/aad-pod-identity/aad-pod-identity/webhook/certrotation"
 )
 
 // With certManager.enabled=false, the webhook's certificate rotation,
@@ -69,7 +70,7 @@ func TestBuiltinCertsWorkWithTheChartsRBAC(t *testing.T) {
 		t.Fatal(err)
 	}
 	secretKey := types.NamespacedName{Namespace: ns, Name: args["--cert-secret-name"]}
-	err = webhook.AddCertRotation(mgr, webhook.CertRotation{
+	err = certrotation.Add(mgr, certrotation.Config{
 		Secret: secretKey, ServiceName: args["--cert-service-name"], WebhookConfigurationName: args["--webhook-configuration-name"],
 		CertDir: t.TempDir(), CertName: "tls.crt", KeyName: "tls.key",
 	})

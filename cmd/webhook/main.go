@@ -10,6 +10,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/aad-pod-identity/aad-pod-identity/webhook"
+	"github.com/aad-pod-identity/aad-pod-identity/webhook/certrotation"
 )
 
 func main() {
@@ -20,7 +21,7 @@ func main() {
 	var (
 		opts     webhook.Options
 		trusted  string
-		rotation webhook.CertRotation
+		rotation certrotation.Config
 		rotate   bool
 	)
 	flag.StringVar(&opts.CertDir, "cert-dir", "/certs", "Directory holding the serving certificate; it is reloaded when it changes.")
@@ -53,7 +54,7 @@ func main() {
 	if rotate {
 		rotation.Secret.Namespace = podNamespace
 		rotation.CertDir, rotation.CertName, rotation.KeyName = opts.CertDir, opts.CertName, opts.KeyName
-		if err := webhook.AddCertRotation(mgr, rotation); err != nil {
+		if err := certrotation.Add(mgr, rotation); err != nil {
 			log.Error(err, "setting up certificate rotation")
 			os.Exit(1)
 		}

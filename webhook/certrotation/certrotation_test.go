@@ -1,4 +1,4 @@
-package webhook
+package certrotation
 
 import (
 	"bytes"
@@ -16,15 +16,31 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/aad-pod-identity/aad-pod-identity/e2e/framework"
+	"github.com/aad-pod-identity/aad-pod-identity/webhook"
 )
 
 // The rotator fills the Secret with a CA and a serving certificate for the
 // Service's DNS names, and injects that CA into both webhook configurations.
 func TestCertRotationIssuesAndInjects(t *testing.T) {
+	env, err := framework.NewEnvironment(framework.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := env.Start()
+	if err != nil {
+		t.Fatalf("starting envtest: %v", err)
+	}
+	t.Cleanup(func() { _ = env.Stop() })
+	k8s, err := client.New(cfg, client.Options{Scheme: webhook.Scheme()})
+	if err != nil {
+		t.Fatal(err)
+	}
 	const cfgName = "aadpi-chart-cert-rotation"
 	ctx, cancel := context.WithCancel(context.Background())
-	// Configurations that match no namespace, so they never take part in
-	// the other tests' admissions; the rotator only needs them to exist.
+	// The rotator only needs the configurations to exist; they match no
+	// namespace.
 	never := &metav1.LabelSelector{MatchLabels: map[string]string{"aadpi-chart-cert-rotation": "never"}}
 	url, none := "https://127.0.0.1:1/never", admissionregistrationv1.SideEffectClassNone
 	cc := admissionregistrationv1.WebhookClientConfig{URL: &url}
@@ -36,17 +52,17 @@ func TestCertRotationIssuesAndInjects(t *testing.T) {
 			SideEffects: &none, AdmissionReviewVersions: []string{"v1"}}}}
 	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "aadpi-chart-cert"}}
 	for _, o := range []client.Object{mutating, validating, secret} {
-		if err := admin.Create(ctx, o); err != nil {
+		if err := k8s.Create(ctx, o); err != nil {
 			t.Fatalf("creating %T: %v", o, err)
 		}
-		t.Cleanup(func() { _ = admin.Delete(context.Background(), o) })
+		t.Cleanup(func() { _ = k8s.Delete(context.Background(), o) })
 	}
 
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: Scheme(), Metrics: metricsserver.Options{BindAddress: "0"}})
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: webhook.Scheme(), Metrics: metricsserver.Options{BindAddress: "0"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = AddCertRotation(mgr, CertRotation{
+	err = Add(mgr, Config{
 		Secret:      types.NamespacedName{Namespace: "default", Name: secret.Name},
 		ServiceName: "aadpi-chart-webhook", WebhookConfigurationName: cfgName,
 		CertDir: t.TempDir(), CertName: "tls.crt", KeyName: "tls.key",
@@ -60,17 +76,17 @@ func TestCertRotationIssuesAndInjects(t *testing.T) {
 
 	var caPEM []byte
 	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
-		if err := admin.Get(ctx, client.ObjectKeyFromObject(secret), secret); err != nil {
+		if err := k8s.Get(ctx, client.ObjectKeyFromObject(secret), secret); err != nil {
 			return false, err
 		}
 		caPEM = secret.Data["ca.crt"]
 		if len(caPEM) == 0 || len(secret.Data["tls.crt"]) == 0 {
 			return false, nil
 		}
-		if err := admin.Get(ctx, client.ObjectKeyFromObject(mutating), mutating); err != nil {
+		if err := k8s.Get(ctx, client.ObjectKeyFromObject(mutating), mutating); err != nil {
 			return false, err
 		}
-		if err := admin.Get(ctx, client.ObjectKeyFromObject(validating), validating); err != nil {
+		if err := k8s.Get(ctx, client.ObjectKeyFromObject(validating), validating); err != nil {
 			return false, err
 		}
 		return bytes.Equal(mutating.Webhooks[0].ClientConfig.CABundle, caPEM) && bytes.Equal(validating.Webhooks[0].ClientConfig.CABundle, caPEM), nil
@@ -96,8 +112,8 @@ func TestCertRotationIssuesAndInjects(t *testing.T) {
 	}
 }
 
-func TestAddCertRotationRejectsMissingNames(t *testing.T) {
-	if err := AddCertRotation(nil, CertRotation{}); err == nil {
+func TestAddRejectsMissingNames(t *testing.T) {
+	if err := Add(nil, Config{}); err == nil {
 		t.Fatal("AddCertRotation with no names succeeded")
 	}
 }

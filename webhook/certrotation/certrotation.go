@@ -1,4 +1,7 @@
-package webhook
+// Package certrotation lets the webhook be its own certificate authority,
+// for clusters without cert-manager. It is a package of its own so that the
+// webhook package, and its tests, do not depend on cert-controller.
+package certrotation
 
 import (
 	"errors"
@@ -9,12 +12,11 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 )
 
-// CertRotation makes the webhook its own certificate authority, for clusters
-// without cert-manager: cert-controller keeps a CA and a serving certificate
+// Config makes the webhook its own certificate authority: cert-controller keeps a CA and a serving certificate
 // in a Secret, renews them before they expire and injects the CA into the
 // webhook configurations. The Secret is mounted as the certificate directory;
 // the server reloads the files when the kubelet updates them.
-type CertRotation struct {
+type Config struct {
 	// Secret holds ca.crt, ca.key, tls.crt and tls.key.
 	Secret types.NamespacedName
 	// ServiceName is the webhook Service in Secret.Namespace the
@@ -27,10 +29,10 @@ type CertRotation struct {
 	CertDir, CertName, KeyName string
 }
 
-// AddCertRotation adds the rotator to mgr. Every replica runs it: the
+// Add adds the rotator to mgr. Every replica runs it: the
 // rotator tolerates concurrent writers (updates conflict and retry), and the
 // webhook manager has no leader election.
-func AddCertRotation(mgr manager.Manager, c CertRotation) error {
+func Add(mgr manager.Manager, c Config) error {
 	if c.Secret.Namespace == "" || c.Secret.Name == "" || c.ServiceName == "" || c.WebhookConfigurationName == "" {
 		return errors.New("certificate rotation needs the secret namespace and name, the service name and the webhook configuration name")
 	}
