@@ -1,7 +1,6 @@
 package webhook
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"net/http"
@@ -41,14 +40,7 @@ func TestReadyOnlyOnceCertificatesAreLoaded(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	ctx, cancel := context.WithCancel(context.Background())
-	mgr, err := NewManager(ctx, cfg, opts)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- mgr.Start(ctx) }()
+	_, cancel, done := runManager(t, opts)
 	t.Cleanup(func() { cancel(); <-done })
 
 	eventually(t, "probe endpoint serving", func() bool { return readyz(probe) != 0 })

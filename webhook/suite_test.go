@@ -111,14 +111,7 @@ func startWebhook(t *testing.T, opts Options) (stop func()) {
 	if opts.TrustedServiceAccounts == nil {
 		opts.TrustedServiceAccounts = []string{webhookSA, assignerSA}
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	mgr, err := NewManager(ctx, cfg, opts)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- mgr.Start(ctx) }()
+	ctx, cancel, done := runManager(t, opts)
 	// Ready once a labelled pod is admitted, i.e. TLS is served and the
 	// cache synced.
 	if err := waitServing(ctx); err != nil {
@@ -138,6 +131,21 @@ func startWebhook(t *testing.T, opts Options) (stop func()) {
 	}
 	t.Cleanup(stop)
 	return stop
+}
+
+// runManager starts a webhook manager; cancel stops it and done reports how
+// it ended.
+func runManager(t *testing.T, opts Options) (context.Context, context.CancelFunc, <-chan error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	mgr, err := NewManager(ctx, cfg, opts)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	return ctx, cancel, done
 }
 
 func waitServing(ctx context.Context) error {
