@@ -54,7 +54,7 @@ build: ## Build the binaries into bin/.
 test: deps control-plane verify-generated vet ## Run every test (unit, envtest integration, fuzz smoke).
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	go test -race -count=1 ./...
-	go test -run '^$$' -fuzz FuzzAdmission -fuzztime $(FUZZTIME) ./webhook/
+	go test -run '^$$' -fuzz FuzzAdmission -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./webhook/
 
 .PHONY: bench
 bench: control-plane ## Run the admission load generator (see docs/performance.md).
