@@ -145,6 +145,12 @@ func chainSpecs(ipt IPTables, chain string) ([][]string, error) {
 // RemoveRules deletes the jump and the chain: uninstall only, since without
 // them pods reach IMDS directly.
 func RemoveRules(ipt IPTables) error {
+	// iptables refuses a jump to a missing chain, so without the chain there
+	// is nothing to remove (and -C would fail).
+	exists, err := ipt.ChainExists(natTable, Chain)
+	if err != nil || !exists {
+		return err
+	}
 	for {
 		ok, err := ipt.Exists(natTable, prerouting, jumpRule...)
 		if err != nil {
@@ -156,10 +162,6 @@ func RemoveRules(ipt IPTables) error {
 		if err := ipt.Delete(natTable, prerouting, jumpRule...); err != nil {
 			return fmt.Errorf("removing jump to %s: %w", Chain, err)
 		}
-	}
-	exists, err := ipt.ChainExists(natTable, Chain)
-	if err != nil || !exists {
-		return err
 	}
 	if err := ipt.ClearChain(natTable, Chain); err != nil {
 		return fmt.Errorf("clearing chain %s: %w", Chain, err)

@@ -111,11 +111,6 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 	if err := mgr.GetFieldIndexer().IndexField(ctx, &corev1.Pod{}, podIPIndex, podIPs); err != nil {
 		return fmt.Errorf("indexing pods by IP: %w", err)
 	}
-	for _, o := range []client.Object{&aadv1.AzureIdentity{}, &aadv1.AzurePodIdentityException{}} {
-		if _, err := mgr.GetCache().GetInformer(ctx, o); err != nil {
-			return fmt.Errorf("watching %T: %w", o, err)
-		}
-	}
 
 	srv := &Server{
 		reader:       mgr.GetClient(),
@@ -138,7 +133,13 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 			}
 			return nil
 		}),
-		mgr.Add(manager.RunnableFunc(func(ctx context.Context) error { return serve(ctx, opts.ListenAddress, srv.Handler()) })),
+		mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
+			// Serving before the caches are filled would refuse known pods.
+			if err := syncCaches(ctx, mgr.GetCache()); err != nil {
+				return err
+			}
+			return serve(ctx, opts.ListenAddress, srv.Handler())
+		})),
 		mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
 			return keepRules(ctx, mgr, opts, &ready)
 		})),
@@ -147,6 +148,19 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 	}
 	log.Info("starting NMI", "node", opts.NodeName, "listen", opts.ListenAddress, "metadata", net.JoinHostPort(opts.Interception.MetadataIP, fmt.Sprint(opts.Interception.MetadataPort)), "imds", opts.IMDSEndpoint)
 	return mgr.Start(ctx)
+}
+
+// syncCaches starts the informers NMI reads and waits until they are filled.
+func syncCaches(ctx context.Context, c cache.Cache) error {
+	for _, o := range []client.Object{&corev1.Pod{}, &aadv1.AzureIdentity{}, &aadv1.AzurePodIdentityException{}} {
+		if _, err := c.GetInformer(ctx, o); err != nil {
+			return fmt.Errorf("watching %T: %w", o, err)
+		}
+	}
+	if !c.WaitForCacheSync(ctx) {
+		return fmt.Errorf("waiting for caches: %w", ctx.Err())
+	}
+	return nil
 }
 
 // serve runs the metadata server until ctx ends.
@@ -189,8 +203,8 @@ func keepRules(ctx context.Context, mgr manager.Manager, opts Options, ready *at
 	if err := check(); err != nil {
 		return fmt.Errorf("installing interception rules: %w", err)
 	}
-	if !mgr.GetCache().WaitForCacheSync(ctx) {
-		return ctx.Err()
+	if err := syncCaches(ctx, mgr.GetCache()); err != nil {
+		return err
 	}
 	if opts.FlushConntrack {
 		if err := flushConntrack(opts.Interception.MetadataIP); err != nil {

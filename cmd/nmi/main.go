@@ -23,7 +23,8 @@ func main() {
 	if cleanup {
 		args = args[1:]
 	}
-	fs := flag.NewFlagSet("nmi", flag.ExitOnError)
+	// flag.CommandLine carries controller-runtime's --kubeconfig.
+	fs := flag.CommandLine
 	opts := nmi.Options{NodeName: os.Getenv("NODE_NAME"), IdentityNotFoundRetry: nmi.DefaultIdentityNotFoundRetry, TokenRefreshMargin: 5 * time.Minute}
 	var allowed string
 	fs.StringVar(&opts.ListenAddress, "listen-address", "127.0.0.1:2579", "ip:port NMI serves metadata on; iptables redirects pods' metadata traffic there.")
@@ -41,7 +42,7 @@ func main() {
 	fs.BoolVar(&opts.FlushConntrack, "flush-conntrack", false, "After installing the rules, drop tracked connections to the metadata IP.")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
-	_ = fs.Parse(args) // ExitOnError
+	_ = fs.Parse(args) // flag.CommandLine exits on error
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
 	log := ctrl.Log.WithName("setup")
 	opts.Interception.ListenAddress = opts.ListenAddress
