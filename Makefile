@@ -55,6 +55,7 @@ test: deps control-plane verify-generated vet ## Run every test (unit, envtest i
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	go test -race -count=1 ./...
 	go test -run '^$$' -fuzz FuzzAdmission -fuzztime $(FUZZTIME) ./webhook/
+	go test -run '^$$' -fuzz FuzzParseTokenRequest -fuzztime $(FUZZTIME) ./nmi/
 
 .PHONY: bench
 bench: control-plane ## Run the admission load generator (see docs/performance.md).
