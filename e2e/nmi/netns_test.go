@@ -50,9 +50,16 @@ type pod struct{ name, netns, ip string }
 
 func TestNMIInNetworkNamespaces(t *testing.T) {
 	if os.Getenv(envChild) == "1" {
-		runNode(t)
+		functional(t, setupNode(t))
 		return
 	}
+	runInNamespaces(t)
+}
+
+// runInNamespaces creates the node and pod namespaces and reruns the calling
+// test inside the node namespace, where it finds them through the
+// environment.
+func runInNamespaces(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to create network namespaces and iptables rules")
 	}
@@ -91,9 +98,9 @@ func TestNMIInNetworkNamespaces(t *testing.T) {
 		pods = append(pods, name+"="+ns+"="+ip)
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
-	args := []string{"netns", "exec", node, os.Args[0], "-test.run", "^TestNMIInNetworkNamespaces$", "-test.count=1"}
+	args := []string{"netns", "exec", node, os.Args[0], "-test.run", "^" + t.Name() + "$", "-test.count=1"}
 	if testing.Verbose() {
 		args = append(args, "-test.v")
 	}
@@ -129,29 +136,44 @@ func run(t *testing.T, name string, args ...string) string {
 	return string(out)
 }
 
-// runNode is the part inside the node namespace.
-func runNode(t *testing.T) {
+// node is what runs inside the node namespace.
+type node struct {
+	pods     map[string]pod
+	state    *fakeazure.State
+	signer   *fakeazure.Signer
+	pool     fakeazure.Pool
+	idA, idB fakeazure.Identity
+	client   client.Client
+	nmi      *exec.Cmd
+	nmiLog   string
+}
+
+const tokenURL = "http://" + metadataIP + "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net"
+
+// setupNode starts the fake IMDS, the apiserver and NMI inside the node
+// namespace, registers the pods, and waits until NMI intercepts.
+func setupNode(t *testing.T) *node {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	pods := map[string]pod{}
+	n := &node{pods: map[string]pod{}}
 	for _, p := range strings.Split(os.Getenv(envPods), ",") {
 		f := strings.Split(p, "=")
-		pods[f[0]] = pod{name: f[0], netns: f[1], ip: f[2]}
+		n.pods[f[0]] = pod{name: f[0], netns: f[1], ip: f[2]}
 	}
 
 	// Fake Azure: a VMSS with a system-assigned identity and two user-assigned
 	// identities, both on the VMSS, so only NMI stands between a pod and the
 	// other pod's identity.
-	state := fakeazure.NewState()
-	signer, err := fakeazure.NewSigner()
-	if err != nil {
+	n.state = fakeazure.NewState()
+	var err error
+	if n.signer, err = fakeazure.NewSigner(); err != nil {
 		t.Fatal(err)
 	}
-	pool := state.AddPool(fakeazure.KindVMSS, "sub", "rg", "nodepool", 1, true)
-	idA := state.CreateIdentity("sub", "rg", "id-a")
-	idB := state.CreateIdentity("sub", "rg", "id-b")
-	for _, id := range []fakeazure.Identity{idA, idB} {
-		if err := state.AttachIdentity(pool.ID, id.ResourceID); err != nil {
+	n.pool = n.state.AddPool(fakeazure.KindVMSS, "sub", "rg", "nodepool", 1, true)
+	n.idA = n.state.CreateIdentity("sub", "rg", "id-a")
+	n.idB = n.state.CreateIdentity("sub", "rg", "id-b")
+	for _, id := range []fakeazure.Identity{n.idA, n.idB} {
+		if err := n.state.AttachIdentity(n.pool.ID, id.ResourceID); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -159,7 +181,7 @@ func runNode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	imds := &http.Server{Handler: &fakeazure.IMDS{State: state, Signer: signer, PoolID: pool.ID, VMName: pool.Instances[0]}}
+	imds := &http.Server{Handler: &fakeazure.IMDS{State: n.state, Signer: n.signer, PoolID: n.pool.ID, VMName: n.pool.Instances[0]}}
 	go func() { _ = imds.Serve(lis) }()
 	t.Cleanup(func() { _ = imds.Close() })
 
@@ -180,29 +202,32 @@ func runNode(t *testing.T) {
 	if err := aadv1.AddToScheme(scheme); err != nil {
 		t.Fatal(err)
 	}
-	c, err := client.New(cfg, client.Options{Scheme: scheme})
-	if err != nil {
+	if n.client, err = client.New(cfg, client.Options{Scheme: scheme}); err != nil {
 		t.Fatal(err)
 	}
-	createObjects(ctx, t, c, pods, idA, idB)
+	createObjects(ctx, t, n.client, n.pods, n.idA, n.idB)
 
 	kubeconfig := writeKubeconfig(t, env)
-	nmiLog := filepath.Join(t.TempDir(), "nmi.log")
-	nmi := startNMI(t, kubeconfig, nmiLog)
+	n.nmiLog = filepath.Join(t.TempDir(), "nmi.log")
+	n.nmi = startNMI(t, kubeconfig, n.nmiLog)
 
-	tokenURL := "http://" + metadataIP + "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net"
 	// NMI intercepts once an unadmitted pod is refused.
 	var status int
 	var body map[string]string
 	for deadline := time.Now().Add(90 * time.Second); time.Now().Before(deadline); time.Sleep(300 * time.Millisecond) {
-		if status, body, err = get(pods["pod-b"], tokenURL); err == nil && status == http.StatusForbidden {
+		if status, body, err = get(n.pods["pod-b"], tokenURL); err == nil && status == http.StatusForbidden {
 			break
 		}
 	}
 	if status != http.StatusForbidden {
-		t.Fatalf("NMI never intercepted: pod B got %d %v %v\nNMI log:\n%s", status, body, err, readFile(nmiLog))
+		t.Fatalf("NMI never intercepted: pod B got %d %v %v\nNMI log:\n%s", status, body, err, readFile(n.nmiLog))
 	}
+	return n
+}
 
+// functional checks who gets which token, then NMI's death and cleanup.
+func functional(t *testing.T, n *node) {
+	pods, signer, pool, idA, idB, nmi := n.pods, n.signer, n.pool, n.idA, n.idB, n.nmi
 	t.Run("admitted pod gets its own identity", func(t *testing.T) {
 		expectToken(t, signer, pods["pod-a"], tokenURL, idA.ClientID, idA.ResourceID)
 	})
