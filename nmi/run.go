@@ -66,6 +66,11 @@ type Options struct {
 // reach the VM.
 var DefaultIdentityNotFoundRetry = wait.Backoff{Duration: 250 * time.Millisecond, Factor: 2, Steps: 7, Cap: 4 * time.Second}
 
+// +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=nodes,verbs=get;update
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get
+// +kubebuilder:rbac:groups=aadpodidentity.k8s.io,resources=azureidentities;azurepodidentityexceptions,verbs=get;list;watch
+
 // Run serves until ctx ends. The interception rules stay in place after it
 // returns: see RemoveRules.
 func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
