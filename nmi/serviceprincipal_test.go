@@ -31,7 +31,11 @@ func TestServicePrincipalTokens(t *testing.T) {
 	}
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
-	app := aad.CreateServicePrincipal("tenant-1")
+	certPEM, cert, err := fakeazure.NewClientCertificate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	app := aad.CreateServicePrincipal("tenant-1", cert)
 
 	spIdentity := func(name, secretNS, secretName string) *aadv1.AzureIdentity {
 		return &aadv1.AzureIdentity{
@@ -43,12 +47,22 @@ func TestServicePrincipalTokens(t *testing.T) {
 	secret := func(ns, name string, data map[string][]byte) *corev1.Secret {
 		return &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Data: data}
 	}
+	certIdentity := spIdentity("cert", "", "cert")
+	certIdentity.Spec.Type = aadv1.ServicePrincipalCertificate
+	badCert := spIdentity("badcert", "", "badcert")
+	badCert.Spec.Type = aadv1.ServicePrincipalCertificate
 	objs := []client.Object{
+		badCert,
 		spIdentity("sp", "", "creds"),
 		spIdentity("onekey", "ns", "onekey"),
 		spIdentity("wrong", "ns", "wrong"),
 		spIdentity("elsewhere", "other", "creds"),
 		spIdentity("missing", "ns", "nope"),
+		certIdentity,
+		secret("ns", "cert", map[string][]byte{"certificate": certPEM, "password": nil}),
+		secret("ns", "badcert", map[string][]byte{"certificate": []byte("not a certificate")}),
+		pod("p6", "10.0.0.6", admitted("ns/cert")),
+		pod("p7", "10.0.0.7", admitted("ns/badcert")),
 		secret("ns", "creds", map[string][]byte{"clientSecret": []byte(app.Secret), "note": []byte("x")}),
 		secret("ns", "onekey", map[string][]byte{"password": []byte(app.Secret)}),
 		secret("ns", "wrong", map[string][]byte{"clientSecret": []byte("not-it")}),
@@ -76,6 +90,8 @@ func TestServicePrincipalTokens(t *testing.T) {
 		{"wrong secret", "10.0.0.3", 502, "Azure AD refused"},
 		{"secret in another namespace", "10.0.0.4", 403, "--allow-cross-namespace-secrets"},
 		{"missing secret", "10.0.0.5", 500, "does not exist"},
+		{"certificate", "10.0.0.6", 200, `"client_id":"` + app.AppID},
+		{"unusable certificate", "10.0.0.7", 500, "no usable certificate"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,11 +1,17 @@
 package fakeazure
 
 import (
+	"crypto/rand"
+	"crypto/rsa"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
+	"math/big"
 	"net/http"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/google/uuid"
@@ -43,6 +49,31 @@ func (a *AAD) CreateServicePrincipal(tenantID string, certs ...*x509.Certificate
 	defer a.mu.Unlock()
 	a.apps[sp.AppID] = sp
 	return *sp
+}
+
+// NewClientCertificate makes a self-signed certificate for a service
+// principal; pemData holds the certificate and its PKCS#8 key, as a
+// Kubernetes Secret's `certificate` key would.
+func NewClientCertificate() (pemData []byte, cert *x509.Certificate, err error) {
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return nil, nil, fmt.Errorf("generating key: %w", err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: "service principal"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("self-signing: %w", err)
+	}
+	if cert, err = x509.ParseCertificate(der); err != nil {
+		return nil, nil, err
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	pemData = append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})...)
+	return pemData, cert, nil
 }
 
 // Handler serves OpenID discovery and the v2.0 token endpoint per tenant.

@@ -2,17 +2,10 @@ package fakeazure
 
 import (
 	"context"
-	"crypto/rand"
-	"crypto/rsa"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
-	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"testing"
-	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
@@ -98,7 +91,10 @@ func TestAADClientCredentials(t *testing.T) {
 	}
 	opts.Transport.(*http.Client).Transport.(*http.Transport).TLSClientConfig.RootCAs = ca.CertPool()
 
-	certPEM, cert := selfSignedPEM(t)
+	certPEM, cert, err := NewClientCertificate()
+	if err != nil {
+		t.Fatal(err)
+	}
 	sp := aad.CreateServicePrincipal("tenant-1", cert)
 	secretCred, err := azidentity.NewClientSecretCredential("tenant-1", sp.AppID, sp.Secret, &azidentity.ClientSecretCredentialOptions{ClientOptions: opts, DisableInstanceDiscovery: true})
 	if err != nil {
@@ -131,29 +127,4 @@ func TestAADClientCredentials(t *testing.T) {
 	if _, err := wrongCred.GetToken(context.Background(), policy.TokenRequestOptions{Scopes: []string{"r/.default"}}); err == nil {
 		t.Fatal("wrong secret got a token")
 	}
-}
-
-// selfSignedPEM returns a PEM certificate and key, and the certificate.
-func selfSignedPEM(t *testing.T) ([]byte, *x509.Certificate) {
-	t.Helper()
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "sp"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	out := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	out = append(out, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: must(x509.MarshalPKCS8PrivateKey(key))})...)
-	return out, cert
-}
-
-func must(b []byte, err error) []byte {
-	if err != nil {
-		panic(err)
-	}
-	return b
 }
