@@ -42,6 +42,7 @@ const (
 	envPods    = "AADPI_NMI_PODS" // comma-separated name=netns=ip
 	envNMIPath = "AADPI_NMI_BINARY"
 	metadataIP = "169.254.169.254"
+	Chain      = "aad-metadata"
 	nodeName   = "node-0"
 )
 
@@ -228,6 +229,25 @@ func setupNode(t *testing.T) *node {
 // functional checks who gets which token, then NMI's death and cleanup.
 func functional(t *testing.T, n *node) {
 	pods, signer, pool, idA, idB, nmi := n.pods, n.signer, n.pool, n.idA, n.idB, n.nmi
+	t.Run("startup taint is removed", func(t *testing.T) {
+		var got []corev1.Taint
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+			var nd corev1.Node
+			if err := n.client.Get(context.Background(), client.ObjectKey{Name: nodeName}, &nd); err != nil {
+				t.Fatal(err)
+			}
+			// The apiserver adds node.kubernetes.io/not-ready on its own.
+			got = nd.Spec.Taints
+			keys := map[string]bool{}
+			for _, taint := range got {
+				keys[taint.Key] = true
+			}
+			if keys["other"] && !keys[aadv1.NMINotReadyTaint] {
+				return
+			}
+		}
+		t.Fatalf("node taints %v, want %s gone and the unrelated one kept", got, aadv1.NMINotReadyTaint)
+	})
 	t.Run("admitted pod gets its own identity", func(t *testing.T) {
 		expectToken(t, signer, pods["pod-a"], tokenURL, idA.ClientID, idA.ResourceID)
 	})
@@ -247,6 +267,18 @@ func functional(t *testing.T, n *node) {
 		expectStatus(t, pods["pod-b"], "http://"+metadataIP+"/metadata/scheduledevents?api-version=2020-07-01", http.StatusForbidden, "not served")
 	})
 
+	t.Run("tampered rules are repaired", func(t *testing.T) {
+		run(t, "iptables", "-t", "nat", "-I", "PREROUTING", "1", "-p", "udp", "-j", "RETURN")
+		run(t, "iptables", "-t", "nat", "-D", Chain, "1")
+		want := "-A PREROUTING -j aad-metadata\n-A PREROUTING -p udp -j RETURN"
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+			if rules := iptablesNAT(t); strings.Contains(rules, want) && strings.Contains(rules, "--to-destination 127.0.0.1:2579") {
+				expectStatus(t, pods["pod-b"], tokenURL, http.StatusForbidden, "no admitted AzureIdentity")
+				return
+			}
+		}
+		t.Fatalf("rules not repaired:\n%s", iptablesNAT(t))
+	})
 	t.Run("killed NMI leaves the rules and pods are refused", func(t *testing.T) {
 		if err := nmi.Process.Kill(); err != nil {
 			t.Fatal(err)
@@ -276,7 +308,8 @@ func functional(t *testing.T, n *node) {
 func createObjects(ctx context.Context, t *testing.T, c client.Client, pods map[string]pod, idA, idB fakeazure.Identity) {
 	t.Helper()
 	objs := []client.Object{
-		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeName}},
+		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeName},
+			Spec: corev1.NodeSpec{Taints: []corev1.Taint{{Key: aadv1.NMINotReadyTaint, Effect: corev1.TaintEffectNoSchedule}, {Key: "other", Effect: corev1.TaintEffectNoSchedule}}}},
 		&aadv1.AzureIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "id-a"},
 			Spec: aadv1.AzureIdentitySpec{Type: aadv1.UserAssignedMSI, ResourceID: idA.ResourceID, ClientID: idA.ClientID}},
 		&aadv1.AzureIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "id-b"},
@@ -332,7 +365,7 @@ func startNMI(t *testing.T, kubeconfig, logPath string) *exec.Cmd {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(os.Getenv(envNMIPath), "--kubeconfig", kubeconfig, "--metrics-bind-address", "0",
-		"--health-probe-bind-address", "127.0.0.1:0", "--sync-period", "2s")
+		"--health-probe-bind-address", "127.0.0.1:0", "--sync-period", "2s", "--remove-startup-taint")
 	cmd.Env = append(os.Environ(), "NODE_NAME="+nodeName)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := cmd.Start(); err != nil {
