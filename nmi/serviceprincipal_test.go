@@ -2,7 +2,6 @@ package nmi
 
 import (
 	"encoding/json"
-	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -74,9 +73,7 @@ func TestServicePrincipalTokens(t *testing.T) {
 		pod("p5", "10.0.0.5", admitted("ns/missing")),
 	}
 	f := newFixture(t, objs...)
-	transport := &http.Client{Transport: &http.Transport{TLSClientConfig: srv.TLS.Clone()}}
-	transport.Transport.(*http.Transport).TLSClientConfig.RootCAs = ca.CertPool()
-	f.server.sp = &servicePrincipals{secrets: f.server.reader, defaultAuthorityHost: srv.URL + "/", transport: transport}
+	f.server.sp = &servicePrincipals{secrets: f.server.reader, defaultAuthorityHost: srv.URL + "/", transport: ca.Client()}
 
 	const tok = "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net"
 	tests := []struct {

@@ -87,9 +87,8 @@ func TestAADClientCredentials(t *testing.T) {
 	defer srv.Close()
 	opts := azcore.ClientOptions{
 		Cloud:     cloud.Configuration{ActiveDirectoryAuthorityHost: srv.URL + "/"},
-		Transport: &http.Client{Transport: &http.Transport{TLSClientConfig: srv.TLS.Clone()}},
+		Transport: ca.Client(),
 	}
-	opts.Transport.(*http.Client).Transport.(*http.Transport).TLSClientConfig.RootCAs = ca.CertPool()
 
 	certPEM, cert, err := NewClientCertificate()
 	if err != nil {

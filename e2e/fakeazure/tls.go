@@ -11,20 +11,24 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"net/http"
 	"os"
 	"time"
 )
 
-// CA is a throwaway certificate authority for the fake's HTTPS endpoints.
-// Processes trust it through SSL_CERT_FILE=<WritePEM path>; in-process
-// clients use CertPool.
+// CA is the one test certificate authority the fake Azure endpoints serve
+// from. Clients trust it through Pool (in-process) or the PEM file named by
+// SSL_CERT_FILE (processes).
 type CA struct {
 	cert *x509.Certificate
 	key  *ecdsa.PrivateKey
-	pem  []byte
+	// PEM is the CA certificate, PEM-encoded.
+	PEM []byte
+	// Pool holds only the CA certificate.
+	Pool *x509.CertPool
 }
 
-// NewCA creates a CA valid for a day.
+// NewCA creates a fresh CA valid for a day.
 func NewCA() (*CA, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -32,38 +36,39 @@ func NewCA() (*CA, error) {
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "fakeazure test CA"},
+		Subject:               pkix.Name{CommonName: "fake-azure-test-ca"},
 		NotBefore:             time.Now().Add(-time.Hour),
 		NotAfter:              time.Now().Add(24 * time.Hour),
 		IsCA:                  true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
 		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
-		return nil, fmt.Errorf("self-signing CA: %w", err)
+		return nil, fmt.Errorf("creating CA certificate: %w", err)
 	}
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("parsing CA certificate: %w", err)
 	}
-	return &CA{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}, nil
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return &CA{cert: cert, key: key, PEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), Pool: pool}, nil
 }
 
-// ServerTLSConfig returns a server config with a certificate for hosts (DNS
-// names or IP addresses).
-func (ca *CA) ServerTLSConfig(hosts ...string) (*tls.Config, error) {
+// ServerCert issues a serving certificate for hosts (DNS names or IPs).
+func (ca *CA) ServerCert(hosts ...string) (tls.Certificate, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return nil, fmt.Errorf("generating server key: %w", err)
+		return tls.Certificate{}, fmt.Errorf("generating server key: %w", err)
 	}
 	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
 	if err != nil {
-		return nil, err
+		return tls.Certificate{}, err
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: "fakeazure"},
+		Subject:      pkix.Name{CommonName: hosts[0]},
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
@@ -78,19 +83,31 @@ func (ca *CA) ServerTLSConfig(hosts ...string) (*tls.Config, error) {
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
 	if err != nil {
-		return nil, fmt.Errorf("signing server certificate: %w", err)
+		return tls.Certificate{}, fmt.Errorf("creating server certificate: %w", err)
 	}
-	return &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}, nil
+	return tls.Certificate{Certificate: [][]byte{der, ca.cert.Raw}, PrivateKey: key}, nil
 }
 
-// CertPool trusts the CA.
-func (ca *CA) CertPool() *x509.CertPool {
-	pool := x509.NewCertPool()
-	pool.AddCert(ca.cert)
-	return pool
+// ServerTLSConfig is a TLS configuration serving a certificate for hosts.
+func (ca *CA) ServerTLSConfig(hosts ...string) (*tls.Config, error) {
+	cert, err := ca.ServerCert(hosts...)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
 }
 
-// WritePEM writes the CA certificate for SSL_CERT_FILE.
+// Client is an HTTP client that trusts only this CA.
+func (ca *CA) Client() *http.Client {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{RootCAs: ca.Pool, MinVersion: tls.VersionTLS12}
+	return &http.Client{Transport: tr}
+}
+
+// WritePEM writes the CA certificate to path, for SSL_CERT_FILE.
 func (ca *CA) WritePEM(path string) error {
-	return os.WriteFile(path, ca.pem, 0o644)
+	if err := os.WriteFile(path, ca.PEM, 0o644); err != nil {
+		return fmt.Errorf("writing CA certificate: %w", err)
+	}
+	return nil
 }
