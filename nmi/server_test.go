@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -231,5 +232,25 @@ func TestTokensAreCached(t *testing.T) {
 	f.do(t, "10.0.0.1", "/metadata/identity/oauth2/token?api-version=1&resource=other", true)
 	if got := f.imds.calls.Load(); got != 2 {
 		t.Fatalf("IMDS called %d times, want 2 (one per resource)", got)
+	}
+}
+
+func TestMetrics(t *testing.T) {
+	id := identity("id-a", "client-a", "")
+	f := newFixture(t, &id, pod("a", "10.0.0.1", admitted("ns/id-a")))
+	refused := requestsTotal.WithLabelValues("403", "identity_not_admitted")
+	ok := requestsTotal.WithLabelValues("200", "ok")
+	hits, misses := tokenCacheTotal.WithLabelValues("hit"), tokenCacheTotal.WithLabelValues("miss")
+	before := []float64{testutil.ToFloat64(refused), testutil.ToFloat64(ok), testutil.ToFloat64(hits), testutil.ToFloat64(misses)}
+	const tok = "/metadata/identity/oauth2/token?api-version=1&resource=metrics"
+	f.do(t, "10.0.0.1", tok+"&client_id=someone-else", true)
+	f.do(t, "10.0.0.1", tok, true)
+	f.do(t, "10.0.0.1", tok, true)
+	after := []float64{testutil.ToFloat64(refused), testutil.ToFloat64(ok), testutil.ToFloat64(hits), testutil.ToFloat64(misses)}
+	want := []float64{1, 2, 1, 1}
+	for i := range want {
+		if after[i]-before[i] != want[i] {
+			t.Fatalf("metric %d grew by %v, want %v", i, after[i]-before[i], want[i])
+		}
 	}
 }
