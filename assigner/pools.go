@@ -413,4 +413,3 @@ func (t *throttle) wait(scope string) time.Duration {
 	defer t.mu.Unlock()
 	return time.Until(t.until[scope])
 }
-
