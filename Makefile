@@ -33,6 +33,7 @@ generate: $(CONTROLLER_GEN) ## Generate deepcopy code.
 manifests: $(CONTROLLER_GEN) ## Generate CRD, RBAC and webhook manifests into config/.
 	$(CONTROLLER_GEN) crd paths=./api/... output:crd:artifacts:config=config/crd
 	$(CONTROLLER_GEN) rbac:roleName=aad-pod-identity-webhook paths=./webhook/... output:rbac:artifacts:config=config/rbac/webhook
+	$(CONTROLLER_GEN) rbac:roleName=aad-pod-identity-assigner paths=./assigner/... output:rbac:artifacts:config=config/rbac/assigner
 	$(CONTROLLER_GEN) webhook paths=./webhook/... output:webhook:artifacts:config=config/webhook
 
 .PHONY: verify-generated

@@ -92,6 +92,16 @@ func NewManager(cfg *rest.Config, mo ManagerOptions, opts Options) (manager.Mana
 	return mgr, nil
 }
 
+// RBAC of the assigner (config/rbac/assigner, generated).
+// +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch;patch;update
+// +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=events,verbs=create;patch
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+// +kubebuilder:rbac:groups=aadpodidentity.k8s.io,resources=azureidentities;azureidentitybindings,verbs=get;list;watch
+// +kubebuilder:rbac:groups=aadpodidentity.k8s.io,resources=azureassignedidentities,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=aadpodidentity.k8s.io,resources=azureassignedidentities/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch;create;update;patch;delete
+
 // Setup registers the indexes and the pod and pool controllers.
 func Setup(ctx context.Context, mgr manager.Manager, opts Options) error {
 	if opts.ARM == nil || opts.Namespace == "" || opts.GCGracePeriod <= 0 || opts.DriftCheckPeriod <= 0 {
