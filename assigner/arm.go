@@ -22,6 +22,9 @@ type ARM struct {
 	cred      azcore.TokenCredential
 	opts      *arm.ClientOptions
 	pollEvery time.Duration
+	// Timeout bounds one request, a PATCH with its long-running operation
+	// included; a timed-out request is retried like a 5xx.
+	Timeout time.Duration
 
 	mu   sync.Mutex
 	vmss map[string]*armcompute.VirtualMachineScaleSetsClient
@@ -32,7 +35,7 @@ type ARM struct {
 // disable azcore's), so that a 429 stops every write to its scope, not just
 // one request.
 func NewARM(cred azcore.TokenCredential, opts *arm.ClientOptions, pollEvery time.Duration) *ARM {
-	return &ARM{cred: cred, opts: opts, pollEvery: pollEvery, vmss: map[string]*armcompute.VirtualMachineScaleSetsClient{}, vms: map[string]*armcompute.VirtualMachinesClient{}}
+	return &ARM{cred: cred, opts: opts, pollEvery: pollEvery, Timeout: 5 * time.Minute, vmss: map[string]*armcompute.VirtualMachineScaleSetsClient{}, vms: map[string]*armcompute.VirtualMachinesClient{}}
 }
 
 func (a *ARM) clients(sub string) (*armcompute.VirtualMachineScaleSetsClient, *armcompute.VirtualMachinesClient, error) {
@@ -56,6 +59,8 @@ func (a *ARM) clients(sub string) (*armcompute.VirtualMachineScaleSetsClient, *a
 // Get reads a pool's identities.
 func (a *ARM) Get(ctx context.Context, pool Pool) (actual Actual, err error) {
 	defer observeARM("get", time.Now(), &err)
+	ctx, cancel := context.WithTimeout(ctx, a.Timeout)
+	defer cancel()
 	vmss, vms, err := a.clients(pool.Subscription)
 	if err != nil {
 		return Actual{}, err
@@ -92,6 +97,8 @@ func (a *ARM) Get(ctx context.Context, pool Pool) (actual Actual, err error) {
 // Update sends one patch and waits for its long-running operation.
 func (a *ARM) Update(ctx context.Context, pool Pool, p Patch) (err error) {
 	defer observeARM("patch", time.Now(), &err)
+	ctx, cancel := context.WithTimeout(ctx, a.Timeout)
+	defer cancel()
 	vmss, vms, err := a.clients(pool.Subscription)
 	if err != nil {
 		return err

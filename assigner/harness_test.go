@@ -213,10 +213,15 @@ func (w *world) pod(name, selector string, mutate ...func(*corev1.Pod)) *corev1.
 	for _, m := range mutate {
 		m(pod)
 	}
-	res, err := (&webhook.Resolver{Cache: w.c}).Resolve(w.ctx, w.ns, selector)
-	if err != nil {
+	var bindings aadv1.AzureIdentityBindingList
+	var identities aadv1.AzureIdentityList
+	if err := w.c.List(w.ctx, &bindings, client.InNamespace(w.ns)); err != nil {
 		w.t.Fatal(err)
 	}
+	if err := w.c.List(w.ctx, &identities, client.InNamespace(w.ns)); err != nil {
+		w.t.Fatal(err)
+	}
+	res := webhook.Resolve(w.ns, selector, bindings.Items, identities.Items, false)
 	pod.Annotations = res.Annotations()
 	if res.NeedsAssignment() && pod.Spec.NodeName == "" {
 		pod.Spec.SchedulingGates = []corev1.PodSchedulingGate{{Name: aadv1.SchedulingGate}}

@@ -113,7 +113,8 @@ func TestTargetPools(t *testing.T) {
 		node("a0", "a", map[string]string{"pool": "a"}),
 		node("a1", "a", map[string]string{"pool": "a"}),
 		node("b0", "b", map[string]string{"pool": "b", "gpu": "true"}, corev1.Taint{Key: "gpu", Effect: corev1.TaintEffectNoSchedule}),
-		node("c0", "c", map[string]string{"pool": "c"}, corev1.Taint{Key: aadv1.NMINotReadyTaint, Effect: corev1.TaintEffectNoSchedule}),
+		node("c0", "c", map[string]string{"pool": "c"}, corev1.Taint{Key: aadv1.NMINotReadyTaint, Effect: corev1.TaintEffectNoSchedule},
+			corev1.Taint{Key: corev1.TaintNodeNotReady, Effect: corev1.TaintEffectNoExecute}),
 		node("d0", "d", map[string]string{"pool": "d"}, corev1.Taint{Key: "soft", Effect: corev1.TaintEffectPreferNoSchedule}),
 		{ObjectMeta: metav1.ObjectMeta{Name: "kind", Labels: map[string]string{"pool": "x"}}, Spec: corev1.NodeSpec{ProviderID: "kind://docker/x"}},
 	}

@@ -64,6 +64,9 @@ func (r *poolReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.
 	if err != nil {
 		return ctrl.Result{}, err
 	}
+	if len(needs) == 0 && len(records) == 0 {
+		return ctrl.Result{}, nil // nothing of ours here: no need to ask ARM
+	}
 	actual, err := r.arm.Get(ctx, pool)
 	if err != nil {
 		return r.armFailed(ctx, pool, records, err)

@@ -19,7 +19,9 @@ var errNoPool = errors.New("no node pool matches the pod's node selector, requir
 // TargetPools returns the pools a pod may run on, sorted by key: its node's
 // pool once scheduled, else the pools of every Node the scheduler could
 // pick (node selector, required affinity, untolerated NoSchedule/NoExecute
-// taints). NMI's startup taint does not count: it goes away by itself.
+// taints). Taints that go away by themselves do not count: NMI's startup
+// taint and the node lifecycle's not-ready/unreachable ones (a new node of a
+// pool carries them until its kubelet reports ready).
 func TargetPools(pod *corev1.Pod, nodes []corev1.Node) ([]Pool, error) {
 	if pod.Spec.NodeName != "" {
 		for i := range nodes {
@@ -63,5 +65,9 @@ func TargetPools(pod *corev1.Pod, nodes []corev1.Node) ([]Pool, error) {
 }
 
 func schedulingTaint(t *corev1.Taint) bool {
-	return (t.Effect == corev1.TaintEffectNoSchedule || t.Effect == corev1.TaintEffectNoExecute) && t.Key != aadv1.NMINotReadyTaint
+	switch t.Key {
+	case aadv1.NMINotReadyTaint, corev1.TaintNodeNotReady, corev1.TaintNodeUnreachable:
+		return false
+	}
+	return t.Effect == corev1.TaintEffectNoSchedule || t.Effect == corev1.TaintEffectNoExecute
 }

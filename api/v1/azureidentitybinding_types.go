@@ -35,6 +35,7 @@ type AzureIdentityBindingStatus struct {
 // +kubebuilder:printcolumn:name="Identity",type=string,JSONPath=`.spec.azureIdentity`
 // +kubebuilder:printcolumn:name="Selector",type=string,JSONPath=`.spec.selector`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+// +kubebuilder:metadata:annotations="api-approved.kubernetes.io=unapproved, kept for compatibility with aad-pod-identity"
 type AzureIdentityBinding struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
