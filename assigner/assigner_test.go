@@ -266,8 +266,10 @@ func TestFaults(t *testing.T) {
 		check  func(t *testing.T, w *world)
 	}{
 		{
-			name:   "429 honours Retry-After",
-			inject: func(w *world, p fakeazure.Pool) { w.arm.InjectFault(fakeazure.Fault{Method: http.MethodPatch, Status: 429, RetryAfter: "2"}) },
+			name: "429 honours Retry-After",
+			inject: func(w *world, p fakeazure.Pool) {
+				w.arm.InjectFault(fakeazure.Fault{Method: http.MethodPatch, Status: 429, RetryAfter: "2"})
+			},
 			check: func(t *testing.T, w *world) {
 				writes := w.arm.Writes()
 				if len(writes) < 2 || writes[0].Status != 429 {
@@ -290,8 +292,10 @@ func TestFaults(t *testing.T) {
 			},
 		},
 		{
-			name:   "500 retried",
-			inject: func(w *world, p fakeazure.Pool) { w.arm.InjectFault(fakeazure.Fault{Method: http.MethodPatch, Status: 500}) },
+			name: "500 retried",
+			inject: func(w *world, p fakeazure.Pool) {
+				w.arm.InjectFault(fakeazure.Fault{Method: http.MethodPatch, Status: 500})
+			},
 			check: func(t *testing.T, w *world) {
 				if writes := w.arm.Writes(); len(writes) < 2 || writes[0].Status != 500 {
 					t.Errorf("writes = %+v", writes)

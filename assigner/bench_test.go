@@ -13,6 +13,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/assigner"
 	"github.com/aad-pod-identity/aad-pod-identity/webhook"
 )
 
@@ -29,7 +30,11 @@ func BenchmarkPodReady(b *testing.B) {
 		b.Fatal(err)
 	}
 	for range b.N {
-		w := newWorld(b)
+		window, err := time.ParseDuration(envString("ASSIGNER_BENCH_BATCH_WINDOW", "500ms"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		w := newWorld(b, func(o *assigner.Options) { o.BatchWindow = window })
 		w.arm.SetWriteLatency(latency)
 		for i := range pools {
 			w.pool(fmt.Sprintf("pool%d", i), i%2 == 0, nil)
@@ -69,6 +74,7 @@ func BenchmarkPodReady(b *testing.B) {
 				}
 			}
 		}()
+		start := time.Now()
 		var wg sync.WaitGroup
 		sem := make(chan struct{}, 16)
 		for i := range pods {
@@ -85,6 +91,7 @@ func BenchmarkPodReady(b *testing.B) {
 			}()
 		}
 		wg.Wait()
+		b.Logf("created %d pods in %s", pods, time.Since(start))
 		select {
 		case <-done:
 		case <-time.After(10 * time.Minute):
@@ -138,4 +145,3 @@ func rss() string {
 	}
 	return "unknown"
 }
-

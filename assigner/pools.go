@@ -36,9 +36,14 @@ type poolReconciler struct {
 	immutable map[string]bool // lower-cased client and resource IDs
 	throttle  *throttle
 
+	// batch is how long new work on a pool waits for more pods before the
+	// first write, so that a burst fits in one PATCH.
+	batch time.Duration
+
 	mu        sync.Mutex
 	failures  map[string]int       // consecutive transient ARM failures by pool
 	lastDrift map[string]time.Time // last retry of Failed records by pool
+	newWork   map[string]time.Time // when a pool first saw an identity without record
 }
 
 // need is one identity the pool's live pods need.
@@ -67,6 +72,9 @@ func (r *poolReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.
 	if len(needs) == 0 && len(records) == 0 {
 		return ctrl.Result{}, nil // nothing of ours here: no need to ask ARM
 	}
+	if wait := r.batchWait(pool, needs, records, time.Now()); wait > 0 {
+		return ctrl.Result{RequeueAfter: wait}, nil
+	}
 	actual, err := r.arm.Get(ctx, pool)
 	if err != nil {
 		return r.armFailed(ctx, pool, records, err)
@@ -90,6 +98,34 @@ func (r *poolReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.
 		return ctrl.Result{}, err
 	}
 	return ctrl.Result{RequeueAfter: min(requeue, r.drift)}, nil
+}
+
+// batchWait returns how long to wait before writing: new identities for a
+// pool are held for the batch window from when the first one was seen.
+func (r *poolReconciler) batchWait(pool Pool, needs map[string]*need, records map[string]*aadv1.AzureAssignedIdentity, now time.Time) time.Duration {
+	fresh := false
+	for key := range needs {
+		if records[key] == nil {
+			fresh = true
+			break
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !fresh || r.batch <= 0 {
+		delete(r.newWork, pool.Key())
+		return 0
+	}
+	first, ok := r.newWork[pool.Key()]
+	if !ok {
+		r.newWork[pool.Key()] = now
+		return r.batch
+	}
+	if left := first.Add(r.batch).Sub(now); left > 0 {
+		return left
+	}
+	delete(r.newWork, pool.Key())
+	return 0
 }
 
 // needs sums, per AzureIdentity, the live pods targeting pool.

@@ -47,6 +47,9 @@ type Options struct {
 	// DriftCheckPeriod is how often pools are re-read and vanished
 	// identities re-added (and refused ones retried).
 	DriftCheckPeriod time.Duration
+	// BatchWindow holds the first write of new identities to a pool so that
+	// the pods of a burst share one PATCH.
+	BatchWindow time.Duration
 	// Immutable identities (client or resource IDs) are never removed.
 	Immutable           []string
 	AllowCrossNamespace bool
@@ -57,6 +60,11 @@ type ManagerOptions struct {
 	MetricsAddr, ProbeAddr  string
 	LeaderElect             bool
 	LeaderElectionNamespace string
+	// QPS and Burst limit requests to the API server (0: 100 and 200).
+	// client-go's default of 20 would make a burst of pods wait on the
+	// client, not on ARM.
+	QPS   float32
+	Burst int
 }
 
 // NewManager builds a manager running the assigner; the caller starts it.
@@ -64,6 +72,14 @@ func NewManager(cfg *rest.Config, mo ManagerOptions, opts Options) (manager.Mana
 	labelled, err := labels.NewRequirement(aadv1.BindingLabel, selection.Exists, nil)
 	if err != nil {
 		return nil, err
+	}
+	cfg = rest.CopyConfig(cfg)
+	cfg.QPS, cfg.Burst = 100, 200
+	if mo.QPS > 0 {
+		cfg.QPS = mo.QPS
+	}
+	if mo.Burst > 0 {
+		cfg.Burst = mo.Burst
 	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                  webhook.Scheme(),
@@ -149,7 +165,8 @@ func Setup(ctx context.Context, mgr manager.Manager, opts Options) error {
 		client: c, arm: opts.ARM, namespace: opts.Namespace,
 		grace: opts.GCGracePeriod, drift: opts.DriftCheckPeriod, immutable: immutable,
 		throttle: &throttle{until: map[string]time.Time{}},
-		failures: map[string]int{}, lastDrift: map[string]time.Time{},
+		batch:    opts.BatchWindow,
+		failures: map[string]int{}, lastDrift: map[string]time.Time{}, newWork: map[string]time.Time{},
 	}
 	err = ctrl.NewControllerManagedBy(mgr).Named("pool").
 		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(podToPools), builder.WithPredicates(podTargetsChanged())).

@@ -27,6 +27,7 @@ func main() {
 		azureConfig, armEndpoint, authorityHost string
 		immutable                               string
 		pollInterval                            time.Duration
+		qps                                     float64
 	)
 	flag.StringVar(&azureConfig, "azure-config-file", "/etc/kubernetes/azure.json", "Cloud provider config (cloud, tenantId, subscriptionId, aadClientId, aadClientSecret, useManagedIdentityExtension, userAssignedIdentityID); AZURE_* environment variables fill what it lacks.")
 	flag.StringVar(&armEndpoint, "arm-endpoint", "", "ARM endpoint; default: the cloud's.")
@@ -34,15 +35,19 @@ func main() {
 	flag.StringVar(&immutable, "immutable-identities", "", "Comma-separated client IDs or resource IDs of identities never removed from a pool.")
 	flag.DurationVar(&opts.GCGracePeriod, "gc-grace-period", 5*time.Minute, "How long an identity no live pod needs stays on a pool before it is removed.")
 	flag.DurationVar(&opts.DriftCheckPeriod, "drift-check-period", 3*time.Minute, "How often pools are re-read, vanished identities re-added and refused ones retried.")
+	flag.DurationVar(&opts.BatchWindow, "batch-window", 500*time.Millisecond, "How long new identities for a pool wait for more pods before the first write, so that a burst shares one PATCH.")
 	flag.DurationVar(&pollInterval, "arm-poll-interval", time.Second, "Polling interval of ARM long-running operations when ARM sends no Retry-After (minimum 1s).")
 	flag.BoolVar(&opts.AllowCrossNamespace, "allow-cross-namespace", false, "Let pods match AzureIdentityBindings in every namespace, as the webhook does with the same flag.")
 	flag.BoolVar(&mo.LeaderElect, "leader-elect", true, "Elect a leader through a Lease, so that only one replica writes to ARM.")
 	flag.StringVar(&mo.LeaderElectionNamespace, "leader-election-namespace", podNamespace, "Namespace of the leader election Lease.")
+	flag.Float64Var(&qps, "kube-api-qps", 100, "Requests per second to the Kubernetes API server.")
+	flag.IntVar(&mo.Burst, "kube-api-burst", 200, "Burst of requests to the Kubernetes API server.")
 	flag.StringVar(&mo.MetricsAddr, "metrics-bind-address", ":8080", "Address of the Prometheus metrics endpoint; 0 disables it.")
 	flag.StringVar(&mo.ProbeAddr, "health-probe-bind-address", ":8081", "Address of /healthz and /readyz.")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)
 	flag.Parse()
+	mo.QPS = float32(qps)
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
 	log := ctrl.Log.WithName("setup")
 
