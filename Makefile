@@ -61,6 +61,10 @@ test: deps control-plane verify-generated vet ## Run every test (unit, envtest i
 bench: control-plane ## Run the admission load generator (see docs/performance.md).
 	go run ./hack/loadgen $(LOADGEN_ARGS)
 
+.PHONY: bench-assigner
+bench-assigner: control-plane ## Run the assigner load generator (see docs/performance.md, section Assigner).
+	go test -run '^$$' -bench BenchmarkPodReady -benchtime 1x -count=1 ./assigner/
+
 .PHONY: control-plane
 control-plane: $(ASSETS)/.done ## Build etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubectl from source.
 
