@@ -34,6 +34,7 @@ manifests: $(CONTROLLER_GEN) ## Generate CRD, RBAC and webhook manifests into co
 	$(CONTROLLER_GEN) crd paths=./api/... output:crd:artifacts:config=config/crd
 	$(CONTROLLER_GEN) rbac:roleName=aad-pod-identity-webhook paths=./webhook/... output:rbac:artifacts:config=config/rbac/webhook
 	$(CONTROLLER_GEN) rbac:roleName=aad-pod-identity-nmi paths=./nmi/... output:rbac:artifacts:config=config/rbac/nmi
+	$(CONTROLLER_GEN) rbac:roleName=aad-pod-identity-assigner paths=./assigner/... output:rbac:artifacts:config=config/rbac/assigner
 	$(CONTROLLER_GEN) webhook paths=./webhook/... output:webhook:artifacts:config=config/webhook
 
 .PHONY: verify-generated
@@ -61,6 +62,10 @@ test: deps control-plane verify-generated vet ## Run every test (unit, envtest i
 .PHONY: bench
 bench: control-plane ## Run the admission load generator (see docs/performance.md).
 	go run ./hack/loadgen $(LOADGEN_ARGS)
+
+.PHONY: bench-assigner
+bench-assigner: control-plane ## Run the assigner load generator (see docs/performance.md, section Assigner).
+	go test -run '^$$' -bench BenchmarkPodReady -benchtime 1x -count=1 ./assigner/
 
 .PHONY: control-plane
 control-plane: $(ASSETS)/.done ## Build etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubectl from source.
