@@ -16,7 +16,7 @@ K8S_MINOR := $(word 2,$(subst ., ,$(K8S_VERSION)))
 K8S_LDFLAGS := $(foreach p,k8s.io/component-base/version k8s.io/client-go/pkg/version,\
 	-X $(p).gitVersion=v$(K8S_VERSION) -X $(p).gitMajor=1 -X $(p).gitMinor=$(K8S_MINOR))
 
-FUZZTIME ?= 20s
+FUZZTIME ?= 60s
 export KUBEBUILDER_ASSETS := $(ASSETS)
 
 ##@ General
@@ -33,6 +33,8 @@ generate: $(CONTROLLER_GEN) ## Generate deepcopy code.
 manifests: $(CONTROLLER_GEN) ## Generate CRD, RBAC and webhook manifests into config/.
 	$(CONTROLLER_GEN) crd paths=./api/... output:crd:artifacts:config=config/crd
 	$(CONTROLLER_GEN) rbac:roleName=aad-pod-identity-webhook paths=./webhook/... output:rbac:artifacts:config=config/rbac/webhook
+	$(CONTROLLER_GEN) rbac:roleName=aad-pod-identity-nmi paths=./nmi/... output:rbac:artifacts:config=config/rbac/nmi
+	$(CONTROLLER_GEN) rbac:roleName=aad-pod-identity-assigner paths=./assigner/... output:rbac:artifacts:config=config/rbac/assigner
 	$(CONTROLLER_GEN) webhook paths=./webhook/... output:webhook:artifacts:config=config/webhook
 
 .PHONY: verify-generated
@@ -54,11 +56,16 @@ build: ## Build the binaries into bin/.
 test: deps control-plane verify-generated vet chart-test-deps ## Run every test (unit, envtest integration, fuzz smoke).
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	go test -race -count=1 ./...
-	go test -run '^$$' -fuzz FuzzAdmission -fuzztime $(FUZZTIME) ./webhook/
+	go test -run '^$$' -fuzz FuzzAdmission -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./webhook/
+	go test -run '^$$' -fuzz FuzzParseTokenRequest -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./nmi/
 
 .PHONY: bench
 bench: control-plane ## Run the admission load generator (see docs/performance.md).
 	go run ./hack/loadgen $(LOADGEN_ARGS)
+
+.PHONY: bench-assigner
+bench-assigner: control-plane ## Run the assigner load generator (see docs/performance.md, section Assigner).
+	go test -run '^$$' -bench BenchmarkPodReady -benchtime 1x -count=1 ./assigner/
 
 .PHONY: control-plane
 control-plane: $(ASSETS)/.done ## Build etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubectl from source.
@@ -117,3 +124,8 @@ images: ## Build the container images (needs a container engine; not run in CI).
 	@for i in $(IMAGES); do \
 		$(CONTAINER_TOOL) build -f build/Dockerfile --target $$i --build-arg GO_VERSION=$$(go env GOVERSION | sed 's/^go//') \
 			-t $(IMAGE_REGISTRY)/$$i:$(IMAGE_TAG) . || exit 1; done
+
+NMI_LOAD_PODS ?= 10000
+.PHONY: bench-nmi
+bench-nmi: deps control-plane ## NMI load generator in network namespaces, as root (see docs/performance.md, section NMI).
+	AADPI_NMI_LOAD=1 AADPI_NMI_LOAD_PODS=$(NMI_LOAD_PODS) go test -count=1 -v -timeout 30m -run '^TestNMILoad$$' ./e2e/nmi/

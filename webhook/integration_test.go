@@ -119,13 +119,21 @@ func getPod(t *testing.T, ns, name string) *corev1.Pod {
 	return pod
 }
 
-func TestWalkthroughPodIsGatedAndAnnotated(t *testing.T) {
+// applyWalkthrough starts the webhook and applies the walkthrough's identity,
+// binding and demo pod with kubectl into a new namespace.
+func applyWalkthrough(t *testing.T) (namespace string) {
+	t.Helper()
 	startWebhook(t, Options{})
 	ns := newNamespace(t)
 	identity, binding, pod := walkthrough("demo", demoClientID, demoResourceID)
 	apply(t, ns, identity)
 	apply(t, ns, binding)
 	apply(t, ns, pod)
+	return ns
+}
+
+func TestWalkthroughPodIsGatedAndAnnotated(t *testing.T) {
+	ns := applyWalkthrough(t)
 
 	got := getPod(t, ns, "demo")
 	if want := ns + "/demo"; got.Annotations[aadv1.AnnotationIdentities] != want {
@@ -235,12 +243,7 @@ func impersonate(t *testing.T, user string) client.Client {
 }
 
 func TestOnlyTrustedServiceAccountsChangeProtectedFields(t *testing.T) {
-	startWebhook(t, Options{})
-	ns := newNamespace(t)
-	identity, binding, pod := walkthrough("demo", demoClientID, demoResourceID)
-	apply(t, ns, identity)
-	apply(t, ns, binding)
-	apply(t, ns, pod)
+	ns := applyWalkthrough(t)
 
 	alice := "alice"
 	webhookUser := "system:serviceaccount:" + strings.Replace(webhookSA, "/", ":", 1)

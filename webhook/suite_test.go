@@ -3,11 +3,13 @@ package webhook
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
 	"go.uber.org/zap/zapcore"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -34,11 +36,19 @@ const (
 )
 
 func TestMain(m *testing.M) {
+	flag.Parse()
 	os.Exit(runSuite(m))
 }
 
 func runSuite(m *testing.M) int {
 	logf.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.UseDevMode(true), zap.Level(zapLevel())))
+	// Fuzzing runs only FuzzAdmission, in several worker processes: none of
+	// them needs an apiserver.
+	// Nor logs: the errors it provokes on purpose would slow it down.
+	if f := flag.Lookup("test.fuzz"); f != nil && f.Value.String() != "" {
+		logf.SetLogger(logr.Discard())
+		return m.Run()
+	}
 	env, err := framework.NewEnvironment(framework.Options{Webhooks: true})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -95,20 +105,16 @@ func grantPodEditing(ctx context.Context) error {
 // apiserver until the test ends.
 func startWebhook(t *testing.T, opts Options) (stop func()) {
 	t.Helper()
+	if testEnv == nil {
+		t.Fatal("no control plane: integration tests cannot run together with -fuzz")
+	}
 	wio := testEnv.WebhookInstallOptions
 	opts.Port, opts.CertDir, opts.CertName, opts.KeyName = wio.LocalServingPort, wio.LocalServingCertDir, "tls.crt", "tls.key"
 	opts.MetricsAddr, opts.ProbeAddr = "0", "127.0.0.1:0"
 	if opts.TrustedServiceAccounts == nil {
 		opts.TrustedServiceAccounts = []string{webhookSA, assignerSA}
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	mgr, err := NewManager(ctx, cfg, opts)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- mgr.Start(ctx) }()
+	ctx, cancel, done := runManager(t, opts)
 	// Ready once a labelled pod is admitted, i.e. TLS is served and the
 	// cache synced.
 	if err := waitServing(ctx); err != nil {
@@ -128,6 +134,21 @@ func startWebhook(t *testing.T, opts Options) (stop func()) {
 	}
 	t.Cleanup(stop)
 	return stop
+}
+
+// runManager starts a webhook manager; cancel stops it and done reports how
+// it ended.
+func runManager(t *testing.T, opts Options) (context.Context, context.CancelFunc, <-chan error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	mgr, err := NewManager(ctx, cfg, opts)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	return ctx, cancel, done
 }
 
 func waitServing(ctx context.Context) error {
