@@ -43,15 +43,15 @@ func expected(release string, builtinCerts, servicePrincipals, taintRemoval, cle
 			{"events.k8s.io", "events", []string{"create", "patch"}, "*", nil},
 			{aad, "azureidentities", read, "*", nil},
 			{aad, "azureidentitybindings", read, "*", nil},
-			{aad, "azurepodidentityexceptions", read, "*", nil},
 			{aad, "azureassignedidentities", crud, "*", nil},
 			{aad, "azureassignedidentities/status", []string{"get", "update", "patch"}, "*", nil},
 			{"coordination.k8s.io", "leases", crud, "release", nil},
 		},
-		"nmi": {{"", "pods", []string{"list", "watch"}, "*", nil}},
-	}
-	for _, r := range crds {
-		g["nmi"] = append(g["nmi"], grant{aad, r, read, "*", nil})
+		"nmi": {
+			{"", "pods", read, "*", nil},
+			{aad, "azureidentities", read, "*", nil},
+			{aad, "azurepodidentityexceptions", read, "*", nil},
+		},
 	}
 	if builtinCerts {
 		for _, r := range []string{"mutatingwebhookconfigurations", "validatingwebhookconfigurations"} {
@@ -67,7 +67,7 @@ func expected(release string, builtinCerts, servicePrincipals, taintRemoval, cle
 		g["nmi"] = append(g["nmi"], grant{"", "secrets", []string{"get"}, "*", nil})
 	}
 	if taintRemoval {
-		g["nmi"] = append(g["nmi"], grant{"", "nodes", []string{"get", "patch"}, "", nil})
+		g["nmi"] = append(g["nmi"], grant{"", "nodes", []string{"get", "update"}, "", nil})
 	}
 	if cleanup {
 		g["cleanup"] = []grant{
