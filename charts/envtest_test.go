@@ -38,11 +38,12 @@ func run(m *testing.M) int {
 		return 1
 	}
 	env.CRDDirectoryPaths = append(env.CRDDirectoryPaths, crds)
+	// Stop also ends the processes of a start that failed half-way.
+	defer func() { _ = env.Stop() }()
 	if cfg, err = env.Start(); err != nil {
 		fmt.Fprintln(os.Stderr, "starting envtest:", err)
 		return 1
 	}
-	defer func() { _ = env.Stop() }()
 	if k8s, err = client.New(cfg, client.Options{}); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1

@@ -28,11 +28,12 @@ func TestCertRotationIssuesAndInjects(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Stop also ends the processes of a start that failed half-way.
+	t.Cleanup(func() { _ = env.Stop() })
 	cfg, err := env.Start()
 	if err != nil {
 		t.Fatalf("starting envtest: %v", err)
 	}
-	t.Cleanup(func() { _ = env.Stop() })
 	k8s, err := client.New(cfg, client.Options{Scheme: webhook.Scheme()})
 	if err != nil {
 		t.Fatal(err)
