@@ -57,6 +57,8 @@ func runSuite(m *testing.M) int {
 	testEnv = env
 	if cfg, err = testEnv.Start(); err != nil {
 		fmt.Fprintln(os.Stderr, "starting envtest:", err)
+		// A half-started environment still has etcd or kube-apiserver running.
+		_ = testEnv.Stop()
 		return 1
 	}
 	defer func() {
