@@ -41,7 +41,7 @@ func setSysctls(values map[string]string) error {
 
 func routerSysctls() map[string]string {
 	return map[string]string{
-		"net/ipv4/ip_forward":            "1",
+		"net/ipv4/ip_forward":             "1",
 		"net/ipv4/conf/all/rp_filter":     "0",
 		"net/ipv4/conf/default/rp_filter": "0",
 	}
