@@ -83,3 +83,18 @@ deps: ## Install the system packages the tests need (apt, when missing).
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
 		DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+
+##@ Sandbox (local cluster in network namespaces; see docs/sandbox.md)
+SANDBOX_DIR ?= /tmp/aadpi-sbx-make
+
+.PHONY: sandbox-build
+sandbox-build: ## Build the sandbox, podinit and the component binaries into bin/.
+	go build -o $(BIN)/ ./cmd/... ./e2e/cmd/sandbox ./e2e/cmd/podinit
+
+.PHONY: sandbox-up
+sandbox-up: deps control-plane sandbox-build ## Run the sandbox cluster in the foreground; Ctrl-C tears it down.
+	$(BIN)/sandbox up --bin-dir $(BIN) --dir $(SANDBOX_DIR)
+
+.PHONY: sandbox-down
+sandbox-down: ## Remove the namespaces and processes a killed sandbox left behind.
+	go run ./e2e/cmd/sandbox down

@@ -89,6 +89,7 @@ func deleteNetNS(name string) error {
 		return nil
 	}
 	killProcessesIn(path)
+	endThread(path)
 	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
 		return fmt.Errorf("unmounting %s: %w", path, err)
 	}

@@ -87,6 +87,9 @@ func setupNodeNS(cp, node ns.NetNS, i int) error {
 		if err != nil {
 			return err
 		}
+		if err := netlink.LinkSetUp(eth0); err != nil {
+			return err
+		}
 		if err := netlink.AddrAdd(eth0, &netlink.Addr{IPNet: &net.IPNet{IP: nodeLinkNode(i), Mask: net.CIDRMask(24, 32)}}); err != nil {
 			return err
 		}
@@ -135,6 +138,9 @@ func setupPodNS(node, pod ns.NetNS, i int, podIP net.IP, hostLink string) error 
 		}
 		eth0, err := netlink.LinkByName("eth0")
 		if err != nil {
+			return err
+		}
+		if err := netlink.LinkSetUp(eth0); err != nil {
 			return err
 		}
 		if err := netlink.AddrAdd(eth0, &netlink.Addr{IPNet: &net.IPNet{IP: podIP, Mask: net.CIDRMask(24, 32)}}); err != nil {

@@ -169,13 +169,26 @@ func (r *podRun) setup() error {
 		}
 		r.podIP = podIP.String()
 	}
-	vols, err := prepareVolumes(r.ctx, r.k.client, pod, filepath.Join(r.dir, "volumes"))
-	if err != nil {
-		r.fail("CreateContainerConfigError", err.Error())
-		return err
+	// Like the kubelet, retry volumes until their sources exist (a Secret
+	// created after the pod, kube-root-ca.crt not yet published).
+	for {
+		vols, err := prepareVolumes(r.ctx, r.k.client, pod, filepath.Join(r.dir, "volumes"))
+		if err == nil {
+			r.volumes = vols
+			return nil
+		}
+		r.mu.Lock()
+		for _, c := range r.containers {
+			c.status.State.Waiting = &corev1.ContainerStateWaiting{Reason: "ContainerCreating", Message: err.Error()}
+		}
+		r.mu.Unlock()
+		r.notify()
+		select {
+		case <-r.ctx.Done():
+			return err
+		case <-time.After(time.Second):
+		}
 	}
-	r.volumes = vols
-	return nil
 }
 
 // start runs every container in its own restart loop, with probes.

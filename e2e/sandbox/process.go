@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
+	"sync"
 	"syscall"
 	"time"
 
@@ -39,9 +41,10 @@ func startIn(netns ns.NetNS, name, logPath string, cmd *exec.Cmd) (*process, err
 	}
 	cmd.SysProcAttr.Setpgid = true
 	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
-	// fork happens on the thread ns.Do locked into the namespace, so the
-	// child starts there.
-	if err := netns.Do(func(ns.NetNS) error { return cmd.Start() }); err != nil {
+	// The child starts in the namespace of the thread that forks it, and
+	// Pdeathsig fires when that thread ends: fork from the namespace's
+	// long-lived thread.
+	if err := forkThread(netns).run(cmd.Start); err != nil {
 		return nil, fmt.Errorf("starting %s: %w", name, err)
 	}
 	p := &process{name: name, cmd: cmd, done: make(chan struct{})}
@@ -80,4 +83,59 @@ func (p *process) stop(grace time.Duration) error {
 		return fmt.Errorf("%s: %w", p.name, p.err)
 	}
 	return nil
+}
+
+// nsThread is an OS thread that lives in one network namespace until the
+// namespace is deleted, so processes forked from it keep a live parent
+// thread.
+type nsThread struct {
+	reqs chan func()
+	err  error
+}
+
+var (
+	threadsMu sync.Mutex
+	threads   = map[string]*nsThread{}
+)
+
+func forkThread(netns ns.NetNS) *nsThread {
+	threadsMu.Lock()
+	defer threadsMu.Unlock()
+	if t, ok := threads[netns.Path()]; ok {
+		return t
+	}
+	t := &nsThread{reqs: make(chan func())}
+	ready := make(chan struct{})
+	go func() {
+		// Never unlocked: the thread ends with the goroutine.
+		runtime.LockOSThread()
+		t.err = netns.Set()
+		close(ready)
+		for f := range t.reqs {
+			f()
+		}
+	}()
+	<-ready
+	threads[netns.Path()] = t
+	return t
+}
+
+func (t *nsThread) run(f func() error) error {
+	if t.err != nil {
+		return fmt.Errorf("entering namespace: %w", t.err)
+	}
+	errc := make(chan error, 1)
+	t.reqs <- func() { errc <- f() }
+	return <-errc
+}
+
+// endThread lets the namespace's fork thread exit; call it only once every
+// process forked from it is gone.
+func endThread(path string) {
+	threadsMu.Lock()
+	defer threadsMu.Unlock()
+	if t, ok := threads[path]; ok {
+		close(t.reqs)
+		delete(threads, path)
+	}
 }

@@ -24,6 +24,9 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/go-logr/logr"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
@@ -75,6 +78,8 @@ type Sandbox struct {
 	procs  []*process
 	fwd    *forwarder
 	tokens map[string]string // user name → bearer token
+	// closers stop in-process servers (admin socket, fake Azure) at teardown.
+	closers []func()
 }
 
 // Start brings up the control-plane namespace, etcd, kube-apiserver,
@@ -123,6 +128,9 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 		return nil, fmt.Errorf("control-plane namespace: %w", err)
 	}
 	if err := s.startControlPlane(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.serveAdmin(); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -218,7 +226,10 @@ func (s *Sandbox) startControlPlane(ctx context.Context) error {
 	if err := s.writeKubeconfig(s.Kubeconfig, s.Config.Host, "admin"); err != nil {
 		return err
 	}
-	if err := s.waitReady(ctx, "kube-apiserver", s.Config.Host+"/readyz"); err != nil {
+	pool := x509.NewCertPool()
+	pool.AddCert(s.ca.Cert)
+	adminClient := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	if err := s.waitReady(ctx, adminClient, "kube-apiserver", s.Config.Host+"/readyz"); err != nil {
 		return err
 	}
 	inside := fmt.Sprintf("https://%s:%d", apiIP, apiserverPort)
@@ -235,8 +246,7 @@ func (s *Sandbox) startControlPlane(ctx context.Context) error {
 		"--service-account-private-key-file", saKey,
 		"--root-ca-file", s.path("pki", "ca.crt"),
 		"--use-service-account-credentials",
-		"--leader-elect=false",
-		"--controllers", "*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle,-route"); err != nil {
+		"--leader-elect=false"); err != nil {
 		return err
 	}
 	if err := s.start(s.cp, "kube-scheduler",
@@ -247,7 +257,38 @@ func (s *Sandbox) startControlPlane(ctx context.Context) error {
 		"--leader-elect=false"); err != nil {
 		return err
 	}
-	return nil
+	// Both serve /healthz on their own self-signed certificates, inside the
+	// control-plane namespace.
+	insideClient := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return dialIn(ctx, s.cp, network, addr)
+		},
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, // only a liveness check on loopback
+	}}
+	if err := s.waitReady(ctx, insideClient, "kube-controller-manager", "https://127.0.0.1:10257/healthz"); err != nil {
+		return err
+	}
+	if err := s.waitReady(ctx, insideClient, "kube-scheduler", "https://127.0.0.1:10259/healthz"); err != nil {
+		return err
+	}
+	return s.waitDefaults(ctx)
+}
+
+// waitDefaults waits for what the controller manager publishes before pods
+// can be admitted and started: the default ServiceAccount and the
+// kube-root-ca.crt ConfigMap.
+func (s *Sandbox) waitDefaults(ctx context.Context) error {
+	c, err := kubernetes.NewForConfig(s.Config)
+	if err != nil {
+		return err
+	}
+	return wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		if _, err := c.CoreV1().ServiceAccounts("default").Get(ctx, "default", metav1.GetOptions{}); err != nil {
+			return false, nil
+		}
+		_, err := c.CoreV1().ConfigMaps("default").Get(ctx, "kube-root-ca.crt", metav1.GetOptions{})
+		return err == nil, nil
+	})
 }
 
 // writeTokens writes the apiserver's static token file: the admin (also used
@@ -276,11 +317,7 @@ func (s *Sandbox) writeKubeconfig(path, server, user string) error {
 }
 
 // waitReady polls url until it answers 200, a process died or ctx ends.
-func (s *Sandbox) waitReady(ctx context.Context, what, url string) error {
-	pool := x509.NewCertPool()
-	pool.AddCert(s.ca.Cert)
-	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+func (s *Sandbox) waitReady(ctx context.Context, client *http.Client, what, url string) error {	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	for {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
@@ -319,6 +356,10 @@ func (s *Sandbox) Stop() error {
 	for _, n := range nodes {
 		<-n.done
 	}
+	for i := len(s.closers) - 1; i >= 0; i-- {
+		s.closers[i]()
+	}
+	s.closers = nil
 	if s.fwd != nil {
 		s.fwd.close()
 		s.fwd = nil

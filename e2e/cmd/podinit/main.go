@@ -16,6 +16,7 @@ import (
 	"strings"
 	"syscall"
 
+	securejoin "github.com/cyphar/filepath-securejoin"
 	"golang.org/x/sys/unix"
 )
 
@@ -63,7 +64,9 @@ func run(state, workdir string, ms []string, argv []string) error {
 	if err := unix.Mount("overlay", root, "overlay", 0, opts); err != nil {
 		return fmt.Errorf("overlay root: %w", err)
 	}
-	for _, d := range []string{"/dev", "/proc", "/sys", "/run"} {
+	// /run is left to the overlay: a bind of the real one would let mount
+	// points under /var/run (a symlink to it) be created outside.
+	for _, d := range []string{"/dev", "/proc", "/sys"} {
 		if err := bind(d, filepath.Join(root, d), false); err != nil {
 			return err
 		}
@@ -73,7 +76,13 @@ func run(state, workdir string, ms []string, argv []string) error {
 		if len(parts) < 2 || len(parts) > 3 || !filepath.IsAbs(parts[1]) {
 			return fmt.Errorf("bad --mount %q: want SRC:DST[:ro] with an absolute DST", m)
 		}
-		if err := bind(parts[0], filepath.Join(root, parts[1]), len(parts) == 3 && parts[2] == "ro"); err != nil {
+		// Resolve symlinks (e.g. /var/run → /run) inside the new root, never
+		// through the real one.
+		dst, err := securejoin.SecureJoin(root, parts[1])
+		if err != nil {
+			return fmt.Errorf("mount point %s: %w", parts[1], err)
+		}
+		if err := bind(parts[0], dst, len(parts) == 3 && parts[2] == "ro"); err != nil {
 			return err
 		}
 	}

@@ -2,6 +2,7 @@
 //
 //	sandbox up [--nodes 2] [--pools 2] [--state-dir DIR]   run until Ctrl-C, then tear down
 //	sandbox down [--id ID]                                 remove what a killed sandbox left behind
+//	sandbox az --dir STATE_DIR identity create -g RG -n N   the walkthrough's az commands, against the fake Azure
 package main
 
 import (
@@ -33,6 +34,12 @@ func main() {
 		err = up(log, os.Args[2:])
 	case "down":
 		err = down(os.Args[2:])
+	case "az":
+		if len(os.Args) < 4 || os.Args[2] != "--dir" {
+			fmt.Fprintln(os.Stderr, "usage: sandbox az --dir STATE_DIR identity|role ...")
+			os.Exit(2)
+		}
+		err = az(os.Args[3], os.Args[4:])
 	default:
 		usage()
 	}
@@ -43,7 +50,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: sandbox up|down [flags]")
+	fmt.Fprintln(os.Stderr, "usage: sandbox up|down|az [flags]")
 	os.Exit(2)
 }
 
@@ -56,6 +63,7 @@ func up(log logr.Logger, args []string) error {
 	binDir := fs.String("bin-dir", "bin", "directory with podinit and the webhook, assigner, nmi and demo binaries")
 	nodes := fs.Int("nodes", 2, "simulated nodes")
 	pools := fs.Int("pools", 2, "VMSS pools the nodes are spread over")
+	readyFile := fs.String("ready-file", "", "create this file once the cluster and its nodes are up")
 	startupTaint := fs.Bool("startup-taint", false, "register nodes with NMI's not-ready taint")
 	_ = fs.Parse(args)
 	bin, err := filepath.Abs(*binDir)
@@ -85,6 +93,11 @@ func up(log logr.Logger, args []string) error {
 			return err
 		}
 		if err := os.WriteFile(*kubeconfig, data, 0o600); err != nil {
+			return err
+		}
+	}
+	if *readyFile != "" {
+		if err := os.WriteFile(*readyFile, []byte(sb.Dir+"\n"), 0o644); err != nil {
 			return err
 		}
 	}
