@@ -16,7 +16,7 @@ K8S_MINOR := $(word 2,$(subst ., ,$(K8S_VERSION)))
 K8S_LDFLAGS := $(foreach p,k8s.io/component-base/version k8s.io/client-go/pkg/version,\
 	-X $(p).gitVersion=v$(K8S_VERSION) -X $(p).gitMajor=1 -X $(p).gitMinor=$(K8S_MINOR))
 
-FUZZTIME ?= 20s
+FUZZTIME ?= 60s
 export KUBEBUILDER_ASSETS := $(ASSETS)
 
 ##@ General

@@ -56,6 +56,7 @@ type AzureAssignedIdentityStatus struct {
 // assigned to a node pool.
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
+// +kubebuilder:metadata:annotations="api-approved.kubernetes.io=unapproved, the aadpodidentity.k8s.io API predates the approval process and is kept for compatibility"
 // +kubebuilder:printcolumn:name="Identity",type=string,JSONPath=`.spec.azureIdentityRef.name`
 // +kubebuilder:printcolumn:name="ClientID",type=string,JSONPath=`.spec.clientID`
 // +kubebuilder:printcolumn:name="Pool",type=string,JSONPath=`.spec.nodePool`

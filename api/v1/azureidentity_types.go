@@ -26,9 +26,9 @@ const (
 // AzureIdentitySpec describes an Azure AD identity pods may be bound to.
 // +kubebuilder:validation:XValidation:rule="self.type != 0 || (has(self.resourceID) && self.resourceID.matches('(?i)^/subscriptions/[^/]+/resourcegroups/[^/]+/providers/microsoft\\\\.managedidentity/userassignedidentities/[^/]+$'))",message="type 0 (user-assigned identity) needs resourceID of the form /subscriptions/<id>/resourceGroups/<group>/providers/Microsoft.ManagedIdentity/userAssignedIdentities/<name>",fieldPath=".resourceID",reason=FieldValueInvalid
 // +kubebuilder:validation:XValidation:rule="self.type != 0 || (has(self.clientID) && self.clientID.matches('^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'))",message="type 0 (user-assigned identity) needs clientID, a GUID such as 00000000-0000-0000-0000-000000000000",fieldPath=".clientID",reason=FieldValueInvalid
-// +kubebuilder:validation:XValidation:rule="self.type == 0 || (has(self.tenantID) && self.tenantID != '')",message="type 1 and 2 (service principal) need tenantID",fieldPath=".tenantID",reason=FieldValueRequired
-// +kubebuilder:validation:XValidation:rule="self.type == 0 || (has(self.clientID) && self.clientID != '')",message="type 1 and 2 (service principal) need clientID",fieldPath=".clientID",reason=FieldValueRequired
-// +kubebuilder:validation:XValidation:rule="self.type == 0 || (has(self.clientPassword) && has(self.clientPassword.name) && self.clientPassword.name != '')",message="type 1 and 2 (service principal) need clientPassword, a reference {name, namespace} to the Secret holding the credential",fieldPath=".clientPassword",reason=FieldValueRequired
+// +kubebuilder:validation:XValidation:rule="self.type == 0 || (has(self.tenantID) && size(self.tenantID) > 0)",message="type 1 and 2 (service principal) need tenantID",fieldPath=".tenantID",reason=FieldValueRequired
+// +kubebuilder:validation:XValidation:rule="self.type == 0 || (has(self.clientID) && size(self.clientID) > 0)",message="type 1 and 2 (service principal) need clientID",fieldPath=".clientID",reason=FieldValueRequired
+// +kubebuilder:validation:XValidation:rule="self.type == 0 || (has(self.clientPassword) && has(self.clientPassword.name) && size(self.clientPassword.name) > 0)",message="type 1 and 2 (service principal) need clientPassword, a reference {name, namespace} to the Secret holding the credential",fieldPath=".clientPassword",reason=FieldValueRequired
 type AzureIdentitySpec struct {
 	// Type is 0 for a user-assigned managed identity, 1 for a service
 	// principal with a client secret, 2 for a service principal with a
@@ -88,6 +88,7 @@ type AzureIdentityStatus struct {
 // AzureIdentity is an Azure AD identity that pods can be bound to.
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
+// +kubebuilder:metadata:annotations="api-approved.kubernetes.io=unapproved, the aadpodidentity.k8s.io API predates the approval process and is kept for compatibility"
 // +kubebuilder:printcolumn:name="Type",type=integer,JSONPath=`.spec.type`
 // +kubebuilder:printcolumn:name="ClientID",type=string,JSONPath=`.spec.clientID`
 // +kubebuilder:printcolumn:name="ResourceID",type=string,JSONPath=`.spec.resourceID`,priority=1

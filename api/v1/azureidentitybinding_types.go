@@ -32,6 +32,7 @@ type AzureIdentityBindingStatus struct {
 // AzureIdentity.
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
+// +kubebuilder:metadata:annotations="api-approved.kubernetes.io=unapproved, the aadpodidentity.k8s.io API predates the approval process and is kept for compatibility"
 // +kubebuilder:printcolumn:name="Identity",type=string,JSONPath=`.spec.azureIdentity`
 // +kubebuilder:printcolumn:name="Selector",type=string,JSONPath=`.spec.selector`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`

@@ -18,6 +18,7 @@ type AzurePodIdentityExceptionStatus struct {
 // AzurePodIdentityException exempts matching pods from interception.
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
+// +kubebuilder:metadata:annotations="api-approved.kubernetes.io=unapproved, the aadpodidentity.k8s.io API predates the approval process and is kept for compatibility"
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type AzurePodIdentityException struct {
 	metav1.TypeMeta   `json:",inline"`

@@ -24,6 +24,7 @@ import (
 	"github.com/virtual-kubelet/virtual-kubelet/node"
 	"github.com/virtual-kubelet/virtual-kubelet/node/api"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
@@ -175,6 +176,14 @@ func (k *kubelet) DeletePod(_ context.Context, pod *corev1.Pod) error {
 	delete(k.pods, key)
 	k.mu.Unlock()
 	k.notify(final)
+	// As the kubelet's status manager does once containers are gone: finish
+	// the deletion now rather than after the whole grace period.
+	uid := pod.UID
+	err := k.client.CoreV1().Pods(pod.Namespace).Delete(context.Background(), pod.Name,
+		metav1.DeleteOptions{GracePeriodSeconds: new(int64), Preconditions: &metav1.Preconditions{UID: &uid}})
+	if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+		k.log.Error(err, "finishing pod deletion", "pod", key)
+	}
 	return nil
 }
 

@@ -317,7 +317,8 @@ func (s *Sandbox) writeKubeconfig(path, server, user string) error {
 }
 
 // waitReady polls url until it answers 200, a process died or ctx ends.
-func (s *Sandbox) waitReady(ctx context.Context, client *http.Client, what, url string) error {	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+func (s *Sandbox) waitReady(ctx context.Context, client *http.Client, what, url string) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	for {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)

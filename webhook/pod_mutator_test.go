@@ -1,0 +1,145 @@
+package webhook
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+)
+
+func TestApplyResolution(t *testing.T) {
+	msi := Resolution{Identities: []Resolved{{Namespace: "default", Name: "demo", ClientID: "c-demo", Type: aadv1.UserAssignedMSI}}}
+	sp := Resolution{Identities: []Resolved{{Namespace: "default", Name: "sp", ClientID: "c-sp", Type: aadv1.ServicePrincipal}}}
+	gate := []corev1.PodSchedulingGate{{Name: aadv1.SchedulingGate}}
+	tests := []struct {
+		name      string
+		pod       corev1.Pod
+		res       Resolution
+		wantAnn   map[string]string
+		wantGates []corev1.PodSchedulingGate
+	}{
+		{name: "user-assigned identity gets annotations and gate", res: msi,
+			wantAnn:   map[string]string{aadv1.AnnotationIdentities: "default/demo", aadv1.AnnotationClientIDs: "c-demo"},
+			wantGates: gate},
+		{name: "service principal is not gated", res: sp,
+			wantAnn: map[string]string{aadv1.AnnotationIdentities: "default/sp", aadv1.AnnotationClientIDs: "c-sp"}},
+		{name: "nothing resolved records empty annotations", res: Resolution{},
+			wantAnn: map[string]string{aadv1.AnnotationIdentities: "", aadv1.AnnotationClientIDs: ""}},
+		{name: "bound pod cannot be gated", res: msi, pod: corev1.Pod{Spec: corev1.PodSpec{NodeName: "node-1"}},
+			wantAnn: map[string]string{aadv1.AnnotationIdentities: "default/demo", aadv1.AnnotationClientIDs: "c-demo"}},
+		{name: "creator-supplied annotations are replaced, others kept", res: Resolution{},
+			pod: corev1.Pod{ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{
+				aadv1.AnnotationIdentities: "kube-system/cluster-admin", aadv1.AnnotationAssignment: "Assigned", "keep": "me"}}},
+			wantAnn: map[string]string{aadv1.AnnotationIdentities: "", aadv1.AnnotationClientIDs: "", "keep": "me"}},
+		{name: "existing gate is not duplicated", res: msi,
+			pod:       corev1.Pod{Spec: corev1.PodSpec{SchedulingGates: gate}},
+			wantAnn:   map[string]string{aadv1.AnnotationIdentities: "default/demo", aadv1.AnnotationClientIDs: "c-demo"},
+			wantGates: gate},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			pod := tt.pod.DeepCopy()
+			applyResolution(pod, tt.res)
+			if diff := cmp.Diff(tt.wantAnn, pod.Annotations); diff != "" {
+				t.Errorf("annotations (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(tt.wantGates, pod.Spec.SchedulingGates); diff != "" {
+				t.Errorf("gates (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func podRequest(t *testing.T, op admissionv1.Operation, pod, old *corev1.Pod, user string) admission.Request {
+	t.Helper()
+	req := admission.Request{AdmissionRequest: admissionv1.AdmissionRequest{
+		UID: "uid", Operation: op, Namespace: "default",
+		Kind: metav1.GroupVersionKind{Version: "v1", Kind: "Pod"},
+	}}
+	req.UserInfo.Username = user
+	req.Object = runtime.RawExtension{Raw: mustJSON(t, pod)}
+	if old != nil {
+		req.OldObject = runtime.RawExtension{Raw: mustJSON(t, old)}
+	}
+	return req
+}
+
+func mustJSON(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func labelled(selector string) *corev1.Pod {
+	return &corev1.Pod{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
+		ObjectMeta: metav1.ObjectMeta{Name: "demo", Labels: map[string]string{aadv1.BindingLabel: selector}},
+		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "demo", Image: "demo"}}},
+	}
+}
+
+func TestPodMutatorHandle(t *testing.T) {
+	id := identity("default", "demo", aadv1.UserAssignedMSI, "c-demo")
+	b := binding("default", "demo-binding", "demo", "demo")
+	c := newFakeClient(t, &id, &b)
+	m := &PodMutator{Resolver: &Resolver{Cache: c, Live: c}, Decoder: admission.NewDecoder(Scheme())}
+
+	resp, reason := m.handle(context.Background(), podRequest(t, admissionv1.Create, labelled("demo"), nil, "alice"))
+	if !resp.Allowed || reason != reasonResolved {
+		t.Fatalf("allowed=%v reason=%s result=%+v", resp.Allowed, reason, resp.Result)
+	}
+	paths := map[string]bool{}
+	for _, p := range resp.Patches {
+		paths[p.Path] = true
+	}
+	for _, want := range []string{"/metadata/annotations", "/spec/schedulingGates"} {
+		if !paths[want] {
+			t.Errorf("no patch for %s in %+v", want, resp.Patches)
+		}
+	}
+
+	resp, reason = m.handle(context.Background(), podRequest(t, admissionv1.Create, labelled("nobody"), nil, "alice"))
+	if !resp.Allowed || reason != reasonNoBinding || len(resp.Warnings) == 0 || !strings.Contains(resp.Warnings[0], "matches no AzureIdentityBinding") {
+		t.Fatalf("unbound label: allowed=%v reason=%s warnings=%v", resp.Allowed, reason, resp.Warnings)
+	}
+}
+
+func TestPodMutatorRejectsBadRequests(t *testing.T) {
+	c := newFakeClient(t)
+	m := &PodMutator{Resolver: &Resolver{Cache: c, Live: c}, Decoder: admission.NewDecoder(Scheme())}
+	good := podRequest(t, admissionv1.Create, labelled("demo"), nil, "alice")
+	tests := []struct {
+		name   string
+		modify func(*admission.Request)
+		want   string
+	}{
+		{"wrong kind", func(r *admission.Request) { r.Kind.Kind = "Service" }, "expected a Pod"},
+		{"no object", func(r *admission.Request) { r.Object.Raw = nil }, "no object"},
+		{"malformed object", func(r *admission.Request) { r.Object.Raw = []byte(`{"metadata": 7`) }, "decoding pod"},
+		{"object of another kind", func(r *admission.Request) { r.Object.Raw = []byte(`{"apiVersion":"v1","kind":"Service"}`) }, "decoding pod"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req := good
+			req.AdmissionRequest = *good.AdmissionRequest.DeepCopy()
+			tt.modify(&req)
+			resp, reason := m.handle(context.Background(), req)
+			if resp.Allowed || resp.Result.Code != http.StatusBadRequest || reason != reasonBadRequest || !strings.Contains(resp.Result.Message, tt.want) {
+				t.Fatalf("allowed=%v code=%d reason=%s message=%q, want 400 containing %q", resp.Allowed, resp.Result.Code, reason, resp.Result.Message, tt.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,109 @@
+package webhook
+
+import (
+	"bytes"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	certutil "k8s.io/client-go/util/cert"
+)
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func readyz(addr string) int {
+	resp, err := http.Get("http://" + addr + "/readyz")
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// A webhook pod started before its certificate is issued waits unready,
+// becomes ready once the files appear, and follows their rotation.
+func TestReadyOnlyOnceCertificatesAreLoaded(t *testing.T) {
+	certDir := t.TempDir()
+	probe := freeAddr(t)
+	_, port, _ := net.SplitHostPort(freeAddr(t))
+	opts := Options{CertDir: certDir, CertName: "tls.crt", KeyName: "tls.key", MetricsAddr: "0", ProbeAddr: probe}
+	if _, err := fmt.Sscan(port, &opts.Port); err != nil {
+		t.Fatal(err)
+	}
+
+	_, cancel, done := runManager(t, opts)
+	t.Cleanup(func() { cancel(); <-done })
+
+	eventually(t, "probe endpoint serving", func() bool { return readyz(probe) != 0 })
+	// Give the server a few certificate polls: it must stay unready.
+	time.Sleep(2 * time.Second)
+	if code := readyz(probe); code != http.StatusInternalServerError {
+		t.Fatalf("/readyz without certificates = %d, want 500", code)
+	}
+	first := writeCert(t, certDir, "first.example")
+	eventually(t, "/readyz 200 after certificates appear", func() bool { return readyz(probe) == http.StatusOK })
+
+	// Rotation, as cert-manager does it: the files change in place and the
+	// server presents the new certificate without a restart.
+	serving := "127.0.0.1:" + port
+	if got := servedCert(t, serving); !bytes.Equal(got, first) {
+		t.Fatal("server does not present the certificate from --cert-dir")
+	}
+	second := writeCert(t, certDir, "second.example")
+	eventually(t, "rotated certificate served", func() bool { return bytes.Equal(servedCert(t, serving), second) })
+}
+
+// writeCert writes a fresh self-signed serving certificate and returns its DER.
+func writeCert(t *testing.T, dir, host string) []byte {
+	t.Helper()
+	certPEM, keyPEM, err := certutil.GenerateSelfSignedCertKey(host, []net.IP{net.ParseIP("127.0.0.1")}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Key first: the watcher reloads on the certificate's change.
+	if err := os.WriteFile(filepath.Join(dir, "tls.key"), keyPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "tls.crt"), certPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	certs, err := certutil.ParseCertsPEM(certPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return certs[0].Raw
+}
+
+func servedCert(t *testing.T, addr string) []byte {
+	t.Helper()
+	conn, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true}) //nolint:gosec // the test compares the presented certificate itself
+	if err != nil {
+		return nil
+	}
+	defer conn.Close()
+	return conn.ConnectionState().PeerCertificates[0].Raw
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

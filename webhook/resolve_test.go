@@ -1,0 +1,114 @@
+package webhook
+
+import (
+	"context"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+
+	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+)
+
+func identity(ns, name string, typ aadv1.IdentityType, clientID string) aadv1.AzureIdentity {
+	return aadv1.AzureIdentity{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec:       aadv1.AzureIdentitySpec{Type: typ, ClientID: clientID},
+	}
+}
+
+func binding(ns, name, identity, selector string) aadv1.AzureIdentityBinding {
+	return aadv1.AzureIdentityBinding{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec:       aadv1.AzureIdentityBindingSpec{AzureIdentity: identity, Selector: selector},
+	}
+}
+
+func TestResolve(t *testing.T) {
+	ids := []aadv1.AzureIdentity{
+		identity("default", "demo", aadv1.UserAssignedMSI, "c-demo"),
+		identity("default", "sp", aadv1.ServicePrincipal, "c-sp"),
+		identity("other", "demo", aadv1.UserAssignedMSI, "c-other"),
+	}
+	tests := []struct {
+		name       string
+		namespace  string
+		selector   string
+		bindings   []aadv1.AzureIdentityBinding
+		cross      bool
+		want       []string // keys
+		wantIDs    string
+		dangling   []string
+		assignment bool
+	}{
+		{name: "walkthrough binding", namespace: "default", selector: "demo",
+			bindings: []aadv1.AzureIdentityBinding{binding("default", "demo-binding", "demo", "demo")},
+			want:     []string{"default/demo"}, wantIDs: "c-demo", assignment: true},
+		{name: "empty selector resolves nothing", namespace: "default", selector: "",
+			bindings: []aadv1.AzureIdentityBinding{binding("default", "b", "demo", "demo")}},
+		{name: "other selector", namespace: "default", selector: "nope",
+			bindings: []aadv1.AzureIdentityBinding{binding("default", "b", "demo", "demo")}},
+		{name: "binding in another namespace is ignored by default", namespace: "default", selector: "demo",
+			bindings: []aadv1.AzureIdentityBinding{binding("other", "b", "demo", "demo")}},
+		{name: "binding in another namespace with cross-namespace", namespace: "default", selector: "demo", cross: true,
+			bindings: []aadv1.AzureIdentityBinding{binding("other", "b", "demo", "demo")},
+			want:     []string{"other/demo"}, wantIDs: "c-other", assignment: true},
+		{name: "binding naming a missing identity is dangling", namespace: "default", selector: "demo",
+			bindings: []aadv1.AzureIdentityBinding{binding("default", "b", "ghost", "demo")},
+			dangling: []string{"default/b"}},
+		{name: "service principal needs no assignment", namespace: "default", selector: "sp",
+			bindings: []aadv1.AzureIdentityBinding{binding("default", "b", "sp", "sp")},
+			want:     []string{"default/sp"}, wantIDs: "c-sp"},
+		{name: "several bindings sorted and deduplicated", namespace: "default", selector: "both",
+			bindings: []aadv1.AzureIdentityBinding{
+				binding("default", "b1", "sp", "both"), binding("default", "b2", "demo", "both"), binding("default", "b3", "demo", "both")},
+			want: []string{"default/demo", "default/sp"}, wantIDs: "c-demo,c-sp", assignment: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res := Resolve(tt.namespace, tt.selector, tt.bindings, ids, tt.cross)
+			var got []string
+			for _, id := range res.Identities {
+				got = append(got, id.Key())
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("identities (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(tt.dangling, res.Dangling); diff != "" {
+				t.Errorf("dangling (-want +got):\n%s", diff)
+			}
+			if got := res.Annotations()[aadv1.AnnotationClientIDs]; got != tt.wantIDs {
+				t.Errorf("client-ids = %q, want %q", got, tt.wantIDs)
+			}
+			if got := res.NeedsAssignment(); got != tt.assignment {
+				t.Errorf("NeedsAssignment = %v, want %v", got, tt.assignment)
+			}
+		})
+	}
+}
+
+// A binding created together with the pod may not be in the cache yet: the
+// resolver must fall back to a live read.
+func TestResolverFallsBackToLiveRead(t *testing.T) {
+	id := identity("default", "demo", aadv1.UserAssignedMSI, "c-demo")
+	b := binding("default", "demo-binding", "demo", "demo")
+	empty := newFakeClient(t)
+	live := newFakeClient(t, &id, &b)
+
+	r := &Resolver{Cache: empty, Live: live}
+	res, err := r.Resolve(context.Background(), "default", "demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Identities) != 1 || res.Identities[0].Key() != "default/demo" {
+		t.Fatalf("identities = %+v, want default/demo from the live read", res.Identities)
+	}
+}
+
+func newFakeClient(t testing.TB, objs ...client.Object) client.Client {
+	t.Helper()
+	return fake.NewClientBuilder().WithScheme(Scheme()).WithObjects(objs...).
+		WithIndex(&aadv1.AzureIdentityBinding{}, BindingSelectorIndex, IndexBindingSelector).Build()
+}

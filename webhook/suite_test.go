@@ -1,0 +1,167 @@
+package webhook
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zapcore"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+
+	"github.com/aad-pod-identity/aad-pod-identity/e2e/framework"
+)
+
+// The envtest suite: one real apiserver for the package, which calls the
+// webhook over TLS through the configurations in config/webhook.
+var (
+	testEnv *envtest.Environment
+	cfg     *rest.Config
+	admin   client.Client
+)
+
+const (
+	webhookSA  = "aad-pod-identity/aad-pod-identity-webhook"
+	assignerSA = "aad-pod-identity/aad-pod-identity-assigner"
+)
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	os.Exit(runSuite(m))
+}
+
+func runSuite(m *testing.M) int {
+	logf.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.UseDevMode(true), zap.Level(zapLevel())))
+	// Fuzzing runs only FuzzAdmission, in several worker processes: none of
+	// them needs an apiserver.
+	if f := flag.Lookup("test.fuzz"); f != nil && f.Value.String() != "" {
+		return m.Run()
+	}
+	env, err := framework.NewEnvironment(framework.Options{Webhooks: true})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	testEnv = env
+	if cfg, err = testEnv.Start(); err != nil {
+		fmt.Fprintln(os.Stderr, "starting envtest:", err)
+		return 1
+	}
+	defer func() {
+		if err := testEnv.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "stopping envtest:", err)
+		}
+	}()
+	if admin, err = client.New(cfg, client.Options{Scheme: Scheme()}); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if err := grantPodEditing(context.Background()); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return m.Run()
+}
+
+// zapLevel keeps test output to errors unless TEST_VERBOSE_LOGS is set.
+func zapLevel() zapcore.Level {
+	if os.Getenv("TEST_VERBOSE_LOGS") != "" {
+		return zapcore.DebugLevel
+	}
+	return zapcore.ErrorLevel
+}
+
+// grantPodEditing lets every authenticated user edit pods, so that a denial
+// in the tests comes from the webhook and not from RBAC.
+func grantPodEditing(ctx context.Context) error {
+	role := &rbacv1.ClusterRole{}
+	role.Name = "test-pod-editor"
+	role.Rules = []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"*"}}}
+	bindingObj := &rbacv1.ClusterRoleBinding{}
+	bindingObj.Name = "test-pod-editor"
+	bindingObj.RoleRef = rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: role.Name}
+	bindingObj.Subjects = []rbacv1.Subject{{APIGroup: "rbac.authorization.k8s.io", Kind: "Group", Name: "system:authenticated"}}
+	for _, obj := range []client.Object{role, bindingObj} {
+		if err := admin.Create(ctx, obj); err != nil {
+			return fmt.Errorf("creating %s: %w", obj.GetName(), err)
+		}
+	}
+	return nil
+}
+
+// startWebhook runs the webhook, as cmd/webhook does, against the suite's
+// apiserver until the test ends.
+func startWebhook(t *testing.T, opts Options) (stop func()) {
+	t.Helper()
+	if testEnv == nil {
+		t.Fatal("no control plane: integration tests cannot run together with -fuzz")
+	}
+	wio := testEnv.WebhookInstallOptions
+	opts.Port, opts.CertDir, opts.CertName, opts.KeyName = wio.LocalServingPort, wio.LocalServingCertDir, "tls.crt", "tls.key"
+	opts.MetricsAddr, opts.ProbeAddr = "0", "127.0.0.1:0"
+	if opts.TrustedServiceAccounts == nil {
+		opts.TrustedServiceAccounts = []string{webhookSA, assignerSA}
+	}
+	ctx, cancel, done := runManager(t, opts)
+	// Ready once a labelled pod is admitted, i.e. TLS is served and the
+	// cache synced.
+	if err := waitServing(ctx); err != nil {
+		cancel()
+		t.Fatalf("webhook did not become ready: %v", err)
+	}
+	var once bool
+	stop = func() {
+		if once {
+			return
+		}
+		once = true
+		cancel()
+		if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+			t.Errorf("webhook manager: %v", err)
+		}
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+// runManager starts a webhook manager; cancel stops it and done reports how
+// it ended.
+func runManager(t *testing.T, opts Options) (context.Context, context.CancelFunc, <-chan error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	mgr, err := NewManager(ctx, cfg, opts)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	return ctx, cancel, done
+}
+
+func waitServing(ctx context.Context) error {
+	probe := &corev1.Pod{}
+	probe.Namespace, probe.GenerateName = "default", "probe-"
+	probe.Labels = map[string]string{"aadpodidbinding": "probe"}
+	probe.Spec.Containers = []corev1.Container{{Name: "c", Image: "probe"}}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := admin.Create(ctx, probe.DeepCopy(), client.DryRunAll)
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
