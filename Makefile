@@ -78,6 +78,8 @@ $(CONTROLLER_GEN):
 
 # Packages a fresh Debian machine lacks; the netns tests need iptables and iproute2.
 APT_PACKAGES := iptables iproute2
+# The sandbox tests run a small HTTP server and client as pod programs.
+APT_PACKAGES += python3
 .PHONY: deps
 deps: ## Install the system packages the tests need (apt, when missing).
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

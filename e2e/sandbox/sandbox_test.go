@@ -164,6 +164,17 @@ func TestSandbox(t *testing.T) {
 		waitLogs(t, sb, "client", []string{"status 200"})
 	})
 
+	t.Run("a hostNetwork pod runs in its node's namespace with the node IP", func(t *testing.T) {
+		pod := shPod("hostnet", "ip -o addr show dev lo; sleep 600")
+		pod.Spec.HostNetwork = true
+		must(t, createObj(ctx, c, pod))
+		p := waitPod(t, c, "hostnet", func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodRunning })
+		if p.Status.PodIP != p.Status.HostIP || !strings.HasPrefix(p.Status.PodIP, "10.200.") {
+			t.Fatalf("pod IP %q, host IP %q", p.Status.PodIP, p.Status.HostIP)
+		}
+		waitLogs(t, sb, "hostnet", []string{"169.254.169.254/32"})
+	})
+
 	t.Run("deleting a pod removes its namespace and processes", func(t *testing.T) {
 		p, err := c.CoreV1().Pods("default").Get(ctx, "env", metav1.GetOptions{})
 		must(t, err)
