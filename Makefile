@@ -100,3 +100,7 @@ sandbox-up: deps control-plane sandbox-build ## Run the sandbox cluster in the f
 .PHONY: sandbox-down
 sandbox-down: ## Remove the namespaces and processes a killed sandbox left behind.
 	go run ./e2e/cmd/sandbox down
+
+.PHONY: bench-sandbox
+bench-sandbox: deps control-plane ## Time 100 pods to Running and to deleted in the sandbox (docs/performance.md, "Sandbox").
+	go test -count=1 -run '^$$' -bench BenchmarkPodStartup100 -benchtime 3x ./e2e/sandbox/

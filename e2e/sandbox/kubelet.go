@@ -116,7 +116,9 @@ func (k *kubelet) CreatePod(ctx context.Context, pod *corev1.Pod) error {
 	k.pods[key] = r
 	k.mu.Unlock()
 
+	r.wg.Add(1)
 	go func() {
+		defer r.wg.Done()
 		if err := r.setup(); err != nil {
 			k.log.Info("pod setup failed", "pod", key, "error", err.Error())
 			r.mu.Lock()
@@ -127,8 +129,10 @@ func (k *kubelet) CreatePod(ctx context.Context, pod *corev1.Pod) error {
 			}
 			return
 		}
-		r.notify()
-		r.start()
+		if r.ctx.Err() == nil { // not deleted during setup
+			r.notify()
+			r.start()
+		}
 	}()
 	return nil
 }
@@ -229,11 +233,13 @@ func (k *kubelet) GetContainerLogs(ctx context.Context, namespace, pod, containe
 		return nil, errdefs.NotFoundf("pod %s/%s", namespace, pod)
 	}
 	var cr *containerRun
+	r.mu.Lock()
 	for _, c := range r.containers {
 		if c.spec.Name == container {
 			cr = c
 		}
 	}
+	r.mu.Unlock()
 	if cr == nil {
 		return nil, errdefs.NotFoundf("container %s in pod %s/%s", container, namespace, pod)
 	}

@@ -132,13 +132,15 @@ func (r *podRun) fail(reason, msg string) {
 
 // setup creates the network namespace and volumes and resolves images.
 func (r *podRun) setup() error {
-	pod := r.pod
+	r.mu.Lock()
+	pod := r.pod.DeepCopy()
 	for _, c := range pod.Spec.Containers {
 		cr := &containerRun{spec: c, logPath: filepath.Join(r.dir, c.Name+".log"), kill: make(chan struct{}, 1)}
 		cr.status = corev1.ContainerStatus{Name: c.Name, Image: c.Image, ImageID: c.Image,
 			State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "ContainerCreating"}}}
 		r.containers = append(r.containers, cr)
 	}
+	r.mu.Unlock()
 	for _, cr := range r.containers {
 		bin, err := r.k.images.binary(cr.spec)
 		if err != nil {
@@ -151,7 +153,9 @@ func (r *podRun) setup() error {
 		return err
 	}
 	if pod.Spec.HostNetwork {
+		r.mu.Lock()
 		r.netns, r.podIP = r.k.netns, r.k.nodeIP.String()
+		r.mu.Unlock()
 	} else {
 		ipByte, err := r.k.allocateIP()
 		if err != nil {
@@ -160,14 +164,19 @@ func (r *podRun) setup() error {
 		r.ipByte = ipByte
 		podIP := net.IPv4(10, 244, byte(r.k.index), ipByte)
 		short := strings.ReplaceAll(string(pod.UID), "-", "")[:10]
-		if r.netns, err = r.k.sb.createNetNS("p" + short); err != nil {
+		netns, err := r.k.sb.createNetNS("p" + short)
+		if err != nil {
 			return err
 		}
-		r.nsName = r.k.sb.NetNSName("p" + short)
-		if err := setupPodNS(r.k.netns, r.netns, r.k.index, podIP, "vp"+short[:10]); err != nil {
+		r.mu.Lock()
+		r.netns, r.nsName = netns, r.k.sb.NetNSName("p"+short)
+		r.mu.Unlock()
+		if err := setupPodNS(r.k.netns, netns, r.k.index, podIP, "vp"+short[:10]); err != nil {
 			return fmt.Errorf("pod network: %w", err)
 		}
+		r.mu.Lock()
 		r.podIP = podIP.String()
+		r.mu.Unlock()
 	}
 	// Like the kubelet, retry volumes until their sources exist (a Secret
 	// created after the pod, kube-root-ca.crt not yet published).
@@ -366,11 +375,13 @@ func envList(env map[string]string) []string {
 	return out
 }
 
-// stop ends every container, then removes the pod's network namespace and
-// files.
+// stop ends setup and every container, then removes the pod's network
+// namespace and files.
 func (r *podRun) stop() error {
 	r.cancel()
 	r.wg.Wait()
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	var errs []error
 	if r.nsName != "" {
 		r.netns.Close()

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-logr/logr/testr"
+	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -24,7 +24,7 @@ import (
 
 // startSandbox builds podinit, starts a sandbox with two nodes in two pools
 // and removes everything when the test ends, failed or not.
-func startSandbox(t *testing.T) (*sandbox.Sandbox, kubernetes.Interface) {
+func startSandbox(t testing.TB) (*sandbox.Sandbox, kubernetes.Interface) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("the sandbox needs root (network and mount namespaces)")
@@ -50,7 +50,7 @@ func startSandbox(t *testing.T) (*sandbox.Sandbox, kubernetes.Interface) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	sb, err := sandbox.Start(ctx, sandbox.Options{
-		Assets: assets, Dir: t.TempDir(), Log: testr.New(t), PodInit: filepath.Join(bin, "podinit"),
+		Assets: assets, Dir: t.TempDir(), Log: logr.Discard(), PodInit: filepath.Join(bin, "podinit"),
 		Images: sandbox.Images{"sandbox.test/sh": sh, "sandbox.test/python": py},
 	})
 	if err != nil {
