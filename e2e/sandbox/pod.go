@@ -83,8 +83,13 @@ func (r *podRun) status() *corev1.Pod {
 		}
 	}
 	if r.failure == "" {
+		// A terminated container that its restartPolicy restarts keeps the
+		// pod Running: a terminal phase is final for the API and for
+		// virtual-kubelet, which stops syncing status after it.
+		policy := r.pod.Spec.RestartPolicy
+		restarting := policy == corev1.RestartPolicyAlways || policy == "" || (policy == corev1.RestartPolicyOnFailure && failed)
 		switch {
-		case running || done < len(r.containers):
+		case running || done < len(r.containers) || restarting:
 			st.Phase = corev1.PodRunning
 		case failed:
 			st.Phase = corev1.PodFailed

@@ -41,7 +41,10 @@ type forwarder struct {
 	netns  ns.NetNS
 	target string
 	log    logr.Logger
-	wg     sync.WaitGroup
+	wg     sync.WaitGroup // serve and every relay
+
+	mu    sync.Mutex
+	conns map[net.Conn]struct{}
 }
 
 func newForwarder(listen string, netns ns.NetNS, target string, log logr.Logger) (*forwarder, error) {
@@ -49,7 +52,7 @@ func newForwarder(listen string, netns ns.NetNS, target string, log logr.Logger)
 	if err != nil {
 		return nil, err
 	}
-	f := &forwarder{l: l, netns: netns, target: target, log: log}
+	f := &forwarder{l: l, netns: netns, target: target, log: log, conns: map[net.Conn]struct{}{}}
 	f.wg.Add(1)
 	go f.serve()
 	return f, nil
@@ -64,11 +67,21 @@ func (f *forwarder) serve() {
 		if err != nil {
 			return
 		}
+		f.mu.Lock()
+		f.conns[c] = struct{}{}
+		f.wg.Add(1)
+		f.mu.Unlock()
 		go f.relay(c)
 	}
 }
 
 func (f *forwarder) relay(c net.Conn) {
+	defer f.wg.Done()
+	defer func() {
+		f.mu.Lock()
+		delete(f.conns, c)
+		f.mu.Unlock()
+	}()
 	defer c.Close()
 	up, err := dialIn(context.Background(), f.netns, "tcp", f.target)
 	if err != nil {
@@ -79,18 +92,25 @@ func (f *forwarder) relay(c net.Conn) {
 	done := make(chan struct{}, 2)
 	pipe := func(dst, src net.Conn) {
 		_, _ = io.Copy(dst, src)
-		if tc, ok := dst.(*net.TCPConn); ok {
-			_ = tc.CloseWrite()
-		}
 		done <- struct{}{}
 	}
 	go pipe(up, c)
 	go pipe(c, up)
+	// TLS and HTTP/2 do not half-close: once either side ends, end both.
 	<-done
+	c.Close()
+	up.Close()
 	<-done
 }
 
+// close stops accepting, cuts every relayed connection (long watches
+// included) and waits for the relays to end.
 func (f *forwarder) close() {
 	f.l.Close()
+	f.mu.Lock()
+	for c := range f.conns {
+		c.Close()
+	}
+	f.mu.Unlock()
 	f.wg.Wait()
 }
