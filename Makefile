@@ -33,6 +33,8 @@ generate: $(CONTROLLER_GEN) ## Generate deepcopy code.
 manifests: $(CONTROLLER_GEN) ## Generate CRD, RBAC and webhook manifests into config/.
 	$(CONTROLLER_GEN) crd paths=./api/... output:crd:artifacts:config=config/crd
 	$(CONTROLLER_GEN) rbac:roleName=aad-pod-identity-webhook paths=./webhook/... output:rbac:artifacts:config=config/rbac/webhook
+	$(CONTROLLER_GEN) rbac:roleName=aad-pod-identity-nmi paths=./nmi/... output:rbac:artifacts:config=config/rbac/nmi
+	$(CONTROLLER_GEN) rbac:roleName=aad-pod-identity-assigner paths=./assigner/... output:rbac:artifacts:config=config/rbac/assigner
 	$(CONTROLLER_GEN) webhook paths=./webhook/... output:webhook:artifacts:config=config/webhook
 
 .PHONY: verify-generated
@@ -54,11 +56,16 @@ build: ## Build the binaries into bin/.
 test: deps control-plane verify-generated vet ## Run every test (unit, envtest integration, fuzz smoke).
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	go test -race -count=1 ./...
-	go test -run '^$$' -fuzz FuzzAdmission -fuzztime $(FUZZTIME) ./webhook/
+	go test -run '^$$' -fuzz FuzzAdmission -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./webhook/
+	go test -run '^$$' -fuzz FuzzParseTokenRequest -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./nmi/
 
 .PHONY: bench
 bench: control-plane ## Run the admission load generator (see docs/performance.md).
 	go run ./hack/loadgen $(LOADGEN_ARGS)
+
+.PHONY: bench-assigner
+bench-assigner: control-plane ## Run the assigner load generator (see docs/performance.md, section Assigner).
+	go test -run '^$$' -bench BenchmarkPodReady -benchtime 1x -count=1 ./assigner/
 
 .PHONY: control-plane
 control-plane: $(ASSETS)/.done ## Build etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubectl from source.
@@ -85,6 +92,11 @@ deps: ## Install the system packages the tests need (apt, when missing).
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
 		DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+
+NMI_LOAD_PODS ?= 10000
+.PHONY: bench-nmi
+bench-nmi: deps control-plane ## NMI load generator in network namespaces, as root (see docs/performance.md, section NMI).
+	AADPI_NMI_LOAD=1 AADPI_NMI_LOAD_PODS=$(NMI_LOAD_PODS) go test -count=1 -v -timeout 30m -run '^TestNMILoad$$' ./e2e/nmi/
 
 ##@ Sandbox (local cluster in network namespaces; see docs/sandbox.md)
 SANDBOX_DIR ?= /tmp/aadpi-sbx-make

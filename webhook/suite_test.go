@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
 	"go.uber.org/zap/zapcore"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -43,7 +44,9 @@ func runSuite(m *testing.M) int {
 	logf.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.UseDevMode(true), zap.Level(zapLevel())))
 	// Fuzzing runs only FuzzAdmission, in several worker processes: none of
 	// them needs an apiserver.
+	// Nor logs: the errors it provokes on purpose would slow it down.
 	if f := flag.Lookup("test.fuzz"); f != nil && f.Value.String() != "" {
+		logf.SetLogger(logr.Discard())
 		return m.Run()
 	}
 	env, err := framework.NewEnvironment(framework.Options{Webhooks: true})

@@ -1,0 +1,191 @@
+package assigner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/arm"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
+	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/compute/armcompute/v8"
+)
+
+// ARM reads and patches the identities of VMSS and VMs. Clients are made
+// per subscription, as pools may live in several.
+type ARM struct {
+	cred      azcore.TokenCredential
+	opts      *arm.ClientOptions
+	pollEvery time.Duration
+	// Timeout bounds one request, a PATCH with its long-running operation
+	// included; a timed-out request is retried like a 5xx.
+	Timeout time.Duration
+
+	mu   sync.Mutex
+	vmss map[string]*armcompute.VirtualMachineScaleSetsClient
+	vms  map[string]*armcompute.VirtualMachinesClient
+}
+
+// NewARM returns an ARM client. Retries are left to the caller (opts should
+// disable azcore's), so that a 429 stops every write to its scope, not just
+// one request.
+func NewARM(cred azcore.TokenCredential, opts *arm.ClientOptions, pollEvery time.Duration) *ARM {
+	return &ARM{cred: cred, opts: opts, pollEvery: pollEvery, Timeout: 5 * time.Minute, vmss: map[string]*armcompute.VirtualMachineScaleSetsClient{}, vms: map[string]*armcompute.VirtualMachinesClient{}}
+}
+
+func (a *ARM) clients(sub string) (*armcompute.VirtualMachineScaleSetsClient, *armcompute.VirtualMachinesClient, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if c, ok := a.vmss[sub]; ok {
+		return c, a.vms[sub], nil
+	}
+	vmss, err := armcompute.NewVirtualMachineScaleSetsClient(sub, a.cred, a.opts)
+	if err != nil {
+		return nil, nil, fmt.Errorf("creating VMSS client: %w", err)
+	}
+	vms, err := armcompute.NewVirtualMachinesClient(sub, a.cred, a.opts)
+	if err != nil {
+		return nil, nil, fmt.Errorf("creating VM client: %w", err)
+	}
+	a.vmss[sub], a.vms[sub] = vmss, vms
+	return vmss, vms, nil
+}
+
+// Get reads a pool's identities.
+func (a *ARM) Get(ctx context.Context, pool Pool) (actual Actual, err error) {
+	defer observeARM("get", time.Now(), &err)
+	ctx, cancel := context.WithTimeout(ctx, a.Timeout)
+	defer cancel()
+	vmss, vms, err := a.clients(pool.Subscription)
+	if err != nil {
+		return Actual{}, err
+	}
+	var (
+		typ *armcompute.ResourceIdentityType
+		ua  map[string]*armcompute.UserAssignedIdentitiesValue
+	)
+	if pool.Kind == KindVMSS {
+		resp, err := vmss.Get(ctx, pool.ResourceGroup, pool.Name, nil)
+		if err != nil {
+			return Actual{}, err
+		}
+		if id := resp.Identity; id != nil {
+			typ, ua = id.Type, id.UserAssignedIdentities
+		}
+	} else {
+		resp, err := vms.Get(ctx, pool.ResourceGroup, pool.Name, nil)
+		if err != nil {
+			return Actual{}, err
+		}
+		if id := resp.Identity; id != nil {
+			typ, ua = id.Type, id.UserAssignedIdentities
+		}
+	}
+	actual = Actual{UserAssigned: map[string]bool{}}
+	actual.SystemAssigned = typ != nil && strings.Contains(string(*typ), TypeSystemAssigned)
+	for id := range ua {
+		actual.UserAssigned[strings.ToLower(id)] = true
+	}
+	return actual, nil
+}
+
+// Update sends one patch and waits for its long-running operation.
+func (a *ARM) Update(ctx context.Context, pool Pool, p Patch) (err error) {
+	defer observeARM("patch", time.Now(), &err)
+	ctx, cancel := context.WithTimeout(ctx, a.Timeout)
+	defer cancel()
+	vmss, vms, err := a.clients(pool.Subscription)
+	if err != nil {
+		return err
+	}
+	ua := make(map[string]*armcompute.UserAssignedIdentitiesValue, len(p.Add)+len(p.Remove))
+	for _, id := range p.Add {
+		ua[id] = &armcompute.UserAssignedIdentitiesValue{}
+	}
+	for _, id := range p.Remove {
+		ua[id] = nil // marshalled as null: ARM removes it
+	}
+	typ := armcompute.ResourceIdentityType(p.Type)
+	poll := &runtime.PollUntilDoneOptions{Frequency: a.pollEvery}
+	if pool.Kind == KindVMSS {
+		poller, err := vmss.BeginUpdate(ctx, pool.ResourceGroup, pool.Name, armcompute.VirtualMachineScaleSetUpdate{
+			Identity: &armcompute.VirtualMachineScaleSetIdentity{Type: &typ, UserAssignedIdentities: ua},
+		}, nil)
+		if err != nil {
+			return err
+		}
+		_, err = poller.PollUntilDone(ctx, poll)
+		return err
+	}
+	poller, err := vms.BeginUpdate(ctx, pool.ResourceGroup, pool.Name, armcompute.VirtualMachineUpdate{
+		Identity: &armcompute.VirtualMachineIdentity{Type: &typ, UserAssignedIdentities: ua},
+	}, nil)
+	if err != nil {
+		return err
+	}
+	_, err = poller.PollUntilDone(ctx, poll)
+	return err
+}
+
+// retryAfter returns how long a 429 asks callers to wait, and whether err
+// is a 429 at all. Retry-After is seconds or an HTTP date; without it, a
+// minute, as ARM's throttling windows are.
+func retryAfter(err error, now time.Time) (time.Duration, bool) {
+	var re *azcore.ResponseError
+	if !errors.As(err, &re) || re.StatusCode != http.StatusTooManyRequests {
+		return 0, false
+	}
+	h := ""
+	if re.RawResponse != nil {
+		h = re.RawResponse.Header.Get("Retry-After")
+	}
+	if s, err := strconv.Atoi(strings.TrimSpace(h)); err == nil && s >= 0 {
+		return time.Duration(s) * time.Second, true
+	}
+	if t, err := http.ParseTime(h); err == nil {
+		return max(t.Sub(now), 0), true
+	}
+	return time.Minute, true
+}
+
+// badIdentities returns the identities among candidates that an ARM 400
+// names, so they can be dropped from the batch.
+func badIdentities(err error, candidates []string) []string {
+	var re *azcore.ResponseError
+	if !errors.As(err, &re) || re.StatusCode != http.StatusBadRequest {
+		return nil
+	}
+	msg := strings.ToLower(err.Error())
+	var bad []string
+	for _, id := range candidates {
+		if strings.Contains(msg, strings.ToLower(id)) {
+			bad = append(bad, id)
+		}
+	}
+	return bad
+}
+
+// armErrorText is the ARM error's code and message, for events and
+// lastError.
+func armErrorText(err error) string {
+	var re *azcore.ResponseError
+	if errors.As(err, &re) {
+		return fmt.Sprintf("ARM %d %s: %s", re.StatusCode, re.ErrorCode, armMessage(re))
+	}
+	return err.Error()
+}
+
+func armMessage(re *azcore.ResponseError) string {
+	// ResponseError.Error() is a multi-line dump; keep the JSON message line.
+	for _, line := range strings.Split(re.Error(), "\n") {
+		if l := strings.TrimSpace(line); strings.HasPrefix(l, `"message"`) {
+			return strings.Trim(strings.TrimPrefix(l, `"message":`), ` ",`)
+		}
+	}
+	return http.StatusText(re.StatusCode)
+}

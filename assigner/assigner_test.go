@@ -1,0 +1,393 @@
+package assigner_test
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/assigner"
+	"github.com/aad-pod-identity/aad-pod-identity/e2e/fakeazure"
+)
+
+const waitFor = 30 * time.Second
+
+// The walkthrough: one identity, one VMSS with a system-assigned identity
+// and a foreign user-assigned one. The gate is lifted only once the
+// identity is on the VMSS, and nothing else on it changes.
+func TestWalkthroughPodGateLiftedAfterAssignment(t *testing.T) {
+	w := newWorld(t)
+	w.arm.SetWriteLatency(500 * time.Millisecond)
+	p := w.pool("agentpool", true, nil)
+	foreign := w.state.CreateIdentity(w.sub, "other", "kubelet")
+	if err := w.state.SetUserAssigned(p.ID, foreign.ResourceID, true); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := w.state.Pool(p.ID)
+	id := w.identity("demo")
+	w.pod("demo", "demo")
+
+	// While the write runs, the pod stays gated.
+	eventually(t, waitFor, func() error {
+		if len(w.arm.Writes()) == 0 {
+			return fmt.Errorf("no PATCH yet")
+		}
+		return nil
+	})
+	if pod := w.getPod("demo"); !gated(pod) && !w.state.Assigned(p.ID, id.ClientID) {
+		t.Fatal("gate lifted before the identity reached the VMSS")
+	}
+	pod := w.waitAssigned("demo", waitFor)
+	if !w.state.Assigned(p.ID, id.ClientID) {
+		t.Fatal("gate lifted but identity not on the VMSS")
+	}
+	after, _ := w.state.Pool(p.ID)
+	if after.SystemAssigned != before.SystemAssigned || !w.state.Assigned(p.ID, foreign.ClientID) {
+		t.Errorf("system-assigned (%q → %q) or foreign identity lost", before.SystemAssigned, after.SystemAssigned)
+	}
+	if got := pod.Annotations[aadv1.AnnotationNodePools]; !strings.EqualFold(got, p.ID) {
+		t.Errorf("node-pools = %q, want %q", got, p.ID)
+	}
+	rec, err := w.record("demo", p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Status.Status != aadv1.StateAssigned || rec.Status.External || rec.Status.Pods != 1 {
+		t.Errorf("record status = %+v", rec.Status)
+	}
+	if writes := w.arm.Writes(); len(writes) != 1 || writes[0].Type != fakeazure.TypeSystemAssignedUserAssigned || len(writes[0].Body) != 1 {
+		t.Errorf("writes = %+v, want one delta PATCH keeping SystemAssigned", writes)
+	}
+	eventually(t, waitFor, func() error {
+		var events corev1.EventList
+		if err := w.c.List(w.ctx, &events, client.InNamespace(w.ns)); err != nil {
+			return err
+		}
+		for _, e := range events.Items {
+			if e.InvolvedObject.Name == "demo" && e.Reason == assigner.EventAssigned && e.Type == corev1.EventTypeNormal {
+				return nil
+			}
+		}
+		return fmt.Errorf("no %s event among %d", assigner.EventAssigned, len(events.Items))
+	})
+}
+
+// A burst of pods becomes at most two PATCHes per pool.
+func TestBurstBatchesPerPool(t *testing.T) {
+	w := newWorld(t)
+	w.arm.SetWriteLatency(time.Second)
+	pools := []fakeazure.Pool{w.pool("p0", false, nil), w.pool("p1", true, nil), w.pool("p2", false, nil)}
+	var ids []fakeazure.Identity
+	for i := range 10 {
+		ids = append(ids, w.identity(fmt.Sprintf("id%d", i)))
+	}
+	for i := range 100 {
+		w.pod(fmt.Sprintf("pod%d", i), fmt.Sprintf("id%d", i%10))
+	}
+	for i := range 100 {
+		w.waitAssigned(fmt.Sprintf("pod%d", i), time.Minute)
+	}
+	for _, p := range pools {
+		for _, id := range ids {
+			if !w.state.Assigned(p.ID, id.ClientID) {
+				t.Errorf("%s not on %s", id.Name, p.Name)
+			}
+		}
+		if n := w.patches()[strings.ToLower(p.ID)]; n < 1 || n > 2 {
+			t.Errorf("pool %s got %d PATCHes, want 1 or 2", p.Name, n)
+		}
+	}
+	if n := len(w.records()); n != 30 {
+		t.Errorf("%d records, want 30", n)
+	}
+}
+
+// Pools are chosen by node selector and taints; no matching pool fails
+// the pod, still gated, until a node appears.
+func TestTargetsAndNoMatchingPool(t *testing.T) {
+	w := newWorld(t)
+	a := w.pool("a", false, nil)
+	b := w.pool("b", false, map[string]string{"gpu": "true"}, corev1.Taint{Key: "gpu", Effect: corev1.TaintEffectNoSchedule})
+	id := w.identity("x")
+	w.pod("plain", "x")
+	w.pod("gpu", "x", func(p *corev1.Pod) {
+		p.Spec.NodeSelector = map[string]string{"gpu": "true"}
+		p.Spec.Tolerations = []corev1.Toleration{{Key: "gpu", Operator: corev1.TolerationOpExists}}
+	})
+	w.pod("nowhere", "x", func(p *corev1.Pod) { p.Spec.NodeSelector = map[string]string{"zone": "z9"} })
+	w.waitAssigned("plain", waitFor)
+	w.waitAssigned("gpu", waitFor)
+	if !w.state.Assigned(a.ID, id.ClientID) || !w.state.Assigned(b.ID, id.ClientID) {
+		t.Error("identity missing on a or b")
+	}
+	if got := w.getPod("plain").Annotations[aadv1.AnnotationNodePools]; !strings.EqualFold(got, a.ID) {
+		t.Errorf("plain pod targets %q", got)
+	}
+	eventually(t, waitFor, func() error {
+		pod := w.getPod("nowhere")
+		if a := pod.Annotations[aadv1.AnnotationAssignment]; !strings.HasPrefix(a, aadv1.AssignmentFailedPrefix+"no node pool matches") || !gated(pod) {
+			return fmt.Errorf("assignment %q gated %v", a, gated(pod))
+		}
+		return nil
+	})
+	c := w.pool("c", false, map[string]string{"zone": "z9"})
+	w.waitAssigned("nowhere", waitFor)
+	if !w.state.Assigned(c.ID, id.ClientID) {
+		t.Error("identity missing on the new pool")
+	}
+}
+
+// An identity no pod needs is removed after the grace period, not before;
+// external identities are never removed.
+func TestGCAfterGracePeriod(t *testing.T) {
+	const grace = 2 * time.Second
+	w := newWorld(t, func(o *assigner.Options) { o.GCGracePeriod = grace })
+	p := w.pool("p", true, nil)
+	owned := w.identity("owned")
+	external := w.identity("external")
+	if err := w.state.SetUserAssigned(p.ID, external.ResourceID, true); err != nil {
+		t.Fatal(err)
+	}
+	w.pod("a", "owned")
+	w.pod("b", "external")
+	w.waitAssigned("a", waitFor)
+	w.waitAssigned("b", waitFor)
+	if rec, err := w.record("external", p); err != nil || !rec.Status.External {
+		t.Fatalf("external record = %+v, %v", rec, err)
+	}
+	deleted := time.Now()
+	for _, name := range []string{"a", "b"} {
+		if err := w.c.Delete(w.ctx, w.getPod(name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var since time.Time
+	eventually(t, waitFor, func() error {
+		rec, err := w.record("owned", p)
+		if err != nil {
+			return err
+		}
+		since, err = time.Parse(time.RFC3339Nano, rec.Annotations[aadv1.AnnotationPrefix+"unneeded-since"])
+		return err
+	})
+	if time.Since(deleted) < grace && !w.state.Assigned(p.ID, owned.ClientID) {
+		t.Fatal("identity removed before the grace period")
+	}
+	eventually(t, waitFor, func() error {
+		if w.state.Assigned(p.ID, owned.ClientID) {
+			return fmt.Errorf("owned identity still on the pool")
+		}
+		if _, err := w.record("owned", p); err == nil {
+			return fmt.Errorf("record of the removed identity still exists")
+		}
+		return nil
+	})
+	for _, wr := range w.arm.Writes() {
+		if removed, ok := wr.Body[owned.ResourceID]; ok && !removed && wr.At.Before(since.Add(grace)) {
+			t.Errorf("removal sent at %s, grace period ends %s", wr.At, since.Add(grace))
+		}
+	}
+	if !w.state.Assigned(p.ID, external.ClientID) {
+		t.Error("external identity removed")
+	}
+	if got, _ := w.state.Pool(p.ID); got.SystemAssigned == "" {
+		t.Error("system-assigned identity lost")
+	}
+}
+
+// An identity that vanishes from a pool is put back.
+func TestDriftRepaired(t *testing.T) {
+	w := newWorld(t, func(o *assigner.Options) { o.DriftCheckPeriod = time.Second })
+	p := w.pool("p", false, nil)
+	id := w.identity("x")
+	w.pod("a", "x")
+	w.waitAssigned("a", waitFor)
+	if err := w.state.SetUserAssigned(p.ID, id.ResourceID, false); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, waitFor, func() error {
+		if !w.state.Assigned(p.ID, id.ClientID) {
+			return fmt.Errorf("identity not re-added")
+		}
+		return nil
+	})
+}
+
+// A binding created after the pod adds its identity; deleting it removes
+// the identity from the pod's annotations (and, after grace, the pool).
+func TestLateAndDeletedBinding(t *testing.T) {
+	w := newWorld(t, func(o *assigner.Options) { o.GCGracePeriod = time.Second })
+	p := w.pool("p", false, nil)
+	node := w.ns + "-p"
+	w.pod("late", "late", func(pod *corev1.Pod) { pod.Spec.NodeName = node })
+	if got := w.getPod("late").Annotations[aadv1.AnnotationIdentities]; got != "" {
+		t.Fatalf("identities = %q before the binding exists", got)
+	}
+	id := w.identity("late")
+	eventually(t, waitFor, func() error {
+		pod := w.getPod("late")
+		if pod.Annotations[aadv1.AnnotationIdentities] != w.ns+"/late" || pod.Annotations[aadv1.AnnotationClientIDs] != id.ClientID {
+			return fmt.Errorf("annotations %v", pod.Annotations)
+		}
+		if pod.Annotations[aadv1.AnnotationAssignment] != aadv1.AssignmentAssigned || !w.state.Assigned(p.ID, id.ClientID) {
+			return fmt.Errorf("not assigned: %q", pod.Annotations[aadv1.AnnotationAssignment])
+		}
+		return nil
+	})
+	var b aadv1.AzureIdentityBinding
+	if err := w.c.Get(w.ctx, client.ObjectKey{Namespace: w.ns, Name: "late"}, &b); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.c.Delete(w.ctx, &b); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, waitFor, func() error {
+		if got := w.getPod("late").Annotations[aadv1.AnnotationIdentities]; got != "" {
+			return fmt.Errorf("identities still %q", got)
+		}
+		if w.state.Assigned(p.ID, id.ClientID) {
+			return fmt.Errorf("identity still on the pool")
+		}
+		return nil
+	})
+}
+
+// ARM faults: 429 pauses writes for Retry-After; 500 and 409 back off and
+// succeed; an identity ARM refuses fails alone.
+func TestFaults(t *testing.T) {
+	tests := []struct {
+		name   string
+		inject func(w *world, p fakeazure.Pool)
+		check  func(t *testing.T, w *world)
+	}{
+		{
+			name: "429 honours Retry-After",
+			inject: func(w *world, p fakeazure.Pool) {
+				w.arm.InjectFault(fakeazure.Fault{Method: http.MethodPatch, Status: 429, RetryAfter: "2"})
+			},
+			check: func(t *testing.T, w *world) {
+				writes := w.arm.Writes()
+				if len(writes) < 2 || writes[0].Status != 429 {
+					t.Fatalf("writes = %+v", writes)
+				}
+				if gap := writes[1].At.Sub(writes[0].At); gap < 2*time.Second {
+					t.Errorf("wrote again %s after a 429 asking for 2s", gap)
+				}
+			},
+		},
+		{
+			name: "429 with HTTP date",
+			inject: func(w *world, p fakeazure.Pool) {
+				w.arm.InjectFault(fakeazure.Fault{Method: http.MethodGet, Status: 429, RetryAfter: time.Now().Add(2 * time.Second).UTC().Format(http.TimeFormat)})
+			},
+			check: func(t *testing.T, w *world) {
+				if c := w.arm.Calls(); c["GET virtualMachineScaleSets"] < 2 {
+					t.Errorf("calls = %v", c)
+				}
+			},
+		},
+		{
+			name: "500 retried",
+			inject: func(w *world, p fakeazure.Pool) {
+				w.arm.InjectFault(fakeazure.Fault{Method: http.MethodPatch, Status: 500})
+			},
+			check: func(t *testing.T, w *world) {
+				if writes := w.arm.Writes(); len(writes) < 2 || writes[0].Status != 500 {
+					t.Errorf("writes = %+v", writes)
+				}
+			},
+		},
+		{
+			name:   "409 while another write runs",
+			inject: func(w *world, p fakeazure.Pool) { w.arm.Busy(p.ID, time.Second) },
+			check: func(t *testing.T, w *world) {
+				if writes := w.arm.Writes(); len(writes) < 2 || writes[0].Status != 409 {
+					t.Errorf("writes = %+v", writes)
+				}
+			},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWorld(t)
+			p := w.pool("p", false, nil)
+			id := w.identity("x")
+			tc.inject(w, p)
+			w.pod("a", "x")
+			w.waitAssigned("a", waitFor)
+			if !w.state.Assigned(p.ID, id.ClientID) {
+				t.Fatal("identity not assigned")
+			}
+			tc.check(t, w)
+		})
+	}
+
+	t.Run("400 isolates the bad identity", func(t *testing.T) {
+		w := newWorld(t)
+		p := w.pool("p", false, nil)
+		good := w.identity("good")
+		w.azureIdentity("bad", "/subscriptions/"+w.sub+"/resourceGroups/ids-rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/deleted", "00000000-0000-0000-0000-0000000000ba")
+		w.binding("bad", "bad", "bad")
+		w.binding("both-good", "good", "both")
+		w.binding("both-bad", "bad", "both")
+		w.pod("good", "good")
+		w.pod("both", "both")
+		w.waitAssigned("good", waitFor)
+		if !w.state.Assigned(p.ID, good.ClientID) {
+			t.Fatal("good identity not assigned")
+		}
+		eventually(t, waitFor, func() error {
+			pod := w.getPod("both")
+			if a := pod.Annotations[aadv1.AnnotationAssignment]; !strings.HasPrefix(a, aadv1.AssignmentFailedPrefix) || !strings.Contains(a, "FailedIdentityOperation") || !gated(pod) {
+				return fmt.Errorf("assignment %q gated %v", a, gated(pod))
+			}
+			return nil
+		})
+		rec, err := w.record("bad", p)
+		if err != nil || rec.Status.Status != aadv1.StateFailed || !strings.Contains(rec.Status.LastError, "deleted") {
+			t.Errorf("bad record = %+v, %v", rec.Status, err)
+		}
+	})
+}
+
+// Killing the assigner mid-burst loses nothing: a new one converges.
+func TestRestartMidBurstConverges(t *testing.T) {
+	w := newWorld(t)
+	w.arm.SetWriteLatency(time.Second)
+	pools := []fakeazure.Pool{w.pool("p0", false, nil), w.pool("p1", true, nil)}
+	for i := range 5 {
+		w.identity(fmt.Sprintf("id%d", i))
+	}
+	for i := range 30 {
+		w.pod(fmt.Sprintf("pod%d", i), fmt.Sprintf("id%d", i%5))
+	}
+	eventually(t, waitFor, func() error {
+		if len(w.arm.Writes()) == 0 {
+			return fmt.Errorf("no PATCH yet")
+		}
+		return nil
+	})
+	w.stop() // mid-PATCH: ARM finishes the write without us
+	w.start()
+	for i := range 30 {
+		w.waitAssigned(fmt.Sprintf("pod%d", i), time.Minute)
+	}
+	for _, rec := range w.records() {
+		if rec.Status.Status != aadv1.StateAssigned || rec.Status.External {
+			t.Errorf("record %s: %+v", rec.Name, rec.Status)
+		}
+	}
+	if n := len(w.records()); n != 10 {
+		t.Errorf("%d records, want 10", n)
+	}
+	for _, p := range pools {
+		if got, _ := w.state.Pool(p.ID); len(got.UserAssigned) != 5 {
+			t.Errorf("pool %s has %d identities", p.Name, len(got.UserAssigned))
+		}
+	}
+}

@@ -1,0 +1,147 @@
+package assigner_test
+
+import (
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/assigner"
+	"github.com/aad-pod-identity/aad-pod-identity/webhook"
+)
+
+// BenchmarkPodReady is the load generator of docs/performance.md: it
+// creates pods × identities × pools at once against the fake ARM with a
+// write latency, and reports the time from each pod's creation to its gate
+// being lifted (observed through a watch), the ARM calls by kind and the
+// process RSS. Sizes come from the environment: ASSIGNER_BENCH_PODS (100),
+// _IDENTITIES (10), _POOLS (3), _LATENCY (2s).
+func BenchmarkPodReady(b *testing.B) {
+	pods, identities, pools := envInt("ASSIGNER_BENCH_PODS", 100), envInt("ASSIGNER_BENCH_IDENTITIES", 10), envInt("ASSIGNER_BENCH_POOLS", 3)
+	latency, err := time.ParseDuration(envString("ASSIGNER_BENCH_LATENCY", "2s"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for range b.N {
+		window, err := time.ParseDuration(envString("ASSIGNER_BENCH_BATCH_WINDOW", "500ms"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		w := newWorld(b, func(o *assigner.Options) { o.BatchWindow = window })
+		w.arm.SetWriteLatency(latency)
+		for i := range pools {
+			w.pool(fmt.Sprintf("pool%d", i), i%2 == 0, nil)
+		}
+		for i := range identities {
+			w.identity(fmt.Sprintf("id%d", i))
+		}
+		wc, err := client.NewWithWatch(w.cfg, client.Options{Scheme: webhook.Scheme()})
+		if err != nil {
+			b.Fatal(err)
+		}
+		watch, err := wc.Watch(w.ctx, &corev1.PodList{}, client.InNamespace(w.ns))
+		if err != nil {
+			b.Fatal(err)
+		}
+		var (
+			mu      sync.Mutex
+			created = map[string]time.Time{}
+			ready   = map[string]time.Duration{}
+		)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for ev := range watch.ResultChan() {
+				pod, ok := ev.Object.(*corev1.Pod)
+				if !ok || gated(pod) || pod.Annotations[aadv1.AnnotationAssignment] != aadv1.AssignmentAssigned {
+					continue
+				}
+				mu.Lock()
+				if _, seen := ready[pod.Name]; !seen {
+					ready[pod.Name] = time.Since(created[pod.Name])
+				}
+				n := len(ready)
+				mu.Unlock()
+				if n == pods {
+					return
+				}
+			}
+		}()
+		start := time.Now()
+		var wg sync.WaitGroup
+		sem := make(chan struct{}, 16)
+		for i := range pods {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				sem <- struct{}{}
+				defer func() { <-sem }()
+				name := fmt.Sprintf("pod%d", i)
+				mu.Lock()
+				created[name] = time.Now()
+				mu.Unlock()
+				w.pod(name, fmt.Sprintf("id%d", i%identities))
+			}()
+		}
+		wg.Wait()
+		b.Logf("created %d pods in %s", pods, time.Since(start))
+		select {
+		case <-done:
+		case <-time.After(10 * time.Minute):
+			b.Fatalf("only %d of %d pods ready", len(ready), pods)
+		}
+		watch.Stop()
+		var lat []time.Duration
+		for _, d := range ready {
+			lat = append(lat, d)
+		}
+		sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+		b.ReportMetric(lat[len(lat)/2].Seconds(), "p50-s")
+		b.ReportMetric(lat[len(lat)*99/100].Seconds(), "p99-s")
+		b.ReportMetric(lat[len(lat)-1].Seconds(), "max-s")
+		perPool := map[string]int{}
+		for _, wr := range w.arm.Writes() {
+			perPool[wr.Pool[strings.LastIndex(wr.Pool, "/")+1:]]++
+		}
+		b.Logf("pods=%d identities=%d pools=%d latency=%s p50=%s p99=%s max=%s calls=%v patches/pool=%v rss=%s",
+			pods, identities, pools, latency, lat[len(lat)/2], lat[len(lat)*99/100], lat[len(lat)-1], w.arm.Calls(), perPool, rss())
+		w.stop()
+	}
+}
+
+func envInt(name string, def int) int {
+	var n int
+	if _, err := fmt.Sscan(os.Getenv(name), &n); err != nil || n <= 0 {
+		return def
+	}
+	return n
+}
+
+func envString(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+// rss is the test process's resident set: the assigner with its caches,
+// plus the load generator's client.
+func rss() string {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return "unknown"
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "unknown"
+}

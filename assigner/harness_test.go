@@ -1,0 +1,309 @@
+package assigner_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
+	"github.com/google/uuid"
+	"go.uber.org/zap/zapcore"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+
+	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/assigner"
+	"github.com/aad-pod-identity/aad-pod-identity/e2e/fakeazure"
+	"github.com/aad-pod-identity/aad-pod-identity/e2e/framework"
+	"github.com/aad-pod-identity/aad-pod-identity/webhook"
+)
+
+// One control plane serves every test of the package; each test has its
+// own namespaces, nodes, fake cloud and assigner.
+var (
+	envOnce sync.Once
+	testEnv *envtest.Environment
+	envCfg  *rest.Config
+	envErr  error
+)
+
+func TestMain(m *testing.M) {
+	logf.SetLogger(zap.New(zap.UseDevMode(true), zap.Level(zapLevel())))
+	code := m.Run()
+	if testEnv != nil {
+		_ = testEnv.Stop()
+	}
+	os.Exit(code)
+}
+
+func zapLevel() zapcore.Level {
+	if os.Getenv("ASSIGNER_TEST_LOGS") != "" {
+		return -1
+	}
+	return 2 // errors only
+}
+
+func controlPlane(t testing.TB) *rest.Config {
+	t.Helper()
+	envOnce.Do(func() {
+		testEnv, envErr = framework.NewEnvironment(framework.Options{})
+		if envErr == nil {
+			envCfg, envErr = testEnv.Start()
+		}
+	})
+	if envErr != nil {
+		t.Fatalf("starting control plane: %v", envErr)
+	}
+	return envCfg
+}
+
+// world is one test's cluster objects, fake cloud and running assigner.
+type world struct {
+	t        testing.TB
+	ctx      context.Context
+	c        client.Client
+	cfg      *rest.Config
+	state    *fakeazure.State
+	arm      *fakeazure.ARM
+	ca       *fakeazure.CA
+	sub      string
+	ns       string // pods, identities, bindings
+	recordNS string // AzureAssignedIdentity records
+	opts     assigner.Options
+	stop     func()
+}
+
+type worldOption func(*assigner.Options)
+
+func newWorld(t testing.TB, opts ...worldOption) *world {
+	t.Helper()
+	cfg := controlPlane(t)
+	c, err := client.New(cfg, client.Options{Scheme: webhook.Scheme()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := fakeazure.NewCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := fakeazure.NewState()
+	fake, err := fakeazure.StartARM(state, ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(fake.Close)
+	suffix := strings.ToLower(uuid.NewString()[:8])
+	w := &world{t: t, ctx: context.Background(), c: c, cfg: cfg, state: state, arm: fake, ca: ca, sub: uuid.NewString(),
+		ns: "aadpi-asg-" + suffix, recordNS: "aadpi-asg-sys-" + suffix}
+	for _, ns := range []string{w.ns, w.recordNS} {
+		if err := c.Create(w.ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(w.cleanup)
+	cloudCfg := cloud.Configuration{Services: map[cloud.ServiceName]cloud.ServiceConfiguration{
+		cloud.ResourceManager: {Endpoint: fake.URL, Audience: "https://management.core.windows.net/"},
+	}}
+	w.opts = assigner.Options{
+		Namespace:        w.recordNS,
+		ARM:              assigner.NewARM(fakeazure.StaticCredential{}, assigner.ARMOptions(cloudCfg, ca.Client()), 50*time.Millisecond),
+		GCGracePeriod:    time.Hour,
+		DriftCheckPeriod: time.Hour,
+	}
+	for _, o := range opts {
+		o(&w.opts)
+	}
+	w.start()
+	return w
+}
+
+// start runs an assigner until stop (or the test's end).
+func (w *world) start() {
+	w.t.Helper()
+	mgr, err := assigner.NewManager(w.cfg, assigner.ManagerOptions{MetricsAddr: "0", ProbeAddr: "0"}, w.opts)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(w.ctx)
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	w.stop = func() {
+		cancel()
+		if err := <-done; err != nil {
+			w.t.Errorf("assigner: %v", err)
+		}
+		w.stop = func() {}
+	}
+}
+
+// cleanup stops the assigner first, then removes what the test created so
+// that later tests' assigners do not see it (envtest has no namespace
+// controller).
+func (w *world) cleanup() {
+	w.stop()
+	ctx := context.Background()
+	_ = w.c.DeleteAllOf(ctx, &corev1.Pod{}, client.InNamespace(w.ns), client.GracePeriodSeconds(0))
+	_ = w.c.DeleteAllOf(ctx, &aadv1.AzureAssignedIdentity{}, client.InNamespace(w.recordNS))
+	_ = w.c.DeleteAllOf(ctx, &corev1.Node{}, client.MatchingLabels{"aadpi-test": w.ns})
+}
+
+// pool creates a VMSS in the fake cloud and one Node on it.
+func (w *world) pool(name string, systemAssigned bool, labels map[string]string, taints ...corev1.Taint) fakeazure.Pool {
+	w.t.Helper()
+	p := w.state.AddPool(fakeazure.KindVMSS, w.sub, "mc-rg", name, 1, systemAssigned)
+	l := map[string]string{"aadpi-test": w.ns, "pool": name}
+	for k, v := range labels {
+		l[k] = v
+	}
+	node := &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: w.ns + "-" + name, Labels: l},
+		Spec:       corev1.NodeSpec{ProviderID: "azure://" + p.ID + "/virtualMachines/0", Taints: taints},
+	}
+	if err := w.c.Create(w.ctx, node); err != nil {
+		w.t.Fatal(err)
+	}
+	return p
+}
+
+// identity creates a user-assigned identity in the fake cloud, its
+// AzureIdentity and a binding with selector = name.
+func (w *world) identity(name string) fakeazure.Identity {
+	w.t.Helper()
+	id := w.state.CreateIdentity(w.sub, "ids-rg", name)
+	w.azureIdentity(name, id.ResourceID, id.ClientID)
+	w.binding(name, name, name)
+	return id
+}
+
+func (w *world) azureIdentity(name, resourceID, clientID string) {
+	w.t.Helper()
+	ai := &aadv1.AzureIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: w.ns, Name: name},
+		Spec: aadv1.AzureIdentitySpec{Type: aadv1.UserAssignedMSI, ResourceID: resourceID, ClientID: clientID}}
+	if err := w.c.Create(w.ctx, ai); err != nil {
+		w.t.Fatal(err)
+	}
+}
+
+func (w *world) binding(name, identity, selector string) {
+	w.t.Helper()
+	b := &aadv1.AzureIdentityBinding{ObjectMeta: metav1.ObjectMeta{Namespace: w.ns, Name: name},
+		Spec: aadv1.AzureIdentityBindingSpec{AzureIdentity: identity, Selector: selector}}
+	if err := w.c.Create(w.ctx, b); err != nil {
+		w.t.Fatal(err)
+	}
+}
+
+// pod creates a pod as the admission webhook leaves it: label, identity
+// annotations and, when a user-assigned identity resolved, the gate.
+func (w *world) pod(name, selector string, mutate ...func(*corev1.Pod)) *corev1.Pod {
+	w.t.Helper()
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: w.ns, Name: name, Labels: map[string]string{aadv1.BindingLabel: selector}},
+		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "demo"}}},
+	}
+	for _, m := range mutate {
+		m(pod)
+	}
+	var bindings aadv1.AzureIdentityBindingList
+	var identities aadv1.AzureIdentityList
+	if err := w.c.List(w.ctx, &bindings, client.InNamespace(w.ns)); err != nil {
+		w.t.Fatal(err)
+	}
+	if err := w.c.List(w.ctx, &identities, client.InNamespace(w.ns)); err != nil {
+		w.t.Fatal(err)
+	}
+	res := webhook.Resolve(w.ns, selector, bindings.Items, identities.Items, false)
+	pod.Annotations = res.Annotations()
+	if res.NeedsAssignment() && pod.Spec.NodeName == "" {
+		pod.Spec.SchedulingGates = []corev1.PodSchedulingGate{{Name: aadv1.SchedulingGate}}
+	}
+	if err := w.c.Create(w.ctx, pod); err != nil {
+		w.t.Fatal(err)
+	}
+	return pod
+}
+
+func (w *world) getPod(name string) *corev1.Pod {
+	w.t.Helper()
+	var pod corev1.Pod
+	if err := w.c.Get(w.ctx, client.ObjectKey{Namespace: w.ns, Name: name}, &pod); err != nil {
+		w.t.Fatal(err)
+	}
+	return &pod
+}
+
+func gated(pod *corev1.Pod) bool {
+	for _, g := range pod.Spec.SchedulingGates {
+		if g.Name == aadv1.SchedulingGate {
+			return true
+		}
+	}
+	return false
+}
+
+// eventually polls cond until it returns nil or timeout passes.
+func eventually(t testing.TB, timeout time.Duration, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: %v", timeout, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// waitAssigned waits for a pod's gate to be lifted with assignment Assigned.
+func (w *world) waitAssigned(name string, timeout time.Duration) *corev1.Pod {
+	w.t.Helper()
+	var pod *corev1.Pod
+	eventually(w.t, timeout, func() error {
+		pod = w.getPod(name)
+		if a := pod.Annotations[aadv1.AnnotationAssignment]; a != aadv1.AssignmentAssigned || gated(pod) {
+			return fmt.Errorf("pod %s: assignment %q, gated %v", name, a, gated(pod))
+		}
+		return nil
+	})
+	return pod
+}
+
+func (w *world) records() []aadv1.AzureAssignedIdentity {
+	w.t.Helper()
+	var list aadv1.AzureAssignedIdentityList
+	if err := w.c.List(w.ctx, &list, client.InNamespace(w.recordNS)); err != nil {
+		w.t.Fatal(err)
+	}
+	return list.Items
+}
+
+func (w *world) record(identity string, p fakeazure.Pool) (*aadv1.AzureAssignedIdentity, error) {
+	pool, err := assigner.ParsePoolID(p.ID)
+	if err != nil {
+		return nil, err
+	}
+	var rec aadv1.AzureAssignedIdentity
+	err = w.c.Get(w.ctx, client.ObjectKey{Namespace: w.recordNS, Name: assigner.RecordName(w.ns+"/"+identity, pool)}, &rec)
+	return &rec, err
+}
+
+// patches counts the accepted or refused PATCHes per pool.
+func (w *world) patches() map[string]int {
+	out := map[string]int{}
+	for _, wr := range w.arm.Writes() {
+		out[strings.ToLower(wr.Pool)]++
+	}
+	return out
+}

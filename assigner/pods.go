@@ -1,0 +1,174 @@
+package assigner
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/client-go/tools/record"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+
+	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/webhook"
+)
+
+// Event reasons on pods.
+const (
+	EventWaiting  = "WaitingForIdentity"
+	EventAssigned = "IdentityAssigned"
+	EventFailed   = "IdentityAssignmentFailed"
+)
+
+// podReconciler keeps a labelled pod's identity annotations true, chooses
+// its target pools and lifts its gate once every identity is on them.
+type podReconciler struct {
+	client    client.Client
+	resolver  *webhook.Resolver
+	recorder  record.EventRecorder
+	namespace string
+}
+
+func (r *podReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	var pod corev1.Pod
+	if err := r.client.Get(ctx, req.NamespacedName, &pod); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if !isLive(&pod) {
+		return ctrl.Result{}, nil
+	}
+	res, err := r.resolver.Resolve(ctx, pod.Namespace, pod.Labels[aadv1.BindingLabel])
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	var userAssigned []string
+	for _, id := range res.Identities {
+		if id.Type == aadv1.UserAssignedMSI {
+			userAssigned = append(userAssigned, id.Key())
+		}
+	}
+	var pools []Pool
+	var poolErr error
+	if len(userAssigned) > 0 {
+		var nodes corev1.NodeList
+		if err := r.client.List(ctx, &nodes); err != nil {
+			return ctrl.Result{}, fmt.Errorf("listing nodes: %w", err)
+		}
+		pools, poolErr = TargetPools(&pod, nodes.Items)
+	}
+	assignment := r.assignment(ctx, userAssigned, pools, poolErr)
+	return ctrl.Result{}, r.update(ctx, &pod, res, pools, assignment)
+}
+
+// assignment is the pod's assignment annotation: Assigned once every
+// identity's record on every target pool is Assigned.
+func (r *podReconciler) assignment(ctx context.Context, identities []string, pools []Pool, poolErr error) string {
+	if poolErr != nil {
+		return aadv1.AssignmentFailedPrefix + poolErr.Error()
+	}
+	state := aadv1.AssignmentAssigned
+	for _, id := range identities {
+		for _, p := range pools {
+			var rec aadv1.AzureAssignedIdentity
+			if err := r.client.Get(ctx, client.ObjectKey{Namespace: r.namespace, Name: RecordName(id, p)}, &rec); err != nil {
+				state = aadv1.AssignmentPending
+				continue
+			}
+			switch rec.Status.Status {
+			case aadv1.StateFailed:
+				return fmt.Sprintf("%sidentity %s on %s: %s", aadv1.AssignmentFailedPrefix, id, p.Name, rec.Status.LastError)
+			case aadv1.StateAssigned:
+			default:
+				state = aadv1.AssignmentPending
+			}
+		}
+	}
+	return state
+}
+
+func (r *podReconciler) update(ctx context.Context, pod *corev1.Pod, res webhook.Resolution, pools []Pool, assignment string) error {
+	orig := pod.DeepCopy()
+	if pod.Annotations == nil {
+		pod.Annotations = map[string]string{}
+	}
+	for k, v := range res.Annotations() {
+		pod.Annotations[k] = v
+	}
+	ids := make([]string, 0, len(pools))
+	for _, p := range pools {
+		ids = append(ids, p.ID())
+	}
+	pod.Annotations[aadv1.AnnotationNodePools] = strings.Join(ids, ",")
+	pod.Annotations[aadv1.AnnotationAssignment] = assignment
+	liftGate := assignment == aadv1.AssignmentAssigned && hasGate(pod)
+	if liftGate {
+		pod.Spec.SchedulingGates = slices.DeleteFunc(pod.Spec.SchedulingGates, func(g corev1.PodSchedulingGate) bool { return g.Name == aadv1.SchedulingGate })
+	}
+	previous := orig.Annotations[aadv1.AnnotationAssignment]
+	if !liftGate && previous == assignment && maps.Equal(orig.Annotations, pod.Annotations) {
+		return nil
+	}
+	if err := r.client.Patch(ctx, pod, client.MergeFrom(orig)); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("updating pod: %w", err)
+	}
+	log.FromContext(ctx).Info("pod updated", "assignment", assignment, "pools", ids, "identities", pod.Annotations[aadv1.AnnotationIdentities], "gateLifted", liftGate)
+	if liftGate {
+		podReady.Observe(time.Since(pod.CreationTimestamp.Time).Seconds())
+	}
+	if previous == assignment {
+		return nil
+	}
+	switch {
+	case assignment == aadv1.AssignmentAssigned:
+		r.recorder.Eventf(pod, corev1.EventTypeNormal, EventAssigned, "identities %q are on node pools %s", pod.Annotations[aadv1.AnnotationIdentities], poolNames(pools))
+	case assignment == aadv1.AssignmentPending:
+		r.recorder.Eventf(pod, corev1.EventTypeNormal, EventWaiting, "waiting for identities %q on node pools %s", pod.Annotations[aadv1.AnnotationIdentities], poolNames(pools))
+	default:
+		r.recorder.Event(pod, corev1.EventTypeWarning, EventFailed, assignment)
+	}
+	return nil
+}
+
+func poolNames(pools []Pool) string {
+	names := make([]string, 0, len(pools))
+	for _, p := range pools {
+		names = append(names, p.Name)
+	}
+	return strings.Join(names, ",")
+}
+
+func hasGate(pod *corev1.Pod) bool {
+	return slices.ContainsFunc(pod.Spec.SchedulingGates, func(g corev1.PodSchedulingGate) bool { return g.Name == aadv1.SchedulingGate })
+}
+
+// isLive tells pods that may still use an identity.
+func isLive(pod *corev1.Pod) bool {
+	return pod.Status.Phase != corev1.PodSucceeded && pod.Status.Phase != corev1.PodFailed
+}
+
+// podIdentities returns the identities (namespace/name) a pod is admitted for.
+func podIdentities(pod *corev1.Pod) []string {
+	v := pod.Annotations[aadv1.AnnotationIdentities]
+	if v == "" {
+		return nil
+	}
+	return strings.Split(v, ",")
+}
+
+// podPools returns the lower-cased pool IDs a pod targets.
+func podPools(pod *corev1.Pod) []string {
+	v := pod.Annotations[aadv1.AnnotationNodePools]
+	if v == "" {
+		return nil
+	}
+	return strings.Split(strings.ToLower(v), ",")
+}

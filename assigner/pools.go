@@ -1,0 +1,454 @@
+package assigner
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+
+	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+)
+
+// annotationUnneededSince marks, on an AzureAssignedIdentity, when the last
+// pod that needed it went away; the grace period runs from there.
+const annotationUnneededSince = aadv1.AnnotationPrefix + "unneeded-since"
+
+// poolReconciler makes one pool's user-assigned identities match what its
+// live pods need. It is the only writer of a pool, and requests are keyed
+// by pool, so a burst of pods becomes one or two PATCHes.
+type poolReconciler struct {
+	client    client.Client
+	arm       *ARM
+	namespace string
+	grace     time.Duration
+	drift     time.Duration
+	immutable map[string]bool // lower-cased client and resource IDs
+	throttle  *throttle
+
+	// batch is how long new work on a pool waits for more pods before the
+	// first write, so that a burst fits in one PATCH.
+	batch time.Duration
+
+	mu        sync.Mutex
+	failures  map[string]int       // consecutive transient ARM failures by pool
+	lastDrift map[string]time.Time // last retry of Failed records by pool
+	newWork   map[string]time.Time // when a pool first saw an identity without record
+}
+
+// need is one identity the pool's live pods need.
+type need struct {
+	identity aadv1.AzureIdentity
+	pods     int32
+}
+
+func (r *poolReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	pool, err := ParsePoolID(req.Name)
+	if err != nil {
+		log.FromContext(ctx).Error(err, "ignoring malformed pool")
+		return ctrl.Result{}, nil
+	}
+	if wait := r.throttle.wait(pool.Subscription); wait > 0 {
+		return ctrl.Result{RequeueAfter: wait}, nil
+	}
+	needs, err := r.needs(ctx, pool)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	records, err := r.records(ctx, pool)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if len(needs) == 0 && len(records) == 0 {
+		return ctrl.Result{}, nil // nothing of ours here: no need to ask ARM
+	}
+	if wait := r.batchWait(pool, needs, records, time.Now()); wait > 0 {
+		return ctrl.Result{RequeueAfter: wait}, nil
+	}
+	actual, err := r.arm.Get(ctx, pool)
+	if err != nil {
+		return r.armFailed(ctx, pool, records, err)
+	}
+	// Ownership is recorded before any write, so a crash never loses it.
+	if err := r.createRecords(ctx, pool, needs, records, actual); err != nil {
+		return ctrl.Result{}, err
+	}
+	now := time.Now()
+	retryFailed := r.driftDue(pool, now)
+	add, remove, requeue, err := r.changes(ctx, needs, records, actual, now, retryFailed)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	failed, err := r.write(ctx, pool, actual, records, add, remove)
+	if err != nil {
+		return r.armFailed(ctx, pool, records, err)
+	}
+	r.resetFailures(pool)
+	if err := r.settle(ctx, needs, records, actual, remove, failed); err != nil {
+		return ctrl.Result{}, err
+	}
+	return ctrl.Result{RequeueAfter: min(requeue, r.drift)}, nil
+}
+
+// batchWait returns how long to wait before writing: new identities for a
+// pool are held for the batch window from when the first one was seen.
+func (r *poolReconciler) batchWait(pool Pool, needs map[string]*need, records map[string]*aadv1.AzureAssignedIdentity, now time.Time) time.Duration {
+	fresh := false
+	for key := range needs {
+		if records[key] == nil {
+			fresh = true
+			break
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !fresh || r.batch <= 0 {
+		delete(r.newWork, pool.Key())
+		return 0
+	}
+	first, ok := r.newWork[pool.Key()]
+	if !ok {
+		r.newWork[pool.Key()] = now
+		return r.batch
+	}
+	if left := first.Add(r.batch).Sub(now); left > 0 {
+		return left
+	}
+	delete(r.newWork, pool.Key())
+	return 0
+}
+
+// needs sums, per AzureIdentity, the live pods targeting pool.
+func (r *poolReconciler) needs(ctx context.Context, pool Pool) (map[string]*need, error) {
+	var pods corev1.PodList
+	if err := r.client.List(ctx, &pods, client.MatchingFields{podPoolIndex: pool.Key()}); err != nil {
+		return nil, fmt.Errorf("listing pods of pool: %w", err)
+	}
+	needs := map[string]*need{}
+	missing := map[string]bool{}
+	for i := range pods.Items {
+		if !isLive(&pods.Items[i]) {
+			continue
+		}
+		for _, key := range podIdentities(&pods.Items[i]) {
+			if n, ok := needs[key]; ok {
+				n.pods++
+				continue
+			}
+			if missing[key] {
+				continue
+			}
+			ns, name, _ := strings.Cut(key, "/")
+			var id aadv1.AzureIdentity
+			if err := r.client.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &id); err != nil {
+				if apierrors.IsNotFound(err) {
+					missing[key] = true
+					continue
+				}
+				return nil, fmt.Errorf("getting AzureIdentity %s: %w", key, err)
+			}
+			if id.Spec.Type != aadv1.UserAssignedMSI || id.Spec.ResourceID == "" {
+				missing[key] = true
+				continue
+			}
+			needs[key] = &need{identity: id, pods: 1}
+		}
+	}
+	return needs, nil
+}
+
+// records returns the pool's AzureAssignedIdentities by identity key.
+func (r *poolReconciler) records(ctx context.Context, pool Pool) (map[string]*aadv1.AzureAssignedIdentity, error) {
+	var list aadv1.AzureAssignedIdentityList
+	if err := r.client.List(ctx, &list, client.InNamespace(r.namespace), client.MatchingFields{recordPoolIndex: pool.Key()}); err != nil {
+		return nil, fmt.Errorf("listing AzureAssignedIdentities of pool: %w", err)
+	}
+	out := make(map[string]*aadv1.AzureAssignedIdentity, len(list.Items))
+	for i := range list.Items {
+		rec := &list.Items[i]
+		out[rec.Spec.AzureIdentityRef.Namespace+"/"+rec.Spec.AzureIdentityRef.Name] = rec
+	}
+	return out, nil
+}
+
+func (r *poolReconciler) isImmutable(clientID, resourceID string) bool {
+	return r.immutable[strings.ToLower(clientID)] || r.immutable[strings.ToLower(resourceID)]
+}
+
+// createRecords writes a record for every needed identity that has none.
+// An identity already on the pool, or one we must never remove, is
+// recorded external.
+func (r *poolReconciler) createRecords(ctx context.Context, pool Pool, needs map[string]*need, records map[string]*aadv1.AzureAssignedIdentity, actual Actual) error {
+	for key, n := range needs {
+		if records[key] != nil {
+			continue
+		}
+		spec := n.identity.Spec
+		rec := &aadv1.AzureAssignedIdentity{
+			ObjectMeta: metav1.ObjectMeta{Namespace: r.namespace, Name: RecordName(key, pool)},
+			Spec: aadv1.AzureAssignedIdentitySpec{
+				AzureIdentityRef: aadv1.IdentityReference{Namespace: n.identity.Namespace, Name: n.identity.Name},
+				ClientID:         spec.ClientID, ResourceID: spec.ResourceID, NodePool: pool.ID(),
+			},
+		}
+		if err := r.client.Create(ctx, rec); err != nil {
+			// The cache lags behind our own earlier create: retry with it.
+			return fmt.Errorf("creating AzureAssignedIdentity %s: %w", rec.Name, err)
+		}
+		status := aadv1.AzureAssignedIdentityStatus{Status: aadv1.StateAssigning, Pods: n.pods}
+		if actual.Has(spec.ResourceID) || r.isImmutable(spec.ClientID, spec.ResourceID) {
+			status.External = true
+		}
+		if err := r.setStatus(ctx, rec, status); err != nil {
+			return err
+		}
+		log.FromContext(ctx).Info("recorded assignment", "record", rec.Name, "identity", key, "external", status.External)
+		records[key] = rec
+	}
+	return nil
+}
+
+// changes returns the identities to add and remove now, and when the next
+// removal falls due. It starts the grace period of records no pod needs.
+func (r *poolReconciler) changes(ctx context.Context, needs map[string]*need, records map[string]*aadv1.AzureAssignedIdentity, actual Actual, now time.Time, retryFailed bool) (add, remove []*aadv1.AzureAssignedIdentity, requeue time.Duration, err error) {
+	requeue = time.Duration(math.MaxInt64)
+	stillNeeded := map[string]bool{}
+	for key := range needs {
+		stillNeeded[strings.ToLower(records[key].Spec.ResourceID)] = true
+	}
+	for key, rec := range records {
+		if needs[key] != nil {
+			if err := r.clearUnneeded(ctx, rec); err != nil {
+				return nil, nil, 0, err
+			}
+			if !actual.Has(rec.Spec.ResourceID) && (rec.Status.Status != aadv1.StateFailed || retryFailed) {
+				add = append(add, rec)
+			}
+			continue
+		}
+		since, err := r.unneededSince(ctx, rec, now)
+		if err != nil {
+			return nil, nil, 0, err
+		}
+		if left := since.Add(r.grace).Sub(now); left > 0 {
+			requeue = min(requeue, left)
+			continue
+		}
+		if !rec.Status.External && !r.isImmutable(rec.Spec.ClientID, rec.Spec.ResourceID) &&
+			actual.Has(rec.Spec.ResourceID) && !stillNeeded[strings.ToLower(rec.Spec.ResourceID)] {
+			remove = append(remove, rec)
+			continue
+		}
+		if err := r.deleteRecord(ctx, rec); err != nil {
+			return nil, nil, 0, err
+		}
+		delete(records, key)
+	}
+	return add, remove, requeue, nil
+}
+
+// write sends the planned patches. An identity ARM refuses by name is
+// dropped from the batch and returned with the error, and the rest is
+// sent again; any other error stops the writes.
+func (r *poolReconciler) write(ctx context.Context, pool Pool, actual Actual, records map[string]*aadv1.AzureAssignedIdentity, add, remove []*aadv1.AzureAssignedIdentity) (map[string]string, error) {
+	for _, rec := range remove {
+		if err := r.setStatus(ctx, rec, withState(rec.Status, aadv1.StateUnassigning, "")); err != nil {
+			return nil, err
+		}
+	}
+	failed := map[string]string{} // lower-cased resource ID → error
+	addIDs := resourceIDs(add)
+	for {
+		err := r.writeOnce(ctx, pool, actual, addIDs, resourceIDs(remove))
+		if err == nil {
+			return failed, nil
+		}
+		bad := badIdentities(err, addIDs)
+		if len(bad) == 0 {
+			return failed, err
+		}
+		for _, id := range bad {
+			failed[strings.ToLower(id)] = armErrorText(err)
+			addIDs = slices.DeleteFunc(addIDs, func(s string) bool { return strings.EqualFold(s, id) })
+		}
+		assignmentFailures.Add(float64(len(bad)))
+		log.FromContext(ctx).Info("ARM refused identities; sending the rest", "pool", pool.ID(), "refused", bad, "error", armErrorText(err))
+	}
+}
+
+func (r *poolReconciler) writeOnce(ctx context.Context, pool Pool, actual Actual, add, remove []string) error {
+	for _, p := range Plan(actual, add, remove) {
+		log.FromContext(ctx).Info("patching pool", "pool", pool.ID(), "type", p.Type, "add", len(p.Add), "remove", len(p.Remove))
+		if err := r.arm.Update(ctx, pool, p); err != nil {
+			return err
+		}
+		for _, id := range p.Add {
+			actual.UserAssigned[strings.ToLower(id)] = true
+		}
+		for _, id := range p.Remove {
+			delete(actual.UserAssigned, strings.ToLower(id))
+		}
+	}
+	return nil
+}
+
+// settle records the outcome: needed identities on the pool Assigned,
+// refused ones Failed; records of removed identities are deleted.
+func (r *poolReconciler) settle(ctx context.Context, needs map[string]*need, records map[string]*aadv1.AzureAssignedIdentity, actual Actual, removed []*aadv1.AzureAssignedIdentity, failed map[string]string) error {
+	for _, rec := range removed {
+		if err := r.deleteRecord(ctx, rec); err != nil {
+			return err
+		}
+	}
+	for key, n := range needs {
+		rec := records[key]
+		status := rec.Status // a Failed record not retried this round stays so
+		if msg, ok := failed[strings.ToLower(rec.Spec.ResourceID)]; ok {
+			status = withState(rec.Status, aadv1.StateFailed, msg)
+		} else if actual.Has(rec.Spec.ResourceID) {
+			status = withState(rec.Status, aadv1.StateAssigned, "")
+		}
+		status.Pods = n.pods
+		if err := r.setStatus(ctx, rec, status); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// armFailed handles an ARM error that stopped the round: a 429 pauses
+// every request to the subscription for Retry-After; anything else (5xx,
+// 409, timeouts) backs off per pool with jitter. The error is kept on the
+// records still waiting.
+func (r *poolReconciler) armFailed(ctx context.Context, pool Pool, records map[string]*aadv1.AzureAssignedIdentity, err error) (ctrl.Result, error) {
+	text := armErrorText(err)
+	for _, rec := range records {
+		if rec.Status.Status == aadv1.StateAssigning || rec.Status.Status == aadv1.StateUnassigning {
+			if serr := r.setStatus(ctx, rec, withState(rec.Status, rec.Status.Status, text)); serr != nil {
+				return ctrl.Result{}, serr
+			}
+		}
+	}
+	if wait, ok := retryAfter(err, time.Now()); ok {
+		armThrottled.Inc()
+		r.throttle.pause(pool.Subscription, wait)
+		log.FromContext(ctx).Info("ARM throttled; pausing the subscription", "pool", pool.ID(), "retryAfter", wait)
+		return ctrl.Result{RequeueAfter: wait}, nil
+	}
+	r.mu.Lock()
+	n := r.failures[pool.Key()]
+	r.failures[pool.Key()] = n + 1
+	r.mu.Unlock()
+	delay := wait.Jitter(min(time.Duration(1<<min(n, 10))*r.baseBackoff(), r.drift), 0.5)
+	log.FromContext(ctx).Info("ARM request failed; backing off", "pool", pool.ID(), "error", text, "backoff", delay)
+	return ctrl.Result{RequeueAfter: delay}, nil
+}
+
+func (r *poolReconciler) baseBackoff() time.Duration { return 500 * time.Millisecond }
+
+func (r *poolReconciler) resetFailures(pool Pool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.failures, pool.Key())
+}
+
+// driftDue reports whether a drift period has passed since the pool's
+// Failed records were last retried, and restarts the period if so.
+func (r *poolReconciler) driftDue(pool Pool, now time.Time) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	last, ok := r.lastDrift[pool.Key()]
+	if ok && now.Sub(last) < r.drift {
+		return false
+	}
+	r.lastDrift[pool.Key()] = now
+	return ok
+}
+
+func (r *poolReconciler) unneededSince(ctx context.Context, rec *aadv1.AzureAssignedIdentity, now time.Time) (time.Time, error) {
+	if t, err := time.Parse(time.RFC3339Nano, rec.Annotations[annotationUnneededSince]); err == nil {
+		return t, nil
+	}
+	orig := rec.DeepCopy()
+	metav1.SetMetaDataAnnotation(&rec.ObjectMeta, annotationUnneededSince, now.UTC().Format(time.RFC3339Nano))
+	if err := r.client.Patch(ctx, rec, client.MergeFrom(orig)); err != nil {
+		return now, fmt.Errorf("marking AzureAssignedIdentity %s unneeded: %w", rec.Name, err)
+	}
+	return now, nil
+}
+
+func (r *poolReconciler) clearUnneeded(ctx context.Context, rec *aadv1.AzureAssignedIdentity) error {
+	if _, ok := rec.Annotations[annotationUnneededSince]; !ok {
+		return nil
+	}
+	orig := rec.DeepCopy()
+	delete(rec.Annotations, annotationUnneededSince)
+	if err := r.client.Patch(ctx, rec, client.MergeFrom(orig)); err != nil {
+		return fmt.Errorf("marking AzureAssignedIdentity %s needed: %w", rec.Name, err)
+	}
+	return nil
+}
+
+func (r *poolReconciler) setStatus(ctx context.Context, rec *aadv1.AzureAssignedIdentity, status aadv1.AzureAssignedIdentityStatus) error {
+	if rec.Status == status {
+		return nil
+	}
+	orig := rec.DeepCopy()
+	rec.Status = status
+	if err := r.client.Status().Patch(ctx, rec, client.MergeFrom(orig)); err != nil {
+		return fmt.Errorf("updating status of AzureAssignedIdentity %s: %w", rec.Name, err)
+	}
+	return nil
+}
+
+func (r *poolReconciler) deleteRecord(ctx context.Context, rec *aadv1.AzureAssignedIdentity) error {
+	if err := r.client.Delete(ctx, rec); client.IgnoreNotFound(err) != nil {
+		return fmt.Errorf("deleting AzureAssignedIdentity %s: %w", rec.Name, err)
+	}
+	log.FromContext(ctx).Info("released assignment", "record", rec.Name, "identity", rec.Spec.ResourceID)
+	return nil
+}
+
+func withState(s aadv1.AzureAssignedIdentityStatus, state aadv1.AssignmentState, lastError string) aadv1.AzureAssignedIdentityStatus {
+	s.Status, s.LastError = state, lastError
+	return s
+}
+
+func resourceIDs(recs []*aadv1.AzureAssignedIdentity) []string {
+	out := make([]string, 0, len(recs))
+	for _, r := range recs {
+		out = append(out, r.Spec.ResourceID)
+	}
+	return out
+}
+
+// throttle remembers, per scope (subscription), until when ARM asked us to
+// make no request.
+type throttle struct {
+	mu    sync.Mutex
+	until map[string]time.Time
+}
+
+func (t *throttle) pause(scope string, d time.Duration) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if u := time.Now().Add(d); u.After(t.until[scope]) {
+		t.until[scope] = u
+	}
+}
+
+func (t *throttle) wait(scope string) time.Duration {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return time.Until(t.until[scope])
+}

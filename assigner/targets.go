@@ -1,0 +1,73 @@
+package assigner
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+
+	corev1 "k8s.io/api/core/v1"
+	corev1helpers "k8s.io/component-helpers/scheduling/corev1"
+	"k8s.io/component-helpers/scheduling/corev1/nodeaffinity"
+	"k8s.io/klog/v2"
+
+	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+)
+
+// errNoPool explains why a pending pod has no target pool.
+var errNoPool = errors.New("no node pool matches the pod's node selector, required node affinity and tolerations")
+
+// TargetPools returns the pools a pod may run on, sorted by key: its node's
+// pool once scheduled, else the pools of every Node the scheduler could
+// pick (node selector, required affinity, untolerated NoSchedule/NoExecute
+// taints). Taints that go away by themselves do not count: NMI's startup
+// taint and the node lifecycle's not-ready/unreachable ones (a new node of a
+// pool carries them until its kubelet reports ready).
+func TargetPools(pod *corev1.Pod, nodes []corev1.Node) ([]Pool, error) {
+	if pod.Spec.NodeName != "" {
+		for i := range nodes {
+			if nodes[i].Name == pod.Spec.NodeName {
+				p, err := PoolFromProviderID(nodes[i].Spec.ProviderID)
+				if err != nil {
+					return nil, fmt.Errorf("node %s: %w", nodes[i].Name, err)
+				}
+				return []Pool{p}, nil
+			}
+		}
+		return nil, fmt.Errorf("node %s of the pod not found", pod.Spec.NodeName)
+	}
+	affinity := nodeaffinity.GetRequiredNodeAffinity(pod)
+	byKey := map[string]Pool{}
+	for i := range nodes {
+		node := &nodes[i]
+		if ok, err := affinity.Match(node); err != nil {
+			return nil, fmt.Errorf("pod's node affinity: %w", err)
+		} else if !ok {
+			continue
+		}
+		if _, untolerated := corev1helpers.FindMatchingUntoleratedTaint(klog.Background(), node.Spec.Taints, pod.Spec.Tolerations, schedulingTaint, false); untolerated {
+			continue
+		}
+		p, err := PoolFromProviderID(node.Spec.ProviderID)
+		if err != nil {
+			continue // not an Azure node (or not yet initialised): nothing to assign to
+		}
+		byKey[p.Key()] = p
+	}
+	if len(byKey) == 0 {
+		return nil, errNoPool
+	}
+	pools := make([]Pool, 0, len(byKey))
+	for _, p := range byKey {
+		pools = append(pools, p)
+	}
+	sort.Slice(pools, func(i, j int) bool { return pools[i].Key() < pools[j].Key() })
+	return pools, nil
+}
+
+func schedulingTaint(t *corev1.Taint) bool {
+	switch t.Key {
+	case aadv1.NMINotReadyTaint, corev1.TaintNodeNotReady, corev1.TaintNodeUnreachable:
+		return false
+	}
+	return t.Effect == corev1.TaintEffectNoSchedule || t.Effect == corev1.TaintEffectNoExecute
+}

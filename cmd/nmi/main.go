@@ -1,0 +1,76 @@
+// Command nmi is the node agent: it intercepts the instance metadata endpoint
+// and serves tokens only to pods admitted for an identity. `nmi cleanup`
+// removes the interception at uninstall.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/coreos/go-iptables/iptables"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+
+	"github.com/aad-pod-identity/aad-pod-identity/nmi"
+)
+
+func main() {
+	args := os.Args[1:]
+	cleanup := len(args) > 0 && args[0] == "cleanup"
+	if cleanup {
+		args = args[1:]
+	}
+	// flag.CommandLine carries controller-runtime's --kubeconfig.
+	fs := flag.CommandLine
+	opts := nmi.Options{NodeName: os.Getenv("NODE_NAME"), IdentityNotFoundRetry: nmi.DefaultIdentityNotFoundRetry, TokenRefreshMargin: 5 * time.Minute}
+	var allowed string
+	fs.StringVar(&opts.ListenAddress, "listen-address", "127.0.0.1:2579", "ip:port NMI serves metadata on; iptables redirects pods' metadata traffic there.")
+	fs.StringVar(&opts.ProbeAddr, "health-probe-bind-address", ":8085", "Address of /healthz and /readyz.")
+	fs.StringVar(&opts.MetricsAddr, "metrics-bind-address", ":9090", "Address of the Prometheus metrics endpoint; 0 disables it.")
+	fs.StringVar(&opts.Interception.MetadataIP, "metadata-ip", "169.254.169.254", "IP address of the instance metadata endpoint to intercept.")
+	fs.IntVar(&opts.Interception.MetadataPort, "metadata-port", 80, "TCP port of the instance metadata endpoint to intercept.")
+	fs.StringVar(&opts.IMDSEndpoint, "imds-endpoint", "http://169.254.169.254", "Upstream IMDS NMI itself calls (its own traffic is not intercepted).")
+	fs.StringVar(&opts.AADAuthorityHost, "aad-authority-host", "https://login.microsoftonline.com/", "Azure AD authority for service principals whose AzureIdentity has no adEndpoint.")
+	fs.DurationVar(&opts.SyncPeriod, "sync-period", 60*time.Second, "How often the iptables rules are checked and repaired.")
+	fs.BoolVar(&opts.RemoveStartupTaint, "remove-startup-taint", false, "Remove the taint "+"aadpodidentity.k8s.io/nmi-not-ready"+" from this node once interception is in place.")
+	fs.StringVar(&allowed, "allowed-metadata-paths", "/metadata/instance,/metadata/versions", "Comma-separated metadata paths (and their sub-paths) proxied for every pod; others get 403.")
+	fs.BoolVar(&opts.EnableServicePrincipals, "enable-service-principals", false, "Serve type 1 and 2 AzureIdentities (NMI then reads their Secrets).")
+	fs.BoolVar(&opts.AllowCrossNamespaceSecrets, "allow-cross-namespace-secrets", false, "Let an AzureIdentity use a Secret outside its own namespace.")
+	fs.BoolVar(&opts.FlushConntrack, "flush-conntrack", false, "After installing the rules, drop tracked connections to the metadata IP.")
+	zapOpts := zap.Options{}
+	zapOpts.BindFlags(fs)
+	_ = fs.Parse(args) // flag.CommandLine exits on error
+	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
+	log := ctrl.Log.WithName("setup")
+	opts.Interception.ListenAddress = opts.ListenAddress
+	for _, p := range strings.Split(allowed, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			opts.AllowedMetadataPaths = append(opts.AllowedMetadataPaths, p)
+		}
+	}
+
+	if cleanup {
+		if err := runCleanup(); err != nil {
+			fmt.Fprintln(os.Stderr, "nmi cleanup:", err)
+			os.Exit(1)
+		}
+		log.Info("interception rules removed", "chain", nmi.Chain)
+		return
+	}
+	ctx := ctrl.SetupSignalHandler()
+	if err := nmi.Run(ctx, ctrl.GetConfigOrDie(), opts); err != nil {
+		log.Error(err, "running NMI")
+		os.Exit(1)
+	}
+}
+
+func runCleanup() error {
+	ipt, err := iptables.New()
+	if err != nil {
+		return fmt.Errorf("finding iptables: %w", err)
+	}
+	return nmi.RemoveRules(ipt)
+}

@@ -1,0 +1,191 @@
+package nmi_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+)
+
+// TestNMILoad is the load generator behind `make bench-nmi`, not a timed
+// test: it prints latency, throughput and NMI's memory for
+// docs/performance.md and asserts nothing about them.
+func TestNMILoad(t *testing.T) {
+	if os.Getenv("AADPI_NMI_LOAD") != "1" {
+		t.Skip("load generator: run with `make bench-nmi`")
+	}
+	if os.Getenv(envChild) != "1" {
+		runInNamespaces(t)
+		return
+	}
+	n := setupNode(t)
+	// Cluster size first, so the latency runs see a full cluster and the
+	// first RSS figure is NMI at rest.
+	total, _ := strconv.Atoi(os.Getenv("AADPI_NMI_LOAD_PODS"))
+	if total > 0 {
+		onNode := createLoadPods(t, n.client, total, 110)
+		time.Sleep(10 * time.Second) // let the informer settle
+		t.Logf("NMI RSS with %d pods in the cluster, %d on its node: %s", total+len(n.pods), onNode+len(n.pods), rss(t, n.nmi.Process.Pid))
+	}
+	duration := 8 * time.Second
+	podA := n.pods["pod-a"]
+	hitURL := func(int) string { return "http://" + metadataIP + tokenPath("https://vault.azure.net") }
+
+	// Every miss request names a new resource, so NMI passes each one to
+	// IMDS; the direct runs send the same requests to the fake IMDS from the
+	// node namespace, which is not intercepted.
+	var seq sync.Map
+	next := func(prefix string) func(int) string {
+		return func(w int) string {
+			v, _ := seq.LoadOrStore(prefix+strconv.Itoa(w), new(int))
+			i := v.(*int)
+			*i++
+			return "http://" + metadataIP + tokenPath(fmt.Sprintf("https://%s-%d-%d.example", prefix, w, *i))
+		}
+	}
+	for _, c := range []int{32, 1} {
+		hit := load(t, c, duration, hitURL, podA.netns)
+		t.Logf("concurrency %2d  cache hit via NMI:  %s", c, hit)
+		direct := load(t, c, duration, next(fmt.Sprintf("direct%d", c)), "")
+		t.Logf("concurrency %2d  direct fake IMDS:   %s", c, direct)
+		miss := load(t, c, duration, next(fmt.Sprintf("nmi%d", c)), podA.netns)
+		t.Logf("concurrency %2d  cache miss via NMI: %s", c, miss)
+		t.Logf("concurrency %2d  miss-path overhead: p50 %v, p99 %v", c, miss.p50-direct.p50, miss.p99-direct.p99)
+	}
+
+	if total > 0 {
+		t.Logf("NMI RSS after the load runs: %s", rss(t, n.nmi.Process.Pid))
+	}
+}
+
+func tokenPath(resource string) string {
+	return "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=" + resource
+}
+
+type result struct {
+	requests, errors int
+	p50, p99         time.Duration
+	rate             float64
+}
+
+func (r result) String() string {
+	return fmt.Sprintf("%d requests (%d errors), %.0f req/s, p50 %v, p99 %v", r.requests, r.errors, r.rate, r.p50, r.p99)
+}
+
+// load runs workers, each with its own keep-alive connection opened in
+// netnsName ("" for the current namespace), for d.
+func load(t *testing.T, workers int, d time.Duration, url func(worker int) string, netnsName string) result {
+	t.Helper()
+	var mu sync.Mutex
+	var lat []time.Duration
+	errs := 0
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tr := &http.Transport{MaxIdleConnsPerHost: 1}
+			if netnsName != "" {
+				tr.DialContext = dialIn(netnsName)
+			}
+			c := &http.Client{Transport: tr}
+			var mine []time.Duration
+			bad := 0
+			for ctx.Err() == nil {
+				req, _ := http.NewRequest(http.MethodGet, url(w), nil)
+				req.Header.Set("Metadata", "true")
+				t0 := time.Now()
+				resp, err := c.Do(req)
+				if err == nil {
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+				if err != nil || resp.StatusCode != http.StatusOK {
+					bad++
+					continue
+				}
+				mine = append(mine, time.Since(t0))
+			}
+			tr.CloseIdleConnections()
+			mu.Lock()
+			lat = append(lat, mine...)
+			errs += bad
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	slices.Sort(lat)
+	if len(lat) == 0 {
+		t.Fatalf("no successful requests (%d errors)", errs)
+	}
+	pct := func(p float64) time.Duration { return lat[int(float64(len(lat)-1)*p)].Round(time.Microsecond) }
+	return result{requests: len(lat), errors: errs, p50: pct(0.50), p99: pct(0.99), rate: float64(len(lat)) / elapsed.Seconds()}
+}
+
+// createLoadPods creates total running pods, onNode of them on NMI's node.
+func createLoadPods(t *testing.T, c client.Client, total, onNode int) int {
+	t.Helper()
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	work := make(chan int)
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range work {
+				nodeName := fmt.Sprintf("other-%d", i%100)
+				if i < onNode {
+					nodeName = "node-0"
+				}
+				ip := fmt.Sprintf("10.%d.%d.%d", 100+i/65536, (i/256)%256, i%256)
+				p := &corev1.Pod{
+					ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: fmt.Sprintf("load-%d", i), Labels: map[string]string{"app": "load"}},
+					Spec:       corev1.PodSpec{NodeName: nodeName, Containers: []corev1.Container{{Name: "c", Image: "demo"}}},
+				}
+				if err := c.Create(ctx, p); err != nil {
+					t.Errorf("creating pod: %v", err)
+					continue
+				}
+				p.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip, PodIPs: []corev1.PodIP{{IP: ip}}}
+				if err := c.Status().Update(ctx, p); err != nil {
+					t.Errorf("setting pod status: %v", err)
+				}
+			}
+		}()
+	}
+	for i := range total {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	return onNode
+}
+
+func rss(t *testing.T, pid int) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "VmRSS:") {
+			return strings.Join(strings.Fields(l)[1:], " ")
+		}
+	}
+	return "unknown"
+}

@@ -1,0 +1,470 @@
+// Package nmi_test runs NMI against real iptables in network namespaces the
+// test creates: one plays the node (NMI, fake IMDS on 169.254.169.254, the
+// apiserver), the others are pods hanging off it by veth pairs. The
+// machine's own namespace is never changed.
+package nmi_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netns"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/e2e/fakeazure"
+	"github.com/aad-pod-identity/aad-pod-identity/e2e/framework"
+)
+
+// The child process (run inside the node namespace) finds its setup here.
+const (
+	envChild   = "AADPI_NMI_NETNS_CHILD"
+	envPods    = "AADPI_NMI_PODS" // comma-separated name=netns=ip
+	envNMIPath = "AADPI_NMI_BINARY"
+	metadataIP = "169.254.169.254"
+	Chain      = "aad-metadata"
+	nodeName   = "node-0"
+)
+
+// pod is a pod network namespace with its address.
+type pod struct{ name, netns, ip string }
+
+func TestNMIInNetworkNamespaces(t *testing.T) {
+	if os.Getenv(envChild) == "1" {
+		functional(t, setupNode(t))
+		return
+	}
+	runInNamespaces(t)
+}
+
+// runInNamespaces creates the node and pod namespaces and reruns the calling
+// test inside the node namespace, where it finds them through the
+// environment.
+func runInNamespaces(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to create network namespaces and iptables rules")
+	}
+	if _, err := framework.Assets(); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(t.TempDir(), "nmi")
+	run(t, "go", "build", "-o", bin, filepath.Join(framework.RepoRoot(), "cmd", "nmi"))
+
+	suffix := make([]byte, 3)
+	_, _ = rand.Read(suffix)
+	node := "aadpi-nmi-" + hex.EncodeToString(suffix)
+	addNetns(t, node)
+	run(t, "ip", "-n", node, "link", "set", "lo", "up")
+	run(t, "ip", "-n", node, "addr", "add", metadataIP+"/32", "dev", "lo")
+	// kube-apiserver picks its advertise address from the default route.
+	run(t, "ip", "-n", node, "link", "add", "uplink", "type", "veth", "peer", "name", "uplink-peer")
+	run(t, "ip", "-n", node, "link", "set", "uplink-peer", "up")
+	run(t, "ip", "-n", node, "addr", "add", "10.199.0.1/24", "dev", "uplink")
+	run(t, "ip", "-n", node, "link", "set", "uplink", "up")
+	run(t, "ip", "-n", node, "route", "add", "default", "via", "10.199.0.254")
+	var pods []string
+	for i, name := range []string{"pod-a", "pod-b", "agent"} {
+		ns := fmt.Sprintf("%s-%d", node, i)
+		addNetns(t, ns)
+		hostIf := fmt.Sprintf("veth%d", i)
+		// Created inside the node namespace, the peer moved straight to the pod's.
+		run(t, "ip", "-n", node, "link", "add", hostIf, "type", "veth", "peer", "name", "eth0", "netns", ns)
+		run(t, "ip", "-n", node, "addr", "add", fmt.Sprintf("10.200.%d.1/24", i), "dev", hostIf)
+		run(t, "ip", "-n", node, "link", "set", hostIf, "up")
+		ip := fmt.Sprintf("10.200.%d.2", i)
+		run(t, "ip", "-n", ns, "addr", "add", ip+"/24", "dev", "eth0")
+		run(t, "ip", "-n", ns, "link", "set", "eth0", "up")
+		run(t, "ip", "-n", ns, "link", "set", "lo", "up")
+		run(t, "ip", "-n", ns, "route", "add", "default", "via", fmt.Sprintf("10.200.%d.1", i))
+		pods = append(pods, name+"="+ns+"="+ip)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	args := []string{"netns", "exec", node, os.Args[0], "-test.run", "^" + t.Name() + "$", "-test.count=1"}
+	if testing.Verbose() {
+		args = append(args, "-test.v")
+	}
+	cmd := exec.CommandContext(ctx, "ip", args...)
+	cmd.Env = append(os.Environ(), envChild+"=1", envPods+"="+strings.Join(pods, ","), envNMIPath+"="+bin)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	t.Log("node namespace run:\n" + out.String())
+	if err != nil {
+		t.Fatalf("node namespace run failed: %v", err)
+	}
+}
+
+func addNetns(t *testing.T, name string) {
+	t.Helper()
+	run(t, "ip", "netns", "add", name)
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
+			t.Errorf("deleting netns %s: %v: %s", name, err, out)
+		}
+	})
+}
+
+func run(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v: %s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// node is what runs inside the node namespace.
+type node struct {
+	pods     map[string]pod
+	state    *fakeazure.State
+	signer   *fakeazure.Signer
+	pool     fakeazure.Pool
+	idA, idB fakeazure.Identity
+	client   client.Client
+	nmi      *exec.Cmd
+	nmiLog   string
+}
+
+const tokenURL = "http://" + metadataIP + "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net"
+
+// setupNode starts the fake IMDS, the apiserver and NMI inside the node
+// namespace, registers the pods, and waits until NMI intercepts.
+func setupNode(t *testing.T) *node {
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	n := &node{pods: map[string]pod{}}
+	for _, p := range strings.Split(os.Getenv(envPods), ",") {
+		f := strings.Split(p, "=")
+		n.pods[f[0]] = pod{name: f[0], netns: f[1], ip: f[2]}
+	}
+
+	// Fake Azure: a VMSS with a system-assigned identity and two user-assigned
+	// identities, both on the VMSS, so only NMI stands between a pod and the
+	// other pod's identity.
+	n.state = fakeazure.NewState()
+	var err error
+	if n.signer, err = fakeazure.NewSigner(); err != nil {
+		t.Fatal(err)
+	}
+	n.pool = n.state.AddPool(fakeazure.KindVMSS, "sub", "rg", "nodepool", 1, true)
+	n.idA = n.state.CreateIdentity("sub", "rg", "id-a")
+	n.idB = n.state.CreateIdentity("sub", "rg", "id-b")
+	for _, id := range []fakeazure.Identity{n.idA, n.idB} {
+		if err := n.state.AttachIdentity(n.pool.ID, id.ResourceID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lis, err := net.Listen("tcp", metadataIP+":80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	imds := &http.Server{Handler: &fakeazure.IMDS{State: n.state, Signer: n.signer, PoolID: n.pool.ID, VMName: n.pool.Instances[0]}}
+	go func() { _ = imds.Serve(lis) }()
+	t.Cleanup(func() { _ = imds.Close() })
+
+	env, err := framework.NewEnvironment(framework.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := env.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := env.Stop(); err != nil {
+			t.Errorf("stopping envtest: %v", err)
+		}
+	})
+	scheme := clientgoscheme.Scheme
+	if err := aadv1.AddToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	if n.client, err = client.New(cfg, client.Options{Scheme: scheme}); err != nil {
+		t.Fatal(err)
+	}
+	createObjects(ctx, t, n.client, n.pods, n.idA, n.idB)
+
+	kubeconfig := writeKubeconfig(t, env)
+	n.nmiLog = filepath.Join(t.TempDir(), "nmi.log")
+	n.nmi = startNMI(t, kubeconfig, n.nmiLog)
+
+	// NMI intercepts once an unadmitted pod is refused.
+	var status int
+	var body map[string]string
+	for deadline := time.Now().Add(90 * time.Second); time.Now().Before(deadline); time.Sleep(300 * time.Millisecond) {
+		if status, body, err = get(n.pods["pod-b"], tokenURL); err == nil && status == http.StatusForbidden {
+			break
+		}
+	}
+	if status != http.StatusForbidden {
+		t.Fatalf("NMI never intercepted: pod B got %d %v %v\nNMI log:\n%s", status, body, err, readFile(n.nmiLog))
+	}
+	return n
+}
+
+// functional checks who gets which token, then NMI's death and cleanup.
+func functional(t *testing.T, n *node) {
+	pods, signer, pool, idA, idB, nmi := n.pods, n.signer, n.pool, n.idA, n.idB, n.nmi
+	t.Run("startup taint is removed", func(t *testing.T) {
+		var got []corev1.Taint
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+			var nd corev1.Node
+			if err := n.client.Get(context.Background(), client.ObjectKey{Name: nodeName}, &nd); err != nil {
+				t.Fatal(err)
+			}
+			// The apiserver adds node.kubernetes.io/not-ready on its own.
+			got = nd.Spec.Taints
+			keys := map[string]bool{}
+			for _, taint := range got {
+				keys[taint.Key] = true
+			}
+			if keys["other"] && !keys[aadv1.NMINotReadyTaint] {
+				return
+			}
+		}
+		t.Fatalf("node taints %v, want %s gone and the unrelated one kept", got, aadv1.NMINotReadyTaint)
+	})
+	t.Run("admitted pod gets its own identity", func(t *testing.T) {
+		expectToken(t, signer, pods["pod-a"], tokenURL, idA.ClientID, idA.ResourceID)
+	})
+	t.Run("unadmitted pod is refused", func(t *testing.T) {
+		expectStatus(t, pods["pod-b"], tokenURL, http.StatusForbidden, "no admitted AzureIdentity")
+	})
+	t.Run("admitted pod asking for another identity is refused", func(t *testing.T) {
+		expectStatus(t, pods["pod-a"], tokenURL+"&client_id="+idB.ClientID, http.StatusForbidden, "not admitted")
+	})
+	t.Run("exception pod gets the node identity", func(t *testing.T) {
+		expectToken(t, signer, pods["agent"], tokenURL, pool.SystemAssigned, pool.ID)
+	})
+	t.Run("instance metadata is proxied", func(t *testing.T) {
+		expectStatus(t, pods["pod-b"], "http://"+metadataIP+"/metadata/instance?api-version=2021-02-01", http.StatusOK, pool.Instances[0])
+	})
+	t.Run("other metadata paths are refused", func(t *testing.T) {
+		expectStatus(t, pods["pod-b"], "http://"+metadataIP+"/metadata/scheduledevents?api-version=2020-07-01", http.StatusForbidden, "not served")
+	})
+
+	t.Run("tampered rules are repaired", func(t *testing.T) {
+		run(t, "iptables", "-t", "nat", "-I", "PREROUTING", "1", "-p", "udp", "-j", "RETURN")
+		run(t, "iptables", "-t", "nat", "-D", Chain, "1")
+		want := "-A PREROUTING -j aad-metadata\n-A PREROUTING -p udp -j RETURN"
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+			if rules := iptablesNAT(t); strings.Contains(rules, want) && strings.Contains(rules, "--to-destination 127.0.0.1:2579") {
+				expectStatus(t, pods["pod-b"], tokenURL, http.StatusForbidden, "no admitted AzureIdentity")
+				return
+			}
+		}
+		t.Fatalf("rules not repaired:\n%s", iptablesNAT(t))
+	})
+	t.Run("killed NMI leaves the rules and pods are refused", func(t *testing.T) {
+		if err := nmi.Process.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		_ = nmi.Wait()
+		if rules := iptablesNAT(t); !strings.Contains(rules, "-A PREROUTING -j aad-metadata") || !strings.Contains(rules, "--to-destination 127.0.0.1:2579") {
+			t.Fatalf("rules gone after NMI died:\n%s", rules)
+		}
+		_, _, err := get(pods["pod-a"], tokenURL)
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Fatalf("got %v, want connection refused (traffic must not reach IMDS)", err)
+		}
+	})
+	t.Run("nmi cleanup removes the rules", func(t *testing.T) {
+		if out, err := exec.Command(os.Getenv(envNMIPath), "cleanup").CombinedOutput(); err != nil {
+			t.Fatalf("nmi cleanup: %v: %s", err, out)
+		}
+		if rules := iptablesNAT(t); strings.Contains(rules, "aad-metadata") {
+			t.Fatalf("rules left after cleanup:\n%s", rules)
+		}
+		// Without interception the pod reaches the fake IMDS directly,
+		// which proves the rules were what stood in between.
+		expectToken(t, signer, pods["pod-b"], tokenURL, pool.SystemAssigned, pool.ID)
+	})
+}
+
+func createObjects(ctx context.Context, t *testing.T, c client.Client, pods map[string]pod, idA, idB fakeazure.Identity) {
+	t.Helper()
+	objs := []client.Object{
+		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeName},
+			Spec: corev1.NodeSpec{Taints: []corev1.Taint{{Key: aadv1.NMINotReadyTaint, Effect: corev1.TaintEffectNoSchedule}, {Key: "other", Effect: corev1.TaintEffectNoSchedule}}}},
+		&aadv1.AzureIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "id-a"},
+			Spec: aadv1.AzureIdentitySpec{Type: aadv1.UserAssignedMSI, ResourceID: idA.ResourceID, ClientID: idA.ClientID}},
+		&aadv1.AzureIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "id-b"},
+			Spec: aadv1.AzureIdentitySpec{Type: aadv1.UserAssignedMSI, ResourceID: idB.ResourceID, ClientID: idB.ClientID}},
+		&aadv1.AzurePodIdentityException{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "agents"},
+			Spec: aadv1.AzurePodIdentityExceptionSpec{PodLabels: map[string]string{"app": "agent"}}},
+	}
+	meta := map[string]metav1.ObjectMeta{
+		"pod-a": {Labels: map[string]string{aadv1.BindingLabel: "a"}, Annotations: map[string]string{aadv1.AnnotationIdentities: "default/id-a", aadv1.AnnotationClientIDs: idA.ClientID}},
+		"pod-b": {},
+		"agent": {Labels: map[string]string{"app": "agent"}},
+	}
+	for _, o := range objs {
+		if err := c.Create(ctx, o); err != nil {
+			t.Fatalf("creating %T: %v", o, err)
+		}
+	}
+	for name, p := range pods {
+		m := meta[name]
+		m.Namespace, m.Name = "default", name
+		obj := &corev1.Pod{ObjectMeta: m, Spec: corev1.PodSpec{NodeName: nodeName, Containers: []corev1.Container{{Name: "c", Image: "demo"}}}}
+		if err := c.Create(ctx, obj); err != nil {
+			t.Fatalf("creating pod %s: %v", name, err)
+		}
+		obj.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: p.ip, PodIPs: []corev1.PodIP{{IP: p.ip}}}
+		if err := c.Status().Update(ctx, obj); err != nil {
+			t.Fatalf("setting status of pod %s: %v", name, err)
+		}
+	}
+}
+
+func writeKubeconfig(t *testing.T, env *envtest.Environment) string {
+	t.Helper()
+	user, err := env.AddUser(envtest.User{Name: "nmi", Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := user.KubeConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func startNMI(t *testing.T, kubeconfig, logPath string) *exec.Cmd {
+	t.Helper()
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Getenv(envNMIPath), "--kubeconfig", kubeconfig, "--metrics-bind-address", "0",
+		"--health-probe-bind-address", "127.0.0.1:0", "--sync-period", "2s", "--remove-startup-taint")
+	cmd.Env = append(os.Environ(), "NODE_NAME="+nodeName)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+		_ = logFile.Close()
+		if t.Failed() {
+			t.Logf("NMI log:\n%s", readFile(logPath))
+		}
+	})
+	return cmd
+}
+
+func readFile(path string) string {
+	b, _ := os.ReadFile(path)
+	return string(b)
+}
+
+func iptablesNAT(t *testing.T) string {
+	t.Helper()
+	return run(t, "iptables", "-t", "nat", "-S")
+}
+
+// get sends a metadata request from inside a pod's network namespace.
+func get(p pod, url string) (int, map[string]string, error) {
+	client := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, DialContext: dialIn(p.netns)}}
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		return 0, nil, err
+	}
+	req.Header.Set("Metadata", "true")
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, nil, err
+	}
+	body := map[string]string{}
+	if err := json.Unmarshal(raw, &body); err != nil {
+		body = map[string]string{"raw": string(raw)}
+	}
+	return resp.StatusCode, body, nil
+}
+
+// dialIn opens sockets inside a network namespace: the socket belongs to the
+// namespace it was created in, whatever thread uses it afterwards.
+func dialIn(name string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		target, err := netns.GetFromName(name)
+		if err != nil {
+			return nil, fmt.Errorf("opening netns %s: %w", name, err)
+		}
+		defer target.Close()
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			return nil, err
+		}
+		defer orig.Close()
+		if err := netns.Set(target); err != nil {
+			runtime.UnlockOSThread()
+			return nil, err
+		}
+		conn, dialErr := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if err := netns.Set(orig); err != nil {
+			// The thread is stuck in the pod's namespace: let it die with
+			// the goroutine rather than run other work.
+			return nil, errors.Join(dialErr, fmt.Errorf("returning to the node namespace: %w", err))
+		}
+		runtime.UnlockOSThread()
+		return conn, dialErr
+	}
+}
+
+func expectStatus(t *testing.T, p pod, url string, status int, contains string) {
+	t.Helper()
+	got, body, err := get(p, url)
+	if err != nil || got != status || !strings.Contains(fmt.Sprint(body), contains) {
+		t.Fatalf("%s: got %d %v %v; want %d containing %q", p.name, got, body, err, status, contains)
+	}
+}
+
+func expectToken(t *testing.T, signer *fakeazure.Signer, p pod, url, appID, mirID string) {
+	t.Helper()
+	status, body, err := get(p, url)
+	if err != nil || status != http.StatusOK {
+		t.Fatalf("%s: got %d %v %v", p.name, status, body, err)
+	}
+	claims, err := signer.Parse(body["access_token"])
+	if err != nil || claims.AppID != appID || claims.XMSMirID != mirID {
+		t.Fatalf("%s: claims %+v %v; want appid %s xms_mirid %s", p.name, claims, err, appID, mirID)
+	}
+}

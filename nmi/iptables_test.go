@@ -1,0 +1,165 @@
+package nmi
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// fakeIPTables keeps the nat table as `iptables -S` lines per chain.
+type fakeIPTables struct {
+	chains map[string][]string // chain -> rules without "-A chain"
+	calls  []string
+}
+
+func newFakeIPTables(chains map[string][]string) *fakeIPTables {
+	f := &fakeIPTables{chains: map[string][]string{prerouting: nil}}
+	for k, v := range chains {
+		f.chains[k] = v
+	}
+	return f
+}
+
+func (f *fakeIPTables) record(format string, args ...any) {
+	f.calls = append(f.calls, fmt.Sprintf(format, args...))
+}
+
+func (f *fakeIPTables) List(_, chain string) ([]string, error) {
+	rules, ok := f.chains[chain]
+	if !ok {
+		return nil, fmt.Errorf("no chain %s", chain)
+	}
+	out := []string{"-N " + chain}
+	for _, r := range rules {
+		out = append(out, "-A "+chain+" "+r)
+	}
+	return out, nil
+}
+
+func (f *fakeIPTables) ChainExists(_, chain string) (bool, error) {
+	_, ok := f.chains[chain]
+	return ok, nil
+}
+
+func (f *fakeIPTables) ClearChain(_, chain string) error {
+	f.record("clear %s", chain)
+	f.chains[chain] = nil
+	return nil
+}
+
+func (f *fakeIPTables) DeleteChain(_, chain string) error {
+	f.record("delete-chain %s", chain)
+	delete(f.chains, chain)
+	return nil
+}
+
+func (f *fakeIPTables) Insert(_, chain string, pos int, spec ...string) error {
+	f.record("insert %s %d %s", chain, pos, strings.Join(spec, " "))
+	f.chains[chain] = slices.Insert(f.chains[chain], pos-1, strings.Join(spec, " "))
+	return nil
+}
+
+func (f *fakeIPTables) Append(_, chain string, spec ...string) error {
+	f.record("append %s %s", chain, strings.Join(spec, " "))
+	f.chains[chain] = append(f.chains[chain], strings.Join(spec, " "))
+	return nil
+}
+
+func (f *fakeIPTables) Exists(_, chain string, spec ...string) (bool, error) {
+	return slices.Contains(f.chains[chain], strings.Join(spec, " ")), nil
+}
+
+func (f *fakeIPTables) Delete(_, chain string, spec ...string) error {
+	f.record("delete %s %s", chain, strings.Join(spec, " "))
+	i := slices.Index(f.chains[chain], strings.Join(spec, " "))
+	if i < 0 {
+		return fmt.Errorf("no such rule in %s", chain)
+	}
+	f.chains[chain] = slices.Delete(f.chains[chain], i, i+1)
+	return nil
+}
+
+const (
+	dnat  = "! -s 127.0.0.1/32 -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 127.0.0.1:2579"
+	ret   = "-j RETURN"
+	jump  = "-j aad-metadata"
+	kube  = "-m comment --comment kubernetes -j KUBE-SERVICES"
+	stale = "! -s 127.0.0.1/32 -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 127.0.0.1:9999"
+)
+
+func TestEnsureRules(t *testing.T) {
+	want := map[string][]string{prerouting: {jump, kube}, Chain: {dnat, ret}}
+	tests := []struct {
+		name    string
+		initial map[string][]string
+		changed bool
+	}{
+		{"fresh node", map[string][]string{prerouting: {kube}}, true},
+		{"already right", map[string][]string{prerouting: {jump, kube}, Chain: {dnat, ret}}, false},
+		{"chain emptied", map[string][]string{prerouting: {jump, kube}, Chain: nil}, true},
+		{"stale target", map[string][]string{prerouting: {jump, kube}, Chain: {stale, ret}}, true},
+		{"extra rule in chain", map[string][]string{prerouting: {jump, kube}, Chain: {dnat, "-j ACCEPT", ret}}, true},
+		{"jump below another rule", map[string][]string{prerouting: {kube, jump}, Chain: {dnat, ret}}, true},
+		{"jump twice", map[string][]string{prerouting: {jump, kube, jump}, Chain: {dnat, ret}}, true},
+		{"jump missing", map[string][]string{prerouting: {kube}, Chain: {dnat, ret}}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ipt := newFakeIPTables(tt.initial)
+			changed, err := EnsureRules(ipt, Interception{MetadataIP: "169.254.169.254", MetadataPort: 80, ListenAddress: "127.0.0.1:2579"})
+			if err != nil || changed != tt.changed {
+				t.Fatalf("changed=%v err=%v; want changed=%v", changed, err, tt.changed)
+			}
+			for chain, rules := range want {
+				if !slices.Equal(ipt.chains[chain], rules) {
+					t.Fatalf("%s = %q, want %q (calls %q)", chain, ipt.chains[chain], rules, ipt.calls)
+				}
+			}
+			if !tt.changed && len(ipt.calls) != 0 {
+				t.Fatalf("unchanged rules still wrote: %q", ipt.calls)
+			}
+			// A second check right after finds nothing to do.
+			ipt.calls = nil
+			if changed, err := EnsureRules(ipt, Interception{MetadataIP: "169.254.169.254", MetadataPort: 80, ListenAddress: "127.0.0.1:2579"}); changed || err != nil {
+				t.Fatalf("second pass: changed=%v err=%v calls=%q", changed, err, ipt.calls)
+			}
+		})
+	}
+}
+
+func TestEnsureRulesRejectsBadInput(t *testing.T) {
+	for _, i := range []Interception{
+		{MetadataIP: "metadata", MetadataPort: 80, ListenAddress: "127.0.0.1:2579"},
+		{MetadataIP: "fd00::1", MetadataPort: 80, ListenAddress: "127.0.0.1:2579"},
+		{MetadataIP: "169.254.169.254", MetadataPort: 0, ListenAddress: "127.0.0.1:2579"},
+		{MetadataIP: "169.254.169.254", MetadataPort: 80, ListenAddress: ":2579"},
+		{MetadataIP: "169.254.169.254", MetadataPort: 80, ListenAddress: "localhost"},
+	} {
+		ipt := newFakeIPTables(nil)
+		if _, err := EnsureRules(ipt, i); err == nil || len(ipt.calls) != 0 {
+			t.Errorf("%+v: err=%v calls=%q; want an error and no change", i, err, ipt.calls)
+		}
+	}
+}
+
+func TestRemoveRules(t *testing.T) {
+	ipt := newFakeIPTables(map[string][]string{prerouting: {jump, kube, jump}, Chain: {dnat, ret}})
+	if err := RemoveRules(ipt); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := ipt.chains[Chain]; ok || !slices.Equal(ipt.chains[prerouting], []string{kube}) {
+		t.Fatalf("left %q", ipt.chains)
+	}
+	if err := RemoveRules(ipt); err != nil {
+		t.Fatalf("second cleanup: %v", err)
+	}
+}
+
+func TestLoopbackTarget(t *testing.T) {
+	for addr, want := range map[string]bool{"127.0.0.1:2579": true, "10.0.0.4:2579": false, "bad": false} {
+		if got := (Interception{ListenAddress: addr}).LoopbackTarget(); got != want {
+			t.Errorf("%s: got %v", addr, got)
+		}
+	}
+}

@@ -1,0 +1,39 @@
+package nmi
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
+)
+
+var (
+	requestsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "nmi_requests_total",
+		Help: "Metadata requests answered, by HTTP status code and reason.",
+	}, []string{"code", "reason"})
+	requestDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "nmi_request_duration_seconds",
+		Help:    "Time to answer a metadata request, by route.",
+		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+	}, []string{"route"})
+	tokenCacheTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "nmi_token_cache_total",
+		Help: "Token cache lookups, by result (hit or miss).",
+	}, []string{"result"})
+	upstreamDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "nmi_upstream_duration_seconds",
+		Help:    "Latency of calls to IMDS and Azure AD, by upstream.",
+		Buckets: prometheus.DefBuckets,
+	}, []string{"upstream"})
+	upstreamErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "nmi_upstream_errors_total",
+		Help: "Failed calls to IMDS and Azure AD, by upstream.",
+	}, []string{"upstream"})
+	rulesRepairs = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "nmi_iptables_repairs_total",
+		Help: "Times the interception rules were found missing or different and rewritten.",
+	})
+)
+
+func init() {
+	ctrlmetrics.Registry.MustRegister(requestsTotal, requestDuration, tokenCacheTotal, upstreamDuration, upstreamErrors, rulesRepairs)
+}

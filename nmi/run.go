@@ -1,0 +1,263 @@
+// Package nmi is the node agent: iptables sends pods' requests for
+// 169.254.169.254 to it, and it hands out tokens only for the identities a
+// pod was admitted for.
+package nmi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/coreos/go-iptables/iptables"
+	"github.com/vishvananda/netlink"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/util/retry"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+)
+
+// Options configure NMI; cmd/nmi maps its flags onto them.
+type Options struct {
+	NodeName             string
+	ListenAddress        string
+	MetricsAddr          string
+	ProbeAddr            string
+	Interception         Interception
+	IMDSEndpoint         string
+	AADAuthorityHost     string
+	SyncPeriod           time.Duration
+	RemoveStartupTaint   bool
+	FlushConntrack       bool
+	AllowedMetadataPaths []string
+	// EnableServicePrincipals lets NMI read Secrets for type 1 and 2.
+	EnableServicePrincipals    bool
+	AllowCrossNamespaceSecrets bool
+	// IdentityNotFoundRetry paces retries while IMDS does not know a
+	// user-assigned identity yet.
+	IdentityNotFoundRetry wait.Backoff
+	// TokenRefreshMargin is how long before expiry a cached token is renewed.
+	TokenRefreshMargin time.Duration
+
+	// IPTables, IMDSTransport and AADTransport replace the real ones in tests.
+	IPTables      IPTables
+	IMDSTransport http.RoundTripper
+	AADTransport  policy.Transporter
+}
+
+// DefaultIdentityNotFoundRetry waits about 15 s in all for an assignment to
+// reach the VM.
+var DefaultIdentityNotFoundRetry = wait.Backoff{Duration: 250 * time.Millisecond, Factor: 2, Steps: 7, Cap: 4 * time.Second}
+
+// +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=nodes,verbs=get;update
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get
+// +kubebuilder:rbac:groups=aadpodidentity.k8s.io,resources=azureidentities;azurepodidentityexceptions,verbs=get;list;watch
+
+// Run serves until ctx ends. The interception rules stay in place after it
+// returns: see RemoveRules.
+func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
+	if opts.NodeName == "" {
+		return errors.New("node name is empty: set NODE_NAME (the chart sets it from spec.nodeName)")
+	}
+	opts.Interception.ListenAddress = opts.ListenAddress
+	if _, err := opts.Interception.chainRules(); err != nil {
+		return err
+	}
+	imdsURL, err := url.Parse(opts.IMDSEndpoint)
+	if err != nil || imdsURL.Host == "" {
+		return fmt.Errorf("IMDS endpoint %q is not an absolute URL", opts.IMDSEndpoint)
+	}
+	if opts.IPTables == nil {
+		if opts.IPTables, err = iptables.New(); err != nil {
+			return fmt.Errorf("finding iptables: %w", err)
+		}
+	}
+	log := ctrl.Log.WithName("nmi")
+
+	scheme := runtime.NewScheme()
+	if err := errors.Join(clientgoscheme.AddToScheme(scheme), aadv1.AddToScheme(scheme)); err != nil {
+		return err
+	}
+	mgr, err := ctrl.NewManager(cfg, manager.Options{
+		Scheme:                 scheme,
+		Metrics:                metricsserver.Options{BindAddress: opts.MetricsAddr},
+		HealthProbeBindAddress: opts.ProbeAddr,
+		Cache: cache.Options{
+			ByObject: map[client.Object]cache.ByObject{
+				&corev1.Pod{}: {Field: fields.OneTermEqualSelector("spec.nodeName", opts.NodeName)},
+			},
+			DefaultTransform: cache.TransformStripManagedFields(),
+		},
+		// Secrets and the Node are read rarely; caching them would mean
+		// watching every Secret in the cluster.
+		Client: client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{&corev1.Secret{}, &corev1.Node{}}}},
+	})
+	if err != nil {
+		return fmt.Errorf("creating manager: %w", err)
+	}
+	if err := mgr.GetFieldIndexer().IndexField(ctx, &corev1.Pod{}, podIPIndex, podIPs); err != nil {
+		return fmt.Errorf("indexing pods by IP: %w", err)
+	}
+
+	srv := &Server{
+		reader:       mgr.GetClient(),
+		imds:         &imdsClient{endpoint: imdsURL, http: &http.Client{Transport: opts.IMDSTransport, Timeout: 30 * time.Second}, notFoundRetry: opts.IdentityNotFoundRetry},
+		passthrough:  newPassthrough(imdsURL, opts.IMDSTransport),
+		allowedPaths: opts.AllowedMetadataPaths,
+		tokens:       newTokenCache(opts.TokenRefreshMargin),
+		log:          log,
+	}
+	if opts.EnableServicePrincipals {
+		srv.sp = &servicePrincipals{secrets: mgr.GetClient(), allowCrossNamespace: opts.AllowCrossNamespaceSecrets, defaultAuthorityHost: opts.AADAuthorityHost, transport: opts.AADTransport}
+	}
+
+	var ready atomic.Bool
+	if err := errors.Join(
+		mgr.AddHealthzCheck("ping", healthz.Ping),
+		mgr.AddReadyzCheck("interception", func(*http.Request) error {
+			if !ready.Load() {
+				return errors.New("interception rules or pod cache not ready")
+			}
+			return nil
+		}),
+		mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
+			// Serving before the caches are filled would refuse known pods.
+			if err := syncCaches(ctx, mgr.GetCache()); err != nil {
+				return err
+			}
+			return serve(ctx, opts.ListenAddress, srv.Handler())
+		})),
+		mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
+			return keepRules(ctx, mgr, opts, &ready)
+		})),
+	); err != nil {
+		return err
+	}
+	log.Info("starting NMI", "node", opts.NodeName, "listen", opts.ListenAddress, "metadata", net.JoinHostPort(opts.Interception.MetadataIP, fmt.Sprint(opts.Interception.MetadataPort)), "imds", opts.IMDSEndpoint)
+	return mgr.Start(ctx)
+}
+
+// syncCaches starts the informers NMI reads and waits until they are filled.
+func syncCaches(ctx context.Context, c cache.Cache) error {
+	for _, o := range []client.Object{&corev1.Pod{}, &aadv1.AzureIdentity{}, &aadv1.AzurePodIdentityException{}} {
+		if _, err := c.GetInformer(ctx, o); err != nil {
+			return fmt.Errorf("watching %T: %w", o, err)
+		}
+	}
+	if !c.WaitForCacheSync(ctx) {
+		return fmt.Errorf("waiting for caches: %w", ctx.Err())
+	}
+	return nil
+}
+
+// serve runs the metadata server until ctx ends.
+func serve(ctx context.Context, addr string, h http.Handler) error {
+	hs := &http.Server{Addr: addr, Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		shutdown, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = hs.Shutdown(shutdown) // best effort: the process is stopping
+	}()
+	if err := hs.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serving metadata on %s: %w", addr, err)
+	}
+	return nil
+}
+
+// keepRules installs the interception, then, once the pod cache is synced,
+// marks NMI ready and lifts the startup taint; it re-checks the rules every
+// sync period.
+func keepRules(ctx context.Context, mgr manager.Manager, opts Options, ready *atomic.Bool) error {
+	log := ctrl.Log.WithName("iptables")
+	check := func() error {
+		if opts.Interception.LoopbackTarget() {
+			if err := enableRouteLocalnet(); err != nil {
+				return err
+			}
+		}
+		changed, err := EnsureRules(opts.IPTables, opts.Interception)
+		if err != nil {
+			return err
+		}
+		if changed {
+			rulesRepairs.Inc()
+			log.Info("interception rules written", "chain", Chain)
+		}
+		return nil
+	}
+	// Nothing may be served before the rules are in place.
+	if err := check(); err != nil {
+		return fmt.Errorf("installing interception rules: %w", err)
+	}
+	if err := syncCaches(ctx, mgr.GetCache()); err != nil {
+		return err
+	}
+	if opts.FlushConntrack {
+		if err := flushConntrack(opts.Interception.MetadataIP); err != nil {
+			log.Error(err, "flushing conntrack entries; connections opened before interception keep reaching IMDS until they close")
+		}
+	}
+	if opts.RemoveStartupTaint {
+		if err := removeStartupTaint(ctx, mgr.GetClient(), opts.NodeName); err != nil {
+			return err
+		}
+		log.Info("startup taint removed", "node", opts.NodeName, "taint", aadv1.NMINotReadyTaint)
+	}
+	ready.Store(true)
+	return wait.PollUntilContextCancel(ctx, opts.SyncPeriod, false, func(context.Context) (bool, error) {
+		if err := check(); err != nil {
+			log.Error(err, "checking interception rules")
+		}
+		return false, nil
+	})
+}
+
+// flushConntrack drops tracked connections to the metadata IP, so that none
+// opened before the DNAT rule keeps bypassing it.
+func flushConntrack(metadataIP string) error {
+	f := &netlink.ConntrackFilter{}
+	if err := f.AddIP(netlink.ConntrackOrigDstIP, net.ParseIP(metadataIP)); err != nil {
+		return err
+	}
+	_, err := netlink.ConntrackDeleteFilters(netlink.ConntrackTable, netlink.FAMILY_V4, f)
+	return err
+}
+
+// removeStartupTaint removes NMINotReadyTaint from the node.
+func removeStartupTaint(ctx context.Context, c client.Client, nodeName string) error {
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		var node corev1.Node
+		if err := c.Get(ctx, client.ObjectKey{Name: nodeName}, &node); err != nil {
+			return err
+		}
+		kept := slices.DeleteFunc(slices.Clone(node.Spec.Taints), func(t corev1.Taint) bool { return t.Key == aadv1.NMINotReadyTaint })
+		if len(kept) == len(node.Spec.Taints) {
+			return nil
+		}
+		node.Spec.Taints = kept
+		return c.Update(ctx, &node)
+	})
+	if err != nil {
+		return fmt.Errorf("removing taint %s from node %s: %w", aadv1.NMINotReadyTaint, nodeName, err)
+	}
+	return nil
+}

@@ -1,0 +1,165 @@
+package nmi
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/gorilla/mux"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+)
+
+// tokenPath is IMDS's token path; IMDS matches its first segment in any case.
+const tokenPath = "/{metadata:(?i)metadata}/identity/oauth2/token"
+
+// Server answers metadata requests that iptables redirected from pods.
+type Server struct {
+	reader       client.Reader // pods of this node (indexed by IP), identities, exceptions
+	imds         *imdsClient
+	sp           *servicePrincipals // nil: service principals disabled
+	passthrough  *httputil.ReverseProxy
+	allowedPaths []string
+	tokens       *tokenCache
+	log          logr.Logger
+}
+
+// Handler routes metadata requests.
+func (s *Server) Handler() http.Handler {
+	r := mux.NewRouter()
+	r.Path(tokenPath).Handler(s.instrument("token", s.token))
+	r.MatcherFunc(func(req *http.Request, _ *mux.RouteMatch) bool { return s.allowed(req.URL.Path) }).
+		Handler(s.instrument("allowed", s.proxy))
+	r.NotFoundHandler = s.instrument("other", s.other)
+	return r
+}
+
+// allowed reports whether path is an allowlisted path or below one.
+func (s *Server) allowed(path string) bool {
+	for _, p := range s.allowedPaths {
+		if path == p || strings.HasPrefix(path, strings.TrimSuffix(p, "/")+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+type handlerFunc func(w http.ResponseWriter, r *http.Request) (reason string, err error)
+
+// statusRecorder remembers the status code for metrics.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusRecorder) WriteHeader(code int) {
+	w.status = code
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (s *Server) instrument(route string, h handlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+		reason, err := h(rec, r)
+		if err != nil {
+			reason = writeError(rec, err)
+			s.log.Info("request refused", "route", route, "remote", r.RemoteAddr, "path", r.URL.Path, "status", rec.status, "reason", reason, "error", err.Error())
+		}
+		requestsTotal.WithLabelValues(strconv.Itoa(rec.status), reason).Inc()
+		requestDuration.WithLabelValues(route).Observe(time.Since(start).Seconds())
+	})
+}
+
+func (s *Server) proxy(w http.ResponseWriter, r *http.Request) (string, error) {
+	s.passthrough.ServeHTTP(w, r)
+	return "passthrough", nil
+}
+
+// other answers paths outside the allowlist: only exception pods get them.
+func (s *Server) other(w http.ResponseWriter, r *http.Request) (string, error) {
+	if exempt, err := s.exemptCaller(r); err != nil || !exempt {
+		return "", forbidden("path_not_allowed", "Path %s is not served to pods; allowed: the token endpoint, %s (NMI flag --allowed-metadata-paths)", r.URL.Path, strings.Join(s.allowedPaths, ", "))
+	}
+	return s.proxy(w, r)
+}
+
+// exemptCaller reports whether the caller matches an AzurePodIdentityException.
+func (s *Server) exemptCaller(r *http.Request) (bool, error) {
+	pod, err := callerPod(r.Context(), s.reader, remoteIP(r))
+	if err != nil {
+		return false, err
+	}
+	return isException(r.Context(), s.reader, pod)
+}
+
+func (s *Server) token(w http.ResponseWriter, r *http.Request) (string, error) {
+	ctx := r.Context()
+	pod, err := callerPod(ctx, s.reader, remoteIP(r))
+	if err != nil {
+		return "", err
+	}
+	if exempt, err := isException(ctx, s.reader, pod); err != nil {
+		return "", err
+	} else if exempt {
+		return s.proxy(w, r)
+	}
+	req, err := parseTokenRequest(r.Header, r.URL.Query())
+	if err != nil {
+		return "", err
+	}
+	podName := pod.Namespace + "/" + pod.Name
+	admitted, err := podIdentities(ctx, s.reader, pod)
+	if err != nil {
+		return "", err
+	}
+	id, err := selectIdentity(req, podName, admitted)
+	if err != nil {
+		return "", err
+	}
+	tok, err := s.identityToken(ctx, id, req.Resource)
+	if err != nil {
+		return "", err
+	}
+	writeJSON(w, http.StatusOK, tok)
+	s.log.V(1).Info("token served", "pod", podName, "identity", id.Namespace+"/"+id.Name, "clientID", id.Spec.ClientID, "resource", req.Resource)
+	return "ok", nil
+}
+
+func (s *Server) identityToken(ctx context.Context, id *aadv1.AzureIdentity, resource string) (Token, error) {
+	name := id.Namespace + "/" + id.Name
+	var fetch func(context.Context) (Token, error)
+	switch {
+	case id.Spec.Type == aadv1.UserAssignedMSI:
+		fetch = func(ctx context.Context) (Token, error) { return s.imds.token(ctx, id.Spec.ClientID, resource) }
+	case s.sp == nil:
+		return Token{}, forbidden("service_principals_disabled", "AzureIdentity %s is a service principal (type %d); NMI serves those only with --enable-service-principals", name, id.Spec.Type)
+	default:
+		fetch = func(ctx context.Context) (Token, error) { return s.sp.token(ctx, id, resource) }
+	}
+	// The client ID and type are in the key so that an edited identity never
+	// gets a token cached for its old self.
+	key := fmt.Sprintf("%s|%d|%s|%s", name, id.Spec.Type, strings.ToLower(id.Spec.ClientID), resource)
+	tok, hit, err := s.tokens.get(ctx, key, fetch)
+	if hit {
+		tokenCacheTotal.WithLabelValues("hit").Inc()
+	} else {
+		tokenCacheTotal.WithLabelValues("miss").Inc()
+	}
+	return tok, err
+}
+
+func remoteIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}

@@ -1,0 +1,256 @@
+package nmi
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+
+	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+)
+
+// fakeIMDS answers tokens for the client IDs it knows and "Identity not
+// found" for others; every other path echoes the path.
+type fakeIMDS struct {
+	known  map[string]bool
+	calls  atomic.Int32
+	header atomic.Value // last X-Forwarded-For seen
+}
+
+func (f *fakeIMDS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.calls.Add(1)
+	f.header.Store(r.Header.Get("X-Forwarded-For"))
+	if r.URL.Path != "/metadata/identity/oauth2/token" {
+		fmt.Fprintf(w, "upstream %s", r.URL.Path)
+		return
+	}
+	clientID := r.URL.Query().Get("client_id")
+	if clientID == "" {
+		clientID = "node-identity"
+	} else if !f.known[clientID] {
+		w.WriteHeader(http.StatusBadRequest)
+		fmt.Fprint(w, `{"error":"invalid_request","error_description":"Identity not found"}`)
+		return
+	}
+	exp := time.Now().Add(time.Hour).Unix()
+	writeJSON(w, http.StatusOK, Token{AccessToken: "tok-" + clientID, ExpiresOn: strconv.FormatInt(exp, 10), ExpiresIn: "3600",
+		Resource: r.URL.Query().Get("resource"), TokenType: "Bearer", ClientID: clientID})
+}
+
+type fixture struct {
+	imds   *fakeIMDS
+	server *Server
+}
+
+func pod(name, ip string, mutate ...func(*corev1.Pod)) *corev1.Pod {
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name},
+		Spec:       corev1.PodSpec{NodeName: "node-0"},
+		Status:     corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip, PodIPs: []corev1.PodIP{{IP: ip}}},
+	}
+	for _, m := range mutate {
+		m(p)
+	}
+	return p
+}
+
+func admitted(ids ...string) func(*corev1.Pod) {
+	return func(p *corev1.Pod) {
+		p.Labels = map[string]string{aadv1.BindingLabel: "sel"}
+		p.Annotations = map[string]string{aadv1.AnnotationIdentities: strings.Join(ids, ",")}
+	}
+}
+
+func newFixture(t *testing.T, objs ...client.Object) *fixture {
+	t.Helper()
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	if err := aadv1.AddToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	c := fake.NewClientBuilder().WithScheme(scheme).WithObjects(objs...).WithIndex(&corev1.Pod{}, podIPIndex, podIPs).Build()
+	f := &fixture{imds: &fakeIMDS{known: map[string]bool{"client-a": true, "client-b": true}}}
+	upstream := httptest.NewServer(f.imds)
+	t.Cleanup(upstream.Close)
+	u, _ := url.Parse(upstream.URL)
+	f.server = &Server{
+		reader:       c,
+		imds:         &imdsClient{endpoint: u, http: upstream.Client(), notFoundRetry: wait.Backoff{Duration: time.Millisecond, Steps: 3}},
+		passthrough:  newPassthrough(u, nil),
+		allowedPaths: []string{"/metadata/instance", "/metadata/versions"},
+		tokens:       newTokenCache(time.Minute),
+		log:          logr.Discard(),
+	}
+	return f
+}
+
+func (f *fixture) do(t *testing.T, remoteIP, target string, header bool) *httptest.ResponseRecorder {
+	t.Helper()
+	req := httptest.NewRequest(http.MethodGet, "http://169.254.169.254"+target, nil)
+	req.RemoteAddr = remoteIP + ":40000"
+	if header {
+		req.Header.Set("Metadata", "true")
+	}
+	rec := httptest.NewRecorder()
+	f.server.Handler().ServeHTTP(rec, req)
+	return rec
+}
+
+func TestServer(t *testing.T) {
+	idA := identity("id-a", "client-a", "/subscriptions/s/resourceGroups/g/providers/Microsoft.ManagedIdentity/userAssignedIdentities/a")
+	idB := identity("id-b", "client-b", "")
+	sp := identity("sp", "client-sp", "")
+	sp.Spec.Type = aadv1.ServicePrincipal
+	exception := &aadv1.AzurePodIdentityException{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "exc"},
+		Spec:       aadv1.AzurePodIdentityExceptionSpec{PodLabels: map[string]string{"app": "agent"}},
+	}
+	now := metav1.Now()
+	objs := []client.Object{&idA, &idB, &sp, exception,
+		pod("a", "10.0.0.1", admitted("ns/id-a", "ns/gone")),
+		pod("ab", "10.0.0.2", admitted("ns/id-a", "ns/id-b")),
+		pod("plain", "10.0.0.3"),
+		pod("forged", "10.0.0.4", func(p *corev1.Pod) { p.Annotations = map[string]string{aadv1.AnnotationIdentities: "ns/id-a"} }),
+		pod("agent", "10.0.0.5", func(p *corev1.Pod) { p.Labels = map[string]string{"app": "agent"} }),
+		pod("dup1", "10.0.0.6", admitted("ns/id-a")),
+		pod("dup2", "10.0.0.6", admitted("ns/id-b")),
+		pod("done", "10.0.0.7", admitted("ns/id-a"), func(p *corev1.Pod) { p.Status.Phase = corev1.PodSucceeded }),
+		pod("old", "10.0.0.8", admitted("ns/id-a"), func(p *corev1.Pod) { p.DeletionTimestamp = &now; p.Finalizers = []string{"x"} }),
+		pod("host", "10.0.0.9", admitted("ns/id-a"), func(p *corev1.Pod) { p.Spec.HostNetwork = true }),
+		pod("sp", "10.0.0.10", admitted("ns/sp")),
+		pod("new", "10.0.0.11", admitted("ns/id-a"), func(p *corev1.Pod) { p.Status.Phase = corev1.PodPending }),
+	}
+	const tok = "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net"
+	tests := []struct {
+		name   string
+		ip     string
+		target string
+		noHdr  bool
+		status int
+		want   string // substring of the body
+	}{
+		{"admitted pod gets its token", "10.0.0.1", tok, false, 200, `"access_token":"tok-client-a"`},
+		{"metadata segment any case", "10.0.0.1", strings.Replace(tok, "metadata", "MetaData", 1), false, 200, `"client_id":"client-a"`},
+		{"pending pod counts", "10.0.0.11", tok, false, 200, "tok-client-a"},
+		{"selected by client_id", "10.0.0.2", tok + "&client_id=client-b", false, 200, "tok-client-b"},
+		{"selected by mi_res_id", "10.0.0.2", tok + "&mi_res_id=" + url.QueryEscape(idA.Spec.ResourceID), false, 200, "tok-client-a"},
+		{"several admitted, none named", "10.0.0.2", tok, false, 400, "Multiple user assigned identities"},
+		{"other pod's client_id", "10.0.0.1", tok + "&client_id=client-b", false, 403, "not admitted for client_id client-b"},
+		{"deleted identity", "10.0.0.1", tok + "&client_id=client-gone", false, 403, "not admitted"},
+		{"unlabelled pod", "10.0.0.3", tok, false, 403, "no admitted AzureIdentity"},
+		{"annotations without label are ignored", "10.0.0.4", tok, false, 403, "no admitted AzureIdentity"},
+		{"unknown IP", "10.9.9.9", tok, false, 403, "No running pod on this node has IP 10.9.9.9"},
+		{"two pods share the IP", "10.0.0.6", tok, false, 403, "Several running pods"},
+		{"finished pod", "10.0.0.7", tok, false, 403, "No running pod"},
+		{"terminating pod", "10.0.0.8", tok, false, 403, "No running pod"},
+		{"host network pod", "10.0.0.9", tok, false, 403, "No running pod"},
+		{"no metadata header", "10.0.0.1", tok, true, 400, "Required metadata header"},
+		{"service principals disabled", "10.0.0.10", tok, false, 403, "--enable-service-principals"},
+		{"exception pod passes through", "10.0.0.5", tok, false, 200, "tok-node-identity"},
+		{"exception pod other path", "10.0.0.5", "/metadata/scheduledevents", false, 200, "upstream /metadata/scheduledevents"},
+		{"allowed path", "10.0.0.3", "/metadata/instance?api-version=2021-02-01", false, 200, "upstream /metadata/instance"},
+		{"allowed sub-path", "10.9.9.9", "/metadata/instance/compute/vmId", false, 200, "upstream /metadata/instance/compute/vmId"},
+		{"allowed prefix is not a path prefix", "10.0.0.1", "/metadata/instancex", false, 403, "not served to pods"},
+		{"other path", "10.0.0.1", "/metadata/scheduledevents", false, 403, "not served to pods"},
+		{"root", "10.0.0.1", "/", false, 403, "not served to pods"},
+	}
+	f := newFixture(t, objs...)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := f.do(t, tt.ip, tt.target, !tt.noHdr)
+			if rec.Code != tt.status || !strings.Contains(rec.Body.String(), tt.want) {
+				t.Fatalf("got %d %s; want %d containing %q", rec.Code, rec.Body, tt.status, tt.want)
+			}
+			if ct := rec.Header().Get("Content-Type"); rec.Code != 200 && !strings.HasPrefix(ct, "application/json") {
+				t.Fatalf("error answer has Content-Type %q", ct)
+			}
+			if xff, _ := f.imds.header.Load().(string); xff != "" {
+				t.Fatalf("IMDS saw X-Forwarded-For %q", xff)
+			}
+		})
+	}
+}
+
+func TestTokenFieldsAreStrings(t *testing.T) {
+	f := newFixture(t, &[]aadv1.AzureIdentity{identity("id-a", "client-a", "")}[0], pod("a", "10.0.0.1", admitted("ns/id-a")))
+	rec := f.do(t, "10.0.0.1", "/metadata/identity/oauth2/token?api-version=1&resource=r", true)
+	var body map[string]any
+	if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"access_token", "refresh_token", "expires_in", "expires_on", "not_before", "resource", "token_type", "client_id"} {
+		if _, ok := body[k].(string); !ok {
+			t.Errorf("field %s = %#v, want a string", k, body[k])
+		}
+	}
+}
+
+func TestIdentityNotYetAssigned(t *testing.T) {
+	id := identity("late", "client-late", "")
+	f := newFixture(t, &id, pod("a", "10.0.0.1", admitted("ns/late")))
+	rec := f.do(t, "10.0.0.1", "/metadata/identity/oauth2/token?api-version=1&resource=r", true)
+	if rec.Code != http.StatusNotFound || !strings.Contains(rec.Body.String(), "azureassignedidentities") {
+		t.Fatalf("got %d %s; want 404 pointing at azureassignedidentities", rec.Code, rec.Body)
+	}
+	if got := f.imds.calls.Load(); got != 3 {
+		t.Fatalf("IMDS called %d times, want 3 (the retry steps)", got)
+	}
+
+	// Once IMDS knows the identity, the next request succeeds.
+	f.imds.known["client-late"] = true
+	if rec := f.do(t, "10.0.0.1", "/metadata/identity/oauth2/token?api-version=1&resource=r", true); rec.Code != http.StatusOK {
+		t.Fatalf("got %d %s after assignment", rec.Code, rec.Body)
+	}
+}
+
+func TestTokensAreCached(t *testing.T) {
+	id := identity("id-a", "client-a", "")
+	f := newFixture(t, &id, pod("a", "10.0.0.1", admitted("ns/id-a")), pod("b", "10.0.0.2", admitted("ns/id-a")))
+	for _, ip := range []string{"10.0.0.1", "10.0.0.2", "10.0.0.1"} {
+		if rec := f.do(t, ip, "/metadata/identity/oauth2/token?api-version=1&resource=r", true); rec.Code != 200 {
+			t.Fatalf("got %d %s", rec.Code, rec.Body)
+		}
+	}
+	f.do(t, "10.0.0.1", "/metadata/identity/oauth2/token?api-version=1&resource=other", true)
+	if got := f.imds.calls.Load(); got != 2 {
+		t.Fatalf("IMDS called %d times, want 2 (one per resource)", got)
+	}
+}
+
+func TestMetrics(t *testing.T) {
+	id := identity("id-a", "client-a", "")
+	f := newFixture(t, &id, pod("a", "10.0.0.1", admitted("ns/id-a")))
+	refused := requestsTotal.WithLabelValues("403", "identity_not_admitted")
+	ok := requestsTotal.WithLabelValues("200", "ok")
+	hits, misses := tokenCacheTotal.WithLabelValues("hit"), tokenCacheTotal.WithLabelValues("miss")
+	before := []float64{testutil.ToFloat64(refused), testutil.ToFloat64(ok), testutil.ToFloat64(hits), testutil.ToFloat64(misses)}
+	const tok = "/metadata/identity/oauth2/token?api-version=1&resource=metrics"
+	f.do(t, "10.0.0.1", tok+"&client_id=someone-else", true)
+	f.do(t, "10.0.0.1", tok, true)
+	f.do(t, "10.0.0.1", tok, true)
+	after := []float64{testutil.ToFloat64(refused), testutil.ToFloat64(ok), testutil.ToFloat64(hits), testutil.ToFloat64(misses)}
+	want := []float64{1, 2, 1, 1}
+	for i := range want {
+		if after[i]-before[i] != want[i] {
+			t.Fatalf("metric %d grew by %v, want %v", i, after[i]-before[i], want[i])
+		}
+	}
+}

@@ -1,0 +1,138 @@
+package nmi
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+)
+
+// servicePrincipals gets tokens for type 1 and 2 identities from Azure AD.
+type servicePrincipals struct {
+	secrets              client.Reader // uncached: NMI never lists Secrets
+	allowCrossNamespace  bool
+	defaultAuthorityHost string
+	transport            policy.Transporter // nil: azcore's default
+}
+
+func (s *servicePrincipals) token(ctx context.Context, id *aadv1.AzureIdentity, resource string) (Token, error) {
+	cred, err := s.credential(ctx, id)
+	if err != nil {
+		return Token{}, err
+	}
+	scope := resource
+	if !strings.HasSuffix(scope, "/.default") {
+		scope += "/.default"
+	}
+	start := time.Now()
+	at, err := cred.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{scope}})
+	upstreamDuration.WithLabelValues("aad").Observe(time.Since(start).Seconds())
+	if err != nil {
+		upstreamErrors.WithLabelValues("aad").Inc()
+		return Token{}, newError(http.StatusBadGateway, "upstream_error", "aad_error",
+			"Azure AD refused service principal %s of AzureIdentity %s/%s: %v", id.Spec.ClientID, id.Namespace, id.Name, err)
+	}
+	now := time.Now()
+	return Token{
+		AccessToken: at.Token,
+		ExpiresIn:   strconv.FormatInt(int64(at.ExpiresOn.Sub(now).Seconds()), 10),
+		ExpiresOn:   strconv.FormatInt(at.ExpiresOn.Unix(), 10),
+		NotBefore:   strconv.FormatInt(now.Unix(), 10),
+		Resource:    resource,
+		TokenType:   "Bearer",
+		ClientID:    id.Spec.ClientID,
+	}, nil
+}
+
+type tokenCredential interface {
+	GetToken(context.Context, policy.TokenRequestOptions) (azcore.AccessToken, error)
+}
+
+func (s *servicePrincipals) credential(ctx context.Context, id *aadv1.AzureIdentity) (tokenCredential, error) {
+	secret, err := s.secret(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	authority := id.Spec.ADEndpoint
+	if authority == "" {
+		authority = s.defaultAuthorityHost
+	}
+	opts := azcore.ClientOptions{Cloud: cloud.Configuration{ActiveDirectoryAuthorityHost: authority}, Transport: s.transport}
+	name := id.Namespace + "/" + id.Name
+	switch id.Spec.Type {
+	case aadv1.ServicePrincipal:
+		value, err := secretValue(secret, "clientSecret")
+		if err != nil {
+			return nil, err
+		}
+		return azidentity.NewClientSecretCredential(id.Spec.TenantID, id.Spec.ClientID, string(value), &azidentity.ClientSecretCredentialOptions{
+			ClientOptions: opts, AdditionallyAllowedTenants: id.Spec.AuxiliaryTenantIDs, DisableInstanceDiscovery: true,
+		})
+	case aadv1.ServicePrincipalCertificate:
+		data, err := secretValue(secret, "certificate")
+		if err != nil {
+			return nil, err
+		}
+		certs, key, err := azidentity.ParseCertificates(data, secret.Data["password"])
+		if err != nil {
+			return nil, newError(http.StatusInternalServerError, "invalid_secret", "invalid_certificate",
+				"Secret %s/%s of AzureIdentity %s holds no usable certificate and key (PKCS#12 with key 'password', or PEM): %v", secret.Namespace, secret.Name, name, err)
+		}
+		return azidentity.NewClientCertificateCredential(id.Spec.TenantID, id.Spec.ClientID, certs, key, &azidentity.ClientCertificateCredentialOptions{
+			ClientOptions: opts, AdditionallyAllowedTenants: id.Spec.AuxiliaryTenantIDs, DisableInstanceDiscovery: true,
+		})
+	}
+	return nil, fmt.Errorf("AzureIdentity %s has type %d, which has no service principal", name, id.Spec.Type)
+}
+
+// secret reads the identity's Secret, only from the identity's namespace
+// unless cross-namespace Secrets are allowed: otherwise whoever may create an
+// AzureIdentity could use any Secret NMI can read.
+func (s *servicePrincipals) secret(ctx context.Context, id *aadv1.AzureIdentity) (*corev1.Secret, error) {
+	name := id.Namespace + "/" + id.Name
+	ref := id.Spec.ClientPassword
+	if ref == nil || ref.Name == "" {
+		return nil, newError(http.StatusInternalServerError, "invalid_identity", "no_secret", "AzureIdentity %s has type %d but no clientPassword Secret", name, id.Spec.Type)
+	}
+	key := types.NamespacedName{Namespace: ref.Namespace, Name: ref.Name}
+	if key.Namespace == "" {
+		key.Namespace = id.Namespace
+	}
+	if key.Namespace != id.Namespace && !s.allowCrossNamespace {
+		return nil, forbidden("cross_namespace_secret", "AzureIdentity %s refers to Secret %s in another namespace; move the Secret to %s or start NMI with --allow-cross-namespace-secrets", name, key, id.Namespace)
+	}
+	var secret corev1.Secret
+	if err := s.secrets.Get(ctx, key, &secret); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, newError(http.StatusInternalServerError, "invalid_identity", "secret_not_found", "Secret %s of AzureIdentity %s does not exist", key, name)
+		}
+		return nil, fmt.Errorf("reading Secret %s: %w", key, err)
+	}
+	return &secret, nil
+}
+
+// secretValue returns data[key], or the only value of a one-key Secret.
+func secretValue(secret *corev1.Secret, key string) ([]byte, error) {
+	if v, ok := secret.Data[key]; ok {
+		return v, nil
+	}
+	if len(secret.Data) == 1 {
+		for _, v := range secret.Data {
+			return v, nil
+		}
+	}
+	return nil, newError(http.StatusInternalServerError, "invalid_secret", "secret_key_missing", "Secret %s/%s has no key %q (and more than one key)", secret.Namespace, secret.Name, key)
+}

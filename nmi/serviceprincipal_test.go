@@ -1,0 +1,116 @@
+package nmi
+
+import (
+	"encoding/json"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/e2e/fakeazure"
+)
+
+func TestServicePrincipalTokens(t *testing.T) {
+	signer, err := fakeazure.NewSigner()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := fakeazure.NewCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	aad := fakeazure.NewAAD(signer)
+	srv := httptest.NewUnstartedServer(aad.Handler())
+	if srv.TLS, err = ca.ServerTLSConfig("127.0.0.1"); err != nil {
+		t.Fatal(err)
+	}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	certPEM, cert, err := fakeazure.NewClientCertificate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	app := aad.CreateServicePrincipal("tenant-1", cert)
+
+	spIdentity := func(name, secretNS, secretName string) *aadv1.AzureIdentity {
+		return &aadv1.AzureIdentity{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name},
+			Spec: aadv1.AzureIdentitySpec{Type: aadv1.ServicePrincipal, ClientID: app.AppID, TenantID: "tenant-1",
+				ClientPassword: &corev1.SecretReference{Namespace: secretNS, Name: secretName}},
+		}
+	}
+	secret := func(ns, name string, data map[string][]byte) *corev1.Secret {
+		return &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Data: data}
+	}
+	certIdentity := spIdentity("cert", "", "cert")
+	certIdentity.Spec.Type = aadv1.ServicePrincipalCertificate
+	badCert := spIdentity("badcert", "", "badcert")
+	badCert.Spec.Type = aadv1.ServicePrincipalCertificate
+	objs := []client.Object{
+		badCert,
+		spIdentity("sp", "", "creds"),
+		spIdentity("onekey", "ns", "onekey"),
+		spIdentity("wrong", "ns", "wrong"),
+		spIdentity("elsewhere", "other", "creds"),
+		spIdentity("missing", "ns", "nope"),
+		certIdentity,
+		secret("ns", "cert", map[string][]byte{"certificate": certPEM, "password": nil}),
+		secret("ns", "badcert", map[string][]byte{"certificate": []byte("not a certificate")}),
+		pod("p6", "10.0.0.6", admitted("ns/cert")),
+		pod("p7", "10.0.0.7", admitted("ns/badcert")),
+		secret("ns", "creds", map[string][]byte{"clientSecret": []byte(app.Secret), "note": []byte("x")}),
+		secret("ns", "onekey", map[string][]byte{"password": []byte(app.Secret)}),
+		secret("ns", "wrong", map[string][]byte{"clientSecret": []byte("not-it")}),
+		secret("other", "creds", map[string][]byte{"clientSecret": []byte(app.Secret)}),
+		pod("p1", "10.0.0.1", admitted("ns/sp")),
+		pod("p2", "10.0.0.2", admitted("ns/onekey")),
+		pod("p3", "10.0.0.3", admitted("ns/wrong")),
+		pod("p4", "10.0.0.4", admitted("ns/elsewhere")),
+		pod("p5", "10.0.0.5", admitted("ns/missing")),
+	}
+	f := newFixture(t, objs...)
+	f.server.sp = &servicePrincipals{secrets: f.server.reader, defaultAuthorityHost: srv.URL + "/", transport: ca.Client()}
+
+	const tok = "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net"
+	tests := []struct {
+		name   string
+		ip     string
+		status int
+		want   string
+	}{
+		{"secret key clientSecret", "10.0.0.1", 200, `"client_id":"` + app.AppID},
+		{"secret with one key", "10.0.0.2", 200, `"token_type":"Bearer"`},
+		{"wrong secret", "10.0.0.3", 502, "Azure AD refused"},
+		{"secret in another namespace", "10.0.0.4", 403, "--allow-cross-namespace-secrets"},
+		{"missing secret", "10.0.0.5", 500, "does not exist"},
+		{"certificate", "10.0.0.6", 200, `"client_id":"` + app.AppID},
+		{"unusable certificate", "10.0.0.7", 500, "no usable certificate"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := f.do(t, tt.ip, tok, true)
+			if rec.Code != tt.status || !strings.Contains(rec.Body.String(), tt.want) {
+				t.Fatalf("got %d %s; want %d containing %q", rec.Code, rec.Body, tt.status, tt.want)
+			}
+		})
+	}
+
+	rec := f.do(t, "10.0.0.1", tok, true)
+	var body Token
+	if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil {
+		t.Fatal(err)
+	}
+	claims, err := signer.Parse(body.AccessToken)
+	if err != nil || claims.AppID != app.AppID || claims.TID != "tenant-1" || claims.Audience[0] != "https://vault.azure.net" {
+		t.Fatalf("claims %+v, %v", claims, err)
+	}
+
+	f.server.sp.allowCrossNamespace = true
+	if rec := f.do(t, "10.0.0.4", tok, true); rec.Code != 200 {
+		t.Fatalf("cross-namespace Secret allowed by flag: got %d %s", rec.Code, rec.Body)
+	}
+}
