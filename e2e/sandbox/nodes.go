@@ -3,7 +3,12 @@ package sandbox
 import (
 	"context"
 	"fmt"
+	"net"
+	"net/http"
 	"strings"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
@@ -75,6 +80,9 @@ func (s *Sandbox) AddNodes(ctx context.Context, opts NodeOptions) error {
 		if err := setupNodeNS(s.cp, netns, i); err != nil {
 			return err
 		}
+		if err := s.serveIMDS(netns, pool, pool.Instances[instance]); err != nil {
+			return fmt.Errorf("node %s: %w", name, err)
+		}
 		providerID := fmt.Sprintf("azure://%s/virtualMachines/%d", pool.ID, instance)
 		k := &kubelet{sb: s, index: i, name: name, nodeIP: nodeLinkNode(i), netns: netns, client: client,
 			images: s.opts.Images, log: s.log.WithValues("node", name),
@@ -106,4 +114,19 @@ func (s *Sandbox) Nodes() []*Node {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([]*Node(nil), s.nodes...)
+}
+
+// serveIMDS serves the fake Azure's IMDS for one VM on 169.254.169.254:80
+// inside the node's namespace, as the platform does on a real VM.
+func (s *Sandbox) serveIMDS(netns ns.NetNS, pool fakeazure.Pool, vm string) error {
+	l, err := listenIn(netns, net.JoinHostPort(MetadataIP.String(), "80"))
+	if err != nil {
+		return fmt.Errorf("IMDS listener: %w", err)
+	}
+	srv := &http.Server{Handler: &fakeazure.IMDS{State: s.Azure, Signer: s.Signer, PoolID: pool.ID, VMName: vm}, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(l) }()
+	s.mu.Lock()
+	s.closers = append(s.closers, func() { _ = srv.Close() })
+	s.mu.Unlock()
+	return nil
 }

@@ -67,6 +67,8 @@ type Sandbox struct {
 
 	// Azure is the fake cloud the nodes' pools live in.
 	Azure *fakeazure.State
+	// Signer signs the fake Azure's tokens (IMDS in every node).
+	Signer *fakeazure.Signer
 
 	opts   Options
 	log    logr.Logger
@@ -116,6 +118,9 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 		}
 	}
 	if s.ca, err = newCA(); err != nil {
+		return nil, err
+	}
+	if s.Signer, err = fakeazure.NewSigner(); err != nil {
 		return nil, err
 	}
 	if err := os.WriteFile(s.path("pki", "ca.crt"), s.ca.CertPEM, 0o644); err != nil {
@@ -357,10 +362,13 @@ func (s *Sandbox) Stop() error {
 	for _, n := range nodes {
 		<-n.done
 	}
-	for i := len(s.closers) - 1; i >= 0; i-- {
-		s.closers[i]()
-	}
+	s.mu.Lock()
+	closers := s.closers
 	s.closers = nil
+	s.mu.Unlock()
+	for i := len(closers) - 1; i >= 0; i-- {
+		closers[i]()
+	}
 	if s.fwd != nil {
 		s.fwd.close()
 		s.fwd = nil

@@ -175,6 +175,14 @@ func TestSandbox(t *testing.T) {
 		waitLogs(t, sb, "hostnet", []string{"169.254.169.254/32"})
 	})
 
+	t.Run("a pod reaches its node's IMDS at 169.254.169.254, serving that node's VM", func(t *testing.T) {
+		pod := shPod("imds", `python3 -c 'import urllib.request as u; print(u.urlopen(u.Request("http://169.254.169.254/metadata/instance?api-version=2021-02-01", headers={"Metadata": "true"})).read().decode())'; sleep 600`)
+		node := sb.Nodes()[1]
+		pod.Spec.NodeName = node.Name
+		must(t, createObj(ctx, c, pod))
+		waitLogs(t, sb, "imds", []string{`"vmScaleSetName":"` + node.Pool.Name + `"`})
+	})
+
 	t.Run("deleting a pod removes its namespace and processes", func(t *testing.T) {
 		p, err := c.CoreV1().Pods("default").Get(ctx, "env", metav1.GetOptions{})
 		must(t, err)
