@@ -85,6 +85,8 @@ $(CONTROLLER_GEN):
 
 # Packages a fresh Debian machine lacks; the netns tests need iptables and iproute2.
 APT_PACKAGES := iptables iproute2
+# The sandbox tests run a small HTTP server and client as pod programs.
+APT_PACKAGES += python3
 .PHONY: deps
 deps: ## Install the system packages the tests need (apt, when missing).
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -129,3 +131,22 @@ NMI_LOAD_PODS ?= 10000
 .PHONY: bench-nmi
 bench-nmi: deps control-plane ## NMI load generator in network namespaces, as root (see docs/performance.md, section NMI).
 	AADPI_NMI_LOAD=1 AADPI_NMI_LOAD_PODS=$(NMI_LOAD_PODS) go test -count=1 -v -timeout 30m -run '^TestNMILoad$$' ./e2e/nmi/
+
+##@ Sandbox (local cluster in network namespaces; see docs/sandbox.md)
+SANDBOX_DIR ?= /tmp/aadpi-sbx-make
+
+.PHONY: sandbox-build
+sandbox-build: ## Build the sandbox, podinit and the component binaries into bin/.
+	go build -o $(BIN)/ ./cmd/... ./e2e/cmd/sandbox ./e2e/cmd/podinit
+
+.PHONY: sandbox-up
+sandbox-up: deps control-plane sandbox-build ## Run the sandbox cluster in the foreground; Ctrl-C tears it down.
+	$(BIN)/sandbox up --bin-dir $(BIN) --dir $(SANDBOX_DIR)
+
+.PHONY: sandbox-down
+sandbox-down: ## Remove the namespaces and processes a killed sandbox left behind.
+	go run ./e2e/cmd/sandbox down
+
+.PHONY: bench-sandbox
+bench-sandbox: deps control-plane ## Time 100 pods to Running and to deleted in the sandbox (docs/performance.md, "Sandbox").
+	go test -count=1 -run '^$$' -bench BenchmarkPodStartup100 -benchtime 3x ./e2e/sandbox/

@@ -1,0 +1,121 @@
+// Command sandbox runs the local sandbox cluster (see docs/sandbox.md).
+//
+//	sandbox up [--nodes 2] [--pools 2] [--state-dir DIR]   run until Ctrl-C, then tear down
+//	sandbox down [--id ID]                                 remove what a killed sandbox left behind
+//	sandbox az --dir STATE_DIR identity create -g RG -n N   the walkthrough's az commands, against the fake Azure
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/go-logr/logr"
+	"github.com/go-logr/zapr"
+	"go.uber.org/zap"
+
+	"github.com/aad-pod-identity/aad-pod-identity/e2e/sandbox"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+	}
+	zl, _ := zap.NewDevelopment()
+	log := zapr.NewLogger(zl)
+	var err error
+	switch os.Args[1] {
+	case "up":
+		err = up(log, os.Args[2:])
+	case "down":
+		err = down(os.Args[2:])
+	case "az":
+		if len(os.Args) < 4 || os.Args[2] != "--dir" {
+			fmt.Fprintln(os.Stderr, "usage: sandbox az --dir STATE_DIR identity|role ...")
+			os.Exit(2)
+		}
+		err = az(os.Args[3], os.Args[4:])
+	default:
+		usage()
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "sandbox:", err)
+		os.Exit(1)
+	}
+}
+
+func usage() {
+	fmt.Fprintln(os.Stderr, "usage: sandbox up|down|az [flags]")
+	os.Exit(2)
+}
+
+func up(log logr.Logger, args []string) error {
+	fs := flag.NewFlagSet("up", flag.ExitOnError)
+	id := fs.String("id", "", "sandbox ID (namespaces aadpi-sbx-<id>-*); random when empty")
+	dir := fs.String("dir", "", "state directory (certificates, logs, kubeconfig)")
+	listen := fs.String("listen", "127.0.0.1:0", "loopback address the apiserver is forwarded to")
+	kubeconfig := fs.String("kubeconfig", "", "also copy the admin kubeconfig here")
+	binDir := fs.String("bin-dir", "bin", "directory with podinit and the webhook, assigner, nmi and demo binaries")
+	nodes := fs.Int("nodes", 2, "simulated nodes")
+	pools := fs.Int("pools", 2, "VMSS pools the nodes are spread over")
+	readyFile := fs.String("ready-file", "", "create this file once the cluster and its nodes are up")
+	startupTaint := fs.Bool("startup-taint", false, "register nodes with NMI's not-ready taint")
+	_ = fs.Parse(args)
+	bin, err := filepath.Abs(*binDir)
+	if err != nil {
+		return err
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	sb, err := sandbox.Start(ctx, sandbox.Options{ID: *id, Dir: *dir, Listen: *listen, Log: log,
+		PodInit: filepath.Join(bin, "podinit"), Images: sandbox.DefaultImages(bin)})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		fmt.Fprintln(os.Stderr, "sandbox: tearing down", sb.ID)
+		if err := sb.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "sandbox: teardown:", err)
+		}
+	}()
+	if err := sb.AddNodes(ctx, sandbox.NodeOptions{Count: *nodes, Pools: *pools, StartupTaint: *startupTaint}); err != nil {
+		return err
+	}
+	if *kubeconfig != "" {
+		data, err := os.ReadFile(sb.Kubeconfig)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(*kubeconfig, data, 0o600); err != nil {
+			return err
+		}
+	}
+	if *readyFile != "" {
+		if err := os.WriteFile(*readyFile, []byte(sb.Dir+"\n"), 0o644); err != nil {
+			return err
+		}
+	}
+	fmt.Printf("sandbox %s is up\n  export KUBECONFIG=%s\n  kubectl get nodes\nCtrl-C tears it down.\n", sb.ID, sb.Kubeconfig)
+	<-ctx.Done()
+	return nil
+}
+
+func down(args []string) error {
+	fs := flag.NewFlagSet("down", flag.ExitOnError)
+	id := fs.String("id", "", "only the sandbox with this ID; every sandbox when empty")
+	_ = fs.Parse(args)
+	prefix := sandbox.Prefix
+	if *id != "" {
+		prefix += *id + "-"
+	}
+	if err := sandbox.Clean(prefix); err != nil {
+		return errors.Join(errors.New("cleaning up"), err)
+	}
+	return nil
+}

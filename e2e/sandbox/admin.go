@@ -1,0 +1,132 @@
+package sandbox
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+
+	"github.com/google/uuid"
+
+	"github.com/aad-pod-identity/aad-pod-identity/e2e/fakeazure"
+)
+
+// AdminSocket is the file name, in the sandbox directory, of the unix socket
+// the `sandbox az` command talks to: the fake Azure's management plane for
+// the user (identities, role assignments), reachable without any network
+// configuration.
+const AdminSocket = "admin.sock"
+
+// AzIdentity is what `az identity show` prints (the fields the walkthrough
+// queries).
+type AzIdentity struct {
+	ID            string `json:"id"`
+	Name          string `json:"name"`
+	ResourceGroup string `json:"resourceGroup"`
+	ClientID      string `json:"clientId"`
+	PrincipalID   string `json:"principalId"`
+	TenantID      string `json:"tenantId"`
+	Type          string `json:"type"`
+}
+
+// AzRoleAssignment is what `az role assignment create` prints.
+type AzRoleAssignment struct {
+	ID                 string `json:"id"`
+	Name               string `json:"name"`
+	PrincipalID        string `json:"principalId"`
+	RoleDefinitionName string `json:"roleDefinitionName"`
+	Scope              string `json:"scope"`
+}
+
+type admin struct {
+	sb    *Sandbox
+	mu    sync.Mutex
+	roles map[string]AzRoleAssignment // by lower-cased ID
+}
+
+// serveAdmin listens on the admin socket until the sandbox stops.
+func (s *Sandbox) serveAdmin() error {
+	path := s.path(AdminSocket)
+	_ = os.Remove(path)
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return fmt.Errorf("admin socket: %w", err)
+	}
+	a := &admin{sb: s, roles: map[string]AzRoleAssignment{}}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /identities/{rg}/{name}", a.createIdentity)
+	mux.HandleFunc("GET /identities/{rg}/{name}", a.showIdentity)
+	mux.HandleFunc("DELETE /identities/{rg}/{name}", a.deleteIdentity)
+	mux.HandleFunc("POST /roleassignments", a.createRole)
+	mux.HandleFunc("DELETE /roleassignments", a.deleteRole)
+	srv := &http.Server{Handler: mux}
+	go func() { _ = srv.Serve(l) }()
+	s.closers = append(s.closers, func() { _ = srv.Close(); _ = os.Remove(path) })
+	return nil
+}
+
+func (a *admin) identityID(r *http.Request) string {
+	return fmt.Sprintf("/subscriptions/%s/resourceGroups/%s/providers/Microsoft.ManagedIdentity/userAssignedIdentities/%s",
+		SubscriptionID, r.PathValue("rg"), r.PathValue("name"))
+}
+
+func azIdentity(rg string, id fakeazure.Identity) AzIdentity {
+	return AzIdentity{ID: id.ResourceID, Name: id.Name, ResourceGroup: rg, ClientID: id.ClientID,
+		PrincipalID: id.PrincipalID, TenantID: id.TenantID, Type: "Microsoft.ManagedIdentity/userAssignedIdentities"}
+}
+
+func (a *admin) createIdentity(w http.ResponseWriter, r *http.Request) {
+	id := a.sb.Azure.CreateIdentity(SubscriptionID, r.PathValue("rg"), r.PathValue("name"))
+	reply(w, http.StatusOK, azIdentity(r.PathValue("rg"), id))
+}
+
+func (a *admin) showIdentity(w http.ResponseWriter, r *http.Request) {
+	id, ok := a.sb.Azure.LookupIdentity(a.identityID(r))
+	if !ok {
+		reply(w, http.StatusNotFound, map[string]string{"error": fmt.Sprintf("(ResourceNotFound) identity %s not found in resource group %s", r.PathValue("name"), r.PathValue("rg"))})
+		return
+	}
+	reply(w, http.StatusOK, azIdentity(r.PathValue("rg"), id))
+}
+
+func (a *admin) deleteIdentity(w http.ResponseWriter, r *http.Request) {
+	a.sb.Azure.DeleteIdentity(a.identityID(r))
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (a *admin) createRole(w http.ResponseWriter, r *http.Request) {
+	var req struct{ Role, Assignee, Scope string }
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.Role == "" || req.Assignee == "" || !strings.HasPrefix(req.Scope, "/subscriptions/") {
+		reply(w, http.StatusBadRequest, map[string]string{"error": "role assignment needs --role, --assignee and a /subscriptions/... --scope"})
+		return
+	}
+	name := uuid.NewString()
+	ra := AzRoleAssignment{ID: req.Scope + "/providers/Microsoft.Authorization/roleAssignments/" + name, Name: name,
+		PrincipalID: req.Assignee, RoleDefinitionName: req.Role, Scope: req.Scope}
+	a.mu.Lock()
+	a.roles[strings.ToLower(ra.ID)] = ra
+	a.mu.Unlock()
+	reply(w, http.StatusOK, ra)
+}
+
+func (a *admin) deleteRole(w http.ResponseWriter, r *http.Request) {
+	id := strings.ToLower(r.URL.Query().Get("id"))
+	a.mu.Lock()
+	_, ok := a.roles[id]
+	delete(a.roles, id)
+	a.mu.Unlock()
+	if !ok {
+		reply(w, http.StatusNotFound, map[string]string{"error": "(RoleAssignmentNotFound) no role assignment with id " + r.URL.Query().Get("id")})
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func reply(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}

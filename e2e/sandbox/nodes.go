@@ -1,0 +1,132 @@
+package sandbox
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/kubernetes"
+
+	v1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/e2e/fakeazure"
+)
+
+// Fake subscription and node resource group of the sandbox's "cluster".
+const (
+	SubscriptionID    = "00000000-0000-0000-0000-00000000cafe"
+	NodeResourceGroup = "MC_sandbox_sandbox_westus2"
+)
+
+// NodeOptions choose the simulated nodes.
+type NodeOptions struct {
+	// Count of nodes (default 2), spread round-robin over Pools VMSS pools (default 2).
+	Count, Pools int
+	// StartupTaint registers nodes with NMI's not-ready taint, as a pool
+	// configured for it would.
+	StartupTaint bool
+}
+
+// Node is one simulated node.
+type Node struct {
+	Name   string
+	Pool   fakeazure.Pool
+	IP     string
+	NetNS  string
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// AddNodes creates the pools in the fake Azure, one network namespace per
+// node joined to the control plane, and a kubelet stand-in per node, and
+// waits until each Node is registered.
+func (s *Sandbox) AddNodes(ctx context.Context, opts NodeOptions) error {
+	if opts.Count == 0 {
+		opts.Count = 2
+	}
+	if opts.Pools == 0 {
+		opts.Pools = 2
+	}
+	if opts.Count < 1 || opts.Count > maxNodes || opts.Pools < 1 || opts.Pools > opts.Count {
+		return fmt.Errorf("want 1..%d nodes over 1..nodes pools, got %d over %d", maxNodes, opts.Count, opts.Pools)
+	}
+	client, err := kubernetes.NewForConfig(s.Config)
+	if err != nil {
+		return err
+	}
+	var pools []fakeazure.Pool
+	for p := range opts.Pools {
+		n := (opts.Count - p + opts.Pools - 1) / opts.Pools
+		pools = append(pools, s.Azure.AddPool(fakeazure.KindVMSS, SubscriptionID, NodeResourceGroup,
+			fmt.Sprintf("aks-pool%d-12345678-vmss", p+1), n, true))
+	}
+	var taints []corev1.Taint
+	if opts.StartupTaint {
+		taints = []corev1.Taint{{Key: v1.NMINotReadyTaint, Effect: corev1.TaintEffectNoSchedule}}
+	}
+	for i := 1; i <= opts.Count; i++ {
+		pool := pools[(i-1)%opts.Pools]
+		instance := (i - 1) / opts.Pools
+		name := fmt.Sprintf("%s%06d", strings.TrimSuffix(pool.Name, "vmss")+"vmss", instance)
+		netns, err := s.createNetNS(fmt.Sprintf("n%d", i))
+		if err != nil {
+			return err
+		}
+		if err := setupNodeNS(s.cp, netns, i); err != nil {
+			return err
+		}
+		if err := s.serveIMDS(netns, pool, pool.Instances[instance]); err != nil {
+			return fmt.Errorf("node %s: %w", name, err)
+		}
+		providerID := fmt.Sprintf("azure://%s/virtualMachines/%d", pool.ID, instance)
+		k := &kubelet{sb: s, index: i, name: name, nodeIP: nodeLinkNode(i), netns: netns, client: client,
+			images: s.opts.Images, log: s.log.WithValues("node", name),
+			pods: map[string]*podRun{}, ips: map[byte]bool{}, ready: make(chan struct{})}
+		kctx, cancel := context.WithCancel(context.Background())
+		n := &Node{Name: name, Pool: pool, IP: k.nodeIP.String(), NetNS: s.NetNSName(fmt.Sprintf("n%d", i)), cancel: cancel, done: make(chan struct{})}
+		errc := make(chan error, 1)
+		go func() {
+			defer close(n.done)
+			k.run(kctx, nodeObject(name, providerID, pool.Name, k.nodeIP, taints), errc)
+		}()
+		s.mu.Lock()
+		s.nodes = append(s.nodes, n)
+		s.mu.Unlock()
+		select {
+		case err := <-errc:
+			if err != nil {
+				return err
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// Nodes returns the simulated nodes.
+func (s *Sandbox) Nodes() []*Node {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]*Node(nil), s.nodes...)
+}
+
+// serveIMDS serves the fake Azure's IMDS for one VM on 169.254.169.254:80
+// inside the node's namespace, as the platform does on a real VM.
+func (s *Sandbox) serveIMDS(netns ns.NetNS, pool fakeazure.Pool, vm string) error {
+	l, err := listenIn(netns, net.JoinHostPort(MetadataIP.String(), "80"))
+	if err != nil {
+		return fmt.Errorf("IMDS listener: %w", err)
+	}
+	srv := &http.Server{Handler: &fakeazure.IMDS{State: s.Azure, Signer: s.Signer, PoolID: pool.ID, VMName: vm}, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(l) }()
+	s.mu.Lock()
+	s.closers = append(s.closers, func() { _ = srv.Close() })
+	s.mu.Unlock()
+	return nil
+}

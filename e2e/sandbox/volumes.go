@@ -1,0 +1,172 @@
+package sandbox
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
+)
+
+// prepareVolumes materialises the pod's volumes under dir and returns the
+// host directory of each by volume name. Service-account tokens come from
+// the TokenRequest API, bound to the pod, so components authenticate as
+// their own ServiceAccounts.
+func prepareVolumes(ctx context.Context, c kubernetes.Interface, pod *corev1.Pod, dir string) (map[string]string, error) {
+	paths := map[string]string{}
+	for _, v := range pod.Spec.Volumes {
+		p := filepath.Join(dir, v.Name)
+		if v.HostPath != nil {
+			if err := os.MkdirAll(v.HostPath.Path, 0o755); err != nil && !isDirOrCreate(v.HostPath.Type) {
+				return nil, fmt.Errorf("volume %s: hostPath %s: %w", v.Name, v.HostPath.Path, err)
+			}
+			paths[v.Name] = v.HostPath.Path
+			continue
+		}
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			return nil, err
+		}
+		paths[v.Name] = p
+		files, err := volumeFiles(ctx, c, pod, v.VolumeSource)
+		if err != nil {
+			return nil, fmt.Errorf("volume %s: %w", v.Name, err)
+		}
+		for name, data := range files {
+			f := filepath.Join(p, name)
+			if err := os.MkdirAll(filepath.Dir(f), 0o755); err != nil {
+				return nil, err
+			}
+			if err := os.WriteFile(f, data, 0o644); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return paths, nil
+}
+
+func isDirOrCreate(t *corev1.HostPathType) bool {
+	return t == nil || *t == corev1.HostPathDirectoryOrCreate || *t == corev1.HostPathUnset
+}
+
+// volumeFiles returns the files of one volume, by path relative to its root.
+func volumeFiles(ctx context.Context, c kubernetes.Interface, pod *corev1.Pod, src corev1.VolumeSource) (map[string][]byte, error) {
+	switch {
+	case src.EmptyDir != nil:
+		return nil, nil
+	case src.Secret != nil:
+		return secretFiles(ctx, c, pod.Namespace, src.Secret.SecretName, src.Secret.Items, src.Secret.Optional)
+	case src.ConfigMap != nil:
+		return configMapFiles(ctx, c, pod.Namespace, src.ConfigMap.Name, src.ConfigMap.Items, src.ConfigMap.Optional)
+	case src.DownwardAPI != nil:
+		return downwardFiles(pod, src.DownwardAPI.Items)
+	case src.Projected != nil:
+		out := map[string][]byte{}
+		for _, s := range src.Projected.Sources {
+			files, err := projectedFiles(ctx, c, pod, s)
+			if err != nil {
+				return nil, err
+			}
+			for k, v := range files {
+				out[k] = v
+			}
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("volume type not supported by the sandbox kubelet")
+}
+
+func projectedFiles(ctx context.Context, c kubernetes.Interface, pod *corev1.Pod, s corev1.VolumeProjection) (map[string][]byte, error) {
+	switch {
+	case s.ServiceAccountToken != nil:
+		tok, err := serviceAccountToken(ctx, c, pod, s.ServiceAccountToken)
+		if err != nil {
+			return nil, err
+		}
+		return map[string][]byte{s.ServiceAccountToken.Path: []byte(tok)}, nil
+	case s.Secret != nil:
+		return secretFiles(ctx, c, pod.Namespace, s.Secret.Name, s.Secret.Items, s.Secret.Optional)
+	case s.ConfigMap != nil:
+		return configMapFiles(ctx, c, pod.Namespace, s.ConfigMap.Name, s.ConfigMap.Items, s.ConfigMap.Optional)
+	case s.DownwardAPI != nil:
+		return downwardFiles(pod, s.DownwardAPI.Items)
+	}
+	return nil, fmt.Errorf("projected source not supported by the sandbox kubelet")
+}
+
+func serviceAccountToken(ctx context.Context, c kubernetes.Interface, pod *corev1.Pod, p *corev1.ServiceAccountTokenProjection) (string, error) {
+	sa := pod.Spec.ServiceAccountName
+	if sa == "" {
+		sa = "default"
+	}
+	var aud []string
+	if p.Audience != "" {
+		aud = []string{p.Audience}
+	}
+	req := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
+		Audiences:         aud,
+		ExpirationSeconds: ptr.To(ptr.Deref(p.ExpirationSeconds, 3607)),
+		BoundObjectRef:    &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
+	}}
+	resp, err := c.CoreV1().ServiceAccounts(pod.Namespace).CreateToken(ctx, sa, req, metav1.CreateOptions{})
+	if err != nil {
+		return "", fmt.Errorf("token for service account %s/%s: %w", pod.Namespace, sa, err)
+	}
+	return resp.Status.Token, nil
+}
+
+func secretFiles(ctx context.Context, c kubernetes.Interface, ns, name string, items []corev1.KeyToPath, optional *bool) (map[string][]byte, error) {
+	s, err := c.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return nil, optionalMissing(err, optional)
+	}
+	return pick(s.Data, items), nil
+}
+
+func configMapFiles(ctx context.Context, c kubernetes.Interface, ns, name string, items []corev1.KeyToPath, optional *bool) (map[string][]byte, error) {
+	cm, err := c.CoreV1().ConfigMaps(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return nil, optionalMissing(err, optional)
+	}
+	data := map[string][]byte{}
+	for k, v := range cm.Data {
+		data[k] = []byte(v)
+	}
+	for k, v := range cm.BinaryData {
+		data[k] = v
+	}
+	return pick(data, items), nil
+}
+
+// pick applies a volume's items list: only those keys, at those paths.
+func pick(data map[string][]byte, items []corev1.KeyToPath) map[string][]byte {
+	if len(items) == 0 {
+		return data
+	}
+	out := map[string][]byte{}
+	for _, it := range items {
+		if v, ok := data[it.Key]; ok {
+			out[it.Path] = v
+		}
+	}
+	return out
+}
+
+func downwardFiles(pod *corev1.Pod, items []corev1.DownwardAPIVolumeFile) (map[string][]byte, error) {
+	out := map[string][]byte{}
+	for _, it := range items {
+		if it.FieldRef == nil {
+			continue
+		}
+		v, err := fieldValue(pod, it.FieldRef.FieldPath, pod.Status.PodIP, pod.Status.HostIP)
+		if err != nil {
+			return nil, err
+		}
+		out[it.Path] = []byte(v)
+	}
+	return out, nil
+}
