@@ -170,30 +170,29 @@ func send(c *http.Client, url string, body []byte) (time.Duration, error) {
 	return elapsed, nil
 }
 
-// load runs the workers for the duration; with a rate, requests are paced by
-// a shared ticker so that the offered load is fixed (open loop up to the
-// concurrency limit).
+// load runs the workers for the duration. With a rate, request n is due at
+// start + n/rate whoever sends it, so the offered load stays fixed even when
+// some requests are slow (open loop, up to the concurrency limit).
 func load(c *http.Client, url string, body []byte, concurrency, rate int, duration time.Duration) ([]time.Duration, int64, time.Duration) {
 	var (
 		mu        sync.Mutex
 		latencies []time.Duration
 		failures  atomic.Int64
+		issued    atomic.Int64
 		wg        sync.WaitGroup
 	)
-	var tokens <-chan time.Time
-	if rate > 0 {
-		t := time.NewTicker(time.Second / time.Duration(rate))
-		defer t.Stop()
-		tokens = t.C
-	}
-	deadline := time.Now().Add(duration)
 	start := time.Now()
+	deadline := start.Add(duration)
 	for range concurrency {
 		wg.Go(func() {
 			var mine []time.Duration
-			for time.Now().Before(deadline) {
-				if tokens != nil {
-					<-tokens
+			for {
+				if rate > 0 {
+					due := start.Add(time.Duration(issued.Add(1)) * time.Second / time.Duration(rate))
+					time.Sleep(time.Until(due))
+				}
+				if time.Now().After(deadline) {
+					break
 				}
 				d, err := send(c, url, body)
 				if err != nil {
