@@ -2,11 +2,13 @@ package webhook
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
+	"slices"
 	"strings"
 
+	"gomodules.xyz/jsonpatch/v2"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/controller-runtime/pkg/log"
@@ -40,37 +42,46 @@ func (m *PodMutator) handle(ctx context.Context, req admission.Request) (admissi
 		return admission.Errored(http.StatusInternalServerError, fmt.Errorf("resolving aadpodidbinding %q: %w", selector, err)), reasonLookupError
 	}
 
-	mutated := pod.DeepCopy()
-	applyResolution(mutated, res)
-	raw, err := json.Marshal(mutated)
-	if err != nil {
-		return admission.Errored(http.StatusInternalServerError, fmt.Errorf("encoding pod: %w", err)), reasonBadRequest
-	}
-	resp := admission.PatchResponseFromRaw(req.Object.Raw, raw)
+	// Explicit operations rather than a diff of the re-encoded pod: admission
+	// latency is dominated by JSON work, and the diff doubles it.
+	resp := admission.Patched("", resolutionPatch(pod, res)...)
 	if warnings := resolutionWarnings(pod.Namespace, selector, res); len(warnings) > 0 {
 		return resp.WithWarnings(warnings...), reasonNoBinding
 	}
 	return resp, reasonResolved
 }
 
-// applyResolution writes the resolution onto the pod: creator-supplied
+// resolutionPatch writes the resolution onto the pod: creator-supplied
 // annotations of ours are replaced, and the gate is added only where the
 // apiserver allows it (a pod with spec.nodeName is already bound).
-func applyResolution(pod *corev1.Pod, res Resolution) {
-	for k := range pod.Annotations {
+func resolutionPatch(pod *corev1.Pod, res Resolution) []jsonpatch.JsonPatchOperation {
+	var ops []jsonpatch.JsonPatchOperation
+	if pod.Annotations == nil {
+		ops = append(ops, jsonpatch.NewOperation("add", "/metadata/annotations", map[string]string{}))
+	}
+	for _, k := range slices.Sorted(maps.Keys(pod.Annotations)) {
 		if strings.HasPrefix(k, aadv1.AnnotationPrefix) {
-			delete(pod.Annotations, k)
+			ops = append(ops, jsonpatch.NewOperation("remove", "/metadata/annotations/"+escapePointer(k), nil))
 		}
 	}
-	if pod.Annotations == nil {
-		pod.Annotations = map[string]string{}
-	}
-	for k, v := range res.Annotations() {
-		pod.Annotations[k] = v
+	ann := res.Annotations()
+	for _, k := range slices.Sorted(maps.Keys(ann)) {
+		ops = append(ops, jsonpatch.NewOperation("add", "/metadata/annotations/"+escapePointer(k), ann[k]))
 	}
 	if res.NeedsAssignment() && pod.Spec.NodeName == "" && !hasGate(pod) {
-		pod.Spec.SchedulingGates = append(pod.Spec.SchedulingGates, corev1.PodSchedulingGate{Name: aadv1.SchedulingGate})
+		gate := corev1.PodSchedulingGate{Name: aadv1.SchedulingGate}
+		if len(pod.Spec.SchedulingGates) == 0 {
+			ops = append(ops, jsonpatch.NewOperation("add", "/spec/schedulingGates", []corev1.PodSchedulingGate{gate}))
+		} else {
+			ops = append(ops, jsonpatch.NewOperation("add", "/spec/schedulingGates/-", gate))
+		}
 	}
+	return ops
+}
+
+// escapePointer escapes a map key for a JSON pointer (RFC 6901).
+func escapePointer(key string) string {
+	return strings.ReplaceAll(strings.ReplaceAll(key, "~", "~0"), "/", "~1")
 }
 
 func hasGate(pod *corev1.Pod) bool {

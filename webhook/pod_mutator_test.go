@@ -7,7 +7,9 @@ import (
 	"strings"
 	"testing"
 
+	evanjsonpatch "github.com/evanphx/json-patch/v5"
 	"github.com/google/go-cmp/cmp"
+	"gomodules.xyz/jsonpatch/v2"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -17,7 +19,7 @@ import (
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 )
 
-func TestApplyResolution(t *testing.T) {
+func TestResolutionPatch(t *testing.T) {
 	msi := Resolution{Identities: []Resolved{{Namespace: "default", Name: "demo", ClientID: "c-demo", Type: aadv1.UserAssignedMSI}}}
 	sp := Resolution{Identities: []Resolved{{Namespace: "default", Name: "sp", ClientID: "c-sp", Type: aadv1.ServicePrincipal}}}
 	gate := []corev1.PodSchedulingGate{{Name: aadv1.SchedulingGate}}
@@ -39,7 +41,7 @@ func TestApplyResolution(t *testing.T) {
 			wantAnn: map[string]string{aadv1.AnnotationIdentities: "default/demo", aadv1.AnnotationClientIDs: "c-demo"}},
 		{name: "creator-supplied annotations are replaced, others kept", res: Resolution{},
 			pod: corev1.Pod{ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{
-				aadv1.AnnotationIdentities: "kube-system/cluster-admin", aadv1.AnnotationAssignment: "Assigned", "keep": "me"}}},
+				aadv1.AnnotationIdentities: "kube-system/cluster-admin", aadv1.AnnotationAssignment: "Assigned", aadv1.AnnotationPrefix + "x~y/z": "", "keep": "me"}}},
 			wantAnn: map[string]string{aadv1.AnnotationIdentities: "", aadv1.AnnotationClientIDs: "", "keep": "me"}},
 		{name: "existing gate is not duplicated", res: msi,
 			pod:       corev1.Pod{Spec: corev1.PodSpec{SchedulingGates: gate}},
@@ -48,8 +50,7 @@ func TestApplyResolution(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			pod := tt.pod.DeepCopy()
-			applyResolution(pod, tt.res)
+			pod := applyPatch(t, &tt.pod, resolutionPatch(&tt.pod, tt.res))
 			if diff := cmp.Diff(tt.wantAnn, pod.Annotations); diff != "" {
 				t.Errorf("annotations (-want +got):\n%s", diff)
 			}
@@ -60,7 +61,25 @@ func TestApplyResolution(t *testing.T) {
 	}
 }
 
-func podRequest(t *testing.T, op admissionv1.Operation, pod, old *corev1.Pod, user string) admission.Request {
+// applyPatch applies operations as the apiserver does.
+func applyPatch(t *testing.T, pod *corev1.Pod, ops []jsonpatch.JsonPatchOperation) *corev1.Pod {
+	t.Helper()
+	patch, err := evanjsonpatch.DecodePatch(mustJSON(t, ops))
+	if err != nil {
+		t.Fatal(err)
+	}
+	patched, err := patch.Apply(mustJSON(t, pod))
+	if err != nil {
+		t.Fatalf("patch %s does not apply: %v", mustJSON(t, ops), err)
+	}
+	out := &corev1.Pod{}
+	if err := json.Unmarshal(patched, out); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func podRequest(t testing.TB, op admissionv1.Operation, pod, old *corev1.Pod, user string) admission.Request {
 	t.Helper()
 	req := admission.Request{AdmissionRequest: admissionv1.AdmissionRequest{
 		UID: "uid", Operation: op, Namespace: "default",
@@ -74,7 +93,7 @@ func podRequest(t *testing.T, op admissionv1.Operation, pod, old *corev1.Pod, us
 	return req
 }
 
-func mustJSON(t *testing.T, v any) []byte {
+func mustJSON(t testing.TB, v any) []byte {
 	t.Helper()
 	b, err := json.Marshal(v)
 	if err != nil {
