@@ -2,6 +2,7 @@ package fakeazure
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -75,6 +76,20 @@ type operation struct {
 
 // StartARM serves state on a loopback port until Close.
 func StartARM(state *State, ca *CA) (*ARM, error) {
+	tlsCfg, err := ca.ServerTLSConfig("127.0.0.1", "localhost")
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("listening: %w", err)
+	}
+	return ServeARM(state, ln, tlsCfg), nil
+}
+
+// ServeARM serves state over TLS on ln until Close: for a listener opened
+// elsewhere than on the loopback, such as inside a network namespace.
+func ServeARM(state *State, ln net.Listener, tlsCfg *tls.Config) *ARM {
 	a := &ARM{State: state, calls: map[string]int{}, busy: map[string]time.Time{}, ops: map[string]*operation{}}
 	r := mux.NewRouter()
 	pool := "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/{kind:virtualMachineScaleSets|virtualMachines}/{name}"
@@ -85,18 +100,10 @@ func StartARM(state *State, ca *CA) (*ARM, error) {
 		a.count("unknown")
 		armError(w, http.StatusNotFound, "InvalidResourceType", fmt.Sprintf("The resource type could not be found for path %s.", req.URL.Path))
 	})
-	tlsCfg, err := ca.ServerTLSConfig("127.0.0.1", "localhost")
-	if err != nil {
-		return nil, err
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, fmt.Errorf("listening: %w", err)
-	}
 	a.server = &httptest.Server{Listener: ln, Config: &http.Server{Handler: r, ReadHeaderTimeout: 10 * time.Second}, TLS: tlsCfg}
 	a.server.StartTLS()
 	a.URL = a.server.URL + "/"
-	return a, nil
+	return a
 }
 
 // Close stops the server.
