@@ -34,7 +34,7 @@ The sandbox $ID is still up (KEEP=1), with the demo's identity, binding and pod:
   kubectl get pods -A -o wide
   kubectl logs demo
   az() { $BIN/sandbox az --dir $DIR "\$@"; }     # the walkthrough's az commands
-Tear it down with:  kill $SANDBOX_PID     (or, if that process is gone: make sandbox-down)
+Tear it down with:  kill $SANDBOX_PID; rm -rf $DIR     (if that process is gone: make sandbox-down)
 EOF
 		exit "$rc"
 	fi

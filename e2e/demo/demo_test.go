@@ -52,6 +52,7 @@ func TestWalkthroughDemo(t *testing.T) {
 	}
 	for _, want := range []string{
 		"==> [10/10] cleaning up the walkthrough's resources",
+		"successfully listed VMSS instances from ARM via AAD Pod Identity",
 		"successfully acquired a service principal token using a user-assigned identity",
 		"aadpodidentity.k8s.io/assignment: Assigned",
 		"azureidentitybinding.aadpodidentity.k8s.io \"demo-binding\" deleted",

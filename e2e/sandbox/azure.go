@@ -2,8 +2,11 @@ package sandbox
 
 import (
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/aad-pod-identity/aad-pod-identity/e2e/fakeazure"
@@ -11,9 +14,14 @@ import (
 
 // Ports of the fake ARM and AAD on APIServerIP in the control-plane namespace.
 const (
-	armPort = 8443
+	armPort = 443
 	aadPort = 8444
 )
+
+// armHost is the public ARM's name; pods resolve it to the fake ARM (see
+// podHosts), so programs with the default endpoint, like the walkthrough's
+// demo pod, reach it unchanged.
+const armHost = "management.azure.com"
 
 // AzureCAFile is the file name, in the sandbox's pki directory, of the fake
 // Azure's CA certificate; every container gets it as SSL_CERT_FILE.
@@ -25,7 +33,8 @@ const AzureCAFile = "azure-ca.crt"
 type AzureEndpoints struct {
 	ARM *fakeazure.ARM
 	AAD *fakeazure.AAD
-	// ARMEndpoint and AADAuthorityHost are the URLs (https://10.200.0.1:port/).
+	// ARMEndpoint and AADAuthorityHost are the URLs (https://10.200.0.1:port/);
+	// in pods, https://management.azure.com/ is the fake ARM too.
 	ARMEndpoint, AADAuthorityHost string
 	// CAFile is the PEM file of the CA both serve from.
 	CAFile string
@@ -46,7 +55,7 @@ func (s *Sandbox) ServeAzure() (*AzureEndpoints, error) {
 	if err := ca.WritePEM(e.CAFile); err != nil {
 		return nil, err
 	}
-	tlsCfg, err := ca.ServerTLSConfig(APIServerIP.String())
+	tlsCfg, err := ca.ServerTLSConfig(APIServerIP.String(), armHost)
 	if err != nil {
 		return nil, err
 	}
@@ -70,6 +79,7 @@ func (s *Sandbox) ServeAzure() (*AzureEndpoints, error) {
 	e.Principal = e.AAD.CreateServicePrincipal(s.Azure.TenantID)
 	s.mu.Lock()
 	s.azureCAFile = e.CAFile
+	s.hostAliases = map[string]string{armHost: APIServerIP.String()}
 	s.mu.Unlock()
 	return e, nil
 }
@@ -78,4 +88,17 @@ func (s *Sandbox) addCloser(f func()) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.closers = append(s.closers, f)
+}
+
+// podHosts is the /etc/hosts of a pod, as the kubelet writes it, plus the
+// fake cloud's names: the sandbox has no DNS.
+func (s *Sandbox) podHosts(podIP, podName string) []byte {
+	var b strings.Builder
+	fmt.Fprintf(&b, "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n%s\t%s\n", podIP, podName)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, name := range slices.Sorted(maps.Keys(s.hostAliases)) {
+		fmt.Fprintf(&b, "%s\t%s\n", s.hostAliases[name], name)
+	}
+	return []byte(b.String())
 }

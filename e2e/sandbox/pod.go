@@ -365,6 +365,12 @@ func (r *podRun) exec(cr *containerRun) (*process, error) {
 		}
 		args = append(args, "--mount", spec)
 	}
+	if !r.pod.Spec.HostNetwork {
+		if err := writeFiles(r.dir, map[string][]byte{"hosts": r.k.sb.podHosts(r.podIP, r.pod.Name)}); err != nil {
+			return nil, err
+		}
+		args = append(args, "--mount", filepath.Join(r.dir, "hosts")+":/etc/hosts:ro")
+	}
 	argv := []string{cr.binary}
 	if len(cr.spec.Command) > 1 {
 		argv = append(argv, cr.spec.Command[1:]...)

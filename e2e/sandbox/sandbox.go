@@ -84,6 +84,8 @@ type Sandbox struct {
 	closers []func()
 	// azureCAFile is the fake Azure's CA once ServeAzure ran.
 	azureCAFile string
+	// hostAliases are names pods resolve through their /etc/hosts, to IPs.
+	hostAliases map[string]string
 }
 
 // Start brings up the control-plane namespace, etcd, kube-apiserver,
