@@ -8,6 +8,10 @@
 set -euo pipefail
 
 : "${BIN:?}" "${HELM:?}" "${KUBEBUILDER_ASSETS:?}"
+if [[ $EUID -ne 0 ]]; then
+	echo "make demo needs root: the sandbox creates network and mount namespaces" >&2
+	exit 1
+fi
 KEEP="${KEEP:-}"
 CHART="$(cd "$(dirname "$0")/.." && pwd)/charts/aad-pod-identity"
 # kubectl of the control plane we built, so the walkthrough's commands run as written.
