@@ -150,3 +150,8 @@ sandbox-down: ## Remove the namespaces and processes a killed sandbox left behin
 .PHONY: bench-sandbox
 bench-sandbox: deps control-plane ## Time 100 pods to Running and to deleted in the sandbox (docs/performance.md, "Sandbox").
 	go test -count=1 -run '^$$' -bench BenchmarkPodStartup100 -benchtime 3x ./e2e/sandbox/
+
+##@ Demo
+.PHONY: demo
+demo: deps control-plane sandbox-build $(HELM) ## The walkthrough end to end on the sandbox (as root, ~2 min); KEEP=1 leaves the cluster up.
+	BIN=$(BIN) HELM=$(HELM) KEEP=$(KEEP) hack/demo.sh

@@ -94,10 +94,11 @@ func New(cfg Config) (*Demo, error) {
 	return &Demo{cfg: cfg, client: client, vmss: vmss}, nil
 }
 
-// Run checks once per period until ctx ends.
+// Run checks at once, then once per period until ctx ends.
 func (d *Demo) Run(ctx context.Context) {
 	tick := time.NewTicker(d.cfg.Period)
 	defer tick.Stop()
+	d.Once(ctx)
 	for {
 		select {
 		case <-ctx.Done():

@@ -184,3 +184,29 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		})
 	}
 }
+
+// The first round must not wait a whole period: with the default 100 s a
+// freshly started pod would show nothing for that long.
+func TestRunChecksAtOnce(t *testing.T) {
+	imds := httptest.NewServer(http.NotFoundHandler())
+	defer imds.Close()
+	d, err := New(Config{SubscriptionID: sub, ResourceGroup: rg, IdentityClientID: userClient, Period: time.Hour,
+		MetadataEndpoint: imds.URL, ARMEndpoint: ManagementResource})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	lines := make(chan string, 10)
+	log := funcr.New(func(_, args string) { lines <- args }, funcr.Options{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		d.Run(logr.NewContext(ctx, log))
+	}()
+	if got := <-lines; !strings.Contains(got, "instance metadata") {
+		t.Errorf("first line = %s, want the instance metadata check", got)
+	}
+	cancel()
+	<-done
+}

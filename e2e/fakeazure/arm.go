@@ -2,6 +2,7 @@ package fakeazure
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -75,16 +76,6 @@ type operation struct {
 
 // StartARM serves state on a loopback port until Close.
 func StartARM(state *State, ca *CA) (*ARM, error) {
-	a := &ARM{State: state, calls: map[string]int{}, busy: map[string]time.Time{}, ops: map[string]*operation{}}
-	r := mux.NewRouter()
-	pool := "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/{kind:virtualMachineScaleSets|virtualMachines}/{name}"
-	r.HandleFunc(pool, a.getPool).Methods(http.MethodGet)
-	r.HandleFunc(pool, a.patchPool).Methods(http.MethodPatch)
-	r.HandleFunc("/subscriptions/{sub}/providers/Microsoft.Compute/locations/{loc}/operations/{op}", a.getOperation).Methods(http.MethodGet)
-	r.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		a.count("unknown")
-		armError(w, http.StatusNotFound, "InvalidResourceType", fmt.Sprintf("The resource type could not be found for path %s.", req.URL.Path))
-	})
 	tlsCfg, err := ca.ServerTLSConfig("127.0.0.1", "localhost")
 	if err != nil {
 		return nil, err
@@ -93,10 +84,27 @@ func StartARM(state *State, ca *CA) (*ARM, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listening: %w", err)
 	}
+	return ServeARM(state, ln, tlsCfg), nil
+}
+
+// ServeARM serves state over TLS on ln until Close: for a listener opened
+// elsewhere than on the loopback, such as inside a network namespace.
+func ServeARM(state *State, ln net.Listener, tlsCfg *tls.Config) *ARM {
+	a := &ARM{State: state, calls: map[string]int{}, busy: map[string]time.Time{}, ops: map[string]*operation{}}
+	r := mux.NewRouter()
+	pool := "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/{kind:virtualMachineScaleSets|virtualMachines}/{name}"
+	r.HandleFunc("/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/{kind:virtualMachineScaleSets|virtualMachines}", a.listPools).Methods(http.MethodGet)
+	r.HandleFunc(pool, a.getPool).Methods(http.MethodGet)
+	r.HandleFunc(pool, a.patchPool).Methods(http.MethodPatch)
+	r.HandleFunc("/subscriptions/{sub}/providers/Microsoft.Compute/locations/{loc}/operations/{op}", a.getOperation).Methods(http.MethodGet)
+	r.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		a.count("unknown")
+		armError(w, http.StatusNotFound, "InvalidResourceType", fmt.Sprintf("The resource type could not be found for path %s.", req.URL.Path))
+	})
 	a.server = &httptest.Server{Listener: ln, Config: &http.Server{Handler: r, ReadHeaderTimeout: 10 * time.Second}, TLS: tlsCfg}
 	a.server.StartTLS()
 	a.URL = a.server.URL + "/"
-	return a, nil
+	return a
 }
 
 // Close stops the server.
@@ -168,12 +176,7 @@ func (a *ARM) preamble(w http.ResponseWriter, r *http.Request) (string, bool) {
 	v := mux.Vars(r)
 	a.count(r.Method + " " + v["kind"])
 	poolID := fmt.Sprintf("/subscriptions/%s/resourceGroups/%s/providers/Microsoft.Compute/%s/%s", v["sub"], v["rg"], v["kind"], v["name"])
-	if !strings.HasPrefix(r.Header.Get("Authorization"), "Bearer ") {
-		armError(w, http.StatusUnauthorized, "AuthenticationFailed", "Authentication failed. The 'Authorization' header is missing.")
-		return "", false
-	}
-	if r.URL.Query().Get("api-version") == "" {
-		armError(w, http.StatusBadRequest, "MissingApiVersionParameter", "The api-version query parameter (?api-version=) is required for all requests.")
+	if !wellFormed(w, r) {
 		return "", false
 	}
 	if f, ok := a.takeFault(r.Method, poolID); ok {
@@ -195,6 +198,20 @@ func (a *ARM) preamble(w http.ResponseWriter, r *http.Request) (string, bool) {
 	return poolID, true
 }
 
+// wellFormed checks what ARM checks first on every request: a bearer token
+// and an api-version.
+func wellFormed(w http.ResponseWriter, r *http.Request) bool {
+	if !strings.HasPrefix(r.Header.Get("Authorization"), "Bearer ") {
+		armError(w, http.StatusUnauthorized, "AuthenticationFailed", "Authentication failed. The 'Authorization' header is missing.")
+		return false
+	}
+	if r.URL.Query().Get("api-version") == "" {
+		armError(w, http.StatusBadRequest, "MissingApiVersionParameter", "The api-version query parameter (?api-version=) is required for all requests.")
+		return false
+	}
+	return true
+}
+
 func (a *ARM) recordWrite(method string, wr Write) {
 	if method != http.MethodPatch {
 		return
@@ -212,6 +229,21 @@ func (a *ARM) getPool(w http.ResponseWriter, r *http.Request) {
 	}
 	p, _ := a.State.Pool(poolID)
 	writeJSON(w, http.StatusOK, a.resource(p, "Succeeded"))
+}
+
+// listPools lists a resource group's scale sets or VMs (one page), as the
+// walkthrough's demo pod does with its token.
+func (a *ARM) listPools(w http.ResponseWriter, r *http.Request) {
+	v := mux.Vars(r)
+	a.count("LIST " + v["kind"])
+	if !wellFormed(w, r) {
+		return
+	}
+	value := []map[string]any{}
+	for _, p := range a.State.Pools(fmt.Sprintf("/subscriptions/%s/resourceGroups/%s/providers/Microsoft.Compute/%s/", v["sub"], v["rg"], v["kind"])) {
+		value = append(value, a.resource(p, "Succeeded"))
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"value": value})
 }
 
 type patchBody struct {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"slices"
 	"testing"
 	"time"
 
@@ -199,5 +200,41 @@ func TestARMWriteLatency(t *testing.T) {
 	}
 	if !state.Assigned(p.ID, a.ClientID) {
 		t.Fatal("identity not assigned after the operation completed")
+	}
+}
+
+func TestARMListScaleSets(t *testing.T) {
+	ctx := context.Background()
+	state, _, vmss, _ := startFake(t)
+	state.AddPool(KindVMSS, testSub, testRG, "pool-b", 1, true)
+	state.AddPool(KindVMSS, testSub, testRG, "pool-a", 1, true)
+	state.AddPool(KindVM, testSub, testRG, "vm1", 0, false)
+	state.AddPool(KindVMSS, testSub, "other", "pool-c", 1, true)
+
+	tests := []struct {
+		rg   string
+		want []string
+	}{
+		{rg: testRG, want: []string{"pool-a", "pool-b"}},
+		{rg: "RG", want: []string{"pool-a", "pool-b"}}, // ARM IDs are case-insensitive
+		{rg: "empty", want: nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.rg, func(t *testing.T) {
+			var got []string
+			pager := vmss.NewListPager(tc.rg, nil)
+			for pager.More() {
+				page, err := pager.NextPage(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, s := range page.Value {
+					got = append(got, *s.Name)
+				}
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("scale sets in %s = %v, want %v", tc.rg, got, tc.want)
+			}
+		})
 	}
 }

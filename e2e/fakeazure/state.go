@@ -6,6 +6,7 @@ package fakeazure
 import (
 	"fmt"
 	"maps"
+	"sort"
 	"strings"
 	"sync"
 
@@ -119,6 +120,21 @@ func (s *State) Pool(id string) (Pool, bool) {
 		return Pool{}, false
 	}
 	return p.copy(), true
+}
+
+// Pools returns copies of the pools whose ARM ID starts with prefix (any
+// case), sorted by ID: a resource group's scale sets, for instance.
+func (s *State) Pools(prefix string) []Pool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []Pool
+	for k, p := range s.pools {
+		if strings.HasPrefix(k, key(prefix)) {
+			out = append(out, p.copy())
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
 }
 
 // Assigned reports whether the identity with clientID is assigned to pool.

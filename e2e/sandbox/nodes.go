@@ -125,8 +125,6 @@ func (s *Sandbox) serveIMDS(netns ns.NetNS, pool fakeazure.Pool, vm string) erro
 	}
 	srv := &http.Server{Handler: &fakeazure.IMDS{State: s.Azure, Signer: s.Signer, PoolID: pool.ID, VMName: vm}, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = srv.Serve(l) }()
-	s.mu.Lock()
-	s.closers = append(s.closers, func() { _ = srv.Close() })
-	s.mu.Unlock()
+	s.addCloser(func() { _ = srv.Close() })
 	return nil
 }

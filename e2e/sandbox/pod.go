@@ -19,6 +19,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
+// volumeRefreshPeriod is how often Secret and ConfigMap volumes are
+// re-read (the kubelet takes up to a minute; tests should not wait that long).
+const volumeRefreshPeriod = 2 * time.Second
+
 // podRun is one pod on a sandbox node: its network namespace, volumes and
 // containers.
 type podRun struct {
@@ -207,6 +211,14 @@ func (r *podRun) setup() error {
 
 // start runs every container in its own restart loop, with probes.
 func (r *podRun) start() {
+	r.mu.Lock()
+	pod := r.pod.DeepCopy()
+	r.mu.Unlock()
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		refreshVolumes(r.ctx, r.k.client, pod, r.volumes, volumeRefreshPeriod)
+	}()
 	for _, cr := range r.containers {
 		r.wg.Add(1)
 		go r.runContainer(cr)
@@ -352,6 +364,12 @@ func (r *podRun) exec(cr *containerRun) (*process, error) {
 			spec += ":ro"
 		}
 		args = append(args, "--mount", spec)
+	}
+	if !r.pod.Spec.HostNetwork {
+		if err := writeFiles(r.dir, map[string][]byte{"hosts": r.k.sb.podHosts(r.podIP, r.pod.Name)}); err != nil {
+			return nil, err
+		}
+		args = append(args, "--mount", filepath.Join(r.dir, "hosts")+":/etc/hosts:ro")
 	}
 	argv := []string{cr.binary}
 	if len(cr.spec.Command) > 1 {

@@ -82,6 +82,10 @@ type Sandbox struct {
 	tokens map[string]string // user name → bearer token
 	// closers stop in-process servers (admin socket, fake Azure) at teardown.
 	closers []func()
+	// azureCAFile is the fake Azure's CA once ServeAzure ran.
+	azureCAFile string
+	// hostAliases are names pods resolve through their /etc/hosts, to IPs.
+	hostAliases map[string]string
 }
 
 // Start brings up the control-plane namespace, etcd, kube-apiserver,
@@ -393,13 +397,22 @@ func (s *Sandbox) Stop() error {
 
 // podEnv is the environment every container gets unless it sets the
 // variable itself: in-cluster clients reach the apiserver at its address
-// (the sandbox runs no kube-proxy for the kubernetes Service).
+// (the sandbox runs no kube-proxy for the kubernetes Service), and trust the
+// fake Azure's CA.
 func (s *Sandbox) podEnv() map[string]string {
-	return map[string]string{
+	env := map[string]string{
 		"PATH":                    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
 		"KUBERNETES_SERVICE_HOST": APIServerIP.String(),
 		"KUBERNETES_SERVICE_PORT": fmt.Sprint(apiserverPort),
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.azureCAFile != "" {
+		// The only roots of the pods: they talk TLS to no one but the fake
+		// Azure and the apiserver, whose CA they get from their token volume.
+		env["SSL_CERT_FILE"] = s.azureCAFile
+	}
+	return env
 }
 
 func randomHex(n int) string {

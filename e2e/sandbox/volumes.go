@@ -1,10 +1,12 @@
 package sandbox
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -36,17 +38,56 @@ func prepareVolumes(ctx context.Context, c kubernetes.Interface, pod *corev1.Pod
 		if err != nil {
 			return nil, fmt.Errorf("volume %s: %w", v.Name, err)
 		}
-		for name, data := range files {
-			f := filepath.Join(p, name)
-			if err := os.MkdirAll(filepath.Dir(f), 0o755); err != nil {
-				return nil, err
-			}
-			if err := os.WriteFile(f, data, 0o644); err != nil {
-				return nil, err
-			}
+		if err := writeFiles(p, files); err != nil {
+			return nil, err
 		}
 	}
 	return paths, nil
+}
+
+// writeFiles writes the files that changed, each through a rename, so that
+// a container never reads a half-written one.
+func writeFiles(dir string, files map[string][]byte) error {
+	for name, data := range files {
+		f := filepath.Join(dir, name)
+		if old, err := os.ReadFile(f); err == nil && bytes.Equal(old, data) {
+			continue
+		}
+		if err := os.MkdirAll(filepath.Dir(f), 0o755); err != nil {
+			return err
+		}
+		tmp := filepath.Join(filepath.Dir(f), ".tmp-"+filepath.Base(f))
+		if err := os.WriteFile(tmp, data, 0o644); err != nil {
+			return err
+		}
+		if err := os.Rename(tmp, f); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// refreshVolumes keeps Secret and ConfigMap volumes in step with their
+// sources until ctx ends, as the kubelet does: a component that writes its
+// own certificate Secret after it started (the webhook's built-in
+// certificates) sees the files appear. A source that cannot be read keeps
+// the last content.
+func refreshVolumes(ctx context.Context, c kubernetes.Interface, pod *corev1.Pod, paths map[string]string, every time.Duration) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(every):
+		}
+		for _, v := range pod.Spec.Volumes {
+			if v.Secret == nil && v.ConfigMap == nil {
+				continue
+			}
+			if files, err := volumeFiles(ctx, c, pod, v.VolumeSource); err == nil {
+				_ = writeFiles(paths[v.Name], files) // retried on the next round
+			}
+		}
+	}
 }
 
 func isDirOrCreate(t *corev1.HostPathType) bool {

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/go-logr/logr"
@@ -84,6 +85,13 @@ func up(log logr.Logger, args []string) error {
 			fmt.Fprintln(os.Stderr, "sandbox: teardown:", err)
 		}
 	}()
+	az, err := sb.ServeAzure()
+	if err != nil {
+		return err
+	}
+	if err := writeAzureEnv(filepath.Join(sb.Dir, AzureEnvFile), sb, az); err != nil {
+		return err
+	}
 	if err := sb.AddNodes(ctx, sandbox.NodeOptions{Count: *nodes, Pools: *pools, StartupTaint: *startupTaint}); err != nil {
 		return err
 	}
@@ -101,9 +109,33 @@ func up(log logr.Logger, args []string) error {
 			return err
 		}
 	}
-	fmt.Printf("sandbox %s is up\n  export KUBECONFIG=%s\n  kubectl get nodes\nCtrl-C tears it down.\n", sb.ID, sb.Kubeconfig)
+	fmt.Printf("sandbox %s is up\n  export KUBECONFIG=%s\n  kubectl get nodes\nfake Azure endpoints and credentials: %s\nCtrl-C tears it down.\n",
+		sb.ID, sb.Kubeconfig, filepath.Join(sb.Dir, AzureEnvFile))
 	<-ctx.Done()
 	return nil
+}
+
+// AzureEnvFile is the file name, in the state directory, of the fake Azure's
+// endpoints and the cluster's service principal as shell variables, for
+// scripts that install the chart against them.
+const AzureEnvFile = "azure.env"
+
+func writeAzureEnv(path string, sb *sandbox.Sandbox, az *sandbox.AzureEndpoints) error {
+	vars := []struct{ k, v string }{
+		{"SUBSCRIPTION_ID", sandbox.SubscriptionID},
+		{"NODE_RESOURCE_GROUP", sandbox.NodeResourceGroup},
+		{"TENANT_ID", sb.Azure.TenantID},
+		{"AZURE_CLIENT_ID", az.Principal.AppID},
+		{"AZURE_CLIENT_SECRET", az.Principal.Secret},
+		{"ARM_ENDPOINT", az.ARMEndpoint},
+		{"AAD_AUTHORITY_HOST", az.AADAuthorityHost},
+		{"AZURE_CA_FILE", az.CAFile},
+	}
+	var b strings.Builder
+	for _, kv := range vars {
+		fmt.Fprintf(&b, "%s=%q\n", kv.k, kv.v)
+	}
+	return os.WriteFile(path, []byte(b.String()), 0o600)
 }
 
 func down(args []string) error {

@@ -1,0 +1,75 @@
+// Package demo runs `make demo`'s script, the standard walkthrough on the
+// sandbox cluster, so that CI proves it: helm install of the chart, the
+// walkthrough's az commands and manifests, the demo pod's token through NMI,
+// the cleanup and a teardown that leaves nothing behind.
+package demo
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/aad-pod-identity/aad-pod-identity/e2e/framework"
+	"github.com/aad-pod-identity/aad-pod-identity/e2e/sandbox"
+)
+
+func TestWalkthroughDemo(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the sandbox needs root")
+	}
+	assets, err := framework.Assets()
+	if err != nil {
+		t.Fatal(err)
+	}
+	helm := os.Getenv("HELM")
+	if helm == "" {
+		t.Fatal("HELM is not set: run the tests through `make test`, which builds helm and sets it")
+	}
+	bin := t.TempDir()
+	build := exec.Command("go", "build", "-o", bin+"/", "./cmd/...", "./e2e/cmd/sandbox", "./e2e/cmd/podinit")
+	build.Dir = framework.RepoRoot()
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building binaries: %v\n%s", err, out)
+	}
+
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(framework.RepoRoot(), "hack", "demo.sh"))
+	// On timeout the script gets SIGTERM, as from Ctrl-C, and tears the sandbox down.
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = time.Minute
+	cmd.Env = append(os.Environ(), "BIN="+bin, "HELM="+helm, "KUBEBUILDER_ASSETS="+assets, "KEEP=")
+	out, err := cmd.CombinedOutput()
+	log := string(out)
+	if err != nil {
+		t.Fatalf("hack/demo.sh: %v\n%s", err, log)
+	}
+	for _, want := range []string{
+		"==> [10/10] cleaning up the walkthrough's resources",
+		"successfully listed VMSS instances from ARM via AAD Pod Identity",
+		"successfully acquired a service principal token using a user-assigned identity",
+		"aadpodidentity.k8s.io/assignment: Assigned",
+		"azureidentitybinding.aadpodidentity.k8s.io \"demo-binding\" deleted",
+	} {
+		if !strings.Contains(log, want) {
+			t.Errorf("output lacks %q:\n%s", want, log)
+		}
+	}
+	m := regexp.MustCompile(`tearing down the sandbox (\S+)`).FindStringSubmatch(log)
+	if m == nil {
+		t.Fatalf("no teardown in the output:\n%s", log)
+	}
+	left, err := sandbox.ListNetNS(sandbox.NetNSPrefix(m[1]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(left) > 0 {
+		t.Errorf("namespaces left behind: %v", left)
+	}
+}

@@ -1,0 +1,104 @@
+package sandbox
+
+import (
+	"fmt"
+	"maps"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/aad-pod-identity/aad-pod-identity/e2e/fakeazure"
+)
+
+// Ports of the fake ARM and AAD on APIServerIP in the control-plane namespace.
+const (
+	armPort = 443
+	aadPort = 8444
+)
+
+// armHost is the public ARM's name; pods resolve it to the fake ARM (see
+// podHosts), so programs with the default endpoint, like the walkthrough's
+// demo pod, reach it unchanged.
+const armHost = "management.azure.com"
+
+// AzureCAFile is the file name, in the sandbox's pki directory, of the fake
+// Azure's CA certificate; every container gets it as SSL_CERT_FILE.
+const AzureCAFile = "azure-ca.crt"
+
+// AzureEndpoints are the fake Azure's management plane and Azure AD, served
+// in the control-plane namespace and reachable from every node and pod, and
+// a service principal the cluster's components can authenticate as.
+type AzureEndpoints struct {
+	ARM *fakeazure.ARM
+	AAD *fakeazure.AAD
+	// ARMEndpoint and AADAuthorityHost are the URLs (https://10.200.0.1:port/);
+	// in pods, https://management.azure.com/ is the fake ARM too.
+	ARMEndpoint, AADAuthorityHost string
+	// CAFile is the PEM file of the CA both serve from.
+	CAFile string
+	// Principal is a service principal registered in the fake tenant.
+	Principal fakeazure.ServicePrincipal
+}
+
+// ServeAzure serves the fake ARM and AAD on APIServerIP inside the
+// control-plane namespace over HTTPS from a fresh CA, and makes every
+// container started afterwards trust that CA through SSL_CERT_FILE (Go
+// honours it), so the components need no extra CA flags.
+func (s *Sandbox) ServeAzure() (*AzureEndpoints, error) {
+	ca, err := fakeazure.NewCA()
+	if err != nil {
+		return nil, err
+	}
+	e := &AzureEndpoints{CAFile: s.path("pki", AzureCAFile), AAD: fakeazure.NewAAD(s.Signer)}
+	if err := ca.WritePEM(e.CAFile); err != nil {
+		return nil, err
+	}
+	tlsCfg, err := ca.ServerTLSConfig(APIServerIP.String(), armHost)
+	if err != nil {
+		return nil, err
+	}
+	armLn, err := listenIn(s.cp, net.JoinHostPort(APIServerIP.String(), fmt.Sprint(armPort)))
+	if err != nil {
+		return nil, fmt.Errorf("fake ARM listener: %w", err)
+	}
+	e.ARM = fakeazure.ServeARM(s.Azure, armLn, tlsCfg)
+	e.ARMEndpoint = e.ARM.URL
+	s.addCloser(e.ARM.Close)
+
+	aadLn, err := listenIn(s.cp, net.JoinHostPort(APIServerIP.String(), fmt.Sprint(aadPort)))
+	if err != nil {
+		return nil, fmt.Errorf("fake AAD listener: %w", err)
+	}
+	srv := &http.Server{Handler: e.AAD.Handler(), TLSConfig: tlsCfg, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.ServeTLS(aadLn, "", "") }()
+	s.addCloser(func() { _ = srv.Close() })
+	e.AADAuthorityHost = fmt.Sprintf("https://%s:%d/", APIServerIP, aadPort)
+
+	e.Principal = e.AAD.CreateServicePrincipal(s.Azure.TenantID)
+	s.mu.Lock()
+	s.azureCAFile = e.CAFile
+	s.hostAliases = map[string]string{armHost: APIServerIP.String()}
+	s.mu.Unlock()
+	return e, nil
+}
+
+func (s *Sandbox) addCloser(f func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closers = append(s.closers, f)
+}
+
+// podHosts is the /etc/hosts of a pod, as the kubelet writes it, plus the
+// fake cloud's names: the sandbox has no DNS.
+func (s *Sandbox) podHosts(podIP, podName string) []byte {
+	var b strings.Builder
+	fmt.Fprintf(&b, "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n%s\t%s\n", podIP, podName)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, name := range slices.Sorted(maps.Keys(s.hostAliases)) {
+		fmt.Fprintf(&b, "%s\t%s\n", s.hostAliases[name], name)
+	}
+	return []byte(b.String())
+}
