@@ -47,8 +47,9 @@ type Options struct {
 	// DriftCheckPeriod is how often pools are re-read and vanished
 	// identities re-added (and refused ones retried).
 	DriftCheckPeriod time.Duration
-	// BatchWindow holds the first write of new identities to a pool so that
-	// the pods of a burst share one PATCH.
+	// BatchWindow is the longest the first write of new identities to a
+	// pool waits so that the pods of a burst share one PATCH; the write
+	// starts once no new identity has appeared for BatchWindow/5.
 	BatchWindow time.Duration
 	// Immutable identities (client or resource IDs) are never removed.
 	Immutable           []string
@@ -156,7 +157,7 @@ func Setup(ctx context.Context, mgr manager.Manager, opts Options) error {
 		Watches(&aadv1.AzureAssignedIdentity{}, handler.EnqueueRequestsFromMapFunc(m.recordPods)).
 		Watches(&aadv1.AzureIdentityBinding{}, handler.EnqueueRequestsFromMapFunc(m.bindingPods)).
 		Watches(&aadv1.AzureIdentity{}, handler.EnqueueRequestsFromMapFunc(m.identityPods)).
-		WithOptions(controller.Options{MaxConcurrentReconciles: 4}).
+		WithOptions(controller.Options{MaxConcurrentReconciles: 16}). // mostly waiting on API writes
 		Complete(pods)
 	if err != nil {
 		return fmt.Errorf("creating pod controller: %w", err)
@@ -166,7 +167,7 @@ func Setup(ctx context.Context, mgr manager.Manager, opts Options) error {
 		grace: opts.GCGracePeriod, drift: opts.DriftCheckPeriod, immutable: immutable,
 		throttle: &throttle{until: map[string]time.Time{}},
 		batch:    opts.BatchWindow,
-		failures: map[string]int{}, lastDrift: map[string]time.Time{}, newWork: map[string]time.Time{},
+		failures: map[string]int{}, lastDrift: map[string]time.Time{}, newWork: map[string]batchWindow{},
 	}
 	err = ctrl.NewControllerManagedBy(mgr).Named("pool").
 		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(podToPools), builder.WithPredicates(podTargetsChanged())).
