@@ -20,6 +20,7 @@ func TestBatchWait(t *testing.T) {
 		at      time.Duration
 		needs   map[string]*need
 		records map[string]*aadv1.AzureAssignedIdentity
+		unseen  bool
 		want    time.Duration
 	}{
 		{name: "first new identity: wait for a quiet period", at: 0, needs: one, want: 200 * ms},
@@ -32,14 +33,17 @@ func TestBatchWait(t *testing.T) {
 		{name: "the window caps the wait", at: 2850 * ms, needs: two, want: 150 * ms},
 		{name: "window over: write", at: 3 * time.Second, needs: two, want: 0},
 		{name: "nothing new: write at once (drift, removals)", at: 3500 * ms, needs: two, records: recorded, want: 0},
+		{name: "a pod not handled yet carries an unknown identity: wait for the window", at: 4 * time.Second, needs: one, unseen: true, want: time.Second},
+		{name: "still unseen after the quiet period", at: 4300 * ms, needs: one, unseen: true, want: 700 * ms},
+		{name: "seen: the quiet period is over, write", at: 4400 * ms, needs: one, want: 0},
 	}
 	for _, s := range steps {
-		if got := r.batchWait(pool, s.needs, s.records, t0.Add(s.at)); got != s.want {
+		if got := r.batchWait(pool, s.needs, s.records, s.unseen, t0.Add(s.at)); got != s.want {
 			t.Errorf("%s: wait %s, want %s", s.name, got, s.want)
 		}
 	}
 	r.batch = 0
-	if got := r.batchWait(pool, one, nil, t0); got != 0 {
+	if got := r.batchWait(pool, one, nil, true, t0); got != 0 {
 		t.Errorf("no window: wait %s", got)
 	}
 }

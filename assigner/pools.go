@@ -74,7 +74,11 @@ func (r *poolReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.
 	if len(needs) == 0 && len(records) == 0 {
 		return ctrl.Result{}, nil // nothing of ours here: no need to ask ARM
 	}
-	if wait := r.batchWait(pool, needs, records, time.Now()); wait > 0 {
+	unseen, err := r.unseenIdentities(ctx, needs)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if wait := r.batchWait(pool, needs, records, unseen, time.Now()); wait > 0 {
 		return ctrl.Result{RequeueAfter: wait}, nil
 	}
 	actual, err := r.arm.Get(ctx, pool)
@@ -103,11 +107,13 @@ func (r *poolReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.
 }
 
 // batchWait returns how long to wait before writing. New identities for a
-// pool are held until none has appeared for a fifth of the batch window
-// (the burst has been seen), and never longer than the window from when
-// the first one was seen. A burst's identities show up within milliseconds
-// of each other, so waiting out a fixed window only delayed the PATCH.
-func (r *poolReconciler) batchWait(pool Pool, needs map[string]*need, records map[string]*aadv1.AzureAssignedIdentity, now time.Time) time.Duration {
+// pool are held until the burst has been seen: no pod the pod controller
+// has yet to handle carries an identity the pool does not know (unseen),
+// and none has appeared for a fifth of the batch window (pods still on
+// their way to the cache). Never longer than the window from when the
+// first one was seen. A burst's identities show up within milliseconds of
+// each other, so waiting out a fixed window only delayed the PATCH.
+func (r *poolReconciler) batchWait(pool Pool, needs map[string]*need, records map[string]*aadv1.AzureAssignedIdentity, unseen bool, now time.Time) time.Duration {
 	fresh := 0
 	for key := range needs {
 		if records[key] == nil {
@@ -128,7 +134,7 @@ func (r *poolReconciler) batchWait(pool Pool, needs map[string]*need, records ma
 		w.fresh, w.last = fresh, now
 	}
 	end := w.first.Add(r.batch)
-	if quiet := w.last.Add(r.batch / 5); quiet.Before(end) {
+	if quiet := w.last.Add(r.batch / 5); !unseen && quiet.Before(end) {
 		end = quiet
 	}
 	if left := end.Sub(now); left > 0 {
@@ -137,6 +143,38 @@ func (r *poolReconciler) batchWait(pool Pool, needs map[string]*need, records ma
 	}
 	delete(r.newWork, pool.Key())
 	return 0
+}
+
+// unseenIdentities reports whether a live pod the pod controller has not
+// handled yet carries a user-assigned identity missing from needs: it may
+// target this pool, so its identity should go in the same PATCH.
+func (r *poolReconciler) unseenIdentities(ctx context.Context, needs map[string]*need) (bool, error) {
+	var pods corev1.PodList
+	if err := r.client.List(ctx, &pods, client.MatchingFields{podPoolIndex: untargeted}); err != nil {
+		return false, fmt.Errorf("listing pods without target pools: %w", err)
+	}
+	for i := range pods.Items {
+		if !isLive(&pods.Items[i]) {
+			continue
+		}
+		for _, key := range podIdentities(&pods.Items[i]) {
+			if needs[key] != nil {
+				continue
+			}
+			ns, name, _ := strings.Cut(key, "/")
+			var id aadv1.AzureIdentity
+			if err := r.client.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &id); err != nil {
+				if apierrors.IsNotFound(err) {
+					continue
+				}
+				return false, fmt.Errorf("getting AzureIdentity %s: %w", key, err)
+			}
+			if id.Spec.Type == aadv1.UserAssignedMSI && id.Spec.ResourceID != "" {
+				return true, nil
+			}
+		}
+	}
+	return false, nil
 }
 
 // batchWindow is a pool's pending burst: when its first new identity was

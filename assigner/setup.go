@@ -35,6 +35,10 @@ import (
 const (
 	podPoolIndex    = "assigner.pools"
 	recordPoolIndex = "spec.nodePool"
+	// untargeted is the podPoolIndex value of pods the pod controller has
+	// not handled yet (no node-pools annotation): pool batches wait for
+	// their identities.
+	untargeted = "untargeted"
 )
 
 // Options configure the assigner's controllers.
@@ -49,7 +53,8 @@ type Options struct {
 	DriftCheckPeriod time.Duration
 	// BatchWindow is the longest the first write of new identities to a
 	// pool waits so that the pods of a burst share one PATCH; the write
-	// starts once no new identity has appeared for BatchWindow/5.
+	// starts once every pod seen has been handled and no new identity has
+	// appeared for BatchWindow/5.
 	BatchWindow time.Duration
 	// Immutable identities (client or resource IDs) are never removed.
 	Immutable           []string
@@ -128,7 +133,13 @@ func Setup(ctx context.Context, mgr manager.Manager, opts Options) error {
 	if err := indexer.IndexField(ctx, &aadv1.AzureIdentityBinding{}, webhook.BindingSelectorIndex, webhook.IndexBindingSelector); err != nil {
 		return fmt.Errorf("indexing bindings: %w", err)
 	}
-	if err := indexer.IndexField(ctx, &corev1.Pod{}, podPoolIndex, func(o client.Object) []string { return podPools(o.(*corev1.Pod)) }); err != nil {
+	if err := indexer.IndexField(ctx, &corev1.Pod{}, podPoolIndex, func(o client.Object) []string {
+		pod := o.(*corev1.Pod)
+		if _, ok := pod.Annotations[aadv1.AnnotationNodePools]; !ok {
+			return []string{untargeted}
+		}
+		return podPools(pod)
+	}); err != nil {
 		return fmt.Errorf("indexing pods by pool: %w", err)
 	}
 	if err := indexer.IndexField(ctx, &aadv1.AzureAssignedIdentity{}, recordPoolIndex, func(o client.Object) []string {
