@@ -22,9 +22,12 @@ import (
 // write latency, and reports the time from each pod's creation to its gate
 // being lifted (observed through a watch), the ARM calls by kind and the
 // process RSS. Sizes come from the environment: ASSIGNER_BENCH_PODS (100),
-// _IDENTITIES (10), _POOLS (3), _LATENCY (2s).
+// _IDENTITIES (10), _POOLS (3), _LATENCY (2s); ASSIGNER_BENCH_SCHEDULED=1
+// creates pod i on the node of pool i%pools (one pool per pod) instead of
+// pending pods that target every pool.
 func BenchmarkPodReady(b *testing.B) {
 	pods, identities, pools := envInt("ASSIGNER_BENCH_PODS", 100), envInt("ASSIGNER_BENCH_IDENTITIES", 10), envInt("ASSIGNER_BENCH_POOLS", 3)
+	scheduled := os.Getenv("ASSIGNER_BENCH_SCHEDULED") == "1"
 	latency, err := time.ParseDuration(envString("ASSIGNER_BENCH_LATENCY", "2s"))
 	if err != nil {
 		b.Fatal(err)
@@ -87,7 +90,11 @@ func BenchmarkPodReady(b *testing.B) {
 				mu.Lock()
 				created[name] = time.Now()
 				mu.Unlock()
-				w.pod(name, fmt.Sprintf("id%d", i%identities))
+				w.pod(name, fmt.Sprintf("id%d", i%identities), func(p *corev1.Pod) {
+					if scheduled {
+						p.Spec.NodeName = fmt.Sprintf("%s-pool%d", w.ns, i%pools)
+					}
+				})
 			}()
 		}
 		wg.Wait()
@@ -110,6 +117,11 @@ func BenchmarkPodReady(b *testing.B) {
 		for _, wr := range w.arm.Writes() {
 			perPool[wr.Pool[strings.LastIndex(wr.Pool, "/")+1:]]++
 		}
+		var records aadv1.AzureAssignedIdentityList
+		if err := w.c.List(w.ctx, &records, client.InNamespace(w.recordNS)); err != nil {
+			b.Fatal(err)
+		}
+		b.Logf("records=%d scheduled=%t", len(records.Items), scheduled)
 		b.Logf("pods=%d identities=%d pools=%d latency=%s p50=%s p99=%s max=%s calls=%v patches/pool=%v rss=%s",
 			pods, identities, pools, latency, lat[len(lat)/2], lat[len(lat)*99/100], lat[len(lat)-1], w.arm.Calls(), perPool, rss())
 		w.stop()
@@ -131,17 +143,23 @@ func envString(name, def string) string {
 	return def
 }
 
-// rss is the test process's resident set: the assigner with its caches,
+// rss is the test process's resident set, now and at its peak: the assigner with its caches,
 // plus the load generator's client.
 func rss() string {
 	data, err := os.ReadFile("/proc/self/status")
 	if err != nil {
 		return "unknown"
 	}
+	var out []string
 	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			return strings.TrimSpace(v)
+		for _, field := range []string{"VmRSS:", "VmHWM:"} { // now, peak
+			if v, ok := strings.CutPrefix(line, field); ok {
+				out = append(out, field+" "+strings.TrimSpace(v))
+			}
 		}
 	}
-	return "unknown"
+	if len(out) == 0 {
+		return "unknown"
+	}
+	return strings.Join(out, " ")
 }

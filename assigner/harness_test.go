@@ -37,7 +37,7 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	logf.SetLogger(zap.New(zap.UseDevMode(true), zap.Level(zapLevel())))
+	logf.SetLogger(zap.New(zap.UseDevMode(true), zap.Level(zapLevel()), func(o *zap.Options) { o.TimeEncoder = zapcore.RFC3339NanoTimeEncoder }))
 	code := m.Run()
 	if testEnv != nil {
 		_ = testEnv.Stop()

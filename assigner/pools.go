@@ -3,12 +3,14 @@ package assigner
 import (
 	"context"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"strings"
 	"sync"
 	"time"
 
+	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -41,9 +43,9 @@ type poolReconciler struct {
 	batch time.Duration
 
 	mu        sync.Mutex
-	failures  map[string]int       // consecutive transient ARM failures by pool
-	lastDrift map[string]time.Time // last retry of Failed records by pool
-	newWork   map[string]time.Time // when a pool first saw an identity without record
+	failures  map[string]int         // consecutive transient ARM failures by pool
+	lastDrift map[string]time.Time   // last retry of Failed records by pool
+	newWork   map[string]batchWindow // pools with identities without record
 }
 
 // need is one identity the pool's live pods need.
@@ -72,7 +74,11 @@ func (r *poolReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.
 	if len(needs) == 0 && len(records) == 0 {
 		return ctrl.Result{}, nil // nothing of ours here: no need to ask ARM
 	}
-	if wait := r.batchWait(pool, needs, records, time.Now()); wait > 0 {
+	unseen, err := r.unseenIdentities(ctx, needs)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if wait := r.batchWait(pool, needs, records, unseen, time.Now()); wait > 0 {
 		return ctrl.Result{RequeueAfter: wait}, nil
 	}
 	actual, err := r.arm.Get(ctx, pool)
@@ -100,32 +106,82 @@ func (r *poolReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.
 	return ctrl.Result{RequeueAfter: min(requeue, r.drift)}, nil
 }
 
-// batchWait returns how long to wait before writing: new identities for a
-// pool are held for the batch window from when the first one was seen.
-func (r *poolReconciler) batchWait(pool Pool, needs map[string]*need, records map[string]*aadv1.AzureAssignedIdentity, now time.Time) time.Duration {
-	fresh := false
+// batchWait returns how long to wait before writing. New identities for a
+// pool are held until the burst has been seen: no pod the pod controller
+// has yet to handle carries an identity the pool does not know (unseen),
+// and none has appeared for a fifth of the batch window (pods still on
+// their way to the cache). Never longer than the window from when the
+// first one was seen. A burst's identities show up within milliseconds of
+// each other, so waiting out a fixed window only delayed the PATCH.
+func (r *poolReconciler) batchWait(pool Pool, needs map[string]*need, records map[string]*aadv1.AzureAssignedIdentity, unseen bool, now time.Time) time.Duration {
+	fresh := 0
 	for key := range needs {
 		if records[key] == nil {
-			fresh = true
-			break
+			fresh++
 		}
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if !fresh || r.batch <= 0 {
+	if fresh == 0 || r.batch <= 0 {
 		delete(r.newWork, pool.Key())
 		return 0
 	}
-	first, ok := r.newWork[pool.Key()]
+	w, ok := r.newWork[pool.Key()]
 	if !ok {
-		r.newWork[pool.Key()] = now
-		return r.batch
+		w.first = now
 	}
-	if left := first.Add(r.batch).Sub(now); left > 0 {
+	if fresh != w.fresh {
+		w.fresh, w.last = fresh, now
+	}
+	end := w.first.Add(r.batch)
+	if quiet := w.last.Add(r.batch / 5); !unseen && quiet.Before(end) {
+		end = quiet
+	}
+	if left := end.Sub(now); left > 0 {
+		r.newWork[pool.Key()] = w
 		return left
 	}
 	delete(r.newWork, pool.Key())
 	return 0
+}
+
+// unseenIdentities reports whether a live pod the pod controller has not
+// handled yet carries a user-assigned identity missing from needs: it may
+// target this pool, so its identity should go in the same PATCH.
+func (r *poolReconciler) unseenIdentities(ctx context.Context, needs map[string]*need) (bool, error) {
+	var pods corev1.PodList
+	if err := r.client.List(ctx, &pods, client.MatchingFields{podPoolIndex: untargeted}); err != nil {
+		return false, fmt.Errorf("listing pods without target pools: %w", err)
+	}
+	for i := range pods.Items {
+		if !isLive(&pods.Items[i]) {
+			continue
+		}
+		for _, key := range podIdentities(&pods.Items[i]) {
+			if needs[key] != nil {
+				continue
+			}
+			ns, name, _ := strings.Cut(key, "/")
+			var id aadv1.AzureIdentity
+			if err := r.client.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &id); err != nil {
+				if apierrors.IsNotFound(err) {
+					continue
+				}
+				return false, fmt.Errorf("getting AzureIdentity %s: %w", key, err)
+			}
+			if id.Spec.Type == aadv1.UserAssignedMSI && id.Spec.ResourceID != "" {
+				return true, nil
+			}
+		}
+	}
+	return false, nil
+}
+
+// batchWindow is a pool's pending burst: when its first new identity was
+// seen, and when the count of new identities last changed.
+type batchWindow struct {
+	first, last time.Time
+	fresh       int
 }
 
 // needs sums, per AzureIdentity, the live pods targeting pool.
@@ -189,10 +245,15 @@ func (r *poolReconciler) isImmutable(clientID, resourceID string) bool {
 // An identity already on the pool, or one we must never remove, is
 // recorded external.
 func (r *poolReconciler) createRecords(ctx context.Context, pool Pool, needs map[string]*need, records map[string]*aadv1.AzureAssignedIdentity, actual Actual) error {
-	for key, n := range needs {
-		if records[key] != nil {
-			continue
+	var missing []string
+	for key := range needs {
+		if records[key] == nil {
+			missing = append(missing, key)
 		}
+	}
+	created := make([]*aadv1.AzureAssignedIdentity, len(missing))
+	err := forEach(ctx, len(missing), func(ctx context.Context, i int) error {
+		key, n := missing[i], needs[missing[i]]
 		spec := n.identity.Spec
 		rec := &aadv1.AzureAssignedIdentity{
 			ObjectMeta: metav1.ObjectMeta{Namespace: r.namespace, Name: RecordName(key, pool)},
@@ -213,9 +274,16 @@ func (r *poolReconciler) createRecords(ctx context.Context, pool Pool, needs map
 			return err
 		}
 		log.FromContext(ctx).Info("recorded assignment", "record", rec.Name, "identity", key, "external", status.External)
-		records[key] = rec
+		created[i] = rec
+		return nil
+	})
+	// Records written before a failure are kept, so the next round sees them.
+	for i, rec := range created {
+		if rec != nil {
+			records[missing[i]] = rec
+		}
 	}
-	return nil
+	return err
 }
 
 // changes returns the identities to add and remove now, and when the next
@@ -305,25 +373,40 @@ func (r *poolReconciler) writeOnce(ctx context.Context, pool Pool, actual Actual
 // settle records the outcome: needed identities on the pool Assigned,
 // refused ones Failed; records of removed identities are deleted.
 func (r *poolReconciler) settle(ctx context.Context, needs map[string]*need, records map[string]*aadv1.AzureAssignedIdentity, actual Actual, removed []*aadv1.AzureAssignedIdentity, failed map[string]string) error {
-	for _, rec := range removed {
-		if err := r.deleteRecord(ctx, rec); err != nil {
-			return err
-		}
+	err := forEach(ctx, len(removed), func(ctx context.Context, i int) error {
+		return r.deleteRecord(ctx, removed[i])
+	})
+	if err != nil {
+		return err
 	}
-	for key, n := range needs {
-		rec := records[key]
+	keys := slices.Collect(maps.Keys(needs))
+	return forEach(ctx, len(keys), func(ctx context.Context, i int) error {
+		rec := records[keys[i]]
 		status := rec.Status // a Failed record not retried this round stays so
 		if msg, ok := failed[strings.ToLower(rec.Spec.ResourceID)]; ok {
 			status = withState(rec.Status, aadv1.StateFailed, msg)
 		} else if actual.Has(rec.Spec.ResourceID) {
 			status = withState(rec.Status, aadv1.StateAssigned, "")
 		}
-		status.Pods = n.pods
-		if err := r.setStatus(ctx, rec, status); err != nil {
-			return err
-		}
+		status.Pods = needs[keys[i]].pods
+		return r.setStatus(ctx, rec, status)
+	})
+}
+
+// recordWriters bounds the concurrent API writes of one pool round: the
+// records of a burst are written in parallel rather than one after the
+// other, which was most of the time between a pod's creation and its PATCH.
+const recordWriters = 8
+
+// forEach runs fn for 0..n-1 with at most recordWriters at a time and
+// returns the first error.
+func forEach(ctx context.Context, n int, fn func(context.Context, int) error) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(recordWriters)
+	for i := range n {
+		g.Go(func() error { return fn(ctx, i) })
 	}
-	return nil
+	return g.Wait()
 }
 
 // armFailed handles an ARM error that stopped the round: a 429 pauses

@@ -35,6 +35,10 @@ import (
 const (
 	podPoolIndex    = "assigner.pools"
 	recordPoolIndex = "spec.nodePool"
+	// untargeted is the podPoolIndex value of pods the pod controller has
+	// not handled yet (no node-pools annotation): pool batches wait for
+	// their identities.
+	untargeted = "untargeted"
 )
 
 // Options configure the assigner's controllers.
@@ -47,8 +51,10 @@ type Options struct {
 	// DriftCheckPeriod is how often pools are re-read and vanished
 	// identities re-added (and refused ones retried).
 	DriftCheckPeriod time.Duration
-	// BatchWindow holds the first write of new identities to a pool so that
-	// the pods of a burst share one PATCH.
+	// BatchWindow is the longest the first write of new identities to a
+	// pool waits so that the pods of a burst share one PATCH; the write
+	// starts once every pod seen has been handled and no new identity has
+	// appeared for BatchWindow/5.
 	BatchWindow time.Duration
 	// Immutable identities (client or resource IDs) are never removed.
 	Immutable           []string
@@ -127,7 +133,13 @@ func Setup(ctx context.Context, mgr manager.Manager, opts Options) error {
 	if err := indexer.IndexField(ctx, &aadv1.AzureIdentityBinding{}, webhook.BindingSelectorIndex, webhook.IndexBindingSelector); err != nil {
 		return fmt.Errorf("indexing bindings: %w", err)
 	}
-	if err := indexer.IndexField(ctx, &corev1.Pod{}, podPoolIndex, func(o client.Object) []string { return podPools(o.(*corev1.Pod)) }); err != nil {
+	if err := indexer.IndexField(ctx, &corev1.Pod{}, podPoolIndex, func(o client.Object) []string {
+		pod := o.(*corev1.Pod)
+		if _, ok := pod.Annotations[aadv1.AnnotationNodePools]; !ok {
+			return []string{untargeted}
+		}
+		return podPools(pod)
+	}); err != nil {
 		return fmt.Errorf("indexing pods by pool: %w", err)
 	}
 	if err := indexer.IndexField(ctx, &aadv1.AzureAssignedIdentity{}, recordPoolIndex, func(o client.Object) []string {
@@ -156,7 +168,7 @@ func Setup(ctx context.Context, mgr manager.Manager, opts Options) error {
 		Watches(&aadv1.AzureAssignedIdentity{}, handler.EnqueueRequestsFromMapFunc(m.recordPods)).
 		Watches(&aadv1.AzureIdentityBinding{}, handler.EnqueueRequestsFromMapFunc(m.bindingPods)).
 		Watches(&aadv1.AzureIdentity{}, handler.EnqueueRequestsFromMapFunc(m.identityPods)).
-		WithOptions(controller.Options{MaxConcurrentReconciles: 4}).
+		WithOptions(controller.Options{MaxConcurrentReconciles: 16}). // mostly waiting on API writes
 		Complete(pods)
 	if err != nil {
 		return fmt.Errorf("creating pod controller: %w", err)
@@ -166,7 +178,7 @@ func Setup(ctx context.Context, mgr manager.Manager, opts Options) error {
 		grace: opts.GCGracePeriod, drift: opts.DriftCheckPeriod, immutable: immutable,
 		throttle: &throttle{until: map[string]time.Time{}},
 		batch:    opts.BatchWindow,
-		failures: map[string]int{}, lastDrift: map[string]time.Time{}, newWork: map[string]time.Time{},
+		failures: map[string]int{}, lastDrift: map[string]time.Time{}, newWork: map[string]batchWindow{},
 	}
 	err = ctrl.NewControllerManagedBy(mgr).Named("pool").
 		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(podToPools), builder.WithPredicates(podTargetsChanged())).

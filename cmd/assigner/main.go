@@ -35,7 +35,7 @@ func main() {
 	flag.StringVar(&immutable, "immutable-identities", "", "Comma-separated client IDs or resource IDs of identities never removed from a pool.")
 	flag.DurationVar(&opts.GCGracePeriod, "gc-grace-period", 5*time.Minute, "How long an identity no live pod needs stays on a pool before it is removed.")
 	flag.DurationVar(&opts.DriftCheckPeriod, "drift-check-period", 3*time.Minute, "How often pools are re-read, vanished identities re-added and refused ones retried.")
-	flag.DurationVar(&opts.BatchWindow, "batch-window", 500*time.Millisecond, "How long new identities for a pool wait for more pods before the first write, so that a burst shares one PATCH.")
+	flag.DurationVar(&opts.BatchWindow, "batch-window", 500*time.Millisecond, "Longest time new identities for a pool wait for more pods before the write, so that a burst shares one PATCH; the write starts earlier once every pod seen has been handled and no new identity has appeared for a fifth of it.")
 	flag.DurationVar(&pollInterval, "arm-poll-interval", time.Second, "Polling interval of ARM long-running operations when ARM sends no Retry-After (minimum 1s).")
 	flag.BoolVar(&opts.AllowCrossNamespace, "allow-cross-namespace", false, "Let pods match AzureIdentityBindings in every namespace, as the webhook does with the same flag.")
 	flag.BoolVar(&mo.LeaderElect, "leader-elect", true, "Elect a leader through a Lease, so that only one replica writes to ARM.")

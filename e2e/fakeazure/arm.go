@@ -67,6 +67,11 @@ type ARM struct {
 	writes       []Write
 	busy         map[string]time.Time // pool key → end of the running write
 	ops          map[string]*operation
+	// With a signer set, bearer tokens must be ones the fake AAD issued
+	// for audience; callers lists the app IDs they were issued to.
+	signer   *Signer
+	audience string
+	callers  []string
 }
 
 type operation struct {
@@ -115,6 +120,49 @@ func (a *ARM) SetWriteLatency(d time.Duration) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.writeLatency = d
+}
+
+// VerifyTokens makes every request need a valid token from signer (the
+// fake AAD's) for the ARM audience, as ARM checks; without it any bearer
+// token is accepted (StaticCredential).
+func (a *ARM) VerifyTokens(signer *Signer, audience string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.signer, a.audience = signer, audience
+}
+
+// Callers returns the app IDs of the verified tokens, one per request.
+func (a *ARM) Callers() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Clone(a.callers)
+}
+
+// authenticate checks the Authorization header; it reports an ARM error
+// code and message when the request must be refused.
+func (a *ARM) authenticate(r *http.Request) (code, msg string) {
+	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok {
+		return "AuthenticationFailed", "Authentication failed. The 'Authorization' header is missing."
+	}
+	a.mu.Lock()
+	signer, audience := a.signer, a.audience
+	a.mu.Unlock()
+	if signer == nil {
+		return "", ""
+	}
+	c, err := signer.Parse(token)
+	if err != nil {
+		return "InvalidAuthenticationToken", "The access token is invalid: " + err.Error()
+	}
+	// ARM accepts its audience with or without the trailing slash.
+	if !slices.ContainsFunc(c.Audience, func(aud string) bool { return strings.TrimSuffix(aud, "/") == strings.TrimSuffix(audience, "/") }) {
+		return "InvalidAuthenticationToken", fmt.Sprintf("The access token has an invalid audience %v; want %s.", c.Audience, audience)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.callers = append(a.callers, c.AppID)
+	return "", ""
 }
 
 // InjectFault makes the next matching request fail once.
@@ -176,7 +224,7 @@ func (a *ARM) preamble(w http.ResponseWriter, r *http.Request) (string, bool) {
 	v := mux.Vars(r)
 	a.count(r.Method + " " + v["kind"])
 	poolID := fmt.Sprintf("/subscriptions/%s/resourceGroups/%s/providers/Microsoft.Compute/%s/%s", v["sub"], v["rg"], v["kind"], v["name"])
-	if !wellFormed(w, r) {
+	if !a.wellFormed(w, r) {
 		return "", false
 	}
 	if f, ok := a.takeFault(r.Method, poolID); ok {
@@ -200,9 +248,9 @@ func (a *ARM) preamble(w http.ResponseWriter, r *http.Request) (string, bool) {
 
 // wellFormed checks what ARM checks first on every request: a bearer token
 // and an api-version.
-func wellFormed(w http.ResponseWriter, r *http.Request) bool {
-	if !strings.HasPrefix(r.Header.Get("Authorization"), "Bearer ") {
-		armError(w, http.StatusUnauthorized, "AuthenticationFailed", "Authentication failed. The 'Authorization' header is missing.")
+func (a *ARM) wellFormed(w http.ResponseWriter, r *http.Request) bool {
+	if code, msg := a.authenticate(r); code != "" {
+		armError(w, http.StatusUnauthorized, code, msg)
 		return false
 	}
 	if r.URL.Query().Get("api-version") == "" {
@@ -236,7 +284,7 @@ func (a *ARM) getPool(w http.ResponseWriter, r *http.Request) {
 func (a *ARM) listPools(w http.ResponseWriter, r *http.Request) {
 	v := mux.Vars(r)
 	a.count("LIST " + v["kind"])
-	if !wellFormed(w, r) {
+	if !a.wellFormed(w, r) {
 		return
 	}
 	value := []map[string]any{}
@@ -413,6 +461,10 @@ func (a *ARM) apply(poolID string, wr Write) {
 
 func (a *ARM) getOperation(w http.ResponseWriter, r *http.Request) {
 	a.count("GET operation")
+	if code, msg := a.authenticate(r); code != "" {
+		armError(w, http.StatusUnauthorized, code, msg)
+		return
+	}
 	a.mu.Lock()
 	op, ok := a.ops[mux.Vars(r)["op"]]
 	var done bool
