@@ -119,6 +119,14 @@ func decodePod(d admission.Decoder, req admission.Request) (*corev1.Pod, error) 
 	if err := d.DecodeRaw(req.Object, pod); err != nil {
 		return nil, fmt.Errorf("decoding pod: %w", err)
 	}
+	// The apiserver refuses such pods anyway; refusing them here also means
+	// the patch always finds the metadata and spec it writes into.
+	if pod.Name == "" && pod.GenerateName == "" {
+		return nil, fmt.Errorf("pod has neither metadata.name nor metadata.generateName")
+	}
+	if len(pod.Spec.Containers) == 0 {
+		return nil, fmt.Errorf("pod has no spec.containers")
+	}
 	if pod.Namespace == "" {
 		pod.Namespace = req.Namespace
 	}

@@ -149,6 +149,10 @@ func TestPodMutatorRejectsBadRequests(t *testing.T) {
 		{"no object", func(r *admission.Request) { r.Object.Raw = nil }, "no object"},
 		{"malformed object", func(r *admission.Request) { r.Object.Raw = []byte(`{"metadata": 7`) }, "decoding pod"},
 		{"object of another kind", func(r *admission.Request) { r.Object.Raw = []byte(`{"apiVersion":"v1","kind":"Service"}`) }, "decoding pod"},
+		{"pod without metadata", func(r *admission.Request) {
+			r.Object.Raw = []byte(`{"apiVersion":"v1","kind":"Pod","spec":{"containers":[{"name":"c"}]}}`)
+		}, "neither metadata.name"},
+		{"pod without containers", func(r *admission.Request) { r.Object.Raw = []byte(`{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p"}}`) }, "no spec.containers"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
