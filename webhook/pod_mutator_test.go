@@ -152,7 +152,9 @@ func TestPodMutatorRejectsBadRequests(t *testing.T) {
 		{"pod without metadata", func(r *admission.Request) {
 			r.Object.Raw = []byte(`{"apiVersion":"v1","kind":"Pod","spec":{"containers":[{"name":"c"}]}}`)
 		}, "neither metadata.name"},
-		{"pod without containers", func(r *admission.Request) { r.Object.Raw = []byte(`{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p"}}`) }, "no spec.containers"},
+		{"pod without containers", func(r *admission.Request) {
+			r.Object.Raw = []byte(`{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p"}}`)
+		}, "no spec.containers"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
