@@ -136,8 +136,8 @@ bench-nmi: deps control-plane ## NMI load generator in network namespaces, as ro
 SANDBOX_DIR ?= /tmp/aadpi-sbx-make
 
 .PHONY: sandbox-build
-sandbox-build: ## Build the sandbox, podinit and the component binaries into bin/.
-	go build -o $(BIN)/ ./cmd/... ./e2e/cmd/sandbox ./e2e/cmd/podinit
+sandbox-build: ## Build the component binaries, the sandbox and its pod programs into bin/.
+	go build -o $(BIN)/ ./cmd/... ./e2e/cmd/...
 
 .PHONY: sandbox-up
 sandbox-up: deps control-plane sandbox-build ## Run the sandbox cluster in the foreground; Ctrl-C tears it down.

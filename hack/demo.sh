@@ -89,7 +89,6 @@ az() { "$BIN/sandbox" az --dir "$DIR" "$@"; }
 progress "walkthrough 1: deploying aad-pod-identity with helm (built-in webhook certificates, assigner credentials for the fake Azure)"
 helm install aad-pod-identity "$CHART" --namespace=kube-system \
 	--set certManager.enabled=false \
-	--set cleanup.enabled=false \
 	--set assigner.azure.source=secret \
 	--set-string assigner.azure.tenantID="$TENANT_ID" \
 	--set-string assigner.azure.subscriptionID="$SUBSCRIPTION_ID" \

@@ -32,10 +32,8 @@ func TestWalkthroughDemo(t *testing.T) {
 		t.Fatal("HELM is not set: run the tests through `make test`, which builds helm and sets it")
 	}
 	bin := t.TempDir()
-	build := exec.Command("go", "build", "-o", bin+"/", "./cmd/...", "./e2e/cmd/sandbox", "./e2e/cmd/podinit")
-	build.Dir = framework.RepoRoot()
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building binaries: %v\n%s", err, out)
+	if err := framework.BuildBinaries(bin); err != nil {
+		t.Fatal(err)
 	}
 
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)

@@ -25,6 +25,17 @@ func RepoRoot() string {
 	return filepath.Join(filepath.Dir(file), "..", "..")
 }
 
+// BuildBinaries builds every program of the project (the components, the
+// sandbox and its pod programs) into dir, as `make sandbox-build` does.
+func BuildBinaries(dir string) error {
+	build := exec.Command("go", "build", "-o", dir+"/", "./cmd/...", "./e2e/cmd/...")
+	build.Dir = RepoRoot()
+	if out, err := build.CombinedOutput(); err != nil {
+		return fmt.Errorf("building binaries: %w\n%s", err, out)
+	}
+	return nil
+}
+
 // Assets is the directory holding etcd, kube-apiserver and kubectl, built by
 // `make control-plane`.
 func Assets() (string, error) {

@@ -114,12 +114,3 @@ func writeServiceAccountKey(dir string) (keyFile, pubFile string, err error) {
 	}
 	return keyFile, pubFile, os.WriteFile(pubFile, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}), 0o644)
 }
-
-// IssueServingCert returns a PEM certificate and key for the DNS names,
-// signed by the sandbox CA, for webhooks served inside the sandbox.
-func (s *Sandbox) IssueServingCert(dnsNames ...string) (certPEM, keyPEM []byte, err error) {
-	return s.ca.issue(dnsNames[0], nil, nil, dnsNames, x509.ExtKeyUsageServerAuth)
-}
-
-// CACert is the PEM of the sandbox CA: the apiserver's and webhooks' issuer.
-func (s *Sandbox) CACert() []byte { return s.ca.CertPEM }

@@ -234,7 +234,7 @@ func (k *kubelet) GetContainerLogs(ctx context.Context, namespace, pod, containe
 	}
 	var cr *containerRun
 	r.mu.Lock()
-	for _, c := range r.containers {
+	for _, c := range append(r.inits, r.containers...) {
 		if c.spec.Name == container {
 			cr = c
 		}
@@ -448,10 +448,15 @@ func nodeObject(name, providerID, pool string, ip net.IP, taints []corev1.Taint)
 	}
 }
 
-// DefaultImages maps this project's images, and the walkthrough's demo
-// image, to the binaries `make build` puts in binDir.
-func DefaultImages(binDir string) Images {
-	im := Images{"mcr.microsoft.com/oss/azure/aad-pod-identity/demo:v1.7.5": filepath.Join(binDir, "demo")}
+// DefaultImages maps this project's images, the walkthrough's demo image and
+// the images of the chart's uninstall hooks to the binaries BuildBinaries
+// puts in binDir and to the control plane's kubectl in assets.
+func DefaultImages(binDir, assets string) Images {
+	im := Images{
+		"mcr.microsoft.com/oss/azure/aad-pod-identity/demo:v1.7.5": filepath.Join(binDir, "demo"),
+		"registry.k8s.io/kubectl":                                  filepath.Join(assets, "kubectl"),
+		"registry.k8s.io/pause":                                    filepath.Join(binDir, "pause"),
+	}
 	for _, c := range []string{"webhook", "assigner", "nmi", "demo"} {
 		im["ghcr.io/aad-pod-identity/"+c] = filepath.Join(binDir, c)
 	}

@@ -3,9 +3,11 @@ package sandbox
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -34,12 +36,16 @@ type NodeOptions struct {
 
 // Node is one simulated node.
 type Node struct {
-	Name   string
-	Pool   fakeazure.Pool
-	IP     string
-	NetNS  string
-	cancel context.CancelFunc
-	done   chan struct{}
+	Name  string
+	Pool  fakeazure.Pool
+	IP    string
+	NetNS string
+	// imdsCallers counts IMDS requests by source IP: only NMI, on the
+	// node's address, should ever reach IMDS from a node with NMI.
+	imdsMu      sync.Mutex
+	imdsCallers map[string]int
+	cancel      context.CancelFunc
+	done        chan struct{}
 }
 
 // AddNodes creates the pools in the fake Azure, one network namespace per
@@ -80,7 +86,9 @@ func (s *Sandbox) AddNodes(ctx context.Context, opts NodeOptions) error {
 		if err := setupNodeNS(s.cp, netns, i); err != nil {
 			return err
 		}
-		if err := s.serveIMDS(netns, pool, pool.Instances[instance]); err != nil {
+		n := &Node{Name: name, Pool: pool, IP: nodeLinkNode(i).String(), NetNS: s.NetNSName(fmt.Sprintf("n%d", i)),
+			imdsCallers: map[string]int{}, done: make(chan struct{})}
+		if err := s.serveIMDS(netns, n, pool.Instances[instance]); err != nil {
 			return fmt.Errorf("node %s: %w", name, err)
 		}
 		providerID := fmt.Sprintf("azure://%s/virtualMachines/%d", pool.ID, instance)
@@ -88,7 +96,7 @@ func (s *Sandbox) AddNodes(ctx context.Context, opts NodeOptions) error {
 			images: s.opts.Images, log: s.log.WithValues("node", name),
 			pods: map[string]*podRun{}, ips: map[byte]bool{}, ready: make(chan struct{})}
 		kctx, cancel := context.WithCancel(context.Background())
-		n := &Node{Name: name, Pool: pool, IP: k.nodeIP.String(), NetNS: s.NetNSName(fmt.Sprintf("n%d", i)), cancel: cancel, done: make(chan struct{})}
+		n.cancel = cancel
 		errc := make(chan error, 1)
 		go func() {
 			defer close(n.done)
@@ -116,14 +124,30 @@ func (s *Sandbox) Nodes() []*Node {
 	return append([]*Node(nil), s.nodes...)
 }
 
+// IMDSCallers returns how many requests the node's IMDS got from each
+// source IP.
+func (n *Node) IMDSCallers() map[string]int {
+	n.imdsMu.Lock()
+	defer n.imdsMu.Unlock()
+	return maps.Clone(n.imdsCallers)
+}
+
 // serveIMDS serves the fake Azure's IMDS for one VM on 169.254.169.254:80
 // inside the node's namespace, as the platform does on a real VM.
-func (s *Sandbox) serveIMDS(netns ns.NetNS, pool fakeazure.Pool, vm string) error {
+func (s *Sandbox) serveIMDS(netns ns.NetNS, n *Node, vm string) error {
 	l, err := listenIn(netns, net.JoinHostPort(MetadataIP.String(), "80"))
 	if err != nil {
 		return fmt.Errorf("IMDS listener: %w", err)
 	}
-	srv := &http.Server{Handler: &fakeazure.IMDS{State: s.Azure, Signer: s.Signer, PoolID: pool.ID, VMName: vm}, ReadHeaderTimeout: 10 * time.Second}
+	imds := &fakeazure.IMDS{State: s.Azure, Signer: s.Signer, PoolID: n.Pool.ID, VMName: vm}
+	record := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ip, _, _ := net.SplitHostPort(r.RemoteAddr)
+		n.imdsMu.Lock()
+		n.imdsCallers[ip]++
+		n.imdsMu.Unlock()
+		imds.ServeHTTP(w, r)
+	})
+	srv := &http.Server{Handler: record, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = srv.Serve(l) }()
 	s.addCloser(func() { _ = srv.Close() })
 	return nil

@@ -39,9 +39,12 @@ type podRun struct {
 
 	mu         sync.Mutex
 	pod        *corev1.Pod
+	inits      []*containerRun // init containers, run in order before the others
 	containers []*containerRun
-	failure    string // pod-level failure reason, set before any container runs
-	message    string
+	// initialized is set once every init container exited 0.
+	initialized bool
+	failure     string // pod-level failure reason, set before any container runs
+	message     string
 }
 
 type containerRun struct {
@@ -72,6 +75,11 @@ func (r *podRun) status() *corev1.Pod {
 	if r.failure != "" {
 		st.Phase, st.Reason, st.Message = corev1.PodFailed, r.failure, r.message
 	}
+	st.InitContainerStatuses = nil
+	for _, c := range r.inits {
+		st.InitContainerStatuses = append(st.InitContainerStatuses, *c.status.DeepCopy())
+	}
+	initialized := r.initialized || len(r.inits) == 0
 	st.ContainerStatuses = nil
 	allReady, running, failed, done := true, false, false, 0
 	for _, c := range r.containers {
@@ -93,6 +101,8 @@ func (r *podRun) status() *corev1.Pod {
 		policy := r.pod.Spec.RestartPolicy
 		restarting := policy == corev1.RestartPolicyAlways || policy == "" || (policy == corev1.RestartPolicyOnFailure && failed)
 		switch {
+		case !initialized:
+			st.Phase = corev1.PodPending
 		case running || done < len(r.containers) || restarting:
 			st.Phase = corev1.PodRunning
 		case failed:
@@ -116,7 +126,7 @@ func (r *podRun) status() *corev1.Pod {
 	ready := allReady && r.failure == "" && len(r.containers) > 0
 	st.Conditions = []corev1.PodCondition{
 		cond(corev1.PodReadyToStartContainers, r.failure == ""),
-		cond(corev1.PodInitialized, true),
+		cond(corev1.PodInitialized, initialized),
 		cond(corev1.ContainersReady, ready),
 		cond(corev1.PodReady, ready),
 		cond(corev1.PodScheduled, true),
@@ -143,14 +153,20 @@ func (r *podRun) fail(reason, msg string) {
 func (r *podRun) setup() error {
 	r.mu.Lock()
 	pod := r.pod.DeepCopy()
-	for _, c := range pod.Spec.Containers {
+	newRun := func(c corev1.Container, waiting string) *containerRun {
 		cr := &containerRun{spec: c, logPath: filepath.Join(r.dir, c.Name+".log"), kill: make(chan struct{}, 1)}
 		cr.status = corev1.ContainerStatus{Name: c.Name, Image: c.Image, ImageID: c.Image,
-			State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "ContainerCreating"}}}
-		r.containers = append(r.containers, cr)
+			State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: waiting}}}
+		return cr
+	}
+	for _, c := range pod.Spec.InitContainers {
+		r.inits = append(r.inits, newRun(c, "PodInitializing"))
+	}
+	for _, c := range pod.Spec.Containers {
+		r.containers = append(r.containers, newRun(c, "ContainerCreating"))
 	}
 	r.mu.Unlock()
-	for _, cr := range r.containers {
+	for _, cr := range append(r.inits, r.containers...) {
 		bin, err := r.k.images.binary(cr.spec)
 		if err != nil {
 			r.fail("ErrImagePull", err.Error())
@@ -209,24 +225,40 @@ func (r *podRun) setup() error {
 	}
 }
 
-// start runs every container in its own restart loop, with probes.
+// start runs the init containers one after the other, then every container
+// in its own restart loop, with probes.
 func (r *podRun) start() {
 	r.mu.Lock()
 	pod := r.pod.DeepCopy()
 	r.mu.Unlock()
-	r.wg.Add(1)
+	r.wg.Add(2)
 	go func() {
 		defer r.wg.Done()
 		refreshVolumes(r.ctx, r.k.client, pod, r.volumes, volumeRefreshPeriod)
 	}()
-	for _, cr := range r.containers {
-		r.wg.Add(1)
-		go r.runContainer(cr)
-		if cr.spec.ReadinessProbe != nil || cr.spec.LivenessProbe != nil {
-			r.wg.Add(1)
-			go r.probe(cr)
+	go func() {
+		defer r.wg.Done()
+		for _, cr := range r.inits {
+			if !r.runInit(cr) {
+				return
+			}
 		}
-	}
+		if r.ctx.Err() != nil {
+			return
+		}
+		r.mu.Lock()
+		r.initialized = true
+		r.mu.Unlock()
+		r.notify()
+		for _, cr := range r.containers {
+			r.wg.Add(1)
+			go r.runContainer(cr)
+			if cr.spec.ReadinessProbe != nil || cr.spec.LivenessProbe != nil {
+				r.wg.Add(1)
+				go r.probe(cr)
+			}
+		}
+	}()
 }
 
 func (r *podRun) runContainer(cr *containerRun) {
@@ -234,45 +266,81 @@ func (r *podRun) runContainer(cr *containerRun) {
 	backoff := time.Second
 	for {
 		started := time.Now()
-		p, err := r.exec(cr)
-		if err != nil {
-			r.setState(cr, corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "CreateContainerError", Message: err.Error()}}, false)
-			r.k.log.Error(err, "container did not start", "pod", r.pod.Namespace+"/"+r.pod.Name, "container", cr.spec.Name)
-		} else {
-			r.mu.Lock()
-			cr.proc = p
-			r.mu.Unlock()
-			noReadiness := cr.spec.ReadinessProbe == nil
-			r.setState(cr, corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: metav1.NewTime(started)}}, noReadiness)
-			select {
-			case <-p.done:
-			case <-cr.kill:
-				_ = p.stop(r.grace())
-			case <-r.ctx.Done():
-				_ = p.stop(r.grace())
-				r.setState(cr, terminated(p, started), false)
-				return
-			}
-			r.setState(cr, terminated(p, started), false)
-		}
-		if !r.restarts(cr) {
+		if r.runOnce(cr, cr.spec.ReadinessProbe == nil) || !r.restarts(cr) || !r.backOff(cr, &backoff, started) {
 			return
 		}
-		if time.Since(started) > time.Minute {
-			backoff = time.Second
+	}
+}
+
+// runInit runs an init container until it exits 0, as the kubelet does:
+// failures are retried unless the pod's restartPolicy is Never, which fails
+// the pod. It reports whether the pod may go on.
+func (r *podRun) runInit(cr *containerRun) bool {
+	backoff := time.Second
+	for {
+		started := time.Now()
+		if r.runOnce(cr, false) {
+			return false
 		}
 		r.mu.Lock()
-		cr.status.RestartCount++
-		cr.status.LastTerminationState = cr.status.State
+		t, never := cr.status.State.Terminated, r.pod.Spec.RestartPolicy == corev1.RestartPolicyNever
 		r.mu.Unlock()
-		r.setState(cr, corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "CrashLoopBackOff"}}, false)
-		select {
-		case <-r.ctx.Done():
-			return
-		case <-time.After(backoff):
+		switch {
+		case t != nil && t.ExitCode == 0:
+			return true
+		case never:
+			r.fail("Init:Error", fmt.Sprintf("init container %s failed", cr.spec.Name))
+			return false
+		case !r.backOff(cr, &backoff, started):
+			return false
 		}
-		backoff = min(2*backoff, 10*time.Second)
 	}
+}
+
+// runOnce runs one process of the container until it exits or is killed,
+// and reports whether the pod is going away.
+func (r *podRun) runOnce(cr *containerRun, readyWhenRunning bool) (stopped bool) {
+	started := time.Now()
+	p, err := r.exec(cr)
+	if err != nil {
+		r.setState(cr, corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "CreateContainerError", Message: err.Error()}}, false)
+		r.k.log.Error(err, "container did not start", "pod", r.pod.Namespace+"/"+r.pod.Name, "container", cr.spec.Name)
+		return r.ctx.Err() != nil
+	}
+	r.mu.Lock()
+	cr.proc = p
+	r.mu.Unlock()
+	r.setState(cr, corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: metav1.NewTime(started)}}, readyWhenRunning)
+	select {
+	case <-p.done:
+	case <-cr.kill:
+		_ = p.stop(r.grace())
+	case <-r.ctx.Done():
+		_ = p.stop(r.grace())
+		stopped = true
+	}
+	r.setState(cr, terminated(p, started), false)
+	return stopped
+}
+
+// backOff counts a restart and waits the crash-loop delay; false when the
+// pod goes away meanwhile.
+func (r *podRun) backOff(cr *containerRun, backoff *time.Duration, started time.Time) bool {
+	if time.Since(started) > time.Minute {
+		*backoff = time.Second
+	}
+	r.mu.Lock()
+	cr.status.RestartCount++
+	cr.status.LastTerminationState = cr.status.State
+	r.mu.Unlock()
+	r.setState(cr, corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "CrashLoopBackOff"}}, false)
+	select {
+	case <-r.ctx.Done():
+		return false
+	case <-time.After(*backoff):
+	}
+	*backoff = min(2**backoff, 10*time.Second)
+	return true
 }
 
 func terminated(p *process, started time.Time) corev1.ContainerState {

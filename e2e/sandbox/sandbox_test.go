@@ -147,6 +147,34 @@ func TestSandbox(t *testing.T) {
 		}
 	})
 
+	t.Run("init containers run in order before the containers; a failing one fails a Never pod", func(t *testing.T) {
+		pod := shPod("init", `cat /work/order; sleep 600`)
+		pod.Spec.Volumes = []corev1.Volume{{Name: "work", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}}
+		mount := []corev1.VolumeMount{{Name: "work", MountPath: "/work"}}
+		pod.Spec.Containers[0].VolumeMounts = mount
+		for _, name := range []string{"first", "second"} {
+			pod.Spec.InitContainers = append(pod.Spec.InitContainers, corev1.Container{Name: name, Image: "sandbox.test/sh",
+				Command: []string{"sh", "-c", "echo " + name + " >> /work/order"}, VolumeMounts: mount})
+		}
+		must(t, createObj(ctx, c, pod))
+		p := waitPod(t, c, "init", func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodRunning })
+		for _, st := range p.Status.InitContainerStatuses {
+			if st.State.Terminated == nil || st.State.Terminated.ExitCode != 0 {
+				t.Errorf("init container %s: %+v", st.Name, st.State)
+			}
+		}
+		waitLogs(t, sb, "init", []string{"first\nsecond\n"})
+
+		failing := shPod("init-fails", "echo never runs; sleep 600")
+		failing.Spec.RestartPolicy = corev1.RestartPolicyNever
+		failing.Spec.InitContainers = []corev1.Container{{Name: "fail", Image: "sandbox.test/sh", Command: []string{"sh", "-c", "exit 4"}}}
+		must(t, createObj(ctx, c, failing))
+		p = waitPod(t, c, "init-fails", func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodFailed })
+		if cs := p.Status.ContainerStatuses[0]; cs.State.Running != nil || cs.RestartCount != 0 {
+			t.Fatalf("the container ran after a failed init container: %+v", cs)
+		}
+	})
+
 	t.Run("readiness probe gates Ready and pods on different nodes reach each other", func(t *testing.T) {
 		srv := &corev1.Pod{
 			ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "default"},

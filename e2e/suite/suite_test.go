@@ -1,11 +1,10 @@
-// Package suite is the end-to-end suite: this project's components deployed
-// into the sandbox cluster (real control plane, simulated nodes, fake
-// Azure) the way a user deploys them, driven through kubectl.
+// Package suite is the end-to-end suite: the chart installed with helm into
+// the sandbox cluster (real control plane, simulated nodes, fake Azure) the
+// way a user installs it, and driven through kubectl and the API.
 package suite
 
 import (
 	"context"
-	"encoding/base64"
 	"fmt"
 	"os"
 	"os/exec"
@@ -16,16 +15,31 @@ import (
 
 	"github.com/go-logr/logr"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/aad-pod-identity/aad-pod-identity/e2e/framework"
 	"github.com/aad-pod-identity/aad-pod-identity/e2e/sandbox"
 )
 
+// Release is the helm release, installed in kube-system as in the walkthrough.
+const (
+	release   = "aad-pod-identity"
+	releaseNS = "kube-system"
+)
+
+// gcGracePeriod is the assigner's grace period before it removes an identity
+// no pod needs any more; short so the suite can watch it happen.
+const gcGracePeriod = 15 * time.Second
+
 // env is the one sandbox all tests of the suite share; each test leaves it
 // clean for the next.
 var env struct {
 	sb      *sandbox.Sandbox
+	az      *sandbox.AzureEndpoints
+	client  kubernetes.Interface
 	kubectl string
+	helm    string
+	bin     string
 }
 
 func TestMain(m *testing.M) {
@@ -37,63 +51,99 @@ func run(m *testing.M) int {
 		fmt.Println("e2e suite skipped: the sandbox needs root")
 		return m.Run()
 	}
-	assets, err := framework.Assets()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
+	if err := setUp(); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e suite:", err)
+		tearDown()
 		return 1
 	}
-	bin, err := os.MkdirTemp("", "aadpi-suite-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(bin)
-	build := exec.Command("go", "build", "-o", bin+"/", "./e2e/cmd/podinit", "./cmd/...")
-	build.Dir = framework.RepoRoot()
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "building binaries: %v\n%s", err, out)
-		return 1
-	}
-	dir, err := os.MkdirTemp("", "aadpi-suite-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	sb, err := sandbox.Start(ctx, sandbox.Options{Assets: assets, Dir: dir, Log: logr.Discard(),
-		PodInit: filepath.Join(bin, "podinit"), Images: suiteImages(bin)})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "starting the sandbox:", err)
-		return 1
-	}
-	// Teardown runs whatever the tests did; a panic in a test still ends
-	// the process through here because m.Run recovers and reports it.
-	defer func() {
-		if err := sb.Stop(); err != nil {
-			fmt.Fprintln(os.Stderr, "sandbox teardown:", err)
-		}
-	}()
-	if err := sb.AddNodes(ctx, sandbox.NodeOptions{Count: 2, Pools: 2}); err != nil {
-		fmt.Fprintln(os.Stderr, "adding nodes:", err)
-		return 1
-	}
-	env.sb, env.kubectl = sb, filepath.Join(assets, "kubectl")
-	if _, err := kubectlIn("apply", "--server-side", "-f", filepath.Join(framework.RepoRoot(), "config", "crd")); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
+	defer tearDown()
 	return m.Run()
 }
 
-// suiteImages adds a shell image to the project's images, for client pods.
-func suiteImages(bin string) sandbox.Images {
-	im := sandbox.DefaultImages(bin)
-	if sh, err := exec.LookPath("sh"); err == nil {
-		im["sandbox.test/sh"] = sh
+// setUp builds the binaries, starts the sandbox with two nodes in two pools
+// and installs the chart.
+func setUp() error {
+	assets, err := framework.Assets()
+	if err != nil {
+		return err
 	}
-	return im
+	env.helm = os.Getenv("HELM")
+	if env.helm == "" {
+		return fmt.Errorf("HELM is not set: run the tests through `make test`, which builds helm and sets it")
+	}
+	if env.bin, err = os.MkdirTemp("", "aadpi-suite-bin-"); err != nil {
+		return err
+	}
+	if err := framework.BuildBinaries(env.bin); err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "aadpi-suite-")
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	images := sandbox.DefaultImages(env.bin, assets)
+	sh, err := exec.LookPath("sh")
+	if err != nil {
+		return err
+	}
+	images["sandbox.test/sh"] = sh
+	sb, err := sandbox.Start(ctx, sandbox.Options{Assets: assets, Dir: dir, Log: logr.Discard(),
+		PodInit: filepath.Join(env.bin, "podinit"), Images: images})
+	if err != nil {
+		return fmt.Errorf("starting the sandbox: %w", err)
+	}
+	env.sb, env.kubectl = sb, filepath.Join(assets, "kubectl")
+	if env.az, err = sb.ServeAzure(); err != nil {
+		return err
+	}
+	if err := sb.AddNodes(ctx, sandbox.NodeOptions{Count: 2, Pools: 2}); err != nil {
+		return fmt.Errorf("adding nodes: %w", err)
+	}
+	if env.client, err = kubernetes.NewForConfig(sb.Config); err != nil {
+		return err
+	}
+	return helmInstall()
+}
+
+// tearDown stops the sandbox, which kills its processes and removes its
+// namespaces, whatever the tests did.
+func tearDown() {
+	if env.sb != nil {
+		if err := env.sb.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "sandbox teardown:", err)
+		}
+		_ = os.RemoveAll(env.sb.Dir)
+	}
+	if env.bin != "" {
+		_ = os.RemoveAll(env.bin)
+	}
+}
+
+// helmInstall installs the chart as docs/install.md says, with the fake
+// Azure's endpoints and service principal, the built-in certificates (no
+// cert-manager here), service principals enabled and a short GC grace period.
+func helmInstall() error {
+	chart := filepath.Join(framework.RepoRoot(), "charts", "aad-pod-identity")
+	out, err := exec.Command(env.helm, "install", release, chart, "--kubeconfig", env.sb.Kubeconfig,
+		"--namespace", releaseNS,
+		"--set", "certManager.enabled=false",
+		"--set", "assigner.azure.source=secret",
+		"--set-string", "assigner.azure.tenantID="+env.sb.Azure.TenantID,
+		"--set-string", "assigner.azure.subscriptionID="+sandbox.SubscriptionID,
+		"--set-string", "assigner.azure.resourceGroup="+sandbox.NodeResourceGroup,
+		"--set-string", "assigner.azure.clientID="+env.az.Principal.AppID,
+		"--set-string", "assigner.azure.clientSecret="+env.az.Principal.Secret,
+		"--set-string", "assigner.armEndpoint="+env.az.ARMEndpoint,
+		"--set-string", "assigner.aadAuthorityHost="+env.az.AADAuthorityHost,
+		"--set-string", "assigner.gcGracePeriod="+gcGracePeriod.String(),
+		"--set", "nmi.enableServicePrincipals=true",
+		"--wait", "--timeout", "3m").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("helm install: %w\n%s", err, out)
+	}
+	return nil
 }
 
 // kubectlIn runs kubectl against the sandbox, stdin from the last argument
@@ -112,7 +162,7 @@ func kubectlIn(args ...string) (string, error) {
 	return string(out), nil
 }
 
-func kubectl(t *testing.T, args ...string) string {
+func kubectl(t testing.TB, args ...string) string {
 	t.Helper()
 	out, err := kubectlIn(args...)
 	if err != nil {
@@ -122,7 +172,7 @@ func kubectl(t *testing.T, args ...string) string {
 }
 
 // eventually polls f until it returns nil or the timeout passes.
-func eventually(t *testing.T, timeout time.Duration, what string, f func() error) {
+func eventually(t testing.TB, timeout time.Duration, what string, f func() error) {
 	t.Helper()
 	var last error
 	err := wait.PollUntilContextTimeout(t.Context(), 250*time.Millisecond, timeout, true, func(context.Context) (bool, error) {
@@ -134,30 +184,13 @@ func eventually(t *testing.T, timeout time.Duration, what string, f func() error
 	}
 }
 
-// deployWebhook installs the webhook Deployment and its configurations,
-// and waits until the apiserver reaches it through its endpoints.
-func deployWebhook(t *testing.T) {
+// componentPods lists the names of a chart component's pods, on one node
+// when node is set.
+func componentPods(t *testing.T, component, node string) []string {
 	t.Helper()
-	cert, key, err := env.sb.IssueServingCert("aad-pod-identity-webhook.aad-pod-identity.svc")
-	if err != nil {
-		t.Fatal(err)
+	args := []string{"-n", releaseNS, "get", "pods", "-l", "app.kubernetes.io/component=" + component, "-o", "name"}
+	if node != "" {
+		args = append(args, "--field-selector", "spec.nodeName="+node)
 	}
-	raw, err := os.ReadFile(filepath.Join("testdata", "webhook.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	manifest := strings.NewReplacer("${CERT}", base64.StdEncoding.EncodeToString(cert), "${KEY}", base64.StdEncoding.EncodeToString(key)).Replace(string(raw))
-	kubectl(t, "apply", "-f", filepath.Join(framework.RepoRoot(), "config", "rbac", "webhook", "role.yaml"))
-	kubectl(t, "apply", "-f", "-", "stdin:"+manifest)
-	rendered, err := exec.Command(env.kubectl, "kustomize", filepath.Join(framework.RepoRoot(), "config", "webhook")).Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	webhooks := strings.NewReplacer(
-		"name: webhook-service", "name: aad-pod-identity-webhook",
-		"namespace: system", "namespace: aad-pod-identity",
-		"    service:", "    caBundle: "+base64.StdEncoding.EncodeToString(env.sb.CACert())+"\n    service:",
-	).Replace(string(rendered))
-	kubectl(t, "apply", "-f", "-", "stdin:"+webhooks)
-	kubectl(t, "-n", "aad-pod-identity", "rollout", "status", "deployment/aad-pod-identity-webhook", "--timeout=120s")
+	return strings.Fields(kubectl(t, args...))
 }

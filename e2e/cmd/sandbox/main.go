@@ -75,7 +75,7 @@ func up(log logr.Logger, args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	sb, err := sandbox.Start(ctx, sandbox.Options{ID: *id, Dir: *dir, Listen: *listen, Log: log,
-		PodInit: filepath.Join(bin, "podinit"), Images: sandbox.DefaultImages(bin)})
+		PodInit: filepath.Join(bin, "podinit"), Images: sandbox.DefaultImages(bin, os.Getenv("KUBEBUILDER_ASSETS"))})
 	if err != nil {
 		return err
 	}
