@@ -23,8 +23,8 @@ const tokenPath = "/{metadata:(?i)metadata}/identity/oauth2/token"
 
 // Server answers metadata requests that iptables redirected from pods.
 type Server struct {
-	reader       client.Reader // pods of this node (indexed by IP), identities, exceptions
-	resolver     *webhook.Resolver
+	reader       client.Reader     // pods of this node (indexed by IP), identities, exceptions
+	resolver     *webhook.Resolver // a pod's label against the current bindings
 	imds         *imdsClient
 	sp           *servicePrincipals // nil: service principals disabled
 	passthrough  *httputil.ReverseProxy
