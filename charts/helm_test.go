@@ -173,6 +173,38 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 	}
 }
 
+// The webhook, the assigner and NMI resolve a pod's label alike: all three
+// get --allow-cross-namespace exactly when webhook.allowCrossNamespace is set.
+func TestCrossNamespaceFlagIsConsistent(t *testing.T) {
+	workloads := map[string]string{"Deployment/" + goldenRelease + "-webhook": "webhook", "Deployment/" + goldenRelease + "-assigner": "assigner", "DaemonSet/" + goldenRelease + "-nmi": "nmi"}
+	for _, allow := range []bool{false, true} {
+		t.Run(fmt.Sprint("allowCrossNamespace=", allow), func(t *testing.T) {
+			manifest, err := render(goldenRelease, goldenNamespace, "", fmt.Sprint("webhook.allowCrossNamespace=", allow))
+			if err != nil {
+				t.Fatal(err)
+			}
+			objs, err := objects(manifest)
+			if err != nil {
+				t.Fatal(err)
+			}
+			seen := 0
+			for _, o := range objs {
+				component, ok := workloads[o.GetKind()+"/"+o.GetName()]
+				if !ok {
+					continue
+				}
+				seen++
+				if _, got := containerArgs(t, o)["--allow-cross-namespace"]; got != allow {
+					t.Errorf("%s passes --allow-cross-namespace: %v, want %v", component, got, allow)
+				}
+			}
+			if seen != len(workloads) {
+				t.Fatalf("found %d of the %d workloads", seen, len(workloads))
+			}
+		})
+	}
+}
+
 // The chart's webhook configurations are those of config/webhook (the ones
 // the webhook's own tests run against), pointed at the chart's Service.
 func TestWebhooksMatchConfig(t *testing.T) {

@@ -50,6 +50,7 @@ func expected(release string, builtinCerts, servicePrincipals, taintRemoval, cle
 		"nmi": {
 			{"", "pods", read, "*", nil},
 			{aad, "azureidentities", read, "*", nil},
+			{aad, "azureidentitybindings", read, "*", nil},
 			{aad, "azurepodidentityexceptions", read, "*", nil},
 		},
 	}

@@ -32,6 +32,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/webhook"
 )
 
 // Options configure NMI; cmd/nmi maps its flags onto them.
@@ -50,6 +51,9 @@ type Options struct {
 	// EnableServicePrincipals lets NMI read Secrets for type 1 and 2.
 	EnableServicePrincipals    bool
 	AllowCrossNamespaceSecrets bool
+	// AllowCrossNamespace counts bindings outside the pod's namespace when
+	// re-resolving its label; it must match the webhook's.
+	AllowCrossNamespace bool
 	// IdentityNotFoundRetry paces retries while IMDS does not know a
 	// user-assigned identity yet.
 	IdentityNotFoundRetry wait.Backoff
@@ -69,7 +73,7 @@ var DefaultIdentityNotFoundRetry = wait.Backoff{Duration: 250 * time.Millisecond
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get;update
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get
-// +kubebuilder:rbac:groups=aadpodidentity.k8s.io,resources=azureidentities;azurepodidentityexceptions,verbs=get;list;watch
+// +kubebuilder:rbac:groups=aadpodidentity.k8s.io,resources=azureidentities;azureidentitybindings;azurepodidentityexceptions,verbs=get;list;watch
 
 // Run serves until ctx ends. The interception rules stay in place after it
 // returns: see RemoveRules.
@@ -116,9 +120,17 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 	if err := mgr.GetFieldIndexer().IndexField(ctx, &corev1.Pod{}, podIPIndex, podIPs); err != nil {
 		return fmt.Errorf("indexing pods by IP: %w", err)
 	}
+	if err := mgr.GetFieldIndexer().IndexField(ctx, &aadv1.AzureIdentityBinding{}, webhook.BindingSelectorIndex, webhook.IndexBindingSelector); err != nil {
+		return fmt.Errorf("indexing bindings: %w", err)
+	}
 
+	// The resolver reads the cache only, unlike the webhook's: the binding a
+	// pod was admitted through reached the cache long before the pod runs,
+	// and a live read on every refused request would let any pod load the
+	// apiserver.
 	srv := &Server{
 		reader:       mgr.GetClient(),
+		resolver:     &webhook.Resolver{Cache: mgr.GetCache(), AllowCrossNamespace: opts.AllowCrossNamespace},
 		imds:         &imdsClient{endpoint: imdsURL, http: &http.Client{Transport: opts.IMDSTransport, Timeout: 30 * time.Second}, notFoundRetry: opts.IdentityNotFoundRetry},
 		passthrough:  newPassthrough(imdsURL, opts.IMDSTransport),
 		allowedPaths: opts.AllowedMetadataPaths,
@@ -151,13 +163,13 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 	); err != nil {
 		return err
 	}
-	log.Info("starting NMI", "node", opts.NodeName, "listen", opts.ListenAddress, "metadata", net.JoinHostPort(opts.Interception.MetadataIP, fmt.Sprint(opts.Interception.MetadataPort)), "imds", opts.IMDSEndpoint)
+	log.Info("starting NMI", "node", opts.NodeName, "allowCrossNamespace", opts.AllowCrossNamespace, "listen", opts.ListenAddress, "metadata", net.JoinHostPort(opts.Interception.MetadataIP, fmt.Sprint(opts.Interception.MetadataPort)), "imds", opts.IMDSEndpoint)
 	return mgr.Start(ctx)
 }
 
 // syncCaches starts the informers NMI reads and waits until they are filled.
 func syncCaches(ctx context.Context, c cache.Cache) error {
-	for _, o := range []client.Object{&corev1.Pod{}, &aadv1.AzureIdentity{}, &aadv1.AzurePodIdentityException{}} {
+	for _, o := range []client.Object{&corev1.Pod{}, &aadv1.AzureIdentity{}, &aadv1.AzureIdentityBinding{}, &aadv1.AzurePodIdentityException{}} {
 		if _, err := c.GetInformer(ctx, o); err != nil {
 			return fmt.Errorf("watching %T: %w", o, err)
 		}

@@ -15,6 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/webhook"
 )
 
 // tokenPath is IMDS's token path; IMDS matches its first segment in any case.
@@ -22,7 +23,8 @@ const tokenPath = "/{metadata:(?i)metadata}/identity/oauth2/token"
 
 // Server answers metadata requests that iptables redirected from pods.
 type Server struct {
-	reader       client.Reader // pods of this node (indexed by IP), identities, exceptions
+	reader       client.Reader     // pods of this node (indexed by IP), identities, exceptions
+	resolver     *webhook.Resolver // a pod's label against the current bindings
 	imds         *imdsClient
 	sp           *servicePrincipals // nil: service principals disabled
 	passthrough  *httputil.ReverseProxy
@@ -115,12 +117,11 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	podName := pod.Namespace + "/" + pod.Name
-	admitted, err := podIdentities(ctx, s.reader, pod)
+	ent, err := podIdentities(ctx, s.reader, s.resolver, pod)
 	if err != nil {
 		return "", err
 	}
-	id, err := selectIdentity(req, podName, admitted)
+	id, err := selectIdentity(req, ent)
 	if err != nil {
 		return "", err
 	}
@@ -129,7 +130,7 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) (string, error) {
 		return "", err
 	}
 	writeJSON(w, http.StatusOK, tok)
-	s.log.V(1).Info("token served", "pod", podName, "identity", id.Namespace+"/"+id.Name, "clientID", id.Spec.ClientID, "resource", req.Resource)
+	s.log.V(1).Info("token served", "pod", ent.pod.String(), "identity", id.Namespace+"/"+id.Name, "clientID", id.Spec.ClientID, "resource", req.Resource)
 	return "ok", nil
 }
 

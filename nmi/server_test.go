@@ -1,6 +1,7 @@
 package nmi
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -23,6 +24,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/webhook"
 )
 
 // fakeIMDS answers tokens for the client IDs it knows and "Identity not
@@ -56,6 +58,7 @@ func (f *fakeIMDS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 type fixture struct {
 	imds   *fakeIMDS
 	server *Server
+	client client.Client
 }
 
 func pod(name, ip string, mutate ...func(*corev1.Pod)) *corev1.Pod {
@@ -70,6 +73,25 @@ func pod(name, ip string, mutate ...func(*corev1.Pod)) *corev1.Pod {
 	return p
 }
 
+func binding(ns, name, selector, identity string) *aadv1.AzureIdentityBinding {
+	return &aadv1.AzureIdentityBinding{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec:       aadv1.AzureIdentityBindingSpec{AzureIdentity: identity, Selector: selector},
+	}
+}
+
+// bindings binds each namespace/name identity to selector sel.
+func bindings(ids ...string) []client.Object {
+	var objs []client.Object
+	for _, id := range ids {
+		ns, name, _ := strings.Cut(id, "/")
+		objs = append(objs, binding(ns, "bind-"+name, "sel", name))
+	}
+	return objs
+}
+
+// admitted labels the pod aadpodidbinding=sel and annotates it as the
+// webhook does.
 func admitted(ids ...string) func(*corev1.Pod) {
 	return func(p *corev1.Pod) {
 		p.Labels = map[string]string{aadv1.BindingLabel: "sel"}
@@ -77,7 +99,8 @@ func admitted(ids ...string) func(*corev1.Pod) {
 	}
 }
 
-func newFixture(t *testing.T, objs ...client.Object) *fixture {
+// newClient is a fake of NMI's cache, with its indexes.
+func newClient(t *testing.T, objs ...client.Object) client.Client {
 	t.Helper()
 	scheme := runtime.NewScheme()
 	if err := clientgoscheme.AddToScheme(scheme); err != nil {
@@ -86,13 +109,22 @@ func newFixture(t *testing.T, objs ...client.Object) *fixture {
 	if err := aadv1.AddToScheme(scheme); err != nil {
 		t.Fatal(err)
 	}
-	c := fake.NewClientBuilder().WithScheme(scheme).WithObjects(objs...).WithIndex(&corev1.Pod{}, podIPIndex, podIPs).Build()
-	f := &fixture{imds: &fakeIMDS{known: map[string]bool{"client-a": true, "client-b": true}}}
+	return fake.NewClientBuilder().WithScheme(scheme).WithObjects(objs...).
+		WithIndex(&corev1.Pod{}, podIPIndex, podIPs).
+		WithIndex(&aadv1.AzureIdentityBinding{}, webhook.BindingSelectorIndex, webhook.IndexBindingSelector).
+		Build()
+}
+
+func newFixture(t *testing.T, objs ...client.Object) *fixture {
+	t.Helper()
+	c := newClient(t, objs...)
+	f := &fixture{imds: &fakeIMDS{known: map[string]bool{"client-a": true, "client-b": true, "client-x": true}}, client: c}
 	upstream := httptest.NewServer(f.imds)
 	t.Cleanup(upstream.Close)
 	u, _ := url.Parse(upstream.URL)
 	f.server = &Server{
 		reader:       c,
+		resolver:     &webhook.Resolver{Cache: c},
 		imds:         &imdsClient{endpoint: u, http: upstream.Client(), notFoundRetry: wait.Backoff{Duration: time.Millisecond, Steps: 3}},
 		passthrough:  newPassthrough(u, nil),
 		allowedPaths: []string{"/metadata/instance", "/metadata/versions"},
@@ -137,7 +169,9 @@ func TestServer(t *testing.T) {
 		pod("host", "10.0.0.9", admitted("ns/id-a"), func(p *corev1.Pod) { p.Spec.HostNetwork = true }),
 		pod("sp", "10.0.0.10", admitted("ns/sp")),
 		pod("new", "10.0.0.11", admitted("ns/id-a"), func(p *corev1.Pod) { p.Status.Phase = corev1.PodPending }),
+		pod("relabelled", "10.0.0.12", admitted("ns/id-a"), func(p *corev1.Pod) { p.Labels[aadv1.BindingLabel] = "unbound" }),
 	}
+	objs = append(objs, bindings("ns/id-a", "ns/id-b", "ns/sp")...)
 	const tok = "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net"
 	tests := []struct {
 		name   string
@@ -155,6 +189,7 @@ func TestServer(t *testing.T) {
 		{"several admitted, none named", "10.0.0.2", tok, false, 400, "Multiple user assigned identities"},
 		{"other pod's client_id", "10.0.0.1", tok + "&client_id=client-b", false, 403, "not admitted for client_id client-b"},
 		{"deleted identity", "10.0.0.1", tok + "&client_id=client-gone", false, 403, "not admitted"},
+		{"admitted identity no binding names now", "10.0.0.12", tok, false, 403, `Pod ns/relabelled is no longer bound to AzureIdentity ns/id-a (client_id client-a): no AzureIdentityBinding with selector \"unbound\"`},
 		{"unlabelled pod", "10.0.0.3", tok, false, 403, "no admitted AzureIdentity"},
 		{"annotations without label are ignored", "10.0.0.4", tok, false, 403, "no admitted AzureIdentity"},
 		{"unknown IP", "10.9.9.9", tok, false, 403, "No running pod on this node has IP 10.9.9.9"},
@@ -190,7 +225,7 @@ func TestServer(t *testing.T) {
 }
 
 func TestTokenFieldsAreStrings(t *testing.T) {
-	f := newFixture(t, &[]aadv1.AzureIdentity{identity("id-a", "client-a", "")}[0], pod("a", "10.0.0.1", admitted("ns/id-a")))
+	f := newFixture(t, &[]aadv1.AzureIdentity{identity("id-a", "client-a", "")}[0], binding("ns", "bind-a", "sel", "id-a"), pod("a", "10.0.0.1", admitted("ns/id-a")))
 	rec := f.do(t, "10.0.0.1", "/metadata/identity/oauth2/token?api-version=1&resource=r", true)
 	var body map[string]any
 	if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil {
@@ -205,7 +240,7 @@ func TestTokenFieldsAreStrings(t *testing.T) {
 
 func TestIdentityNotYetAssigned(t *testing.T) {
 	id := identity("late", "client-late", "")
-	f := newFixture(t, &id, pod("a", "10.0.0.1", admitted("ns/late")))
+	f := newFixture(t, &id, binding("ns", "bind-late", "sel", "late"), pod("a", "10.0.0.1", admitted("ns/late")))
 	rec := f.do(t, "10.0.0.1", "/metadata/identity/oauth2/token?api-version=1&resource=r", true)
 	if rec.Code != http.StatusNotFound || !strings.Contains(rec.Body.String(), "azureassignedidentities") {
 		t.Fatalf("got %d %s; want 404 pointing at azureassignedidentities", rec.Code, rec.Body)
@@ -223,7 +258,7 @@ func TestIdentityNotYetAssigned(t *testing.T) {
 
 func TestTokensAreCached(t *testing.T) {
 	id := identity("id-a", "client-a", "")
-	f := newFixture(t, &id, pod("a", "10.0.0.1", admitted("ns/id-a")), pod("b", "10.0.0.2", admitted("ns/id-a")))
+	f := newFixture(t, &id, binding("ns", "bind-a", "sel", "id-a"), pod("a", "10.0.0.1", admitted("ns/id-a")), pod("b", "10.0.0.2", admitted("ns/id-a")))
 	for _, ip := range []string{"10.0.0.1", "10.0.0.2", "10.0.0.1"} {
 		if rec := f.do(t, ip, "/metadata/identity/oauth2/token?api-version=1&resource=r", true); rec.Code != 200 {
 			t.Fatalf("got %d %s", rec.Code, rec.Body)
@@ -237,7 +272,7 @@ func TestTokensAreCached(t *testing.T) {
 
 func TestMetrics(t *testing.T) {
 	id := identity("id-a", "client-a", "")
-	f := newFixture(t, &id, pod("a", "10.0.0.1", admitted("ns/id-a")))
+	f := newFixture(t, &id, binding("ns", "bind-a", "sel", "id-a"), pod("a", "10.0.0.1", admitted("ns/id-a")))
 	refused := requestsTotal.WithLabelValues("403", "identity_not_admitted")
 	ok := requestsTotal.WithLabelValues("200", "ok")
 	hits, misses := tokenCacheTotal.WithLabelValues("hit"), tokenCacheTotal.WithLabelValues("miss")
@@ -252,5 +287,92 @@ func TestMetrics(t *testing.T) {
 		if after[i]-before[i] != want[i] {
 			t.Fatalf("metric %d grew by %v, want %v", i, after[i]-before[i], want[i])
 		}
+	}
+}
+
+// A pod keeps an identity only while a binding still gives it to the pod:
+// each change is made after a first token was served (and cached), as it
+// would be while the pod runs.
+func TestBindingChangesWhilePodRuns(t *testing.T) {
+	const tok = "/metadata/identity/oauth2/token?api-version=1&resource=r"
+	editBinding := func(edit func(*aadv1.AzureIdentityBindingSpec)) func(context.Context, client.Client) error {
+		return func(ctx context.Context, c client.Client) error {
+			var b aadv1.AzureIdentityBinding
+			if err := c.Get(ctx, client.ObjectKey{Namespace: "ns", Name: "bind-a"}, &b); err != nil {
+				return err
+			}
+			edit(&b.Spec)
+			return c.Update(ctx, &b)
+		}
+	}
+	tests := []struct {
+		name   string
+		change func(context.Context, client.Client) error
+		query  string // appended to the token request
+		status int
+		want   string // substring of the body
+	}{
+		{"binding present", func(context.Context, client.Client) error { return nil }, "", 200, "tok-client-a"},
+		{"binding deleted", func(ctx context.Context, c client.Client) error {
+			return c.Delete(ctx, binding("ns", "bind-a", "sel", "id-a"))
+		},
+			"", 403, `Pod ns/a is no longer bound to AzureIdentity ns/id-a (client_id client-a)`},
+		{"binding deleted, identity named", func(ctx context.Context, c client.Client) error {
+			return c.Delete(ctx, binding("ns", "bind-a", "sel", "id-a"))
+		},
+			"&client_id=client-a", 403, "restore the binding"},
+		{"binding selector changed", editBinding(func(s *aadv1.AzureIdentityBindingSpec) { s.Selector = "other" }),
+			"", 403, `no AzureIdentityBinding with selector \"sel\" names it`},
+		{"binding now names another identity", editBinding(func(s *aadv1.AzureIdentityBindingSpec) { s.AzureIdentity = "id-b" }),
+			"", 403, "no longer bound to AzureIdentity ns/id-a"},
+		{"binding added for another identity, named", func(ctx context.Context, c client.Client) error {
+			return c.Create(ctx, binding("ns", "bind-b", "sel", "id-b"))
+		},
+			"&client_id=client-b", 403, "not admitted for client_id client-b; it may use: client-a"},
+		{"binding added for another identity, none named", func(ctx context.Context, c client.Client) error {
+			return c.Create(ctx, binding("ns", "bind-b", "sel", "id-b"))
+		},
+			"", 200, "tok-client-a"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			idA, idB := identity("id-a", "client-a", ""), identity("id-b", "client-b", "")
+			f := newFixture(t, &idA, &idB, binding("ns", "bind-a", "sel", "id-a"), pod("a", "10.0.0.1", admitted("ns/id-a")))
+			if rec := f.do(t, "10.0.0.1", tok, true); rec.Code != http.StatusOK {
+				t.Fatalf("before the change: got %d %s", rec.Code, rec.Body)
+			}
+			if err := tt.change(context.Background(), f.client); err != nil {
+				t.Fatal(err)
+			}
+			rec := f.do(t, "10.0.0.1", tok+tt.query, true)
+			if rec.Code != tt.status || !strings.Contains(rec.Body.String(), tt.want) {
+				t.Fatalf("got %d %s; want %d containing %q", rec.Code, rec.Body, tt.status, tt.want)
+			}
+		})
+	}
+}
+
+// A binding outside the pod's namespace counts only with
+// --allow-cross-namespace, as in the webhook.
+func TestCrossNamespaceBinding(t *testing.T) {
+	tests := []struct {
+		crossNamespace bool
+		status         int
+		want           string
+	}{
+		{false, 403, "count only when NMI runs with --allow-cross-namespace"},
+		{true, 200, "tok-client-x"},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprint("allow-cross-namespace=", tt.crossNamespace), func(t *testing.T) {
+			id := identity("id-x", "client-x", "")
+			id.Namespace = "other"
+			f := newFixture(t, &id, binding("other", "bind-x", "sel", "id-x"), pod("a", "10.0.0.1", admitted("other/id-x")))
+			f.server.resolver.AllowCrossNamespace = tt.crossNamespace
+			rec := f.do(t, "10.0.0.1", "/metadata/identity/oauth2/token?api-version=1&resource=r", true)
+			if rec.Code != tt.status || !strings.Contains(rec.Body.String(), tt.want) {
+				t.Fatalf("got %d %s; want %d containing %q", rec.Code, rec.Body, tt.status, tt.want)
+			}
+		})
 	}
 }

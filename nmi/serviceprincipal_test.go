@@ -72,6 +72,7 @@ func TestServicePrincipalTokens(t *testing.T) {
 		pod("p4", "10.0.0.4", admitted("ns/elsewhere")),
 		pod("p5", "10.0.0.5", admitted("ns/missing")),
 	}
+	objs = append(objs, bindings("ns/sp", "ns/onekey", "ns/wrong", "ns/elsewhere", "ns/missing", "ns/cert", "ns/badcert")...)
 	f := newFixture(t, objs...)
 	f.server.sp = &servicePrincipals{secrets: f.server.reader, defaultAuthorityHost: srv.URL + "/", transport: ca.Client()}
 

@@ -38,6 +38,7 @@ func main() {
 	fs.BoolVar(&opts.RemoveStartupTaint, "remove-startup-taint", false, "Remove the taint "+"aadpodidentity.k8s.io/nmi-not-ready"+" from this node once interception is in place.")
 	fs.StringVar(&allowed, "allowed-metadata-paths", "/metadata/instance,/metadata/versions", "Comma-separated metadata paths (and their sub-paths) proxied for every pod; others get 403.")
 	fs.BoolVar(&opts.EnableServicePrincipals, "enable-service-principals", false, "Serve type 1 and 2 AzureIdentities (NMI then reads their Secrets).")
+	fs.BoolVar(&opts.AllowCrossNamespace, "allow-cross-namespace", false, "Count AzureIdentityBindings in every namespace when checking that a pod is still bound to an identity; must match the webhook's flag.")
 	fs.BoolVar(&opts.AllowCrossNamespaceSecrets, "allow-cross-namespace-secrets", false, "Let an AzureIdentity use a Secret outside its own namespace.")
 	fs.BoolVar(&opts.FlushConntrack, "flush-conntrack", false, "After installing the rules, drop tracked connections to the metadata IP.")
 	zapOpts := zap.Options{}

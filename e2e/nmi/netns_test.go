@@ -257,6 +257,19 @@ func functional(t *testing.T, n *node) {
 	t.Run("admitted pod asking for another identity is refused", func(t *testing.T) {
 		expectStatus(t, pods["pod-a"], tokenURL+"&client_id="+idB.ClientID, http.StatusForbidden, "not admitted")
 	})
+	t.Run("binding deleted while the pod runs: refused, then served again once restored", func(t *testing.T) {
+		ctx := context.Background()
+		if err := n.client.Delete(ctx, bindingA()); err != nil {
+			t.Fatal(err)
+		}
+		// NMI's informer sees the deletion a moment later.
+		eventually(t, pods["pod-a"], tokenURL, http.StatusForbidden, "is no longer bound to AzureIdentity default/id-a")
+		if err := n.client.Create(ctx, bindingA()); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, pods["pod-a"], tokenURL, http.StatusOK, "access_token")
+		expectToken(t, signer, pods["pod-a"], tokenURL, idA.ClientID, idA.ResourceID)
+	})
 	t.Run("exception pod gets the node identity", func(t *testing.T) {
 		expectToken(t, signer, pods["agent"], tokenURL, pool.SystemAssigned, pool.ID)
 	})
@@ -314,6 +327,7 @@ func createObjects(ctx context.Context, t *testing.T, c client.Client, pods map[
 			Spec: aadv1.AzureIdentitySpec{Type: aadv1.UserAssignedMSI, ResourceID: idA.ResourceID, ClientID: idA.ClientID}},
 		&aadv1.AzureIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "id-b"},
 			Spec: aadv1.AzureIdentitySpec{Type: aadv1.UserAssignedMSI, ResourceID: idB.ResourceID, ClientID: idB.ClientID}},
+		bindingA(),
 		&aadv1.AzurePodIdentityException{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "agents"},
 			Spec: aadv1.AzurePodIdentityExceptionSpec{PodLabels: map[string]string{"app": "agent"}}},
 	}
@@ -339,6 +353,12 @@ func createObjects(ctx context.Context, t *testing.T, c client.Client, pods map[
 			t.Fatalf("setting status of pod %s: %v", name, err)
 		}
 	}
+}
+
+// bindingA gives pod-a (label aadpodidbinding=a) identity id-a.
+func bindingA() *aadv1.AzureIdentityBinding {
+	return &aadv1.AzureIdentityBinding{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "a"},
+		Spec: aadv1.AzureIdentityBindingSpec{AzureIdentity: "id-a", Selector: "a"}}
 }
 
 func writeKubeconfig(t *testing.T, env *envtest.Environment) string {
@@ -455,6 +475,21 @@ func expectStatus(t *testing.T, p pod, url string, status int, contains string) 
 	if err != nil || got != status || !strings.Contains(fmt.Sprint(body), contains) {
 		t.Fatalf("%s: got %d %v %v; want %d containing %q", p.name, got, body, err, status, contains)
 	}
+}
+
+// eventually polls until the pod gets status with a body containing
+// contains, for changes NMI learns about through its informers.
+func eventually(t *testing.T, p pod, url string, status int, contains string) {
+	t.Helper()
+	var got int
+	var body map[string]string
+	var err error
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if got, body, err = get(p, url); err == nil && got == status && strings.Contains(fmt.Sprint(body), contains) {
+			return
+		}
+	}
+	t.Fatalf("%s: got %d %v %v; want %d containing %q", p.name, got, body, err, status, contains)
 }
 
 func expectToken(t *testing.T, signer *fakeazure.Signer, p pod, url, appID, mirID string) {
