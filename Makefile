@@ -151,6 +151,10 @@ sandbox-down: ## Remove the namespaces and processes a killed sandbox left behin
 bench-sandbox: deps control-plane ## Time 100 pods to Running and to deleted in the sandbox (docs/performance.md, "Sandbox").
 	go test -count=1 -run '^$$' -bench BenchmarkPodStartup100 -benchtime 3x ./e2e/sandbox/
 
+.PHONY: bench-e2e
+bench-e2e: deps control-plane $(HELM) ## Time from `kubectl apply` of 100 demo pods to each one's first token, on the helm-installed sandbox (E2E_BENCH_* sizes).
+	go test -count=1 -run '^$$' -bench BenchmarkTimeToFirstToken -benchtime 1x -timeout 30m ./e2e/suite/
+
 ##@ Demo
 .PHONY: demo
 demo: deps control-plane sandbox-build $(HELM) ## The walkthrough end to end on the sandbox (as root, ~2 min); KEEP=1 leaves the cluster up.

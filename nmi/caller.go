@@ -35,6 +35,9 @@ func live(pod *corev1.Pod) bool {
 		(pod.Status.Phase == corev1.PodPending || pod.Status.Phase == corev1.PodRunning)
 }
 
+// reasonUnknownCaller is the refusal of a source IP no pod on this node has.
+const reasonUnknownCaller = "unknown_caller"
+
 // callerPod finds the one live pod on this node with the source IP.
 func callerPod(ctx context.Context, r client.Reader, ip string) (*corev1.Pod, error) {
 	var pods corev1.PodList
@@ -49,7 +52,7 @@ func callerPod(ctx context.Context, r client.Reader, ip string) (*corev1.Pod, er
 	}
 	switch len(found) {
 	case 0:
-		return nil, forbidden("unknown_caller", "No running pod on this node has IP %s; only pods on this node may request tokens (host-network pods cannot)", ip)
+		return nil, forbidden(reasonUnknownCaller, "No running pod on this node has IP %s; only pods on this node may request tokens (host-network pods cannot)", ip)
 	case 1:
 		return found[0], nil
 	}

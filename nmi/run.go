@@ -57,6 +57,9 @@ type Options struct {
 	// IdentityNotFoundRetry paces retries while IMDS does not know a
 	// user-assigned identity yet.
 	IdentityNotFoundRetry wait.Backoff
+	// UnknownCallerWait is how long a request from an IP no pod on this
+	// node has yet waits for the pod's IP to reach NMI's cache.
+	UnknownCallerWait time.Duration
 	// TokenRefreshMargin is how long before expiry a cached token is renewed.
 	TokenRefreshMargin time.Duration
 
@@ -135,6 +138,7 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		passthrough:  newPassthrough(imdsURL, opts.IMDSTransport),
 		allowedPaths: opts.AllowedMetadataPaths,
 		tokens:       newTokenCache(opts.TokenRefreshMargin),
+		callerWait:   opts.UnknownCallerWait,
 		log:          log,
 	}
 	if opts.EnableServicePrincipals {

@@ -2,6 +2,7 @@ package nmi
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/gorilla/mux"
+	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
@@ -30,7 +32,9 @@ type Server struct {
 	passthrough  *httputil.ReverseProxy
 	allowedPaths []string
 	tokens       *tokenCache
-	log          logr.Logger
+	// callerWait is how long an unknown source IP is looked up again.
+	callerWait time.Duration
+	log        logr.Logger
 }
 
 // Handler routes metadata requests.
@@ -93,9 +97,32 @@ func (s *Server) other(w http.ResponseWriter, r *http.Request) (string, error) {
 	return s.proxy(w, r)
 }
 
+// callerPollInterval paces the lookups of an unknown caller.
+const callerPollInterval = 100 * time.Millisecond
+
+// caller finds the pod calling from ip. A container may call as soon as it
+// starts, before the kubelet's status update with its IP reaches this
+// node's cache, so an unknown IP is looked up again for up to callerWait
+// before it is refused.
+func (s *Server) caller(ctx context.Context, ip string) (*corev1.Pod, error) {
+	deadline := time.Now().Add(s.callerWait)
+	for {
+		pod, err := callerPod(ctx, s.reader, ip)
+		var apiErr *apiError
+		if err == nil || !errors.As(err, &apiErr) || apiErr.reason != reasonUnknownCaller || !time.Now().Before(deadline) {
+			return pod, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(callerPollInterval):
+		}
+	}
+}
+
 // exemptCaller reports whether the caller matches an AzurePodIdentityException.
 func (s *Server) exemptCaller(r *http.Request) (bool, error) {
-	pod, err := callerPod(r.Context(), s.reader, remoteIP(r))
+	pod, err := s.caller(r.Context(), remoteIP(r))
 	if err != nil {
 		return false, err
 	}
@@ -104,7 +131,7 @@ func (s *Server) exemptCaller(r *http.Request) (bool, error) {
 
 func (s *Server) token(w http.ResponseWriter, r *http.Request) (string, error) {
 	ctx := r.Context()
-	pod, err := callerPod(ctx, s.reader, remoteIP(r))
+	pod, err := s.caller(ctx, remoteIP(r))
 	if err != nil {
 		return "", err
 	}

@@ -376,3 +376,26 @@ func TestCrossNamespaceBinding(t *testing.T) {
 		})
 	}
 }
+
+// A container may call before its IP reaches NMI's cache: the request waits
+// for the pod up to the caller wait, and is refused when none shows up.
+func TestUnknownCallerWait(t *testing.T) {
+	id := identity("id-a", "client-a", "")
+	f := newFixture(t, &id, binding("ns", "bind-a", "sel", "id-a"))
+	f.server.callerWait = 5 * time.Second
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		if err := f.client.Create(context.Background(), pod("late", "10.0.0.7", admitted("ns/id-a"))); err != nil {
+			t.Error(err)
+		}
+	}()
+	if rec := f.do(t, "10.0.0.7", "/metadata/identity/oauth2/token?api-version=1&resource=r", true); rec.Code != http.StatusOK {
+		t.Fatalf("pod whose IP arrived during the wait: got %d %s", rec.Code, rec.Body)
+	}
+
+	f.server.callerWait = 300 * time.Millisecond
+	rec := f.do(t, "10.0.0.8", "/metadata/identity/oauth2/token?api-version=1&resource=r", true)
+	if rec.Code != http.StatusForbidden || !strings.Contains(rec.Body.String(), "No running pod on this node has IP 10.0.0.8") {
+		t.Fatalf("IP no pod has: got %d %s, want 403", rec.Code, rec.Body)
+	}
+}

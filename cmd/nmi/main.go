@@ -40,6 +40,7 @@ func main() {
 	fs.BoolVar(&opts.EnableServicePrincipals, "enable-service-principals", false, "Serve type 1 and 2 AzureIdentities (NMI then reads their Secrets).")
 	fs.BoolVar(&opts.AllowCrossNamespace, "allow-cross-namespace", false, "Count AzureIdentityBindings in every namespace when checking that a pod is still bound to an identity; must match the webhook's flag.")
 	fs.BoolVar(&opts.AllowCrossNamespaceSecrets, "allow-cross-namespace-secrets", false, "Let an AzureIdentity use a Secret outside its own namespace.")
+	fs.DurationVar(&opts.UnknownCallerWait, "unknown-caller-wait", 5*time.Second, "How long a request from an address no pod on this node has yet waits for the pod's IP to be reported (containers may call IMDS before the kubelet reports their IP); then 403.")
 	fs.BoolVar(&opts.FlushConntrack, "flush-conntrack", false, "After installing the rules, drop tracked connections to the metadata IP.")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)

@@ -3,6 +3,7 @@ package suite
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
 	"strconv"
@@ -77,6 +78,7 @@ func BenchmarkTimeToFirstToken(b *testing.B) {
 		applied := time.Since(start)
 		first := map[string]time.Time{}
 		errorsBefore := map[string]int{}
+		samples := map[string]string{} // a failed request's line per pod, for the log
 		eventually(b, 10*time.Minute, "every pod's first token", func() error {
 			var mu sync.Mutex
 			var wg sync.WaitGroup
@@ -89,10 +91,13 @@ func BenchmarkTimeToFirstToken(b *testing.B) {
 					continue
 				}
 				wg.Go(func() {
-					ok, errs := firstToken(attempts(b, "default", name))
+					ok, errs, sample := firstToken(attempts(b, "default", name))
 					mu.Lock()
 					defer mu.Unlock()
 					errorsBefore[name] = errs
+					if sample != "" {
+						samples[name] = sample
+					}
 					if !ok.IsZero() {
 						first[name] = ok
 					}
@@ -104,7 +109,6 @@ func BenchmarkTimeToFirstToken(b *testing.B) {
 			}
 			return nil
 		})
-		b.StopTimer()
 		scheduled := scheduledTimes(b)
 		var ttft, tts []time.Duration
 		errs := 0
@@ -124,22 +128,25 @@ func BenchmarkTimeToFirstToken(b *testing.B) {
 		b.Logf("%d pods, %d identities, write latency %s: kubectl apply took %s; scheduled (gate lifted, in seconds, second resolution) p50 %.0f max %.0f; first token p50 %s p90 %s max %s; %d failed token requests before the first token; %d ARM writes",
 			podCount, idCount, latency, applied.Round(time.Millisecond), quantile(tts, 0.5).Seconds(), quantile(tts, 1).Seconds(),
 			quantile(ttft, 0.5).Round(time.Millisecond), quantile(ttft, 0.9).Round(time.Millisecond), quantile(ttft, 1).Round(time.Millisecond), errs, len(env.az.ARM.Writes()))
+		for _, name := range slices.Sorted(maps.Keys(samples))[:min(len(samples), 3)] {
+			b.Logf("%s: %s", name, samples[name])
+		}
 	}
 }
 
-// firstToken returns when a demo pod first got its user-assigned token and
-// how many token requests failed before.
-func firstToken(all []attempt) (time.Time, int) {
-	errs := 0
+// firstToken returns when a demo pod first got its user-assigned token, how
+// many token requests failed before and the last failure's line.
+func firstToken(all []attempt) (at time.Time, errs int, failure string) {
 	for _, a := range all {
 		switch a.Msg {
 		case userToken:
-			return a.At, errs
+			return a.At, errs, failure
 		case userDenied, defaultError:
 			errs++
+			failure = a.Line
 		}
 	}
-	return time.Time{}, errs
+	return time.Time{}, errs, failure
 }
 
 // scheduledTimes returns when each benchmark pod was scheduled: its gate
