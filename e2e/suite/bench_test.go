@@ -78,6 +78,7 @@ func BenchmarkTimeToFirstToken(b *testing.B) {
 		applied := time.Since(start)
 		first := map[string]time.Time{}
 		errorsBefore := map[string]int{}
+		started := map[string]time.Time{}
 		samples := map[string]string{} // a failed request's line per pod, for the log
 		eventually(b, 10*time.Minute, "every pod's first token", func() error {
 			var mu sync.Mutex
@@ -91,9 +92,13 @@ func BenchmarkTimeToFirstToken(b *testing.B) {
 					continue
 				}
 				wg.Go(func() {
-					ok, errs, sample := firstToken(attempts(b, "default", name))
+					all := attempts(b, "default", name)
+					ok, errs, sample := firstToken(all)
 					mu.Lock()
 					defer mu.Unlock()
+					if len(all) > 0 && all[0].Msg == demoStarted {
+						started[name] = all[0].At
+					}
 					errorsBefore[name] = errs
 					if sample != "" {
 						samples[name] = sample
@@ -109,25 +114,34 @@ func BenchmarkTimeToFirstToken(b *testing.B) {
 			}
 			return nil
 		})
-		scheduled := scheduledTimes(b)
-		var ttft, tts []time.Duration
-		errs := 0
+		scheduled, ready := conditionTimes(b, corev1.PodScheduled), conditionTimes(b, corev1.PodReady)
+		var ttft, tts, tst, trd []time.Duration
+		errs, slowest := 0, ""
 		for name, at := range first {
+			if slowest == "" || at.After(first[slowest]) {
+				slowest = name
+			}
 			ttft = append(ttft, at.Sub(start))
 			errs += errorsBefore[name]
-			if s, ok := scheduled[name]; ok {
-				tts = append(tts, s.Sub(start))
-			}
+			tts = append(tts, scheduled[name].Sub(start))
+			tst = append(tst, started[name].Sub(start))
+			trd = append(trd, ready[name].Sub(start))
 		}
-		slices.Sort(ttft)
-		slices.Sort(tts)
+		for _, d := range [][]time.Duration{ttft, tts, tst, trd} {
+			slices.Sort(d)
+		}
 		b.ReportMetric(quantile(ttft, 0.5).Seconds(), "p50-s")
 		b.ReportMetric(quantile(ttft, 0.9).Seconds(), "p90-s")
 		b.ReportMetric(quantile(ttft, 1).Seconds(), "max-s")
 		b.ReportMetric(float64(errs), "token-errors")
-		b.Logf("%d pods, %d identities, write latency %s: kubectl apply took %s; scheduled (gate lifted, in seconds, second resolution) p50 %.0f max %.0f; first token p50 %s p90 %s max %s; %d failed token requests before the first token; %d ARM writes",
-			podCount, idCount, latency, applied.Round(time.Millisecond), quantile(tts, 0.5).Seconds(), quantile(tts, 1).Seconds(),
-			quantile(ttft, 0.5).Round(time.Millisecond), quantile(ttft, 0.9).Round(time.Millisecond), quantile(ttft, 1).Round(time.Millisecond), errs, len(env.az.ARM.Writes()))
+		b.Logf("%d pods, %d identities, write latency %s: kubectl apply took %s; %d failed token requests before the first token; %d ARM writes", podCount, idCount, latency, applied.Round(time.Millisecond), errs, len(env.az.ARM.Writes()))
+		for _, q := range []struct {
+			what string
+			d    []time.Duration
+		}{{"scheduled (gate lifted; 1 s resolution)", tts}, {"container started", tst}, {"Ready with its IP (1 s resolution)", trd}, {"first token", ttft}} {
+			b.Logf("%-40s p50 %6.2fs  p90 %6.2fs  max %6.2fs", q.what, quantile(q.d, 0.5).Seconds(), quantile(q.d, 0.9).Seconds(), quantile(q.d, 1).Seconds())
+		}
+		logSlowest(b, slowest)
 		for _, name := range slices.Sorted(maps.Keys(samples))[:min(len(samples), 3)] {
 			b.Logf("%s: %s", name, samples[name])
 		}
@@ -149,9 +163,9 @@ func firstToken(all []attempt) (at time.Time, errs int, failure string) {
 	return time.Time{}, errs, failure
 }
 
-// scheduledTimes returns when each benchmark pod was scheduled: its gate
-// was lifted just before.
-func scheduledTimes(b *testing.B) map[string]time.Time {
+// conditionTimes returns when each benchmark pod's condition became true
+// (PodScheduled: its gate was lifted just before).
+func conditionTimes(b *testing.B, cond corev1.PodConditionType) map[string]time.Time {
 	pods, err := env.client.CoreV1().Pods("default").List(context.Background(), metav1.ListOptions{LabelSelector: "bench=ttft"})
 	if err != nil {
 		b.Fatal(err)
@@ -159,12 +173,25 @@ func scheduledTimes(b *testing.B) map[string]time.Time {
 	out := map[string]time.Time{}
 	for _, p := range pods.Items {
 		for _, c := range p.Status.Conditions {
-			if c.Type == corev1.PodScheduled && c.Status == corev1.ConditionTrue {
+			if c.Type == cond && c.Status == corev1.ConditionTrue {
 				out[p.Name] = c.LastTransitionTime.Time
 			}
 		}
 	}
 	return out
+}
+
+// logSlowest logs the start of the slowest pod's log, where its time went.
+func logSlowest(b *testing.B, name string) {
+	raw, err := env.client.CoreV1().Pods("default").GetLogs(name, &corev1.PodLogOptions{Container: "demo"}).DoRaw(context.Background())
+	if err != nil {
+		b.Logf("logs of %s: %v", name, err)
+		return
+	}
+	lines := strings.SplitN(string(raw), "\n", 7)
+	for _, l := range lines[:min(len(lines), 6)] {
+		b.Logf("slowest pod %s: %.220s", name, l)
+	}
 }
 
 func quantile(sorted []time.Duration, q float64) time.Duration {

@@ -156,9 +156,11 @@ const (
 	userDenied   = "failed to acquire a service principal token using a user-assigned identity"
 	defaultToken = "successfully acquired a service principal token"
 	defaultError = "failed to acquire a service principal token"
+	// demoStarted is the demo's first line, before any request.
+	demoStarted = "starting aad-pod-identity demo pod"
 )
 
-// attempt is one logged token request of a demo pod.
+// attempt is one logged token request of a demo pod, or its start.
 type attempt struct {
 	At   time.Time
 	Msg  string
@@ -188,7 +190,7 @@ func parseAttempts(raw []byte, now time.Time) []attempt {
 			continue
 		}
 		switch m[2] {
-		case userToken, userDenied, defaultToken, defaultError:
+		case userToken, userDenied, defaultToken, defaultError, demoStarted:
 		default:
 			continue
 		}
