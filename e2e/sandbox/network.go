@@ -96,7 +96,10 @@ func setupNodeNS(cp, node ns.NetNS, i int) error {
 		if err := ip.AddDefaultRoute(nodeLinkCP(i), eth0); err != nil {
 			return fmt.Errorf("default route: %w", err)
 		}
-		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "cbr0", MTU: 1500}}
+		// A fixed MAC: otherwise the bridge takes the lowest of its ports'
+		// and changes it as pods come, and pods that cached the old one lose
+		// their gateway for about 30 s (ARP reachable time).
+		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "cbr0", MTU: 1500, HardwareAddr: net.HardwareAddr{0x02, 0x42, 0x0a, 0xf4, byte(i), 0x01}}}
 		if err := netlink.LinkAdd(br); err != nil {
 			return fmt.Errorf("bridge: %w", err)
 		}

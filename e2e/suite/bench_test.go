@@ -115,7 +115,7 @@ func BenchmarkTimeToFirstToken(b *testing.B) {
 			return nil
 		})
 		scheduled, ready := conditionTimes(b, corev1.PodScheduled), conditionTimes(b, corev1.PodReady)
-		var ttft, tts, tst, trd []time.Duration
+		var ttft, tts, tst, trd, own []time.Duration
 		errs, slowest := 0, ""
 		for name, at := range first {
 			if slowest == "" || at.After(first[slowest]) {
@@ -126,8 +126,9 @@ func BenchmarkTimeToFirstToken(b *testing.B) {
 			tts = append(tts, scheduled[name].Sub(start))
 			tst = append(tst, started[name].Sub(start))
 			trd = append(trd, ready[name].Sub(start))
+			own = append(own, at.Sub(started[name]))
 		}
-		for _, d := range [][]time.Duration{ttft, tts, tst, trd} {
+		for _, d := range [][]time.Duration{ttft, tts, tst, trd, own} {
 			slices.Sort(d)
 		}
 		b.ReportMetric(quantile(ttft, 0.5).Seconds(), "p50-s")
@@ -138,8 +139,8 @@ func BenchmarkTimeToFirstToken(b *testing.B) {
 		for _, q := range []struct {
 			what string
 			d    []time.Duration
-		}{{"scheduled (gate lifted; 1 s resolution)", tts}, {"container started", tst}, {"Ready with its IP (1 s resolution)", trd}, {"first token", ttft}} {
-			b.Logf("%-40s p50 %6.2fs  p90 %6.2fs  max %6.2fs", q.what, quantile(q.d, 0.5).Seconds(), quantile(q.d, 0.9).Seconds(), quantile(q.d, 1).Seconds())
+		}{{"scheduled (gate lifted; 1 s resolution)", tts}, {"container started", tst}, {"Ready with its IP (1 s resolution)", trd}, {"first token", ttft}, {"container start → first token (demo's own)", own}} {
+			b.Logf("%-44s p50 %6.2fs  p90 %6.2fs  max %6.2fs", q.what, quantile(q.d, 0.5).Seconds(), quantile(q.d, 0.9).Seconds(), quantile(q.d, 1).Seconds())
 		}
 		logSlowest(b, slowest)
 		for _, name := range slices.Sorted(maps.Keys(samples))[:min(len(samples), 3)] {
@@ -190,7 +191,7 @@ func logSlowest(b *testing.B, name string) {
 	}
 	lines := strings.SplitN(string(raw), "\n", 7)
 	for _, l := range lines[:min(len(lines), 6)] {
-		b.Logf("slowest pod %s: %.220s", name, l)
+		b.Logf("slowest pod %s: %.700s", name, l)
 	}
 }
 
