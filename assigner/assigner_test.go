@@ -77,6 +77,37 @@ func TestWalkthroughPodGateLiftedAfterAssignment(t *testing.T) {
 	})
 }
 
+// Once an identity is in place, more pods using it are admitted without
+// reading the pool again (ARM reads are throttled per subscription), and
+// the record still counts them.
+func TestSettledPoolIsNotRead(t *testing.T) {
+	w := newWorld(t)
+	p := w.pool("agentpool", false, nil)
+	w.identity("demo")
+	w.pod("first", "demo")
+	w.waitAssigned("first", waitFor)
+	reads := w.arm.Calls()["GET virtualMachineScaleSets"]
+	for i := range 5 {
+		w.pod(fmt.Sprintf("more-%d", i), "demo")
+	}
+	for i := range 5 {
+		w.waitAssigned(fmt.Sprintf("more-%d", i), waitFor)
+	}
+	eventually(t, waitFor, func() error {
+		rec, err := w.record("demo", p)
+		if err != nil {
+			return err
+		}
+		if rec.Status.Pods != 6 {
+			return fmt.Errorf("record counts %d pods, want 6", rec.Status.Pods)
+		}
+		return nil
+	})
+	if got := w.arm.Calls()["GET virtualMachineScaleSets"]; got != reads {
+		t.Errorf("pool read %d more times for pods on an identity already assigned", got-reads)
+	}
+}
+
 // A burst of pods becomes at most two PATCHes per pool.
 func TestBurstBatchesPerPool(t *testing.T) {
 	w := newWorld(t)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/aad-pod-identity/aad-pod-identity/assigner"
 	"github.com/aad-pod-identity/aad-pod-identity/e2e/fakeazure"
+	"github.com/aad-pod-identity/aad-pod-identity/e2e/testca"
 )
 
 // TestAzureConfigCredential follows the binary's path from azure.json to
@@ -25,7 +26,7 @@ import (
 // from the test CA), and the fake ARM accepts only tokens that AAD signed
 // for the ARM audience.
 func TestAzureConfigCredential(t *testing.T) {
-	ca, err := fakeazure.NewCA()
+	ca, err := testca.New("fake-azure-test-ca")
 	if err != nil {
 		t.Fatal(err)
 	}

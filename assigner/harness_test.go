@@ -24,6 +24,7 @@ import (
 	"github.com/aad-pod-identity/aad-pod-identity/assigner"
 	"github.com/aad-pod-identity/aad-pod-identity/e2e/fakeazure"
 	"github.com/aad-pod-identity/aad-pod-identity/e2e/framework"
+	"github.com/aad-pod-identity/aad-pod-identity/e2e/testca"
 	"github.com/aad-pod-identity/aad-pod-identity/webhook"
 )
 
@@ -74,7 +75,7 @@ type world struct {
 	cfg      *rest.Config
 	state    *fakeazure.State
 	arm      *fakeazure.ARM
-	ca       *fakeazure.CA
+	ca       *testca.CA
 	sub      string
 	ns       string // pods, identities, bindings
 	recordNS string // AzureAssignedIdentity records
@@ -91,7 +92,7 @@ func newWorld(t testing.TB, opts ...worldOption) *world {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca, err := fakeazure.NewCA()
+	ca, err := testca.New("fake-azure-test-ca")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -45,6 +45,7 @@ type poolReconciler struct {
 	mu        sync.Mutex
 	failures  map[string]int         // consecutive transient ARM failures by pool
 	lastDrift map[string]time.Time   // last retry of Failed records by pool
+	lastRead  map[string]time.Time   // last successful GET of the pool
 	newWork   map[string]batchWindow // pools with identities without record
 }
 
@@ -81,10 +82,16 @@ func (r *poolReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.
 	if wait := r.batchWait(pool, needs, records, unseen, time.Now()); wait > 0 {
 		return ctrl.Result{RequeueAfter: wait}, nil
 	}
+	if left, ok := r.settled(pool, needs, records, time.Now()); ok {
+		return ctrl.Result{RequeueAfter: left}, r.countPods(ctx, needs, records)
+	}
 	actual, err := r.arm.Get(ctx, pool)
 	if err != nil {
 		return r.armFailed(ctx, pool, records, err)
 	}
+	r.mu.Lock()
+	r.lastRead[pool.Key()] = time.Now()
+	r.mu.Unlock()
 	// Ownership is recorded before any write, so a crash never loses it.
 	if err := r.createRecords(ctx, pool, needs, records, actual); err != nil {
 		return ctrl.Result{}, err
@@ -104,6 +111,42 @@ func (r *poolReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.
 		return ctrl.Result{}, err
 	}
 	return ctrl.Result{RequeueAfter: min(requeue, r.drift)}, nil
+}
+
+// settled reports whether the pool needs no ARM call until its next drift
+// check, and how long until then: every needed identity is recorded
+// Assigned, no record waits for removal, and the pool was read less than a
+// drift period ago. Pods coming and going on identities already in place
+// then cost no ARM read (reads are throttled per subscription too).
+func (r *poolReconciler) settled(pool Pool, needs map[string]*need, records map[string]*aadv1.AzureAssignedIdentity, now time.Time) (time.Duration, bool) {
+	if len(records) != len(needs) {
+		return 0, false
+	}
+	for key := range needs {
+		rec := records[key]
+		if rec == nil || rec.Status.Status != aadv1.StateAssigned {
+			return 0, false
+		}
+		if _, ok := rec.Annotations[annotationUnneededSince]; ok {
+			return 0, false
+		}
+	}
+	r.mu.Lock()
+	last, ok := r.lastRead[pool.Key()]
+	r.mu.Unlock()
+	left := last.Add(r.drift).Sub(now)
+	return left, ok && left > 0
+}
+
+// countPods keeps each record's pod count current without touching ARM.
+func (r *poolReconciler) countPods(ctx context.Context, needs map[string]*need, records map[string]*aadv1.AzureAssignedIdentity) error {
+	keys := slices.Collect(maps.Keys(needs))
+	return forEach(ctx, len(keys), func(ctx context.Context, i int) error {
+		rec := records[keys[i]]
+		status := rec.Status
+		status.Pods = needs[keys[i]].pods
+		return r.setStatus(ctx, rec, status)
+	})
 }
 
 // batchWait returns how long to wait before writing. New identities for a

@@ -178,7 +178,7 @@ func Setup(ctx context.Context, mgr manager.Manager, opts Options) error {
 		grace: opts.GCGracePeriod, drift: opts.DriftCheckPeriod, immutable: immutable,
 		throttle: &throttle{until: map[string]time.Time{}},
 		batch:    opts.BatchWindow,
-		failures: map[string]int{}, lastDrift: map[string]time.Time{}, newWork: map[string]batchWindow{},
+		failures: map[string]int{}, lastDrift: map[string]time.Time{}, lastRead: map[string]time.Time{}, newWork: map[string]batchWindow{},
 	}
 	err = ctrl.NewControllerManagedBy(mgr).Named("pool").
 		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(podToPools), builder.WithPredicates(podTargetsChanged())).

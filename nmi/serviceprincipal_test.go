@@ -12,6 +12,7 @@ import (
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 	"github.com/aad-pod-identity/aad-pod-identity/e2e/fakeazure"
+	"github.com/aad-pod-identity/aad-pod-identity/e2e/testca"
 )
 
 func TestServicePrincipalTokens(t *testing.T) {
@@ -19,7 +20,7 @@ func TestServicePrincipalTokens(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca, err := fakeazure.NewCA()
+	ca, err := testca.New("fake-azure-test-ca")
 	if err != nil {
 		t.Fatal(err)
 	}

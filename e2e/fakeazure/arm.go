@@ -17,6 +17,8 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/google/uuid"
 	"github.com/gorilla/mux"
+
+	"github.com/aad-pod-identity/aad-pod-identity/e2e/testca"
 )
 
 // Identity type strings, as ARM spells them.
@@ -80,7 +82,7 @@ type operation struct {
 }
 
 // StartARM serves state on a loopback port until Close.
-func StartARM(state *State, ca *CA) (*ARM, error) {
+func StartARM(state *State, ca *testca.CA) (*ARM, error) {
 	tlsCfg, err := ca.ServerTLSConfig("127.0.0.1", "localhost")
 	if err != nil {
 		return nil, err

@@ -14,6 +14,8 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/compute/armcompute/v8"
+
+	"github.com/aad-pod-identity/aad-pod-identity/e2e/testca"
 )
 
 const (
@@ -23,7 +25,7 @@ const (
 
 func startFake(t *testing.T) (*State, *ARM, *armcompute.VirtualMachineScaleSetsClient, *armcompute.VirtualMachinesClient) {
 	t.Helper()
-	ca, err := NewCA()
+	ca, err := testca.New("fake-azure-test-ca")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,8 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
+
+	"github.com/aad-pod-identity/aad-pod-identity/e2e/testca"
 )
 
 func TestIMDSIssuesOnlyAssignedIdentities(t *testing.T) {
@@ -74,7 +76,7 @@ func TestAADClientCredentials(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca, err := NewCA()
+	ca, err := testca.New("fake-azure-test-ca")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/aad-pod-identity/aad-pod-identity/e2e/fakeazure"
+	"github.com/aad-pod-identity/aad-pod-identity/e2e/testca"
 )
 
 // Ports of the fake ARM and AAD on APIServerIP in the control-plane namespace.
@@ -47,7 +48,7 @@ type AzureEndpoints struct {
 // container started afterwards trust that CA through SSL_CERT_FILE (Go
 // honours it), so the components need no extra CA flags.
 func (s *Sandbox) ServeAzure() (*AzureEndpoints, error) {
-	ca, err := fakeazure.NewCA()
+	ca, err := testca.New("fake-azure-test-ca")
 	if err != nil {
 		return nil, err
 	}

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"io"
 	"net"
@@ -383,21 +382,15 @@ func (k *kubelet) run(ctx context.Context, nodeSpec *corev1.Node, errc chan<- er
 // serveHTTP serves the kubelet API (logs, pods) on the node's address, port
 // 10250, to clients holding a certificate of the sandbox CA (the apiserver).
 func (k *kubelet) serveHTTP(pc *node.PodController) (func(), error) {
-	certPEM, keyPEM, err := k.sb.ca.issue(k.name, nil, []net.IP{k.nodeIP}, []string{k.name}, x509.ExtKeyUsageServerAuth)
+	cfg, err := k.sb.ca.ServerTLSConfig(k.nodeIP.String(), k.name)
 	if err != nil {
 		return nil, err
 	}
-	cert, err := tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		return nil, err
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(k.sb.ca.Cert)
+	cfg.ClientCAs, cfg.ClientAuth = k.sb.ca.Pool, tls.RequireAndVerifyClientCert
 	l, err := listenIn(k.netns, net.JoinHostPort(k.nodeIP.String(), "10250"))
 	if err != nil {
 		return nil, fmt.Errorf("kubelet API listener: %w", err)
 	}
-	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12}
 	mux := http.NewServeMux()
 	api.AttachPodRoutes(api.PodHandlerConfig{
 		GetContainerLogs: k.GetContainerLogs,

@@ -32,6 +32,7 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/aad-pod-identity/aad-pod-identity/e2e/fakeazure"
+	"github.com/aad-pod-identity/aad-pod-identity/e2e/testca"
 )
 
 const apiserverPort = 6443
@@ -74,7 +75,7 @@ type Sandbox struct {
 	log    logr.Logger
 	mu     sync.Mutex
 	nodes  []*Node
-	ca     *CA
+	ca     *testca.CA
 	cp     ns.NetNS
 	netns  []string // every namespace created, in creation order
 	procs  []*process
@@ -121,13 +122,13 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 			return nil, err
 		}
 	}
-	if s.ca, err = newCA(); err != nil {
+	if s.ca, err = testca.New("aad-pod-identity sandbox CA"); err != nil {
 		return nil, err
 	}
 	if s.Signer, err = fakeazure.NewSigner(); err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(s.path("pki", "ca.crt"), s.ca.CertPEM, 0o644); err != nil {
+	if err := os.WriteFile(s.path("pki", "ca.crt"), s.ca.PEM, 0o644); err != nil {
 		return nil, err
 	}
 	if s.cp, err = s.createNetNS("cp"); err != nil {
@@ -177,15 +178,14 @@ func (s *Sandbox) start(netns ns.NetNS, name string, args ...string) error {
 func (s *Sandbox) startControlPlane(ctx context.Context) error {
 	pki := s.path("pki")
 	apiIP := APIServerIP.String()
-	serverCrt, serverKey, err := s.ca.writeKeyPair(pki, "apiserver", "kube-apiserver", nil,
-		[]net.IP{net.IPv4(127, 0, 0, 1), APIServerIP, net.IPv4(10, 0, 0, 1)},
-		[]string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"},
-		x509.ExtKeyUsageServerAuth)
+	serverCrt, serverKey, err := writeKeyPair(s.ca, pki, "apiserver", testca.Leaf{CommonName: "kube-apiserver",
+		Hosts: []string{"127.0.0.1", apiIP, "10.0.0.1", "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"},
+		Usage: x509.ExtKeyUsageServerAuth})
 	if err != nil {
 		return err
 	}
-	kubeletCrt, kubeletKey, err := s.ca.writeKeyPair(pki, "apiserver-kubelet-client", "kube-apiserver-kubelet-client",
-		[]string{"system:masters"}, nil, nil, x509.ExtKeyUsageClientAuth)
+	kubeletCrt, kubeletKey, err := writeKeyPair(s.ca, pki, "apiserver-kubelet-client", testca.Leaf{CommonName: "kube-apiserver-kubelet-client",
+		Organizations: []string{"system:masters"}, Usage: x509.ExtKeyUsageClientAuth})
 	if err != nil {
 		return err
 	}
@@ -228,16 +228,14 @@ func (s *Sandbox) startControlPlane(ctx context.Context) error {
 	s.Config = &rest.Config{
 		Host:            "https://" + s.fwd.addr(),
 		BearerToken:     s.tokens["admin"],
-		TLSClientConfig: rest.TLSClientConfig{CAData: s.ca.CertPEM},
+		TLSClientConfig: rest.TLSClientConfig{CAData: s.ca.PEM},
 		QPS:             200, Burst: 400,
 	}
 	s.Kubeconfig = s.path("kubeconfig")
 	if err := s.writeKubeconfig(s.Kubeconfig, s.Config.Host, "admin"); err != nil {
 		return err
 	}
-	pool := x509.NewCertPool()
-	pool.AddCert(s.ca.Cert)
-	adminClient := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	adminClient := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: s.ca.Pool}}}
 	if err := s.waitReady(ctx, adminClient, "kube-apiserver", s.Config.Host+"/readyz"); err != nil {
 		return err
 	}
@@ -318,7 +316,7 @@ func (s *Sandbox) writeTokens() error {
 
 func (s *Sandbox) writeKubeconfig(path, server, user string) error {
 	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters["sandbox"] = &clientcmdapi.Cluster{Server: server, CertificateAuthorityData: s.ca.CertPEM}
+	cfg.Clusters["sandbox"] = &clientcmdapi.Cluster{Server: server, CertificateAuthorityData: s.ca.PEM}
 	cfg.AuthInfos[user] = &clientcmdapi.AuthInfo{Token: s.tokens[user]}
 	cfg.Contexts["sandbox"] = &clientcmdapi.Context{Cluster: "sandbox", AuthInfo: user}
 	cfg.CurrentContext = "sandbox"

@@ -70,9 +70,18 @@ func writeFiles(dir string, files map[string][]byte) error {
 // refreshVolumes keeps Secret and ConfigMap volumes in step with their
 // sources until ctx ends, as the kubelet does: a component that writes its
 // own certificate Secret after it started (the webhook's built-in
-// certificates) sees the files appear. A source that cannot be read keeps
-// the last content.
+// certificates) sees the files appear. Projected volumes with a
+// service-account token are rewritten with a new token once 80% of its
+// lifetime has passed, as the kubelet does, so components running longer
+// than an hour keep authenticating. A source that cannot be read keeps the
+// last content.
 func refreshVolumes(ctx context.Context, c kubernetes.Interface, pod *corev1.Pod, paths map[string]string, every time.Duration) {
+	renew := map[string]time.Time{}
+	for _, v := range pod.Spec.Volumes {
+		if ttl := tokenLifetime(v); ttl > 0 {
+			renew[v.Name] = time.Now().Add(ttl * 8 / 10)
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -80,14 +89,33 @@ func refreshVolumes(ctx context.Context, c kubernetes.Interface, pod *corev1.Pod
 		case <-time.After(every):
 		}
 		for _, v := range pod.Spec.Volumes {
-			if v.Secret == nil && v.ConfigMap == nil {
+			due, token := renew[v.Name]
+			if v.Secret == nil && v.ConfigMap == nil && (!token || time.Now().Before(due)) {
 				continue
 			}
-			if files, err := volumeFiles(ctx, c, pod, v.VolumeSource); err == nil {
-				_ = writeFiles(paths[v.Name], files) // retried on the next round
+			files, err := volumeFiles(ctx, c, pod, v.VolumeSource)
+			if err != nil || writeFiles(paths[v.Name], files) != nil {
+				continue // retried on the next round
+			}
+			if token {
+				renew[v.Name] = time.Now().Add(tokenLifetime(v) * 8 / 10)
 			}
 		}
 	}
+}
+
+// tokenLifetime is the lifetime of the service-account token a projected
+// volume holds, or 0 without one.
+func tokenLifetime(v corev1.Volume) time.Duration {
+	if v.Projected == nil {
+		return 0
+	}
+	for _, s := range v.Projected.Sources {
+		if s.ServiceAccountToken != nil {
+			return time.Duration(ptr.Deref(s.ServiceAccountToken.ExpirationSeconds, defaultTokenSeconds)) * time.Second
+		}
+	}
+	return 0
 }
 
 func isDirOrCreate(t *corev1.HostPathType) bool {
@@ -139,6 +167,10 @@ func projectedFiles(ctx context.Context, c kubernetes.Interface, pod *corev1.Pod
 	return nil, fmt.Errorf("projected source not supported by the sandbox kubelet")
 }
 
+// defaultTokenSeconds is the lifetime the ServiceAccount admission gives
+// the kube-api-access volume's token.
+const defaultTokenSeconds = 3607
+
 func serviceAccountToken(ctx context.Context, c kubernetes.Interface, pod *corev1.Pod, p *corev1.ServiceAccountTokenProjection) (string, error) {
 	sa := pod.Spec.ServiceAccountName
 	if sa == "" {
@@ -150,7 +182,7 @@ func serviceAccountToken(ctx context.Context, c kubernetes.Interface, pod *corev
 	}
 	req := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
 		Audiences:         aud,
-		ExpirationSeconds: ptr.To(ptr.Deref(p.ExpirationSeconds, 3607)),
+		ExpirationSeconds: ptr.To(ptr.Deref(p.ExpirationSeconds, defaultTokenSeconds)),
 		BoundObjectRef:    &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
 	}}
 	resp, err := c.CoreV1().ServiceAccounts(pod.Namespace).CreateToken(ctx, sa, req, metav1.CreateOptions{})

@@ -1,4 +1,8 @@
-package fakeazure
+// Package testca is the tests' certificate authority: the sandbox's
+// cluster certificates (apiserver, kubelets, their clients) and the fake
+// Azure's serving certificates come from it, and clients trust it through
+// Pool (in-process) or the PEM file named by SSL_CERT_FILE (processes).
+package testca
 
 import (
 	"crypto/ecdsa"
@@ -16,9 +20,10 @@ import (
 	"time"
 )
 
-// CA is the one test certificate authority the fake Azure endpoints serve
-// from. Clients trust it through Pool (in-process) or the PEM file named by
-// SSL_CERT_FILE (processes).
+// validity covers a sandbox left up with `make demo KEEP=1` for days.
+const validity = 7 * 24 * time.Hour
+
+// CA signs leaf certificates.
 type CA struct {
 	cert *x509.Certificate
 	key  *ecdsa.PrivateKey
@@ -28,17 +33,17 @@ type CA struct {
 	Pool *x509.CertPool
 }
 
-// NewCA creates a fresh CA valid for a day.
-func NewCA() (*CA, error) {
+// New creates a fresh CA named name.
+func New(name string) (*CA, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("generating CA key: %w", err)
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "fake-azure-test-ca"},
+		Subject:               pkix.Name{CommonName: name},
 		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
+		NotAfter:              time.Now().Add(validity),
 		IsCA:                  true,
 		BasicConstraintsValid: true,
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
@@ -56,44 +61,67 @@ func NewCA() (*CA, error) {
 	return &CA{cert: cert, key: key, PEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), Pool: pool}, nil
 }
 
-// ServerCert issues a serving certificate for hosts (DNS names or IPs).
-func (ca *CA) ServerCert(hosts ...string) (tls.Certificate, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+// Leaf describes a certificate to issue: its subject and, for serving
+// certificates, the hosts (DNS names or IPs) it is valid for.
+type Leaf struct {
+	CommonName    string
+	Organizations []string
+	Hosts         []string
+	Usage         x509.ExtKeyUsage
+}
+
+func (ca *CA) issue(l Leaf) (der []byte, key *ecdsa.PrivateKey, err error) {
+	key, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("generating server key: %w", err)
+		return nil, nil, fmt.Errorf("generating key for %s: %w", l.CommonName, err)
 	}
 	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
 	if err != nil {
-		return tls.Certificate{}, err
+		return nil, nil, err
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: hosts[0]},
+		Subject:      pkix.Name{CommonName: l.CommonName, Organization: l.Organizations},
 		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		NotAfter:     time.Now().Add(validity),
+		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		ExtKeyUsage:  []x509.ExtKeyUsage{l.Usage},
 	}
-	for _, h := range hosts {
+	for _, h := range l.Hosts {
 		if ip := net.ParseIP(h); ip != nil {
 			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
 		} else {
 			tmpl.DNSNames = append(tmpl.DNSNames, h)
 		}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	der, err = x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
 	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("creating server certificate: %w", err)
+		return nil, nil, fmt.Errorf("creating certificate for %s: %w", l.CommonName, err)
 	}
-	return tls.Certificate{Certificate: [][]byte{der, ca.cert.Raw}, PrivateKey: key}, nil
+	return der, key, nil
+}
+
+// IssuePEM returns a PEM certificate and key for l.
+func (ca *CA) IssuePEM(l Leaf) (certPEM, keyPEM []byte, err error) {
+	der, key, err := ca.issue(l)
+	if err != nil {
+		return nil, nil, err
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), nil
 }
 
 // ServerTLSConfig is a TLS configuration serving a certificate for hosts.
 func (ca *CA) ServerTLSConfig(hosts ...string) (*tls.Config, error) {
-	cert, err := ca.ServerCert(hosts...)
+	der, key, err := ca.issue(Leaf{CommonName: hosts[0], Hosts: hosts, Usage: x509.ExtKeyUsageServerAuth})
 	if err != nil {
 		return nil, err
 	}
+	cert := tls.Certificate{Certificate: [][]byte{der, ca.cert.Raw}, PrivateKey: key}
 	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
 }
 
