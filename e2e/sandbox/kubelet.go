@@ -110,7 +110,7 @@ func (k *kubelet) CreatePod(ctx context.Context, pod *corev1.Pod) error {
 		return nil
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
-	r := &podRun{k: k, ctx: runCtx, cancel: cancel, pod: pod.DeepCopy(),
+	r := &podRun{k: k, key: key, ctx: runCtx, cancel: cancel, pod: pod.DeepCopy(),
 		dir: filepath.Join(k.sb.Dir, "pods", string(pod.UID))}
 	k.pods[key] = r
 	k.mu.Unlock()

@@ -27,6 +27,7 @@ const volumeRefreshPeriod = 2 * time.Second
 // containers.
 type podRun struct {
 	k       *kubelet
+	key     string // namespace/name
 	ctx     context.Context
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
@@ -304,7 +305,7 @@ func (r *podRun) runOnce(cr *containerRun, readyWhenRunning bool) (stopped bool)
 	p, err := r.exec(cr)
 	if err != nil {
 		r.setState(cr, corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "CreateContainerError", Message: err.Error()}}, false)
-		r.k.log.Error(err, "container did not start", "pod", r.pod.Namespace+"/"+r.pod.Name, "container", cr.spec.Name)
+		r.k.log.Error(err, "container did not start", "pod", r.key, "container", cr.spec.Name)
 		return r.ctx.Err() != nil
 	}
 	r.mu.Lock()
@@ -398,7 +399,11 @@ func ptrBool(b bool) *bool { return &b }
 // exec starts one run of a container: podinit in a new mount namespace and
 // the pod's network namespace, with the container's volumes, env and args.
 func (r *podRun) exec(cr *containerRun) (*process, error) {
-	env, err := containerEnv(r.ctx, r.k.client, r.pod, &cr.spec, r.podIP, r.k.nodeIP.String())
+	// UpdatePod replaces the metadata while containers (re)start.
+	r.mu.Lock()
+	pod, restarts := r.pod.DeepCopy(), cr.status.RestartCount
+	r.mu.Unlock()
+	env, err := containerEnv(r.ctx, r.k.client, pod, &cr.spec, r.podIP, r.k.nodeIP.String())
 	if err != nil {
 		return nil, err
 	}
@@ -407,11 +412,11 @@ func (r *podRun) exec(cr *containerRun) (*process, error) {
 			env[k] = v
 		}
 	}
-	env["HOSTNAME"] = r.pod.Name
-	if r.pod.Spec.HostNetwork {
+	env["HOSTNAME"] = pod.Name
+	if pod.Spec.HostNetwork {
 		env["HOSTNAME"] = r.k.name
 	}
-	state := filepath.Join(r.dir, "run", fmt.Sprintf("%s-%d", cr.spec.Name, cr.status.RestartCount))
+	state := filepath.Join(r.dir, "run", fmt.Sprintf("%s-%d", cr.spec.Name, restarts))
 	if err := os.MkdirAll(state, 0o755); err != nil {
 		return nil, err
 	}
@@ -433,8 +438,8 @@ func (r *podRun) exec(cr *containerRun) (*process, error) {
 		}
 		args = append(args, "--mount", spec)
 	}
-	if !r.pod.Spec.HostNetwork {
-		if err := writeFiles(r.dir, map[string][]byte{"hosts": r.k.sb.podHosts(r.podIP, r.pod.Name)}); err != nil {
+	if !pod.Spec.HostNetwork {
+		if err := writeFiles(r.dir, map[string][]byte{"hosts": r.k.sb.podHosts(r.podIP, pod.Name)}); err != nil {
 			return nil, err
 		}
 		args = append(args, "--mount", filepath.Join(r.dir, "hosts")+":/etc/hosts:ro")
@@ -451,10 +456,10 @@ func (r *podRun) exec(cr *containerRun) (*process, error) {
 	cmd := exec.Command(r.k.sb.opts.PodInit, args...)
 	cmd.Env = envList(env)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS}
-	if cr.status.RestartCount > 0 {
+	if restarts > 0 {
 		_ = os.Rename(cr.logPath, cr.logPath+".previous")
 	}
-	return startIn(r.netns, r.pod.Name+"/"+cr.spec.Name, cr.logPath, cmd)
+	return startIn(r.netns, pod.Name+"/"+cr.spec.Name, cr.logPath, cmd)
 }
 
 func envList(env map[string]string) []string {
