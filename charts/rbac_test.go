@@ -158,7 +158,7 @@ func TestRBACIsLeastPrivilege(t *testing.T) {
 	}{
 		{name: "default", values: "default", clean: true},
 		{name: "all-features", values: "builtin-certs", builtinCerts: true, servicePrincipals: true, taintRemoval: true, clean: true},
-		{name: "no-cleanup", values: "custom-issuer"},
+		{name: "no-cleanup", values: "custom-issuer", servicePrincipals: true},
 	}
 	ctx := context.Background()
 	for _, tc := range tests {
