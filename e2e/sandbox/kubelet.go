@@ -66,6 +66,10 @@ func (im Images) binary(c corev1.Container) (string, error) {
 	return bin, nil
 }
 
+// podWorkers is each node's virtual-kubelet workers per queue (pod sync,
+// deletion, status).
+const podWorkers = 16
+
 // kubelet is the stand-in for one node: a virtual-kubelet provider that runs
 // pods as processes in network namespaces.
 type kubelet struct {
@@ -353,7 +357,9 @@ func (k *kubelet) run(ctx context.Context, nodeSpec *corev1.Node, errc chan<- er
 	defer stopHTTP()
 	podInformers.Start(ctx.Done())
 	other.Start(ctx.Done())
-	go func() { _ = pc.Run(ctx, 4) }()
+	// Enough workers that a burst of pods reports its IPs without queueing
+	// behind each other (a kubelet updates statuses concurrently too).
+	go func() { _ = pc.Run(ctx, podWorkers) }()
 	go func() { _ = nc.Run(ctx) }()
 	select {
 	case <-nc.Ready():

@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/demo"
 )
 
 // benchSizes are the benchmark's pods, identities and ARM write latency
@@ -63,7 +64,7 @@ func BenchmarkTimeToFirstToken(b *testing.B) {
 	var manifest strings.Builder
 	for i := range podCount {
 		p := demoPod{Name: fmt.Sprintf("bench-%03d", i), Labels: map[string]string{aadv1.BindingLabel: fmt.Sprintf("bench-%02d", i%idCount), "bench": "ttft"},
-			ClientID: clientIDs[i%idCount]}
+			ClientID: clientIDs[i%idCount], Period: demo.DefaultPeriod}
 		y, err := yaml.Marshal(p.object())
 		if err != nil {
 			b.Fatal(err)
