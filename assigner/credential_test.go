@@ -3,7 +3,6 @@ package assigner_test
 import (
 	"context"
 	"encoding/json"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -34,12 +33,10 @@ func TestAzureConfigCredential(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	aad := fakeazure.NewAAD(signer)
-	aadSrv := httptest.NewUnstartedServer(aad.Handler())
-	if aadSrv.TLS, err = ca.ServerTLSConfig("127.0.0.1"); err != nil {
+	aad, aadSrv, err := fakeazure.StartAAD(signer, ca)
+	if err != nil {
 		t.Fatal(err)
 	}
-	aadSrv.StartTLS()
 	t.Cleanup(aadSrv.Close)
 	tenant, sub := uuid.NewString(), uuid.NewString()
 	sp := aad.CreateServicePrincipal(tenant)

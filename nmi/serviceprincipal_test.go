@@ -2,7 +2,6 @@ package nmi
 
 import (
 	"encoding/json"
-	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -24,12 +23,10 @@ func TestServicePrincipalTokens(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	aad := fakeazure.NewAAD(signer)
-	srv := httptest.NewUnstartedServer(aad.Handler())
-	if srv.TLS, err = ca.ServerTLSConfig("127.0.0.1"); err != nil {
+	aad, srv, err := fakeazure.StartAAD(signer, ca)
+	if err != nil {
 		t.Fatal(err)
 	}
-	srv.StartTLS()
 	t.Cleanup(srv.Close)
 	certPEM, cert, err := fakeazure.NewClientCertificate()
 	if err != nil {

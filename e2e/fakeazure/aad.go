@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math/big"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"time"
@@ -16,6 +17,8 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/google/uuid"
 	"github.com/gorilla/mux"
+
+	"github.com/aad-pod-identity/aad-pod-identity/e2e/testca"
 )
 
 // ServicePrincipal is an app registration with its credentials.
@@ -40,6 +43,20 @@ type AAD struct {
 // NewAAD returns an AAD with no apps.
 func NewAAD(signer *Signer) *AAD {
 	return &AAD{Signer: signer, apps: map[string]*ServicePrincipal{}}
+}
+
+// StartAAD serves a new AAD over HTTPS from ca on a loopback port until the
+// server is closed; the server's URL is the authority host.
+func StartAAD(signer *Signer, ca *testca.CA) (*AAD, *httptest.Server, error) {
+	tlsCfg, err := ca.ServerTLSConfig("127.0.0.1")
+	if err != nil {
+		return nil, nil, err
+	}
+	aad := NewAAD(signer)
+	srv := httptest.NewUnstartedServer(aad.Handler())
+	srv.TLS = tlsCfg
+	srv.StartTLS()
+	return aad, srv, nil
 }
 
 // CreateServicePrincipal registers an app in tenantID with a fresh secret.

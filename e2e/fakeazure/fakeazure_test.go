@@ -80,12 +80,10 @@ func TestAADClientCredentials(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	aad := NewAAD(signer)
-	srv := httptest.NewUnstartedServer(aad.Handler())
-	if srv.TLS, err = ca.ServerTLSConfig("127.0.0.1"); err != nil {
+	aad, srv, err := StartAAD(signer, ca)
+	if err != nil {
 		t.Fatal(err)
 	}
-	srv.StartTLS()
 	defer srv.Close()
 	opts := azcore.ClientOptions{
 		Cloud:     cloud.Configuration{ActiveDirectoryAuthorityHost: srv.URL + "/"},

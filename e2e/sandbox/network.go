@@ -70,31 +70,15 @@ func setupControlPlaneNS(cp ns.NetNS) error {
 func setupNodeNS(cp, node ns.NetNS, i int) error {
 	cpLink := fmt.Sprintf("n%d", i)
 	err := node.Do(func(ns.NetNS) error {
+		if err := uplink(cp, cpLink, nodeLinkNode(i), nodeLinkCP(i)); err != nil {
+			return fmt.Errorf("link to control plane: %w", err)
+		}
 		lo, err := netlink.LinkByName("lo")
 		if err != nil {
 			return err
 		}
-		if err := netlink.LinkSetUp(lo); err != nil {
-			return err
-		}
 		if err := netlink.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: MetadataIP, Mask: net.CIDRMask(32, 32)}}); err != nil {
 			return fmt.Errorf("adding %s: %w", MetadataIP, err)
-		}
-		if _, _, err := ip.SetupVethWithName("eth0", cpLink, 1500, "", cp); err != nil {
-			return fmt.Errorf("veth to control plane: %w", err)
-		}
-		eth0, err := netlink.LinkByName("eth0")
-		if err != nil {
-			return err
-		}
-		if err := netlink.LinkSetUp(eth0); err != nil {
-			return err
-		}
-		if err := netlink.AddrAdd(eth0, &netlink.Addr{IPNet: &net.IPNet{IP: nodeLinkNode(i), Mask: net.CIDRMask(24, 32)}}); err != nil {
-			return err
-		}
-		if err := ip.AddDefaultRoute(nodeLinkCP(i), eth0); err != nil {
-			return fmt.Errorf("default route: %w", err)
 		}
 		// A fixed MAC: otherwise the bridge takes the lowest of its ports'
 		// and changes it as pods come, and pods that cached the old one lose
@@ -126,30 +110,42 @@ func setupNodeNS(cp, node ns.NetNS, i int) error {
 	})
 }
 
+// uplink, run inside a fresh namespace, brings lo up and adds eth0, a veth
+// whose peer hostLink is in host, with addr/24 and a default route via gw.
+func uplink(host ns.NetNS, hostLink string, addr, gw net.IP) error {
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		return err
+	}
+	if err := netlink.LinkSetUp(lo); err != nil {
+		return err
+	}
+	if _, _, err := ip.SetupVethWithName("eth0", hostLink, 1500, "", host); err != nil {
+		return err
+	}
+	eth0, err := netlink.LinkByName("eth0")
+	if err != nil {
+		return err
+	}
+	if err := netlink.LinkSetUp(eth0); err != nil {
+		return err
+	}
+	if err := netlink.AddrAdd(eth0, &netlink.Addr{IPNet: &net.IPNet{IP: addr, Mask: net.CIDRMask(24, 32)}}); err != nil {
+		return err
+	}
+	if err := ip.AddDefaultRoute(gw, eth0); err != nil {
+		return fmt.Errorf("default route: %w", err)
+	}
+	return nil
+}
+
 // setupPodNS plugs a pod namespace into its node's bridge with address podIP.
 func setupPodNS(node, pod ns.NetNS, i int, podIP net.IP, hostLink string) error {
 	err := pod.Do(func(ns.NetNS) error {
-		lo, err := netlink.LinkByName("lo")
-		if err != nil {
-			return err
-		}
-		if err := netlink.LinkSetUp(lo); err != nil {
-			return err
-		}
-		if _, _, err := ip.SetupVethWithName("eth0", hostLink, 1500, "", node); err != nil {
+		if err := uplink(node, hostLink, podIP, podGateway(i)); err != nil {
 			return fmt.Errorf("pod veth: %w", err)
 		}
-		eth0, err := netlink.LinkByName("eth0")
-		if err != nil {
-			return err
-		}
-		if err := netlink.LinkSetUp(eth0); err != nil {
-			return err
-		}
-		if err := netlink.AddrAdd(eth0, &netlink.Addr{IPNet: &net.IPNet{IP: podIP, Mask: net.CIDRMask(24, 32)}}); err != nil {
-			return err
-		}
-		return ip.AddDefaultRoute(podGateway(i), eth0)
+		return nil
 	})
 	if err != nil {
 		return err

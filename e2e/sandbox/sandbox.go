@@ -240,29 +240,24 @@ func (s *Sandbox) startControlPlane(ctx context.Context) error {
 		return err
 	}
 	inside := fmt.Sprintf("https://%s:%d", apiIP, apiserverPort)
-	for _, c := range []struct{ bin, user string }{{"kube-controller-manager", "system:kube-controller-manager"}, {"kube-scheduler", "system:kube-scheduler"}} {
-		if err := s.writeKubeconfig(s.path(c.bin+".kubeconfig"), inside, c.user); err != nil {
+	controllers := []struct {
+		bin, user string
+		extra     []string
+	}{
+		{"kube-controller-manager", "system:kube-controller-manager", []string{"--service-account-private-key-file", saKey,
+			"--root-ca-file", s.path("pki", "ca.crt"), "--use-service-account-credentials"}},
+		{"kube-scheduler", "system:kube-scheduler", nil},
+	}
+	for _, c := range controllers {
+		kc := s.path(c.bin + ".kubeconfig")
+		if err := s.writeKubeconfig(kc, inside, c.user); err != nil {
 			return err
 		}
-	}
-	if err := s.start(s.cp, "kube-controller-manager",
-		"--kubeconfig", s.path("kube-controller-manager.kubeconfig"),
-		"--authentication-kubeconfig", s.path("kube-controller-manager.kubeconfig"),
-		"--authorization-kubeconfig", s.path("kube-controller-manager.kubeconfig"),
-		"--bind-address", "127.0.0.1",
-		"--service-account-private-key-file", saKey,
-		"--root-ca-file", s.path("pki", "ca.crt"),
-		"--use-service-account-credentials",
-		"--leader-elect=false"); err != nil {
-		return err
-	}
-	if err := s.start(s.cp, "kube-scheduler",
-		"--kubeconfig", s.path("kube-scheduler.kubeconfig"),
-		"--authentication-kubeconfig", s.path("kube-scheduler.kubeconfig"),
-		"--authorization-kubeconfig", s.path("kube-scheduler.kubeconfig"),
-		"--bind-address", "127.0.0.1",
-		"--leader-elect=false"); err != nil {
-		return err
+		args := append([]string{"--kubeconfig", kc, "--authentication-kubeconfig", kc, "--authorization-kubeconfig", kc,
+			"--bind-address", "127.0.0.1", "--leader-elect=false"}, c.extra...)
+		if err := s.start(s.cp, c.bin, args...); err != nil {
+			return err
+		}
 	}
 	// Both serve /healthz on their own self-signed certificates, inside the
 	// control-plane namespace.
