@@ -4,22 +4,24 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/apimachinery/pkg/types"
+
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 )
 
 func TestBatchWait(t *testing.T) {
 	pool := Pool{Subscription: "s", ResourceGroup: "rg", Kind: KindVMSS, Name: "p"}
-	one := map[string]*need{"ns/a": {pods: 1}}
-	two := map[string]*need{"ns/a": {pods: 1}, "ns/b": {pods: 1}}
-	recorded := map[string]*aadv1.AzureAssignedIdentity{"ns/a": {}, "ns/b": {}}
+	one := map[types.NamespacedName]*need{{Namespace: "ns", Name: "a"}: {pods: 1}}
+	two := map[types.NamespacedName]*need{{Namespace: "ns", Name: "a"}: {pods: 1}, {Namespace: "ns", Name: "b"}: {pods: 1}}
+	recorded := map[types.NamespacedName]*aadv1.AzureAssignedIdentity{{Namespace: "ns", Name: "a"}: {}, {Namespace: "ns", Name: "b"}: {}}
 	t0 := time.Unix(1000, 0)
 	ms := time.Millisecond
 	r := &poolReconciler{batch: time.Second, newWork: map[string]batchWindow{}} // quiet period 200ms
 	steps := []struct {
 		name    string
 		at      time.Duration
-		needs   map[string]*need
-		records map[string]*aadv1.AzureAssignedIdentity
+		needs   map[types.NamespacedName]*need
+		records map[types.NamespacedName]*aadv1.AzureAssignedIdentity
 		unseen  bool
 		want    time.Duration
 	}{

@@ -14,7 +14,7 @@ import (
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 	"github.com/aad-pod-identity/aad-pod-identity/assigner"
-	"github.com/aad-pod-identity/aad-pod-identity/webhook"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 )
 
 // BenchmarkPodReady is the load generator of docs/performance.md: it
@@ -45,7 +45,7 @@ func BenchmarkPodReady(b *testing.B) {
 		for i := range identities {
 			w.identity(fmt.Sprintf("id%d", i))
 		}
-		wc, err := client.NewWithWatch(w.cfg, client.Options{Scheme: webhook.Scheme()})
+		wc, err := client.NewWithWatch(w.cfg, client.Options{Scheme: identity.Scheme()})
 		if err != nil {
 			b.Fatal(err)
 		}

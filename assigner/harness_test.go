@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
@@ -25,7 +26,7 @@ import (
 	"github.com/aad-pod-identity/aad-pod-identity/e2e/fakeazure"
 	"github.com/aad-pod-identity/aad-pod-identity/e2e/framework"
 	"github.com/aad-pod-identity/aad-pod-identity/e2e/testca"
-	"github.com/aad-pod-identity/aad-pod-identity/webhook"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 )
 
 // One control plane serves every test of the package; each test has its
@@ -88,7 +89,7 @@ type worldOption func(*assigner.Options)
 func newWorld(t testing.TB, opts ...worldOption) *world {
 	t.Helper()
 	cfg := controlPlane(t)
-	c, err := client.New(cfg, client.Options{Scheme: webhook.Scheme()})
+	c, err := client.New(cfg, client.Options{Scheme: identity.Scheme()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,7 +223,7 @@ func (w *world) pod(name, selector string, mutate ...func(*corev1.Pod)) *corev1.
 	if err := w.c.List(w.ctx, &identities, client.InNamespace(w.ns)); err != nil {
 		w.t.Fatal(err)
 	}
-	res := webhook.Resolve(w.ns, selector, bindings.Items, identities.Items, false)
+	res := identity.Resolve(w.ns, selector, bindings.Items, identities.Items, false)
 	pod.Annotations = res.Annotations()
 	if res.NeedsAssignment() && pod.Spec.NodeName == "" {
 		pod.Spec.SchedulingGates = []corev1.PodSchedulingGate{{Name: aadv1.SchedulingGate}}
@@ -296,7 +297,7 @@ func (w *world) record(identity string, p fakeazure.Pool) (*aadv1.AzureAssignedI
 		return nil, err
 	}
 	var rec aadv1.AzureAssignedIdentity
-	err = w.c.Get(w.ctx, client.ObjectKey{Namespace: w.recordNS, Name: assigner.RecordName(w.ns+"/"+identity, pool)}, &rec)
+	err = w.c.Get(w.ctx, client.ObjectKey{Namespace: w.recordNS, Name: assigner.RecordName(types.NamespacedName{Namespace: w.ns, Name: identity}, pool)}, &rec)
 	return &rec, err
 }
 

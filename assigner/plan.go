@@ -8,6 +8,8 @@ import (
 	"encoding/hex"
 	"fmt"
 	"strings"
+
+	"k8s.io/apimachinery/pkg/types"
 )
 
 // MaxIdentitiesPerRequest is the most user-assigned identities ARM accepts
@@ -166,9 +168,10 @@ func identityType(system, user bool) string {
 	}
 }
 
-// RecordName names the AzureAssignedIdentity of one AzureIdentity
-// (namespace/name) on one pool: stable, so that any replica finds it.
-func RecordName(identityKey string, pool Pool) string {
+// RecordName names the AzureAssignedIdentity of one AzureIdentity on one
+// pool: stable, so that any replica finds it.
+func RecordName(id types.NamespacedName, pool Pool) string {
+	identityKey := id.String()
 	sum := sha256.Sum256([]byte(identityKey + "|" + pool.Key()))
 	name := strings.ToLower(strings.NewReplacer("/", "-", ".", "-").Replace(identityKey))
 	if len(name) > 40 {

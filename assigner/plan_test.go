@@ -8,6 +8,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 )
@@ -157,13 +158,13 @@ func TestTargetPools(t *testing.T) {
 func TestRecordName(t *testing.T) {
 	p, _ := ParsePoolID("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/a")
 	q, _ := ParsePoolID("/subscriptions/S/resourcegroups/RG/providers/Microsoft.Compute/virtualMachineScaleSets/A")
-	if RecordName("ns/id", p) != RecordName("ns/id", q) {
+	if RecordName(types.NamespacedName{Namespace: "ns", Name: "id"}, p) != RecordName(types.NamespacedName{Namespace: "ns", Name: "id"}, q) {
 		t.Error("record name depends on ID case")
 	}
-	if RecordName("ns/id", p) == RecordName("ns/id2", p) {
+	if RecordName(types.NamespacedName{Namespace: "ns", Name: "id"}, p) == RecordName(types.NamespacedName{Namespace: "ns", Name: "id2"}, p) {
 		t.Error("record names collide")
 	}
-	if n := RecordName("a-very-long-namespace-name-for-testing/and-an-even-longer-identity-name-here.x", p); len(n) > 63 {
+	if n := RecordName(types.NamespacedName{Namespace: "a-very-long-namespace-name-for-testing", Name: "and-an-even-longer-identity-name-here.x"}, p); len(n) > 63 {
 		t.Errorf("record name %q too long", n)
 	}
 }

@@ -4,19 +4,19 @@ import (
 	"context"
 	"fmt"
 	"maps"
-	"slices"
 	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/record"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
-	"github.com/aad-pod-identity/aad-pod-identity/webhook"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 )
 
 // Event reasons on pods.
@@ -30,7 +30,7 @@ const (
 // its target pools and lifts its gate once every identity is on them.
 type podReconciler struct {
 	client    client.Client
-	resolver  *webhook.Resolver
+	resolver  *identity.Resolver
 	recorder  record.EventRecorder
 	namespace string
 }
@@ -47,7 +47,7 @@ func (r *podReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	var userAssigned []string
+	var userAssigned []types.NamespacedName
 	for _, id := range res.Identities {
 		if id.Type == aadv1.UserAssignedMSI {
 			userAssigned = append(userAssigned, id.Key())
@@ -68,7 +68,7 @@ func (r *podReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 
 // assignment is the pod's assignment annotation: Assigned once every
 // identity's record on every target pool is Assigned.
-func (r *podReconciler) assignment(ctx context.Context, identities []string, pools []Pool, poolErr error) string {
+func (r *podReconciler) assignment(ctx context.Context, identities []types.NamespacedName, pools []Pool, poolErr error) string {
 	if poolErr != nil {
 		return aadv1.AssignmentFailedPrefix + poolErr.Error()
 	}
@@ -92,7 +92,7 @@ func (r *podReconciler) assignment(ctx context.Context, identities []string, poo
 	return state
 }
 
-func (r *podReconciler) update(ctx context.Context, pod *corev1.Pod, res webhook.Resolution, pools []Pool, assignment string) error {
+func (r *podReconciler) update(ctx context.Context, pod *corev1.Pod, res identity.Resolution, pools []Pool, assignment string) error {
 	orig := pod.DeepCopy()
 	if pod.Annotations == nil {
 		pod.Annotations = map[string]string{}
@@ -106,9 +106,9 @@ func (r *podReconciler) update(ctx context.Context, pod *corev1.Pod, res webhook
 	}
 	pod.Annotations[aadv1.AnnotationNodePools] = strings.Join(ids, ",")
 	pod.Annotations[aadv1.AnnotationAssignment] = assignment
-	liftGate := assignment == aadv1.AssignmentAssigned && hasGate(pod)
+	liftGate := assignment == aadv1.AssignmentAssigned && identity.HasGate(pod)
 	if liftGate {
-		pod.Spec.SchedulingGates = slices.DeleteFunc(pod.Spec.SchedulingGates, func(g corev1.PodSchedulingGate) bool { return g.Name == aadv1.SchedulingGate })
+		identity.RemoveGate(pod)
 	}
 	previous := orig.Annotations[aadv1.AnnotationAssignment]
 	if !liftGate && previous == assignment && maps.Equal(orig.Annotations, pod.Annotations) {
@@ -146,22 +146,9 @@ func poolNames(pools []Pool) string {
 	return strings.Join(names, ",")
 }
 
-func hasGate(pod *corev1.Pod) bool {
-	return slices.ContainsFunc(pod.Spec.SchedulingGates, func(g corev1.PodSchedulingGate) bool { return g.Name == aadv1.SchedulingGate })
-}
-
 // isLive tells pods that may still use an identity.
 func isLive(pod *corev1.Pod) bool {
 	return pod.Status.Phase != corev1.PodSucceeded && pod.Status.Phase != corev1.PodFailed
-}
-
-// podIdentities returns the identities (namespace/name) a pod is admitted for.
-func podIdentities(pod *corev1.Pod) []string {
-	v := pod.Annotations[aadv1.AnnotationIdentities]
-	if v == "" {
-		return nil
-	}
-	return strings.Split(v, ",")
 }
 
 // podPools returns the lower-cased pool IDs a pod targets.

@@ -14,12 +14,14 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 )
 
 // annotationUnneededSince marks, on an AzureAssignedIdentity, when the last
@@ -118,7 +120,7 @@ func (r *poolReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.
 // Assigned, no record waits for removal, and the pool was read less than a
 // drift period ago. Pods coming and going on identities already in place
 // then cost no ARM read (reads are throttled per subscription too).
-func (r *poolReconciler) settled(pool Pool, needs map[string]*need, records map[string]*aadv1.AzureAssignedIdentity, now time.Time) (time.Duration, bool) {
+func (r *poolReconciler) settled(pool Pool, needs map[types.NamespacedName]*need, records map[types.NamespacedName]*aadv1.AzureAssignedIdentity, now time.Time) (time.Duration, bool) {
 	if len(records) != len(needs) {
 		return 0, false
 	}
@@ -139,7 +141,7 @@ func (r *poolReconciler) settled(pool Pool, needs map[string]*need, records map[
 }
 
 // countPods keeps each record's pod count current without touching ARM.
-func (r *poolReconciler) countPods(ctx context.Context, needs map[string]*need, records map[string]*aadv1.AzureAssignedIdentity) error {
+func (r *poolReconciler) countPods(ctx context.Context, needs map[types.NamespacedName]*need, records map[types.NamespacedName]*aadv1.AzureAssignedIdentity) error {
 	keys := slices.Collect(maps.Keys(needs))
 	return forEach(ctx, len(keys), func(ctx context.Context, i int) error {
 		rec := records[keys[i]]
@@ -156,7 +158,7 @@ func (r *poolReconciler) countPods(ctx context.Context, needs map[string]*need, 
 // their way to the cache). Never longer than the window from when the
 // first one was seen. A burst's identities show up within milliseconds of
 // each other, so waiting out a fixed window only delayed the PATCH.
-func (r *poolReconciler) batchWait(pool Pool, needs map[string]*need, records map[string]*aadv1.AzureAssignedIdentity, unseen bool, now time.Time) time.Duration {
+func (r *poolReconciler) batchWait(pool Pool, needs map[types.NamespacedName]*need, records map[types.NamespacedName]*aadv1.AzureAssignedIdentity, unseen bool, now time.Time) time.Duration {
 	fresh := 0
 	for key := range needs {
 		if records[key] == nil {
@@ -191,7 +193,7 @@ func (r *poolReconciler) batchWait(pool Pool, needs map[string]*need, records ma
 // unseenIdentities reports whether a live pod the pod controller has not
 // handled yet carries a user-assigned identity missing from needs: it may
 // target this pool, so its identity should go in the same PATCH.
-func (r *poolReconciler) unseenIdentities(ctx context.Context, needs map[string]*need) (bool, error) {
+func (r *poolReconciler) unseenIdentities(ctx context.Context, needs map[types.NamespacedName]*need) (bool, error) {
 	var pods corev1.PodList
 	if err := r.client.List(ctx, &pods, client.MatchingFields{podPoolIndex: untargeted}); err != nil {
 		return false, fmt.Errorf("listing pods without target pools: %w", err)
@@ -200,13 +202,12 @@ func (r *poolReconciler) unseenIdentities(ctx context.Context, needs map[string]
 		if !isLive(&pods.Items[i]) {
 			continue
 		}
-		for _, key := range podIdentities(&pods.Items[i]) {
+		for _, key := range identity.Admitted(&pods.Items[i]) {
 			if needs[key] != nil {
 				continue
 			}
-			ns, name, _ := strings.Cut(key, "/")
 			var id aadv1.AzureIdentity
-			if err := r.client.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &id); err != nil {
+			if err := r.client.Get(ctx, key, &id); err != nil {
 				if apierrors.IsNotFound(err) {
 					continue
 				}
@@ -228,18 +229,18 @@ type batchWindow struct {
 }
 
 // needs sums, per AzureIdentity, the live pods targeting pool.
-func (r *poolReconciler) needs(ctx context.Context, pool Pool) (map[string]*need, error) {
+func (r *poolReconciler) needs(ctx context.Context, pool Pool) (map[types.NamespacedName]*need, error) {
 	var pods corev1.PodList
 	if err := r.client.List(ctx, &pods, client.MatchingFields{podPoolIndex: pool.Key()}); err != nil {
 		return nil, fmt.Errorf("listing pods of pool: %w", err)
 	}
-	needs := map[string]*need{}
-	missing := map[string]bool{}
+	needs := map[types.NamespacedName]*need{}
+	missing := map[types.NamespacedName]bool{}
 	for i := range pods.Items {
 		if !isLive(&pods.Items[i]) {
 			continue
 		}
-		for _, key := range podIdentities(&pods.Items[i]) {
+		for _, key := range identity.Admitted(&pods.Items[i]) {
 			if n, ok := needs[key]; ok {
 				n.pods++
 				continue
@@ -247,9 +248,8 @@ func (r *poolReconciler) needs(ctx context.Context, pool Pool) (map[string]*need
 			if missing[key] {
 				continue
 			}
-			ns, name, _ := strings.Cut(key, "/")
 			var id aadv1.AzureIdentity
-			if err := r.client.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &id); err != nil {
+			if err := r.client.Get(ctx, key, &id); err != nil {
 				if apierrors.IsNotFound(err) {
 					missing[key] = true
 					continue
@@ -267,15 +267,15 @@ func (r *poolReconciler) needs(ctx context.Context, pool Pool) (map[string]*need
 }
 
 // records returns the pool's AzureAssignedIdentities by identity key.
-func (r *poolReconciler) records(ctx context.Context, pool Pool) (map[string]*aadv1.AzureAssignedIdentity, error) {
+func (r *poolReconciler) records(ctx context.Context, pool Pool) (map[types.NamespacedName]*aadv1.AzureAssignedIdentity, error) {
 	var list aadv1.AzureAssignedIdentityList
 	if err := r.client.List(ctx, &list, client.InNamespace(r.namespace), client.MatchingFields{recordPoolIndex: pool.Key()}); err != nil {
 		return nil, fmt.Errorf("listing AzureAssignedIdentities of pool: %w", err)
 	}
-	out := make(map[string]*aadv1.AzureAssignedIdentity, len(list.Items))
+	out := make(map[types.NamespacedName]*aadv1.AzureAssignedIdentity, len(list.Items))
 	for i := range list.Items {
 		rec := &list.Items[i]
-		out[rec.Spec.AzureIdentityRef.Namespace+"/"+rec.Spec.AzureIdentityRef.Name] = rec
+		out[types.NamespacedName(rec.Spec.AzureIdentityRef)] = rec
 	}
 	return out, nil
 }
@@ -287,8 +287,8 @@ func (r *poolReconciler) isImmutable(clientID, resourceID string) bool {
 // createRecords writes a record for every needed identity that has none.
 // An identity already on the pool, or one we must never remove, is
 // recorded external.
-func (r *poolReconciler) createRecords(ctx context.Context, pool Pool, needs map[string]*need, records map[string]*aadv1.AzureAssignedIdentity, actual Actual) error {
-	var missing []string
+func (r *poolReconciler) createRecords(ctx context.Context, pool Pool, needs map[types.NamespacedName]*need, records map[types.NamespacedName]*aadv1.AzureAssignedIdentity, actual Actual) error {
+	var missing []types.NamespacedName
 	for key := range needs {
 		if records[key] == nil {
 			missing = append(missing, key)
@@ -331,7 +331,7 @@ func (r *poolReconciler) createRecords(ctx context.Context, pool Pool, needs map
 
 // changes returns the identities to add and remove now, and when the next
 // removal falls due. It starts the grace period of records no pod needs.
-func (r *poolReconciler) changes(ctx context.Context, needs map[string]*need, records map[string]*aadv1.AzureAssignedIdentity, actual Actual, now time.Time, retryFailed bool) (add, remove []*aadv1.AzureAssignedIdentity, requeue time.Duration, err error) {
+func (r *poolReconciler) changes(ctx context.Context, needs map[types.NamespacedName]*need, records map[types.NamespacedName]*aadv1.AzureAssignedIdentity, actual Actual, now time.Time, retryFailed bool) (add, remove []*aadv1.AzureAssignedIdentity, requeue time.Duration, err error) {
 	requeue = time.Duration(math.MaxInt64)
 	stillNeeded := map[string]bool{}
 	for key := range needs {
@@ -371,7 +371,7 @@ func (r *poolReconciler) changes(ctx context.Context, needs map[string]*need, re
 // write sends the planned patches. An identity ARM refuses by name is
 // dropped from the batch and returned with the error, and the rest is
 // sent again; any other error stops the writes.
-func (r *poolReconciler) write(ctx context.Context, pool Pool, actual Actual, records map[string]*aadv1.AzureAssignedIdentity, add, remove []*aadv1.AzureAssignedIdentity) (map[string]string, error) {
+func (r *poolReconciler) write(ctx context.Context, pool Pool, actual Actual, records map[types.NamespacedName]*aadv1.AzureAssignedIdentity, add, remove []*aadv1.AzureAssignedIdentity) (map[string]string, error) {
 	for _, rec := range remove {
 		if err := r.setStatus(ctx, rec, withState(rec.Status, aadv1.StateUnassigning, "")); err != nil {
 			return nil, err
@@ -415,7 +415,7 @@ func (r *poolReconciler) writeOnce(ctx context.Context, pool Pool, actual Actual
 
 // settle records the outcome: needed identities on the pool Assigned,
 // refused ones Failed; records of removed identities are deleted.
-func (r *poolReconciler) settle(ctx context.Context, needs map[string]*need, records map[string]*aadv1.AzureAssignedIdentity, actual Actual, removed []*aadv1.AzureAssignedIdentity, failed map[string]string) error {
+func (r *poolReconciler) settle(ctx context.Context, needs map[types.NamespacedName]*need, records map[types.NamespacedName]*aadv1.AzureAssignedIdentity, actual Actual, removed []*aadv1.AzureAssignedIdentity, failed map[string]string) error {
 	err := forEach(ctx, len(removed), func(ctx context.Context, i int) error {
 		return r.deleteRecord(ctx, removed[i])
 	})
@@ -456,7 +456,7 @@ func forEach(ctx context.Context, n int, fn func(context.Context, int) error) er
 // every request to the subscription for Retry-After; anything else (5xx,
 // 409, timeouts) backs off per pool with jitter. The error is kept on the
 // records still waiting.
-func (r *poolReconciler) armFailed(ctx context.Context, pool Pool, records map[string]*aadv1.AzureAssignedIdentity, err error) (ctrl.Result, error) {
+func (r *poolReconciler) armFailed(ctx context.Context, pool Pool, records map[types.NamespacedName]*aadv1.AzureAssignedIdentity, err error) (ctrl.Result, error) {
 	text := armErrorText(err)
 	for _, rec := range records {
 		if rec.Status.Status == aadv1.StateAssigning || rec.Status.Status == aadv1.StateUnassigning {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -28,7 +29,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
-	"github.com/aad-pod-identity/aad-pod-identity/webhook"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 )
 
 // Field indexes of the assigner's cache.
@@ -88,7 +89,7 @@ func NewManager(cfg *rest.Config, mo ManagerOptions, opts Options) (manager.Mana
 		cfg.Burst = mo.Burst
 	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme:                  webhook.Scheme(),
+		Scheme:                  identity.Scheme(),
 		Metrics:                 metricsserver.Options{BindAddress: mo.MetricsAddr},
 		HealthProbeBindAddress:  mo.ProbeAddr,
 		LeaderElection:          mo.LeaderElect,
@@ -129,10 +130,11 @@ func Setup(ctx context.Context, mgr manager.Manager, opts Options) error {
 	if opts.ARM == nil || opts.Namespace == "" || opts.GCGracePeriod <= 0 || opts.DriftCheckPeriod <= 0 {
 		return fmt.Errorf("assigner options need an ARM client, a namespace and positive periods")
 	}
-	indexer := mgr.GetFieldIndexer()
-	if err := indexer.IndexField(ctx, &aadv1.AzureIdentityBinding{}, webhook.BindingSelectorIndex, webhook.IndexBindingSelector); err != nil {
-		return fmt.Errorf("indexing bindings: %w", err)
+	resolver, err := identity.NewResolver(ctx, mgr.GetCache(), nil, opts.AllowCrossNamespace)
+	if err != nil {
+		return err
 	}
+	indexer := mgr.GetFieldIndexer()
 	if err := indexer.IndexField(ctx, &corev1.Pod{}, podPoolIndex, func(o client.Object) []string {
 		pod := o.(*corev1.Pod)
 		if _, ok := pod.Annotations[aadv1.AnnotationNodePools]; !ok {
@@ -157,12 +159,12 @@ func Setup(ctx context.Context, mgr manager.Manager, opts Options) error {
 	c := mgr.GetClient()
 	pods := &podReconciler{
 		client:    c,
-		resolver:  &webhook.Resolver{Cache: mgr.GetCache(), AllowCrossNamespace: opts.AllowCrossNamespace},
+		resolver:  resolver,
 		recorder:  mgr.GetEventRecorderFor("aad-pod-identity-assigner"),
 		namespace: opts.Namespace,
 	}
 	m := mapper{client: c, namespace: opts.Namespace, crossNamespace: opts.AllowCrossNamespace}
-	err := ctrl.NewControllerManagedBy(mgr).Named("pod").
+	err = ctrl.NewControllerManagedBy(mgr).Named("pod").
 		For(&corev1.Pod{}).
 		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(m.unassignedPods), builder.WithPredicates(nodeChanged())).
 		Watches(&aadv1.AzureAssignedIdentity{}, handler.EnqueueRequestsFromMapFunc(m.recordPods)).
@@ -227,14 +229,9 @@ func (m mapper) unassignedPods(ctx context.Context, node client.Object) []reconc
 // recordPods: pods waiting for this identity on this pool.
 func (m mapper) recordPods(ctx context.Context, obj client.Object) []reconcile.Request {
 	rec := obj.(*aadv1.AzureAssignedIdentity)
-	ref := rec.Spec.AzureIdentityRef.Namespace + "/" + rec.Spec.AzureIdentityRef.Name
+	ref := types.NamespacedName(rec.Spec.AzureIdentityRef)
 	return requests(m.list(ctx, client.MatchingFields{podPoolIndex: strings.ToLower(rec.Spec.NodePool)}), func(p *corev1.Pod) bool {
-		for _, id := range podIdentities(p) {
-			if id == ref {
-				return true
-			}
-		}
-		return false
+		return slices.Contains(identity.Admitted(p), ref)
 	})
 }
 

@@ -17,7 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
-	"github.com/aad-pod-identity/aad-pod-identity/webhook"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 	"github.com/aad-pod-identity/aad-pod-identity/webhook/certrotation"
 )
 
@@ -65,7 +65,7 @@ func TestBuiltinCertsWorkWithTheChartsRBAC(t *testing.T) {
 		UserName: fmt.Sprintf("system:serviceaccount:%s:%s-webhook", ns, release),
 		Groups:   []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"},
 	}
-	mgr, err := ctrl.NewManager(asWebhook, ctrl.Options{Scheme: webhook.Scheme(), Metrics: metricsserver.Options{BindAddress: "0"}})
+	mgr, err := ctrl.NewManager(asWebhook, ctrl.Options{Scheme: identity.Scheme(), Metrics: metricsserver.Options{BindAddress: "0"}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 )
 
 // podIPIndex indexes the node's pods by every IP in status.podIPs.
@@ -70,14 +71,7 @@ func admittedIdentities(pod *corev1.Pod) []types.NamespacedName {
 	if _, ok := pod.Labels[aadv1.BindingLabel]; !ok {
 		return nil
 	}
-	var ids []types.NamespacedName
-	for _, s := range strings.Split(pod.Annotations[aadv1.AnnotationIdentities], ",") {
-		ns, name, ok := strings.Cut(strings.TrimSpace(s), "/")
-		if ok && ns != "" && name != "" {
-			ids = append(ids, types.NamespacedName{Namespace: ns, Name: name})
-		}
-	}
-	return ids
+	return identity.Admitted(pod)
 }
 
 // isException reports whether an AzurePodIdentityException in the pod's

@@ -19,9 +19,7 @@ import (
 	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/util/retry"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -32,7 +30,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
-	"github.com/aad-pod-identity/aad-pod-identity/webhook"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 )
 
 // Options configure NMI; cmd/nmi maps its flags onto them.
@@ -99,12 +97,8 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 	}
 	log := ctrl.Log.WithName("nmi")
 
-	scheme := runtime.NewScheme()
-	if err := errors.Join(clientgoscheme.AddToScheme(scheme), aadv1.AddToScheme(scheme)); err != nil {
-		return err
-	}
 	mgr, err := ctrl.NewManager(cfg, manager.Options{
-		Scheme:                 scheme,
+		Scheme:                 identity.Scheme(),
 		Metrics:                metricsserver.Options{BindAddress: opts.MetricsAddr},
 		HealthProbeBindAddress: opts.ProbeAddr,
 		Cache: cache.Options{
@@ -123,17 +117,17 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 	if err := mgr.GetFieldIndexer().IndexField(ctx, &corev1.Pod{}, podIPIndex, podIPs); err != nil {
 		return fmt.Errorf("indexing pods by IP: %w", err)
 	}
-	if err := mgr.GetFieldIndexer().IndexField(ctx, &aadv1.AzureIdentityBinding{}, webhook.BindingSelectorIndex, webhook.IndexBindingSelector); err != nil {
-		return fmt.Errorf("indexing bindings: %w", err)
-	}
-
 	// The resolver reads the cache only, unlike the webhook's: the binding a
 	// pod was admitted through reached the cache long before the pod runs,
 	// and a live read on every refused request would let any pod load the
 	// apiserver.
+	resolver, err := identity.NewResolver(ctx, mgr.GetCache(), nil, opts.AllowCrossNamespace)
+	if err != nil {
+		return err
+	}
 	srv := &Server{
 		reader:       mgr.GetClient(),
-		resolver:     &webhook.Resolver{Cache: mgr.GetCache(), AllowCrossNamespace: opts.AllowCrossNamespace},
+		resolver:     resolver,
 		imds:         &imdsClient{endpoint: imdsURL, http: &http.Client{Transport: opts.IMDSTransport, Timeout: 30 * time.Second}, notFoundRetry: opts.IdentityNotFoundRetry},
 		passthrough:  newPassthrough(imdsURL, opts.IMDSTransport),
 		allowedPaths: opts.AllowedMetadataPaths,

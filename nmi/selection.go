@@ -11,7 +11,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
-	"github.com/aad-pod-identity/aad-pod-identity/webhook"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 )
 
 // entitlement is what a calling pod may have now.
@@ -31,7 +31,7 @@ type entitlement struct {
 // admission annotation lists (the upper bound: a binding created later adds
 // nothing), those that still exist, split by whether its label still
 // resolves to them, so that removing a binding ends the pod's access.
-func podIdentities(ctx context.Context, r client.Reader, res *webhook.Resolver, pod *corev1.Pod) (entitlement, error) {
+func podIdentities(ctx context.Context, r client.Reader, res *identity.Resolver, pod *corev1.Pod) (entitlement, error) {
 	e := entitlement{
 		pod:            types.NamespacedName{Namespace: pod.Namespace, Name: pod.Name},
 		selector:       pod.Labels[aadv1.BindingLabel],
@@ -45,7 +45,7 @@ func podIdentities(ctx context.Context, r client.Reader, res *webhook.Resolver, 
 	if err != nil {
 		return e, fmt.Errorf("resolving pod %s: %w", e.pod, err)
 	}
-	bound := make(map[string]bool, len(now.Identities))
+	bound := make(map[types.NamespacedName]bool, len(now.Identities))
 	for _, id := range now.Identities {
 		bound[id.Key()] = true
 	}
@@ -58,7 +58,7 @@ func podIdentities(ctx context.Context, r client.Reader, res *webhook.Resolver, 
 		if err != nil {
 			return e, fmt.Errorf("reading AzureIdentity %s: %w", key, err)
 		}
-		if bound[key.String()] {
+		if bound[key] {
 			e.candidates = append(e.candidates, id)
 		} else {
 			e.unbound = append(e.unbound, id)

@@ -12,7 +12,7 @@ import (
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 )
 
-func identity(name, clientID, resourceID string) aadv1.AzureIdentity {
+func azureIdentity(name, clientID, resourceID string) aadv1.AzureIdentity {
 	return aadv1.AzureIdentity{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name},
 		Spec:       aadv1.AzureIdentitySpec{ClientID: clientID, ResourceID: resourceID},
@@ -20,10 +20,10 @@ func identity(name, clientID, resourceID string) aadv1.AzureIdentity {
 }
 
 func TestSelectIdentity(t *testing.T) {
-	a := identity("a", "AAAA", "/subs/x/ids/a")
-	b := identity("b", "bbbb", "/subs/x/ids/b")
-	sp := identity("sp", "cccc", "")
-	other := identity("o", "dddd", "")
+	a := azureIdentity("a", "AAAA", "/subs/x/ids/a")
+	b := azureIdentity("b", "bbbb", "/subs/x/ids/b")
+	sp := azureIdentity("sp", "cccc", "")
+	other := azureIdentity("o", "dddd", "")
 	other.Namespace = "other"
 	ids := func(ids ...aadv1.AzureIdentity) []aadv1.AzureIdentity { return ids }
 	tests := []struct {

@@ -17,7 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
-	"github.com/aad-pod-identity/aad-pod-identity/webhook"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 )
 
 // tokenPath is IMDS's token path; IMDS matches its first segment in any case.
@@ -25,8 +25,8 @@ const tokenPath = "/{metadata:(?i)metadata}/identity/oauth2/token"
 
 // Server answers metadata requests that iptables redirected from pods.
 type Server struct {
-	reader       client.Reader     // pods of this node (indexed by IP), identities, exceptions
-	resolver     *webhook.Resolver // a pod's label against the current bindings
+	reader       client.Reader      // pods of this node (indexed by IP), identities, exceptions
+	resolver     *identity.Resolver // a pod's label against the current bindings
 	imds         *imdsClient
 	sp           *servicePrincipals // nil: service principals disabled
 	passthrough  *httputil.ReverseProxy

@@ -24,7 +24,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
-	"github.com/aad-pod-identity/aad-pod-identity/webhook"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 )
 
 // fakeIMDS answers tokens for the client IDs it knows and "Identity not
@@ -111,7 +111,7 @@ func newClient(t *testing.T, objs ...client.Object) client.Client {
 	}
 	return fake.NewClientBuilder().WithScheme(scheme).WithObjects(objs...).
 		WithIndex(&corev1.Pod{}, podIPIndex, podIPs).
-		WithIndex(&aadv1.AzureIdentityBinding{}, webhook.BindingSelectorIndex, webhook.IndexBindingSelector).
+		WithIndex(&aadv1.AzureIdentityBinding{}, identity.BindingSelectorIndex, identity.IndexBindingSelector).
 		Build()
 }
 
@@ -124,7 +124,7 @@ func newFixture(t *testing.T, objs ...client.Object) *fixture {
 	u, _ := url.Parse(upstream.URL)
 	f.server = &Server{
 		reader:       c,
-		resolver:     &webhook.Resolver{Cache: c},
+		resolver:     &identity.Resolver{Cache: c},
 		imds:         &imdsClient{endpoint: u, http: upstream.Client(), notFoundRetry: wait.Backoff{Duration: time.Millisecond, Steps: 3}},
 		passthrough:  newPassthrough(u, nil),
 		allowedPaths: []string{"/metadata/instance", "/metadata/versions"},
@@ -147,9 +147,9 @@ func (f *fixture) do(t *testing.T, remoteIP, target string, header bool) *httpte
 }
 
 func TestServer(t *testing.T) {
-	idA := identity("id-a", "client-a", "/subscriptions/s/resourceGroups/g/providers/Microsoft.ManagedIdentity/userAssignedIdentities/a")
-	idB := identity("id-b", "client-b", "")
-	sp := identity("sp", "client-sp", "")
+	idA := azureIdentity("id-a", "client-a", "/subscriptions/s/resourceGroups/g/providers/Microsoft.ManagedIdentity/userAssignedIdentities/a")
+	idB := azureIdentity("id-b", "client-b", "")
+	sp := azureIdentity("sp", "client-sp", "")
 	sp.Spec.Type = aadv1.ServicePrincipal
 	exception := &aadv1.AzurePodIdentityException{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "exc"},
@@ -225,7 +225,7 @@ func TestServer(t *testing.T) {
 }
 
 func TestTokenFieldsAreStrings(t *testing.T) {
-	f := newFixture(t, &[]aadv1.AzureIdentity{identity("id-a", "client-a", "")}[0], binding("ns", "bind-a", "sel", "id-a"), pod("a", "10.0.0.1", admitted("ns/id-a")))
+	f := newFixture(t, &[]aadv1.AzureIdentity{azureIdentity("id-a", "client-a", "")}[0], binding("ns", "bind-a", "sel", "id-a"), pod("a", "10.0.0.1", admitted("ns/id-a")))
 	rec := f.do(t, "10.0.0.1", "/metadata/identity/oauth2/token?api-version=1&resource=r", true)
 	var body map[string]any
 	if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil {
@@ -239,7 +239,7 @@ func TestTokenFieldsAreStrings(t *testing.T) {
 }
 
 func TestIdentityNotYetAssigned(t *testing.T) {
-	id := identity("late", "client-late", "")
+	id := azureIdentity("late", "client-late", "")
 	f := newFixture(t, &id, binding("ns", "bind-late", "sel", "late"), pod("a", "10.0.0.1", admitted("ns/late")))
 	rec := f.do(t, "10.0.0.1", "/metadata/identity/oauth2/token?api-version=1&resource=r", true)
 	if rec.Code != http.StatusNotFound || !strings.Contains(rec.Body.String(), "azureassignedidentities") {
@@ -257,7 +257,7 @@ func TestIdentityNotYetAssigned(t *testing.T) {
 }
 
 func TestTokensAreCached(t *testing.T) {
-	id := identity("id-a", "client-a", "")
+	id := azureIdentity("id-a", "client-a", "")
 	f := newFixture(t, &id, binding("ns", "bind-a", "sel", "id-a"), pod("a", "10.0.0.1", admitted("ns/id-a")), pod("b", "10.0.0.2", admitted("ns/id-a")))
 	for _, ip := range []string{"10.0.0.1", "10.0.0.2", "10.0.0.1"} {
 		if rec := f.do(t, ip, "/metadata/identity/oauth2/token?api-version=1&resource=r", true); rec.Code != 200 {
@@ -271,7 +271,7 @@ func TestTokensAreCached(t *testing.T) {
 }
 
 func TestMetrics(t *testing.T) {
-	id := identity("id-a", "client-a", "")
+	id := azureIdentity("id-a", "client-a", "")
 	f := newFixture(t, &id, binding("ns", "bind-a", "sel", "id-a"), pod("a", "10.0.0.1", admitted("ns/id-a")))
 	refused := requestsTotal.WithLabelValues("403", "identity_not_admitted")
 	ok := requestsTotal.WithLabelValues("200", "ok")
@@ -336,7 +336,7 @@ func TestBindingChangesWhilePodRuns(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			idA, idB := identity("id-a", "client-a", ""), identity("id-b", "client-b", "")
+			idA, idB := azureIdentity("id-a", "client-a", ""), azureIdentity("id-b", "client-b", "")
 			f := newFixture(t, &idA, &idB, binding("ns", "bind-a", "sel", "id-a"), pod("a", "10.0.0.1", admitted("ns/id-a")))
 			if rec := f.do(t, "10.0.0.1", tok, true); rec.Code != http.StatusOK {
 				t.Fatalf("before the change: got %d %s", rec.Code, rec.Body)
@@ -365,7 +365,7 @@ func TestCrossNamespaceBinding(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprint("allow-cross-namespace=", tt.crossNamespace), func(t *testing.T) {
-			id := identity("id-x", "client-x", "")
+			id := azureIdentity("id-x", "client-x", "")
 			id.Namespace = "other"
 			f := newFixture(t, &id, binding("other", "bind-x", "sel", "id-x"), pod("a", "10.0.0.1", admitted("other/id-x")))
 			f.server.resolver.AllowCrossNamespace = tt.crossNamespace
@@ -380,7 +380,7 @@ func TestCrossNamespaceBinding(t *testing.T) {
 // A container may call before its IP reaches NMI's cache: the request waits
 // for the pod up to the caller wait, and is refused when none shows up.
 func TestUnknownCallerWait(t *testing.T) {
-	id := identity("id-a", "client-a", "")
+	id := azureIdentity("id-a", "client-a", "")
 	f := newFixture(t, &id, binding("ns", "bind-a", "sel", "id-a"))
 	f.server.callerWait = 5 * time.Second
 	go func() {

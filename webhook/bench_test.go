@@ -8,15 +8,15 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 )
 
 // BenchmarkMutatePod is the mutating handler's own cost per review, without
 // TLS and HTTP (hack/loadgen measures those end to end).
 func BenchmarkMutatePod(b *testing.B) {
-	id := identity("default", "demo", aadv1.UserAssignedMSI, "c-demo")
+	id := azureIdentity("default", "demo", aadv1.UserAssignedMSI, "c-demo")
 	bind := binding("default", "demo-binding", "demo", "demo")
-	c := newFakeClient(b, &id, &bind)
-	m := &PodMutator{Resolver: &Resolver{Cache: c, Live: c}, Decoder: admission.NewDecoder(Scheme())}
+	m := &PodMutator{Resolver: newResolver(b, &id, &bind), Decoder: admission.NewDecoder(identity.Scheme())}
 	req := podRequest(b, admissionv1.Create, labelled("demo"), nil, "alice")
 	b.ReportAllocs()
 	for b.Loop() {

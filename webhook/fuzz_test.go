@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 )
 
 // FuzzAdmission feeds arbitrary bodies to the mutating webhook's HTTP
@@ -45,11 +46,10 @@ func FuzzAdmission(f *testing.F) {
 	f.Add([]byte(`{`))
 	f.Add([]byte{})
 
-	id := identity("default", "demo", aadv1.UserAssignedMSI, "c-demo")
+	id := azureIdentity("default", "demo", aadv1.UserAssignedMSI, "c-demo")
 	b := binding("default", "demo-binding", "demo", "demo")
-	c := newFakeClient(f, &id, &b)
-	resolver := &Resolver{Cache: c, Live: c}
-	mutator := &PodMutator{Resolver: resolver, Decoder: admission.NewDecoder(Scheme())}
+	resolver := newResolver(f, &id, &b)
+	mutator := &PodMutator{Resolver: resolver, Decoder: admission.NewDecoder(identity.Scheme())}
 	// No panic recovery here: a panic must fail the fuzzer.
 	handler := &admission.Webhook{Handler: instrumented{name: "fuzz", fn: mutator.handle}}
 

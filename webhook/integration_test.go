@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 )
 
 const (
@@ -142,7 +143,7 @@ func TestWalkthroughPodIsGatedAndAnnotated(t *testing.T) {
 	if got.Annotations[aadv1.AnnotationClientIDs] != demoClientID {
 		t.Errorf("client-ids annotation = %q, want %q", got.Annotations[aadv1.AnnotationClientIDs], demoClientID)
 	}
-	if !hasGate(got) {
+	if !identity.HasGate(got) {
 		t.Errorf("pod has no %s gate: %+v", aadv1.SchedulingGate, got.Spec.SchedulingGates)
 	}
 	if n := testutil.ToFloat64(admissionOutcomes.WithLabelValues("mutate-pod", "true", reasonResolved)); n < 1 {
@@ -163,7 +164,7 @@ func TestLabelWithoutBindingIsAdmittedWithWarning(t *testing.T) {
 		t.Errorf("kubectl printed no admission warning: %q", stderr)
 	}
 	got := getPod(t, ns, "demo")
-	if hasGate(got) {
+	if identity.HasGate(got) {
 		t.Error("pod without identities was gated")
 	}
 	if v, ok := got.Annotations[aadv1.AnnotationIdentities]; !ok || v != "" {
@@ -235,7 +236,7 @@ func impersonate(t *testing.T, user string) client.Client {
 	if strings.HasPrefix(user, "system:serviceaccount:") {
 		c.Impersonate.Groups = append(c.Impersonate.Groups, "system:serviceaccounts")
 	}
-	cl, err := client.New(c, client.Options{Scheme: Scheme()})
+	cl, err := client.New(c, client.Options{Scheme: identity.Scheme()})
 	if err != nil {
 		t.Fatal(err)
 	}

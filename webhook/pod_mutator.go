@@ -15,6 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 )
 
 // +kubebuilder:webhook:path=/mutate-v1-pod,mutating=true,failurePolicy=fail,sideEffects=None,groups="",resources=pods,verbs=create,versions=v1,name=mpod.aadpodidentity.k8s.io,admissionReviewVersions=v1,matchPolicy=Equivalent,timeoutSeconds=10
@@ -23,7 +24,7 @@ import (
 // when a user-assigned identity must first reach the node pools, holds the
 // pod with a scheduling gate.
 type PodMutator struct {
-	Resolver *Resolver
+	Resolver *identity.Resolver
 	Decoder  admission.Decoder
 }
 
@@ -54,7 +55,7 @@ func (m *PodMutator) handle(ctx context.Context, req admission.Request) (admissi
 // resolutionPatch writes the resolution onto the pod: creator-supplied
 // annotations of ours are replaced, and the gate is added only where the
 // apiserver allows it (a pod with spec.nodeName is already bound).
-func resolutionPatch(pod *corev1.Pod, res Resolution) []jsonpatch.JsonPatchOperation {
+func resolutionPatch(pod *corev1.Pod, res identity.Resolution) []jsonpatch.JsonPatchOperation {
 	var ops []jsonpatch.JsonPatchOperation
 	if pod.Annotations == nil {
 		ops = append(ops, jsonpatch.NewOperation("add", "/metadata/annotations", map[string]string{}))
@@ -68,7 +69,7 @@ func resolutionPatch(pod *corev1.Pod, res Resolution) []jsonpatch.JsonPatchOpera
 	for _, k := range slices.Sorted(maps.Keys(ann)) {
 		ops = append(ops, jsonpatch.NewOperation("add", "/metadata/annotations/"+escapePointer(k), ann[k]))
 	}
-	if res.NeedsAssignment() && pod.Spec.NodeName == "" && !hasGate(pod) {
+	if res.NeedsAssignment() && pod.Spec.NodeName == "" && !identity.HasGate(pod) {
 		gate := corev1.PodSchedulingGate{Name: aadv1.SchedulingGate}
 		if len(pod.Spec.SchedulingGates) == 0 {
 			ops = append(ops, jsonpatch.NewOperation("add", "/spec/schedulingGates", []corev1.PodSchedulingGate{gate}))
@@ -84,18 +85,9 @@ func escapePointer(key string) string {
 	return strings.ReplaceAll(strings.ReplaceAll(key, "~", "~0"), "/", "~1")
 }
 
-func hasGate(pod *corev1.Pod) bool {
-	for _, g := range pod.Spec.SchedulingGates {
-		if g.Name == aadv1.SchedulingGate {
-			return true
-		}
-	}
-	return false
-}
-
 // resolutionWarnings tells the creator, through kubectl, why the pod got no
 // identity.
-func resolutionWarnings(namespace, selector string, res Resolution) []string {
+func resolutionWarnings(namespace, selector string, res identity.Resolution) []string {
 	var w []string
 	for _, b := range res.Dangling {
 		w = append(w, fmt.Sprintf("AzureIdentityBinding %s names an AzureIdentity that does not exist", b))

@@ -17,16 +17,17 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 )
 
 func TestResolutionPatch(t *testing.T) {
-	msi := Resolution{Identities: []Resolved{{Namespace: "default", Name: "demo", ClientID: "c-demo", Type: aadv1.UserAssignedMSI}}}
-	sp := Resolution{Identities: []Resolved{{Namespace: "default", Name: "sp", ClientID: "c-sp", Type: aadv1.ServicePrincipal}}}
+	msi := identity.Resolution{Identities: []identity.Resolved{{Namespace: "default", Name: "demo", ClientID: "c-demo", Type: aadv1.UserAssignedMSI}}}
+	sp := identity.Resolution{Identities: []identity.Resolved{{Namespace: "default", Name: "sp", ClientID: "c-sp", Type: aadv1.ServicePrincipal}}}
 	gate := []corev1.PodSchedulingGate{{Name: aadv1.SchedulingGate}}
 	tests := []struct {
 		name      string
 		pod       corev1.Pod
-		res       Resolution
+		res       identity.Resolution
 		wantAnn   map[string]string
 		wantGates []corev1.PodSchedulingGate
 	}{
@@ -35,11 +36,11 @@ func TestResolutionPatch(t *testing.T) {
 			wantGates: gate},
 		{name: "service principal is not gated", res: sp,
 			wantAnn: map[string]string{aadv1.AnnotationIdentities: "default/sp", aadv1.AnnotationClientIDs: "c-sp"}},
-		{name: "nothing resolved records empty annotations", res: Resolution{},
+		{name: "nothing resolved records empty annotations", res: identity.Resolution{},
 			wantAnn: map[string]string{aadv1.AnnotationIdentities: "", aadv1.AnnotationClientIDs: ""}},
 		{name: "bound pod cannot be gated", res: msi, pod: corev1.Pod{Spec: corev1.PodSpec{NodeName: "node-1"}},
 			wantAnn: map[string]string{aadv1.AnnotationIdentities: "default/demo", aadv1.AnnotationClientIDs: "c-demo"}},
-		{name: "creator-supplied annotations are replaced, others kept", res: Resolution{},
+		{name: "creator-supplied annotations are replaced, others kept", res: identity.Resolution{},
 			pod: corev1.Pod{ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{
 				aadv1.AnnotationIdentities: "kube-system/cluster-admin", aadv1.AnnotationAssignment: "Assigned", aadv1.AnnotationPrefix + "x~y/z": "", "keep": "me"}}},
 			wantAnn: map[string]string{aadv1.AnnotationIdentities: "", aadv1.AnnotationClientIDs: "", "keep": "me"}},
@@ -111,10 +112,9 @@ func labelled(selector string) *corev1.Pod {
 }
 
 func TestPodMutatorHandle(t *testing.T) {
-	id := identity("default", "demo", aadv1.UserAssignedMSI, "c-demo")
+	id := azureIdentity("default", "demo", aadv1.UserAssignedMSI, "c-demo")
 	b := binding("default", "demo-binding", "demo", "demo")
-	c := newFakeClient(t, &id, &b)
-	m := &PodMutator{Resolver: &Resolver{Cache: c, Live: c}, Decoder: admission.NewDecoder(Scheme())}
+	m := &PodMutator{Resolver: newResolver(t, &id, &b), Decoder: admission.NewDecoder(identity.Scheme())}
 
 	resp, reason := m.handle(context.Background(), podRequest(t, admissionv1.Create, labelled("demo"), nil, "alice"))
 	if !resp.Allowed || reason != reasonResolved {
@@ -137,8 +137,7 @@ func TestPodMutatorHandle(t *testing.T) {
 }
 
 func TestPodMutatorRejectsBadRequests(t *testing.T) {
-	c := newFakeClient(t)
-	m := &PodMutator{Resolver: &Resolver{Cache: c, Live: c}, Decoder: admission.NewDecoder(Scheme())}
+	m := &PodMutator{Resolver: newResolver(t), Decoder: admission.NewDecoder(identity.Scheme())}
 	good := podRequest(t, admissionv1.Create, labelled("demo"), nil, "alice")
 	tests := []struct {
 		name   string

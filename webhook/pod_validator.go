@@ -15,6 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 )
 
 // +kubebuilder:webhook:path=/validate-v1-pod,mutating=false,failurePolicy=fail,sideEffects=None,groups="",resources=pods,verbs=create;update,versions=v1,name=vpod.aadpodidentity.k8s.io,admissionReviewVersions=v1,matchPolicy=Equivalent,timeoutSeconds=10
@@ -23,7 +24,7 @@ import (
 // the label resolves to when the pod is created, and afterwards only the
 // project's own service accounts may change them, the label or the gate.
 type PodValidator struct {
-	Resolver *Resolver
+	Resolver *identity.Resolver
 	Decoder  admission.Decoder
 	// Trusted holds the usernames (system:serviceaccount:<ns>:<name>) allowed
 	// to change protected fields after creation.
@@ -111,7 +112,7 @@ func protectedChanges(old, pod *corev1.Pod) []string {
 			changed = append(changed, "annotation "+k)
 		}
 	}
-	if hasGate(old) != hasGate(pod) {
+	if identity.HasGate(old) != identity.HasGate(pod) {
 		changed = append(changed, "scheduling gate "+aadv1.SchedulingGate)
 	}
 	return slices.Clip(changed)

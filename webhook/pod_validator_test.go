@@ -12,6 +12,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 )
 
 func TestProtectedChanges(t *testing.T) {
@@ -45,11 +46,10 @@ func TestProtectedChanges(t *testing.T) {
 }
 
 func TestPodValidatorHandle(t *testing.T) {
-	id := identity("default", "demo", aadv1.UserAssignedMSI, "c-demo")
+	id := azureIdentity("default", "demo", aadv1.UserAssignedMSI, "c-demo")
 	b := binding("default", "demo-binding", "demo", "demo")
-	c := newFakeClient(t, &id, &b)
 	const assigner = "system:serviceaccount:aad:aad-pod-identity-assigner"
-	v := &PodValidator{Resolver: &Resolver{Cache: c, Live: c}, Decoder: admission.NewDecoder(Scheme()), Trusted: sets.New(assigner)}
+	v := &PodValidator{Resolver: newResolver(t, &id, &b), Decoder: admission.NewDecoder(identity.Scheme()), Trusted: sets.New(assigner)}
 
 	admitted := labelled("demo")
 	admitted.Annotations = map[string]string{aadv1.AnnotationIdentities: "default/demo", aadv1.AnnotationClientIDs: "c-demo"}

@@ -12,10 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"k8s.io/apimachinery/pkg/runtime"
-	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/apimachinery/pkg/util/sets"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
@@ -25,7 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
-	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 )
 
 // +kubebuilder:rbac:groups=aadpodidentity.k8s.io,resources=azureidentities;azureidentitybindings,verbs=get;list;watch
@@ -55,19 +52,11 @@ type Options struct {
 	TrustedServiceAccounts []string
 }
 
-// Scheme holds the types the webhook reads.
-func Scheme() *runtime.Scheme {
-	s := runtime.NewScheme()
-	utilruntime.Must(clientgoscheme.AddToScheme(s))
-	utilruntime.Must(aadv1.AddToScheme(s))
-	return s
-}
-
 // NewManager builds a manager that serves the webhook with health checks and
 // metrics; the caller starts it.
 func NewManager(ctx context.Context, cfg *rest.Config, opts Options) (manager.Manager, error) {
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme:                 Scheme(),
+		Scheme:                 identity.Scheme(),
 		Metrics:                metricsserver.Options{BindAddress: opts.MetricsAddr},
 		HealthProbeBindAddress: opts.ProbeAddr,
 	})
@@ -105,11 +94,11 @@ func Setup(ctx context.Context, mgr manager.Manager, server webhook.Server, opts
 		}
 		trusted.Insert(u)
 	}
-	if err := mgr.GetFieldIndexer().IndexField(ctx, &aadv1.AzureIdentityBinding{}, BindingSelectorIndex, IndexBindingSelector); err != nil {
-		return fmt.Errorf("indexing AzureIdentityBindings by selector: %w", err)
+	resolver, err := identity.NewResolver(ctx, mgr.GetCache(), mgr.GetAPIReader(), opts.AllowCrossNamespace)
+	if err != nil {
+		return err
 	}
 	decoder := admission.NewDecoder(mgr.GetScheme())
-	resolver := &Resolver{Cache: mgr.GetCache(), Live: mgr.GetAPIReader(), AllowCrossNamespace: opts.AllowCrossNamespace}
 	crs := &CRValidator{Reader: resolver.Live, Decoder: decoder}
 
 	register := func(path, name string, fn decide) {

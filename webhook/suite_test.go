@@ -20,6 +20,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/aad-pod-identity/aad-pod-identity/e2e/framework"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 )
 
 // The envtest suite: one real apiserver for the package, which calls the
@@ -66,7 +67,7 @@ func runSuite(m *testing.M) int {
 			fmt.Fprintln(os.Stderr, "stopping envtest:", err)
 		}
 	}()
-	if admin, err = client.New(cfg, client.Options{Scheme: Scheme()}); err != nil {
+	if admin, err = client.New(cfg, client.Options{Scheme: identity.Scheme()}); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}

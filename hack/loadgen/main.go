@@ -32,6 +32,7 @@ import (
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 	"github.com/aad-pod-identity/aad-pod-identity/e2e/framework"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 	"github.com/aad-pod-identity/aad-pod-identity/webhook"
 )
 
@@ -103,7 +104,7 @@ func run(concurrency, rate int, duration time.Duration, path string) error {
 // seed creates the walkthrough's identity and binding that the reviews
 // resolve to, so every review does a full resolution.
 func seed(ctx context.Context, cfg *rest.Config) error {
-	c, err := client.New(cfg, client.Options{Scheme: webhook.Scheme()})
+	c, err := client.New(cfg, client.Options{Scheme: identity.Scheme()})
 	if err != nil {
 		return err
 	}

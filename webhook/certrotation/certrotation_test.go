@@ -18,7 +18,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/aad-pod-identity/aad-pod-identity/e2e/framework"
-	"github.com/aad-pod-identity/aad-pod-identity/webhook"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 )
 
 // The rotator fills the Secret with a CA and a serving certificate for the
@@ -34,7 +34,7 @@ func TestCertRotationIssuesAndInjects(t *testing.T) {
 	if err != nil {
 		t.Fatalf("starting envtest: %v", err)
 	}
-	k8s, err := client.New(cfg, client.Options{Scheme: webhook.Scheme()})
+	k8s, err := client.New(cfg, client.Options{Scheme: identity.Scheme()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +59,7 @@ func TestCertRotationIssuesAndInjects(t *testing.T) {
 		t.Cleanup(func() { _ = k8s.Delete(context.Background(), o) })
 	}
 
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: webhook.Scheme(), Metrics: metricsserver.Options{BindAddress: "0"}})
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: identity.Scheme(), Metrics: metricsserver.Options{BindAddress: "0"}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,11 +1,12 @@
-package webhook
+package identity
 
 import (
 	"context"
 	"fmt"
 	"sort"
-	"strings"
 
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
@@ -23,8 +24,10 @@ type Resolved struct {
 	Type      aadv1.IdentityType
 }
 
-// Key is namespace/name, as written in the identities annotation.
-func (r Resolved) Key() string { return r.Namespace + "/" + r.Name }
+// Key names the AzureIdentity.
+func (r Resolved) Key() types.NamespacedName {
+	return types.NamespacedName{Namespace: r.Namespace, Name: r.Name}
+}
 
 // Resolution is what a pod's aadpodidbinding label resolves to.
 type Resolution struct {
@@ -44,20 +47,6 @@ func (r Resolution) NeedsAssignment() bool {
 	return false
 }
 
-// Annotations returns the identity annotations for the resolution.
-func (r Resolution) Annotations() map[string]string {
-	keys := make([]string, 0, len(r.Identities))
-	ids := make([]string, 0, len(r.Identities))
-	for _, id := range r.Identities {
-		keys = append(keys, id.Key())
-		ids = append(ids, id.ClientID)
-	}
-	return map[string]string{
-		aadv1.AnnotationIdentities: strings.Join(keys, ","),
-		aadv1.AnnotationClientIDs:  strings.Join(ids, ","),
-	}
-}
-
 // Resolve matches bindings to a pod's selector. Only bindings in the pod's
 // namespace count unless allowCrossNamespace is set; a binding always names
 // an AzureIdentity in its own namespace. The result is sorted and
@@ -67,16 +56,16 @@ func Resolve(podNamespace, selector string, bindings []aadv1.AzureIdentityBindin
 	if selector == "" {
 		return res
 	}
-	byKey := make(map[string]*aadv1.AzureIdentity, len(identities))
+	byKey := make(map[types.NamespacedName]*aadv1.AzureIdentity, len(identities))
 	for i := range identities {
-		byKey[identities[i].Namespace+"/"+identities[i].Name] = &identities[i]
+		byKey[client.ObjectKeyFromObject(&identities[i])] = &identities[i]
 	}
-	seen := map[string]bool{}
+	seen := map[types.NamespacedName]bool{}
 	for _, b := range bindings {
 		if b.Spec.Selector != selector || (!allowCrossNamespace && b.Namespace != podNamespace) {
 			continue
 		}
-		key := b.Namespace + "/" + b.Spec.AzureIdentity
+		key := types.NamespacedName{Namespace: b.Namespace, Name: b.Spec.AzureIdentity}
 		id, ok := byKey[key]
 		if !ok {
 			res.Dangling = append(res.Dangling, b.Namespace+"/"+b.Name)
@@ -88,18 +77,31 @@ func Resolve(podNamespace, selector string, bindings []aadv1.AzureIdentityBindin
 		seen[key] = true
 		res.Identities = append(res.Identities, Resolved{Namespace: id.Namespace, Name: id.Name, ClientID: id.Spec.ClientID, Type: id.Spec.Type})
 	}
-	sort.Slice(res.Identities, func(i, j int) bool { return res.Identities[i].Key() < res.Identities[j].Key() })
+	sort.Slice(res.Identities, func(i, j int) bool {
+		return res.Identities[i].Key().String() < res.Identities[j].Key().String()
+	})
 	sort.Strings(res.Dangling)
 	return res
 }
 
 // Resolver looks bindings and identities up and resolves a pod's label.
+// Components build it with NewResolver, which registers the index it reads.
 type Resolver struct {
 	// Cache is read first; Live is read when the cache may be behind, which
 	// happens when a binding or identity is applied together with the pod.
 	Cache               client.Reader
 	Live                client.Reader
 	AllowCrossNamespace bool
+}
+
+// NewResolver indexes AzureIdentityBindings by selector in the cache, which
+// must not have started yet, and returns a resolver reading it. live may be
+// nil when a cache miss must not cost an API call (NMI, the assigner).
+func NewResolver(ctx context.Context, c cache.Cache, live client.Reader, allowCrossNamespace bool) (*Resolver, error) {
+	if err := c.IndexField(ctx, &aadv1.AzureIdentityBinding{}, BindingSelectorIndex, IndexBindingSelector); err != nil {
+		return nil, fmt.Errorf("indexing AzureIdentityBindings by selector: %w", err)
+	}
+	return &Resolver{Cache: c, Live: live, AllowCrossNamespace: allowCrossNamespace}, nil
 }
 
 // Resolve resolves the selector for a pod in podNamespace.
@@ -147,7 +149,8 @@ func (r *Resolver) resolveFrom(ctx context.Context, reader client.Reader, indexe
 	return Resolve(podNamespace, selector, bindings.Items, identities, r.AllowCrossNamespace), nil
 }
 
-// IndexBindingSelector is the field indexer for BindingSelectorIndex.
+// IndexBindingSelector is the field indexer for BindingSelectorIndex; tests
+// that build a fake client register it themselves.
 func IndexBindingSelector(obj client.Object) []string {
 	b, ok := obj.(*aadv1.AzureIdentityBinding)
 	if !ok {

@@ -1,4 +1,4 @@
-package webhook
+package identity
 
 import (
 	"context"
@@ -12,7 +12,7 @@ import (
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 )
 
-func identity(ns, name string, typ aadv1.IdentityType, clientID string) aadv1.AzureIdentity {
+func azureIdentity(ns, name string, typ aadv1.IdentityType, clientID string) aadv1.AzureIdentity {
 	return aadv1.AzureIdentity{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
 		Spec:       aadv1.AzureIdentitySpec{Type: typ, ClientID: clientID},
@@ -28,9 +28,9 @@ func binding(ns, name, identity, selector string) aadv1.AzureIdentityBinding {
 
 func TestResolve(t *testing.T) {
 	ids := []aadv1.AzureIdentity{
-		identity("default", "demo", aadv1.UserAssignedMSI, "c-demo"),
-		identity("default", "sp", aadv1.ServicePrincipal, "c-sp"),
-		identity("other", "demo", aadv1.UserAssignedMSI, "c-other"),
+		azureIdentity("default", "demo", aadv1.UserAssignedMSI, "c-demo"),
+		azureIdentity("default", "sp", aadv1.ServicePrincipal, "c-sp"),
+		azureIdentity("other", "demo", aadv1.UserAssignedMSI, "c-other"),
 	}
 	tests := []struct {
 		name       string
@@ -71,7 +71,7 @@ func TestResolve(t *testing.T) {
 			res := Resolve(tt.namespace, tt.selector, tt.bindings, ids, tt.cross)
 			var got []string
 			for _, id := range res.Identities {
-				got = append(got, id.Key())
+				got = append(got, id.Key().String())
 			}
 			if diff := cmp.Diff(tt.want, got); diff != "" {
 				t.Errorf("identities (-want +got):\n%s", diff)
@@ -92,7 +92,7 @@ func TestResolve(t *testing.T) {
 // A binding created together with the pod may not be in the cache yet: the
 // resolver must fall back to a live read.
 func TestResolverFallsBackToLiveRead(t *testing.T) {
-	id := identity("default", "demo", aadv1.UserAssignedMSI, "c-demo")
+	id := azureIdentity("default", "demo", aadv1.UserAssignedMSI, "c-demo")
 	b := binding("default", "demo-binding", "demo", "demo")
 	empty := newFakeClient(t)
 	live := newFakeClient(t, &id, &b)
@@ -102,7 +102,7 @@ func TestResolverFallsBackToLiveRead(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(res.Identities) != 1 || res.Identities[0].Key() != "default/demo" {
+	if len(res.Identities) != 1 || res.Identities[0].Key().String() != "default/demo" {
 		t.Fatalf("identities = %+v, want default/demo from the live read", res.Identities)
 	}
 }
