@@ -16,11 +16,11 @@ import (
 func BenchmarkMutatePod(b *testing.B) {
 	id := azureIdentity("default", "demo", aadv1.UserAssignedMSI, "c-demo")
 	bind := binding("default", "demo-binding", "demo", "demo")
-	m := &PodMutator{Resolver: newResolver(b, &id, &bind), Decoder: admission.NewDecoder(identity.Scheme())}
+	m := podFrontEnd("mutate-pod", admission.NewDecoder(identity.Scheme()), &PodMutator{Resolver: newResolver(b, &id, &bind)})
 	req := podRequest(b, admissionv1.Create, labelled("demo"), nil, "alice")
 	b.ReportAllocs()
 	for b.Loop() {
-		if resp, _ := m.handle(context.Background(), req); !resp.Allowed {
+		if resp, _ := m.decide(context.Background(), req); !resp.Allowed {
 			b.Fatal(resp.Result)
 		}
 	}

@@ -3,10 +3,10 @@ package webhook
 import (
 	"context"
 	"fmt"
-	"net/http"
 
 	admissionv1 "k8s.io/api/admission/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/utils/field"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
@@ -16,67 +16,55 @@ import (
 // +kubebuilder:webhook:path=/validate-aadpodidentity-k8s-io-v1-azureidentitybinding,mutating=false,failurePolicy=fail,sideEffects=None,groups=aadpodidentity.k8s.io,resources=azureidentitybindings,verbs=create;update,versions=v1,name=vazureidentitybinding.aadpodidentity.k8s.io,admissionReviewVersions=v1,matchPolicy=Equivalent,timeoutSeconds=10
 // +kubebuilder:webhook:path=/validate-aadpodidentity-k8s-io-v1-azureidentity,mutating=false,failurePolicy=fail,sideEffects=None,groups=aadpodidentity.k8s.io,resources=azureidentities,verbs=create;update,versions=v1,name=vazureidentity.aadpodidentity.k8s.io,admissionReviewVersions=v1,matchPolicy=Equivalent,timeoutSeconds=10
 
-// CRValidator adds what the CRDs' CEL rules cannot know, as warnings: field
-// rules are the apiserver's job, so this never denies a well-formed object.
-type CRValidator struct {
-	Reader  client.Reader
-	Decoder admission.Decoder
+// The CR validators add what the CRDs' CEL rules cannot know, as warnings:
+// field rules are the apiserver's job, so they never deny a well-formed
+// object.
+
+// BindingValidator warns about a binding whose AzureIdentity does not exist.
+type BindingValidator struct {
+	Reader client.Reader
 }
 
-func (v *CRValidator) handleBinding(ctx context.Context, req admission.Request) (admission.Response, string) {
-	if req.Operation != admissionv1.Create && req.Operation != admissionv1.Update {
-		return admission.Allowed(""), reasonIgnored
-	}
-	var b aadv1.AzureIdentityBinding
-	if err := v.decode(req, "AzureIdentityBinding", &b); err != nil {
-		return admission.Errored(http.StatusBadRequest, err), reasonBadRequest
-	}
-	ns := b.Namespace
-	if ns == "" {
-		ns = req.Namespace
-	}
-	err := v.Reader.Get(ctx, client.ObjectKey{Namespace: ns, Name: b.Spec.AzureIdentity}, &aadv1.AzureIdentity{})
+var _ admitter[*aadv1.AzureIdentityBinding] = &BindingValidator{}
+
+func (v *BindingValidator) Handles(op admissionv1.Operation) bool { return createOrUpdate(op) }
+
+func (v *BindingValidator) Admit(ctx context.Context, _ admission.Request, b, _ *aadv1.AzureIdentityBinding) outcome {
+	err := v.Reader.Get(ctx, client.ObjectKey{Namespace: b.Namespace, Name: b.Spec.AzureIdentity}, &aadv1.AzureIdentity{})
 	switch {
 	case apierrors.IsNotFound(err):
-		return admission.Allowed("").WithWarnings(fmt.Sprintf(
-			"spec.azureIdentity: AzureIdentity %s/%s does not exist yet; pods labelled %s=%s get no identity from this binding until it does",
-			ns, b.Spec.AzureIdentity, aadv1.BindingLabel, b.Spec.Selector)), reasonWarned
+		return allowed(reasonWarned, fmt.Sprintf(
+			"%s: AzureIdentity %s/%s does not exist yet; pods labelled %s=%s get no identity from this binding until it does",
+			field.NewPath("spec", "azureIdentity"), b.Namespace, b.Spec.AzureIdentity, aadv1.BindingLabel, b.Spec.Selector))
 	case err != nil:
 		// A lookup failure must not block a valid object: the warning is advisory.
-		return admission.Allowed(""), reasonLookupError
+		return allowed(reasonLookupError)
 	}
-	return admission.Allowed(""), reasonValid
+	return allowed(reasonValid)
 }
 
-func (v *CRValidator) handleIdentity(_ context.Context, req admission.Request) (admission.Response, string) {
-	if req.Operation != admissionv1.Create && req.Operation != admissionv1.Update {
-		return admission.Allowed(""), reasonIgnored
+// IdentityValidator warns about a service principal's Secret that NMI will
+// not read.
+type IdentityValidator struct{}
+
+var _ admitter[*aadv1.AzureIdentity] = IdentityValidator{}
+
+func (IdentityValidator) Handles(op admissionv1.Operation) bool { return createOrUpdate(op) }
+
+func (IdentityValidator) Admit(_ context.Context, _ admission.Request, id, _ *aadv1.AzureIdentity) outcome {
+	if ref := id.Spec.ClientPassword; id.Spec.Type != aadv1.UserAssignedMSI && ref != nil && ref.Namespace != "" && ref.Namespace != id.Namespace {
+		return allowed(reasonWarned, fmt.Sprintf(
+			"%s: Secret %s/%s is outside the identity's namespace %s; NMI reads it only when started with --allow-cross-namespace-secrets",
+			field.NewPath("spec", "clientPassword", "namespace"), ref.Namespace, ref.Name, id.Namespace))
 	}
-	var id aadv1.AzureIdentity
-	if err := v.decode(req, "AzureIdentity", &id); err != nil {
-		return admission.Errored(http.StatusBadRequest, err), reasonBadRequest
-	}
-	ns := id.Namespace
-	if ns == "" {
-		ns = req.Namespace
-	}
-	if ref := id.Spec.ClientPassword; id.Spec.Type != aadv1.UserAssignedMSI && ref != nil && ref.Namespace != "" && ref.Namespace != ns {
-		return admission.Allowed("").WithWarnings(fmt.Sprintf(
-			"spec.clientPassword.namespace: Secret %s/%s is outside the identity's namespace %s; NMI reads it only when started with --allow-cross-namespace-secrets",
-			ref.Namespace, ref.Name, ns)), reasonWarned
-	}
-	return admission.Allowed(""), reasonValid
+	return allowed(reasonValid)
 }
 
-func (v *CRValidator) decode(req admission.Request, kind string, into client.Object) error {
-	if req.Kind.Group != aadv1.GroupVersion.Group || req.Kind.Kind != kind {
-		return fmt.Errorf("expected %s.%s, got %s", kind, aadv1.GroupVersion.Group, req.Kind.String())
-	}
-	if len(req.Object.Raw) == 0 {
-		return fmt.Errorf("request has no object")
-	}
-	if err := v.Decoder.DecodeRaw(req.Object, into); err != nil {
-		return fmt.Errorf("decoding %s: %w", kind, err)
-	}
-	return nil
+func createOrUpdate(op admissionv1.Operation) bool {
+	return op == admissionv1.Create || op == admissionv1.Update
+}
+
+// crFrontEnd serves an admitter of one of this project's kinds.
+func crFrontEnd[T client.Object](name, kind string, decoder admission.Decoder, newObj func() T, a admitter[T]) *frontEnd[T] {
+	return &frontEnd[T]{name: name, kind: aadv1.GroupVersion.WithKind(kind).GroupKind(), decoder: decoder, newObj: newObj, admitter: a}
 }

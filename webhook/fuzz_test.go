@@ -49,9 +49,9 @@ func FuzzAdmission(f *testing.F) {
 	id := azureIdentity("default", "demo", aadv1.UserAssignedMSI, "c-demo")
 	b := binding("default", "demo-binding", "demo", "demo")
 	resolver := newResolver(f, &id, &b)
-	mutator := &PodMutator{Resolver: resolver, Decoder: admission.NewDecoder(identity.Scheme())}
+	mutator := podFrontEnd("fuzz", admission.NewDecoder(identity.Scheme()), &PodMutator{Resolver: resolver})
 	// No panic recovery here: a panic must fail the fuzzer.
-	handler := &admission.Webhook{Handler: instrumented{name: "fuzz", fn: mutator.handle}}
+	handler := &admission.Webhook{Handler: mutator}
 
 	f.Fuzz(func(t *testing.T, body []byte) {
 		rec := httptest.NewRecorder()

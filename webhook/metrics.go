@@ -1,12 +1,8 @@
 package webhook
 
 import (
-	"context"
-	"strconv"
-
 	"github.com/prometheus/client_golang/prometheus"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
-	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 )
 
 // Admission latency is controller-runtime's
@@ -36,20 +32,3 @@ const (
 	reasonValid              = "valid"
 	reasonWarned             = "warned"
 )
-
-// decide is an admission decision with the reason it is counted under.
-type decide func(ctx context.Context, req admission.Request) (admission.Response, string)
-
-// instrumented counts every decision of a handler.
-type instrumented struct {
-	name string
-	fn   decide
-}
-
-var _ admission.Handler = instrumented{}
-
-func (h instrumented) Handle(ctx context.Context, req admission.Request) admission.Response {
-	resp, reason := h.fn(ctx, req)
-	admissionOutcomes.WithLabelValues(h.name, strconv.FormatBool(resp.Allowed), reason).Inc()
-	return resp
-}

@@ -4,14 +4,12 @@ import (
 	"context"
 	"fmt"
 	"maps"
-	"net/http"
 	"slices"
 	"strings"
 
 	"gomodules.xyz/jsonpatch/v2"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
-	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
@@ -25,31 +23,25 @@ import (
 // pod with a scheduling gate.
 type PodMutator struct {
 	Resolver *identity.Resolver
-	Decoder  admission.Decoder
 }
 
-func (m *PodMutator) handle(ctx context.Context, req admission.Request) (admission.Response, string) {
-	if req.Operation != admissionv1.Create {
-		return admission.Allowed("only pod creation is mutated"), reasonIgnored
-	}
-	pod, err := decodePod(m.Decoder, req)
-	if err != nil {
-		return admission.Errored(http.StatusBadRequest, err), reasonBadRequest
-	}
-	selector := pod.Labels[aadv1.BindingLabel]
-	res, err := m.Resolver.Resolve(ctx, pod.Namespace, selector)
-	if err != nil {
-		log.FromContext(ctx).Error(err, "resolving identities", "namespace", pod.Namespace, "selector", selector)
-		return admission.Errored(http.StatusInternalServerError, fmt.Errorf("resolving aadpodidbinding %q: %w", selector, err)), reasonLookupError
-	}
+var _ admitter[*corev1.Pod] = &PodMutator{}
 
+// Handles only creation: afterwards PodValidator guards what was recorded.
+func (m *PodMutator) Handles(op admissionv1.Operation) bool { return op == admissionv1.Create }
+
+func (m *PodMutator) Admit(ctx context.Context, _ admission.Request, pod, _ *corev1.Pod) outcome {
+	res, err := resolve(ctx, m.Resolver, pod)
+	if err != nil {
+		return lookupFailed(err)
+	}
 	// Explicit operations rather than a diff of the re-encoded pod: admission
 	// latency is dominated by JSON work, and the diff doubles it.
-	resp := admission.Patched("", resolutionPatch(pod, res)...)
-	if warnings := resolutionWarnings(pod.Namespace, selector, res); len(warnings) > 0 {
-		return resp.WithWarnings(warnings...), reasonNoBinding
+	out := outcome{reason: reasonResolved, patch: resolutionPatch(pod, res)}
+	if out.warnings = resolutionWarnings(pod.Namespace, pod.Labels[aadv1.BindingLabel], res); len(out.warnings) > 0 {
+		out.reason = reasonNoBinding
 	}
-	return resp, reasonResolved
+	return out
 }
 
 // resolutionPatch writes the resolution onto the pod: creator-supplied
@@ -98,29 +90,32 @@ func resolutionWarnings(namespace, selector string, res identity.Resolution) []s
 	return w
 }
 
-// decodePod decodes the pod of a request and fills in its namespace, which a
-// create request carries outside the object.
-func decodePod(d admission.Decoder, req admission.Request) (*corev1.Pod, error) {
-	if req.Kind.Kind != "Pod" || req.Kind.Group != "" {
-		return nil, fmt.Errorf("expected a Pod, got %s", req.Kind.String())
+// resolve resolves the pod's binding label.
+func resolve(ctx context.Context, r *identity.Resolver, pod *corev1.Pod) (identity.Resolution, error) {
+	selector := pod.Labels[aadv1.BindingLabel]
+	res, err := r.Resolve(ctx, pod.Namespace, selector)
+	if err != nil {
+		return res, fmt.Errorf("resolving %s=%q in namespace %s: %w", aadv1.BindingLabel, selector, pod.Namespace, err)
 	}
-	if len(req.Object.Raw) == 0 {
-		return nil, fmt.Errorf("request has no object")
+	return res, nil
+}
+
+// podFrontEnd serves an admitter of pods.
+func podFrontEnd(name string, decoder admission.Decoder, a admitter[*corev1.Pod]) *frontEnd[*corev1.Pod] {
+	return &frontEnd[*corev1.Pod]{
+		name: name, kind: corev1.SchemeGroupVersion.WithKind("Pod").GroupKind(), decoder: decoder,
+		newObj: func() *corev1.Pod { return &corev1.Pod{} }, admitter: a, wellFormed: wellFormedPod,
 	}
-	pod := &corev1.Pod{}
-	if err := d.DecodeRaw(req.Object, pod); err != nil {
-		return nil, fmt.Errorf("decoding pod: %w", err)
-	}
-	// The apiserver refuses such pods anyway; refusing them here also means
-	// the patch always finds the metadata and spec it writes into.
+}
+
+// wellFormedPod refuses pods the apiserver refuses anyway, so that a patch
+// always finds the metadata and spec it writes into.
+func wellFormedPod(pod *corev1.Pod) error {
 	if pod.Name == "" && pod.GenerateName == "" {
-		return nil, fmt.Errorf("pod has neither metadata.name nor metadata.generateName")
+		return fmt.Errorf("pod has neither metadata.name nor metadata.generateName")
 	}
 	if len(pod.Spec.Containers) == 0 {
-		return nil, fmt.Errorf("pod has no spec.containers")
+		return fmt.Errorf("pod has no spec.containers")
 	}
-	if pod.Namespace == "" {
-		pod.Namespace = req.Namespace
-	}
-	return pod, nil
+	return nil
 }

@@ -114,9 +114,9 @@ func labelled(selector string) *corev1.Pod {
 func TestPodMutatorHandle(t *testing.T) {
 	id := azureIdentity("default", "demo", aadv1.UserAssignedMSI, "c-demo")
 	b := binding("default", "demo-binding", "demo", "demo")
-	m := &PodMutator{Resolver: newResolver(t, &id, &b), Decoder: admission.NewDecoder(identity.Scheme())}
+	m := podFrontEnd("mutate-pod", admission.NewDecoder(identity.Scheme()), &PodMutator{Resolver: newResolver(t, &id, &b)})
 
-	resp, reason := m.handle(context.Background(), podRequest(t, admissionv1.Create, labelled("demo"), nil, "alice"))
+	resp, reason := m.decide(context.Background(), podRequest(t, admissionv1.Create, labelled("demo"), nil, "alice"))
 	if !resp.Allowed || reason != reasonResolved {
 		t.Fatalf("allowed=%v reason=%s result=%+v", resp.Allowed, reason, resp.Result)
 	}
@@ -130,14 +130,14 @@ func TestPodMutatorHandle(t *testing.T) {
 		}
 	}
 
-	resp, reason = m.handle(context.Background(), podRequest(t, admissionv1.Create, labelled("nobody"), nil, "alice"))
+	resp, reason = m.decide(context.Background(), podRequest(t, admissionv1.Create, labelled("nobody"), nil, "alice"))
 	if !resp.Allowed || reason != reasonNoBinding || len(resp.Warnings) == 0 || !strings.Contains(resp.Warnings[0], "matches no AzureIdentityBinding") {
 		t.Fatalf("unbound label: allowed=%v reason=%s warnings=%v", resp.Allowed, reason, resp.Warnings)
 	}
 }
 
 func TestPodMutatorRejectsBadRequests(t *testing.T) {
-	m := &PodMutator{Resolver: newResolver(t), Decoder: admission.NewDecoder(identity.Scheme())}
+	m := podFrontEnd("mutate-pod", admission.NewDecoder(identity.Scheme()), &PodMutator{Resolver: newResolver(t)})
 	good := podRequest(t, admissionv1.Create, labelled("demo"), nil, "alice")
 	tests := []struct {
 		name   string
@@ -160,7 +160,7 @@ func TestPodMutatorRejectsBadRequests(t *testing.T) {
 			req := good
 			req.AdmissionRequest = *good.AdmissionRequest.DeepCopy()
 			tt.modify(&req)
-			resp, reason := m.handle(context.Background(), req)
+			resp, reason := m.decide(context.Background(), req)
 			if resp.Allowed || resp.Result.Code != http.StatusBadRequest || reason != reasonBadRequest || !strings.Contains(resp.Result.Message, tt.want) {
 				t.Fatalf("allowed=%v code=%d reason=%s message=%q, want 400 containing %q", resp.Allowed, resp.Result.Code, reason, resp.Result.Message, tt.want)
 			}

@@ -3,15 +3,12 @@ package webhook
 import (
 	"context"
 	"fmt"
-	"maps"
-	"net/http"
-	"slices"
 	"strings"
 
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/sets"
-	"sigs.k8s.io/controller-runtime/pkg/log"
+	"k8s.io/apimachinery/pkg/util/validation/field"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
@@ -25,65 +22,79 @@ import (
 // project's own service accounts may change them, the label or the gate.
 type PodValidator struct {
 	Resolver *identity.Resolver
-	Decoder  admission.Decoder
 	// Trusted holds the usernames (system:serviceaccount:<ns>:<name>) allowed
 	// to change protected fields after creation.
 	Trusted sets.Set[string]
 }
 
-func (v *PodValidator) handle(ctx context.Context, req admission.Request) (admission.Response, string) {
-	switch req.Operation {
-	case admissionv1.Create:
-		return v.validateCreate(ctx, req)
-	case admissionv1.Update:
-		return v.validateUpdate(req)
-	default:
-		return admission.Allowed(""), reasonIgnored
-	}
+var _ admitter[*corev1.Pod] = &PodValidator{}
+
+func (v *PodValidator) Handles(op admissionv1.Operation) bool {
+	return op == admissionv1.Create || op == admissionv1.Update
 }
 
-func (v *PodValidator) validateCreate(ctx context.Context, req admission.Request) (admission.Response, string) {
-	pod, err := decodePod(v.Decoder, req)
-	if err != nil {
-		return admission.Errored(http.StatusBadRequest, err), reasonBadRequest
+func (v *PodValidator) Admit(ctx context.Context, req admission.Request, pod, old *corev1.Pod) outcome {
+	if req.Operation == admissionv1.Create {
+		return v.admitCreate(ctx, pod)
 	}
-	selector := pod.Labels[aadv1.BindingLabel]
-	res, err := v.Resolver.Resolve(ctx, pod.Namespace, selector)
+	return v.admitUpdate(req.UserInfo.Username, old, pod)
+}
+
+func (v *PodValidator) admitCreate(ctx context.Context, pod *corev1.Pod) outcome {
+	res, err := resolve(ctx, v.Resolver, pod)
 	if err != nil {
-		log.FromContext(ctx).Error(err, "resolving identities", "namespace", pod.Namespace, "selector", selector)
-		return admission.Errored(http.StatusInternalServerError, fmt.Errorf("resolving aadpodidbinding %q: %w", selector, err)), reasonLookupError
+		return lookupFailed(err)
 	}
-	want := res.Annotations()
+	if errs := annotationMismatch(pod, res.Annotations()); len(errs) > 0 {
+		return denied(reasonAnnotationMismatch, errs)
+	}
+	return allowed(reasonValid)
+}
+
+// annotationMismatch names every annotation of ours that differs from what
+// the label resolves to.
+func annotationMismatch(pod *corev1.Pod, want map[string]string) field.ErrorList {
 	got := protectedAnnotations(pod)
-	if !maps.Equal(want, got) {
-		return admission.Denied(fmt.Sprintf("aadpodidentity.k8s.io annotations %v do not match what label %s=%q resolves to %v: "+
-			"another mutating webhook changed them, or a binding changed during admission (retry)", got, aadv1.BindingLabel, selector, want)), reasonAnnotationMismatch
+	selector := pod.Labels[aadv1.BindingLabel]
+	var errs field.ErrorList
+	for _, k := range sets.List(sets.KeySet(got).Union(sets.KeySet(want))) {
+		path := annotationsPath.Key(k)
+		w, inWant := want[k]
+		g, inGot := got[k]
+		switch {
+		case !inWant:
+			errs = append(errs, field.Forbidden(path, "set only by aad-pod-identity after admission"))
+		case !inGot:
+			errs = append(errs, field.Required(path, fmt.Sprintf("label %s=%q resolves to %q: another mutating webhook removed it (retry)", aadv1.BindingLabel, selector, w)))
+		case g != w:
+			errs = append(errs, field.Invalid(path, g, fmt.Sprintf("label %s=%q resolves to %q: another mutating webhook changed it, or a binding changed during admission (retry)", aadv1.BindingLabel, selector, w)))
+		}
 	}
-	return admission.Allowed(""), reasonValid
+	return errs
 }
 
-func (v *PodValidator) validateUpdate(req admission.Request) (admission.Response, string) {
-	if len(req.OldObject.Raw) == 0 {
-		return admission.Errored(http.StatusBadRequest, fmt.Errorf("update request has no old object")), reasonBadRequest
-	}
-	pod, err := decodePod(v.Decoder, req)
-	if err != nil {
-		return admission.Errored(http.StatusBadRequest, err), reasonBadRequest
-	}
-	old := &corev1.Pod{}
-	if err := v.Decoder.DecodeRaw(req.OldObject, old); err != nil {
-		return admission.Errored(http.StatusBadRequest, fmt.Errorf("decoding old pod: %w", err)), reasonBadRequest
-	}
+func (v *PodValidator) admitUpdate(user string, old, pod *corev1.Pod) outcome {
 	changed := protectedChanges(old, pod)
 	if len(changed) == 0 {
-		return admission.Allowed(""), reasonUnchanged
+		return allowed(reasonUnchanged)
 	}
-	if v.Trusted.Has(req.UserInfo.Username) {
-		return admission.Allowed(""), reasonTrusted
+	if v.Trusted.Has(user) {
+		return allowed(reasonTrusted)
 	}
-	return admission.Denied(fmt.Sprintf("%s may not change %s after the pod is created: only the aad-pod-identity service accounts (%s) may; delete and recreate the pod instead",
-		req.UserInfo.Username, strings.Join(changed, ", "), strings.Join(sets.List(v.Trusted), ", "))), reasonUntrustedChange
+	detail := fmt.Sprintf("%s may not change it after the pod is created: only the aad-pod-identity service accounts (%s) may; delete and recreate the pod instead",
+		user, strings.Join(sets.List(v.Trusted), ", "))
+	errs := make(field.ErrorList, 0, len(changed))
+	for _, p := range changed {
+		errs = append(errs, field.Forbidden(p, detail))
+	}
+	return denied(reasonUntrustedChange, errs)
 }
+
+var (
+	annotationsPath  = field.NewPath("metadata", "annotations")
+	bindingLabelPath = field.NewPath("metadata", "labels").Key(aadv1.BindingLabel)
+	gatePath         = field.NewPath("spec", "schedulingGates").Key(aadv1.SchedulingGate)
+)
 
 // protectedAnnotations returns the pod's annotations that are ours.
 func protectedAnnotations(pod *corev1.Pod) map[string]string {
@@ -96,26 +107,25 @@ func protectedAnnotations(pod *corev1.Pod) map[string]string {
 	return out
 }
 
-// protectedChanges names what NMI or the assigner rely on that differs
-// between old and new: the label, our annotations and our gate.
-func protectedChanges(old, pod *corev1.Pod) []string {
-	var changed []string
+// protectedChanges returns the fields NMI or the assigner rely on that
+// differ between old and new: the label, our annotations and our gate.
+func protectedChanges(old, pod *corev1.Pod) []*field.Path {
+	var changed []*field.Path
 	oldLabel, oldHas := old.Labels[aadv1.BindingLabel]
 	newLabel, newHas := pod.Labels[aadv1.BindingLabel]
 	if oldHas != newHas || oldLabel != newLabel {
-		changed = append(changed, "label "+aadv1.BindingLabel)
+		changed = append(changed, bindingLabelPath)
 	}
 	oldAnn, newAnn := protectedAnnotations(old), protectedAnnotations(pod)
-	keys := sets.KeySet(oldAnn).Union(sets.KeySet(newAnn))
-	for _, k := range sets.List(keys) {
+	for _, k := range sets.List(sets.KeySet(oldAnn).Union(sets.KeySet(newAnn))) {
 		if oldAnn[k] != newAnn[k] || hasKey(oldAnn, k) != hasKey(newAnn, k) {
-			changed = append(changed, "annotation "+k)
+			changed = append(changed, annotationsPath.Key(k))
 		}
 	}
 	if identity.HasGate(old) != identity.HasGate(pod) {
-		changed = append(changed, "scheduling gate "+aadv1.SchedulingGate)
+		changed = append(changed, gatePath)
 	}
-	return slices.Clip(changed)
+	return changed
 }
 
 func hasKey(m map[string]string, k string) bool {

@@ -2,6 +2,7 @@ package webhook
 
 import (
 	"context"
+	"net/http"
 	"strings"
 	"testing"
 
@@ -26,19 +27,23 @@ func TestProtectedChanges(t *testing.T) {
 	}{
 		{"nothing", func(*corev1.Pod) {}, nil},
 		{"unrelated annotation", func(p *corev1.Pod) { p.Annotations["other"] = "y" }, nil},
-		{"label value", func(p *corev1.Pod) { p.Labels[aadv1.BindingLabel] = "admin" }, []string{"label aadpodidbinding"}},
-		{"label removed", func(p *corev1.Pod) { delete(p.Labels, aadv1.BindingLabel) }, []string{"label aadpodidbinding"}},
+		{"label value", func(p *corev1.Pod) { p.Labels[aadv1.BindingLabel] = "admin" }, []string{"metadata.labels[aadpodidbinding]"}},
+		{"label removed", func(p *corev1.Pod) { delete(p.Labels, aadv1.BindingLabel) }, []string{"metadata.labels[aadpodidbinding]"}},
 		{"annotation value", func(p *corev1.Pod) { p.Annotations[aadv1.AnnotationIdentities] = "kube-system/x" },
-			[]string{"annotation " + aadv1.AnnotationIdentities}},
+			[]string{"metadata.annotations[" + aadv1.AnnotationIdentities + "]"}},
 		{"annotation added empty", func(p *corev1.Pod) { p.Annotations[aadv1.AnnotationAssignment] = "" },
-			[]string{"annotation " + aadv1.AnnotationAssignment}},
-		{"gate removed", func(p *corev1.Pod) { p.Spec.SchedulingGates = nil }, []string{"scheduling gate " + aadv1.SchedulingGate}},
+			[]string{"metadata.annotations[" + aadv1.AnnotationAssignment + "]"}},
+		{"gate removed", func(p *corev1.Pod) { p.Spec.SchedulingGates = nil }, []string{"spec.schedulingGates[" + aadv1.SchedulingGate + "]"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			pod := base.DeepCopy()
 			tt.modify(pod)
-			if diff := cmp.Diff(tt.want, protectedChanges(base, pod)); diff != "" {
+			var got []string
+			for _, p := range protectedChanges(base, pod) {
+				got = append(got, p.String())
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
 				t.Errorf("(-want +got):\n%s", diff)
 			}
 		})
@@ -49,7 +54,7 @@ func TestPodValidatorHandle(t *testing.T) {
 	id := azureIdentity("default", "demo", aadv1.UserAssignedMSI, "c-demo")
 	b := binding("default", "demo-binding", "demo", "demo")
 	const assigner = "system:serviceaccount:aad:aad-pod-identity-assigner"
-	v := &PodValidator{Resolver: newResolver(t, &id, &b), Decoder: admission.NewDecoder(identity.Scheme()), Trusted: sets.New(assigner)}
+	v := podFrontEnd("validate-pod", admission.NewDecoder(identity.Scheme()), &PodValidator{Resolver: newResolver(t, &id, &b), Trusted: sets.New(assigner)})
 
 	admitted := labelled("demo")
 	admitted.Annotations = map[string]string{aadv1.AnnotationIdentities: "default/demo", aadv1.AnnotationClientIDs: "c-demo"}
@@ -60,29 +65,50 @@ func TestPodValidatorHandle(t *testing.T) {
 	relabelled := admitted.DeepCopy()
 	relabelled.Labels[aadv1.BindingLabel] = "admin"
 
+	ann := func(k string) string { return "metadata.annotations[" + k + "]" }
 	tests := []struct {
 		name        string
 		req         admission.Request
 		wantAllowed bool
 		wantReason  string
-		wantMessage string
+		// wantCauses are the denial's field errors, as "type field".
+		wantCauses []string
 	}{
-		{"create with resolved annotations", podRequest(t, admissionv1.Create, admitted, nil, "alice"), true, reasonValid, ""},
-		{"create with forged annotations", podRequest(t, admissionv1.Create, forged, nil, "alice"), false, reasonAnnotationMismatch, "do not match"},
-		{"create without annotations", podRequest(t, admissionv1.Create, labelled("demo"), nil, "alice"), false, reasonAnnotationMismatch, "do not match"},
-		{"update by trusted assigner", podRequest(t, admissionv1.Update, assigned, admitted, assigner), true, reasonTrusted, ""},
-		{"annotation update by user", podRequest(t, admissionv1.Update, assigned, admitted, "alice"), false, reasonUntrustedChange, "alice may not change annotation " + aadv1.AnnotationAssignment},
-		{"label update by user", podRequest(t, admissionv1.Update, relabelled, admitted, "alice"), false, reasonUntrustedChange, "label aadpodidbinding"},
-		{"unrelated update by user", podRequest(t, admissionv1.Update, admitted, admitted, "alice"), true, reasonUnchanged, ""},
+		{"create with resolved annotations", podRequest(t, admissionv1.Create, admitted, nil, "alice"), true, reasonValid, nil},
+		{"create with forged annotations", podRequest(t, admissionv1.Create, forged, nil, "alice"), false, reasonAnnotationMismatch,
+			[]string{"FieldValueInvalid " + ann(aadv1.AnnotationIdentities)}},
+		{"create without annotations", podRequest(t, admissionv1.Create, labelled("demo"), nil, "alice"), false, reasonAnnotationMismatch,
+			[]string{"FieldValueRequired " + ann(aadv1.AnnotationClientIDs), "FieldValueRequired " + ann(aadv1.AnnotationIdentities)}},
+		{"create with an assignment annotation", podRequest(t, admissionv1.Create, assigned, nil, "alice"), false, reasonAnnotationMismatch,
+			[]string{"FieldValueForbidden " + ann(aadv1.AnnotationAssignment)}},
+		{"update by trusted assigner", podRequest(t, admissionv1.Update, assigned, admitted, assigner), true, reasonTrusted, nil},
+		{"annotation update by user", podRequest(t, admissionv1.Update, assigned, admitted, "alice"), false, reasonUntrustedChange,
+			[]string{"FieldValueForbidden " + ann(aadv1.AnnotationAssignment)}},
+		{"label update by user", podRequest(t, admissionv1.Update, relabelled, admitted, "alice"), false, reasonUntrustedChange,
+			[]string{"FieldValueForbidden metadata.labels[aadpodidbinding]"}},
+		{"unrelated update by user", podRequest(t, admissionv1.Update, admitted, admitted, "alice"), true, reasonUnchanged, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			resp, reason := v.handle(context.Background(), tt.req)
+			resp, reason := v.decide(context.Background(), tt.req)
 			if resp.Allowed != tt.wantAllowed || reason != tt.wantReason {
 				t.Fatalf("allowed=%v reason=%s, want %v %s (%+v)", resp.Allowed, reason, tt.wantAllowed, tt.wantReason, resp.Result)
 			}
-			if tt.wantMessage != "" && !strings.Contains(resp.Result.Message, tt.wantMessage) {
-				t.Errorf("message %q does not contain %q", resp.Result.Message, tt.wantMessage)
+			if tt.wantAllowed {
+				return
+			}
+			if resp.Result.Code != http.StatusForbidden || resp.Result.Details == nil {
+				t.Fatalf("denial %+v: want 403 with details", resp.Result)
+			}
+			var causes []string
+			for _, c := range resp.Result.Details.Causes {
+				causes = append(causes, string(c.Type)+" "+c.Field)
+				if !strings.Contains(resp.Result.Message, c.Field) {
+					t.Errorf("message %q does not name field %s", resp.Result.Message, c.Field)
+				}
+			}
+			if diff := cmp.Diff(tt.wantCauses, causes); diff != "" {
+				t.Errorf("causes (-want +got):\n%s", diff)
 			}
 		})
 	}

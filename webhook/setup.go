@@ -22,6 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
+	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 )
 
@@ -99,15 +100,15 @@ func Setup(ctx context.Context, mgr manager.Manager, server webhook.Server, opts
 		return err
 	}
 	decoder := admission.NewDecoder(mgr.GetScheme())
-	crs := &CRValidator{Reader: resolver.Live, Decoder: decoder}
-
-	register := func(path, name string, fn decide) {
-		server.Register(path, (&admission.Webhook{Handler: instrumented{name: name, fn: fn}}).WithRecoverPanic(true))
+	register := func(path string, h admission.Handler) {
+		server.Register(path, (&admission.Webhook{Handler: h}).WithRecoverPanic(true))
 	}
-	register(MutatePodPath, "mutate-pod", (&PodMutator{Resolver: resolver, Decoder: decoder}).handle)
-	register(ValidatePodPath, "validate-pod", (&PodValidator{Resolver: resolver, Decoder: decoder, Trusted: trusted}).handle)
-	register(ValidateBindingPath, "validate-azureidentitybinding", crs.handleBinding)
-	register(ValidateIdentityPath, "validate-azureidentity", crs.handleIdentity)
+	register(MutatePodPath, podFrontEnd("mutate-pod", decoder, &PodMutator{Resolver: resolver}))
+	register(ValidatePodPath, podFrontEnd("validate-pod", decoder, &PodValidator{Resolver: resolver, Trusted: trusted}))
+	register(ValidateBindingPath, crFrontEnd("validate-azureidentitybinding", "AzureIdentityBinding", decoder,
+		func() *aadv1.AzureIdentityBinding { return &aadv1.AzureIdentityBinding{} }, &BindingValidator{Reader: mgr.GetAPIReader()}))
+	register(ValidateIdentityPath, crFrontEnd("validate-azureidentity", "AzureIdentity", decoder,
+		func() *aadv1.AzureIdentity { return &aadv1.AzureIdentity{} }, IdentityValidator{}))
 	return nil
 }
 
