@@ -29,6 +29,14 @@ func parseTokenRequest(h http.Header, q url.Values) (tokenRequest, error) {
 	if req.Resource, err = single(q, "resource", true); err != nil {
 		return tokenRequest{}, err
 	}
+	// IMDS also selects by object ID; an AzureIdentity does not record one,
+	// so NMI refuses the selector rather than ignore it and serve another
+	// identity than the one asked for.
+	for _, unsupported := range []string{"object_id", "principal_id"} {
+		if _, ok := q[unsupported]; ok {
+			return tokenRequest{}, badRequest("unsupported_selector", "NMI cannot select an identity by %s; name it by client_id or mi_res_id", unsupported)
+		}
+	}
 	if req.ClientID, err = single(q, "client_id", false); err != nil {
 		return tokenRequest{}, err
 	}

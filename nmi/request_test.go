@@ -30,6 +30,9 @@ func TestParseTokenRequest(t *testing.T) {
 		{"two resources", "true", "api-version=1&resource=a&resource=b", tokenRequest{}, "repeated_query_variable"},
 		{"two selectors", "true", "api-version=1&resource=r&client_id=a&mi_res_id=/b", tokenRequest{}, "several_selectors"},
 		{"msi and mi", "true", "api-version=1&resource=r&msi_res_id=/a&mi_res_id=/b", tokenRequest{}, "several_selectors"},
+		{"object_id is refused, not ignored", "true", "api-version=1&resource=r&object_id=abc", tokenRequest{}, "unsupported_selector"},
+		{"empty object_id is refused too", "true", "api-version=1&resource=r&object_id=", tokenRequest{}, "unsupported_selector"},
+		{"principal_id", "true", "api-version=1&resource=r&client_id=a&principal_id=b", tokenRequest{}, "unsupported_selector"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

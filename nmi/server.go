@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -37,24 +39,50 @@ type Server struct {
 	log        logr.Logger
 }
 
-// Handler routes metadata requests.
+// Handler routes metadata requests. Paths are checked before routing, as
+// sent: what reaches IMDS must be what NMI judged.
 func (s *Server) Handler() http.Handler {
 	r := mux.NewRouter()
 	r.Path(tokenPath).Handler(s.instrument("token", s.token))
 	r.MatcherFunc(func(req *http.Request, _ *mux.RouteMatch) bool { return s.allowed(req.URL.Path) }).
 		Handler(s.instrument("allowed", s.proxy))
 	r.NotFoundHandler = s.instrument("other", s.other)
-	return r
+	invalid := s.instrument("invalid", func(_ http.ResponseWriter, r *http.Request) (string, error) {
+		return "", badRequest("invalid_path", "Path %q is not a metadata path: only segments of letters, digits, '_' and '-' are served", r.URL.EscapedPath())
+	})
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if !metadataPath.MatchString(req.URL.EscapedPath()) {
+			invalid.ServeHTTP(w, req)
+			return
+		}
+		r.ServeHTTP(w, req)
+	})
 }
+
+// metadataPath is the shape of every IMDS path. Anything else (escapes,
+// dots, backslashes, semicolons, empty segments) could mean one thing to
+// NMI's allowlist and another to IMDS, so it is refused.
+var metadataPath = regexp.MustCompile(`^/$|^(/[A-Za-z0-9_-]+)+/?$`)
+
+// optInPaths are below the default allowlist but hold what people put
+// there, secrets included: they are served only when an allowed path names
+// them (or a path below them) explicitly.
+var optInPaths = []string{"/metadata/instance/compute/userData"}
 
 // allowed reports whether path is an allowlisted path or below one.
 func (s *Server) allowed(path string) bool {
-	for _, p := range s.allowedPaths {
-		if path == p || strings.HasPrefix(path, strings.TrimSuffix(p, "/")+"/") {
-			return true
+	for _, o := range optInPaths {
+		if under(path, o, strings.EqualFold) && !slices.ContainsFunc(s.allowedPaths, func(p string) bool { return under(p, o, strings.EqualFold) }) {
+			return false
 		}
 	}
-	return false
+	return slices.ContainsFunc(s.allowedPaths, func(p string) bool { return under(path, p, func(a, b string) bool { return a == b }) })
+}
+
+// under reports whether path is base or below it, comparing with eq.
+func under(path, base string, eq func(a, b string) bool) bool {
+	base = strings.TrimSuffix(base, "/")
+	return eq(path, base) || (len(path) > len(base) && path[len(base)] == '/' && eq(path[:len(base)], base))
 }
 
 type handlerFunc func(w http.ResponseWriter, r *http.Request) (reason string, err error)

@@ -206,6 +206,15 @@ func TestServer(t *testing.T) {
 		{"allowed prefix is not a path prefix", "10.0.0.1", "/metadata/instancex", false, 403, "not served to pods"},
 		{"other path", "10.0.0.1", "/metadata/scheduledevents", false, 403, "not served to pods"},
 		{"root", "10.0.0.1", "/", false, 403, "not served to pods"},
+		{"userData is opt-in", "10.0.0.1", "/metadata/instance/compute/userData?api-version=2021-01-01", false, 403, "not served to pods"},
+		{"userData in another case", "10.0.0.1", "/metadata/instance/compute/USERDATA", false, 403, "not served to pods"},
+		{"backslash", "10.0.0.1", "/metadata/instance\\..\\..\\identity", false, 400, "not a metadata path"},
+		{"escaped backslash", "10.0.0.1", "/metadata/instance%5C..%5Cidentity", false, 400, "not a metadata path"},
+		{"double-escaped dots", "10.0.0.1", "/metadata/instance/%252e%252e/%252e%252e/identity", false, 400, "not a metadata path"},
+		{"dot-dot-semicolon segment", "10.0.0.1", "/metadata/instance/..;/identity", false, 400, "not a metadata path"},
+		{"dot-dot segment", "10.0.0.1", "/metadata/instance/../scheduledevents", false, 400, "not a metadata path"},
+		{"empty segment", "10.0.0.1", "/metadata//instance", false, 400, "not a metadata path"},
+		{"exception pod odd path", "10.0.0.5", "/metadata/%2e%2e/x", false, 400, "not a metadata path"},
 	}
 	f := newFixture(t, objs...)
 	for _, tt := range tests {
