@@ -2,6 +2,7 @@ package nmi
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"sync"
 	"time"
@@ -34,33 +35,52 @@ func (t Token) expiry() time.Time {
 type tokenCache struct {
 	mu            sync.Mutex
 	tokens        map[string]Token
+	nextSweep     time.Time
 	group         singleflight.Group
 	refreshMargin time.Duration
 	now           func() time.Time
 }
 
+// fetchDeadline bounds one fetch: callers wait on it, so a hung upstream
+// must hold neither them nor the key's singleflight slot for long.
+const fetchDeadline = time.Minute
+
+// sweepInterval paces the removal of expired tokens, so that the cache holds
+// what pods use now rather than everything they ever asked for.
+const sweepInterval = time.Minute
+
 func newTokenCache(refreshMargin time.Duration) *tokenCache {
 	return &tokenCache{tokens: map[string]Token{}, refreshMargin: refreshMargin, now: time.Now}
 }
 
-// get returns the cached token for key or fetches one; hit tells which.
-// The fetch runs detached from the caller's cancellation because other
-// callers may be waiting on it.
-func (c *tokenCache) get(ctx context.Context, key string, fetch func(context.Context) (Token, error)) (tok Token, hit bool, err error) {
+// get returns the cached token for key or, once admit lets the miss
+// through, fetches one; hit tells which. The fetch runs detached from the
+// caller's cancellation because other callers may be waiting on it, and a
+// panic in it is an error, never a crash.
+func (c *tokenCache) get(ctx context.Context, key string, admit func() error, fetch func(context.Context) (Token, error)) (tok Token, hit bool, err error) {
 	if tok, ok := c.lookup(key); ok {
 		return tok, true, nil
 	}
-	ch := c.group.DoChan(key, func() (any, error) {
+	if err := admit(); err != nil {
+		return Token{}, false, err
+	}
+	ch := c.group.DoChan(key, func() (v any, err error) {
+		defer func() {
+			if p := recover(); p != nil {
+				panicsTotal.Inc()
+				err = fmt.Errorf("token fetch panicked: %v", p)
+			}
+		}()
 		if tok, ok := c.lookup(key); ok {
 			return tok, nil
 		}
-		tok, err := fetch(context.WithoutCancel(ctx))
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fetchDeadline)
+		defer cancel()
+		tok, err := fetch(fctx)
 		if err != nil {
 			return Token{}, err
 		}
-		c.mu.Lock()
-		c.tokens[key] = tok
-		c.mu.Unlock()
+		c.store(key, tok)
 		return tok, nil
 	})
 	select {
@@ -71,6 +91,22 @@ func (c *tokenCache) get(ctx context.Context, key string, fetch func(context.Con
 			return Token{}, false, res.Err
 		}
 		return c.fresh(res.Val.(Token)), false, nil
+	}
+}
+
+func (c *tokenCache) store(key string, tok Token) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.tokens[key] = tok
+	now := c.now()
+	if now.Before(c.nextSweep) {
+		return
+	}
+	c.nextSweep = now.Add(sweepInterval)
+	for k, t := range c.tokens {
+		if !now.Before(t.expiry()) {
+			delete(c.tokens, k)
+		}
 	}
 }
 

@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 func TestTokenCache(t *testing.T) {
@@ -34,7 +37,7 @@ func TestTokenCache(t *testing.T) {
 	}
 	for i, s := range steps {
 		now = now.Add(s.advance)
-		tok, hit, err := c.get(ctx, s.key, fetch)
+		tok, hit, err := c.get(ctx, s.key, admitAll, fetch)
 		if err != nil || hit != s.hit || tok.ExpiresIn != s.expiresIn {
 			t.Fatalf("step %d: got %+v hit=%v err=%v; want hit=%v expires_in=%s", i, tok, hit, err, s.hit, s.expiresIn)
 		}
@@ -62,7 +65,7 @@ func TestTokenCacheCollapsesMisses(t *testing.T) {
 		go func() {
 			defer done.Done()
 			started.Done()
-			if _, _, err := c.get(context.Background(), "k", fetch); err != nil {
+			if _, _, err := c.get(context.Background(), "k", admitAll, fetch); err != nil {
 				errs <- err
 			}
 		}()
@@ -83,13 +86,66 @@ func TestTokenCacheCollapsesMisses(t *testing.T) {
 func TestTokenCacheErrorsAreNotCached(t *testing.T) {
 	c := newTokenCache(time.Minute)
 	boom := errors.New("boom")
-	if _, _, err := c.get(context.Background(), "k", func(context.Context) (Token, error) { return Token{}, boom }); !errors.Is(err, boom) {
+	if _, _, err := c.get(context.Background(), "k", admitAll, func(context.Context) (Token, error) { return Token{}, boom }); !errors.Is(err, boom) {
 		t.Fatalf("got %v, want boom", err)
 	}
-	tok, hit, err := c.get(context.Background(), "k", func(context.Context) (Token, error) {
+	tok, hit, err := c.get(context.Background(), "k", admitAll, func(context.Context) (Token, error) {
 		return Token{AccessToken: "ok", ExpiresOn: strconv.FormatInt(time.Now().Add(time.Hour).Unix(), 10)}, nil
 	})
 	if err != nil || hit || tok.AccessToken != "ok" {
 		t.Fatalf("got %+v hit=%v err=%v", tok, hit, err)
+	}
+}
+
+func admitAll() error { return nil }
+
+func TestTokenCacheFetchPanicIsAnError(t *testing.T) {
+	c := newTokenCache(time.Minute)
+	before := testutil.ToFloat64(panicsTotal)
+	_, _, err := c.get(context.Background(), "k", admitAll, func(context.Context) (Token, error) { panic("bad upstream answer") })
+	if err == nil || !strings.Contains(err.Error(), "panicked") {
+		t.Fatalf("got %v, want the panic as an error", err)
+	}
+	if got := testutil.ToFloat64(panicsTotal) - before; got != 1 {
+		t.Errorf("panics counted: %v, want 1", got)
+	}
+}
+
+func TestTokenCacheFetchHasDeadline(t *testing.T) {
+	c := newTokenCache(time.Minute)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // the caller has gone: the shared fetch still runs, bounded
+	var deadline time.Time
+	var ok bool
+	_, _, _ = c.get(context.Background(), "k", admitAll, func(fctx context.Context) (Token, error) {
+		deadline, ok = fctx.Deadline()
+		return Token{}, ctx.Err()
+	})
+	if !ok || time.Until(deadline) > fetchDeadline {
+		t.Fatalf("fetch deadline %v (set %v), want within %v", deadline, ok, fetchDeadline)
+	}
+}
+
+func TestTokenCacheRefusedMissFetchesNothing(t *testing.T) {
+	c := newTokenCache(time.Minute)
+	limited := errors.New("limited")
+	_, _, err := c.get(context.Background(), "k", func() error { return limited }, func(context.Context) (Token, error) {
+		t.Fatal("fetched although the miss was refused")
+		return Token{}, nil
+	})
+	if !errors.Is(err, limited) {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestTokenCacheEvictsExpired(t *testing.T) {
+	c := newTokenCache(time.Minute)
+	now := time.Unix(1_000_000, 0)
+	c.now = func() time.Time { return now }
+	c.store("old", Token{ExpiresOn: strconv.FormatInt(now.Add(time.Hour).Unix(), 10)})
+	now = now.Add(2 * time.Hour) // "old" expired, and a sweep is due
+	c.store("new", Token{ExpiresOn: strconv.FormatInt(now.Add(time.Hour).Unix(), 10)})
+	if _, ok := c.tokens["old"]; ok || len(c.tokens) != 1 {
+		t.Errorf("cache holds %d tokens (old kept: %v), want only the new one", len(c.tokens), ok)
 	}
 }

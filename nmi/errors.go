@@ -4,7 +4,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
+	"strconv"
+	"time"
 )
 
 // apiError is an answer in IMDS's error shape, with a stable reason for
@@ -14,6 +17,8 @@ type apiError struct {
 	code   string // IMDS's "error" field
 	reason string // metric label, snake_case
 	desc   string // what a person can act on
+	// retryAfter, when set, is sent as the Retry-After header.
+	retryAfter time.Duration
 }
 
 func (e *apiError) Error() string { return e.reason + ": " + e.desc }
@@ -31,12 +36,16 @@ func forbidden(reason, format string, args ...any) *apiError {
 }
 
 // writeError answers err as IMDS does and returns the reason recorded for it.
-// Errors that are not apiErrors are internal: their text is still returned,
-// since it names the failing dependency.
+// Errors that are not apiErrors are internal: the caller learns only that,
+// since their text may name other pods, namespaces or the cluster's
+// internals; the request log on the node has it.
 func writeError(w http.ResponseWriter, err error) string {
 	var ae *apiError
 	if !errors.As(err, &ae) {
-		ae = newError(http.StatusInternalServerError, "internal_error", "internal", "%v", err)
+		ae = newError(http.StatusInternalServerError, "internal_error", "internal", "NMI could not serve the request; its log on this node has the cause")
+	}
+	if ae.retryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(ae.retryAfter.Seconds()))))
 	}
 	writeJSON(w, ae.status, map[string]string{"error": ae.code, "error_description": ae.desc})
 	return ae.reason

@@ -28,6 +28,14 @@ var (
 		Name: "nmi_upstream_errors_total",
 		Help: "Failed calls to IMDS and Azure AD, by upstream.",
 	}, []string{"upstream"})
+	panicsTotal = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "nmi_panics_total",
+		Help: "Panics recovered while serving a request or fetching a token; each was answered 500.",
+	})
+	connectionsRefused = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "nmi_connections_refused_total",
+		Help: "Connections closed on accept because their source address had --max-connections-per-ip open.",
+	})
 	rulesRepairs = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "nmi_iptables_repairs_total",
 		Help: "Times the interception rules were found missing or different and rewritten.",
@@ -35,5 +43,5 @@ var (
 )
 
 func init() {
-	ctrlmetrics.Registry.MustRegister(requestsTotal, requestDuration, tokenCacheTotal, upstreamDuration, upstreamErrors, rulesRepairs)
+	ctrlmetrics.Registry.MustRegister(requestsTotal, requestDuration, tokenCacheTotal, upstreamDuration, upstreamErrors, panicsTotal, connectionsRefused, rulesRepairs)
 }

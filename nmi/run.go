@@ -60,6 +60,12 @@ type Options struct {
 	UnknownCallerWait time.Duration
 	// TokenRefreshMargin is how long before expiry a cached token is renewed.
 	TokenRefreshMargin time.Duration
+	// UncachedTokensPerSecond and UncachedTokenBurst limit, per pod, the
+	// token requests that miss the cache (0: no limit).
+	UncachedTokensPerSecond float64
+	UncachedTokenBurst      int
+	// MaxConnsPerIP caps the open connections from one source address.
+	MaxConnsPerIP int
 
 	// IPTables, IMDSTransport and AADTransport replace the real ones in tests.
 	IPTables      IPTables
@@ -132,6 +138,7 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		passthrough:  newPassthrough(imdsURL, opts.IMDSTransport),
 		allowedPaths: opts.AllowedMetadataPaths,
 		tokens:       newTokenCache(opts.TokenRefreshMargin),
+		misses:       newMissLimiter(opts.UncachedTokensPerSecond, opts.UncachedTokenBurst),
 		callerWait:   opts.UnknownCallerWait,
 		log:          log,
 	}
@@ -153,7 +160,7 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 			if err := syncCaches(ctx, mgr.GetCache()); err != nil {
 				return err
 			}
-			return serve(ctx, opts.ListenAddress, srv.Handler())
+			return serve(ctx, opts.ListenAddress, opts.MaxConnsPerIP, srv.Handler())
 		})),
 		mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
 			return keepRules(ctx, mgr, opts, &ready)
@@ -178,17 +185,36 @@ func syncCaches(ctx context.Context, c cache.Cache) error {
 	return nil
 }
 
-// serve runs the metadata server until ctx ends.
-func serve(ctx context.Context, addr string, h http.Handler) error {
-	hs := &http.Server{Addr: addr, Handler: h, ReadHeaderTimeout: 10 * time.Second}
+// serve runs the metadata server on addr until ctx ends.
+func serve(ctx context.Context, addr string, maxConnsPerIP int, h http.Handler) error {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("serving metadata on %s: %w", addr, err)
+	}
+	return serveOn(ctx, l, maxConnsPerIP, h)
+}
+
+// serveOn serves on l until ctx ends. Every caller is a pod that may be
+// hostile: connections are capped per source address, and slow or idle ones
+// are closed.
+func serveOn(ctx context.Context, l net.Listener, maxConnsPerIP int, h http.Handler) error {
+	hs := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		// A token request may wait for the caller's IP and one fetch.
+		WriteTimeout:   fetchDeadline + 30*time.Second,
+		IdleTimeout:    30 * time.Second,
+		MaxHeaderBytes: 16 << 10,
+	}
 	go func() {
 		<-ctx.Done()
 		shutdown, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		_ = hs.Shutdown(shutdown) // best effort: the process is stopping
 	}()
-	if err := hs.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("serving metadata on %s: %w", addr, err)
+	if err := hs.Serve(limitPerIP(l, maxConnsPerIP)); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serving metadata on %s: %w", l.Addr(), err)
 	}
 	return nil
 }

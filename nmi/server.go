@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/http/httputil"
 	"regexp"
@@ -16,6 +15,7 @@ import (
 	"github.com/go-logr/logr"
 	"github.com/gorilla/mux"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
@@ -34,6 +34,7 @@ type Server struct {
 	passthrough  *httputil.ReverseProxy
 	allowedPaths []string
 	tokens       *tokenCache
+	misses       *missLimiter
 	// callerWait is how long an unknown source IP is looked up again.
 	callerWait time.Duration
 	log        logr.Logger
@@ -102,7 +103,7 @@ func (s *Server) instrument(route string, h handlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
-		reason, err := h(rec, r)
+		reason, err := serveRecovered(rec, r, h)
 		if err != nil {
 			reason = writeError(rec, err)
 			s.log.Info("request refused", "route", route, "remote", r.RemoteAddr, "path", r.URL.Path, "status", rec.status, "reason", reason, "error", err.Error())
@@ -110,6 +111,18 @@ func (s *Server) instrument(route string, h handlerFunc) http.Handler {
 		requestsTotal.WithLabelValues(strconv.Itoa(rec.status), reason).Inc()
 		requestDuration.WithLabelValues(route).Observe(time.Since(start).Seconds())
 	})
+}
+
+// serveRecovered runs h, turning a panic into an internal error: the
+// caller gets a 500 and the process keeps serving the other pods.
+func serveRecovered(w http.ResponseWriter, r *http.Request, h handlerFunc) (reason string, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			panicsTotal.Inc()
+			reason, err = "", fmt.Errorf("panic serving %s: %v", r.URL.Path, p)
+		}
+	}()
+	return h(w, r)
 }
 
 func (s *Server) proxy(w http.ResponseWriter, r *http.Request) (string, error) {
@@ -180,7 +193,7 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	tok, err := s.identityToken(ctx, id, req.Resource)
+	tok, err := s.identityToken(ctx, pod.UID, id, req.Resource)
 	if err != nil {
 		return "", err
 	}
@@ -189,7 +202,7 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) (string, error) {
 	return "ok", nil
 }
 
-func (s *Server) identityToken(ctx context.Context, id *aadv1.AzureIdentity, resource string) (Token, error) {
+func (s *Server) identityToken(ctx context.Context, pod types.UID, id *aadv1.AzureIdentity, resource string) (Token, error) {
 	name := id.Namespace + "/" + id.Name
 	var fetch func(context.Context) (Token, error)
 	switch {
@@ -203,7 +216,7 @@ func (s *Server) identityToken(ctx context.Context, id *aadv1.AzureIdentity, res
 	// The client ID and type are in the key so that an edited identity never
 	// gets a token cached for its old self.
 	key := fmt.Sprintf("%s|%d|%s|%s", name, id.Spec.Type, strings.ToLower(id.Spec.ClientID), resource)
-	tok, hit, err := s.tokens.get(ctx, key, fetch)
+	tok, hit, err := s.tokens.get(ctx, key, func() error { return s.misses.admit(pod) }, fetch)
 	if hit {
 		tokenCacheTotal.WithLabelValues("hit").Inc()
 	} else {
@@ -212,10 +225,4 @@ func (s *Server) identityToken(ctx context.Context, id *aadv1.AzureIdentity, res
 	return tok, err
 }
 
-func remoteIP(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return r.RemoteAddr
-	}
-	return host
-}
+func remoteIP(r *http.Request) string { return remoteHost(r.RemoteAddr) }

@@ -18,6 +18,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -63,7 +64,7 @@ type fixture struct {
 
 func pod(name, ip string, mutate ...func(*corev1.Pod)) *corev1.Pod {
 	p := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name},
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, UID: types.UID("uid-" + name)},
 		Spec:       corev1.PodSpec{NodeName: "node-0"},
 		Status:     corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip, PodIPs: []corev1.PodIP{{IP: ip}}},
 	}
@@ -129,6 +130,7 @@ func newFixture(t *testing.T, objs ...client.Object) *fixture {
 		passthrough:  newPassthrough(u, nil),
 		allowedPaths: []string{"/metadata/instance", "/metadata/versions"},
 		tokens:       newTokenCache(time.Minute),
+		misses:       newMissLimiter(0, 0),
 		log:          logr.Discard(),
 	}
 	return f
@@ -406,5 +408,43 @@ func TestUnknownCallerWait(t *testing.T) {
 	rec := f.do(t, "10.0.0.8", "/metadata/identity/oauth2/token?api-version=1&resource=r", true)
 	if rec.Code != http.StatusForbidden || !strings.Contains(rec.Body.String(), "No running pod on this node has IP 10.0.0.8") {
 		t.Fatalf("IP no pod has: got %d %s, want 403", rec.Code, rec.Body)
+	}
+}
+
+func TestHandlerPanicAnswers500(t *testing.T) {
+	s := &Server{log: logr.Discard()}
+	h := s.instrument("token", func(http.ResponseWriter, *http.Request) (string, error) { panic("nil map") })
+	before := testutil.ToFloat64(panicsTotal)
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metadata/identity/oauth2/token", nil))
+	if rec.Code != http.StatusInternalServerError || strings.Contains(rec.Body.String(), "nil map") {
+		t.Fatalf("got %d %s, want 500 without the panic's text", rec.Code, rec.Body)
+	}
+	if got := testutil.ToFloat64(panicsTotal) - before; got != 1 {
+		t.Errorf("panics counted: %v", got)
+	}
+}
+
+func TestUncachedTokensAreLimitedPerPod(t *testing.T) {
+	id := azureIdentity("id-a", "client-a", "")
+	f := newFixture(t, &id, binding("ns", "bind-a", "sel", "id-a"), pod("a", "10.0.0.1", admitted("ns/id-a")), pod("b", "10.0.0.2", admitted("ns/id-a")))
+	f.server.misses = newMissLimiter(1, 2)
+	ask := func(ip, resource string) *httptest.ResponseRecorder {
+		return f.do(t, ip, "/metadata/identity/oauth2/token?api-version=1&resource="+resource, true)
+	}
+	for i := range 2 {
+		if rec := ask("10.0.0.1", fmt.Sprint("r", i)); rec.Code != http.StatusOK {
+			t.Fatalf("request %d within the burst: %d %s", i, rec.Code, rec.Body)
+		}
+	}
+	rec := ask("10.0.0.1", "r-more")
+	if rec.Code != http.StatusTooManyRequests || rec.Header().Get("Retry-After") == "" {
+		t.Fatalf("over the burst: %d %s (Retry-After %q), want 429 with Retry-After", rec.Code, rec.Body, rec.Header().Get("Retry-After"))
+	}
+	if rec := ask("10.0.0.1", "r0"); rec.Code != http.StatusOK {
+		t.Errorf("cached token refused: %d %s", rec.Code, rec.Body)
+	}
+	if rec := ask("10.0.0.2", "r-more"); rec.Code != http.StatusOK {
+		t.Errorf("another pod is limited too: %d %s", rec.Code, rec.Body)
 	}
 }

@@ -2,8 +2,11 @@ package nmi
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -16,6 +19,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 )
@@ -42,8 +46,11 @@ func (s *servicePrincipals) token(ctx context.Context, id *aadv1.AzureIdentity, 
 	upstreamDuration.WithLabelValues("aad").Observe(time.Since(start).Seconds())
 	if err != nil {
 		upstreamErrors.WithLabelValues("aad").Inc()
+		// Azure AD's answer stays in NMI's log: it is the authority's body,
+		// not something the pod should be handed.
+		log.FromContext(ctx).Error(err, "Azure AD refused a service principal", "identity", id.Namespace+"/"+id.Name, "clientID", id.Spec.ClientID)
 		return Token{}, newError(http.StatusBadGateway, "upstream_error", "aad_error",
-			"Azure AD refused service principal %s of AzureIdentity %s/%s: %v", id.Spec.ClientID, id.Namespace, id.Name, err)
+			"Azure AD refused service principal %s of AzureIdentity %s/%s%s; NMI's log on the node has its answer", id.Spec.ClientID, id.Namespace, id.Name, upstreamStatus(err))
 	}
 	now := time.Now()
 	return Token{
@@ -66,9 +73,9 @@ func (s *servicePrincipals) credential(ctx context.Context, id *aadv1.AzureIdent
 	if err != nil {
 		return nil, err
 	}
-	authority := id.Spec.ADEndpoint
-	if authority == "" {
-		authority = s.defaultAuthorityHost
+	authority, err := s.authority(id)
+	if err != nil {
+		return nil, err
 	}
 	opts := azcore.ClientOptions{Cloud: cloud.Configuration{ActiveDirectoryAuthorityHost: authority}, Transport: s.transport}
 	name := id.Namespace + "/" + id.Name
@@ -96,6 +103,41 @@ func (s *servicePrincipals) credential(ctx context.Context, id *aadv1.AzureIdent
 		})
 	}
 	return nil, fmt.Errorf("AzureIdentity %s has type %d, which has no service principal", name, id.Spec.Type)
+}
+
+// knownAuthorities are the Azure AD authorities of the public and
+// sovereign clouds; an AzureIdentity's adEndpoint may name only these or
+// NMI's own --aad-authority-host, since NMI sends the Secret there.
+var knownAuthorities = []string{
+	cloud.AzurePublic.ActiveDirectoryAuthorityHost,
+	cloud.AzureGovernment.ActiveDirectoryAuthorityHost,
+	cloud.AzureChina.ActiveDirectoryAuthorityHost,
+}
+
+// authority returns the Azure AD authority for the identity.
+func (s *servicePrincipals) authority(id *aadv1.AzureIdentity) (string, error) {
+	if id.Spec.ADEndpoint == "" {
+		return s.defaultAuthorityHost, nil
+	}
+	want, err := url.Parse(id.Spec.ADEndpoint)
+	if err == nil && want.Scheme == "https" && want.User == nil && strings.Trim(want.Path, "/") == "" && want.RawQuery == "" {
+		for _, a := range append(slices.Clone(knownAuthorities), s.defaultAuthorityHost) {
+			if known, err := url.Parse(a); err == nil && strings.EqualFold(known.Host, want.Host) && known.Scheme == want.Scheme {
+				return a, nil
+			}
+		}
+	}
+	return "", forbidden("ad_endpoint_not_allowed", "AzureIdentity %s/%s has adEndpoint %q, which is not an Azure AD authority NMI sends secrets to: leave it empty, or use one of %s",
+		id.Namespace, id.Name, id.Spec.ADEndpoint, strings.Join(append(slices.Clone(knownAuthorities), s.defaultAuthorityHost), ", "))
+}
+
+// upstreamStatus names the HTTP status of an Azure AD refusal, if it has one.
+func upstreamStatus(err error) string {
+	var authErr *azidentity.AuthenticationFailedError
+	if errors.As(err, &authErr) && authErr.RawResponse != nil {
+		return fmt.Sprintf(" (HTTP %d)", authErr.RawResponse.StatusCode)
+	}
+	return ""
 }
 
 // secret reads the identity's Secret, only from the identity's namespace

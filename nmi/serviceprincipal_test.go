@@ -2,7 +2,10 @@ package nmi
 
 import (
 	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -44,6 +47,16 @@ func TestServicePrincipalTokens(t *testing.T) {
 	secret := func(ns, name string, data map[string][]byte) *corev1.Secret {
 		return &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Data: data}
 	}
+	// A server that is not an Azure AD authority: NMI must never send it a Secret.
+	var stolen atomic.Int32
+	thief := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { stolen.Add(1) }))
+	t.Cleanup(thief.Close)
+	toThief := spIdentity("thief", "", "creds")
+	toThief.Spec.ADEndpoint = thief.URL + "/"
+	plainHTTP := spIdentity("plainhttp", "", "creds")
+	plainHTTP.Spec.ADEndpoint = strings.Replace(srv.URL, "https://", "http://", 1)
+	ownAuthority := spIdentity("own", "", "creds")
+	ownAuthority.Spec.ADEndpoint = srv.URL
 	certIdentity := spIdentity("cert", "", "cert")
 	certIdentity.Spec.Type = aadv1.ServicePrincipalCertificate
 	badCert := spIdentity("badcert", "", "badcert")
@@ -69,8 +82,12 @@ func TestServicePrincipalTokens(t *testing.T) {
 		pod("p3", "10.0.0.3", admitted("ns/wrong")),
 		pod("p4", "10.0.0.4", admitted("ns/elsewhere")),
 		pod("p5", "10.0.0.5", admitted("ns/missing")),
+		toThief, plainHTTP, ownAuthority,
+		pod("p8", "10.0.0.8", admitted("ns/thief")),
+		pod("p9", "10.0.0.9", admitted("ns/plainhttp")),
+		pod("p10", "10.0.0.10", admitted("ns/own")),
 	}
-	objs = append(objs, bindings("ns/sp", "ns/onekey", "ns/wrong", "ns/elsewhere", "ns/missing", "ns/cert", "ns/badcert")...)
+	objs = append(objs, bindings("ns/sp", "ns/onekey", "ns/wrong", "ns/elsewhere", "ns/missing", "ns/cert", "ns/badcert", "ns/thief", "ns/plainhttp", "ns/own")...)
 	f := newFixture(t, objs...)
 	f.server.sp = &servicePrincipals{secrets: f.server.reader, defaultAuthorityHost: srv.URL + "/", transport: ca.Client()}
 
@@ -84,6 +101,9 @@ func TestServicePrincipalTokens(t *testing.T) {
 		{"secret key clientSecret", "10.0.0.1", 200, `"client_id":"` + app.AppID},
 		{"secret with one key", "10.0.0.2", 200, `"token_type":"Bearer"`},
 		{"wrong secret", "10.0.0.3", 502, "Azure AD refused"},
+		{"adEndpoint of another server", "10.0.0.8", 403, "not an Azure AD authority NMI sends secrets to"},
+		{"adEndpoint over plain HTTP", "10.0.0.9", 403, "not an Azure AD authority NMI sends secrets to"},
+		{"adEndpoint naming NMI's own authority", "10.0.0.10", 200, `"token_type":"Bearer"`},
 		{"secret in another namespace", "10.0.0.4", 403, "--allow-cross-namespace-secrets"},
 		{"missing secret", "10.0.0.5", 500, "does not exist"},
 		{"certificate", "10.0.0.6", 200, `"client_id":"` + app.AppID},
@@ -96,6 +116,14 @@ func TestServicePrincipalTokens(t *testing.T) {
 				t.Fatalf("got %d %s; want %d containing %q", rec.Code, rec.Body, tt.status, tt.want)
 			}
 		})
+	}
+
+	if n := stolen.Load(); n != 0 {
+		t.Errorf("the server named by adEndpoint got %d requests", n)
+	}
+	// Azure AD's own answer (its AADSTS code and description) stays in NMI's log.
+	if rec := f.do(t, "10.0.0.3", tok, true); strings.Contains(rec.Body.String(), "AADSTS") {
+		t.Errorf("refusal passes Azure AD's body on to the pod: %s", rec.Body)
 	}
 
 	rec := f.do(t, "10.0.0.1", tok, true)

@@ -41,6 +41,9 @@ func main() {
 	fs.BoolVar(&opts.AllowCrossNamespace, "allow-cross-namespace", false, "Count AzureIdentityBindings in every namespace when checking that a pod is still bound to an identity; must match the webhook's flag.")
 	fs.BoolVar(&opts.AllowCrossNamespaceSecrets, "allow-cross-namespace-secrets", false, "Let an AzureIdentity use a Secret outside its own namespace.")
 	fs.DurationVar(&opts.UnknownCallerWait, "unknown-caller-wait", 5*time.Second, "How long a request from an address no pod on this node has yet waits for the pod's IP to be reported (containers may call IMDS before the kubelet reports their IP); then 403.")
+	fs.Float64Var(&opts.UncachedTokensPerSecond, "uncached-token-rate", 10, "Token requests per second one pod may make that miss NMI's cache and reach IMDS or Azure AD; more get 429 with Retry-After. 0 disables the limit.")
+	fs.IntVar(&opts.UncachedTokenBurst, "uncached-token-burst", 50, "Burst of --uncached-token-rate (a pod starting with many identities and resources).")
+	fs.IntVar(&opts.MaxConnsPerIP, "max-connections-per-ip", 64, "Open connections NMI accepts from one pod address; more are closed at once. 0 disables the cap.")
 	fs.BoolVar(&opts.FlushConntrack, "flush-conntrack", false, "After installing the rules, drop tracked connections to the metadata IP.")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
