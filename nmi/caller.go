@@ -73,20 +73,3 @@ func admittedIdentities(pod *corev1.Pod) []types.NamespacedName {
 	}
 	return identity.Admitted(pod)
 }
-
-// isException reports whether an AzurePodIdentityException in the pod's
-// namespace matches one of its labels.
-func isException(ctx context.Context, r client.Reader, pod *corev1.Pod) (bool, error) {
-	var list aadv1.AzurePodIdentityExceptionList
-	if err := r.List(ctx, &list, client.InNamespace(pod.Namespace)); err != nil {
-		return false, fmt.Errorf("listing AzurePodIdentityExceptions in %s: %w", pod.Namespace, err)
-	}
-	for _, e := range list.Items {
-		for k, v := range e.Spec.PodLabels {
-			if got, ok := pod.Labels[k]; ok && got == v {
-				return true, nil
-			}
-		}
-	}
-	return false, nil
-}

@@ -66,6 +66,8 @@ type Options struct {
 	UncachedTokenBurst      int
 	// MaxConnsPerIP caps the open connections from one source address.
 	MaxConnsPerIP int
+	// Exceptions scopes AzurePodIdentityExceptions.
+	Exceptions ExceptionPolicy
 
 	// IPTables, IMDSTransport and AADTransport replace the real ones in tests.
 	IPTables      IPTables
@@ -137,6 +139,7 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		imds:         &imdsClient{endpoint: imdsURL, http: &http.Client{Transport: opts.IMDSTransport, Timeout: 30 * time.Second}, notFoundRetry: opts.IdentityNotFoundRetry},
 		passthrough:  newPassthrough(imdsURL, opts.IMDSTransport),
 		allowedPaths: opts.AllowedMetadataPaths,
+		exceptions:   opts.Exceptions,
 		tokens:       newTokenCache(opts.TokenRefreshMargin),
 		misses:       newMissLimiter(opts.UncachedTokensPerSecond, opts.UncachedTokenBurst),
 		callerWait:   opts.UnknownCallerWait,

@@ -33,6 +33,7 @@ type Server struct {
 	sp           *servicePrincipals // nil: service principals disabled
 	passthrough  *httputil.ReverseProxy
 	allowedPaths []string
+	exceptions   ExceptionPolicy
 	tokens       *tokenCache
 	misses       *missLimiter
 	// callerWait is how long an unknown source IP is looked up again.
@@ -72,12 +73,15 @@ var optInPaths = []string{"/metadata/instance/compute/userData"}
 
 // allowed reports whether path is an allowlisted path or below one.
 func (s *Server) allowed(path string) bool {
-	for _, o := range optInPaths {
-		if under(path, o, strings.EqualFold) && !slices.ContainsFunc(s.allowedPaths, func(p string) bool { return under(p, o, strings.EqualFold) }) {
-			return false
-		}
-	}
-	return slices.ContainsFunc(s.allowedPaths, func(p string) bool { return under(path, p, func(a, b string) bool { return a == b }) })
+	return !s.optInRefused(path) && slices.ContainsFunc(s.allowedPaths, func(p string) bool { return under(path, p, func(a, b string) bool { return a == b }) })
+}
+
+// optInRefused reports whether path is below an opt-in path that no allowed
+// path names.
+func (s *Server) optInRefused(path string) bool {
+	return slices.ContainsFunc(optInPaths, func(o string) bool {
+		return under(path, o, strings.EqualFold) && !slices.ContainsFunc(s.allowedPaths, func(p string) bool { return under(p, o, strings.EqualFold) })
+	})
 }
 
 // under reports whether path is base or below it, comparing with eq.
@@ -130,9 +134,10 @@ func (s *Server) proxy(w http.ResponseWriter, r *http.Request) (string, error) {
 	return "passthrough", nil
 }
 
-// other answers paths outside the allowlist: only exception pods get them.
+// other answers paths outside the allowlist: only exception pods get them,
+// as far as their policy goes.
 func (s *Server) other(w http.ResponseWriter, r *http.Request) (string, error) {
-	if exempt, err := s.exemptCaller(r); err != nil || !exempt {
+	if exempt, err := s.exemptCaller(r); err != nil || !exempt || !s.exceptions.pathAllowed(s, r.URL.Path) {
 		return "", forbidden("path_not_allowed", "Path %s is not served to pods; allowed: the token endpoint, %s (NMI flag --allowed-metadata-paths)", r.URL.Path, strings.Join(s.allowedPaths, ", "))
 	}
 	return s.proxy(w, r)
@@ -167,7 +172,7 @@ func (s *Server) exemptCaller(r *http.Request) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	return isException(r.Context(), s.reader, pod)
+	return s.exceptions.isException(r.Context(), s.reader, pod)
 }
 
 func (s *Server) token(w http.ResponseWriter, r *http.Request) (string, error) {
@@ -176,9 +181,12 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if exempt, err := isException(ctx, s.reader, pod); err != nil {
+	if exempt, err := s.exceptions.isException(ctx, s.reader, pod); err != nil {
 		return "", err
 	} else if exempt {
+		if err := s.exceptions.tokenAllowed(r.Header, r.URL.Query()); err != nil {
+			return "", err
+		}
 		return s.proxy(w, r)
 	}
 	req, err := parseTokenRequest(r.Header, r.URL.Query())

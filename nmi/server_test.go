@@ -131,6 +131,7 @@ func newFixture(t *testing.T, objs ...client.Object) *fixture {
 		allowedPaths: []string{"/metadata/instance", "/metadata/versions"},
 		tokens:       newTokenCache(time.Minute),
 		misses:       newMissLimiter(0, 0),
+		exceptions:   ExceptionPolicy{Namespaces: []string{"ns"}, Tokens: ExceptionTokensNode, NodeIdentityClientIDs: []string{"client-x"}},
 		log:          logr.Discard(),
 	}
 	return f
@@ -203,6 +204,11 @@ func TestServer(t *testing.T) {
 		{"service principals disabled", "10.0.0.10", tok, false, 403, "--enable-service-principals"},
 		{"exception pod passes through", "10.0.0.5", tok, false, 200, "tok-node-identity"},
 		{"exception pod other path", "10.0.0.5", "/metadata/scheduledevents", false, 200, "upstream /metadata/scheduledevents"},
+		{"exception pod naming a pool identity", "10.0.0.5", tok + "&client_id=client-a", false, 403, "only the node's own identity"},
+		{"exception pod naming it by resource ID", "10.0.0.5", tok + "&mi_res_id=" + url.QueryEscape(idA.Spec.ResourceID), false, 403, "only the node's own identity"},
+		{"exception pod naming a node identity", "10.0.0.5", tok + "&client_id=client-x", false, 200, "tok-client-x"},
+		{"exception pod outside the metadata", "10.0.0.5", "/other", false, 403, "not served to pods"},
+		{"exception pod userData", "10.0.0.5", "/metadata/instance/compute/userData", false, 403, "not served to pods"},
 		{"allowed path", "10.0.0.3", "/metadata/instance?api-version=2021-02-01", false, 200, "upstream /metadata/instance"},
 		{"allowed sub-path", "10.9.9.9", "/metadata/instance/compute/vmId", false, 200, "upstream /metadata/instance/compute/vmId"},
 		{"allowed prefix is not a path prefix", "10.0.0.1", "/metadata/instancex", false, 403, "not served to pods"},
@@ -446,5 +452,37 @@ func TestUncachedTokensAreLimitedPerPod(t *testing.T) {
 	}
 	if rec := ask("10.0.0.2", "r-more"); rec.Code != http.StatusOK {
 		t.Errorf("another pod is limited too: %d %s", rec.Code, rec.Body)
+	}
+}
+
+func TestExceptionPolicy(t *testing.T) {
+	const tok = "/metadata/identity/oauth2/token?api-version=1&resource=r&client_id=client-a"
+	exception := &aadv1.AzurePodIdentityException{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "agents"},
+		Spec:       aadv1.AzurePodIdentityExceptionSpec{PodLabels: map[string]string{"app": "agent"}},
+	}
+	agent := pod("agent", "10.0.0.5", func(p *corev1.Pod) { p.Labels = map[string]string{"app": "agent"} })
+	tests := []struct {
+		name   string
+		policy ExceptionPolicy
+		target string
+		status int
+		want   string
+	}{
+		{"exceptions outside the listed namespaces do not count", ExceptionPolicy{Namespaces: []string{"kube-system"}, Tokens: ExceptionTokensAny}, tok, 403, "no admitted AzureIdentity"},
+		{"every namespace", ExceptionPolicy{Namespaces: []string{"*"}, Tokens: ExceptionTokensAny}, tok, 200, "tok-client-a"},
+		{"any: IMDS unchanged", ExceptionPolicy{Namespaces: []string{"ns"}, Tokens: ExceptionTokensAny}, "/other", 200, "upstream /other"},
+		{"none: no token", ExceptionPolicy{Namespaces: []string{"ns"}, Tokens: ExceptionTokensNone}, "/metadata/identity/oauth2/token?api-version=1&resource=r", 403, "no tokens"},
+		{"none: instance metadata", ExceptionPolicy{Namespaces: []string{"ns"}, Tokens: ExceptionTokensNone}, "/metadata/scheduledevents", 200, "upstream /metadata/scheduledevents"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t, exception, agent)
+			f.server.exceptions = tt.policy
+			rec := f.do(t, "10.0.0.5", tt.target, true)
+			if rec.Code != tt.status || !strings.Contains(rec.Body.String(), tt.want) {
+				t.Fatalf("got %d %s; want %d containing %q", rec.Code, rec.Body, tt.status, tt.want)
+			}
+		})
 	}
 }

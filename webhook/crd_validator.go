@@ -3,6 +3,8 @@ package webhook
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 
 	admissionv1 "k8s.io/api/admission/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -14,6 +16,7 @@ import (
 )
 
 // +kubebuilder:webhook:path=/validate-aadpodidentity-k8s-io-v1-azureidentitybinding,mutating=false,failurePolicy=fail,sideEffects=None,groups=aadpodidentity.k8s.io,resources=azureidentitybindings,verbs=create;update,versions=v1,name=vazureidentitybinding.aadpodidentity.k8s.io,admissionReviewVersions=v1,matchPolicy=Equivalent,timeoutSeconds=10
+// +kubebuilder:webhook:path=/validate-aadpodidentity-k8s-io-v1-azurepodidentityexception,mutating=false,failurePolicy=fail,sideEffects=None,groups=aadpodidentity.k8s.io,resources=azurepodidentityexceptions,verbs=create;update,versions=v1,name=vazurepodidentityexception.aadpodidentity.k8s.io,admissionReviewVersions=v1,matchPolicy=Equivalent,timeoutSeconds=10
 // +kubebuilder:webhook:path=/validate-aadpodidentity-k8s-io-v1-azureidentity,mutating=false,failurePolicy=fail,sideEffects=None,groups=aadpodidentity.k8s.io,resources=azureidentities,verbs=create;update,versions=v1,name=vazureidentity.aadpodidentity.k8s.io,admissionReviewVersions=v1,matchPolicy=Equivalent,timeoutSeconds=10
 
 // The CR validators add what the CRDs' CEL rules cannot know, as warnings:
@@ -58,6 +61,43 @@ func (IdentityValidator) Admit(_ context.Context, _ admission.Request, id, _ *aa
 			field.NewPath("spec", "clientPassword", "namespace"), ref.Namespace, ref.Name, id.Namespace))
 	}
 	return allowed(reasonValid)
+}
+
+// ExceptionValidator tells whoever creates an AzurePodIdentityException what
+// it grants, or that NMI ignores it in this namespace. It never denies: the
+// namespace list is NMI's to enforce, and an exception that does nothing
+// harms nobody.
+type ExceptionValidator struct {
+	// Namespaces whose exceptions NMI honours ("*": all) and Tokens what
+	// they grant, as NMI's --exception-namespaces and --exception-tokens.
+	Namespaces []string
+	Tokens     string
+}
+
+var _ admitter[*aadv1.AzurePodIdentityException] = ExceptionValidator{}
+
+func (ExceptionValidator) Handles(op admissionv1.Operation) bool { return createOrUpdate(op) }
+
+func (v ExceptionValidator) Admit(_ context.Context, _ admission.Request, e, _ *aadv1.AzurePodIdentityException) outcome {
+	if !slices.Contains(v.Namespaces, "*") && !slices.Contains(v.Namespaces, e.Namespace) {
+		return allowed(reasonWarned, fmt.Sprintf(
+			"AzurePodIdentityException %s/%s has no effect: NMI honours exceptions only in namespaces %s (chart value nmi.exceptions.namespaces)",
+			e.Namespace, e.Name, strings.Join(v.Namespaces, ", ")))
+	}
+	return allowed(reasonWarned, fmt.Sprintf(
+		"AzurePodIdentityException %s/%s: pods in %s with any of the labels %v bypass aadpodidbinding and get %s",
+		e.Namespace, e.Name, e.Namespace, e.Spec.PodLabels, exceptionGrant(v.Tokens)))
+}
+
+// exceptionGrant says in words what NMI's --exception-tokens gives.
+func exceptionGrant(tokens string) string {
+	switch tokens {
+	case "any":
+		return "the instance metadata service unchanged: tokens for every identity on their node's pool, other teams' and the kubelet's included"
+	case "none":
+		return "the node's instance metadata, and no tokens"
+	}
+	return "the node's instance metadata and tokens for the node's own identity (requests naming no identity, or the kubelet identity)"
 }
 
 func createOrUpdate(op admissionv1.Operation) bool {

@@ -30,10 +30,11 @@ import (
 
 // Paths the handlers are served on; the generated configurations use them.
 const (
-	MutatePodPath        = "/mutate-v1-pod"
-	ValidatePodPath      = "/validate-v1-pod"
-	ValidateBindingPath  = "/validate-aadpodidentity-k8s-io-v1-azureidentitybinding"
-	ValidateIdentityPath = "/validate-aadpodidentity-k8s-io-v1-azureidentity"
+	MutatePodPath         = "/mutate-v1-pod"
+	ValidatePodPath       = "/validate-v1-pod"
+	ValidateBindingPath   = "/validate-aadpodidentity-k8s-io-v1-azureidentitybinding"
+	ValidateIdentityPath  = "/validate-aadpodidentity-k8s-io-v1-azureidentity"
+	ValidateExceptionPath = "/validate-aadpodidentity-k8s-io-v1-azurepodidentityexception"
 )
 
 // Options configure the webhook.
@@ -51,6 +52,10 @@ type Options struct {
 	// TrustedServiceAccounts ("namespace/name") may change the label,
 	// annotations and gate of an existing pod.
 	TrustedServiceAccounts []string
+	// ExceptionNamespaces and ExceptionTokens are NMI's scope for
+	// AzurePodIdentityExceptions, told to whoever creates one.
+	ExceptionNamespaces []string
+	ExceptionTokens     string
 }
 
 // NewManager builds a manager that serves the webhook with health checks and
@@ -109,6 +114,9 @@ func Setup(ctx context.Context, mgr manager.Manager, server webhook.Server, opts
 		func() *aadv1.AzureIdentityBinding { return &aadv1.AzureIdentityBinding{} }, &BindingValidator{Reader: mgr.GetAPIReader()}))
 	register(ValidateIdentityPath, crFrontEnd("validate-azureidentity", "AzureIdentity", decoder,
 		func() *aadv1.AzureIdentity { return &aadv1.AzureIdentity{} }, IdentityValidator{}))
+	register(ValidateExceptionPath, crFrontEnd("validate-azurepodidentityexception", "AzurePodIdentityException", decoder,
+		func() *aadv1.AzurePodIdentityException { return &aadv1.AzurePodIdentityException{} },
+		ExceptionValidator{Namespaces: opts.ExceptionNamespaces, Tokens: opts.ExceptionTokens}))
 	return nil
 }
 

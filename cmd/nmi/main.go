@@ -44,6 +44,10 @@ func main() {
 	fs.Float64Var(&opts.UncachedTokensPerSecond, "uncached-token-rate", 10, "Token requests per second one pod may make that miss NMI's cache and reach IMDS or Azure AD; more get 429 with Retry-After. 0 disables the limit.")
 	fs.IntVar(&opts.UncachedTokenBurst, "uncached-token-burst", 50, "Burst of --uncached-token-rate (a pod starting with many identities and resources).")
 	fs.IntVar(&opts.MaxConnsPerIP, "max-connections-per-ip", 64, "Open connections NMI accepts from one pod address; more are closed at once. 0 disables the cap.")
+	var exceptionNamespaces, exceptionTokens, nodeIdentities string
+	fs.StringVar(&exceptionNamespaces, "exception-namespaces", "kube-system", "Comma-separated namespaces whose AzurePodIdentityExceptions count; * is every namespace.")
+	fs.StringVar(&exceptionTokens, "exception-tokens", string(nmi.ExceptionTokensNode), "Tokens an AzurePodIdentityException grants: none; node (requests naming no identity, or a --node-identity-client-ids one); any (IMDS unchanged, every identity on the pool).")
+	fs.StringVar(&nodeIdentities, "node-identity-client-ids", "", "Comma-separated client IDs of the node's own identities (the kubelet's), which exception pods may name with --exception-tokens=node.")
 	fs.BoolVar(&opts.FlushConntrack, "flush-conntrack", false, "After installing the rules, drop tracked connections to the metadata IP.")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
@@ -51,10 +55,13 @@ func main() {
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
 	log := ctrl.Log.WithName("setup")
 	opts.Interception.ListenAddress = opts.ListenAddress
-	for _, p := range strings.Split(allowed, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			opts.AllowedMetadataPaths = append(opts.AllowedMetadataPaths, p)
-		}
+	opts.AllowedMetadataPaths = splitList(allowed)
+	opts.Exceptions.Namespaces = splitList(exceptionNamespaces)
+	opts.Exceptions.NodeIdentityClientIDs = splitList(nodeIdentities)
+	var err error
+	if opts.Exceptions.Tokens, err = nmi.ParseExceptionTokens(exceptionTokens); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
 	}
 
 	if cleanup {
@@ -78,4 +85,15 @@ func runCleanup() error {
 		return fmt.Errorf("finding iptables: %w", err)
 	}
 	return nmi.RemoveRules(ipt)
+}
+
+// splitList splits a comma-separated flag value, dropping empty items.
+func splitList(v string) []string {
+	var out []string
+	for _, p := range strings.Split(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
 }

@@ -19,10 +19,11 @@ func main() {
 		podNamespace = "default"
 	}
 	var (
-		opts     webhook.Options
-		trusted  string
-		rotation certrotation.Config
-		rotate   bool
+		opts                webhook.Options
+		trusted             string
+		exceptionNamespaces string
+		rotation            certrotation.Config
+		rotate              bool
 	)
 	flag.StringVar(&opts.CertDir, "cert-dir", "/certs", "Directory holding the serving certificate; it is reloaded when it changes.")
 	flag.StringVar(&opts.CertName, "cert-name", "tls.crt", "Serving certificate file name in --cert-dir.")
@@ -34,6 +35,8 @@ func main() {
 	flag.StringVar(&trusted, "trusted-service-accounts",
 		podNamespace+"/aad-pod-identity-webhook,"+podNamespace+"/aad-pod-identity-assigner",
 		"Comma-separated namespace/name of the service accounts that may change a pod's aadpodidbinding label, aadpodidentity.k8s.io/* annotations and scheduling gate after creation.")
+	flag.StringVar(&exceptionNamespaces, "exception-namespaces", "kube-system", "NMI's --exception-namespaces: an AzurePodIdentityException elsewhere is admitted with a warning that it has no effect.")
+	flag.StringVar(&opts.ExceptionTokens, "exception-tokens", "node", "NMI's --exception-tokens, told to whoever creates an AzurePodIdentityException.")
 	flag.BoolVar(&rotate, "cert-rotation", false, "Create, renew and inject the serving certificate and its CA without cert-manager; --cert-dir must be where the --cert-secret-name Secret is mounted.")
 	flag.StringVar(&rotation.Secret.Name, "cert-secret-name", "aad-pod-identity-webhook-cert", "With --cert-rotation: the Secret in $POD_NAMESPACE that holds the CA and serving certificate.")
 	flag.StringVar(&rotation.ServiceName, "cert-service-name", "aad-pod-identity-webhook", "With --cert-rotation: the webhook Service in $POD_NAMESPACE the certificate is issued for.")
@@ -44,6 +47,7 @@ func main() {
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
 	log := ctrl.Log.WithName("setup")
 	opts.TrustedServiceAccounts = strings.Split(trusted, ",")
+	opts.ExceptionNamespaces = strings.Split(exceptionNamespaces, ",")
 
 	ctx := ctrl.SetupSignalHandler()
 	mgr, err := webhook.NewManager(ctx, ctrl.GetConfigOrDie(), opts)

@@ -1,0 +1,102 @@
+package nmi
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+)
+
+// ExceptionTokens is what tokens an AzurePodIdentityException grants.
+type ExceptionTokens string
+
+const (
+	// ExceptionTokensNone: no tokens, only the node's instance metadata.
+	ExceptionTokensNone ExceptionTokens = "none"
+	// ExceptionTokensNode: the node's own identity, i.e. requests that name
+	// no identity (IMDS then answers for the VM's system-assigned identity)
+	// or one of ExceptionPolicy.NodeIdentityClientIDs.
+	ExceptionTokensNode ExceptionTokens = "node"
+	// ExceptionTokensAny: IMDS unchanged, every identity on the node pool
+	// included; what releases before this design granted.
+	ExceptionTokensAny ExceptionTokens = "any"
+)
+
+// ExceptionPolicy scopes AzurePodIdentityExceptions. An exception is a hole
+// in the trust model: whoever may create one in a namespace decides which
+// pods there bypass admission.
+type ExceptionPolicy struct {
+	// Namespaces whose exceptions count; "*" is every namespace.
+	Namespaces []string
+	Tokens     ExceptionTokens
+	// NodeIdentityClientIDs are the node's own user-assigned identities
+	// (the kubelet's), which ExceptionTokensNode lets exception pods name.
+	NodeIdentityClientIDs []string
+}
+
+// ParseExceptionTokens validates a --exception-tokens value.
+func ParseExceptionTokens(s string) (ExceptionTokens, error) {
+	switch t := ExceptionTokens(s); t {
+	case ExceptionTokensNone, ExceptionTokensNode, ExceptionTokensAny:
+		return t, nil
+	}
+	return "", fmt.Errorf("exception tokens %q: want %s, %s or %s", s, ExceptionTokensNone, ExceptionTokensNode, ExceptionTokensAny)
+}
+
+// isException reports whether an AzurePodIdentityException in the pod's
+// namespace matches one of its labels, in a namespace where exceptions count.
+func (p ExceptionPolicy) isException(ctx context.Context, r client.Reader, pod *corev1.Pod) (bool, error) {
+	if !slices.Contains(p.Namespaces, "*") && !slices.Contains(p.Namespaces, pod.Namespace) {
+		return false, nil
+	}
+	var list aadv1.AzurePodIdentityExceptionList
+	if err := r.List(ctx, &list, client.InNamespace(pod.Namespace)); err != nil {
+		return false, fmt.Errorf("listing AzurePodIdentityExceptions in %s: %w", pod.Namespace, err)
+	}
+	for _, e := range list.Items {
+		for k, v := range e.Spec.PodLabels {
+			if got, ok := pod.Labels[k]; ok && got == v {
+				return true, nil
+			}
+		}
+	}
+	return false, nil
+}
+
+// tokenAllowed decides an exception pod's token request: nil lets it
+// through to IMDS unchanged.
+func (p ExceptionPolicy) tokenAllowed(h http.Header, q map[string][]string) error {
+	switch p.Tokens {
+	case ExceptionTokensAny:
+		return nil
+	case ExceptionTokensNode:
+		req, err := parseTokenRequest(h, q)
+		if err != nil {
+			return err
+		}
+		if req.ClientID == "" && req.ResourceID == "" {
+			return nil
+		}
+		if req.ClientID != "" && slices.ContainsFunc(p.NodeIdentityClientIDs, func(id string) bool { return strings.EqualFold(id, req.ClientID) }) {
+			return nil
+		}
+		return forbidden("exception_scope", "An AzurePodIdentityException gives this pod only the node's own identity (NMI --exception-tokens=node): name no identity, or one of the node identities %v", p.NodeIdentityClientIDs)
+	}
+	return forbidden("exception_scope", "An AzurePodIdentityException gives this pod the node's instance metadata but no tokens (NMI --exception-tokens=none)")
+}
+
+// pathAllowed tells which non-token paths an exception pod may reach: with
+// ExceptionTokensAny every one, otherwise the node's instance metadata
+// without the opt-in paths the allowlist does not name.
+func (p ExceptionPolicy) pathAllowed(s *Server, path string) bool {
+	if p.Tokens == ExceptionTokensAny {
+		return true
+	}
+	return under(path, "/metadata", func(a, b string) bool { return a == b }) && !s.optInRefused(path)
+}
