@@ -11,10 +11,16 @@ import (
 )
 
 const (
-	natTable   = "nat"
-	prerouting = "PREROUTING"
+	natTable    = "nat"
+	filterTable = "filter"
+	prerouting  = "PREROUTING"
+	input       = "INPUT"
 	// Chain holds the interception rules; PREROUTING jumps to it first.
 	Chain = "aad-metadata"
+	// GuardChain, in the filter table, drops what route_localnet would
+	// otherwise let through to the node's loopback services; INPUT jumps to
+	// it first.
+	GuardChain = "aad-metadata-guard"
 )
 
 // IPTables is the part of go-iptables NMI uses; tests pass a fake.
@@ -37,11 +43,42 @@ type Interception struct {
 	ListenAddress string
 }
 
-// jumpRule is the PREROUTING rule, in iptables -S form without "-A chain".
-var jumpRule = []string{"-j", Chain}
+// managedChain is a chain NMI owns and the built-in chain that jumps to it
+// first.
+type managedChain struct {
+	table, name, hook string
+	// rules in the exact form `iptables -S` prints them, without "-A name",
+	// so that the periodic check can compare text.
+	rules [][]string
+}
 
-// chainRules are the chain's rules in the exact form `iptables -S` prints
-// them, so that the periodic check can compare text.
+func (c managedChain) jump() []string { return []string{"-j", c.name} }
+
+// chains are the chains NMI keeps, in the order they are written: with a
+// loopback target the guard, then the interception.
+func (i Interception) chains() ([]managedChain, error) {
+	rules, err := i.chainRules()
+	if err != nil {
+		return nil, err
+	}
+	interception := managedChain{table: natTable, name: Chain, hook: prerouting, rules: rules}
+	if i.LoopbackTarget() {
+		// The guard goes in before anything is redirected to loopback.
+		return []managedChain{guard, interception}, nil
+	}
+	return []managedChain{interception}, nil
+}
+
+// guard drops packets for 127.0.0.0/8 that come from elsewhere and were not
+// DNATed: route_localnet=1, which the loopback DNAT target needs, would
+// otherwise let a pod (NET_RAW, or a route to the node) reach the node's
+// localhost-only services (CVE-2020-8558). Kube-proxy guards the same way.
+var guard = managedChain{table: filterTable, name: GuardChain, hook: input, rules: [][]string{
+	{"!", "-s", "127.0.0.0/8", "-d", "127.0.0.0/8", "-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED,DNAT", "-j", "DROP"},
+	{"-j", "RETURN"},
+}}
+
+// chainRules are the interception chain's rules.
 func (i Interception) chainRules() ([][]string, error) {
 	if ip := net.ParseIP(i.MetadataIP); ip == nil || ip.To4() == nil {
 		return nil, fmt.Errorf("metadata IP %q is not an IPv4 address", i.MetadataIP)
@@ -70,65 +107,77 @@ func (i Interception) LoopbackTarget() bool {
 	return err == nil && net.ParseIP(host).IsLoopback()
 }
 
-// EnsureRules makes the nat table hold exactly the interception: the chain
-// with its rules, and one jump to it as PREROUTING's first rule. It reports
-// whether anything had to change.
+// EnsureRules makes the tables hold exactly the interception (and its guard):
+// each chain with its rules, and one jump to it as its hook's first rule. It
+// reports whether anything had to change.
 func EnsureRules(ipt IPTables, i Interception) (changed bool, err error) {
-	want, err := i.chainRules()
+	chains, err := i.chains()
 	if err != nil {
 		return false, err
 	}
-	got, err := chainSpecs(ipt, Chain)
+	for _, c := range chains {
+		ch, err := ensureChain(ipt, c)
+		if err != nil {
+			return false, err
+		}
+		changed = changed || ch
+	}
+	return changed, nil
+}
+
+func ensureChain(ipt IPTables, c managedChain) (changed bool, err error) {
+	got, err := chainSpecs(ipt, c.table, c.name)
 	if err != nil {
 		return false, err
 	}
-	if !slices.EqualFunc(got, want, slices.Equal) {
+	if !slices.EqualFunc(got, c.rules, slices.Equal) {
 		changed = true
 		// ClearChain creates the chain when missing.
-		if err := ipt.ClearChain(natTable, Chain); err != nil {
-			return false, fmt.Errorf("clearing chain %s: %w", Chain, err)
+		if err := ipt.ClearChain(c.table, c.name); err != nil {
+			return false, fmt.Errorf("clearing chain %s: %w", c.name, err)
 		}
-		for _, r := range want {
-			if err := ipt.Append(natTable, Chain, r...); err != nil {
-				return false, fmt.Errorf("adding rule to %s: %w", Chain, err)
+		for _, r := range c.rules {
+			if err := ipt.Append(c.table, c.name, r...); err != nil {
+				return false, fmt.Errorf("adding rule to %s: %w", c.name, err)
 			}
 		}
 	}
-	pre, err := chainSpecs(ipt, prerouting)
+	hook, err := chainSpecs(ipt, c.table, c.hook)
 	if err != nil {
 		return false, err
 	}
+	jump := c.jump()
 	jumps := 0
-	for _, r := range pre {
-		if slices.Equal(r, jumpRule) {
+	for _, r := range hook {
+		if slices.Equal(r, jump) {
 			jumps++
 		}
 	}
-	if jumps == 1 && len(pre) > 0 && slices.Equal(pre[0], jumpRule) {
+	if jumps == 1 && len(hook) > 0 && slices.Equal(hook[0], jump) {
 		return changed, nil
 	}
 	for ; jumps > 0; jumps-- {
-		if err := ipt.Delete(natTable, prerouting, jumpRule...); err != nil {
-			return false, fmt.Errorf("removing misplaced jump to %s: %w", Chain, err)
+		if err := ipt.Delete(c.table, c.hook, jump...); err != nil {
+			return false, fmt.Errorf("removing misplaced jump to %s: %w", c.name, err)
 		}
 	}
-	if err := ipt.Insert(natTable, prerouting, 1, jumpRule...); err != nil {
-		return false, fmt.Errorf("adding jump to %s at the top of %s: %w", Chain, prerouting, err)
+	if err := ipt.Insert(c.table, c.hook, 1, jump...); err != nil {
+		return false, fmt.Errorf("adding jump to %s at the top of %s: %w", c.name, c.hook, err)
 	}
 	return true, nil
 }
 
 // chainSpecs lists a chain's rules as argument lists, without "-A chain"; a
 // missing chain has none.
-func chainSpecs(ipt IPTables, chain string) ([][]string, error) {
-	exists, err := ipt.ChainExists(natTable, chain)
+func chainSpecs(ipt IPTables, table, chain string) ([][]string, error) {
+	exists, err := ipt.ChainExists(table, chain)
 	if err != nil {
 		return nil, fmt.Errorf("looking for chain %s: %w", chain, err)
 	}
 	if !exists {
 		return nil, nil
 	}
-	lines, err := ipt.List(natTable, chain)
+	lines, err := ipt.List(table, chain)
 	if err != nil {
 		return nil, fmt.Errorf("listing chain %s: %w", chain, err)
 	}
@@ -142,32 +191,42 @@ func chainSpecs(ipt IPTables, chain string) ([][]string, error) {
 	return specs, nil
 }
 
-// RemoveRules deletes the jump and the chain: uninstall only, since without
-// them pods reach IMDS directly.
+// RemoveRules deletes the jumps and the chains: uninstall only, since
+// without them pods reach IMDS directly. The interception goes first, so
+// that the guard never goes while the loopback DNAT stays.
 func RemoveRules(ipt IPTables) error {
+	for _, c := range []managedChain{{table: natTable, name: Chain, hook: prerouting}, guard} {
+		if err := removeChain(ipt, c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func removeChain(ipt IPTables, c managedChain) error {
 	// iptables refuses a jump to a missing chain, so without the chain there
 	// is nothing to remove (and -C would fail).
-	exists, err := ipt.ChainExists(natTable, Chain)
+	exists, err := ipt.ChainExists(c.table, c.name)
 	if err != nil || !exists {
 		return err
 	}
 	for {
-		ok, err := ipt.Exists(natTable, prerouting, jumpRule...)
+		ok, err := ipt.Exists(c.table, c.hook, c.jump()...)
 		if err != nil {
-			return fmt.Errorf("looking for jump to %s: %w", Chain, err)
+			return fmt.Errorf("looking for jump to %s: %w", c.name, err)
 		}
 		if !ok {
 			break
 		}
-		if err := ipt.Delete(natTable, prerouting, jumpRule...); err != nil {
-			return fmt.Errorf("removing jump to %s: %w", Chain, err)
+		if err := ipt.Delete(c.table, c.hook, c.jump()...); err != nil {
+			return fmt.Errorf("removing jump to %s: %w", c.name, err)
 		}
 	}
-	if err := ipt.ClearChain(natTable, Chain); err != nil {
-		return fmt.Errorf("clearing chain %s: %w", Chain, err)
+	if err := ipt.ClearChain(c.table, c.name); err != nil {
+		return fmt.Errorf("clearing chain %s: %w", c.name, err)
 	}
-	if err := ipt.DeleteChain(natTable, Chain); err != nil {
-		return fmt.Errorf("deleting chain %s: %w", Chain, err)
+	if err := ipt.DeleteChain(c.table, c.name); err != nil {
+		return fmt.Errorf("deleting chain %s: %w", c.name, err)
 	}
 	return nil
 }

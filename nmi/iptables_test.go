@@ -7,14 +7,15 @@ import (
 	"testing"
 )
 
-// fakeIPTables keeps the nat table as `iptables -S` lines per chain.
+// fakeIPTables keeps the nat and filter tables as `iptables -S` lines per
+// chain; NMI's chains have distinct names, so the table is not kept.
 type fakeIPTables struct {
 	chains map[string][]string // chain -> rules without "-A chain"
 	calls  []string
 }
 
 func newFakeIPTables(chains map[string][]string) *fakeIPTables {
-	f := &fakeIPTables{chains: map[string][]string{prerouting: nil}}
+	f := &fakeIPTables{chains: map[string][]string{prerouting: nil, input: nil}}
 	for k, v := range chains {
 		f.chains[k] = v
 	}
@@ -81,22 +82,30 @@ func (f *fakeIPTables) Delete(_, chain string, spec ...string) error {
 }
 
 const (
-	dnat  = "! -s 127.0.0.1/32 -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 127.0.0.1:2579"
-	ret   = "-j RETURN"
-	jump  = "-j aad-metadata"
-	kube  = "-m comment --comment kubernetes -j KUBE-SERVICES"
-	stale = "! -s 127.0.0.1/32 -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 127.0.0.1:9999"
+	dnat      = "! -s 127.0.0.1/32 -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 127.0.0.1:2579"
+	ret       = "-j RETURN"
+	jump      = "-j aad-metadata"
+	guardDrop = "! -s 127.0.0.0/8 -d 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"
+	guardJump = "-j aad-metadata-guard"
+	kube      = "-m comment --comment kubernetes -j KUBE-SERVICES"
+	stale     = "! -s 127.0.0.1/32 -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 127.0.0.1:9999"
 )
 
 func TestEnsureRules(t *testing.T) {
-	want := map[string][]string{prerouting: {jump, kube}, Chain: {dnat, ret}}
+	want := map[string][]string{prerouting: {jump, kube}, Chain: {dnat, ret}, input: {guardJump}, GuardChain: {guardDrop, ret}}
+	guarded := func(nat map[string][]string) map[string][]string {
+		nat[input], nat[GuardChain] = []string{guardJump}, []string{guardDrop, ret}
+		return nat
+	}
 	tests := []struct {
 		name    string
 		initial map[string][]string
 		changed bool
 	}{
 		{"fresh node", map[string][]string{prerouting: {kube}}, true},
-		{"already right", map[string][]string{prerouting: {jump, kube}, Chain: {dnat, ret}}, false},
+		{"already right", guarded(map[string][]string{prerouting: {jump, kube}, Chain: {dnat, ret}}), false},
+		{"guard missing", map[string][]string{prerouting: {jump, kube}, Chain: {dnat, ret}}, true},
+		{"guard emptied", map[string][]string{prerouting: {jump, kube}, Chain: {dnat, ret}, input: {guardJump}, GuardChain: nil}, true},
 		{"chain emptied", map[string][]string{prerouting: {jump, kube}, Chain: nil}, true},
 		{"stale target", map[string][]string{prerouting: {jump, kube}, Chain: {stale, ret}}, true},
 		{"extra rule in chain", map[string][]string{prerouting: {jump, kube}, Chain: {dnat, "-j ACCEPT", ret}}, true},
@@ -144,11 +153,13 @@ func TestEnsureRulesRejectsBadInput(t *testing.T) {
 }
 
 func TestRemoveRules(t *testing.T) {
-	ipt := newFakeIPTables(map[string][]string{prerouting: {jump, kube, jump}, Chain: {dnat, ret}})
+	ipt := newFakeIPTables(map[string][]string{prerouting: {jump, kube, jump}, Chain: {dnat, ret}, input: {guardJump}, GuardChain: {guardDrop, ret}})
 	if err := RemoveRules(ipt); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := ipt.chains[Chain]; ok || !slices.Equal(ipt.chains[prerouting], []string{kube}) {
+	_, nat := ipt.chains[Chain]
+	_, filter := ipt.chains[GuardChain]
+	if nat || filter || !slices.Equal(ipt.chains[prerouting], []string{kube}) || len(ipt.chains[input]) != 0 {
 		t.Fatalf("left %q", ipt.chains)
 	}
 	if err := RemoveRules(ipt); err != nil {
@@ -161,5 +172,24 @@ func TestLoopbackTarget(t *testing.T) {
 		if got := (Interception{ListenAddress: addr}).LoopbackTarget(); got != want {
 			t.Errorf("%s: got %v", addr, got)
 		}
+	}
+}
+
+// The guard is there only for a loopback target, and goes in before the
+// redirection.
+func TestGuardOnlyForLoopbackTarget(t *testing.T) {
+	ipt := newFakeIPTables(nil)
+	if _, err := EnsureRules(ipt, Interception{MetadataIP: "169.254.169.254", MetadataPort: 80, ListenAddress: "10.0.0.4:2579"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := ipt.chains[GuardChain]; ok {
+		t.Errorf("guard installed for a node-IP target: %q", ipt.calls)
+	}
+	ipt = newFakeIPTables(nil)
+	if _, err := EnsureRules(ipt, Interception{MetadataIP: "169.254.169.254", MetadataPort: 80, ListenAddress: "127.0.0.1:2579"}); err != nil {
+		t.Fatal(err)
+	}
+	if g, d := slices.Index(ipt.calls, "append aad-metadata-guard "+guardDrop), slices.Index(ipt.calls, "append aad-metadata "+dnat); g < 0 || d < 0 || g > d {
+		t.Errorf("guard at call %d, DNAT at %d: want the guard first (%q)", g, d, ipt.calls)
 	}
 }

@@ -91,7 +91,7 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		return errors.New("node name is empty: set NODE_NAME (the chart sets it from spec.nodeName)")
 	}
 	opts.Interception.ListenAddress = opts.ListenAddress
-	if _, err := opts.Interception.chainRules(); err != nil {
+	if _, err := opts.Interception.chains(); err != nil {
 		return err
 	}
 	imdsURL, err := url.Parse(opts.IMDSEndpoint)
@@ -228,11 +228,8 @@ func serveOn(ctx context.Context, l net.Listener, maxConnsPerIP int, h http.Hand
 func keepRules(ctx context.Context, mgr manager.Manager, opts Options, ready *atomic.Bool) error {
 	log := ctrl.Log.WithName("iptables")
 	check := func() error {
-		if opts.Interception.LoopbackTarget() {
-			if err := enableRouteLocalnet(); err != nil {
-				return err
-			}
-		}
+		// Rules first: until route_localnet is on, redirected packets are
+		// dropped (fail closed), and the guard is in before it is.
 		changed, err := EnsureRules(opts.IPTables, opts.Interception)
 		if err != nil {
 			return err
@@ -240,6 +237,9 @@ func keepRules(ctx context.Context, mgr manager.Manager, opts Options, ready *at
 		if changed {
 			rulesRepairs.Inc()
 			log.Info("interception rules written", "chain", Chain)
+		}
+		if opts.Interception.LoopbackTarget() {
+			return enableRouteLocalnet()
 		}
 		return nil
 	}
