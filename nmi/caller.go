@@ -3,7 +3,7 @@ package nmi
 import (
 	"context"
 	"fmt"
-	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -13,14 +13,21 @@ import (
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 )
 
-// podIPIndex indexes the node's pods by every IP in status.podIPs.
+// podIPIndex indexes the node's pods by every IP in status.podIPs, and pods
+// without one under noIP.
 const podIPIndex = "status.podIPs"
+
+// noIP is the podIPIndex value of pods whose IP is not reported yet.
+const noIP = "none"
 
 // podIPs is the index function for podIPIndex.
 func podIPs(o client.Object) []string {
 	pod, ok := o.(*corev1.Pod)
 	if !ok {
 		return nil
+	}
+	if len(pod.Status.PodIPs) == 0 {
+		return []string{noIP}
 	}
 	ips := make([]string, 0, len(pod.Status.PodIPs))
 	for _, ip := range pod.Status.PodIPs {
@@ -36,11 +43,22 @@ func live(pod *corev1.Pod) bool {
 		(pod.Status.Phase == corev1.PodPending || pod.Status.Phase == corev1.PodRunning)
 }
 
-// reasonUnknownCaller is the refusal of a source IP no pod on this node has.
-const reasonUnknownCaller = "unknown_caller"
+// Refusals that may resolve within moments, as NMI's cache catches up.
+const (
+	// reasonUnknownCaller: no pod on this node has the source IP.
+	reasonUnknownCaller = "unknown_caller"
+	// reasonIPMayBeReused: a newer pod without a reported IP may hold it.
+	reasonIPMayBeReused = "ip_may_be_reused"
+)
+
+// ipReuseWindow bounds how long a pod without a reported IP holds back the
+// older pods on its node: long enough for the kubelet to report a new
+// sandbox's IP, short enough that a pod stuck before its sandbox (waiting
+// for a volume, say) does not refuse its neighbours for long.
+const ipReuseWindow = time.Minute
 
 // callerPod finds the one live pod on this node with the source IP.
-func callerPod(ctx context.Context, r client.Reader, ip string) (*corev1.Pod, error) {
+func callerPod(ctx context.Context, r client.Reader, ip string, now time.Time) (*corev1.Pod, error) {
 	var pods corev1.PodList
 	if err := r.List(ctx, &pods, client.MatchingFields{podIPIndex: ip}); err != nil {
 		return nil, fmt.Errorf("listing pods with IP %s: %w", ip, err)
@@ -55,13 +73,30 @@ func callerPod(ctx context.Context, r client.Reader, ip string) (*corev1.Pod, er
 	case 0:
 		return nil, forbidden(reasonUnknownCaller, "No running pod on this node has IP %s; only pods on this node may request tokens (host-network pods cannot)", ip)
 	case 1:
-		return found[0], nil
+		return found[0], ipMayBeReused(ctx, r, found[0], ip, now)
 	}
-	names := make([]string, len(found))
-	for i, p := range found {
-		names[i] = p.Namespace + "/" + p.Name
+	// Other pods' names stay out of the answer: the caller may be either.
+	return nil, forbidden("ambiguous_caller", "Several running pods on this node have IP %s; refusing to guess", ip)
+}
+
+// ipMayBeReused refuses the owner of ip while a pod created after it, on
+// this node, has no IP reported yet: when the owner has ended and the newer
+// pod took its address before this node's cache showed either change, the
+// caller is the newer pod. It clears once the kubelet reports the newer
+// pod's IP.
+func ipMayBeReused(ctx context.Context, r client.Reader, owner *corev1.Pod, ip string, now time.Time) error {
+	var pending corev1.PodList
+	if err := r.List(ctx, &pending, client.MatchingFields{podIPIndex: noIP}); err != nil {
+		return fmt.Errorf("listing pods without IP: %w", err)
 	}
-	return nil, forbidden("ambiguous_caller", "Several running pods on this node have IP %s (%s); refusing to guess", ip, strings.Join(names, ", "))
+	for i := range pending.Items {
+		p := &pending.Items[i]
+		created := p.CreationTimestamp.Time
+		if live(p) && p.UID != owner.UID && created.After(owner.CreationTimestamp.Time) && now.Sub(created) < ipReuseWindow {
+			return forbidden(reasonIPMayBeReused, "A pod created on this node after the one at IP %s has no IP reported yet and may hold this address; retry in a moment", ip)
+		}
+	}
+	return nil
 }
 
 // admittedIdentities returns the AzureIdentities the webhook admitted for the

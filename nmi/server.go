@@ -148,14 +148,15 @@ const callerPollInterval = 100 * time.Millisecond
 
 // caller finds the pod calling from ip. A container may call as soon as it
 // starts, before the kubelet's status update with its IP reaches this
-// node's cache, so an unknown IP is looked up again for up to callerWait
-// before it is refused.
+// node's cache, so an unknown IP, or one a newer pod may have taken over, is
+// looked up again for up to callerWait before it is refused.
 func (s *Server) caller(ctx context.Context, ip string) (*corev1.Pod, error) {
 	deadline := time.Now().Add(s.callerWait)
 	for {
-		pod, err := callerPod(ctx, s.reader, ip)
+		pod, err := callerPod(ctx, s.reader, ip, time.Now())
 		var apiErr *apiError
-		if err == nil || !errors.As(err, &apiErr) || apiErr.reason != reasonUnknownCaller || !time.Now().Before(deadline) {
+		transient := errors.As(err, &apiErr) && (apiErr.reason == reasonUnknownCaller || apiErr.reason == reasonIPMayBeReused)
+		if err == nil || !transient || !time.Now().Before(deadline) {
 			return pod, err
 		}
 		select {

@@ -486,3 +486,38 @@ func TestExceptionPolicy(t *testing.T) {
 		})
 	}
 }
+
+// The IP of a pod that ended may be taken by a newer pod before this node's
+// cache shows either change: the newer pod must not be served as the old one.
+func TestIPMayBeReused(t *testing.T) {
+	const tok = "/metadata/identity/oauth2/token?api-version=1&resource=r"
+	id := azureIdentity("id-a", "client-a", "")
+	created := func(ago time.Duration) func(*corev1.Pod) {
+		return func(p *corev1.Pod) { p.CreationTimestamp = metav1.NewTime(time.Now().Add(-ago)) }
+	}
+	noIP := func(p *corev1.Pod) {
+		p.Status = corev1.PodStatus{Phase: corev1.PodPending}
+	}
+	tests := []struct {
+		name   string
+		newer  *corev1.Pod
+		status int
+		want   string
+	}{
+		{"newer pod without an IP: refused", pod("newer", "", created(2*time.Second), noIP), 403, "may hold this address"},
+		{"newer pod with its own IP: served", pod("newer", "10.0.0.21", created(2*time.Second)), 200, "tok-client-a"},
+		{"pod without an IP for longer than the window: served", pod("stuck", "", created(2*ipReuseWindow), noIP), 200, "tok-client-a"},
+		{"older pod without an IP: served", pod("older", "", created(20*time.Minute), noIP), 200, "tok-client-a"},
+		{"host-network pod: served", pod("hostnet", "", created(2*time.Second), noIP, func(p *corev1.Pod) { p.Spec.HostNetwork = true }), 200, "tok-client-a"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			owner := pod("owner", "10.0.0.20", admitted("ns/id-a"), created(10*time.Minute))
+			f := newFixture(t, &id, binding("ns", "bind-a", "sel", "id-a"), owner, tt.newer)
+			rec := f.do(t, "10.0.0.20", tok, true)
+			if rec.Code != tt.status || !strings.Contains(rec.Body.String(), tt.want) {
+				t.Fatalf("got %d %s; want %d containing %q", rec.Code, rec.Body, tt.status, tt.want)
+			}
+		})
+	}
+}
