@@ -2,6 +2,7 @@ package charts
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -22,28 +23,7 @@ func TestPodSubresourcePolicy(t *testing.T) {
 	const ns = "aadpi-policy"
 	ctx := context.Background()
 	createNamespace(t, ns)
-	manifest, err := render(goldenRelease, ns, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	objs, err := objects(manifest)
-	if err != nil {
-		t.Fatal(err)
-	}
-	applied := 0
-	for _, o := range objs {
-		if !strings.HasPrefix(o.GetKind(), "ValidatingAdmissionPolicy") {
-			continue
-		}
-		if err := k8s.Apply(ctx, client.ApplyConfigurationFromUnstructured(o), client.ForceOwnership, client.FieldOwner("aadpi-chart-test")); err != nil {
-			t.Fatalf("%s %s: %v", o.GetKind(), o.GetName(), err)
-		}
-		t.Cleanup(func() { _ = k8s.Delete(context.Background(), o) })
-		applied++
-	}
-	if applied != 2 {
-		t.Fatalf("the chart rendered %d policy objects, want a policy and its binding", applied)
-	}
+	applyPolicies(t, ns, 2)
 
 	// mallory may write pod status and bind pods in the namespace, nothing more.
 	const mallory = "mallory"
@@ -158,4 +138,88 @@ func TestPodSubresourcePolicy(t *testing.T) {
 			t.Fatalf("refused: %v", err)
 		}
 	})
+}
+
+// applyPolicies renders the chart into ns with set and applies its
+// ValidatingAdmissionPolicies and their bindings, expecting want objects.
+func applyPolicies(t *testing.T, ns string, want int, set ...string) {
+	t.Helper()
+	ctx := context.Background()
+	manifest, err := render(goldenRelease, ns, "", set...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, err := objects(manifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	applied := 0
+	for _, o := range objs {
+		if !strings.HasPrefix(o.GetKind(), "ValidatingAdmissionPolicy") {
+			continue
+		}
+		if err := k8s.Apply(ctx, client.ApplyConfigurationFromUnstructured(o), client.ForceOwnership, client.FieldOwner("aadpi-chart-test")); err != nil {
+			t.Fatalf("%s %s: %v", o.GetKind(), o.GetName(), err)
+		}
+		t.Cleanup(func() { _ = k8s.Delete(context.Background(), o) })
+		applied++
+	}
+	if applied != want {
+		t.Fatalf("the chart rendered %d policy objects, want %d", applied, want)
+	}
+}
+
+// The example policy, when enabled, refuses pods that keep NET_RAW.
+func TestRequireDropNetRawPolicy(t *testing.T) {
+	const ns = "aadpi-netraw"
+	ctx := context.Background()
+	createNamespace(t, ns)
+	applyPolicies(t, ns, 4, "policies.requireDropNetRaw.enabled=true")
+	drop := func(caps ...corev1.Capability) *corev1.SecurityContext {
+		return &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Drop: caps}}
+	}
+	newPod := func(name string, sc *corev1.SecurityContext, init *corev1.SecurityContext) *corev1.Pod {
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "demo", SecurityContext: sc}}}}
+		if init != nil {
+			p.Spec.InitContainers = []corev1.Container{{Name: "i", Image: "demo", SecurityContext: init}}
+		}
+		return p
+	}
+	readd := drop("ALL")
+	readd.Capabilities.Add = []corev1.Capability{"NET_RAW"}
+	tests := []struct {
+		name    string
+		pod     *corev1.Pod
+		allowed bool
+	}{
+		{"drops NET_RAW", newPod("drops", drop("NET_RAW"), nil), true},
+		{"drops ALL", newPod("drops-all", drop("ALL"), drop("ALL")), true},
+		{"no security context", newPod("plain", nil, nil), false},
+		{"init container keeps it", newPod("init-keeps", drop("ALL"), drop("CHOWN")), false},
+		{"adds it back", newPod("readds", readd, nil), false},
+	}
+	// The policy reaches admission through an informer.
+	deadline := time.Now().Add(30 * time.Second)
+	for probe := 0; ; probe++ {
+		err := k8s.Create(ctx, newPod(fmt.Sprint("probe-", probe), nil, nil), client.DryRunAll)
+		if err != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the policy is not enforced")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := k8s.Create(ctx, tt.pod)
+			switch {
+			case tt.allowed && err != nil:
+				t.Fatalf("refused: %v", err)
+			case !tt.allowed && (err == nil || !strings.Contains(err.Error(), "NET_RAW")):
+				t.Fatalf("got %v, want a denial naming NET_RAW", err)
+			}
+		})
+	}
 }
