@@ -59,6 +59,8 @@ func expected(release string, builtinCerts, servicePrincipals, taintRemoval, cle
 			{aad, "azureidentities", read, "*", nil},
 			{aad, "azureidentitybindings", read, "*", nil},
 			{aad, "azurepodidentityexceptions", read, "*", nil},
+			{"authentication.k8s.io", "tokenreviews", []string{"create"}, "", nil},
+			{"authorization.k8s.io", "subjectaccessreviews", []string{"create"}, "", nil},
 		},
 	}
 	if builtinCerts {

@@ -27,6 +27,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
+	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
@@ -64,6 +65,10 @@ type Options struct {
 	// token requests that miss the cache (0: no limit).
 	UncachedTokensPerSecond float64
 	UncachedTokenBurst      int
+	// SecureMetrics serves metrics over HTTPS to callers the apiserver
+	// authenticates and authorizes (get on /metrics): NMI shares the node's
+	// address, which every pod can reach.
+	SecureMetrics bool
 	// MaxConnsPerIP caps the open connections from one source address.
 	MaxConnsPerIP int
 	// Exceptions scopes AzurePodIdentityExceptions.
@@ -83,6 +88,9 @@ var DefaultIdentityNotFoundRetry = wait.Backoff{Duration: 250 * time.Millisecond
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get;update
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get
 // +kubebuilder:rbac:groups=aadpodidentity.k8s.io,resources=azureidentities;azureidentitybindings;azurepodidentityexceptions,verbs=get;list;watch
+// Metrics behind authentication and authorization (--secure-metrics).
+// +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create
+// +kubebuilder:rbac:groups=authorization.k8s.io,resources=subjectaccessreviews,verbs=create
 
 // Run serves until ctx ends. The interception rules stay in place after it
 // returns: see RemoveRules.
@@ -107,7 +115,7 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 
 	mgr, err := ctrl.NewManager(cfg, manager.Options{
 		Scheme:                 identity.Scheme(),
-		Metrics:                metricsserver.Options{BindAddress: opts.MetricsAddr},
+		Metrics:                metricsOptions(opts),
 		HealthProbeBindAddress: opts.ProbeAddr,
 		Cache: cache.Options{
 			ByObject: map[client.Object]cache.ByObject{
@@ -299,4 +307,16 @@ func removeStartupTaint(ctx context.Context, c client.Client, nodeName string) e
 		return fmt.Errorf("removing taint %s from node %s: %w", aadv1.NMINotReadyTaint, nodeName, err)
 	}
 	return nil
+}
+
+// metricsOptions serves metrics in plain HTTP or, with SecureMetrics, over
+// HTTPS (a self-signed certificate) behind the apiserver's authentication
+// and authorization, as kubebuilder's projects do.
+func metricsOptions(opts Options) metricsserver.Options {
+	o := metricsserver.Options{BindAddress: opts.MetricsAddr}
+	if opts.SecureMetrics {
+		o.SecureServing = true
+		o.FilterProvider = filters.WithAuthenticationAndAuthorization
+	}
+	return o
 }

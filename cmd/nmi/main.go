@@ -28,8 +28,9 @@ func main() {
 	opts := nmi.Options{NodeName: os.Getenv("NODE_NAME"), IdentityNotFoundRetry: nmi.DefaultIdentityNotFoundRetry, TokenRefreshMargin: 5 * time.Minute}
 	var allowed string
 	fs.StringVar(&opts.ListenAddress, "listen-address", "127.0.0.1:2579", "ip:port NMI serves metadata on; iptables redirects pods' metadata traffic there.")
-	fs.StringVar(&opts.ProbeAddr, "health-probe-bind-address", ":8085", "Address of /healthz and /readyz.")
+	fs.StringVar(&opts.ProbeAddr, "health-probe-bind-address", "127.0.0.1:8085", "Address of /healthz and /readyz; the node's loopback, since NMI shares the node's address with every pod's reach.")
 	fs.StringVar(&opts.MetricsAddr, "metrics-bind-address", ":9090", "Address of the Prometheus metrics endpoint; 0 disables it.")
+	fs.BoolVar(&opts.SecureMetrics, "secure-metrics", true, "Serve metrics over HTTPS to callers the apiserver authenticates and authorizes (get on nonResourceURL /metrics), rather than in plain HTTP to anyone who reaches the node.")
 	fs.StringVar(&opts.Interception.MetadataIP, "metadata-ip", "169.254.169.254", "IP address of the instance metadata endpoint to intercept.")
 	fs.IntVar(&opts.Interception.MetadataPort, "metadata-port", 80, "TCP port of the instance metadata endpoint to intercept.")
 	fs.StringVar(&opts.IMDSEndpoint, "imds-endpoint", "http://169.254.169.254", "Upstream IMDS NMI itself calls (its own traffic is not intercepted).")
