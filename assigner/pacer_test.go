@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -156,7 +157,7 @@ func TestPacerRetryAfter(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			clk := clocktesting.NewFakeClock(t0)
 			p := newPacer(clk, 0, time.Hour)
-			wait, throttled := p.armFailed(testPool, tooManyRequests(t, tc.retryAfter))
+			wait, throttled := p.armFailed(testPool, tooManyRequests(tc.retryAfter))
 			if !throttled || wait != tc.want {
 				t.Fatalf("wait %s, throttled %v; want %s", wait, throttled, tc.want)
 			}
@@ -175,8 +176,8 @@ func TestPacerRetryAfter(t *testing.T) {
 	t.Run("a shorter pause does not cut a longer one", func(t *testing.T) {
 		clk := clocktesting.NewFakeClock(t0)
 		p := newPacer(clk, 0, time.Hour)
-		p.armFailed(testPool, tooManyRequests(t, "30"))
-		p.armFailed(Pool{Subscription: "s", ResourceGroup: "rg", Kind: KindVM, Name: "vm"}, tooManyRequests(t, "5"))
+		p.armFailed(testPool, tooManyRequests("30"))
+		p.armFailed(Pool{Subscription: "s", ResourceGroup: "rg", Kind: KindVM, Name: "vm"}, tooManyRequests("5"))
 		if got := p.throttled(testPool.Subscription); got != 30*time.Second {
 			t.Errorf("paused for %s, want 30s", got)
 		}
@@ -184,19 +185,14 @@ func TestPacerRetryAfter(t *testing.T) {
 }
 
 // tooManyRequests is the error azcore returns for an ARM 429.
-func tooManyRequests(t *testing.T, retryAfter string) error {
-	t.Helper()
-	return armError(t, http.StatusTooManyRequests, map[string]string{"Retry-After": retryAfter}, "TooManyRequests", "throttled")
+func tooManyRequests(retryAfter string) error {
+	return armError(http.StatusTooManyRequests, map[string]string{"Retry-After": retryAfter}, "TooManyRequests", "throttled")
 }
 
 // armError is the error azcore returns for an ARM answer with status,
 // headers and the error code and message in its body.
-func armError(t *testing.T, status int, headers map[string]string, code, message string) error {
-	t.Helper()
-	req, err := http.NewRequest(http.MethodPatch, "https://management.azure.com"+testPool.ID(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+func armError(status int, headers map[string]string, code, message string) error {
+	req := httptest.NewRequest(http.MethodPatch, "https://management.azure.com"+testPool.ID(), nil)
 	resp := &http.Response{
 		StatusCode: status, Status: http.StatusText(status), Header: http.Header{}, Request: req,
 		Body: io.NopCloser(strings.NewReader(fmt.Sprintf(`{"error": {"code": %q, "message": %q}}`, code, message))),
