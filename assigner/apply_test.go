@@ -13,18 +13,27 @@ import (
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 )
 
-// refusingARM accepts every PATCH but those that add a refused identity,
-// which it answers with an ARM 400 naming it; fail, if set, answers any
-// PATCH.
-type refusingARM struct {
+// fakeARM is one pool's identities in ARM. A PATCH adding a refused
+// identity is answered with an ARM 400 naming it; fail, if set, answers
+// every PATCH.
+type fakeARM struct {
+	onPool  map[string]bool // lower-cased resource IDs
 	refused map[string]bool
 	fail    error
+	gets    int
 	patches []Patch
 }
 
-func (a *refusingARM) Get(context.Context, Pool) (Actual, error) { return Actual{}, nil }
+func (a *fakeARM) Get(context.Context, Pool) (Actual, error) {
+	a.gets++
+	actual := Actual{UserAssigned: map[string]bool{}}
+	for id := range a.onPool {
+		actual.UserAssigned[id] = true
+	}
+	return actual, nil
+}
 
-func (a *refusingARM) Update(_ context.Context, _ Pool, p Patch) error {
+func (a *fakeARM) Update(_ context.Context, _ Pool, p Patch) error {
 	a.patches = append(a.patches, p)
 	if a.fail != nil {
 		return a.fail
@@ -33,6 +42,15 @@ func (a *refusingARM) Update(_ context.Context, _ Pool, p Patch) error {
 		if a.refused[id] {
 			return errRefused(id)
 		}
+	}
+	if a.onPool == nil {
+		a.onPool = map[string]bool{}
+	}
+	for _, id := range p.Add {
+		a.onPool[strings.ToLower(id)] = true
+	}
+	for _, id := range p.Remove {
+		delete(a.onPool, strings.ToLower(id))
 	}
 	return nil
 }
@@ -45,7 +63,7 @@ func errRefused(id string) error {
 // again: the refused one's record becomes Failed, the others Assigned.
 func TestWriteIsolatesRefusedIdentities(t *testing.T) {
 	good1, bad, good2 := uami(1), uami(2), uami(3)
-	arm := &refusingARM{refused: map[string]bool{bad: true}}
+	arm := &fakeARM{refused: map[string]bool{bad: true}}
 	actual := actualOf(true)
 	refused, err := writeIdentities(context.Background(), arm, testPool, actual, []string{good1, bad, good2}, nil)
 	if err != nil {
@@ -88,7 +106,7 @@ func TestWriteIsolatesRefusedIdentities(t *testing.T) {
 // Any other error stops the writes and is returned.
 func TestWriteStopsOnOtherErrors(t *testing.T) {
 	transient := errors.New("connection reset")
-	arm := &refusingARM{fail: transient}
+	arm := &fakeARM{fail: transient}
 	_, err := writeIdentities(context.Background(), arm, testPool, actualOf(false), uamis(0, 200), nil)
 	if !errors.Is(err, transient) {
 		t.Errorf("err = %v, want %v", err, transient)

@@ -130,18 +130,10 @@ func Setup(ctx context.Context, mgr manager.Manager, opts Options) error {
 		return err
 	}
 	indexer := mgr.GetFieldIndexer()
-	if err := indexer.IndexField(ctx, &corev1.Pod{}, podPoolIndex, func(o client.Object) []string {
-		pod := o.(*corev1.Pod)
-		if _, ok := pod.Annotations[aadv1.AnnotationNodePools]; !ok {
-			return []string{untargeted}
-		}
-		return podPools(pod)
-	}); err != nil {
+	if err := indexer.IndexField(ctx, &corev1.Pod{}, podPoolIndex, indexPodPools); err != nil {
 		return fmt.Errorf("indexing pods by pool: %w", err)
 	}
-	if err := indexer.IndexField(ctx, &aadv1.AzureAssignedIdentity{}, recordPoolIndex, func(o client.Object) []string {
-		return []string{strings.ToLower(o.(*aadv1.AzureAssignedIdentity).Spec.NodePool)}
-	}); err != nil {
+	if err := indexer.IndexField(ctx, &aadv1.AzureAssignedIdentity{}, recordPoolIndex, indexRecordPool); err != nil {
 		return fmt.Errorf("indexing records by pool: %w", err)
 	}
 
@@ -157,4 +149,18 @@ func Setup(ctx context.Context, mgr manager.Manager, opts Options) error {
 		return err
 	}
 	return newPoolReconciler(c, opts).SetupWithManager(mgr)
+}
+
+// indexPodPools indexes pods by the pools they target, or as untargeted.
+func indexPodPools(o client.Object) []string {
+	pod := o.(*corev1.Pod)
+	if _, ok := pod.Annotations[aadv1.AnnotationNodePools]; !ok {
+		return []string{untargeted}
+	}
+	return podPools(pod)
+}
+
+// indexRecordPool indexes records by their pool's key.
+func indexRecordPool(o client.Object) []string {
+	return []string{strings.ToLower(o.(*aadv1.AzureAssignedIdentity).Spec.NodePool)}
 }
