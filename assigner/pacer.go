@@ -14,9 +14,9 @@ const baseBackoff = 500 * time.Millisecond
 
 // pacer is the pool controller's memory of time: batch windows, when pools
 // were last read and their Failed records last retried, consecutive ARM
-// failures, and the subscriptions ARM asked us to leave alone. It is the
-// only part of the controller that reads the clock, so that pacing can be
-// tested with a fake one.
+// failures, and the subscriptions ARM asked us to leave alone. Its time
+// comes from the clock it is given, so that pacing can be tested with a
+// fake one.
 type pacer struct {
 	clock clock.PassiveClock
 	// batch is how long new work on a pool waits for more pods before the

@@ -34,7 +34,7 @@ type poolReconciler struct {
 	namespace string
 	policy    poolPolicy
 	pacer     *pacer
-	clock     clock.PassiveClock
+	clock     clock.PassiveClock // the pacer's, for decide's now
 }
 
 func newPoolReconciler(c client.Client, opts Options) *poolReconciler {
