@@ -124,7 +124,7 @@ func TestAzureConfigCredential(t *testing.T) {
 			if err != nil {
 				t.Fatalf("GET: %v", err)
 			}
-			for _, p := range assigner.Plan(actual, []string{id.ResourceID}, nil) {
+			for _, p := range assigner.Patches(actual, []string{id.ResourceID}, nil) {
 				if err := client.Update(ctx, pool, p); err != nil {
 					t.Fatalf("PATCH: %v", err)
 				}

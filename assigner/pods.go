@@ -12,7 +12,10 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/record"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
@@ -33,6 +36,9 @@ type podReconciler struct {
 	resolver  *identity.Resolver
 	recorder  record.EventRecorder
 	namespace string
+	// crossNamespace: bindings select pods in every namespace, so binding
+	// and identity events concern them all.
+	crossNamespace bool
 }
 
 func (r *podReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
@@ -64,6 +70,24 @@ func (r *podReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 	}
 	assignment := r.assignment(ctx, userAssigned, pools, poolErr)
 	return ctrl.Result{}, r.update(ctx, &pod, res, pools, assignment)
+}
+
+// SetupWithManager registers the pod controller: besides its pods, node,
+// record, binding and identity events enqueue the pods they concern.
+func (r *podReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	m := mapper{client: r.client, namespace: r.namespace, crossNamespace: r.crossNamespace}
+	err := ctrl.NewControllerManagedBy(mgr).Named("pod").
+		For(&corev1.Pod{}).
+		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(m.unassignedPods), builder.WithPredicates(nodeChanged())).
+		Watches(&aadv1.AzureAssignedIdentity{}, handler.EnqueueRequestsFromMapFunc(m.recordPods)).
+		Watches(&aadv1.AzureIdentityBinding{}, handler.EnqueueRequestsFromMapFunc(m.bindingPods)).
+		Watches(&aadv1.AzureIdentity{}, handler.EnqueueRequestsFromMapFunc(m.identityPods)).
+		WithOptions(controller.Options{MaxConcurrentReconciles: 16}). // mostly waiting on API writes
+		Complete(r)
+	if err != nil {
+		return fmt.Errorf("creating pod controller: %w", err)
+	}
+	return nil
 }
 
 // assignment is the pod's assignment annotation: Assigned once every

@@ -1,0 +1,117 @@
+package assigner
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"reflect"
+	"strings"
+	"testing"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+)
+
+// fakeARM is one pool's identities in ARM. A PATCH adding a refused
+// identity is answered with an ARM 400 naming it; fail, if set, answers
+// every PATCH.
+type fakeARM struct {
+	onPool  map[string]bool // lower-cased resource IDs
+	refused map[string]bool
+	fail    error
+	gets    int
+	patches []Patch
+}
+
+func (a *fakeARM) Get(context.Context, Pool) (Actual, error) {
+	a.gets++
+	actual := Actual{UserAssigned: map[string]bool{}}
+	for id := range a.onPool {
+		actual.UserAssigned[id] = true
+	}
+	return actual, nil
+}
+
+func (a *fakeARM) Update(_ context.Context, _ Pool, p Patch) error {
+	a.patches = append(a.patches, p)
+	if a.fail != nil {
+		return a.fail
+	}
+	for _, id := range p.Add {
+		if a.refused[id] {
+			return errRefused(id)
+		}
+	}
+	if a.onPool == nil {
+		a.onPool = map[string]bool{}
+	}
+	for _, id := range p.Add {
+		a.onPool[strings.ToLower(id)] = true
+	}
+	for _, id := range p.Remove {
+		delete(a.onPool, strings.ToLower(id))
+	}
+	return nil
+}
+
+func errRefused(id string) error {
+	return armError(http.StatusBadRequest, nil, "FailedIdentityOperation", "Identity '"+id+"' does not exist.")
+}
+
+// An identity ARM refuses is dropped from the batch and the rest is sent
+// again: the refused one's record becomes Failed, the others Assigned.
+func TestWriteIsolatesRefusedIdentities(t *testing.T) {
+	good1, bad, good2 := uami(1), uami(2), uami(3)
+	arm := &fakeARM{refused: map[string]bool{bad: true}}
+	actual := actualOf(true)
+	refused, err := writeIdentities(context.Background(), arm, testPool, actual, []string{good1, bad, good2}, nil)
+	if err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	if len(refused) != 1 || !strings.Contains(refused[strings.ToLower(bad)], "FailedIdentityOperation") {
+		t.Errorf("refused = %v, want only %s", refused, bad)
+	}
+	wantPatches := []Patch{
+		{Type: TypeSystemAssignedUserAssigned, Add: []string{good1, bad, good2}},
+		{Type: TypeSystemAssignedUserAssigned, Add: []string{good1, good2}},
+	}
+	if !reflect.DeepEqual(arm.patches, wantPatches) {
+		t.Errorf("patches %+v\nwant %+v", arm.patches, wantPatches)
+	}
+	if !actual.Has(good1) || !actual.Has(good2) || actual.Has(bad) {
+		t.Errorf("actual after the writes = %v", actual.UserAssigned)
+	}
+	record := func(id string, state aadv1.AssignmentState) *aadv1.AzureAssignedIdentity {
+		return &aadv1.AzureAssignedIdentity{ObjectMeta: metav1.ObjectMeta{Name: id}, Spec: aadv1.AzureAssignedIdentitySpec{ResourceID: id}, Status: aadv1.AzureAssignedIdentityStatus{Status: state}}
+	}
+	tests := []struct {
+		rec       *aadv1.AzureAssignedIdentity
+		wantState aadv1.AssignmentState
+		wantError bool
+	}{
+		{rec: record(good1, aadv1.StateAssigning), wantState: aadv1.StateAssigned},
+		{rec: record(bad, aadv1.StateAssigning), wantState: aadv1.StateFailed, wantError: true},
+		{rec: record(good2, aadv1.StateFailed), wantState: aadv1.StateAssigned},
+		{rec: record(uami(4), aadv1.StateFailed), wantState: aadv1.StateFailed}, // not retried this round
+	}
+	for _, tc := range tests {
+		got := assignmentStatus(tc.rec, 3, actual, refused)
+		if got.Status != tc.wantState || (got.LastError != "") != tc.wantError || got.Pods != 3 {
+			t.Errorf("%s: status %+v, want %s (error %v, 3 pods)", tc.rec.Name, got, tc.wantState, tc.wantError)
+		}
+	}
+}
+
+// Any other error stops the writes and is returned.
+func TestWriteStopsOnOtherErrors(t *testing.T) {
+	transient := errors.New("connection reset")
+	arm := &fakeARM{fail: transient}
+	_, err := writeIdentities(context.Background(), arm, testPool, actualOf(false), uamis(0, 200), nil)
+	if !errors.Is(err, transient) {
+		t.Errorf("err = %v, want %v", err, transient)
+	}
+	if len(arm.patches) != 1 {
+		t.Errorf("%d patches sent after a failure, want 1", len(arm.patches))
+	}
+}

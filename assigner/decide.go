@@ -1,0 +1,79 @@
+package assigner
+
+import (
+	"strings"
+	"time"
+
+	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+)
+
+// annotationUnneededSince marks, on an AzureAssignedIdentity, when the last
+// pod that needed it went away; the grace period runs from there.
+const annotationUnneededSince = aadv1.AnnotationPrefix + "unneeded-since"
+
+// poolPolicy is what the options say about changing a pool.
+type poolPolicy struct {
+	grace     time.Duration // how long an unneeded owned identity stays
+	drift     time.Duration // the longest a pool goes unchecked
+	immutable map[string]bool
+}
+
+// isImmutable reports whether the identity must never be removed; keys are
+// lower-cased client and resource IDs.
+func (p poolPolicy) isImmutable(clientID, resourceID string) bool {
+	return p.immutable[strings.ToLower(clientID)] || p.immutable[strings.ToLower(resourceID)]
+}
+
+// plan is one round's changes to a pool and its records.
+type plan struct {
+	add    []*aadv1.AzureAssignedIdentity // to put on the pool
+	remove []*aadv1.AzureAssignedIdentity // owned, past their grace period
+	// markUnneeded start their grace period at unneededSince; clearUnneeded
+	// are wanted again.
+	markUnneeded, clearUnneeded []*aadv1.AzureAssignedIdentity
+	unneededSince               time.Time
+	// drop are records past their grace period whose identity we leave on
+	// the pool, or that is gone from it already.
+	drop         []*aadv1.AzureAssignedIdentity
+	requeueAfter time.Duration
+}
+
+// decide plans a round for a pool read from ARM, every wanted identity
+// recorded. Wanted identities missing from the pool are added, except
+// Failed ones between retries; records no pod wants start their grace
+// period, and once it is over their identity is removed if it is ours to
+// remove and no other record still needs it.
+func decide(s *poolState, pol poolPolicy, now time.Time, retryFailed bool) plan {
+	p := plan{unneededSince: now, requeueAfter: pol.drift}
+	stillWanted := map[string]bool{}
+	for key := range s.wanted {
+		stillWanted[strings.ToLower(s.records[key].Spec.ResourceID)] = true
+	}
+	for key, rec := range s.records {
+		if s.wanted[key] != nil {
+			if _, ok := rec.Annotations[annotationUnneededSince]; ok {
+				p.clearUnneeded = append(p.clearUnneeded, rec)
+			}
+			if !s.actual.Has(rec.Spec.ResourceID) && (rec.Status.Status != aadv1.StateFailed || retryFailed) {
+				p.add = append(p.add, rec)
+			}
+			continue
+		}
+		since, err := time.Parse(time.RFC3339Nano, rec.Annotations[annotationUnneededSince])
+		if err != nil {
+			since = now
+			p.markUnneeded = append(p.markUnneeded, rec)
+		}
+		if left := since.Add(pol.grace).Sub(now); left > 0 {
+			p.requeueAfter = min(p.requeueAfter, left)
+			continue
+		}
+		if !rec.Status.External && !pol.isImmutable(rec.Spec.ClientID, rec.Spec.ResourceID) &&
+			s.actual.Has(rec.Spec.ResourceID) && !stillWanted[strings.ToLower(rec.Spec.ResourceID)] {
+			p.remove = append(p.remove, rec)
+			continue
+		}
+		p.drop = append(p.drop, rec)
+	}
+	return p
+}

@@ -1,0 +1,170 @@
+package assigner
+
+import (
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+)
+
+// rec is a record of identity name (resource ID uami(i)) on testPool.
+type rec struct {
+	name     string
+	i        int
+	state    aadv1.AssignmentState
+	external bool
+	since    time.Duration // > 0: unneeded since t0 - since
+}
+
+func stateOf(wanted []string, onPool []int, recs ...rec) *poolState {
+	s := &poolState{pool: testPool, wanted: map[types.NamespacedName]*wantedIdentity{}, records: map[types.NamespacedName]*aadv1.AzureAssignedIdentity{}}
+	for _, name := range wanted {
+		s.wanted[types.NamespacedName{Namespace: "ns", Name: name}] = &wantedIdentity{pods: 1}
+	}
+	for _, r := range recs {
+		key := types.NamespacedName{Namespace: "ns", Name: r.name}
+		a := &aadv1.AzureAssignedIdentity{
+			ObjectMeta: metav1.ObjectMeta{Name: r.name},
+			Spec:       aadv1.AzureAssignedIdentitySpec{AzureIdentityRef: aadv1.IdentityReference(key), ClientID: "client-" + r.name, ResourceID: uami(r.i)},
+			Status:     aadv1.AzureAssignedIdentityStatus{Status: r.state, External: r.external},
+		}
+		if r.since > 0 {
+			metav1.SetMetaDataAnnotation(&a.ObjectMeta, annotationUnneededSince, t0.Add(-r.since).Format(time.RFC3339Nano))
+		}
+		s.records[key] = a
+	}
+	var ids []string
+	for _, i := range onPool {
+		ids = append(ids, uami(i))
+	}
+	s.actual = actualOf(false, ids...)
+	return s
+}
+
+func TestDecide(t *testing.T) {
+	const grace, drift = 5 * time.Minute, time.Hour
+	pol := poolPolicy{grace: grace, drift: drift, immutable: map[string]bool{strings.ToLower(uami(9)): true}}
+	type want struct {
+		add, remove, mark, clear, drop []string
+		requeue                        time.Duration
+	}
+	tests := []struct {
+		name        string
+		state       *poolState
+		retryFailed bool
+		grace       time.Duration // 0: the policy's
+		want        want
+	}{
+		{
+			name:  "wanted identity missing from the pool is added",
+			state: stateOf([]string{"a", "b"}, []int{2}, rec{name: "a", i: 1, state: aadv1.StateAssigning}, rec{name: "b", i: 2, state: aadv1.StateAssigned}),
+			want:  want{add: []string{"a"}, requeue: drift},
+		},
+		{
+			name:  "vanished identity is added again (drift)",
+			state: stateOf([]string{"a"}, nil, rec{name: "a", i: 1, state: aadv1.StateAssigned}),
+			want:  want{add: []string{"a"}, requeue: drift},
+		},
+		{
+			name:  "refused identity waits for its retry without holding back the others",
+			state: stateOf([]string{"bad", "good"}, nil, rec{name: "bad", i: 1, state: aadv1.StateFailed}, rec{name: "good", i: 2, state: aadv1.StateAssigning}),
+			want:  want{add: []string{"good"}, requeue: drift},
+		},
+		{
+			name:        "refused identity retried once the drift period is due",
+			state:       stateOf([]string{"bad", "good"}, nil, rec{name: "bad", i: 1, state: aadv1.StateFailed}, rec{name: "good", i: 2, state: aadv1.StateAssigning}),
+			retryFailed: true,
+			want:        want{add: []string{"bad", "good"}, requeue: drift},
+		},
+		{
+			name:  "wanted again: the grace period ends",
+			state: stateOf([]string{"a"}, []int{1}, rec{name: "a", i: 1, state: aadv1.StateAssigned, since: time.Minute}),
+			want:  want{clear: []string{"a"}, requeue: drift},
+		},
+		{
+			name:  "no longer wanted: the grace period starts",
+			state: stateOf(nil, []int{1}, rec{name: "a", i: 1, state: aadv1.StateAssigned}),
+			want:  want{mark: []string{"a"}, requeue: grace},
+		},
+		{
+			name:  "within the grace period: kept, requeued for its end",
+			state: stateOf(nil, []int{1}, rec{name: "a", i: 1, state: aadv1.StateAssigned, since: time.Minute}, rec{name: "b", i: 2, state: aadv1.StateAssigned, since: 3 * time.Minute}),
+			want:  want{requeue: 2 * time.Minute},
+		},
+		{
+			name:  "grace period over: owned identity removed",
+			state: stateOf(nil, []int{1}, rec{name: "a", i: 1, state: aadv1.StateAssigned, since: grace}),
+			want:  want{remove: []string{"a"}, requeue: drift},
+		},
+		{
+			name: "grace period over: external, immutable or vanished identities only lose their record",
+			state: stateOf(nil, []int{1, 9}, rec{name: "ext", i: 1, state: aadv1.StateAssigned, external: true, since: time.Hour},
+				rec{name: "imm", i: 9, state: aadv1.StateAssigned, since: time.Hour}, rec{name: "gone", i: 3, state: aadv1.StateAssigned, since: time.Hour}),
+			want: want{drop: []string{"ext", "gone", "imm"}, requeue: drift},
+		},
+		{
+			name:  "grace period over, but another record wants the same resource: only the record goes",
+			state: stateOf([]string{"alias"}, []int{1}, rec{name: "alias", i: 1, state: aadv1.StateAssigned}, rec{name: "a", i: 1, state: aadv1.StateAssigned, since: time.Hour}),
+			want:  want{drop: []string{"a"}, requeue: drift},
+		},
+		{
+			name:  "a grace period longer than the drift period: requeued for the drift check",
+			state: stateOf(nil, []int{1}, rec{name: "a", i: 1, state: aadv1.StateAssigned, since: time.Minute}),
+			grace: 2 * drift,
+			want:  want{requeue: drift},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			pol := pol
+			if tc.grace > 0 {
+				pol.grace = tc.grace
+			}
+			p := decide(tc.state, pol, t0, tc.retryFailed)
+			got := want{add: names(p.add), remove: names(p.remove), mark: names(p.markUnneeded), clear: names(p.clearUnneeded), drop: names(p.drop), requeue: p.requeueAfter}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("plan %+v\nwant %+v", got, tc.want)
+			}
+			if !p.unneededSince.Equal(t0) {
+				t.Errorf("grace periods start at %s, want now", p.unneededSince)
+			}
+		})
+	}
+}
+
+func names(recs []*aadv1.AzureAssignedIdentity) []string {
+	var out []string
+	for _, r := range recs {
+		out = append(out, r.Name)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// A pool is settled when every wanted identity is recorded Assigned and no
+// record waits for removal.
+func TestInPlace(t *testing.T) {
+	tests := []struct {
+		name  string
+		state *poolState
+		want  bool
+	}{
+		{name: "all assigned", state: stateOf([]string{"a", "b"}, nil, rec{name: "a", i: 1, state: aadv1.StateAssigned}, rec{name: "b", i: 2, state: aadv1.StateAssigned}), want: true},
+		{name: "an identity without record", state: stateOf([]string{"a", "b"}, nil, rec{name: "a", i: 1, state: aadv1.StateAssigned})},
+		{name: "a record still assigning", state: stateOf([]string{"a"}, nil, rec{name: "a", i: 1, state: aadv1.StateAssigning})},
+		{name: "a refused identity", state: stateOf([]string{"a"}, nil, rec{name: "a", i: 1, state: aadv1.StateFailed})},
+		{name: "a record no pod wants", state: stateOf([]string{"a"}, nil, rec{name: "a", i: 1, state: aadv1.StateAssigned}, rec{name: "b", i: 2, state: aadv1.StateAssigned})},
+		{name: "a grace period to end", state: stateOf([]string{"a"}, nil, rec{name: "a", i: 1, state: aadv1.StateAssigned, since: time.Minute})},
+	}
+	for _, tc := range tests {
+		if got := tc.state.inPlace(); got != tc.want {
+			t.Errorf("%s: inPlace %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}

@@ -1,0 +1,162 @@
+package assigner
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+
+	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+)
+
+// RecordName names the AzureAssignedIdentity of one AzureIdentity on one
+// pool: stable, so that any replica finds it.
+func RecordName(id types.NamespacedName, pool Pool) string {
+	key := id.String()
+	sum := sha256.Sum256([]byte(key + "|" + pool.Key()))
+	name := strings.ToLower(strings.NewReplacer("/", "-", ".", "-").Replace(key))
+	if len(name) > 40 {
+		name = name[:40]
+	}
+	return strings.Trim(name, "-") + "-" + hex.EncodeToString(sum[:])[:12]
+}
+
+// identityKey is the AzureIdentity a record is for.
+func identityKey(rec *aadv1.AzureAssignedIdentity) types.NamespacedName {
+	return types.NamespacedName(rec.Spec.AzureIdentityRef)
+}
+
+// createRecords writes a record for every wanted identity that has none,
+// and adds them to s.records. An identity already on the pool, or one we
+// must never remove, is recorded external.
+func (r *poolReconciler) createRecords(ctx context.Context, s *poolState) error {
+	var missing []types.NamespacedName
+	for key := range s.wanted {
+		if s.records[key] == nil {
+			missing = append(missing, key)
+		}
+	}
+	created := make([]*aadv1.AzureAssignedIdentity, len(missing))
+	err := forEach(ctx, len(missing), func(ctx context.Context, i int) error {
+		key, w := missing[i], s.wanted[missing[i]]
+		spec := w.identity.Spec
+		rec := &aadv1.AzureAssignedIdentity{
+			ObjectMeta: metav1.ObjectMeta{Namespace: r.namespace, Name: RecordName(key, s.pool)},
+			Spec: aadv1.AzureAssignedIdentitySpec{
+				AzureIdentityRef: aadv1.IdentityReference{Namespace: w.identity.Namespace, Name: w.identity.Name},
+				ClientID:         spec.ClientID, ResourceID: spec.ResourceID, NodePool: s.pool.ID(),
+			},
+		}
+		if err := r.client.Create(ctx, rec); err != nil {
+			// The cache lags behind our own earlier create: retry with it.
+			return fmt.Errorf("creating AzureAssignedIdentity %s: %w", rec.Name, err)
+		}
+		status := aadv1.AzureAssignedIdentityStatus{Status: aadv1.StateAssigning, Pods: w.pods}
+		if s.actual.Has(spec.ResourceID) || r.policy.isImmutable(spec.ClientID, spec.ResourceID) {
+			status.External = true
+		}
+		if err := r.setStatus(ctx, rec, status); err != nil {
+			return err
+		}
+		log.FromContext(ctx).Info("recorded assignment", "record", rec.Name, "identity", key, "external", status.External)
+		created[i] = rec
+		return nil
+	})
+	// Records written before a failure are kept, so the next round sees them.
+	for i, rec := range created {
+		if rec != nil {
+			s.records[missing[i]] = rec
+		}
+	}
+	return err
+}
+
+// setWantedStatus writes the status of every wanted identity's record, as
+// status computes it from the record and the identity's pods.
+func (r *poolReconciler) setWantedStatus(ctx context.Context, s *poolState, status func(*aadv1.AzureAssignedIdentity, *wantedIdentity) aadv1.AzureAssignedIdentityStatus) error {
+	keys := slices.Collect(maps.Keys(s.wanted))
+	return forEach(ctx, len(keys), func(ctx context.Context, i int) error {
+		rec := s.records[keys[i]]
+		return r.setStatus(ctx, rec, status(rec, s.wanted[keys[i]]))
+	})
+}
+
+func (r *poolReconciler) setStatus(ctx context.Context, rec *aadv1.AzureAssignedIdentity, status aadv1.AzureAssignedIdentityStatus) error {
+	if rec.Status == status {
+		return nil
+	}
+	orig := rec.DeepCopy()
+	rec.Status = status
+	if err := r.client.Status().Patch(ctx, rec, client.MergeFrom(orig)); err != nil {
+		return fmt.Errorf("updating status of AzureAssignedIdentity %s: %w", rec.Name, err)
+	}
+	return nil
+}
+
+// markUnneeded starts the record's grace period at since.
+func (r *poolReconciler) markUnneeded(ctx context.Context, rec *aadv1.AzureAssignedIdentity, since time.Time) error {
+	orig := rec.DeepCopy()
+	metav1.SetMetaDataAnnotation(&rec.ObjectMeta, annotationUnneededSince, since.UTC().Format(time.RFC3339Nano))
+	if err := r.client.Patch(ctx, rec, client.MergeFrom(orig)); err != nil {
+		return fmt.Errorf("marking AzureAssignedIdentity %s unneeded: %w", rec.Name, err)
+	}
+	return nil
+}
+
+// clearUnneeded ends the record's grace period: a pod wants it again.
+func (r *poolReconciler) clearUnneeded(ctx context.Context, rec *aadv1.AzureAssignedIdentity) error {
+	orig := rec.DeepCopy()
+	delete(rec.Annotations, annotationUnneededSince)
+	if err := r.client.Patch(ctx, rec, client.MergeFrom(orig)); err != nil {
+		return fmt.Errorf("marking AzureAssignedIdentity %s needed: %w", rec.Name, err)
+	}
+	return nil
+}
+
+func (r *poolReconciler) deleteRecord(ctx context.Context, rec *aadv1.AzureAssignedIdentity) error {
+	if err := r.client.Delete(ctx, rec); client.IgnoreNotFound(err) != nil {
+		return fmt.Errorf("deleting AzureAssignedIdentity %s: %w", rec.Name, err)
+	}
+	log.FromContext(ctx).Info("released assignment", "record", rec.Name, "identity", rec.Spec.ResourceID)
+	return nil
+}
+
+func withState(s aadv1.AzureAssignedIdentityStatus, state aadv1.AssignmentState, lastError string) aadv1.AzureAssignedIdentityStatus {
+	s.Status, s.LastError = state, lastError
+	return s
+}
+
+// recordWriters bounds the concurrent API writes of one pool round: the
+// records of a burst are written in parallel rather than one after the
+// other, which was most of the time between a pod's creation and its PATCH.
+const recordWriters = 8
+
+// forEach runs fn for 0..n-1 with at most recordWriters at a time and
+// returns the first error.
+func forEach(ctx context.Context, n int, fn func(context.Context, int) error) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(recordWriters)
+	for i := range n {
+		g.Go(func() error { return fn(ctx, i) })
+	}
+	return g.Wait()
+}
+
+// countPods keeps each record's pod count current without touching ARM.
+func (r *poolReconciler) countPods(ctx context.Context, s *poolState) error {
+	return r.setWantedStatus(ctx, s, func(rec *aadv1.AzureAssignedIdentity, w *wantedIdentity) aadv1.AzureAssignedIdentityStatus {
+		status := rec.Status
+		status.Pods = w.pods
+		return status
+	})
+}

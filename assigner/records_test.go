@@ -1,0 +1,21 @@
+package assigner
+
+import (
+	"testing"
+
+	"k8s.io/apimachinery/pkg/types"
+)
+
+func TestRecordName(t *testing.T) {
+	p, _ := ParsePoolID("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/a")
+	q, _ := ParsePoolID("/subscriptions/S/resourcegroups/RG/providers/Microsoft.Compute/virtualMachineScaleSets/A")
+	if RecordName(types.NamespacedName{Namespace: "ns", Name: "id"}, p) != RecordName(types.NamespacedName{Namespace: "ns", Name: "id"}, q) {
+		t.Error("record name depends on ID case")
+	}
+	if RecordName(types.NamespacedName{Namespace: "ns", Name: "id"}, p) == RecordName(types.NamespacedName{Namespace: "ns", Name: "id2"}, p) {
+		t.Error("record names collide")
+	}
+	if n := RecordName(types.NamespacedName{Namespace: "a-very-long-namespace-name-for-testing", Name: "and-an-even-longer-identity-name-here.x"}, p); len(n) > 63 {
+		t.Errorf("record name %q too long", n)
+	}
+}
