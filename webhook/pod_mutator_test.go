@@ -146,8 +146,8 @@ func TestPodMutatorRejectsBadRequests(t *testing.T) {
 	}{
 		{"wrong kind", func(r *admission.Request) { r.Kind.Kind = "Service" }, "expected a Pod"},
 		{"no object", func(r *admission.Request) { r.Object.Raw = nil }, "no object"},
-		{"malformed object", func(r *admission.Request) { r.Object.Raw = []byte(`{"metadata": 7`) }, "decoding pod"},
-		{"object of another kind", func(r *admission.Request) { r.Object.Raw = []byte(`{"apiVersion":"v1","kind":"Service"}`) }, "decoding pod"},
+		{"malformed object", func(r *admission.Request) { r.Object.Raw = []byte(`{"metadata": 7`) }, "decoding Pod"},
+		{"object of another kind", func(r *admission.Request) { r.Object.Raw = []byte(`{"apiVersion":"v1","kind":"Service"}`) }, "decoding Pod"},
 		{"pod without metadata", func(r *admission.Request) {
 			r.Object.Raw = []byte(`{"apiVersion":"v1","kind":"Pod","spec":{"containers":[{"name":"c"}]}}`)
 		}, "neither metadata.name"},
