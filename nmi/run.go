@@ -73,6 +73,9 @@ type Options struct {
 	MaxConnsPerIP int
 	// Exceptions scopes AzurePodIdentityExceptions.
 	Exceptions ExceptionPolicy
+	// ProtectedIdentities (client or resource IDs) are the cluster's own;
+	// NMI serves them to no pod, whatever an AzureIdentity names.
+	ProtectedIdentities []string
 
 	// IPTables, IMDSTransport and AADTransport replace the real ones in tests.
 	IPTables      IPTables
@@ -148,6 +151,7 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		passthrough:  newPassthrough(imdsURL, opts.IMDSTransport),
 		allowedPaths: opts.AllowedMetadataPaths,
 		exceptions:   opts.Exceptions,
+		protected:    identity.NewProtected(append(slices.Clone(opts.ProtectedIdentities), opts.Exceptions.NodeIdentityClientIDs...)),
 		tokens:       newTokenCache(opts.TokenRefreshMargin),
 		misses:       newMissLimiter(opts.UncachedTokensPerSecond, opts.UncachedTokenBurst),
 		callerWait:   opts.UnknownCallerWait,

@@ -34,6 +34,7 @@ type Server struct {
 	passthrough  *httputil.ReverseProxy
 	allowedPaths []string
 	exceptions   ExceptionPolicy
+	protected    identity.Protected // never served, whatever an AzureIdentity says
 	tokens       *tokenCache
 	misses       *missLimiter
 	// callerWait is how long an unknown source IP is looked up again.
@@ -201,6 +202,9 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) (string, error) {
 	id, err := selectIdentity(req, ent)
 	if err != nil {
 		return "", err
+	}
+	if f := s.protected.Named(id); f != "" {
+		return "", forbidden("protected_identity", "AzureIdentity %s/%s names in spec.%s one of the cluster's own identities, which NMI serves to no pod", id.Namespace, id.Name, f)
 	}
 	tok, err := s.identityToken(ctx, pod.UID, id, req.Resource)
 	if err != nil {

@@ -521,3 +521,18 @@ func TestIPMayBeReused(t *testing.T) {
 		})
 	}
 }
+
+// An AzureIdentity naming one of the cluster's own identities is never
+// served, even to a pod admitted for it.
+func TestProtectedIdentityNeverServed(t *testing.T) {
+	id := azureIdentity("kubelet", "client-a", "")
+	f := newFixture(t, &id, binding("ns", "bind", "sel", "kubelet"), pod("a", "10.0.0.1", admitted("ns/kubelet")))
+	f.server.protected = identity.NewProtected([]string{"CLIENT-A"})
+	rec := f.do(t, "10.0.0.1", "/metadata/identity/oauth2/token?api-version=1&resource=r", true)
+	if rec.Code != http.StatusForbidden || !strings.Contains(rec.Body.String(), "cluster's own identities") {
+		t.Fatalf("got %d %s, want 403 protected_identity", rec.Code, rec.Body)
+	}
+	if n := f.imds.calls.Load(); n != 0 {
+		t.Errorf("IMDS asked %d times", n)
+	}
+}

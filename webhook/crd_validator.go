@@ -8,11 +8,12 @@ import (
 
 	admissionv1 "k8s.io/api/admission/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/utils/field"
+	"k8s.io/apimachinery/pkg/util/validation/field"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 )
 
 // +kubebuilder:webhook:path=/validate-aadpodidentity-k8s-io-v1-azureidentitybinding,mutating=false,failurePolicy=fail,sideEffects=None,groups=aadpodidentity.k8s.io,resources=azureidentitybindings,verbs=create;update,versions=v1,name=vazureidentitybinding.aadpodidentity.k8s.io,admissionReviewVersions=v1,matchPolicy=Equivalent,timeoutSeconds=10
@@ -46,15 +47,22 @@ func (v *BindingValidator) Admit(ctx context.Context, _ admission.Request, b, _ 
 	return allowed(reasonValid)
 }
 
-// IdentityValidator warns about a service principal's Secret that NMI will
+// IdentityValidator refuses AzureIdentities that name one of the cluster's
+// own identities, and warns about a service principal's Secret that NMI will
 // not read.
-type IdentityValidator struct{}
+type IdentityValidator struct {
+	Protected identity.Protected
+}
 
 var _ admitter[*aadv1.AzureIdentity] = IdentityValidator{}
 
 func (IdentityValidator) Handles(op admissionv1.Operation) bool { return createOrUpdate(op) }
 
-func (IdentityValidator) Admit(_ context.Context, _ admission.Request, id, _ *aadv1.AzureIdentity) outcome {
+func (v IdentityValidator) Admit(_ context.Context, _ admission.Request, id, _ *aadv1.AzureIdentity) outcome {
+	if f := v.Protected.Named(id); f != "" {
+		return denied(reasonProtectedIdentity, field.ErrorList{field.Forbidden(field.NewPath("spec", f),
+			"names one of the cluster's own identities (the kubelet's, the assigner's or an immutable one), which no AzureIdentity may give to pods")})
+	}
 	if ref := id.Spec.ClientPassword; id.Spec.Type != aadv1.UserAssignedMSI && ref != nil && ref.Namespace != "" && ref.Namespace != id.Namespace {
 		return allowed(reasonWarned, fmt.Sprintf(
 			"%s: Secret %s/%s is outside the identity's namespace %s; NMI reads it only when started with --allow-cross-namespace-secrets",

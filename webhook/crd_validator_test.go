@@ -56,3 +56,32 @@ func TestExceptionValidator(t *testing.T) {
 		})
 	}
 }
+
+func TestIdentityValidatorRefusesProtectedIdentities(t *testing.T) {
+	v := crFrontEnd("t", "AzureIdentity", admission.NewDecoder(identity.Scheme()),
+		func() *aadv1.AzureIdentity { return &aadv1.AzureIdentity{} },
+		IdentityValidator{Protected: identity.NewProtected([]string{"kubelet-client"})})
+	request := func(clientID string) admission.Request {
+		raw, err := json.Marshal(aadv1.AzureIdentity{
+			TypeMeta:   metav1.TypeMeta{APIVersion: aadv1.GroupVersion.String(), Kind: "AzureIdentity"},
+			ObjectMeta: metav1.ObjectMeta{Namespace: "team-a", Name: "mine"},
+			Spec:       aadv1.AzureIdentitySpec{ClientID: clientID, ResourceID: "/subscriptions/s/resourceGroups/g/providers/Microsoft.ManagedIdentity/userAssignedIdentities/x"},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return admission.Request{AdmissionRequest: admissionv1.AdmissionRequest{
+			Operation: admissionv1.Create, Namespace: "team-a", Name: "mine",
+			Kind:     metav1.GroupVersionKind{Group: aadv1.GroupVersion.Group, Version: "v1", Kind: "AzureIdentity"},
+			Resource: metav1.GroupVersionResource{Group: aadv1.GroupVersion.Group, Version: "v1", Resource: "azureidentities"},
+			Object:   runtime.RawExtension{Raw: raw},
+		}}
+	}
+	resp, reason := v.decide(context.Background(), request("KUBELET-CLIENT"))
+	if resp.Allowed || reason != reasonProtectedIdentity || resp.Result.Details == nil || resp.Result.Details.Causes[0].Field != "spec.clientID" {
+		t.Fatalf("allowed=%v reason=%s result=%+v, want a denial on spec.clientID", resp.Allowed, reason, resp.Result)
+	}
+	if resp, _ := v.decide(context.Background(), request("another-client")); !resp.Allowed {
+		t.Fatalf("another identity refused: %+v", resp.Result)
+	}
+}

@@ -31,4 +31,5 @@ const (
 	reasonUnchanged          = "unchanged"
 	reasonValid              = "valid"
 	reasonWarned             = "warned"
+	reasonProtectedIdentity  = "protected-identity"
 )

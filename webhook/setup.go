@@ -56,6 +56,9 @@ type Options struct {
 	// AzurePodIdentityExceptions, told to whoever creates one.
 	ExceptionNamespaces []string
 	ExceptionTokens     string
+	// ProtectedIdentities (client or resource IDs) are the cluster's own;
+	// no AzureIdentity may name them.
+	ProtectedIdentities []string
 }
 
 // NewManager builds a manager that serves the webhook with health checks and
@@ -113,7 +116,7 @@ func Setup(ctx context.Context, mgr manager.Manager, server webhook.Server, opts
 	register(ValidateBindingPath, crFrontEnd("validate-azureidentitybinding", "AzureIdentityBinding", decoder,
 		func() *aadv1.AzureIdentityBinding { return &aadv1.AzureIdentityBinding{} }, &BindingValidator{Reader: mgr.GetAPIReader()}))
 	register(ValidateIdentityPath, crFrontEnd("validate-azureidentity", "AzureIdentity", decoder,
-		func() *aadv1.AzureIdentity { return &aadv1.AzureIdentity{} }, IdentityValidator{}))
+		func() *aadv1.AzureIdentity { return &aadv1.AzureIdentity{} }, IdentityValidator{Protected: identity.NewProtected(opts.ProtectedIdentities)}))
 	register(ValidateExceptionPath, crFrontEnd("validate-azurepodidentityexception", "AzurePodIdentityException", decoder,
 		func() *aadv1.AzurePodIdentityException { return &aadv1.AzurePodIdentityException{} },
 		ExceptionValidator{Namespaces: opts.ExceptionNamespaces, Tokens: opts.ExceptionTokens}))

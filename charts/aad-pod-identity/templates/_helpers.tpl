@@ -103,3 +103,8 @@ metadata:
     path: /run/xtables.lock
     type: FileOrCreate
 {{- end }}
+
+{{/* The cluster's own identities: no AzureIdentity may name them (webhook) and NMI serves them to no pod. */}}
+{{- define "aad-pod-identity.protectedIdentities" -}}
+{{ join "," (concat .Values.protectedIdentities .Values.assigner.immutableIdentities .Values.exceptions.nodeIdentityClientIDs | uniq) }}
+{{- end }}
