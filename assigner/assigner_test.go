@@ -12,7 +12,7 @@ import (
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 	"github.com/aad-pod-identity/aad-pod-identity/assigner"
-	"github.com/aad-pod-identity/aad-pod-identity/e2e/fakeazure"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/fakeazure"
 )
 
 const waitFor = 30 * time.Second

@@ -22,9 +22,9 @@ import (
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 	"github.com/aad-pod-identity/aad-pod-identity/assigner"
-	"github.com/aad-pod-identity/aad-pod-identity/e2e/fakeazure"
-	"github.com/aad-pod-identity/aad-pod-identity/e2e/framework"
-	"github.com/aad-pod-identity/aad-pod-identity/e2e/testca"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/fakeazure"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/framework"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/testca"
 	"github.com/aad-pod-identity/aad-pod-identity/webhook"
 )
 

@@ -1,3 +1,5 @@
+//go:build integration
+
 package webhook
 
 import (
@@ -29,6 +31,7 @@ const (
 // other's bindings.
 func newNamespace(t *testing.T) string {
 	t.Helper()
+	controlPlane.Start(t)
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "t-" + rand.String(8)}}
 	if err := admin.Create(context.Background(), ns); err != nil {
 		t.Fatal(err)

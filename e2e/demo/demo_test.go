@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aad-pod-identity/aad-pod-identity/e2e/framework"
 	"github.com/aad-pod-identity/aad-pod-identity/e2e/sandbox"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/framework"
 )
 
 func TestWalkthroughDemo(t *testing.T) {

@@ -32,8 +32,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
-	"github.com/aad-pod-identity/aad-pod-identity/e2e/fakeazure"
-	"github.com/aad-pod-identity/aad-pod-identity/e2e/framework"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/fakeazure"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/framework"
 )
 
 // The child process (run inside the node namespace) finds its setup here.

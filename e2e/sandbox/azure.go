@@ -9,8 +9,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/aad-pod-identity/aad-pod-identity/e2e/fakeazure"
-	"github.com/aad-pod-identity/aad-pod-identity/e2e/testca"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/fakeazure"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/testca"
 )
 
 // Ports of the fake ARM and AAD on APIServerIP in the control-plane namespace.

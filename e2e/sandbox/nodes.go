@@ -16,7 +16,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	v1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
-	"github.com/aad-pod-identity/aad-pod-identity/e2e/fakeazure"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/fakeazure"
 )
 
 // Fake subscription and node resource group of the sandbox's "cluster".

@@ -31,8 +31,8 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
-	"github.com/aad-pod-identity/aad-pod-identity/e2e/fakeazure"
-	"github.com/aad-pod-identity/aad-pod-identity/e2e/testca"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/fakeazure"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/testca"
 )
 
 const apiserverPort = 6443

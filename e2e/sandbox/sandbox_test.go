@@ -18,8 +18,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/aad-pod-identity/aad-pod-identity/e2e/framework"
 	"github.com/aad-pod-identity/aad-pod-identity/e2e/sandbox"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/framework"
 )
 
 // startSandbox builds podinit, starts a sandbox with two nodes in two pools

@@ -17,8 +17,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
-	"github.com/aad-pod-identity/aad-pod-identity/e2e/fakeazure"
 	"github.com/aad-pod-identity/aad-pod-identity/e2e/sandbox"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/fakeazure"
 )
 
 // userIdentity creates a user-assigned identity in the fake Azure, as the

@@ -17,8 +17,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/aad-pod-identity/aad-pod-identity/e2e/framework"
 	"github.com/aad-pod-identity/aad-pod-identity/e2e/sandbox"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/framework"
 )
 
 // Release is the helm release, installed in kube-system as in the walkthrough.

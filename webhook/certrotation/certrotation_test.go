@@ -17,7 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
-	"github.com/aad-pod-identity/aad-pod-identity/e2e/framework"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/framework"
 	"github.com/aad-pod-identity/aad-pod-identity/webhook"
 )
 

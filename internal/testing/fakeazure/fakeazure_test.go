@@ -12,7 +12,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 
-	"github.com/aad-pod-identity/aad-pod-identity/e2e/testca"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/testca"
 )
 
 func TestIMDSIssuesOnlyAssignedIdentities(t *testing.T) {

@@ -18,7 +18,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/gorilla/mux"
 
-	"github.com/aad-pod-identity/aad-pod-identity/e2e/testca"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/testca"
 )
 
 // ServicePrincipal is an app registration with its credentials.
