@@ -1,3 +1,5 @@
+//go:build e2e
+
 // Package nmi_test runs NMI against real iptables in network namespaces the
 // test creates: one plays the node (NMI, fake IMDS on 169.254.169.254, the
 // apiserver), the others are pods hanging off it by veth pairs. The
@@ -61,9 +63,7 @@ func TestNMIInNetworkNamespaces(t *testing.T) {
 // test inside the node namespace, where it finds them through the
 // environment.
 func runInNamespaces(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces and iptables rules")
-	}
+	framework.RequireRoot(t)
 	if _, err := framework.Assets(); err != nil {
 		t.Fatal(err)
 	}
@@ -263,11 +263,15 @@ func functional(t *testing.T, n *node) {
 			t.Fatal(err)
 		}
 		// NMI's informer sees the deletion a moment later.
-		eventually(t, pods["pod-a"], tokenURL, http.StatusForbidden, "is no longer bound to AzureIdentity default/id-a")
+		framework.Eventually(t, 30*time.Second, "pod-a refused", func() error {
+			return checkStatus(pods["pod-a"], tokenURL, http.StatusForbidden, "is no longer bound to AzureIdentity default/id-a")
+		})
 		if err := n.client.Create(ctx, bindingA()); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, pods["pod-a"], tokenURL, http.StatusOK, "access_token")
+		framework.Eventually(t, 30*time.Second, "pod-a served", func() error {
+			return checkStatus(pods["pod-a"], tokenURL, http.StatusOK, "access_token")
+		})
 		expectToken(t, signer, pods["pod-a"], tokenURL, idA.ClientID, idA.ResourceID)
 	})
 	t.Run("exception pod gets the node identity", func(t *testing.T) {
@@ -471,25 +475,19 @@ func dialIn(name string) func(ctx context.Context, network, addr string) (net.Co
 
 func expectStatus(t *testing.T, p pod, url string, status int, contains string) {
 	t.Helper()
-	got, body, err := get(p, url)
-	if err != nil || got != status || !strings.Contains(fmt.Sprint(body), contains) {
-		t.Fatalf("%s: got %d %v %v; want %d containing %q", p.name, got, body, err, status, contains)
+	if err := checkStatus(p, url, status, contains); err != nil {
+		t.Fatal(err)
 	}
 }
 
-// eventually polls until the pod gets status with a body containing
-// contains, for changes NMI learns about through its informers.
-func eventually(t *testing.T, p pod, url string, status int, contains string) {
-	t.Helper()
-	var got int
-	var body map[string]string
-	var err error
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		if got, body, err = get(p, url); err == nil && got == status && strings.Contains(fmt.Sprint(body), contains) {
-			return
-		}
+// checkStatus tells whether the pod gets status with a body containing
+// contains.
+func checkStatus(p pod, url string, status int, contains string) error {
+	got, body, err := get(p, url)
+	if err != nil || got != status || !strings.Contains(fmt.Sprint(body), contains) {
+		return fmt.Errorf("%s: got %d %v %v; want %d containing %q", p.name, got, body, err, status, contains)
 	}
-	t.Fatalf("%s: got %d %v %v; want %d containing %q", p.name, got, body, err, status, contains)
+	return nil
 }
 
 func expectToken(t *testing.T, signer *fakeazure.Signer, p pod, url, appID, mirID string) {

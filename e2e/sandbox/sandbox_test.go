@@ -1,10 +1,11 @@
+//go:build e2e
+
 package sandbox_test
 
 import (
 	"bytes"
 	"context"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -26,9 +27,7 @@ import (
 // and removes everything when the test ends, failed or not.
 func startSandbox(t testing.TB) (*sandbox.Sandbox, kubernetes.Interface) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("the sandbox needs root (network and mount namespaces)")
-	}
+	framework.RequireRoot(t)
 	assets, err := framework.Assets()
 	if err != nil {
 		t.Fatal(err)

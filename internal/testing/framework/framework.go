@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"testing"
 	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
@@ -155,4 +156,13 @@ func WebhookConfigurations() ([]*admissionregistrationv1.MutatingWebhookConfigur
 		}
 	}
 	return mutating, validating, nil
+}
+
+// RequireRoot fails the test unless it runs as root, which the e2e-tagged
+// suites need for network namespaces and iptables.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatal("needs root (network namespaces, iptables): run it through `make test-e2e` as root")
+	}
 }
