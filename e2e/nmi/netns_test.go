@@ -202,7 +202,7 @@ func setupNode(t *testing.T) *node {
 	n.idA = n.state.CreateIdentity("sub", "rg", "id-a")
 	n.idB = n.state.CreateIdentity("sub", "rg", "id-b")
 	for _, id := range []fakeazure.Identity{n.idA, n.idB} {
-		if err := n.state.AttachIdentity(n.pool.ID, id.ResourceID); err != nil {
+		if err := n.state.SetUserAssigned(n.pool.ID, id.ResourceID, true); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -24,7 +24,7 @@ func TestIMDSIssuesOnlyAssignedIdentities(t *testing.T) {
 	a := state.CreateIdentity("sub", "rg", "a")
 	b := state.CreateIdentity("sub", "rg", "b")
 	pool := state.AddPool(KindVMSS, "sub", "rg", "pool", 1, true)
-	if err := state.AttachIdentity(pool.ID, a.ResourceID); err != nil {
+	if err := state.SetUserAssigned(pool.ID, a.ResourceID, true); err != nil {
 		t.Fatal(err)
 	}
 	srv := httptest.NewServer(&IMDS{State: state, Signer: signer, PoolID: pool.ID, VMName: "pool_0"})
