@@ -14,8 +14,8 @@ import (
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 	"github.com/aad-pod-identity/aad-pod-identity/assigner"
-	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/framework"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/fakeazure"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/framework"
 )
 
 const waitFor = 30 * time.Second
