@@ -50,7 +50,12 @@ func TestReadyOnlyOnceCertificatesAreLoaded(t *testing.T) {
 	}
 
 	_, cancel, done := runManager(t, opts)
-	t.Cleanup(func() { cancel(); <-done })
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("manager: %v", err)
+		}
+	})
 
 	framework.Eventually(t, 30*time.Second, "probe endpoint serving", func() error {
 		if readyz(probe) == 0 {

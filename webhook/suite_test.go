@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -25,6 +26,9 @@ var (
 	testEnv *envtest.Environment
 	cfg     *rest.Config
 	admin   client.Client
+	// kubectlArgv is the control plane's kubectl with the flags that make it
+	// act as a cluster admin.
+	kubectlArgv []string
 )
 
 const (
@@ -41,6 +45,15 @@ var controlPlane = &framework.Shared{
 		if admin, err = client.New(cfg, client.Options{Scheme: Scheme()}); err != nil {
 			return err
 		}
+		user, err := env.AddUser(envtest.User{Name: "test-admin", Groups: []string{"system:masters"}}, nil)
+		if err != nil {
+			return err
+		}
+		k, err := user.Kubectl()
+		if err != nil {
+			return err
+		}
+		kubectlArgv = append([]string{filepath.Join(env.BinaryAssetsDirectory, "kubectl")}, k.Opts...)
 		return grantPodEditing(context.Background())
 	},
 }

@@ -493,8 +493,11 @@ func expectStatus(t *testing.T, p pod, url string, status int, contains string) 
 // contains.
 func checkStatus(p pod, url string, status int, contains string) error {
 	got, body, err := get(p, url)
-	if err != nil || got != status || !strings.Contains(fmt.Sprint(body), contains) {
-		return fmt.Errorf("%s: got %d %v %v; want %d containing %q", p.name, got, body, err, status, contains)
+	if err != nil {
+		return fmt.Errorf("%s: %w", p.name, err)
+	}
+	if got != status || !strings.Contains(fmt.Sprint(body), contains) {
+		return fmt.Errorf("%s: got %d %v; want %d containing %q", p.name, got, body, status, contains)
 	}
 	return nil
 }

@@ -115,7 +115,7 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 	s := &Sandbox{ID: opts.ID, Dir: opts.Dir, Azure: opts.Azure, opts: opts, log: opts.Log, tokens: map[string]string{}}
 	defer func() {
 		if err != nil {
-			s.Stop()
+			err = errors.Join(err, s.Stop())
 		}
 	}()
 	for _, d := range []string{"pki", "logs", "etcd"} {

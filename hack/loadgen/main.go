@@ -73,7 +73,12 @@ func run(concurrency, rate int, duration time.Duration, path string) error {
 	}
 	done := make(chan error, 1)
 	go func() { done <- mgr.Start(ctx) }()
-	defer func() { cancel(); <-done }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			fmt.Fprintln(os.Stderr, "loadgen: manager:", err)
+		}
+	}()
 
 	if err := seed(ctx, cfg); err != nil {
 		return err
