@@ -84,16 +84,19 @@ func runInNamespaces(t *testing.T) {
 			return err
 		}
 		// kube-apiserver picks its advertise address from the default
-		// route; nothing needs to answer at the gateway.
-		uplink := &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: "uplink"}}
+		// route; nothing needs to answer at the gateway. A veth pair with
+		// both ends here, as kernels without the dummy driver have veth.
+		uplink := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "uplink"}, PeerName: "uplink-peer"}
 		if err := netlink.LinkAdd(uplink); err != nil {
 			return fmt.Errorf("adding the uplink: %w", err)
 		}
 		if err := testns.AddAddr("uplink", &net.IPNet{IP: net.IPv4(10, 199, 0, 1), Mask: net.CIDRMask(24, 32)}); err != nil {
 			return err
 		}
-		if err := testns.LinkUp("uplink"); err != nil {
-			return err
+		for _, l := range []string{"uplink-peer", "uplink"} {
+			if err := testns.LinkUp(l); err != nil {
+				return err
+			}
 		}
 		return ip.AddDefaultRoute(net.IPv4(10, 199, 0, 254), uplink)
 	})
