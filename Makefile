@@ -5,12 +5,14 @@ SHELL := /usr/bin/env bash -o pipefail
 K8S_VERSION  ?= 1.37.2
 ETCD_VERSION ?= 3.7.0
 CONTROLLER_TOOLS_VERSION ?= v0.23.0
+GOLANGCI_LINT_VERSION    ?= v2.15.0
 
 # Versioned cache: a second build of the same versions is skipped.
 TOOLS_CACHE ?= $(HOME)/.cache/aad-pod-identity
 ASSETS      ?= $(TOOLS_CACHE)/k8s-$(K8S_VERSION)-etcd-$(ETCD_VERSION)
 BIN         ?= $(CURDIR)/bin
 CONTROLLER_GEN ?= $(BIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
+GOLANGCI_LINT  ?= $(BIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 
 K8S_MINOR := $(word 2,$(subst ., ,$(K8S_VERSION)))
 K8S_LDFLAGS := $(foreach p,k8s.io/component-base/version k8s.io/client-go/pkg/version,\
@@ -41,21 +43,40 @@ manifests: $(CONTROLLER_GEN) ## Generate CRD, RBAC and webhook manifests into co
 verify-generated: generate manifests ## Fail when generated files are stale.
 	@git diff --exit-code -- api config || { echo "generated files are stale: run 'make generate manifests' and commit"; exit 1; }
 
-.PHONY: fmt vet
+.PHONY: fmt fmt-check vet lint
 fmt: ## gofmt the tree.
 	gofmt -w $$(git ls-files '*.go')
-vet: ## go vet.
+fmt-check: ## Fail when a file needs gofmt.
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
+vet: ## go vet, with and without the test tiers' build tags.
 	go vet ./...
+	go vet -tags integration,e2e ./...
+lint: $(GOLANGCI_LINT) ## golangci-lint with .golangci.yml.
+	$(GOLANGCI_LINT) run ./...
 
 .PHONY: build
 build: ## Build the binaries into bin/.
 	go build -o $(BIN)/ ./cmd/...
 
 ##@ Test
-.PHONY: test
-test: deps control-plane verify-generated vet chart-test-deps ## Run every test (unit, envtest integration, fuzz smoke).
-	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
+# Three tiers, by what they need: unit tests nothing but Go; integration
+# tests (build tag integration) the envtest control plane; end-to-end tests
+# (build tag e2e) root, for network namespaces and iptables.
+INTEGRATION_PKGS := ./webhook/... ./assigner/... ./charts/...
+
+.PHONY: test test-unit test-integration test-e2e test-fuzz
+test: deps control-plane chart-test-deps verify-generated fmt-check vet lint test-unit test-integration test-e2e test-fuzz ## Run every test: what CI runs.
+
+test-unit: ## Unit tests: no root, no control plane.
 	go test -race -count=1 ./...
+
+test-integration: control-plane chart-test-deps ## Integration tests against envtest: webhook, assigner, charts.
+	go test -race -count=1 -tags integration $(INTEGRATION_PKGS)
+
+test-e2e: deps control-plane $(HELM) ## End-to-end tests, as root: NMI in network namespaces, the sandbox, the e2e suite, the demo.
+	go test -race -count=1 -p 1 -timeout 30m -tags e2e ./e2e/...
+
+test-fuzz: ## Fuzz smoke runs, FUZZTIME each.
 	go test -run '^$$' -fuzz FuzzAdmission -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./webhook/
 	go test -run '^$$' -fuzz FuzzParseTokenRequest -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./nmi/
 
@@ -65,7 +86,7 @@ bench: control-plane ## Run the admission load generator (see docs/performance.m
 
 .PHONY: bench-assigner
 bench-assigner: control-plane ## Run the assigner load generator (see docs/performance.md, section Assigner).
-	go test -run '^$$' -bench BenchmarkPodReady -benchtime 1x -count=1 ./assigner/
+	go test -tags integration -run '^$$' -bench BenchmarkPodReady -benchtime 1x -count=1 ./assigner/
 
 .PHONY: control-plane
 control-plane: $(ASSETS)/.done ## Build etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubectl from source.
@@ -82,6 +103,10 @@ $(ASSETS)/.done:
 $(CONTROLLER_GEN):
 	GOBIN=$(BIN) go install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_TOOLS_VERSION)
 	mv $(BIN)/controller-gen $@
+
+$(GOLANGCI_LINT):
+	GOBIN=$(BIN) go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
+	mv $(BIN)/golangci-lint $@
 
 # Packages a fresh Debian machine lacks; the netns tests need iptables and iproute2.
 APT_PACKAGES := iptables iproute2
@@ -120,7 +145,7 @@ chart-crds: ## Copy config/crd into the chart (a chart test fails when they diff
 	rm -f $(CHART)/crds/*.yaml && cp config/crd/*.yaml $(CHART)/crds/
 
 update-golden: chart-test-deps ## Rewrite the chart's golden helm template outputs.
-	go test ./charts/... -run TestGolden -update
+	go test -tags integration ./charts/... -run TestGolden -update
 
 images: ## Build the container images (needs a container engine; not run in CI).
 	@for i in $(IMAGES); do \
@@ -130,7 +155,7 @@ images: ## Build the container images (needs a container engine; not run in CI).
 NMI_LOAD_PODS ?= 10000
 .PHONY: bench-nmi
 bench-nmi: deps control-plane ## NMI load generator in network namespaces, as root (see docs/performance.md, section NMI).
-	AADPI_NMI_LOAD=1 AADPI_NMI_LOAD_PODS=$(NMI_LOAD_PODS) go test -count=1 -v -timeout 30m -run '^TestNMILoad$$' ./e2e/nmi/
+	AADPI_NMI_LOAD=1 AADPI_NMI_LOAD_PODS=$(NMI_LOAD_PODS) go test -tags e2e -count=1 -v -timeout 30m -run '^TestNMILoad$$' ./e2e/nmi/
 
 ##@ Sandbox (local cluster in network namespaces; see docs/sandbox.md)
 SANDBOX_DIR ?= /tmp/aadpi-sbx-make
@@ -149,11 +174,11 @@ sandbox-down: ## Remove the namespaces and processes a killed sandbox left behin
 
 .PHONY: bench-sandbox
 bench-sandbox: deps control-plane ## Time 100 pods to Running and to deleted in the sandbox (docs/performance.md, "Sandbox").
-	go test -count=1 -run '^$$' -bench BenchmarkPodStartup100 -benchtime 3x ./e2e/sandbox/
+	go test -tags e2e -count=1 -run '^$$' -bench BenchmarkPodStartup100 -benchtime 3x ./e2e/sandbox/
 
 .PHONY: bench-e2e
 bench-e2e: deps control-plane $(HELM) ## Time from `kubectl apply` of 100 demo pods to each one's first token, on the helm-installed sandbox (E2E_BENCH_* sizes).
-	go test -count=1 -run '^$$' -bench BenchmarkTimeToFirstToken -benchtime 1x -timeout 30m ./e2e/suite/
+	go test -tags e2e -count=1 -run '^$$' -bench BenchmarkTimeToFirstToken -benchtime 1x -timeout 30m ./e2e/suite/
 
 ##@ Demo
 .PHONY: demo

@@ -1,3 +1,5 @@
+//go:build integration
+
 package assigner_test
 
 import (
@@ -12,7 +14,8 @@ import (
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 	"github.com/aad-pod-identity/aad-pod-identity/assigner"
-	"github.com/aad-pod-identity/aad-pod-identity/e2e/fakeazure"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/fakeazure"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/framework"
 )
 
 const waitFor = 30 * time.Second
@@ -33,7 +36,7 @@ func TestWalkthroughPodGateLiftedAfterAssignment(t *testing.T) {
 	w.pod("demo", "demo")
 
 	// While the write runs, the pod stays gated.
-	eventually(t, waitFor, func() error {
+	framework.Eventually(t, waitFor, "a PATCH in flight", func() error {
 		if len(w.arm.Writes()) == 0 {
 			return fmt.Errorf("no PATCH yet")
 		}
@@ -63,7 +66,7 @@ func TestWalkthroughPodGateLiftedAfterAssignment(t *testing.T) {
 	if writes := w.arm.Writes(); len(writes) != 1 || writes[0].Type != fakeazure.TypeSystemAssignedUserAssigned || len(writes[0].Body) != 1 {
 		t.Errorf("writes = %+v, want one delta PATCH keeping SystemAssigned", writes)
 	}
-	eventually(t, waitFor, func() error {
+	framework.Eventually(t, waitFor, "the assignment event", func() error {
 		var events corev1.EventList
 		if err := w.c.List(w.ctx, &events, client.InNamespace(w.ns)); err != nil {
 			return err
@@ -93,7 +96,7 @@ func TestSettledPoolIsNotRead(t *testing.T) {
 	for i := range 5 {
 		w.waitAssigned(fmt.Sprintf("more-%d", i), waitFor)
 	}
-	eventually(t, waitFor, func() error {
+	framework.Eventually(t, waitFor, "the record listing every pod", func() error {
 		rec, err := w.record("demo", p)
 		if err != nil {
 			return err
@@ -159,7 +162,7 @@ func TestTargetsAndNoMatchingPool(t *testing.T) {
 	if got := w.getPod("plain").Annotations[aadv1.AnnotationNodePools]; !strings.EqualFold(got, a.ID) {
 		t.Errorf("plain pod targets %q", got)
 	}
-	eventually(t, waitFor, func() error {
+	framework.Eventually(t, waitFor, "the no-pool failure on the pod", func() error {
 		pod := w.getPod("nowhere")
 		if a := pod.Annotations[aadv1.AnnotationAssignment]; !strings.HasPrefix(a, aadv1.AssignmentFailedPrefix+"no node pool matches") || !gated(pod) {
 			return fmt.Errorf("assignment %q gated %v", a, gated(pod))
@@ -198,7 +201,7 @@ func TestGCAfterGracePeriod(t *testing.T) {
 		}
 	}
 	var since time.Time
-	eventually(t, waitFor, func() error {
+	framework.Eventually(t, waitFor, "the record marked unneeded", func() error {
 		rec, err := w.record("owned", p)
 		if err != nil {
 			return err
@@ -209,7 +212,7 @@ func TestGCAfterGracePeriod(t *testing.T) {
 	if time.Since(deleted) < grace && !w.state.Assigned(p.ID, owned.ClientID) {
 		t.Fatal("identity removed before the grace period")
 	}
-	eventually(t, waitFor, func() error {
+	framework.Eventually(t, waitFor, "the owned identity removed", func() error {
 		if w.state.Assigned(p.ID, owned.ClientID) {
 			return fmt.Errorf("owned identity still on the pool")
 		}
@@ -241,7 +244,7 @@ func TestDriftRepaired(t *testing.T) {
 	if err := w.state.SetUserAssigned(p.ID, id.ResourceID, false); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, waitFor, func() error {
+	framework.Eventually(t, waitFor, "the drifted identity re-added", func() error {
 		if !w.state.Assigned(p.ID, id.ClientID) {
 			return fmt.Errorf("identity not re-added")
 		}
@@ -260,7 +263,7 @@ func TestLateAndDeletedBinding(t *testing.T) {
 		t.Fatalf("identities = %q before the binding exists", got)
 	}
 	id := w.identity("late")
-	eventually(t, waitFor, func() error {
+	framework.Eventually(t, waitFor, "the late binding's annotations", func() error {
 		pod := w.getPod("late")
 		if pod.Annotations[aadv1.AnnotationIdentities] != w.ns+"/late" || pod.Annotations[aadv1.AnnotationClientIDs] != id.ClientID {
 			return fmt.Errorf("annotations %v", pod.Annotations)
@@ -277,7 +280,7 @@ func TestLateAndDeletedBinding(t *testing.T) {
 	if err := w.c.Delete(w.ctx, &b); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, waitFor, func() error {
+	framework.Eventually(t, waitFor, "the deleted binding's annotations cleared", func() error {
 		if got := w.getPod("late").Annotations[aadv1.AnnotationIdentities]; got != "" {
 			return fmt.Errorf("identities still %q", got)
 		}
@@ -372,7 +375,7 @@ func TestFaults(t *testing.T) {
 		if !w.state.Assigned(p.ID, good.ClientID) {
 			t.Fatal("good identity not assigned")
 		}
-		eventually(t, waitFor, func() error {
+		framework.Eventually(t, waitFor, "the refused identity's failure on the pod", func() error {
 			pod := w.getPod("both")
 			if a := pod.Annotations[aadv1.AnnotationAssignment]; !strings.HasPrefix(a, aadv1.AssignmentFailedPrefix) || !strings.Contains(a, "FailedIdentityOperation") || !gated(pod) {
 				return fmt.Errorf("assignment %q gated %v", a, gated(pod))
@@ -397,7 +400,7 @@ func TestRestartMidBurstConverges(t *testing.T) {
 	for i := range 30 {
 		w.pod(fmt.Sprintf("pod%d", i), fmt.Sprintf("id%d", i%5))
 	}
-	eventually(t, waitFor, func() error {
+	framework.Eventually(t, waitFor, "a PATCH in flight", func() error {
 		if len(w.arm.Writes()) == 0 {
 			return fmt.Errorf("no PATCH yet")
 		}

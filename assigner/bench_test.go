@@ -1,3 +1,5 @@
+//go:build integration
+
 package assigner_test
 
 import (

@@ -1,72 +1,33 @@
+//go:build integration
+
 package assigner_test
 
 import (
 	"context"
 	"fmt"
-	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
 	"github.com/google/uuid"
-	"go.uber.org/zap/zapcore"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
-	logf "sigs.k8s.io/controller-runtime/pkg/log"
-	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 	"github.com/aad-pod-identity/aad-pod-identity/assigner"
-	"github.com/aad-pod-identity/aad-pod-identity/e2e/fakeazure"
-	"github.com/aad-pod-identity/aad-pod-identity/e2e/framework"
-	"github.com/aad-pod-identity/aad-pod-identity/e2e/testca"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/fakeazure"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/framework"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/testca"
 )
 
 // One control plane serves every test of the package; each test has its
 // own namespaces, nodes, fake cloud and assigner.
-var (
-	envOnce sync.Once
-	testEnv *envtest.Environment
-	envCfg  *rest.Config
-	envErr  error
-)
-
-func TestMain(m *testing.M) {
-	logf.SetLogger(zap.New(zap.UseDevMode(true), zap.Level(zapLevel()), func(o *zap.Options) { o.TimeEncoder = zapcore.RFC3339NanoTimeEncoder }))
-	code := m.Run()
-	if testEnv != nil {
-		_ = testEnv.Stop()
-	}
-	os.Exit(code)
-}
-
-func zapLevel() zapcore.Level {
-	if os.Getenv("ASSIGNER_TEST_LOGS") != "" {
-		return -1
-	}
-	return 2 // errors only
-}
-
-func controlPlane(t testing.TB) *rest.Config {
-	t.Helper()
-	envOnce.Do(func() {
-		testEnv, envErr = framework.NewEnvironment(framework.Options{})
-		if envErr == nil {
-			envCfg, envErr = testEnv.Start()
-		}
-	})
-	if envErr != nil {
-		t.Fatalf("starting control plane: %v", envErr)
-	}
-	return envCfg
-}
+var controlPlane framework.Shared
 
 // world is one test's cluster objects, fake cloud and running assigner.
 type world struct {
@@ -88,7 +49,7 @@ type worldOption func(*assigner.Options)
 
 func newWorld(t testing.TB, opts ...worldOption) *world {
 	t.Helper()
-	cfg := controlPlane(t)
+	_, cfg := controlPlane.Start(t)
 	c, err := client.New(cfg, client.Options{Scheme: identity.Scheme()})
 	if err != nil {
 		t.Fatal(err)
@@ -253,26 +214,11 @@ func gated(pod *corev1.Pod) bool {
 }
 
 // eventually polls cond until it returns nil or timeout passes.
-func eventually(t testing.TB, timeout time.Duration, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %v", timeout, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // waitAssigned waits for a pod's gate to be lifted with assignment Assigned.
 func (w *world) waitAssigned(name string, timeout time.Duration) *corev1.Pod {
 	w.t.Helper()
 	var pod *corev1.Pod
-	eventually(w.t, timeout, func() error {
+	framework.Eventually(w.t, timeout, "pod "+name+" assigned", func() error {
 		pod = w.getPod(name)
 		if a := pod.Annotations[aadv1.AnnotationAssignment]; a != aadv1.AssignmentAssigned || gated(pod) {
 			return fmt.Errorf("pod %s: assignment %q, gated %v", name, a, gated(pod))

@@ -1,3 +1,5 @@
+//go:build integration
+
 package charts
 
 import (
@@ -80,7 +82,12 @@ func TestBuiltinCertsWorkWithTheChartsRBAC(t *testing.T) {
 	mgrCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error)
 	go func() { done <- mgr.Start(mgrCtx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("manager: %v", err)
+		}
+	})
 
 	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
 		secret := &corev1.Secret{}

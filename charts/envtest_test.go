@@ -1,8 +1,9 @@
+//go:build integration
+
 package charts
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -11,48 +12,38 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
-	"github.com/aad-pod-identity/aad-pod-identity/e2e/framework"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/framework"
 )
 
 // One control plane for the package: the project's CRDs plus cert-manager's,
-// so that Certificates and Issuers are validated too.
+// so that Certificates and Issuers are validated too. It starts with the
+// first test's namespace, which sets cfg and k8s.
 var (
+	controlPlane = framework.Shared{
+		Options: framework.Options{CRDDirectories: []string{os.Getenv("CERT_MANAGER_CRDS")}},
+		Setup: func(_ *envtest.Environment, c *rest.Config) (err error) {
+			cfg = c
+			k8s, err = client.New(cfg, client.Options{})
+			return err
+		},
+	}
 	cfg *rest.Config
 	k8s client.Client
 )
 
 func TestMain(m *testing.M) {
-	os.Exit(run(m))
-}
-
-func run(m *testing.M) int {
-	env, err := framework.NewEnvironment(framework.Options{})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	crds := os.Getenv("CERT_MANAGER_CRDS")
-	if _, err := os.Stat(filepath.Join(crds, "cert-manager.io_certificates.yaml")); err != nil {
-		fmt.Fprintf(os.Stderr, "CERT_MANAGER_CRDS=%q has no cert-manager CRDs: run the tests through `make test`: %v\n", crds, err)
-		return 1
-	}
-	env.CRDDirectoryPaths = append(env.CRDDirectoryPaths, crds)
-	// Stop also ends the processes of a start that failed half-way.
-	defer func() { _ = env.Stop() }()
-	if cfg, err = env.Start(); err != nil {
-		fmt.Fprintln(os.Stderr, "starting envtest:", err)
-		return 1
-	}
-	if k8s, err = client.New(cfg, client.Options{}); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	return m.Run()
+	os.Exit(framework.Run(m))
 }
 
 func createNamespace(t *testing.T, name string) {
 	t.Helper()
+	crds := os.Getenv("CERT_MANAGER_CRDS")
+	if _, err := os.Stat(filepath.Join(crds, "cert-manager.io_certificates.yaml")); err != nil {
+		t.Fatalf("CERT_MANAGER_CRDS=%q has no cert-manager CRDs: run the tests through `make test-integration`: %v", crds, err)
+	}
+	controlPlane.Start(t)
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}
 	if err := k8s.Create(context.Background(), ns); err != nil {
 		t.Fatalf("creating namespace %s: %v", name, err)

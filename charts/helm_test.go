@@ -1,3 +1,5 @@
+//go:build integration
+
 package charts
 
 import (
@@ -19,7 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/yaml"
 
-	"github.com/aad-pod-identity/aad-pod-identity/e2e/framework"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/framework"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files (make update-golden)")

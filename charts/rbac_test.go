@@ -1,3 +1,5 @@
+//go:build integration
+
 package charts
 
 import (
@@ -15,7 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"sigs.k8s.io/yaml"
 
-	"github.com/aad-pod-identity/aad-pod-identity/e2e/framework"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/framework"
 )
 
 // grant is one permission a component must have: verbs on group/resource in

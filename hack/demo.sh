@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The standard walkthrough (docs: /work/shared/walkthrough.md) on the sandbox
+# The standard walkthrough (docs/demo.md) on the sandbox
 # cluster: helm install of the chart, steps 2-6 with the walkthrough's own
 # commands and manifests, the demo pod's log and description, the cleanup,
 # and the teardown (also on Ctrl-C). KEEP=1 leaves everything up.

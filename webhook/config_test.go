@@ -1,3 +1,5 @@
+//go:build integration
+
 package webhook
 
 import (
@@ -7,7 +9,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
-	"github.com/aad-pod-identity/aad-pod-identity/e2e/framework"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/framework"
 )
 
 // The rendered config/webhook is what users apply: every webhook fails

@@ -1,3 +1,5 @@
+//go:build integration
+
 package webhook
 
 import (
@@ -5,7 +7,6 @@ import (
 	"context"
 	"fmt"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -30,6 +31,7 @@ const (
 // other's bindings.
 func newNamespace(t *testing.T) string {
 	t.Helper()
+	controlPlane.Start(t)
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "t-" + rand.String(8)}}
 	if err := admin.Create(context.Background(), ns); err != nil {
 		t.Fatal(err)
@@ -40,9 +42,7 @@ func newNamespace(t *testing.T) string {
 // kubectl runs the control plane's kubectl as the admin, feeding stdin.
 func kubectl(t *testing.T, stdin string, args ...string) (stdout, stderr string, err error) {
 	t.Helper()
-	k := testEnv.ControlPlane.KubeCtl()
-	k.Path = filepath.Join(testEnv.BinaryAssetsDirectory, "kubectl")
-	cmd := exec.Command(k.Path, append(k.Opts, args...)...)
+	cmd := exec.Command(kubectlArgv[0], append(kubectlArgv[1:], args...)...)
 	var out, errb bytes.Buffer
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = strings.NewReader(stdin), &out, &errb
 	err = cmd.Run()

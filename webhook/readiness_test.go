@@ -1,8 +1,11 @@
+//go:build integration
+
 package webhook
 
 import (
 	"bytes"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -12,6 +15,8 @@ import (
 	"time"
 
 	certutil "k8s.io/client-go/util/cert"
+
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/framework"
 )
 
 func freeAddr(t *testing.T) string {
@@ -45,16 +50,31 @@ func TestReadyOnlyOnceCertificatesAreLoaded(t *testing.T) {
 	}
 
 	_, cancel, done := runManager(t, opts)
-	t.Cleanup(func() { cancel(); <-done })
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("manager: %v", err)
+		}
+	})
 
-	eventually(t, "probe endpoint serving", func() bool { return readyz(probe) != 0 })
+	framework.Eventually(t, 30*time.Second, "probe endpoint serving", func() error {
+		if readyz(probe) == 0 {
+			return errors.New("no answer")
+		}
+		return nil
+	})
 	// Give the server a few certificate polls: it must stay unready.
 	time.Sleep(2 * time.Second)
 	if code := readyz(probe); code != http.StatusInternalServerError {
 		t.Fatalf("/readyz without certificates = %d, want 500", code)
 	}
 	first := writeCert(t, certDir, "first.example")
-	eventually(t, "/readyz 200 after certificates appear", func() bool { return readyz(probe) == http.StatusOK })
+	framework.Eventually(t, 30*time.Second, "/readyz 200 after certificates appear", func() error {
+		if code := readyz(probe); code != http.StatusOK {
+			return fmt.Errorf("/readyz %d", code)
+		}
+		return nil
+	})
 
 	// Rotation, as cert-manager does it: the files change in place and the
 	// server presents the new certificate without a restart.
@@ -63,7 +83,12 @@ func TestReadyOnlyOnceCertificatesAreLoaded(t *testing.T) {
 		t.Fatal("server does not present the certificate from --cert-dir")
 	}
 	second := writeCert(t, certDir, "second.example")
-	eventually(t, "rotated certificate served", func() bool { return bytes.Equal(servedCert(t, serving), second) })
+	framework.Eventually(t, 30*time.Second, "rotated certificate served", func() error {
+		if !bytes.Equal(servedCert(t, serving), second) {
+			return errors.New("the first certificate is still served")
+		}
+		return nil
+	})
 }
 
 // writeCert writes a fresh self-signed serving certificate and returns its DER.
@@ -95,15 +120,4 @@ func servedCert(t *testing.T, addr string) []byte {
 	}
 	defer conn.Close()
 	return conn.ConnectionState().PeerCertificates[0].Raw
-}
-
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }

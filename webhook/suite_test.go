@@ -1,34 +1,35 @@
+//go:build integration
+
 package webhook
 
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
-	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/go-logr/logr"
-	"go.uber.org/zap/zapcore"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
-	logf "sigs.k8s.io/controller-runtime/pkg/log"
-	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
-	"github.com/aad-pod-identity/aad-pod-identity/e2e/framework"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/framework"
 )
 
 // The envtest suite: one real apiserver for the package, which calls the
-// webhook over TLS through the configurations in config/webhook.
+// webhook over TLS through the configurations in config/webhook. Its
+// globals are set once controlPlane has started.
 var (
 	testEnv *envtest.Environment
 	cfg     *rest.Config
 	admin   client.Client
+	// kubectlArgv is the control plane's kubectl with the flags that make it
+	// act as a cluster admin.
+	kubectlArgv []string
 )
 
 const (
@@ -36,54 +37,26 @@ const (
 	assignerSA = "aad-pod-identity/aad-pod-identity-assigner"
 )
 
-func TestMain(m *testing.M) {
-	flag.Parse()
-	os.Exit(runSuite(m))
-}
-
-func runSuite(m *testing.M) int {
-	logf.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.UseDevMode(true), zap.Level(zapLevel())))
-	// Fuzzing runs only FuzzAdmission, in several worker processes: none of
-	// them needs an apiserver.
-	// Nor logs: the errors it provokes on purpose would slow it down.
-	if f := flag.Lookup("test.fuzz"); f != nil && f.Value.String() != "" {
-		logf.SetLogger(logr.Discard())
-		return m.Run()
-	}
-	env, err := framework.NewEnvironment(framework.Options{Webhooks: true})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	testEnv = env
-	if cfg, err = testEnv.Start(); err != nil {
-		fmt.Fprintln(os.Stderr, "starting envtest:", err)
-		// A half-started environment still has etcd or kube-apiserver running.
-		_ = testEnv.Stop()
-		return 1
-	}
-	defer func() {
-		if err := testEnv.Stop(); err != nil {
-			fmt.Fprintln(os.Stderr, "stopping envtest:", err)
+// controlPlane starts on the first integration test that runs.
+var controlPlane = &framework.Shared{
+	Options: framework.Options{Webhooks: true},
+	Setup: func(env *envtest.Environment, c *rest.Config) error {
+		testEnv, cfg = env, c
+		var err error
+		if admin, err = client.New(cfg, client.Options{Scheme: identity.Scheme()}); err != nil {
+			return err
 		}
-	}()
-	if admin, err = client.New(cfg, client.Options{Scheme: identity.Scheme()}); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	if err := grantPodEditing(context.Background()); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	return m.Run()
-}
-
-// zapLevel keeps test output to errors unless TEST_VERBOSE_LOGS is set.
-func zapLevel() zapcore.Level {
-	if os.Getenv("TEST_VERBOSE_LOGS") != "" {
-		return zapcore.DebugLevel
-	}
-	return zapcore.ErrorLevel
+		user, err := env.AddUser(envtest.User{Name: "test-admin", Groups: []string{"system:masters"}}, nil)
+		if err != nil {
+			return err
+		}
+		k, err := user.Kubectl()
+		if err != nil {
+			return err
+		}
+		kubectlArgv = append([]string{filepath.Join(env.BinaryAssetsDirectory, "kubectl")}, k.Opts...)
+		return grantPodEditing(context.Background())
+	},
 }
 
 // grantPodEditing lets every authenticated user edit pods, so that a denial
@@ -108,9 +81,7 @@ func grantPodEditing(ctx context.Context) error {
 // apiserver until the test ends.
 func startWebhook(t *testing.T, opts Options) (stop func()) {
 	t.Helper()
-	if testEnv == nil {
-		t.Fatal("no control plane: integration tests cannot run together with -fuzz")
-	}
+	controlPlane.Start(t)
 	wio := testEnv.WebhookInstallOptions
 	opts.Port, opts.CertDir, opts.CertName, opts.KeyName = wio.LocalServingPort, wio.LocalServingCertDir, "tls.crt", "tls.key"
 	opts.MetricsAddr, opts.ProbeAddr = "0", "127.0.0.1:0"
@@ -143,6 +114,7 @@ func startWebhook(t *testing.T, opts Options) (stop func()) {
 // it ended.
 func runManager(t *testing.T, opts Options) (context.Context, context.CancelFunc, <-chan error) {
 	t.Helper()
+	controlPlane.Start(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	mgr, err := NewManager(ctx, cfg, opts)
 	if err != nil {

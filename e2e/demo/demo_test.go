@@ -1,3 +1,5 @@
+//go:build e2e
+
 // Package demo runs `make demo`'s script, the standard walkthrough on the
 // sandbox cluster, so that CI proves it: helm install of the chart, the
 // walkthrough's az commands and manifests, the demo pod's token through NMI,
@@ -15,14 +17,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aad-pod-identity/aad-pod-identity/e2e/framework"
 	"github.com/aad-pod-identity/aad-pod-identity/e2e/sandbox"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/framework"
 )
 
 func TestWalkthroughDemo(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("the sandbox needs root")
-	}
+	framework.RequireRoot(t)
 	assets, err := framework.Assets()
 	if err != nil {
 		t.Fatal(err)

@@ -1,3 +1,5 @@
+//go:build e2e
+
 // Package nmi_test runs NMI against real iptables in network namespaces the
 // test creates: one plays the node (NMI, fake IMDS on 169.254.169.254, the
 // apiserver), the others are pods hanging off it by veth pairs. The
@@ -18,13 +20,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netns"
+	"github.com/containernetworking/plugins/pkg/ip"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -32,8 +35,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
-	"github.com/aad-pod-identity/aad-pod-identity/e2e/fakeazure"
-	"github.com/aad-pod-identity/aad-pod-identity/e2e/framework"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/fakeazure"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/framework"
+	testns "github.com/aad-pod-identity/aad-pod-identity/internal/testing/netns"
 )
 
 // The child process (run inside the node namespace) finds its setup here.
@@ -61,9 +65,7 @@ func TestNMIInNetworkNamespaces(t *testing.T) {
 // test inside the node namespace, where it finds them through the
 // environment.
 func runInNamespaces(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces and iptables rules")
-	}
+	framework.RequireRoot(t)
 	if _, err := framework.Assets(); err != nil {
 		t.Fatal(err)
 	}
@@ -72,60 +74,89 @@ func runInNamespaces(t *testing.T) {
 
 	suffix := make([]byte, 3)
 	_, _ = rand.Read(suffix)
-	node := "aadpi-nmi-" + hex.EncodeToString(suffix)
-	addNetns(t, node)
-	run(t, "ip", "-n", node, "link", "set", "lo", "up")
-	run(t, "ip", "-n", node, "addr", "add", metadataIP+"/32", "dev", "lo")
-	// kube-apiserver picks its advertise address from the default route.
-	run(t, "ip", "-n", node, "link", "add", "uplink", "type", "veth", "peer", "name", "uplink-peer")
-	run(t, "ip", "-n", node, "link", "set", "uplink-peer", "up")
-	run(t, "ip", "-n", node, "addr", "add", "10.199.0.1/24", "dev", "uplink")
-	run(t, "ip", "-n", node, "link", "set", "uplink", "up")
-	run(t, "ip", "-n", node, "route", "add", "default", "via", "10.199.0.254")
+	nodeNS := testns.Prefix + "nmi-" + hex.EncodeToString(suffix)
+	node := createNetns(t, nodeNS)
+	err := node.Do(func(ns.NetNS) error {
+		if err := testns.LinkUp("lo"); err != nil {
+			return err
+		}
+		if err := testns.AddAddr("lo", &net.IPNet{IP: net.ParseIP(metadataIP), Mask: net.CIDRMask(32, 32)}); err != nil {
+			return err
+		}
+		// kube-apiserver picks its advertise address from the default
+		// route; nothing needs to answer at the gateway. A veth pair with
+		// both ends here, as kernels without the dummy driver have veth.
+		uplink := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "uplink"}, PeerName: "uplink-peer"}
+		if err := netlink.LinkAdd(uplink); err != nil {
+			return fmt.Errorf("adding the uplink: %w", err)
+		}
+		if err := testns.AddAddr("uplink", &net.IPNet{IP: net.IPv4(10, 199, 0, 1), Mask: net.CIDRMask(24, 32)}); err != nil {
+			return err
+		}
+		for _, l := range []string{"uplink-peer", "uplink"} {
+			if err := testns.LinkUp(l); err != nil {
+				return err
+			}
+		}
+		return ip.AddDefaultRoute(net.IPv4(10, 199, 0, 254), uplink)
+	})
+	if err != nil {
+		t.Fatalf("setting up the node namespace: %v", err)
+	}
 	var pods []string
 	for i, name := range []string{"pod-a", "pod-b", "agent"} {
-		ns := fmt.Sprintf("%s-%d", node, i)
-		addNetns(t, ns)
+		nsName := fmt.Sprintf("%s-%d", nodeNS, i)
+		podNS := createNetns(t, nsName)
 		hostIf := fmt.Sprintf("veth%d", i)
-		// Created inside the node namespace, the peer moved straight to the pod's.
-		run(t, "ip", "-n", node, "link", "add", hostIf, "type", "veth", "peer", "name", "eth0", "netns", ns)
-		run(t, "ip", "-n", node, "addr", "add", fmt.Sprintf("10.200.%d.1/24", i), "dev", hostIf)
-		run(t, "ip", "-n", node, "link", "set", hostIf, "up")
-		ip := fmt.Sprintf("10.200.%d.2", i)
-		run(t, "ip", "-n", ns, "addr", "add", ip+"/24", "dev", "eth0")
-		run(t, "ip", "-n", ns, "link", "set", "eth0", "up")
-		run(t, "ip", "-n", ns, "link", "set", "lo", "up")
-		run(t, "ip", "-n", ns, "route", "add", "default", "via", fmt.Sprintf("10.200.%d.1", i))
-		pods = append(pods, name+"="+ns+"="+ip)
+		gw, podIP := net.IPv4(10, 200, byte(i), 1), net.IPv4(10, 200, byte(i), 2)
+		err := podNS.Do(func(ns.NetNS) error { return testns.Uplink(node, hostIf, podIP, gw) })
+		if err == nil {
+			err = node.Do(func(ns.NetNS) error {
+				return testns.AddAddr(hostIf, &net.IPNet{IP: gw, Mask: net.CIDRMask(24, 32)})
+			})
+		}
+		if err != nil {
+			t.Fatalf("plugging %s into the node: %v", name, err)
+		}
+		pods = append(pods, name+"="+nsName+"="+podIP.String())
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
-	args := []string{"netns", "exec", node, os.Args[0], "-test.run", "^" + t.Name() + "$", "-test.count=1"}
+	args := []string{"-test.run", "^" + t.Name() + "$", "-test.count=1"}
 	if testing.Verbose() {
 		args = append(args, "-test.v")
 	}
-	cmd := exec.CommandContext(ctx, "ip", args...)
+	cmd := exec.CommandContext(ctx, os.Args[0], args...)
 	cmd.Env = append(os.Environ(), envChild+"=1", envPods+"="+strings.Join(pods, ","), envNMIPath+"="+bin)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
+	if err := testns.Start(node, cmd); err != nil {
+		t.Fatal(err)
+	}
+	err = cmd.Wait()
 	t.Log("node namespace run:\n" + out.String())
 	if err != nil {
 		t.Fatalf("node namespace run failed: %v", err)
 	}
 }
 
-func addNetns(t *testing.T, name string) {
+// createNetns creates a namespace and deletes it, with whatever still runs
+// in it, when the test ends.
+func createNetns(t *testing.T, name string) ns.NetNS {
 	t.Helper()
-	run(t, "ip", "netns", "add", name)
+	n, err := testns.Create(name)
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("deleting netns %s: %v: %s", name, err, out)
+		n.Close()
+		if err := testns.Delete(name); err != nil {
+			t.Errorf("deleting netns %s: %v", name, err)
 		}
 	})
+	return n
 }
 
 func run(t *testing.T, name string, args ...string) string {
@@ -174,7 +205,7 @@ func setupNode(t *testing.T) *node {
 	n.idA = n.state.CreateIdentity("sub", "rg", "id-a")
 	n.idB = n.state.CreateIdentity("sub", "rg", "id-b")
 	for _, id := range []fakeazure.Identity{n.idA, n.idB} {
-		if err := n.state.AttachIdentity(n.pool.ID, id.ResourceID); err != nil {
+		if err := n.state.SetUserAssigned(n.pool.ID, id.ResourceID, true); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -263,11 +294,15 @@ func functional(t *testing.T, n *node) {
 			t.Fatal(err)
 		}
 		// NMI's informer sees the deletion a moment later.
-		eventually(t, pods["pod-a"], tokenURL, http.StatusForbidden, "is no longer bound to AzureIdentity default/id-a")
+		framework.Eventually(t, 30*time.Second, "pod-a refused", func() error {
+			return checkStatus(pods["pod-a"], tokenURL, http.StatusForbidden, "is no longer bound to AzureIdentity default/id-a")
+		})
 		if err := n.client.Create(ctx, bindingA()); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, pods["pod-a"], tokenURL, http.StatusOK, "access_token")
+		framework.Eventually(t, 30*time.Second, "pod-a served", func() error {
+			return checkStatus(pods["pod-a"], tokenURL, http.StatusOK, "access_token")
+		})
 		expectToken(t, signer, pods["pod-a"], tokenURL, idA.ClientID, idA.ResourceID)
 	})
 	t.Run("exception pod gets the node identity", func(t *testing.T) {
@@ -438,58 +473,36 @@ func get(p pod, url string) (int, map[string]string, error) {
 	return resp.StatusCode, body, nil
 }
 
-// dialIn opens sockets inside a network namespace: the socket belongs to the
-// namespace it was created in, whatever thread uses it afterwards.
+// dialIn opens sockets inside the pod namespace called name.
 func dialIn(name string) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		target, err := netns.GetFromName(name)
+		target, err := testns.Open(name)
 		if err != nil {
-			return nil, fmt.Errorf("opening netns %s: %w", name, err)
+			return nil, err
 		}
 		defer target.Close()
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			return nil, err
-		}
-		defer orig.Close()
-		if err := netns.Set(target); err != nil {
-			runtime.UnlockOSThread()
-			return nil, err
-		}
-		conn, dialErr := (&net.Dialer{}).DialContext(ctx, network, addr)
-		if err := netns.Set(orig); err != nil {
-			// The thread is stuck in the pod's namespace: let it die with
-			// the goroutine rather than run other work.
-			return nil, errors.Join(dialErr, fmt.Errorf("returning to the node namespace: %w", err))
-		}
-		runtime.UnlockOSThread()
-		return conn, dialErr
+		return testns.Dial(ctx, target, network, addr)
 	}
 }
 
 func expectStatus(t *testing.T, p pod, url string, status int, contains string) {
 	t.Helper()
-	got, body, err := get(p, url)
-	if err != nil || got != status || !strings.Contains(fmt.Sprint(body), contains) {
-		t.Fatalf("%s: got %d %v %v; want %d containing %q", p.name, got, body, err, status, contains)
+	if err := checkStatus(p, url, status, contains); err != nil {
+		t.Fatal(err)
 	}
 }
 
-// eventually polls until the pod gets status with a body containing
-// contains, for changes NMI learns about through its informers.
-func eventually(t *testing.T, p pod, url string, status int, contains string) {
-	t.Helper()
-	var got int
-	var body map[string]string
-	var err error
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		if got, body, err = get(p, url); err == nil && got == status && strings.Contains(fmt.Sprint(body), contains) {
-			return
-		}
+// checkStatus tells whether the pod gets status with a body containing
+// contains.
+func checkStatus(p pod, url string, status int, contains string) error {
+	got, body, err := get(p, url)
+	if err != nil {
+		return fmt.Errorf("%s: %w", p.name, err)
 	}
-	t.Fatalf("%s: got %d %v %v; want %d containing %q", p.name, got, body, err, status, contains)
+	if got != status || !strings.Contains(fmt.Sprint(body), contains) {
+		return fmt.Errorf("%s: got %d %v; want %d containing %q", p.name, got, body, status, contains)
+	}
+	return nil
 }
 
 func expectToken(t *testing.T, signer *fakeazure.Signer, p pod, url, appID, mirID string) {

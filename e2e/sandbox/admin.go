@@ -11,7 +11,7 @@ import (
 
 	"github.com/google/uuid"
 
-	"github.com/aad-pod-identity/aad-pod-identity/e2e/fakeazure"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/fakeazure"
 )
 
 // AdminSocket is the file name, in the sandbox directory, of the unix socket

@@ -9,8 +9,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/aad-pod-identity/aad-pod-identity/e2e/fakeazure"
-	"github.com/aad-pod-identity/aad-pod-identity/e2e/testca"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/fakeazure"
+	testns "github.com/aad-pod-identity/aad-pod-identity/internal/testing/netns"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/testca"
 )
 
 // Ports of the fake ARM and AAD on APIServerIP in the control-plane namespace.
@@ -60,7 +61,7 @@ func (s *Sandbox) ServeAzure() (*AzureEndpoints, error) {
 	if err != nil {
 		return nil, err
 	}
-	armLn, err := listenIn(s.cp, net.JoinHostPort(APIServerIP.String(), fmt.Sprint(armPort)))
+	armLn, err := testns.Listen(s.cp, net.JoinHostPort(APIServerIP.String(), fmt.Sprint(armPort)))
 	if err != nil {
 		return nil, fmt.Errorf("fake ARM listener: %w", err)
 	}
@@ -68,7 +69,7 @@ func (s *Sandbox) ServeAzure() (*AzureEndpoints, error) {
 	e.ARMEndpoint = e.ARM.URL
 	s.addCloser(e.ARM.Close)
 
-	aadLn, err := listenIn(s.cp, net.JoinHostPort(APIServerIP.String(), fmt.Sprint(aadPort)))
+	aadLn, err := testns.Listen(s.cp, net.JoinHostPort(APIServerIP.String(), fmt.Sprint(aadPort)))
 	if err != nil {
 		return nil, fmt.Errorf("fake AAD listener: %w", err)
 	}

@@ -1,3 +1,5 @@
+//go:build e2e
+
 package sandbox_test
 
 import (
@@ -9,7 +11,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/framework"
 )
 
 // BenchmarkPodStartup100 measures the sandbox's own share of every e2e
@@ -33,10 +36,10 @@ func BenchmarkPodStartup100(b *testing.B) {
 			}()
 		}
 		wg.Wait()
-		waitAll(b, func() (bool, error) {
+		framework.Eventually(b, 5*time.Minute, "100 pods running", func() error {
 			pods, err := c.CoreV1().Pods("default").List(ctx, metav1.ListOptions{})
 			if err != nil {
-				return false, err
+				return err
 			}
 			running := 0
 			for _, p := range pods.Items {
@@ -44,25 +47,23 @@ func BenchmarkPodStartup100(b *testing.B) {
 					running++
 				}
 			}
-			return running == 100, nil
+			if running != 100 {
+				return fmt.Errorf("%d running", running)
+			}
+			return nil
 		})
 		b.ReportMetric(time.Since(start).Seconds(), "s-to-100-running")
 		del := time.Now()
 		if err := c.CoreV1().Pods("default").DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil {
 			b.Fatal(err)
 		}
-		waitAll(b, func() (bool, error) {
+		framework.Eventually(b, 5*time.Minute, "every pod deleted", func() error {
 			pods, err := c.CoreV1().Pods("default").List(ctx, metav1.ListOptions{})
-			return err == nil && len(pods.Items) == 0, nil
+			if err == nil && len(pods.Items) > 0 {
+				err = fmt.Errorf("%d pods left", len(pods.Items))
+			}
+			return err
 		})
 		b.ReportMetric(time.Since(del).Seconds(), "s-to-100-deleted")
-	}
-}
-
-func waitAll(b *testing.B, f func() (bool, error)) {
-	b.Helper()
-	err := wait.PollUntilContextTimeout(context.Background(), 250*time.Millisecond, 5*time.Minute, true, func(context.Context) (bool, error) { return f() })
-	if err != nil {
-		b.Fatal(err)
 	}
 }

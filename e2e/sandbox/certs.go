@@ -10,7 +10,7 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/aad-pod-identity/aad-pod-identity/e2e/testca"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/testca"
 )
 
 // writeKeyPair issues a leaf and writes <name>.crt and <name>.key into dir.

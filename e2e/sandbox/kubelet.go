@@ -32,6 +32,8 @@ import (
 	"k8s.io/client-go/kubernetes/scheme"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/record"
+
+	testns "github.com/aad-pod-identity/aad-pod-identity/internal/testing/netns"
 )
 
 // Images maps container images to the binaries the sandbox runs for them.
@@ -393,7 +395,7 @@ func (k *kubelet) serveHTTP(pc *node.PodController) (func(), error) {
 		return nil, err
 	}
 	cfg.ClientCAs, cfg.ClientAuth = k.sb.ca.Pool, tls.RequireAndVerifyClientCert
-	l, err := listenIn(k.netns, net.JoinHostPort(k.nodeIP.String(), "10250"))
+	l, err := testns.Listen(k.netns, net.JoinHostPort(k.nodeIP.String(), "10250"))
 	if err != nil {
 		return nil, fmt.Errorf("kubelet API listener: %w", err)
 	}

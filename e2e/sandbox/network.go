@@ -8,6 +8,8 @@ import (
 	"github.com/containernetworking/plugins/pkg/ip"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
+
+	testns "github.com/aad-pod-identity/aad-pod-identity/internal/testing/netns"
 )
 
 // Addressing. Node i (1-based) is joined to the control-plane namespace by
@@ -50,15 +52,11 @@ func routerSysctls() map[string]string {
 // setupControlPlaneNS brings up loopback and the apiserver address.
 func setupControlPlaneNS(cp ns.NetNS) error {
 	return cp.Do(func(ns.NetNS) error {
-		lo, err := netlink.LinkByName("lo")
-		if err != nil {
+		if err := testns.LinkUp("lo"); err != nil {
 			return err
 		}
-		if err := netlink.LinkSetUp(lo); err != nil {
-			return fmt.Errorf("lo up: %w", err)
-		}
-		if err := netlink.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: APIServerIP, Mask: net.CIDRMask(32, 32)}}); err != nil {
-			return fmt.Errorf("adding %s: %w", APIServerIP, err)
+		if err := testns.AddAddr("lo", &net.IPNet{IP: APIServerIP, Mask: net.CIDRMask(32, 32)}); err != nil {
+			return err
 		}
 		return setSysctls(routerSysctls())
 	})
@@ -70,15 +68,11 @@ func setupControlPlaneNS(cp ns.NetNS) error {
 func setupNodeNS(cp, node ns.NetNS, i int) error {
 	cpLink := fmt.Sprintf("n%d", i)
 	err := node.Do(func(ns.NetNS) error {
-		if err := uplink(cp, cpLink, nodeLinkNode(i), nodeLinkCP(i)); err != nil {
+		if err := testns.Uplink(cp, cpLink, nodeLinkNode(i), nodeLinkCP(i)); err != nil {
 			return fmt.Errorf("link to control plane: %w", err)
 		}
-		lo, err := netlink.LinkByName("lo")
-		if err != nil {
+		if err := testns.AddAddr("lo", &net.IPNet{IP: MetadataIP, Mask: net.CIDRMask(32, 32)}); err != nil {
 			return err
-		}
-		if err := netlink.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: MetadataIP, Mask: net.CIDRMask(32, 32)}}); err != nil {
-			return fmt.Errorf("adding %s: %w", MetadataIP, err)
 		}
 		// A fixed MAC: otherwise the bridge takes the lowest of its ports'
 		// and changes it as pods come, and pods that cached the old one lose
@@ -110,39 +104,10 @@ func setupNodeNS(cp, node ns.NetNS, i int) error {
 	})
 }
 
-// uplink, run inside a fresh namespace, brings lo up and adds eth0, a veth
-// whose peer hostLink is in host, with addr/24 and a default route via gw.
-func uplink(host ns.NetNS, hostLink string, addr, gw net.IP) error {
-	lo, err := netlink.LinkByName("lo")
-	if err != nil {
-		return err
-	}
-	if err := netlink.LinkSetUp(lo); err != nil {
-		return err
-	}
-	if _, _, err := ip.SetupVethWithName("eth0", hostLink, 1500, "", host); err != nil {
-		return err
-	}
-	eth0, err := netlink.LinkByName("eth0")
-	if err != nil {
-		return err
-	}
-	if err := netlink.LinkSetUp(eth0); err != nil {
-		return err
-	}
-	if err := netlink.AddrAdd(eth0, &netlink.Addr{IPNet: &net.IPNet{IP: addr, Mask: net.CIDRMask(24, 32)}}); err != nil {
-		return err
-	}
-	if err := ip.AddDefaultRoute(gw, eth0); err != nil {
-		return fmt.Errorf("default route: %w", err)
-	}
-	return nil
-}
-
 // setupPodNS plugs a pod namespace into its node's bridge with address podIP.
 func setupPodNS(node, pod ns.NetNS, i int, podIP net.IP, hostLink string) error {
 	err := pod.Do(func(ns.NetNS) error {
-		if err := uplink(node, hostLink, podIP, podGateway(i)); err != nil {
+		if err := testns.Uplink(node, hostLink, podIP, podGateway(i)); err != nil {
 			return fmt.Errorf("pod veth: %w", err)
 		}
 		return nil

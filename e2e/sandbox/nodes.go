@@ -16,7 +16,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	v1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
-	"github.com/aad-pod-identity/aad-pod-identity/e2e/fakeazure"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/fakeazure"
+	testns "github.com/aad-pod-identity/aad-pod-identity/internal/testing/netns"
 )
 
 // Fake subscription and node resource group of the sandbox's "cluster".
@@ -135,7 +136,7 @@ func (n *Node) IMDSCallers() map[string]int {
 // serveIMDS serves the fake Azure's IMDS for one VM on 169.254.169.254:80
 // inside the node's namespace, as the platform does on a real VM.
 func (s *Sandbox) serveIMDS(netns ns.NetNS, n *Node, vm string) error {
-	l, err := listenIn(netns, net.JoinHostPort(MetadataIP.String(), "80"))
+	l, err := testns.Listen(netns, net.JoinHostPort(MetadataIP.String(), "80"))
 	if err != nil {
 		return fmt.Errorf("IMDS listener: %w", err)
 	}

@@ -11,6 +11,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+
+	testns "github.com/aad-pod-identity/aad-pod-identity/internal/testing/netns"
 )
 
 // probe runs the container's readiness and liveness probes from the node's
@@ -20,7 +22,7 @@ func (r *podRun) probe(cr *containerRun) {
 	defer r.wg.Done()
 	client := &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return dialIn(ctx, r.k.netns, network, addr)
+			return testns.Dial(ctx, r.k.netns, network, addr)
 		},
 		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true}, // as the kubelet: probes do not verify
 		DisableKeepAlives: true,
@@ -135,7 +137,7 @@ func (r *podRun) check(client *http.Client, cr *containerRun, p *corev1.Probe) e
 		if err != nil {
 			return err
 		}
-		c, err := dialIn(ctx, r.k.netns, "tcp", net.JoinHostPort(r.podIP, strconv.Itoa(port)))
+		c, err := testns.Dial(ctx, r.k.netns, "tcp", net.JoinHostPort(r.podIP, strconv.Itoa(port)))
 		if err != nil {
 			return err
 		}

@@ -5,12 +5,12 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"runtime"
-	"sync"
 	"syscall"
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+
+	testns "github.com/aad-pod-identity/aad-pod-identity/internal/testing/netns"
 )
 
 // process is a program the sandbox started inside one of its namespaces.
@@ -22,8 +22,7 @@ type process struct {
 }
 
 // startIn starts cmd with its network namespace set to netns, output to
-// logPath. The child gets its own process group (so stop reaches its
-// children) and SIGKILL when the sandbox dies.
+// logPath; the child dies with the sandbox (testns.Start).
 func startIn(netns ns.NetNS, name, logPath string, cmd *exec.Cmd) (*process, error) {
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -36,15 +35,7 @@ func startIn(netns ns.NetNS, name, logPath string, cmd *exec.Cmd) (*process, err
 	if cmd.Stderr == nil {
 		cmd.Stderr = logf
 	}
-	if cmd.SysProcAttr == nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{}
-	}
-	cmd.SysProcAttr.Setpgid = true
-	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
-	// The child starts in the namespace of the thread that forks it, and
-	// Pdeathsig fires when that thread ends: fork from the namespace's
-	// long-lived thread.
-	if err := forkThread(netns).run(cmd.Start); err != nil {
+	if err := testns.Start(netns, cmd); err != nil {
 		return nil, fmt.Errorf("starting %s: %w", name, err)
 	}
 	p := &process{name: name, cmd: cmd, done: make(chan struct{})}
@@ -83,59 +74,4 @@ func (p *process) stop(grace time.Duration) error {
 		return fmt.Errorf("%s: %w", p.name, p.err)
 	}
 	return nil
-}
-
-// nsThread is an OS thread that lives in one network namespace until the
-// namespace is deleted, so processes forked from it keep a live parent
-// thread.
-type nsThread struct {
-	reqs chan func()
-	err  error
-}
-
-var (
-	threadsMu sync.Mutex
-	threads   = map[string]*nsThread{}
-)
-
-func forkThread(netns ns.NetNS) *nsThread {
-	threadsMu.Lock()
-	defer threadsMu.Unlock()
-	if t, ok := threads[netns.Path()]; ok {
-		return t
-	}
-	t := &nsThread{reqs: make(chan func())}
-	ready := make(chan struct{})
-	go func() {
-		// Never unlocked: the thread ends with the goroutine.
-		runtime.LockOSThread()
-		t.err = netns.Set()
-		close(ready)
-		for f := range t.reqs {
-			f()
-		}
-	}()
-	<-ready
-	threads[netns.Path()] = t
-	return t
-}
-
-func (t *nsThread) run(f func() error) error {
-	if t.err != nil {
-		return fmt.Errorf("entering namespace: %w", t.err)
-	}
-	errc := make(chan error, 1)
-	t.reqs <- func() { errc <- f() }
-	return <-errc
-}
-
-// endThread lets the namespace's fork thread exit; call it only once every
-// process forked from it is gone.
-func endThread(path string) {
-	threadsMu.Lock()
-	defer threadsMu.Unlock()
-	if t, ok := threads[path]; ok {
-		close(t.reqs)
-		delete(threads, path)
-	}
 }

@@ -8,30 +8,9 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/go-logr/logr"
+
+	testns "github.com/aad-pod-identity/aad-pod-identity/internal/testing/netns"
 )
-
-// dialIn dials addr from inside netns: the socket belongs to that namespace
-// for its whole life, whichever thread uses it afterwards.
-func dialIn(ctx context.Context, netns ns.NetNS, network, addr string) (net.Conn, error) {
-	var conn net.Conn
-	err := netns.Do(func(ns.NetNS) error {
-		var err error
-		conn, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-		return err
-	})
-	return conn, err
-}
-
-// listenIn opens a TCP listener inside netns.
-func listenIn(netns ns.NetNS, addr string) (net.Listener, error) {
-	var l net.Listener
-	err := netns.Do(func(ns.NetNS) error {
-		var err error
-		l, err = net.Listen("tcp", addr)
-		return err
-	})
-	return l, err
-}
 
 // forwarder accepts on a loopback port of the machine's own namespace and
 // relays each connection to target inside the sandbox: the only way in from
@@ -83,7 +62,7 @@ func (f *forwarder) relay(c net.Conn) {
 		f.mu.Unlock()
 	}()
 	defer c.Close()
-	up, err := dialIn(context.Background(), f.netns, "tcp", f.target)
+	up, err := testns.Dial(context.Background(), f.netns, "tcp", f.target)
 	if err != nil {
 		f.log.V(1).Info("forward dial failed", "target", f.target, "error", err.Error())
 		return

@@ -31,8 +31,9 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
-	"github.com/aad-pod-identity/aad-pod-identity/e2e/fakeazure"
-	"github.com/aad-pod-identity/aad-pod-identity/e2e/testca"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/fakeazure"
+	testns "github.com/aad-pod-identity/aad-pod-identity/internal/testing/netns"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/testca"
 )
 
 const apiserverPort = 6443
@@ -114,7 +115,7 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 	s := &Sandbox{ID: opts.ID, Dir: opts.Dir, Azure: opts.Azure, opts: opts, log: opts.Log, tokens: map[string]string{}}
 	defer func() {
 		if err != nil {
-			s.Stop()
+			err = errors.Join(err, s.Stop())
 		}
 	}()
 	for _, d := range []string{"pki", "logs", "etcd"} {
@@ -151,7 +152,7 @@ func (s *Sandbox) NetNSName(suffix string) string { return NetNSPrefix(s.ID) + s
 
 func (s *Sandbox) createNetNS(suffix string) (ns.NetNS, error) {
 	name := s.NetNSName(suffix)
-	n, err := createNetNS(name)
+	n, err := testns.Create(name)
 	if err != nil {
 		return nil, err
 	}
@@ -263,7 +264,7 @@ func (s *Sandbox) startControlPlane(ctx context.Context) error {
 	// control-plane namespace.
 	insideClient := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return dialIn(ctx, s.cp, network, addr)
+			return testns.Dial(ctx, s.cp, network, addr)
 		},
 		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, // only a liveness check on loopback
 	}}
@@ -383,7 +384,7 @@ func (s *Sandbox) Stop() error {
 	s.netns = nil
 	s.mu.Unlock()
 	for i := len(names) - 1; i >= 0; i-- {
-		errs = append(errs, deleteNetNS(names[i]))
+		errs = append(errs, testns.Delete(names[i]))
 	}
 	return errors.Join(errs...)
 }
@@ -424,5 +425,5 @@ func (s *Sandbox) removeNetNS(name string) error {
 		}
 	}
 	s.mu.Unlock()
-	return deleteNetNS(name)
+	return testns.Delete(name)
 }

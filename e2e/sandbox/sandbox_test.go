@@ -1,10 +1,11 @@
+//go:build e2e
+
 package sandbox_test
 
 import (
 	"bytes"
 	"context"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -18,17 +19,15 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/aad-pod-identity/aad-pod-identity/e2e/framework"
 	"github.com/aad-pod-identity/aad-pod-identity/e2e/sandbox"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/framework"
 )
 
 // startSandbox builds podinit, starts a sandbox with two nodes in two pools
 // and removes everything when the test ends, failed or not.
 func startSandbox(t testing.TB) (*sandbox.Sandbox, kubernetes.Interface) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("the sandbox needs root (network and mount namespaces)")
-	}
+	framework.RequireRoot(t)
 	assets, err := framework.Assets()
 	if err != nil {
 		t.Fatal(err)

@@ -1,3 +1,5 @@
+//go:build e2e
+
 package suite
 
 import (
@@ -18,6 +20,7 @@ import (
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 	"github.com/aad-pod-identity/aad-pod-identity/demo"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/framework"
 )
 
 // benchSizes are the benchmark's pods, identities and ARM write latency
@@ -50,9 +53,7 @@ func benchSizes(b *testing.B) (pods, identities int, latency time.Duration) {
 // its user-assigned identity, and the failed token requests the pods saw.
 // Run it with -benchtime 1x: one iteration is one burst.
 func BenchmarkTimeToFirstToken(b *testing.B) {
-	if env.sb == nil {
-		b.Skip("the sandbox needs root")
-	}
+	installed(b)
 	podCount, idCount, latency := benchSizes(b)
 	env.az.ARM.SetWriteLatency(latency)
 	b.Cleanup(func() { env.az.ARM.SetWriteLatency(0) })
@@ -81,7 +82,7 @@ func BenchmarkTimeToFirstToken(b *testing.B) {
 		errorsBefore := map[string]int{}
 		started := map[string]time.Time{}
 		samples := map[string]string{} // a failed request's line per pod, for the log
-		eventually(b, 10*time.Minute, "every pod's first token", func() error {
+		framework.Eventually(b, 10*time.Minute, "every pod's first token", func() error {
 			var mu sync.Mutex
 			var wg sync.WaitGroup
 			for i := range podCount {

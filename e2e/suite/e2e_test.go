@@ -1,3 +1,5 @@
+//go:build e2e
+
 package suite
 
 import (
@@ -17,14 +19,13 @@ import (
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 	"github.com/aad-pod-identity/aad-pod-identity/e2e/sandbox"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/framework"
 )
 
-// TestE2E runs the cases in order on the one installed release; the last
-// one uninstalls it.
+// TestE2E runs the cases on the installed release; each sets up what it
+// needs and cleans up after itself, so any one runs alone
+// (-run 'TestE2E/binding').
 func TestE2E(t *testing.T) {
-	if env.sb == nil {
-		t.Skip("the sandbox needs root")
-	}
 	for _, c := range []struct {
 		name string
 		run  func(*testing.T)
@@ -39,9 +40,11 @@ func TestE2E(t *testing.T) {
 		{"NMI restarted", testNMIRestart},
 		{"assigner killed mid-burst", testAssignerKilled},
 		{"webhook down", testWebhookDown},
-		{"helm uninstall", testHelmUninstall},
 	} {
-		t.Run(c.name, c.run)
+		t.Run(c.name, func(t *testing.T) {
+			installed(t)
+			c.run(t)
+		})
 	}
 }
 
@@ -139,7 +142,7 @@ func testTwoPools(t *testing.T) {
 	gone := time.Now()
 	deletePod(t, "default", "goes")
 	var removed time.Duration
-	eventually(t, gcGracePeriod+time.Minute, "identity removed from the pool of the deleted pod", func() error {
+	framework.Eventually(t, gcGracePeriod+time.Minute, "identity removed from the pool of the deleted pod", func() error {
 		if !env.sb.Azure.Assigned(n0.Pool.ID, id.ClientID) {
 			t.Fatalf("identity removed from %s, where pod stays still runs", n0.Pool.Name)
 		}
@@ -219,7 +222,7 @@ func testNMIRestart(t *testing.T) {
 		}
 	}()
 	kubectl(t, "-n", releaseNS, "delete", old[0], "--wait")
-	eventually(t, 2*time.Minute, "a new NMI pod ready on "+n.Name, func() error {
+	framework.Eventually(t, 2*time.Minute, "a new NMI pod ready on "+n.Name, func() error {
 		pods := componentPods(t, "nmi", n.Name)
 		if len(pods) != 1 || pods[0] == old[0] {
 			return fmt.Errorf("NMI pods: %v", pods)
@@ -258,7 +261,7 @@ func testAssignerKilled(t *testing.T) {
 		}
 		t.Cleanup(func() { deletePod(t, "default", pod.Name) })
 	}
-	eventually(t, 30*time.Second, "an ARM write in flight", func() error {
+	framework.Eventually(t, 30*time.Second, "an ARM write in flight", func() error {
 		if len(env.az.ARM.Writes()) == writes {
 			return fmt.Errorf("no PATCH yet")
 		}
@@ -269,7 +272,7 @@ func testAssignerKilled(t *testing.T) {
 	if killed == 0 {
 		t.Fatal("no assigner process found")
 	}
-	eventually(t, 3*time.Minute, "every burst pod Assigned and running", func() error {
+	framework.Eventually(t, 3*time.Minute, "every burst pod Assigned and running", func() error {
 		pods, err := env.client.CoreV1().Pods("default").List(t.Context(), metav1.ListOptions{LabelSelector: aadv1.BindingLabel + "=e2e-burst"})
 		if err != nil {
 			return err
@@ -325,14 +328,14 @@ func testWebhookDown(t *testing.T) {
 		_, _ = kubectlIn("-n", releaseNS, "scale", deploy, "--replicas=2")
 		_, _ = kubectlIn("-n", releaseNS, "rollout", "status", deploy, "--timeout=2m")
 	})
-	eventually(t, time.Minute, "webhook pods gone", func() error {
+	framework.Eventually(t, time.Minute, "webhook pods gone", func() error {
 		if pods := componentPods(t, "webhook", ""); len(pods) > 0 {
 			return fmt.Errorf("left: %v", pods)
 		}
 		return nil
 	})
 	labelled := demoPod{Name: "rejected", Labels: map[string]string{aadv1.BindingLabel: "anything"}}.object()
-	eventually(t, 30*time.Second, "labelled pod rejected", func() error {
+	framework.Eventually(t, 30*time.Second, "labelled pod rejected", func() error {
 		_, err := env.client.CoreV1().Pods("default").Create(t.Context(), labelled, metav1.CreateOptions{})
 		if err == nil {
 			deletePod(t, "default", labelled.Name)
@@ -346,9 +349,10 @@ func testWebhookDown(t *testing.T) {
 	demoPod{Name: "unlabelled-while-down"}.create(t)
 }
 
-// testHelmUninstall: the pre-delete hooks stop NMI and run `nmi cleanup` on
+// TestUninstall: the pre-delete hooks stop NMI and run `nmi cleanup` on
 // every node, so no aad-metadata chain is left anywhere.
-func testHelmUninstall(t *testing.T) {
+func TestUninstall(t *testing.T) {
+	installed(t)
 	for _, n := range env.sb.Nodes() {
 		if rules, err := natRules(n); err != nil || !intercepted(rules) {
 			t.Fatalf("%s before uninstall: %v\n%s", n.Name, err, rules)
@@ -358,6 +362,7 @@ func testHelmUninstall(t *testing.T) {
 	if err != nil {
 		t.Fatalf("helm uninstall: %v\n%s", err, out)
 	}
+	env.installed = false
 	for _, n := range env.sb.Nodes() {
 		rules, err := natRules(n)
 		if err != nil {
@@ -367,7 +372,7 @@ func testHelmUninstall(t *testing.T) {
 			t.Errorf("%s still has the aad-metadata chain:\n%s", n.Name, rules)
 		}
 	}
-	eventually(t, time.Minute, "the release's pods gone", func() error {
+	framework.Eventually(t, time.Minute, "the release's pods gone", func() error {
 		out := kubectl(t, "-n", releaseNS, "get", "pods", "-l", "app.kubernetes.io/instance="+release, "-o", "name")
 		if strings.TrimSpace(out) != "" {
 			return fmt.Errorf("left: %s", out)

@@ -1,3 +1,5 @@
+//go:build e2e
+
 package suite
 
 import (
@@ -17,8 +19,9 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
-	"github.com/aad-pod-identity/aad-pod-identity/e2e/fakeazure"
 	"github.com/aad-pod-identity/aad-pod-identity/e2e/sandbox"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/fakeazure"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/framework"
 )
 
 // userIdentity creates a user-assigned identity in the fake Azure, as the
@@ -136,7 +139,7 @@ func deletePod(t testing.TB, namespace, name string) {
 func running(t *testing.T, namespace, name string) *corev1.Pod {
 	t.Helper()
 	var pod *corev1.Pod
-	eventually(t, 2*time.Minute, "pod "+namespace+"/"+name+" running", func() error {
+	framework.Eventually(t, 2*time.Minute, "pod "+namespace+"/"+name+" running", func() error {
 		var err error
 		pod, err = env.client.CoreV1().Pods(namespace).Get(t.Context(), name, metav1.GetOptions{})
 		if err != nil {
@@ -208,7 +211,7 @@ func parseAttempts(raw []byte, now time.Time) []attempt {
 func waitFor(t *testing.T, namespace, name, msg string, since time.Time, timeout time.Duration) attempt {
 	t.Helper()
 	var found attempt
-	eventually(t, timeout, fmt.Sprintf("pod %s/%s logging %q", namespace, name, msg), func() error {
+	framework.Eventually(t, timeout, fmt.Sprintf("pod %s/%s logging %q", namespace, name, msg), func() error {
 		all := attempts(t, namespace, name)
 		for _, a := range all {
 			if a.Msg == msg && !a.At.Before(since) {

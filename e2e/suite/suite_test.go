@@ -1,3 +1,5 @@
+//go:build e2e
+
 // Package suite is the end-to-end suite: the chart installed with helm into
 // the sandbox cluster (real control plane, simulated nodes, fake Azure) the
 // way a user installs it, and driven through kubectl and the API.
@@ -10,15 +12,15 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/go-logr/logr"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/aad-pod-identity/aad-pod-identity/e2e/framework"
 	"github.com/aad-pod-identity/aad-pod-identity/e2e/sandbox"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/framework"
 )
 
 // Release is the helm release, installed in kube-system as in the walkthrough.
@@ -31,37 +33,48 @@ const (
 // no pod needs any more; short so the suite can watch it happen.
 const gcGracePeriod = 15 * time.Second
 
-// env is the one sandbox all tests of the suite share; each test leaves it
-// clean for the next.
+// env is the one sandbox all tests of the suite share, started by the first
+// test that needs it; each test leaves it clean for the next.
 var env struct {
+	once    sync.Once
+	err     error
 	sb      *sandbox.Sandbox
 	az      *sandbox.AzureEndpoints
 	client  kubernetes.Interface
 	kubectl string
 	helm    string
 	bin     string
+	// installed tells whether the release is installed: TestUninstall
+	// removes it and the next test that needs it installs it again.
+	installed bool
 }
 
 func TestMain(m *testing.M) {
-	os.Exit(run(m))
+	code := m.Run()
+	tearDown()
+	os.Exit(code)
 }
 
-func run(m *testing.M) int {
-	if os.Geteuid() != 0 {
-		fmt.Println("e2e suite skipped: the sandbox needs root")
-		return m.Run()
+// installed returns once the sandbox runs with the chart installed, starting
+// it or installing it when the test is the first to need it, so that any
+// test can run alone.
+func installed(t testing.TB) {
+	t.Helper()
+	framework.RequireRoot(t)
+	env.once.Do(func() { env.err = setUp() })
+	if env.err != nil {
+		t.Fatalf("e2e suite: %v", env.err)
 	}
-	if err := setUp(); err != nil {
-		fmt.Fprintln(os.Stderr, "e2e suite:", err)
-		tearDown()
-		return 1
+	if !env.installed {
+		if err := helmInstall(); err != nil {
+			t.Fatal(err)
+		}
+		env.installed = true
 	}
-	defer tearDown()
-	return m.Run()
 }
 
-// setUp builds the binaries, starts the sandbox with two nodes in two pools
-// and installs the chart.
+// setUp builds the binaries and starts the sandbox with two nodes in two
+// pools.
 func setUp() error {
 	assets, err := framework.Assets()
 	if err != nil {
@@ -69,7 +82,7 @@ func setUp() error {
 	}
 	env.helm = os.Getenv("HELM")
 	if env.helm == "" {
-		return fmt.Errorf("HELM is not set: run the tests through `make test`, which builds helm and sets it")
+		return fmt.Errorf("HELM is not set: run the tests through `make test-e2e`, which builds helm and sets it")
 	}
 	if env.bin, err = os.MkdirTemp("", "aadpi-suite-bin-"); err != nil {
 		return err
@@ -101,10 +114,8 @@ func setUp() error {
 	if err := sb.AddNodes(ctx, sandbox.NodeOptions{Count: 2, Pools: 2}); err != nil {
 		return fmt.Errorf("adding nodes: %w", err)
 	}
-	if env.client, err = kubernetes.NewForConfig(sb.Config); err != nil {
-		return err
-	}
-	return helmInstall()
+	env.client, err = kubernetes.NewForConfig(sb.Config)
+	return err
 }
 
 // tearDown stops the sandbox, which kills its processes and removes its
@@ -169,19 +180,6 @@ func kubectl(t testing.TB, args ...string) string {
 		t.Fatal(err)
 	}
 	return out
-}
-
-// eventually polls f until it returns nil or the timeout passes.
-func eventually(t testing.TB, timeout time.Duration, what string, f func() error) {
-	t.Helper()
-	var last error
-	err := wait.PollUntilContextTimeout(t.Context(), 250*time.Millisecond, timeout, true, func(context.Context) (bool, error) {
-		last = f()
-		return last == nil, nil
-	})
-	if err != nil {
-		t.Fatalf("%s: %v (last: %v)", what, err, last)
-	}
 }
 
 // componentPods lists the names of a chart component's pods, on one node

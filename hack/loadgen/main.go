@@ -31,8 +31,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
-	"github.com/aad-pod-identity/aad-pod-identity/e2e/framework"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/framework"
 	"github.com/aad-pod-identity/aad-pod-identity/webhook"
 )
 
@@ -74,7 +74,12 @@ func run(concurrency, rate int, duration time.Duration, path string) error {
 	}
 	done := make(chan error, 1)
 	go func() { done <- mgr.Start(ctx) }()
-	defer func() { cancel(); <-done }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			fmt.Fprintln(os.Stderr, "loadgen: manager:", err)
+		}
+	}()
 
 	if err := seed(ctx, cfg); err != nil {
 		return err

@@ -13,6 +13,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"testing"
+	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	"k8s.io/apimachinery/pkg/util/yaml"
@@ -22,7 +24,7 @@ import (
 // RepoRoot is the repository's top directory.
 func RepoRoot() string {
 	_, file, _, _ := runtime.Caller(0)
-	return filepath.Join(filepath.Dir(file), "..", "..")
+	return filepath.Join(filepath.Dir(file), "..", "..", "..")
 }
 
 // BuildBinaries builds every program of the project (the components, the
@@ -36,23 +38,53 @@ func BuildBinaries(dir string) error {
 	return nil
 }
 
-// Assets is the directory holding etcd, kube-apiserver and kubectl, built by
-// `make control-plane`.
+// Assets is the directory holding etcd, kube-apiserver and kubectl:
+// KUBEBUILDER_ASSETS when set (the Makefile sets it), else the newest
+// complete build of `make control-plane` in the tools cache, so that a plain
+// `go test` finds it too.
 func Assets() (string, error) {
 	dir := os.Getenv("KUBEBUILDER_ASSETS")
 	if dir == "" {
-		return "", errors.New("KUBEBUILDER_ASSETS is not set: run the tests through `make test`, which builds the control plane and sets it")
+		var err error
+		if dir, err = cachedAssets(); err != nil {
+			return "", err
+		}
 	}
 	if _, err := os.Stat(filepath.Join(dir, "kube-apiserver")); err != nil {
-		return "", fmt.Errorf("no kube-apiserver in KUBEBUILDER_ASSETS=%s: run `make control-plane`: %w", dir, err)
+		return "", fmt.Errorf("no kube-apiserver in %s: run `make control-plane`: %w", dir, err)
 	}
 	return dir, nil
+}
+
+// cachedAssets finds the Makefile's builds,
+// $HOME/.cache/aad-pod-identity/k8s-<version>-etcd-<version>, each complete
+// once it holds .done; the most recently finished one wins.
+func cachedAssets() (string, error) {
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return "", fmt.Errorf("KUBEBUILDER_ASSETS is not set and there is no home directory to look for `make control-plane`'s build in: %w", err)
+	}
+	pattern := filepath.Join(home, ".cache", "aad-pod-identity", "k8s-*-etcd-*", ".done")
+	done, _ := filepath.Glob(pattern) // the pattern is well formed
+	var newest string
+	var newestAt time.Time
+	for _, d := range done {
+		if fi, err := os.Stat(d); err == nil && fi.ModTime().After(newestAt) {
+			newest, newestAt = filepath.Dir(d), fi.ModTime()
+		}
+	}
+	if newest == "" {
+		return "", fmt.Errorf("no control plane: KUBEBUILDER_ASSETS is not set and no finished build matches %s; run `make control-plane`", filepath.Dir(pattern))
+	}
+	return newest, nil
 }
 
 // Options choose what the environment installs.
 type Options struct {
 	// Webhooks installs config/webhook pointing at a local webhook server.
 	Webhooks bool
+	// CRDDirectories are installed besides the project's CRDs.
+	CRDDirectories []string
 }
 
 // NewEnvironment returns an envtest environment for this project, not yet
@@ -64,7 +96,7 @@ func NewEnvironment(opts Options) (*envtest.Environment, error) {
 	}
 	env := &envtest.Environment{
 		BinaryAssetsDirectory: assets,
-		CRDDirectoryPaths:     []string{filepath.Join(RepoRoot(), "config", "crd")},
+		CRDDirectoryPaths:     append([]string{filepath.Join(RepoRoot(), "config", "crd")}, opts.CRDDirectories...),
 		ErrorIfCRDPathMissing: true,
 	}
 	if opts.Webhooks {
@@ -124,4 +156,13 @@ func WebhookConfigurations() ([]*admissionregistrationv1.MutatingWebhookConfigur
 		}
 	}
 	return mutating, validating, nil
+}
+
+// RequireRoot fails the test unless it runs as root, which the e2e-tagged
+// suites need for network namespaces and iptables.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatal("needs root (network namespaces, iptables): run it through `make test-e2e` as root")
+	}
 }

@@ -18,7 +18,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/gorilla/mux"
 
-	"github.com/aad-pod-identity/aad-pod-identity/e2e/testca"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/testca"
 )
 
 // ServicePrincipal is an app registration with its credentials.
@@ -103,7 +103,7 @@ func (a *AAD) Handler() http.Handler {
 
 func (a *AAD) discovery(w http.ResponseWriter, r *http.Request) {
 	base := "https://" + r.Host + "/" + mux.Vars(r)["tenant"]
-	writeJSONBody(w, map[string]any{
+	writeJSON(w, http.StatusOK, map[string]any{
 		"issuer":                 base + "/v2.0",
 		"authorization_endpoint": base + "/oauth2/v2.0/authorize",
 		"token_endpoint":         base + "/oauth2/v2.0/token",
@@ -113,7 +113,7 @@ func (a *AAD) discovery(w http.ResponseWriter, r *http.Request) {
 func (a *AAD) token(w http.ResponseWriter, r *http.Request) {
 	tenant := mux.Vars(r)["tenant"]
 	if err := r.ParseForm(); err != nil || r.PostForm.Get("grant_type") != "client_credentials" {
-		aadError(w, http.StatusBadRequest, "unsupported_grant_type", "AADSTS70003: only client_credentials is supported")
+		oauthError(w, http.StatusBadRequest, "unsupported_grant_type", "AADSTS70003: only client_credentials is supported")
 		return
 	}
 	appID := r.PostForm.Get("client_id")
@@ -121,11 +121,11 @@ func (a *AAD) token(w http.ResponseWriter, r *http.Request) {
 	sp, ok := a.apps[appID]
 	a.mu.Unlock()
 	if !ok || !strings.EqualFold(sp.TenantID, tenant) {
-		aadError(w, http.StatusBadRequest, "unauthorized_client", fmt.Sprintf("AADSTS700016: Application with identifier '%s' was not found in the directory '%s'", appID, tenant))
+		oauthError(w, http.StatusBadRequest, "unauthorized_client", fmt.Sprintf("AADSTS700016: Application with identifier '%s' was not found in the directory '%s'", appID, tenant))
 		return
 	}
 	if err := a.authenticate(sp, r); err != nil {
-		aadError(w, http.StatusUnauthorized, "invalid_client", "AADSTS7000215: "+err.Error())
+		oauthError(w, http.StatusUnauthorized, "invalid_client", "AADSTS7000215: "+err.Error())
 		return
 	}
 	// MSAL adds OpenID scopes; the resource is the one ending in /.default.
@@ -136,16 +136,16 @@ func (a *AAD) token(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if audience == "" {
-		aadError(w, http.StatusBadRequest, "invalid_scope", "AADSTS1002012: client credentials need a scope ending in /.default")
+		oauthError(w, http.StatusBadRequest, "invalid_scope", "AADSTS1002012: client credentials need a scope ending in /.default")
 		return
 	}
 	tok, _, err := a.Signer.Sign(Claims{AppID: sp.AppID, OID: sp.ObjectID, TID: sp.TenantID}, audience)
 	if err != nil {
-		aadError(w, http.StatusInternalServerError, "server_error", err.Error())
+		oauthError(w, http.StatusInternalServerError, "server_error", err.Error())
 		return
 	}
 	secs := int(TokenLifetime.Seconds())
-	writeJSONBody(w, map[string]any{"token_type": "Bearer", "expires_in": secs, "ext_expires_in": secs, "access_token": tok})
+	writeJSON(w, http.StatusOK, map[string]any{"token_type": "Bearer", "expires_in": secs, "ext_expires_in": secs, "access_token": tok})
 }
 
 // authenticate checks the client secret or the certificate-signed assertion.
@@ -169,10 +169,4 @@ func (a *AAD) authenticate(sp *ServicePrincipal, r *http.Request) error {
 		}
 	}
 	return fmt.Errorf("client assertion for app %s is not signed by a registered certificate", sp.AppID)
-}
-
-func aadError(w http.ResponseWriter, status int, code, desc string) {
-	w.Header().Set("Content-Type", "application/json; charset=utf-8")
-	w.WriteHeader(status)
-	writeJSONBodyNoHeader(w, map[string]string{"error": code, "error_description": desc})
 }

@@ -12,7 +12,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 
-	"github.com/aad-pod-identity/aad-pod-identity/e2e/testca"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/testca"
 )
 
 func TestIMDSIssuesOnlyAssignedIdentities(t *testing.T) {
@@ -24,7 +24,7 @@ func TestIMDSIssuesOnlyAssignedIdentities(t *testing.T) {
 	a := state.CreateIdentity("sub", "rg", "a")
 	b := state.CreateIdentity("sub", "rg", "b")
 	pool := state.AddPool(KindVMSS, "sub", "rg", "pool", 1, true)
-	if err := state.AttachIdentity(pool.ID, a.ResourceID); err != nil {
+	if err := state.SetUserAssigned(pool.ID, a.ResourceID, true); err != nil {
 		t.Fatal(err)
 	}
 	srv := httptest.NewServer(&IMDS{State: state, Signer: signer, PoolID: pool.ID, VMName: "pool_0"})

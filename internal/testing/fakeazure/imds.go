@@ -1,8 +1,6 @@
 package fakeazure
 
 import (
-	"encoding/json"
-	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -21,25 +19,25 @@ type IMDS struct {
 // /metadata/versions.
 func (m *IMDS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !strings.EqualFold(r.Header.Get("Metadata"), "true") || r.Header.Get("X-Forwarded-For") != "" {
-		imdsError(w, http.StatusBadRequest, "Required metadata header not specified")
+		oauthError(w, http.StatusBadRequest, "invalid_request", "Required metadata header not specified")
 		return
 	}
 	pool, ok := m.State.Pool(m.PoolID)
 	if !ok {
-		imdsError(w, http.StatusInternalServerError, "VM pool "+m.PoolID+" does not exist")
+		oauthError(w, http.StatusInternalServerError, "invalid_request", "VM pool "+m.PoolID+" does not exist")
 		return
 	}
 	switch strings.ToLower(r.URL.Path) {
 	case "/metadata/identity/oauth2/token":
 		m.token(w, r, pool)
 	case "/metadata/instance":
-		writeJSONBody(w, map[string]any{"compute": map[string]string{
+		writeJSON(w, http.StatusOK, map[string]any{"compute": map[string]string{
 			"name": m.VMName, "location": pool.Location, "vmScaleSetName": vmssName(pool), "resourceId": pool.ID + instanceSuffix(pool, m.VMName),
 		}})
 	case "/metadata/versions":
-		writeJSONBody(w, map[string]any{"apiVersions": []string{"2018-02-01", "2019-08-01", "2021-02-01"}})
+		writeJSON(w, http.StatusOK, map[string]any{"apiVersions": []string{"2018-02-01", "2019-08-01", "2021-02-01"}})
 	default:
-		imdsError(w, http.StatusNotFound, "Resource not found")
+		oauthError(w, http.StatusNotFound, "invalid_request", "Resource not found")
 	}
 }
 
@@ -47,25 +45,25 @@ func (m *IMDS) token(w http.ResponseWriter, r *http.Request, pool Pool) {
 	q := r.URL.Query()
 	resource := q.Get("resource")
 	if resource == "" || q.Get("api-version") == "" {
-		imdsError(w, http.StatusBadRequest, "Required query variable 'resource' or 'api-version' is missing")
+		oauthError(w, http.StatusBadRequest, "invalid_request", "Required query variable 'resource' or 'api-version' is missing")
 		return
 	}
 	claims, ok := m.identity(pool, q.Get("client_id"), q.Get("msi_res_id")+q.Get("mi_res_id"))
 	if !ok {
-		imdsError(w, http.StatusBadRequest, "Identity not found")
+		oauthError(w, http.StatusBadRequest, "invalid_request", "Identity not found")
 		return
 	}
 	if claims == nil {
-		imdsError(w, http.StatusBadRequest, "Multiple user assigned identities exist, please specify the clientId / resourceId of the identity in the token request")
+		oauthError(w, http.StatusBadRequest, "invalid_request", "Multiple user assigned identities exist, please specify the clientId / resourceId of the identity in the token request")
 		return
 	}
 	claims.TID = m.State.TenantID
 	tok, exp, err := m.Signer.Sign(*claims, resource)
 	if err != nil {
-		imdsError(w, http.StatusInternalServerError, err.Error())
+		oauthError(w, http.StatusInternalServerError, "invalid_request", err.Error())
 		return
 	}
-	writeJSONBody(w, map[string]string{
+	writeJSON(w, http.StatusOK, map[string]string{
 		"access_token": tok, "refresh_token": "", "expires_in": strconv.Itoa(int(TokenLifetime.Seconds())),
 		"expires_on": strconv.FormatInt(exp.Unix(), 10), "not_before": strconv.FormatInt(exp.Add(-TokenLifetime).Unix(), 10),
 		"resource": resource, "token_type": "Bearer", "client_id": claims.AppID,
@@ -109,32 +107,4 @@ func instanceSuffix(p Pool, vm string) string {
 	}
 	_, idx, _ := strings.Cut(vm, p.Name+"_")
 	return "/virtualMachines/" + idx
-}
-
-func imdsError(w http.ResponseWriter, status int, desc string) {
-	w.Header().Set("Content-Type", "application/json; charset=utf-8")
-	w.WriteHeader(status)
-	writeJSONBodyNoHeader(w, map[string]string{"error": "invalid_request", "error_description": desc})
-}
-
-func writeJSONBody(w http.ResponseWriter, v any) {
-	w.Header().Set("Content-Type", "application/json; charset=utf-8")
-	writeJSONBodyNoHeader(w, v)
-}
-
-func writeJSONBodyNoHeader(w http.ResponseWriter, v any) {
-	_ = json.NewEncoder(w).Encode(v) // the client went away; nothing to do
-}
-
-// AttachIdentity assigns a registered identity to a pool directly, as if
-// through ARM: for tests of token serving that need no assigner.
-func (s *State) AttachIdentity(poolID, resourceID string) error {
-	id, ok := s.LookupIdentity(resourceID)
-	if !ok {
-		return fmt.Errorf("identity %s not registered", resourceID)
-	}
-	return s.update(poolID, func(p *Pool) error {
-		p.UserAssigned[key(resourceID)] = id
-		return nil
-	})
 }

@@ -46,7 +46,8 @@ type Pool struct {
 	UserAssigned map[string]Identity
 }
 
-// State is the fake cloud. All methods are safe for concurrent use.
+// State is the fake cloud. All methods are safe for concurrent use, and
+// every change to it is made by a method in this file.
 type State struct {
 	mu         sync.Mutex
 	TenantID   string
@@ -153,15 +154,68 @@ func (s *State) Assigned(poolID, clientID string) bool {
 	return false
 }
 
-// update runs fn on a pool under the state's lock.
-func (s *State) update(poolID string, fn func(*Pool) error) error {
+// DeleteIdentity removes a user-assigned identity (`az identity delete`). It
+// stays on pools that still list it, as in Azure, where a deleted identity
+// lingers on VMs until removed from them.
+func (s *State) DeleteIdentity(resourceID string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.identities[key(resourceID)]
+	delete(s.identities, key(resourceID))
+	return ok
+}
+
+// SetUserAssigned adds or removes a user-assigned identity on a pool out of
+// band, as another tool or a person in the portal would, or as tests of
+// token serving that need no assigner do.
+func (s *State) SetUserAssigned(poolID, resourceID string, present bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	p, ok := s.pools[key(poolID)]
 	if !ok {
 		return fmt.Errorf("pool %s not found", poolID)
 	}
-	return fn(p)
+	if !present {
+		delete(p.UserAssigned, key(resourceID))
+		return nil
+	}
+	ident, ok := s.identities[key(resourceID)]
+	if !ok {
+		return fmt.Errorf("identity %s not found", resourceID)
+	}
+	p.UserAssigned[key(resourceID)] = ident
+	return nil
+}
+
+// applyPatch makes an accepted ARM PATCH take effect, with ARM's type
+// semantics: a type without UserAssigned drops every user-assigned identity,
+// a type without SystemAssigned drops the system-assigned one. Identities
+// deleted since the PATCH was accepted are skipped, as ARM does.
+func (s *State) applyPatch(poolID, typ string, body map[string]bool) {
+	if typ == "" {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, ok := s.pools[key(poolID)]
+	if !ok {
+		return
+	}
+	merged := mergeUserAssigned(p.UserAssigned, body)
+	p.UserAssigned = map[string]Identity{}
+	if strings.Contains(typ, TypeUserAssigned) {
+		for id := range merged {
+			if ident, ok := s.identities[id]; ok {
+				p.UserAssigned[id] = ident
+			}
+		}
+	}
+	switch {
+	case !strings.Contains(typ, TypeSystemAssigned):
+		p.SystemAssigned = ""
+	case p.SystemAssigned == "":
+		p.SystemAssigned = uuid.NewString()
+	}
 }
 
 func (p *Pool) copy() Pool {
