@@ -84,7 +84,10 @@ func readPackageMap(t *testing.T, path string) []rule {
 		t.Fatal(err)
 	}
 	_, table, ok := strings.Cut(string(doc), "<!-- package map -->")
-	if table, _, ok = strings.Cut(table, "<!-- end package map -->"); !ok {
+	if ok {
+		table, _, ok = strings.Cut(table, "<!-- end package map -->")
+	}
+	if !ok {
 		t.Fatalf("%s has no package map markers", path)
 	}
 	var rules []rule
