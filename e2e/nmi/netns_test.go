@@ -315,6 +315,9 @@ func functional(t *testing.T, n *node) {
 		expectStatus(t, pods["pod-b"], "http://"+metadataIP+"/metadata/scheduledevents?api-version=2020-07-01", http.StatusForbidden, "not served")
 	})
 
+	t.Run("a pod cannot reach the node's loopback services", func(t *testing.T) {
+		loopbackGuarded(t, pods["pod-b"])
+	})
 	t.Run("tampered rules are repaired", func(t *testing.T) {
 		run(t, "iptables", "-t", "nat", "-I", "PREROUTING", "1", "-p", "udp", "-j", "RETURN")
 		run(t, "iptables", "-t", "nat", "-D", Chain, "1")
@@ -351,6 +354,58 @@ func functional(t *testing.T, n *node) {
 		// which proves the rules were what stood in between.
 		expectToken(t, signer, pods["pod-b"], tokenURL, pool.SystemAssigned, pool.ID)
 	})
+}
+
+// loopbackGuarded replays CVE-2020-8558 from a pod: with route_localnet,
+// which NMI's loopback DNAT target needs, a pod routing 127.0.0.0/8 to the
+// node reaches the node's localhost-only listeners, unless NMI's guard chain
+// drops what was not DNATed. Without the guard the same connection must
+// succeed, so that the test shows the guard is what stops it.
+func loopbackGuarded(t *testing.T, p pod) {
+	// 127.0.0.2: the pod keeps 127.0.0.1 on its own loopback (a host route
+	// of its local table), while the rest of 127.0.0.0/8 goes to the node.
+	l, err := net.Listen("tcp", "127.0.0.2:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			_ = c.Close()
+		}
+	}()
+	gw := net.ParseIP(p.ip).To4()
+	gw[3] = 1
+	run(t, "ip", "netns", "exec", p.netns, "sysctl", "-q", "-w", "net.ipv4.conf.all.route_localnet=1", "net.ipv4.conf.eth0.route_localnet=1")
+	run(t, "ip", "-n", p.netns, "route", "del", "local", "127.0.0.0/8", "dev", "lo", "table", "local")
+	run(t, "ip", "-n", p.netns, "route", "add", "127.0.0.0/8", "via", gw.String(), "dev", "eth0")
+	t.Cleanup(func() {
+		_ = exec.Command("ip", "-n", p.netns, "route", "del", "127.0.0.0/8", "via", gw.String(), "dev", "eth0").Run()
+		_ = exec.Command("ip", "-n", p.netns, "route", "add", "local", "127.0.0.0/8", "dev", "lo", "table", "local").Run()
+	})
+	dial := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		c, err := dialIn(p.netns)(ctx, "tcp", l.Addr().String())
+		if err == nil {
+			_ = c.Close()
+		}
+		return err
+	}
+	if err := dial(); err == nil {
+		t.Fatalf("%s reached the node's %s", p.name, l.Addr())
+	}
+	// The control: the same connection without the guard gets through.
+	run(t, "iptables", "-D", "INPUT", "-j", "aad-metadata-guard")
+	err = dial()
+	run(t, "iptables", "-I", "INPUT", "1", "-j", "aad-metadata-guard")
+	if err != nil {
+		t.Fatalf("without the guard the pod still cannot reach %s (%v): the test proves nothing", l.Addr(), err)
+	}
 }
 
 func createObjects(ctx context.Context, t *testing.T, c client.Client, pods map[string]pod, idA, idB fakeazure.Identity) {
@@ -420,7 +475,8 @@ func startNMI(t *testing.T, kubeconfig, logPath string) *exec.Cmd {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(os.Getenv(envNMIPath), "--kubeconfig", kubeconfig, "--metrics-bind-address", "0",
-		"--health-probe-bind-address", "127.0.0.1:0", "--sync-period", "2s", "--remove-startup-taint")
+		"--health-probe-bind-address", "127.0.0.1:0", "--sync-period", "2s", "--remove-startup-taint",
+		"--exception-namespaces", "default")
 	cmd.Env = append(os.Environ(), "NODE_NAME="+nodeName)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := cmd.Start(); err != nil {
