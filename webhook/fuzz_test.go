@@ -17,6 +17,7 @@ import (
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/objects"
 )
 
 // FuzzAdmission feeds arbitrary bodies to the mutating webhook's HTTP
@@ -46,8 +47,8 @@ func FuzzAdmission(f *testing.F) {
 	f.Add([]byte(`{`))
 	f.Add([]byte{})
 
-	id := azureIdentity("default", "demo", aadv1.UserAssignedMSI, "c-demo")
-	b := binding("default", "demo-binding", "demo", "demo")
+	id := objects.AzureIdentity("default", "demo", aadv1.UserAssignedMSI, "c-demo")
+	b := objects.Binding("default", "demo-binding", "demo", "demo")
 	resolver := newResolver(f, &id, &b)
 	mutator := podFrontEnd("fuzz", admission.NewDecoder(identity.Scheme()), &PodMutator{Resolver: resolver})
 	// No panic recovery here: a panic must fail the fuzzer.

@@ -18,6 +18,7 @@ import (
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/objects"
 )
 
 func TestResolutionPatch(t *testing.T) {
@@ -112,8 +113,8 @@ func labelled(selector string) *corev1.Pod {
 }
 
 func TestPodMutatorHandle(t *testing.T) {
-	id := azureIdentity("default", "demo", aadv1.UserAssignedMSI, "c-demo")
-	b := binding("default", "demo-binding", "demo", "demo")
+	id := objects.AzureIdentity("default", "demo", aadv1.UserAssignedMSI, "c-demo")
+	b := objects.Binding("default", "demo-binding", "demo", "demo")
 	m := podFrontEnd("mutate-pod", admission.NewDecoder(identity.Scheme()), &PodMutator{Resolver: newResolver(t, &id, &b)})
 
 	resp, reason := m.decide(context.Background(), podRequest(t, admissionv1.Create, labelled("demo"), nil, "alice"))

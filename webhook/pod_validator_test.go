@@ -14,6 +14,7 @@ import (
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/objects"
 )
 
 func TestProtectedChanges(t *testing.T) {
@@ -51,8 +52,8 @@ func TestProtectedChanges(t *testing.T) {
 }
 
 func TestPodValidatorHandle(t *testing.T) {
-	id := azureIdentity("default", "demo", aadv1.UserAssignedMSI, "c-demo")
-	b := binding("default", "demo-binding", "demo", "demo")
+	id := objects.AzureIdentity("default", "demo", aadv1.UserAssignedMSI, "c-demo")
+	b := objects.Binding("default", "demo-binding", "demo", "demo")
 	const assigner = "system:serviceaccount:aad:aad-pod-identity-assigner"
 	v := podFrontEnd("validate-pod", admission.NewDecoder(identity.Scheme()), &PodValidator{Resolver: newResolver(t, &id, &b), Trusted: sets.New(assigner)})
 

@@ -5,32 +5,18 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/objects"
 )
-
-func azureIdentity(ns, name string, typ aadv1.IdentityType, clientID string) aadv1.AzureIdentity {
-	return aadv1.AzureIdentity{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
-		Spec:       aadv1.AzureIdentitySpec{Type: typ, ClientID: clientID},
-	}
-}
-
-func binding(ns, name, identity, selector string) aadv1.AzureIdentityBinding {
-	return aadv1.AzureIdentityBinding{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
-		Spec:       aadv1.AzureIdentityBindingSpec{AzureIdentity: identity, Selector: selector},
-	}
-}
 
 func TestResolve(t *testing.T) {
 	ids := []aadv1.AzureIdentity{
-		azureIdentity("default", "demo", aadv1.UserAssignedMSI, "c-demo"),
-		azureIdentity("default", "sp", aadv1.ServicePrincipal, "c-sp"),
-		azureIdentity("other", "demo", aadv1.UserAssignedMSI, "c-other"),
+		objects.AzureIdentity("default", "demo", aadv1.UserAssignedMSI, "c-demo"),
+		objects.AzureIdentity("default", "sp", aadv1.ServicePrincipal, "c-sp"),
+		objects.AzureIdentity("other", "demo", aadv1.UserAssignedMSI, "c-other"),
 	}
 	tests := []struct {
 		name       string
@@ -44,26 +30,26 @@ func TestResolve(t *testing.T) {
 		assignment bool
 	}{
 		{name: "walkthrough binding", namespace: "default", selector: "demo",
-			bindings: []aadv1.AzureIdentityBinding{binding("default", "demo-binding", "demo", "demo")},
+			bindings: []aadv1.AzureIdentityBinding{objects.Binding("default", "demo-binding", "demo", "demo")},
 			want:     []string{"default/demo"}, wantIDs: "c-demo", assignment: true},
 		{name: "empty selector resolves nothing", namespace: "default", selector: "",
-			bindings: []aadv1.AzureIdentityBinding{binding("default", "b", "demo", "demo")}},
+			bindings: []aadv1.AzureIdentityBinding{objects.Binding("default", "b", "demo", "demo")}},
 		{name: "other selector", namespace: "default", selector: "nope",
-			bindings: []aadv1.AzureIdentityBinding{binding("default", "b", "demo", "demo")}},
+			bindings: []aadv1.AzureIdentityBinding{objects.Binding("default", "b", "demo", "demo")}},
 		{name: "binding in another namespace is ignored by default", namespace: "default", selector: "demo",
-			bindings: []aadv1.AzureIdentityBinding{binding("other", "b", "demo", "demo")}},
+			bindings: []aadv1.AzureIdentityBinding{objects.Binding("other", "b", "demo", "demo")}},
 		{name: "binding in another namespace with cross-namespace", namespace: "default", selector: "demo", cross: true,
-			bindings: []aadv1.AzureIdentityBinding{binding("other", "b", "demo", "demo")},
+			bindings: []aadv1.AzureIdentityBinding{objects.Binding("other", "b", "demo", "demo")},
 			want:     []string{"other/demo"}, wantIDs: "c-other", assignment: true},
 		{name: "binding naming a missing identity is dangling", namespace: "default", selector: "demo",
-			bindings: []aadv1.AzureIdentityBinding{binding("default", "b", "ghost", "demo")},
+			bindings: []aadv1.AzureIdentityBinding{objects.Binding("default", "b", "ghost", "demo")},
 			dangling: []string{"default/b"}},
 		{name: "service principal needs no assignment", namespace: "default", selector: "sp",
-			bindings: []aadv1.AzureIdentityBinding{binding("default", "b", "sp", "sp")},
+			bindings: []aadv1.AzureIdentityBinding{objects.Binding("default", "b", "sp", "sp")},
 			want:     []string{"default/sp"}, wantIDs: "c-sp"},
 		{name: "several bindings sorted and deduplicated", namespace: "default", selector: "both",
 			bindings: []aadv1.AzureIdentityBinding{
-				binding("default", "b1", "sp", "both"), binding("default", "b2", "demo", "both"), binding("default", "b3", "demo", "both")},
+				objects.Binding("default", "b1", "sp", "both"), objects.Binding("default", "b2", "demo", "both"), objects.Binding("default", "b3", "demo", "both")},
 			want: []string{"default/demo", "default/sp"}, wantIDs: "c-demo,c-sp", assignment: true},
 	}
 	for _, tt := range tests {
@@ -92,8 +78,8 @@ func TestResolve(t *testing.T) {
 // A binding created together with the pod may not be in the cache yet: the
 // resolver must fall back to a live read.
 func TestResolverFallsBackToLiveRead(t *testing.T) {
-	id := azureIdentity("default", "demo", aadv1.UserAssignedMSI, "c-demo")
-	b := binding("default", "demo-binding", "demo", "demo")
+	id := objects.AzureIdentity("default", "demo", aadv1.UserAssignedMSI, "c-demo")
+	b := objects.Binding("default", "demo-binding", "demo", "demo")
 	empty := newFakeClient(t)
 	live := newFakeClient(t, &id, &b)
 
