@@ -17,7 +17,9 @@ import (
 )
 
 // +kubebuilder:webhook:path=/validate-aadpodidentity-k8s-io-v1-azureidentitybinding,mutating=false,failurePolicy=fail,sideEffects=None,groups=aadpodidentity.k8s.io,resources=azureidentitybindings,verbs=create;update,versions=v1,name=vazureidentitybinding.aadpodidentity.k8s.io,admissionReviewVersions=v1,matchPolicy=Equivalent,timeoutSeconds=10
-// +kubebuilder:webhook:path=/validate-aadpodidentity-k8s-io-v1-azurepodidentityexception,mutating=false,failurePolicy=fail,sideEffects=None,groups=aadpodidentity.k8s.io,resources=azurepodidentityexceptions,verbs=create;update,versions=v1,name=vazurepodidentityexception.aadpodidentity.k8s.io,admissionReviewVersions=v1,matchPolicy=Equivalent,timeoutSeconds=10
+// The exception webhook only warns: failurePolicy Ignore, so that an exception created together
+// with the webhook (the chart's own) is not refused while it starts.
+// +kubebuilder:webhook:path=/validate-aadpodidentity-k8s-io-v1-azurepodidentityexception,mutating=false,failurePolicy=ignore,sideEffects=None,groups=aadpodidentity.k8s.io,resources=azurepodidentityexceptions,verbs=create;update,versions=v1,name=vazurepodidentityexception.aadpodidentity.k8s.io,admissionReviewVersions=v1,matchPolicy=Equivalent,timeoutSeconds=10
 // +kubebuilder:webhook:path=/validate-aadpodidentity-k8s-io-v1-azureidentity,mutating=false,failurePolicy=fail,sideEffects=None,groups=aadpodidentity.k8s.io,resources=azureidentities,verbs=create;update,versions=v1,name=vazureidentity.aadpodidentity.k8s.io,admissionReviewVersions=v1,matchPolicy=Equivalent,timeoutSeconds=10
 
 // The CR validators add what the CRDs' CEL rules cannot know, as warnings:
