@@ -150,6 +150,8 @@ func helmInstall() error {
 		"--set-string", "assigner.aadAuthorityHost="+env.az.AADAuthorityHost,
 		"--set-string", "assigner.gcGracePeriod="+gcGracePeriod.String(),
 		"--set", "nmi.enableServicePrincipals=true",
+		// The fake Azure AD is the sovereign cloud the SP case names in adEndpoint.
+		"--set-string", "nmi.aadAuthorityHost="+env.az.AADAuthorityHost,
 		"--wait", "--timeout", "3m").CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("helm install: %w\n%s", err, out)
