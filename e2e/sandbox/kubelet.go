@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -27,6 +28,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
@@ -331,7 +333,7 @@ func (k *kubelet) run(ctx context.Context, nodeSpec *corev1.Node, errc chan<- er
 	eb.StartRecordingToSink(&corev1client.EventSinkImpl{Interface: k.client.CoreV1().Events("")})
 	defer eb.Shutdown()
 	pc, err := node.NewPodController(node.PodControllerConfig{
-		PodClient:         k.client.CoreV1(),
+		PodClient:         statusPatcher{k.client.CoreV1()},
 		PodInformer:       podInformers.Core().V1().Pods(),
 		EventRecorder:     eb.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "kubelet", Host: k.name}),
 		Provider:          k,
@@ -462,4 +464,30 @@ func DefaultImages(binDir, assets string) Images {
 		im["ghcr.io/aad-pod-identity/"+c] = filepath.Join(binDir, c)
 	}
 	return im
+}
+
+// statusPatcher makes virtual-kubelet write pod status as the kubelet's
+// status manager does, as a patch of status alone. Virtual-kubelet sends its
+// whole cached pod to pods/status, metadata included; a copy older than the
+// latest label or annotation change would write the old ones back (the
+// status strategy keeps metadata), and the chart's policy on pods/status
+// rightly refuses that.
+type statusPatcher struct {
+	corev1client.PodsGetter
+}
+
+func (s statusPatcher) Pods(namespace string) corev1client.PodInterface {
+	return statusPatchingPods{s.PodsGetter.Pods(namespace)}
+}
+
+type statusPatchingPods struct {
+	corev1client.PodInterface
+}
+
+func (p statusPatchingPods) UpdateStatus(ctx context.Context, pod *corev1.Pod, _ metav1.UpdateOptions) (*corev1.Pod, error) {
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"uid": pod.UID}, "status": pod.Status})
+	if err != nil {
+		return nil, err
+	}
+	return p.Patch(ctx, pod.Name, types.StrategicMergePatchType, patch, metav1.PatchOptions{}, "status")
 }

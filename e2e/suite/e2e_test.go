@@ -277,14 +277,15 @@ func testAssignerKilled(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		waiting := 0
+		var waiting []string
 		for _, p := range pods.Items {
 			if p.Annotations[aadv1.AnnotationAssignment] != "Assigned" || p.Status.Phase != corev1.PodRunning {
-				waiting++
+				waiting = append(waiting, fmt.Sprintf("%s (assignment %q, phase %s, node %q, gates %v)",
+					p.Name, p.Annotations[aadv1.AnnotationAssignment], p.Status.Phase, p.Spec.NodeName, p.Spec.SchedulingGates))
 			}
 		}
-		if len(pods.Items) != burst || waiting > 0 {
-			return fmt.Errorf("%d of %d pods not yet Assigned and running", waiting, len(pods.Items))
+		if len(pods.Items) != burst || len(waiting) > 0 {
+			return fmt.Errorf("%d of %d pods not yet Assigned and running: %s", len(waiting), len(pods.Items), strings.Join(waiting, "; "))
 		}
 		return nil
 	})
