@@ -9,12 +9,13 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
 )
 
 // poolARM is what the pool controller asks of ARM.
 type poolARM interface {
-	Get(ctx context.Context, pool Pool) (Actual, error)
-	Update(ctx context.Context, pool Pool, p Patch) error
+	Get(ctx context.Context, pool nodepool.Pool) (Actual, error)
+	Update(ctx context.Context, pool nodepool.Pool, p Patch) error
 }
 
 // apply carries out a plan: the records' grace-period bookkeeping, the ARM
@@ -72,7 +73,7 @@ func (r *poolReconciler) write(ctx context.Context, s *poolState, add, remove []
 // returned (lower-cased resource ID → error), and the rest is sent again,
 // so that one bad identity does not hold back the others; any other error
 // stops the writes.
-func writeIdentities(ctx context.Context, arm poolARM, pool Pool, actual Actual, add, remove []string) (map[string]string, error) {
+func writeIdentities(ctx context.Context, arm poolARM, pool nodepool.Pool, actual Actual, add, remove []string) (map[string]string, error) {
 	refused := map[string]string{}
 	for {
 		err := writeOnce(ctx, arm, pool, actual, add, remove)
@@ -92,7 +93,7 @@ func writeIdentities(ctx context.Context, arm poolARM, pool Pool, actual Actual,
 	}
 }
 
-func writeOnce(ctx context.Context, arm poolARM, pool Pool, actual Actual, add, remove []string) error {
+func writeOnce(ctx context.Context, arm poolARM, pool nodepool.Pool, actual Actual, add, remove []string) error {
 	for _, p := range Patches(actual, add, remove) {
 		log.FromContext(ctx).Info("patching pool", "pool", pool.ID(), "type", p.Type, "add", len(p.Add), "remove", len(p.Remove))
 		if err := arm.Update(ctx, pool, p); err != nil {

@@ -11,6 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
 )
 
 // fakeARM is one pool's identities in ARM. A PATCH adding a refused
@@ -24,7 +25,7 @@ type fakeARM struct {
 	patches []Patch
 }
 
-func (a *fakeARM) Get(context.Context, Pool) (Actual, error) {
+func (a *fakeARM) Get(context.Context, nodepool.Pool) (Actual, error) {
 	a.gets++
 	actual := Actual{UserAssigned: map[string]bool{}}
 	for id := range a.onPool {
@@ -33,7 +34,7 @@ func (a *fakeARM) Get(context.Context, Pool) (Actual, error) {
 	return actual, nil
 }
 
-func (a *fakeARM) Update(_ context.Context, _ Pool, p Patch) error {
+func (a *fakeARM) Update(_ context.Context, _ nodepool.Pool, p Patch) error {
 	a.patches = append(a.patches, p)
 	if a.fail != nil {
 		return a.fail

@@ -14,6 +14,8 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/arm"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/compute/armcompute/v8"
+
+	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
 )
 
 // ARM reads and patches the identities of VMSS and VMs. Clients are made
@@ -57,7 +59,7 @@ func (a *ARM) clients(sub string) (*armcompute.VirtualMachineScaleSetsClient, *a
 }
 
 // Get reads a pool's identities.
-func (a *ARM) Get(ctx context.Context, pool Pool) (actual Actual, err error) {
+func (a *ARM) Get(ctx context.Context, pool nodepool.Pool) (actual Actual, err error) {
 	defer observeARM("get", time.Now(), &err)
 	ctx, cancel := context.WithTimeout(ctx, a.Timeout)
 	defer cancel()
@@ -69,7 +71,7 @@ func (a *ARM) Get(ctx context.Context, pool Pool) (actual Actual, err error) {
 		typ *armcompute.ResourceIdentityType
 		ua  map[string]*armcompute.UserAssignedIdentitiesValue
 	)
-	if pool.Kind == KindVMSS {
+	if pool.Kind == nodepool.KindVMSS {
 		resp, err := vmss.Get(ctx, pool.ResourceGroup, pool.Name, nil)
 		if err != nil {
 			return Actual{}, err
@@ -95,7 +97,7 @@ func (a *ARM) Get(ctx context.Context, pool Pool) (actual Actual, err error) {
 }
 
 // Update sends one patch and waits for its long-running operation.
-func (a *ARM) Update(ctx context.Context, pool Pool, p Patch) (err error) {
+func (a *ARM) Update(ctx context.Context, pool nodepool.Pool, p Patch) (err error) {
 	defer observeARM("patch", time.Now(), &err)
 	ctx, cancel := context.WithTimeout(ctx, a.Timeout)
 	defer cancel()
@@ -112,7 +114,7 @@ func (a *ARM) Update(ctx context.Context, pool Pool, p Patch) (err error) {
 	}
 	typ := armcompute.ResourceIdentityType(p.Type)
 	poll := &runtime.PollUntilDoneOptions{Frequency: a.pollEvery}
-	if pool.Kind == KindVMSS {
+	if pool.Kind == nodepool.KindVMSS {
 		poller, err := vmss.BeginUpdate(ctx, pool.ResourceGroup, pool.Name, armcompute.VirtualMachineScaleSetUpdate{
 			Identity: &armcompute.VirtualMachineScaleSetIdentity{Type: &typ, UserAssignedIdentities: ua},
 		}, nil)

@@ -15,6 +15,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/aad-pod-identity/aad-pod-identity/assigner"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/fakeazure"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/testca"
 )
@@ -50,7 +51,7 @@ func TestAzureConfigCredential(t *testing.T) {
 	armSrv.VerifyTokens(signer, cloud.AzurePublic.Services[cloud.ResourceManager].Audience)
 	fp := state.AddPool(fakeazure.KindVMSS, sub, "mc-rg", "pool0", 1, true)
 	id := state.CreateIdentity(sub, "ids-rg", "id0")
-	pool, err := assigner.ParsePoolID(fp.ID)
+	pool, err := nodepool.ParseID(fp.ID)
 	if err != nil {
 		t.Fatal(err)
 	}

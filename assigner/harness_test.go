@@ -20,6 +20,7 @@ import (
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 	"github.com/aad-pod-identity/aad-pod-identity/assigner"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/fakeazure"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/framework"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/testca"
@@ -238,7 +239,7 @@ func (w *world) records() []aadv1.AzureAssignedIdentity {
 }
 
 func (w *world) record(identity string, p fakeazure.Pool) (*aadv1.AzureAssignedIdentity, error) {
-	pool, err := assigner.ParsePoolID(p.ID)
+	pool, err := nodepool.ParseID(p.ID)
 	if err != nil {
 		return nil, err
 	}

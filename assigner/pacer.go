@@ -6,6 +6,8 @@ import (
 
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/utils/clock"
+
+	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
 )
 
 // baseBackoff is the first delay after a transient ARM failure; it doubles
@@ -140,7 +142,7 @@ func (p *pacer) retryFailedDue(pool string) bool {
 // round, and whether it was a 429: that pauses every request to the
 // subscription for its Retry-After. Anything else (5xx, 409, timeouts)
 // backs off per pool, exponentially with jitter, up to the drift period.
-func (p *pacer) armFailed(pool Pool, err error) (time.Duration, bool) {
+func (p *pacer) armFailed(pool nodepool.Pool, err error) (time.Duration, bool) {
 	now := p.clock.Now()
 	p.mu.Lock()
 	defer p.mu.Unlock()

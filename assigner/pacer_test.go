@@ -12,11 +12,13 @@ import (
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
 	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
 )
 
 var (
 	t0       = time.Unix(1000, 0)
-	testPool = Pool{Subscription: "s", ResourceGroup: "rg", Kind: KindVMSS, Name: "p"}
+	testPool = nodepool.Pool{Subscription: "s", ResourceGroup: "rg", Kind: nodepool.KindVMSS, Name: "p"}
 )
 
 func TestPacerBatchWait(t *testing.T) {
@@ -86,7 +88,7 @@ func TestPacerUntilDriftCheck(t *testing.T) {
 	if got, ok := p.untilDriftCheck(key); !ok || got != 3*time.Minute {
 		t.Errorf("after a new read: %s, %v", got, ok)
 	}
-	if _, ok := p.untilDriftCheck(Pool{Subscription: "s", ResourceGroup: "rg", Kind: KindVMSS, Name: "other"}.Key()); ok {
+	if _, ok := p.untilDriftCheck(nodepool.Pool{Subscription: "s", ResourceGroup: "rg", Kind: nodepool.KindVMSS, Name: "other"}.Key()); ok {
 		t.Error("another pool counts as read")
 	}
 }
@@ -120,7 +122,7 @@ func TestPacerRetryFailedDue(t *testing.T) {
 func TestPacerBackoff(t *testing.T) {
 	const drift = 10 * time.Second
 	p := newPacer(clocktesting.NewFakeClock(t0), 0, drift)
-	other := Pool{Subscription: "s", ResourceGroup: "rg", Kind: KindVMSS, Name: "other"}
+	other := nodepool.Pool{Subscription: "s", ResourceGroup: "rg", Kind: nodepool.KindVMSS, Name: "other"}
 	transient := errors.New("connection reset")
 	for i, base := range []time.Duration{500 * time.Millisecond, time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, drift, drift} {
 		wait, throttled := p.armFailed(testPool, transient)
@@ -177,7 +179,7 @@ func TestPacerRetryAfter(t *testing.T) {
 		clk := clocktesting.NewFakeClock(t0)
 		p := newPacer(clk, 0, time.Hour)
 		p.armFailed(testPool, tooManyRequests("30"))
-		p.armFailed(Pool{Subscription: "s", ResourceGroup: "rg", Kind: KindVM, Name: "vm"}, tooManyRequests("5"))
+		p.armFailed(nodepool.Pool{Subscription: "s", ResourceGroup: "rg", Kind: nodepool.KindVM, Name: "vm"}, tooManyRequests("5"))
 		if got := p.throttled(testPool.Subscription); got != 30*time.Second {
 			t.Errorf("paused for %s, want 30s", got)
 		}

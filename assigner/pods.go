@@ -20,6 +20,7 @@ import (
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
 )
 
 // Event reasons on pods.
@@ -59,7 +60,7 @@ func (r *podReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 			userAssigned = append(userAssigned, id.Key())
 		}
 	}
-	var pools []Pool
+	var pools []nodepool.Pool
 	var poolErr error
 	if len(userAssigned) > 0 {
 		var nodes corev1.NodeList
@@ -92,7 +93,7 @@ func (r *podReconciler) SetupWithManager(mgr ctrl.Manager) error {
 
 // assignment is the pod's assignment annotation: Assigned once every
 // identity's record on every target pool is Assigned.
-func (r *podReconciler) assignment(ctx context.Context, identities []types.NamespacedName, pools []Pool, poolErr error) string {
+func (r *podReconciler) assignment(ctx context.Context, identities []types.NamespacedName, pools []nodepool.Pool, poolErr error) string {
 	if poolErr != nil {
 		return aadv1.AssignmentFailedPrefix + poolErr.Error()
 	}
@@ -116,7 +117,7 @@ func (r *podReconciler) assignment(ctx context.Context, identities []types.Names
 	return state
 }
 
-func (r *podReconciler) update(ctx context.Context, pod *corev1.Pod, res identity.Resolution, pools []Pool, assignment string) error {
+func (r *podReconciler) update(ctx context.Context, pod *corev1.Pod, res identity.Resolution, pools []nodepool.Pool, assignment string) error {
 	orig := pod.DeepCopy()
 	if pod.Annotations == nil {
 		pod.Annotations = map[string]string{}
@@ -162,7 +163,7 @@ func (r *podReconciler) update(ctx context.Context, pod *corev1.Pod, res identit
 	return nil
 }
 
-func poolNames(pools []Pool) string {
+func poolNames(pools []nodepool.Pool) string {
 	names := make([]string, 0, len(pools))
 	for _, p := range pools {
 		names = append(names, p.Name)

@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
 )
 
 // poolReconciler makes one pool's user-assigned identities match what its
@@ -59,7 +60,7 @@ func newPoolReconciler(c client.Client, opts Options) *poolReconciler {
 }
 
 func (r *poolReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
-	pool, err := ParsePoolID(req.Name)
+	pool, err := nodepool.ParseID(req.Name)
 	if err != nil {
 		log.FromContext(ctx).Error(err, "ignoring malformed pool")
 		return ctrl.Result{}, nil

@@ -11,12 +11,13 @@ import (
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
 )
 
 // poolState is what one round knows of a pool: the identities its live
 // pods want, our records on it, and what ARM reports once it is read.
 type poolState struct {
-	pool    Pool
+	pool    nodepool.Pool
 	wanted  map[types.NamespacedName]*wantedIdentity
 	records map[types.NamespacedName]*aadv1.AzureAssignedIdentity
 	// unseen: a live pod the pod controller has not targeted yet carries a
@@ -68,7 +69,7 @@ func (s *poolState) inPlace() bool {
 }
 
 // gather reads the pool's state from the cache; ARM is not asked.
-func (r *poolReconciler) gather(ctx context.Context, pool Pool) (*poolState, error) {
+func (r *poolReconciler) gather(ctx context.Context, pool nodepool.Pool) (*poolState, error) {
 	s := &poolState{pool: pool}
 	var err error
 	if s.wanted, err = r.wantedIdentities(ctx, pool); err != nil {
@@ -87,7 +88,7 @@ func (r *poolReconciler) gather(ctx context.Context, pool Pool) (*poolState, err
 }
 
 // wantedIdentities sums, per AzureIdentity, the live pods targeting pool.
-func (r *poolReconciler) wantedIdentities(ctx context.Context, pool Pool) (map[types.NamespacedName]*wantedIdentity, error) {
+func (r *poolReconciler) wantedIdentities(ctx context.Context, pool nodepool.Pool) (map[types.NamespacedName]*wantedIdentity, error) {
 	var pods corev1.PodList
 	if err := r.client.List(ctx, &pods, client.MatchingFields{podPoolIndex: pool.Key()}); err != nil {
 		return nil, fmt.Errorf("listing pods of pool: %w", err)
@@ -157,7 +158,7 @@ func (r *poolReconciler) userAssigned(ctx context.Context, key types.NamespacedN
 }
 
 // records returns the pool's AzureAssignedIdentities by identity key.
-func (r *poolReconciler) records(ctx context.Context, pool Pool) (map[types.NamespacedName]*aadv1.AzureAssignedIdentity, error) {
+func (r *poolReconciler) records(ctx context.Context, pool nodepool.Pool) (map[types.NamespacedName]*aadv1.AzureAssignedIdentity, error) {
 	var list aadv1.AzureAssignedIdentityList
 	if err := r.client.List(ctx, &list, client.InNamespace(r.namespace), client.MatchingFields{recordPoolIndex: pool.Key()}); err != nil {
 		return nil, fmt.Errorf("listing AzureAssignedIdentities of pool: %w", err)

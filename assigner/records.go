@@ -17,11 +17,12 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
 )
 
 // RecordName names the AzureAssignedIdentity of one AzureIdentity on one
 // pool: stable, so that any replica finds it.
-func RecordName(id types.NamespacedName, pool Pool) string {
+func RecordName(id types.NamespacedName, pool nodepool.Pool) string {
 	key := id.String()
 	sum := sha256.Sum256([]byte(key + "|" + pool.Key()))
 	name := strings.ToLower(strings.NewReplacer("/", "-", ".", "-").Replace(key))

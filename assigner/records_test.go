@@ -4,11 +4,13 @@ import (
 	"testing"
 
 	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
 )
 
 func TestRecordName(t *testing.T) {
-	p, _ := ParsePoolID("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/a")
-	q, _ := ParsePoolID("/subscriptions/S/resourcegroups/RG/providers/Microsoft.Compute/virtualMachineScaleSets/A")
+	p, _ := nodepool.ParseID("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/a")
+	q, _ := nodepool.ParseID("/subscriptions/S/resourcegroups/RG/providers/Microsoft.Compute/virtualMachineScaleSets/A")
 	if RecordName(types.NamespacedName{Namespace: "ns", Name: "id"}, p) != RecordName(types.NamespacedName{Namespace: "ns", Name: "id"}, q) {
 		t.Error("record name depends on ID case")
 	}

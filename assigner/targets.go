@@ -11,6 +11,7 @@ import (
 	"k8s.io/klog/v2"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
 )
 
 // errNoPool explains why a pending pod has no target pool.
@@ -22,21 +23,21 @@ var errNoPool = errors.New("no node pool matches the pod's node selector, requir
 // taints). Taints that go away by themselves do not count: NMI's startup
 // taint and the node lifecycle's not-ready/unreachable ones (a new node of a
 // pool carries them until its kubelet reports ready).
-func TargetPools(pod *corev1.Pod, nodes []corev1.Node) ([]Pool, error) {
+func TargetPools(pod *corev1.Pod, nodes []corev1.Node) ([]nodepool.Pool, error) {
 	if pod.Spec.NodeName != "" {
 		for i := range nodes {
 			if nodes[i].Name == pod.Spec.NodeName {
-				p, err := PoolFromProviderID(nodes[i].Spec.ProviderID)
+				p, err := nodepool.FromProviderID(nodes[i].Spec.ProviderID)
 				if err != nil {
 					return nil, fmt.Errorf("node %s: %w", nodes[i].Name, err)
 				}
-				return []Pool{p}, nil
+				return []nodepool.Pool{p}, nil
 			}
 		}
 		return nil, fmt.Errorf("node %s of the pod not found", pod.Spec.NodeName)
 	}
 	affinity := nodeaffinity.GetRequiredNodeAffinity(pod)
-	byKey := map[string]Pool{}
+	byKey := map[string]nodepool.Pool{}
 	for i := range nodes {
 		node := &nodes[i]
 		if ok, err := affinity.Match(node); err != nil {
@@ -47,7 +48,7 @@ func TargetPools(pod *corev1.Pod, nodes []corev1.Node) ([]Pool, error) {
 		if _, untolerated := corev1helpers.FindMatchingUntoleratedTaint(klog.Background(), node.Spec.Taints, pod.Spec.Tolerations, schedulingTaint, false); untolerated {
 			continue
 		}
-		p, err := PoolFromProviderID(node.Spec.ProviderID)
+		p, err := nodepool.FromProviderID(node.Spec.ProviderID)
 		if err != nil {
 			continue // not an Azure node (or not yet initialised): nothing to assign to
 		}
@@ -56,7 +57,7 @@ func TargetPools(pod *corev1.Pod, nodes []corev1.Node) ([]Pool, error) {
 	if len(byKey) == 0 {
 		return nil, errNoPool
 	}
-	pools := make([]Pool, 0, len(byKey))
+	pools := make([]nodepool.Pool, 0, len(byKey))
 	for _, p := range byKey {
 		pools = append(pools, p)
 	}

@@ -1,8 +1,8 @@
-package assigner
+package nodepool
 
 import "testing"
 
-func TestPoolFromProviderID(t *testing.T) {
+func TestFromProviderID(t *testing.T) {
 	tests := []struct {
 		in      string
 		want    string
@@ -16,9 +16,9 @@ func TestPoolFromProviderID(t *testing.T) {
 		{in: "", wantErr: true},
 	}
 	for _, tc := range tests {
-		got, err := PoolFromProviderID(tc.in)
+		got, err := FromProviderID(tc.in)
 		if (err != nil) != tc.wantErr || (err == nil && got.ID() != tc.want) {
-			t.Errorf("PoolFromProviderID(%q) = %q, %v; want %q, err %v", tc.in, got.ID(), err, tc.want, tc.wantErr)
+			t.Errorf("FromProviderID(%q) = %q, %v; want %q, err %v", tc.in, got.ID(), err, tc.want, tc.wantErr)
 		}
 	}
 }
