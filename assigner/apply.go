@@ -2,6 +2,7 @@ package assigner
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 
@@ -15,7 +16,8 @@ import (
 // poolARM is what the pool controller asks of ARM.
 type poolARM interface {
 	Get(ctx context.Context, pool nodepool.Pool) (Actual, error)
-	Update(ctx context.Context, pool nodepool.Pool, p Patch) error
+	// Update returns the pool's identities as ARM reports them after the write.
+	Update(ctx context.Context, pool nodepool.Pool, p Patch) (Actual, error)
 }
 
 // apply carries out a plan: the records' grace-period bookkeeping, the ARM
@@ -96,11 +98,14 @@ func writeIdentities(ctx context.Context, arm poolARM, pool nodepool.Pool, actua
 func writeOnce(ctx context.Context, arm poolARM, pool nodepool.Pool, actual Actual, add, remove []string) error {
 	for _, p := range Patches(actual, add, remove) {
 		log.FromContext(ctx).Info("patching pool", "pool", pool.ID(), "type", p.Type, "add", len(p.Add), "remove", len(p.Remove))
-		if err := arm.Update(ctx, pool, p); err != nil {
+		after, err := arm.Update(ctx, pool, p)
+		if err != nil {
 			return err
 		}
+		// The client IDs come from ARM's answer: they are what ties a
+		// resource ID to the client ID NMI will ask IMDS for.
 		for _, id := range p.Add {
-			actual.UserAssigned[strings.ToLower(id)] = true
+			actual.UserAssigned[strings.ToLower(id)] = after.ClientID(id)
 		}
 		for _, id := range p.Remove {
 			delete(actual.UserAssigned, strings.ToLower(id))
@@ -110,13 +115,21 @@ func writeOnce(ctx context.Context, arm poolARM, pool nodepool.Pool, actual Actu
 }
 
 // assignmentStatus is a wanted identity's record status after the writes:
-// Failed if ARM refused it, Assigned once it is on the pool; a Failed
-// record not retried this round stays so.
+// Failed if ARM refused it or reports another client ID for its resource
+// than the AzureIdentity names, Assigned once it is on the pool with that
+// client ID; a Failed record not retried this round stays so.
 func assignmentStatus(rec *aadv1.AzureAssignedIdentity, pods int32, actual Actual, refused map[string]string) aadv1.AzureAssignedIdentityStatus {
 	status := rec.Status
-	if msg, ok := refused[strings.ToLower(rec.Spec.ResourceID)]; ok {
+	rid := rec.Spec.ResourceID
+	switch msg, ok := refused[strings.ToLower(rid)]; {
+	case ok:
 		status = withState(rec.Status, aadv1.StateFailed, msg)
-	} else if actual.Has(rec.Spec.ResourceID) {
+	case !actual.Has(rid):
+	case !strings.EqualFold(actual.ClientID(rid), rec.Spec.ClientID):
+		status = withState(rec.Status, aadv1.StateFailed, fmt.Sprintf(
+			"ARM reports client ID %q for identity %s, but the AzureIdentity names client ID %s: correct its spec.clientID (NMI serves only the pair ARM confirms)",
+			actual.ClientID(rid), rid, rec.Spec.ClientID))
+	default:
 		status = withState(rec.Status, aadv1.StateAssigned, "")
 	}
 	status.Pods = pods

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"path"
 	"reflect"
 	"strings"
 	"testing"
@@ -20,6 +21,8 @@ import (
 type fakeARM struct {
 	onPool  map[string]bool // lower-cased resource IDs
 	refused map[string]bool
+	// clientIDs overrides clientIDOf: what ARM says an identity's client ID is.
+	clientIDs map[string]string
 	fail    error
 	gets    int
 	patches []Patch
@@ -27,21 +30,33 @@ type fakeARM struct {
 
 func (a *fakeARM) Get(context.Context, nodepool.Pool) (Actual, error) {
 	a.gets++
-	actual := Actual{UserAssigned: map[string]bool{}}
-	for id := range a.onPool {
-		actual.UserAssigned[id] = true
-	}
-	return actual, nil
+	return a.actual(), nil
 }
 
-func (a *fakeARM) Update(_ context.Context, _ nodepool.Pool, p Patch) error {
+func (a *fakeARM) actual() Actual {
+	actual := Actual{UserAssigned: map[string]string{}}
+	for id := range a.onPool {
+		actual.UserAssigned[id] = clientIDOf(id)
+		if c, ok := a.clientIDs[id]; ok {
+			actual.UserAssigned[id] = c
+		}
+	}
+	return actual
+}
+
+// clientIDOf is the client ID fakeARM reports for a resource ID.
+func clientIDOf(resourceID string) string {
+	return "client-of-" + path.Base(strings.ToLower(resourceID))
+}
+
+func (a *fakeARM) Update(_ context.Context, _ nodepool.Pool, p Patch) (Actual, error) {
 	a.patches = append(a.patches, p)
 	if a.fail != nil {
-		return a.fail
+		return Actual{}, a.fail
 	}
 	for _, id := range p.Add {
 		if a.refused[id] {
-			return errRefused(id)
+			return Actual{}, errRefused(id)
 		}
 	}
 	if a.onPool == nil {
@@ -53,7 +68,7 @@ func (a *fakeARM) Update(_ context.Context, _ nodepool.Pool, p Patch) error {
 	for _, id := range p.Remove {
 		delete(a.onPool, strings.ToLower(id))
 	}
-	return nil
+	return a.actual(), nil
 }
 
 func errRefused(id string) error {
@@ -61,12 +76,15 @@ func errRefused(id string) error {
 }
 
 // An identity ARM refuses is dropped from the batch and the rest is sent
-// again: the refused one's record becomes Failed, the others Assigned.
+// again: the refused one's record becomes Failed, the others Assigned, and
+// one whose AzureIdentity names another client ID than ARM reports for its
+// resource becomes Failed too.
 func TestWriteIsolatesRefusedIdentities(t *testing.T) {
 	good1, bad, good2 := uami(1), uami(2), uami(3)
-	arm := &fakeARM{refused: map[string]bool{bad: true}}
+	mispaired := uami(5)
+	arm := &fakeARM{refused: map[string]bool{bad: true}, clientIDs: map[string]string{strings.ToLower(mispaired): "someone-else"}}
 	actual := actualOf(true)
-	refused, err := writeIdentities(context.Background(), arm, testPool, actual, []string{good1, bad, good2}, nil)
+	refused, err := writeIdentities(context.Background(), arm, testPool, actual, []string{good1, bad, good2, mispaired}, nil)
 	if err != nil {
 		t.Fatalf("write: %v", err)
 	}
@@ -74,17 +92,17 @@ func TestWriteIsolatesRefusedIdentities(t *testing.T) {
 		t.Errorf("refused = %v, want only %s", refused, bad)
 	}
 	wantPatches := []Patch{
-		{Type: TypeSystemAssignedUserAssigned, Add: []string{good1, bad, good2}},
-		{Type: TypeSystemAssignedUserAssigned, Add: []string{good1, good2}},
+		{Type: TypeSystemAssignedUserAssigned, Add: []string{good1, bad, good2, mispaired}},
+		{Type: TypeSystemAssignedUserAssigned, Add: []string{good1, good2, mispaired}},
 	}
 	if !reflect.DeepEqual(arm.patches, wantPatches) {
 		t.Errorf("patches %+v\nwant %+v", arm.patches, wantPatches)
 	}
-	if !actual.Has(good1) || !actual.Has(good2) || actual.Has(bad) {
+	if !actual.Has(good1) || !actual.Has(good2) || actual.Has(bad) || actual.ClientID(good1) != clientIDOf(good1) {
 		t.Errorf("actual after the writes = %v", actual.UserAssigned)
 	}
 	record := func(id string, state aadv1.AssignmentState) *aadv1.AzureAssignedIdentity {
-		return &aadv1.AzureAssignedIdentity{ObjectMeta: metav1.ObjectMeta{Name: id}, Spec: aadv1.AzureAssignedIdentitySpec{ResourceID: id}, Status: aadv1.AzureAssignedIdentityStatus{Status: state}}
+		return &aadv1.AzureAssignedIdentity{ObjectMeta: metav1.ObjectMeta{Name: id}, Spec: aadv1.AzureAssignedIdentitySpec{ResourceID: id, ClientID: clientIDOf(id)}, Status: aadv1.AzureAssignedIdentityStatus{Status: state}}
 	}
 	tests := []struct {
 		rec       *aadv1.AzureAssignedIdentity
@@ -95,6 +113,7 @@ func TestWriteIsolatesRefusedIdentities(t *testing.T) {
 		{rec: record(bad, aadv1.StateAssigning), wantState: aadv1.StateFailed, wantError: true},
 		{rec: record(good2, aadv1.StateFailed), wantState: aadv1.StateAssigned},
 		{rec: record(uami(4), aadv1.StateFailed), wantState: aadv1.StateFailed}, // not retried this round
+		{rec: record(mispaired, aadv1.StateAssigning), wantState: aadv1.StateFailed, wantError: true},
 	}
 	for _, tc := range tests {
 		got := assignmentStatus(tc.rec, 3, actual, refused)

@@ -67,43 +67,56 @@ func (a *ARM) Get(ctx context.Context, pool nodepool.Pool) (actual Actual, err e
 	if err != nil {
 		return Actual{}, err
 	}
-	var (
-		typ *armcompute.ResourceIdentityType
-		ua  map[string]*armcompute.UserAssignedIdentitiesValue
-	)
 	if pool.Kind == nodepool.KindVMSS {
 		resp, err := vmss.Get(ctx, pool.ResourceGroup, pool.Name, nil)
 		if err != nil {
 			return Actual{}, err
 		}
-		if id := resp.Identity; id != nil {
-			typ, ua = id.Type, id.UserAssignedIdentities
-		}
-	} else {
-		resp, err := vms.Get(ctx, pool.ResourceGroup, pool.Name, nil)
-		if err != nil {
-			return Actual{}, err
-		}
-		if id := resp.Identity; id != nil {
-			typ, ua = id.Type, id.UserAssignedIdentities
-		}
+		return vmssActual(resp.VirtualMachineScaleSet), nil
 	}
-	actual = Actual{UserAssigned: map[string]bool{}}
-	actual.SystemAssigned = typ != nil && strings.Contains(string(*typ), TypeSystemAssigned)
-	for id := range ua {
-		actual.UserAssigned[strings.ToLower(id)] = true
+	resp, err := vms.Get(ctx, pool.ResourceGroup, pool.Name, nil)
+	if err != nil {
+		return Actual{}, err
 	}
-	return actual, nil
+	return vmActual(resp.VirtualMachine), nil
 }
 
-// Update sends one patch and waits for its long-running operation.
-func (a *ARM) Update(ctx context.Context, pool nodepool.Pool, p Patch) (err error) {
+func vmssActual(v armcompute.VirtualMachineScaleSet) Actual {
+	if v.Identity == nil {
+		return toActual(nil, nil)
+	}
+	return toActual(v.Identity.Type, v.Identity.UserAssignedIdentities)
+}
+
+func vmActual(v armcompute.VirtualMachine) Actual {
+	if v.Identity == nil {
+		return toActual(nil, nil)
+	}
+	return toActual(v.Identity.Type, v.Identity.UserAssignedIdentities)
+}
+
+func toActual(typ *armcompute.ResourceIdentityType, ua map[string]*armcompute.UserAssignedIdentitiesValue) Actual {
+	actual := Actual{UserAssigned: make(map[string]string, len(ua))}
+	actual.SystemAssigned = typ != nil && strings.Contains(string(*typ), TypeSystemAssigned)
+	for id, v := range ua {
+		clientID := ""
+		if v != nil && v.ClientID != nil {
+			clientID = *v.ClientID
+		}
+		actual.UserAssigned[strings.ToLower(id)] = clientID
+	}
+	return actual
+}
+
+// Update sends one patch, waits for its long-running operation and
+// returns the pool's identities as ARM reports them afterwards.
+func (a *ARM) Update(ctx context.Context, pool nodepool.Pool, p Patch) (actual Actual, err error) {
 	defer observeARM("patch", time.Now(), &err)
 	ctx, cancel := context.WithTimeout(ctx, a.Timeout)
 	defer cancel()
 	vmss, vms, err := a.clients(pool.Subscription)
 	if err != nil {
-		return err
+		return Actual{}, err
 	}
 	ua := make(map[string]*armcompute.UserAssignedIdentitiesValue, len(p.Add)+len(p.Remove))
 	for _, id := range p.Add {
@@ -119,19 +132,19 @@ func (a *ARM) Update(ctx context.Context, pool nodepool.Pool, p Patch) (err erro
 			Identity: &armcompute.VirtualMachineScaleSetIdentity{Type: &typ, UserAssignedIdentities: ua},
 		}, nil)
 		if err != nil {
-			return err
+			return Actual{}, err
 		}
-		_, err = poller.PollUntilDone(ctx, poll)
-		return err
+		resp, err := poller.PollUntilDone(ctx, poll)
+		return vmssActual(resp.VirtualMachineScaleSet), err
 	}
 	poller, err := vms.BeginUpdate(ctx, pool.ResourceGroup, pool.Name, armcompute.VirtualMachineUpdate{
 		Identity: &armcompute.VirtualMachineIdentity{Type: &typ, UserAssignedIdentities: ua},
 	}, nil)
 	if err != nil {
-		return err
+		return Actual{}, err
 	}
-	_, err = poller.PollUntilDone(ctx, poll)
-	return err
+	resp, err := poller.PollUntilDone(ctx, poll)
+	return vmActual(resp.VirtualMachine), err
 }
 
 // retryAfter returns how long a 429 asks callers to wait, and whether err

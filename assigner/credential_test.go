@@ -126,8 +126,13 @@ func TestAzureConfigCredential(t *testing.T) {
 				t.Fatalf("GET: %v", err)
 			}
 			for _, p := range assigner.Patches(actual, []string{id.ResourceID}, nil) {
-				if err := client.Update(ctx, pool, p); err != nil {
+				after, err := client.Update(ctx, pool, p)
+				if err != nil {
 					t.Fatalf("PATCH: %v", err)
+				}
+				// The client ID comes from ARM's answer to the PATCH.
+				if got := after.ClientID(id.ResourceID); got != id.ClientID {
+					t.Errorf("ARM's answer to the PATCH gives client ID %q, want %q", got, id.ClientID)
 				}
 			}
 			if !state.Assigned(fp.ID, id.ClientID) {

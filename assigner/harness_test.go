@@ -244,7 +244,7 @@ func (w *world) record(identity string, p fakeazure.Pool) (*aadv1.AzureAssignedI
 		return nil, err
 	}
 	var rec aadv1.AzureAssignedIdentity
-	err = w.c.Get(w.ctx, client.ObjectKey{Namespace: w.recordNS, Name: assigner.RecordName(types.NamespacedName{Namespace: w.ns, Name: identity}, pool)}, &rec)
+	err = w.c.Get(w.ctx, client.ObjectKey{Namespace: w.recordNS, Name: identity.AssignmentName(types.NamespacedName{Namespace: w.ns, Name: identity}, pool)}, &rec)
 	return &rec, err
 }
 

@@ -20,9 +20,9 @@ func uamis(from, to int) []string {
 }
 
 func actualOf(system bool, ids ...string) Actual {
-	a := Actual{SystemAssigned: system, UserAssigned: map[string]bool{}}
+	a := Actual{SystemAssigned: system, UserAssigned: map[string]string{}}
 	for _, id := range ids {
-		a.UserAssigned[strings.ToLower(id)] = true
+		a.UserAssigned[strings.ToLower(id)] = clientIDOf(id)
 	}
 	return a
 }

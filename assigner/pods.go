@@ -101,7 +101,7 @@ func (r *podReconciler) assignment(ctx context.Context, identities []types.Names
 	for _, id := range identities {
 		for _, p := range pools {
 			var rec aadv1.AzureAssignedIdentity
-			if err := r.client.Get(ctx, client.ObjectKey{Namespace: r.namespace, Name: RecordName(id, p)}, &rec); err != nil {
+			if err := r.client.Get(ctx, client.ObjectKey{Namespace: r.namespace, Name: identity.AssignmentName(id, p)}, &rec); err != nil {
 				state = aadv1.AssignmentPending
 				continue
 			}

@@ -5,9 +5,16 @@ import "strings"
 // Actual is what ARM reports for a pool's identities.
 type Actual struct {
 	SystemAssigned bool
-	// UserAssigned holds lower-cased resource IDs.
-	UserAssigned map[string]bool
+	// UserAssigned maps the lower-cased resource IDs on the pool to the
+	// client ID ARM reports for each ("" when it reports none).
+	UserAssigned map[string]string
 }
 
 // Has reports whether the identity with resourceID is on the pool.
-func (a Actual) Has(resourceID string) bool { return a.UserAssigned[strings.ToLower(resourceID)] }
+func (a Actual) Has(resourceID string) bool {
+	_, ok := a.UserAssigned[strings.ToLower(resourceID)]
+	return ok
+}
+
+// ClientID is the client ID ARM reports for the identity on the pool.
+func (a Actual) ClientID(resourceID string) string { return a.UserAssigned[strings.ToLower(resourceID)] }

@@ -2,6 +2,7 @@ package assigner
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -27,7 +28,7 @@ func TestPoolRounds(t *testing.T) {
 	clk := clocktesting.NewFakeClock(t0)
 	ai := &aadv1.AzureIdentity{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "a"},
-		Spec:       aadv1.AzureIdentitySpec{Type: aadv1.UserAssignedMSI, ResourceID: uami(1), ClientID: "client-a"},
+		Spec:       aadv1.AzureIdentitySpec{Type: aadv1.UserAssignedMSI, ResourceID: uami(1), ClientID: clientIDOf(uami(1))},
 	}
 	c := fake.NewClientBuilder().WithScheme(identity.Scheme()).
 		WithObjects(ai, testPod("p0")).
@@ -50,7 +51,7 @@ func TestPoolRounds(t *testing.T) {
 	}
 	record := func() (*aadv1.AzureAssignedIdentity, error) {
 		var rec aadv1.AzureAssignedIdentity
-		err := c.Get(ctx, client.ObjectKey{Namespace: "sys", Name: RecordName(client.ObjectKeyFromObject(ai), testPool)}, &rec)
+		err := c.Get(ctx, client.ObjectKey{Namespace: "sys", Name: identity.AssignmentName(client.ObjectKeyFromObject(ai), testPool)}, &rec)
 		return &rec, err
 	}
 
@@ -89,6 +90,51 @@ func TestPoolRounds(t *testing.T) {
 	}
 	if _, err := record(); err == nil {
 		t.Error("record of the removed identity still exists")
+	}
+}
+
+// A record is external when its identity was on the pool and no record of
+// ours put it there: another AzureIdentity naming an identity the assigner
+// added is not external, one the pool had before is.
+func TestExternalRecords(t *testing.T) {
+	ctx := context.Background()
+	userAssigned := func(name, resourceID string) *aadv1.AzureIdentity {
+		return &aadv1.AzureIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name},
+			Spec: aadv1.AzureIdentitySpec{Type: aadv1.UserAssignedMSI, ResourceID: resourceID, ClientID: clientIDOf(resourceID)}}
+	}
+	a, b, pre := userAssigned("a", uami(1)), userAssigned("b", uami(1)), userAssigned("pre", uami(2))
+	c := fake.NewClientBuilder().WithScheme(identity.Scheme()).
+		WithObjects(a, b, pre, testPod("p0")).
+		WithStatusSubresource(&aadv1.AzureAssignedIdentity{}).
+		WithIndex(&corev1.Pod{}, podPoolIndex, indexPodPools).
+		WithIndex(&aadv1.AzureAssignedIdentity{}, recordPoolIndex, indexRecordPool).
+		Build()
+	r := newPoolReconciler(c, Options{Namespace: "sys", GCGracePeriod: time.Minute, DriftCheckPeriod: time.Hour, Clock: clocktesting.NewFakeClock(t0)})
+	r.arm = &fakeARM{onPool: map[string]bool{strings.ToLower(uami(2)): true}}
+	round := func() {
+		t.Helper()
+		if _, err := r.Reconcile(ctx, ctrl.Request{NamespacedName: types.NamespacedName{Name: testPool.ID()}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	round() // p0 wants a: the assigner adds uami(1)
+	p1 := testPod("p1")
+	p1.Annotations[aadv1.AnnotationIdentities] = "ns/b,ns/pre"
+	if err := c.Create(ctx, p1); err != nil {
+		t.Fatal(err)
+	}
+	round()
+	for _, tc := range []struct {
+		id       *aadv1.AzureIdentity
+		external bool
+	}{{a, false}, {b, false}, {pre, true}} {
+		var rec aadv1.AzureAssignedIdentity
+		if err := c.Get(ctx, client.ObjectKey{Namespace: "sys", Name: identity.AssignmentName(client.ObjectKeyFromObject(tc.id), testPool)}, &rec); err != nil {
+			t.Fatalf("record of %s: %v", tc.id.Name, err)
+		}
+		if rec.Status.External != tc.external || rec.Status.Status != aadv1.StateAssigned {
+			t.Errorf("record of %s: %+v, want Assigned, external %v", tc.id.Name, rec.Status, tc.external)
+		}
 	}
 }
 

@@ -3,6 +3,7 @@ package assigner
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -66,6 +67,18 @@ func (s *poolState) inPlace() bool {
 		}
 	}
 	return true
+}
+
+// ours reports whether a record of ours that is not external holds the
+// resource: another AzureIdentity naming the same identity, put on the pool
+// by the assigner.
+func (s *poolState) ours(resourceID string) bool {
+	for _, rec := range s.records {
+		if !rec.Status.External && strings.EqualFold(rec.Spec.ResourceID, resourceID) {
+			return true
+		}
+	}
+	return false
 }
 
 // gather reads the pool's state from the cache; ARM is not asked.

@@ -2,12 +2,9 @@ package assigner
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"maps"
 	"slices"
-	"strings"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -17,20 +14,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
-	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 )
-
-// RecordName names the AzureAssignedIdentity of one AzureIdentity on one
-// pool: stable, so that any replica finds it.
-func RecordName(id types.NamespacedName, pool nodepool.Pool) string {
-	key := id.String()
-	sum := sha256.Sum256([]byte(key + "|" + pool.Key()))
-	name := strings.ToLower(strings.NewReplacer("/", "-", ".", "-").Replace(key))
-	if len(name) > 40 {
-		name = name[:40]
-	}
-	return strings.Trim(name, "-") + "-" + hex.EncodeToString(sum[:])[:12]
-}
 
 // identityKey is the AzureIdentity a record is for.
 func identityKey(rec *aadv1.AzureAssignedIdentity) types.NamespacedName {
@@ -38,8 +23,10 @@ func identityKey(rec *aadv1.AzureAssignedIdentity) types.NamespacedName {
 }
 
 // createRecords writes a record for every wanted identity that has none,
-// and adds them to s.records. An identity already on the pool, or one we
-// must never remove, is recorded external.
+// and adds them to s.records. An identity already on the pool that no
+// record of ours put there, or one we must never remove, is recorded
+// external: nothing ties it to this AzureIdentity, so NMI does not serve it
+// by default.
 func (r *poolReconciler) createRecords(ctx context.Context, s *poolState) error {
 	var missing []types.NamespacedName
 	for key := range s.wanted {
@@ -52,7 +39,7 @@ func (r *poolReconciler) createRecords(ctx context.Context, s *poolState) error 
 		key, w := missing[i], s.wanted[missing[i]]
 		spec := w.identity.Spec
 		rec := &aadv1.AzureAssignedIdentity{
-			ObjectMeta: metav1.ObjectMeta{Namespace: r.namespace, Name: RecordName(key, s.pool)},
+			ObjectMeta: metav1.ObjectMeta{Namespace: r.namespace, Name: identity.AssignmentName(key, s.pool)},
 			Spec: aadv1.AzureAssignedIdentitySpec{
 				AzureIdentityRef: aadv1.IdentityReference{Namespace: w.identity.Namespace, Name: w.identity.Name},
 				ClientID:         spec.ClientID, ResourceID: spec.ResourceID, NodePool: s.pool.ID(),
@@ -63,7 +50,7 @@ func (r *poolReconciler) createRecords(ctx context.Context, s *poolState) error 
 			return fmt.Errorf("creating AzureAssignedIdentity %s: %w", rec.Name, err)
 		}
 		status := aadv1.AzureAssignedIdentityStatus{Status: aadv1.StateAssigning, Pods: w.pods}
-		if s.actual.Has(spec.ResourceID) || r.policy.isImmutable(spec.ClientID, spec.ResourceID) {
+		if (s.actual.Has(spec.ResourceID) && !s.ours(spec.ResourceID)) || r.policy.isImmutable(spec.ClientID, spec.ResourceID) {
 			status.External = true
 		}
 		if err := r.setStatus(ctx, rec, status); err != nil {

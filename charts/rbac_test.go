@@ -61,6 +61,8 @@ func expected(release string, builtinCerts, servicePrincipals, taintRemoval, cle
 			{aad, "azureidentities", read, "*", nil},
 			{aad, "azureidentitybindings", read, "*", nil},
 			{aad, "azurepodidentityexceptions", read, "*", nil},
+			{aad, "azureassignedidentities", read, "release", nil},
+			{"", "nodes", []string{"get"}, "", nil},
 			{"authentication.k8s.io", "tokenreviews", []string{"create"}, "", nil},
 			{"authorization.k8s.io", "subjectaccessreviews", []string{"create"}, "", nil},
 		},
@@ -79,7 +81,7 @@ func expected(release string, builtinCerts, servicePrincipals, taintRemoval, cle
 		g["nmi"] = append(g["nmi"], grant{"", "secrets", []string{"get"}, "*", nil})
 	}
 	if taintRemoval {
-		g["nmi"] = append(g["nmi"], grant{"", "nodes", []string{"get", "update"}, "", nil})
+		g["nmi"] = append(g["nmi"], grant{"", "nodes", []string{"update"}, "", nil})
 	}
 	if cleanup {
 		g["cleanup"] = []grant{

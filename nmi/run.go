@@ -76,6 +76,13 @@ type Options struct {
 	// ProtectedIdentities (client or resource IDs) are the cluster's own;
 	// NMI serves them to no pod, whatever an AzureIdentity names.
 	ProtectedIdentities []string
+	// AssignmentsNamespace is where the assigner writes its
+	// AzureAssignedIdentities: a user-assigned identity is served only if
+	// its record there vouches for it on this node's pool.
+	AssignmentsNamespace string
+	// ServeExternalIdentities serves identities that were on the pool before
+	// the assigner needed them (records marked external).
+	ServeExternalIdentities bool
 
 	// IPTables, IMDSTransport and AADTransport replace the real ones in tests.
 	IPTables      IPTables
@@ -89,6 +96,7 @@ var DefaultIdentityNotFoundRetry = wait.Backoff{Duration: 250 * time.Millisecond
 
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get;update
+// +kubebuilder:rbac:groups=aadpodidentity.k8s.io,resources=azureassignedidentities,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get
 // +kubebuilder:rbac:groups=aadpodidentity.k8s.io,resources=azureidentities;azureidentitybindings;azurepodidentityexceptions,verbs=get;list;watch
 // Metrics behind authentication and authorization (--secure-metrics).
@@ -100,6 +108,9 @@ var DefaultIdentityNotFoundRetry = wait.Backoff{Duration: 250 * time.Millisecond
 func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 	if opts.NodeName == "" {
 		return errors.New("node name is empty: set NODE_NAME (the chart sets it from spec.nodeName)")
+	}
+	if opts.AssignmentsNamespace == "" {
+		return errors.New("assignments namespace is empty: set --assignments-namespace to the assigner's namespace (the chart sets the release namespace)")
 	}
 	opts.Interception.ListenAddress = opts.ListenAddress
 	if _, err := opts.Interception.chains(); err != nil {
@@ -122,7 +133,8 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		HealthProbeBindAddress: opts.ProbeAddr,
 		Cache: cache.Options{
 			ByObject: map[client.Object]cache.ByObject{
-				&corev1.Pod{}: {Field: fields.OneTermEqualSelector("spec.nodeName", opts.NodeName)},
+				&corev1.Pod{}:                  {Field: fields.OneTermEqualSelector("spec.nodeName", opts.NodeName)},
+				&aadv1.AzureAssignedIdentity{}: {Namespaces: map[string]cache.Config{opts.AssignmentsNamespace: {}}},
 			},
 			DefaultTransform: cache.TransformStripManagedFields(),
 		},
@@ -152,10 +164,15 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		allowedPaths: opts.AllowedMetadataPaths,
 		exceptions:   opts.Exceptions,
 		protected:    identity.NewProtected(append(slices.Clone(opts.ProtectedIdentities), opts.Exceptions.NodeIdentityClientIDs...)),
-		tokens:       newTokenCache(opts.TokenRefreshMargin),
-		misses:       newMissLimiter(opts.UncachedTokensPerSecond, opts.UncachedTokenBurst),
-		callerWait:   opts.UnknownCallerWait,
-		log:          log,
+		assignments: &assignments{
+			records: mgr.GetClient(), namespace: opts.AssignmentsNamespace,
+			nodes: mgr.GetClient(), nodeName: opts.NodeName,
+			allowExternal: opts.ServeExternalIdentities, wait: opts.UnknownCallerWait,
+		},
+		tokens:     newTokenCache(opts.TokenRefreshMargin),
+		misses:     newMissLimiter(opts.UncachedTokensPerSecond, opts.UncachedTokenBurst),
+		callerWait: opts.UnknownCallerWait,
+		log:        log,
 	}
 	if opts.EnableServicePrincipals {
 		srv.sp = &servicePrincipals{secrets: mgr.GetClient(), allowCrossNamespace: opts.AllowCrossNamespaceSecrets, defaultAuthorityHost: opts.AADAuthorityHost, transport: opts.AADTransport}
@@ -189,7 +206,7 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 
 // syncCaches starts the informers NMI reads and waits until they are filled.
 func syncCaches(ctx context.Context, c cache.Cache) error {
-	for _, o := range []client.Object{&corev1.Pod{}, &aadv1.AzureIdentity{}, &aadv1.AzureIdentityBinding{}, &aadv1.AzurePodIdentityException{}} {
+	for _, o := range []client.Object{&corev1.Pod{}, &aadv1.AzureIdentity{}, &aadv1.AzureIdentityBinding{}, &aadv1.AzurePodIdentityException{}, &aadv1.AzureAssignedIdentity{}} {
 		if _, err := c.GetInformer(ctx, o); err != nil {
 			return fmt.Errorf("watching %T: %w", o, err)
 		}

@@ -35,6 +35,7 @@ type Server struct {
 	allowedPaths []string
 	exceptions   ExceptionPolicy
 	protected    identity.Protected // never served, whatever an AzureIdentity says
+	assignments  *assignments       // vouch for user-assigned identities
 	tokens       *tokenCache
 	misses       *missLimiter
 	// callerWait is how long an unknown source IP is looked up again.
@@ -205,6 +206,11 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) (string, error) {
 	}
 	if f := s.protected.Named(id); f != "" {
 		return "", forbidden("protected_identity", "AzureIdentity %s/%s names in spec.%s one of the cluster's own identities, which NMI serves to no pod", id.Namespace, id.Name, f)
+	}
+	if id.Spec.Type == aadv1.UserAssignedMSI {
+		if err := s.assignments.check(ctx, id); err != nil {
+			return "", err
+		}
 	}
 	tok, err := s.identityToken(ctx, pod.UID, id, req.Resource)
 	if err != nil {

@@ -26,6 +26,7 @@ import (
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
 )
 
 // fakeIMDS answers tokens for the client IDs it knows and "Identity not
@@ -116,8 +117,39 @@ func newClient(t *testing.T, objs ...client.Object) client.Client {
 		Build()
 }
 
+// testPool is the fixture node's pool; recordsNS holds the assigner's records.
+var testPool = nodepool.Pool{Subscription: "s", ResourceGroup: "g", Kind: nodepool.KindVMSS, Name: "pool"}
+
+const recordsNS = "sys"
+
+// assignedRecord is the assigner's record of id on testPool, Assigned.
+func assignedRecord(id *aadv1.AzureIdentity) *aadv1.AzureAssignedIdentity {
+	return &aadv1.AzureAssignedIdentity{
+		ObjectMeta: metav1.ObjectMeta{Namespace: recordsNS, Name: identity.AssignmentName(client.ObjectKeyFromObject(id), testPool)},
+		Spec: aadv1.AzureAssignedIdentitySpec{AzureIdentityRef: aadv1.IdentityReference{Namespace: id.Namespace, Name: id.Name},
+			ClientID: id.Spec.ClientID, ResourceID: id.Spec.ResourceID, NodePool: testPool.ID()},
+		Status: aadv1.AzureAssignedIdentityStatus{Status: aadv1.StateAssigned},
+	}
+}
+
+// newFixture serves objs; every user-assigned AzureIdentity among them is
+// recorded Assigned on the node's pool, as the assigner leaves it, unless
+// objs hold a record for it already (on any pool).
 func newFixture(t *testing.T, objs ...client.Object) *fixture {
 	t.Helper()
+	recorded := map[aadv1.IdentityReference]bool{}
+	for _, o := range objs {
+		if rec, ok := o.(*aadv1.AzureAssignedIdentity); ok {
+			recorded[rec.Spec.AzureIdentityRef] = true
+		}
+	}
+	for _, o := range objs {
+		if id, ok := o.(*aadv1.AzureIdentity); ok && id.Spec.Type == aadv1.UserAssignedMSI {
+			if rec := assignedRecord(id); !recorded[rec.Spec.AzureIdentityRef] {
+				objs = append(objs, rec)
+			}
+		}
+	}
 	c := newClient(t, objs...)
 	f := &fixture{imds: &fakeIMDS{known: map[string]bool{"client-a": true, "client-b": true, "client-x": true}}, client: c}
 	upstream := httptest.NewServer(f.imds)
@@ -132,6 +164,7 @@ func newFixture(t *testing.T, objs ...client.Object) *fixture {
 		tokens:       newTokenCache(time.Minute),
 		misses:       newMissLimiter(0, 0),
 		exceptions:   ExceptionPolicy{Namespaces: []string{"ns"}, Tokens: ExceptionTokensNode, NodeIdentityClientIDs: []string{"client-x"}},
+		assignments:  &assignments{records: c, namespace: recordsNS, pool: &testPool, wait: 50 * time.Millisecond},
 		log:          logr.Discard(),
 	}
 	return f

@@ -50,6 +50,8 @@ func main() {
 	fs.StringVar(&exceptionNamespaces, "exception-namespaces", "kube-system", "Comma-separated namespaces whose AzurePodIdentityExceptions count; * is every namespace.")
 	fs.StringVar(&exceptionTokens, "exception-tokens", string(nmi.ExceptionTokensNode), "Tokens an AzurePodIdentityException grants: none; node (requests naming no identity, or a --node-identity-client-ids one); any (IMDS unchanged, every identity on the pool).")
 	fs.StringVar(&nodeIdentities, "node-identity-client-ids", "", "Comma-separated client IDs of the node's own identities (the kubelet's), which exception pods may name with --exception-tokens=node.")
+	fs.StringVar(&opts.AssignmentsNamespace, "assignments-namespace", os.Getenv("POD_NAMESPACE"), "Namespace of the assigner's AzureAssignedIdentities (default $POD_NAMESPACE): a user-assigned identity is served only when its record there says the assigner put it on this node's pool with the client ID ARM reports.")
+	fs.BoolVar(&opts.ServeExternalIdentities, "serve-external-identities", false, "Also serve user-assigned identities that were on the node pool before the assigner needed them (records marked external): nothing ties them to the AzureIdentity that names them.")
 	fs.BoolVar(&opts.FlushConntrack, "flush-conntrack", false, "After installing the rules, drop tracked connections to the metadata IP.")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)

@@ -35,6 +35,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/fakeazure"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/framework"
 	testns "github.com/aad-pod-identity/aad-pod-identity/internal/testing/netns"
@@ -48,6 +50,8 @@ const (
 	metadataIP = "169.254.169.254"
 	Chain      = "aad-metadata"
 	nodeName   = "node-0"
+	// assignmentsNS stands for the assigner's namespace.
+	assignmentsNS = "kube-system"
 )
 
 // pod is a pod network namespace with its address.
@@ -237,7 +241,7 @@ func setupNode(t *testing.T) *node {
 	if n.client, err = client.New(cfg, client.Options{Scheme: scheme}); err != nil {
 		t.Fatal(err)
 	}
-	createObjects(ctx, t, n.client, n.pods, n.idA, n.idB)
+	createObjects(ctx, t, n.client, n.pods, n.pool, n.idA, n.idB)
 
 	kubeconfig := writeKubeconfig(t, env)
 	n.nmiLog = filepath.Join(t.TempDir(), "nmi.log")
@@ -408,11 +412,11 @@ func loopbackGuarded(t *testing.T, p pod) {
 	}
 }
 
-func createObjects(ctx context.Context, t *testing.T, c client.Client, pods map[string]pod, idA, idB fakeazure.Identity) {
+func createObjects(ctx context.Context, t *testing.T, c client.Client, pods map[string]pod, pool fakeazure.Pool, idA, idB fakeazure.Identity) {
 	t.Helper()
 	objs := []client.Object{
 		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeName},
-			Spec: corev1.NodeSpec{Taints: []corev1.Taint{{Key: aadv1.NMINotReadyTaint, Effect: corev1.TaintEffectNoSchedule}, {Key: "other", Effect: corev1.TaintEffectNoSchedule}}}},
+			Spec: corev1.NodeSpec{ProviderID: "azure://" + pool.ID + "/virtualMachines/0", Taints: []corev1.Taint{{Key: aadv1.NMINotReadyTaint, Effect: corev1.TaintEffectNoSchedule}, {Key: "other", Effect: corev1.TaintEffectNoSchedule}}}},
 		&aadv1.AzureIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "id-a"},
 			Spec: aadv1.AzureIdentitySpec{Type: aadv1.UserAssignedMSI, ResourceID: idA.ResourceID, ClientID: idA.ClientID}},
 		&aadv1.AzureIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "id-b"},
@@ -431,6 +435,7 @@ func createObjects(ctx context.Context, t *testing.T, c client.Client, pods map[
 			t.Fatalf("creating %T: %v", o, err)
 		}
 	}
+	recordAssigned(ctx, t, c, pool, "id-a", idA)
 	for name, p := range pods {
 		m := meta[name]
 		m.Namespace, m.Name = "default", name
@@ -442,6 +447,29 @@ func createObjects(ctx context.Context, t *testing.T, c client.Client, pods map[
 		if err := c.Status().Update(ctx, obj); err != nil {
 			t.Fatalf("setting status of pod %s: %v", name, err)
 		}
+	}
+}
+
+// recordAssigned writes the assigner's record of AzureIdentity default/name
+// on pool, Assigned: no assigner runs here, and NMI serves a user-assigned
+// identity only when its record vouches for it.
+func recordAssigned(ctx context.Context, t *testing.T, c client.Client, pool fakeazure.Pool, name string, id fakeazure.Identity) {
+	t.Helper()
+	p, err := nodepool.ParseID(pool.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &aadv1.AzureAssignedIdentity{
+		ObjectMeta: metav1.ObjectMeta{Namespace: assignmentsNS, Name: identity.AssignmentName(client.ObjectKey{Namespace: "default", Name: name}, p)},
+		Spec: aadv1.AzureAssignedIdentitySpec{AzureIdentityRef: aadv1.IdentityReference{Namespace: "default", Name: name},
+			ClientID: id.ClientID, ResourceID: id.ResourceID, NodePool: pool.ID},
+	}
+	if err := c.Create(ctx, rec); err != nil {
+		t.Fatalf("creating AzureAssignedIdentity: %v", err)
+	}
+	rec.Status.Status = aadv1.StateAssigned
+	if err := c.Status().Update(ctx, rec); err != nil {
+		t.Fatalf("setting status of AzureAssignedIdentity: %v", err)
 	}
 }
 
@@ -476,7 +504,7 @@ func startNMI(t *testing.T, kubeconfig, logPath string) *exec.Cmd {
 	}
 	cmd := exec.Command(os.Getenv(envNMIPath), "--kubeconfig", kubeconfig, "--metrics-bind-address", "0",
 		"--health-probe-bind-address", "127.0.0.1:0", "--sync-period", "2s", "--remove-startup-taint",
-		"--exception-namespaces", "default")
+		"--exception-namespaces", "default", "--assignments-namespace", assignmentsNS)
 	cmd.Env = append(os.Environ(), "NODE_NAME="+nodeName)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := cmd.Start(); err != nil {

@@ -34,6 +34,7 @@ func TestE2E(t *testing.T) {
 		{"unlabelled pod gets no token", testUnlabelledPod},
 		{"pod in another namespace than the binding gets no token", testOtherNamespace},
 		{"binding deleted while the pod runs", testBindingDeleted},
+		{"AzureIdentity borrowing another identity's client ID", testBorrowedClientID},
 		{"identity used on two pools", testTwoPools},
 		{"service principal through a Secret", testServicePrincipal},
 		{"AKS exception", testAKSException},
@@ -118,6 +119,45 @@ func testBindingDeleted(t *testing.T) {
 	t.Logf("token refused %s after the binding was deleted", refused.At.Sub(deleted).Round(10*time.Millisecond))
 	if !strings.Contains(refused.Line, "403") {
 		t.Errorf("refusal is not NMI's 403: %s", refused.Line)
+	}
+}
+
+// testBorrowedClientID: an AzureIdentity pairs the client ID of an identity
+// another team has on the pool with a resource ID of its own. ARM reports
+// another client ID for that resource, so the assigner fails the
+// assignment: the pod stays gated, with the reason in an event, and never
+// gets the other team's token.
+func testBorrowedClientID(t *testing.T) {
+	victim := userIdentity(t, "e2e-victim", "e2e-victim")
+	n := node(t, 0)
+	demoPod{Name: "victim", Labels: map[string]string{aadv1.BindingLabel: "e2e-victim"}, ClientID: victim.ClientID, Node: n.Name}.create(t)
+	waitFor(t, "default", "victim", userToken, time.Time{}, time.Minute)
+
+	own := env.sb.Azure.CreateIdentity(sandbox.SubscriptionID, sandbox.NodeResourceGroup, "e2e-borrower")
+	t.Cleanup(func() { env.sb.Azure.DeleteIdentity(own.ResourceID) })
+	applyIdentity(t, "e2e-borrower", "e2e-borrower", fmt.Sprintf("type: 0\n  resourceID: %s\n  clientID: %s", own.ResourceID, victim.ClientID))
+	pod := demoPod{Name: "borrower", Labels: map[string]string{aadv1.BindingLabel: "e2e-borrower"}, ClientID: victim.ClientID, Node: n.Name}.create(t)
+	framework.Eventually(t, time.Minute, "assignment failed for the borrowed client ID", func() error {
+		events, err := env.client.CoreV1().Events("default").List(t.Context(), metav1.ListOptions{FieldSelector: "involvedObject.name=borrower,reason=IdentityAssignmentFailed"})
+		if err != nil {
+			return err
+		}
+		for _, e := range events.Items {
+			if strings.Contains(e.Message, "ARM reports client ID") && strings.Contains(e.Message, own.ClientID) {
+				return nil
+			}
+		}
+		return fmt.Errorf("no IdentityAssignmentFailed event naming ARM's client ID %s among %d events", own.ClientID, len(events.Items))
+	})
+	got, err := env.client.CoreV1().Pods("default").Get(t.Context(), pod.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Spec.NodeName != "" || len(got.Spec.SchedulingGates) == 0 {
+		t.Errorf("borrower scheduled to %q (gates %v): its gate should hold", got.Spec.NodeName, got.Spec.SchedulingGates)
+	}
+	if got := env.sb.Azure.Assigned(n.Pool.ID, victim.ClientID); !got {
+		t.Errorf("the victim's identity left the pool")
 	}
 }
 

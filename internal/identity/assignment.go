@@ -1,0 +1,80 @@
+package identity
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"strings"
+
+	"k8s.io/apimachinery/pkg/types"
+
+	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
+)
+
+// AssignmentName names the AzureAssignedIdentity of one AzureIdentity on
+// one pool: stable, so that every assigner replica and NMI find it without
+// a search.
+func AssignmentName(id types.NamespacedName, pool nodepool.Pool) string {
+	key := id.String()
+	sum := sha256.Sum256([]byte(key + "|" + pool.Key()))
+	name := strings.ToLower(strings.NewReplacer("/", "-", ".", "-").Replace(key))
+	if len(name) > 40 {
+		name = name[:40]
+	}
+	return strings.Trim(name, "-") + "-" + hex.EncodeToString(sum[:])[:12]
+}
+
+// AssignmentError says why an assignment record does not vouch for an
+// AzureIdentity on a pool; Reason is a stable code.
+type AssignmentError struct {
+	Reason, Message string
+	// Pending is true while the assigner may still get there (no record yet,
+	// or one still Assigning): worth waiting for.
+	Pending bool
+}
+
+func (e *AssignmentError) Error() string { return e.Message }
+
+// Assignment reasons.
+const (
+	ReasonNotAssigned      = "identity_not_assigned"
+	ReasonAssignmentFailed = "identity_assignment_failed"
+	ReasonIdentityChanged  = "identity_changed"
+	ReasonExternal         = "identity_not_ours"
+)
+
+// CheckAssignment tells whether rec (nil: none) vouches for id: the
+// assigner put id's resource on the pool for this AzureIdentity (not
+// External), ARM confirmed the identity there with the client ID the
+// AzureIdentity names (Assigned), and the AzureIdentity still names the
+// client and resource the record was made for. allowExternal accepts
+// identities that were on the pool before the assigner needed them.
+func CheckAssignment(rec *aadv1.AzureAssignedIdentity, id *aadv1.AzureIdentity, allowExternal bool) error {
+	name := id.Namespace + "/" + id.Name
+	switch {
+	case rec == nil:
+		return &AssignmentError{Reason: ReasonNotAssigned, Pending: true,
+			Message: fmt.Sprintf("AzureIdentity %s has not been assigned to this node's pool yet", name)}
+	case !strings.EqualFold(rec.Spec.ClientID, id.Spec.ClientID) || !strings.EqualFold(rec.Spec.ResourceID, id.Spec.ResourceID):
+		return &AssignmentError{Reason: ReasonIdentityChanged,
+			Message: fmt.Sprintf("AzureIdentity %s names a different clientID or resourceID than when it was assigned to this node's pool; create a new AzureIdentity for the new identity", name)}
+	case rec.Status.Status == aadv1.StateFailed:
+		return &AssignmentError{Reason: ReasonAssignmentFailed,
+			Message: fmt.Sprintf("AzureIdentity %s could not be assigned to this node's pool: %s", name, rec.Status.LastError)}
+	case rec.Status.Status != aadv1.StateAssigned:
+		return &AssignmentError{Reason: ReasonNotAssigned, Pending: rec.Status.Status == "" || rec.Status.Status == aadv1.StateAssigning,
+			Message: fmt.Sprintf("AzureIdentity %s is not assigned to this node's pool (%s)", name, orNone(string(rec.Status.Status)))}
+	case rec.Status.External && !allowExternal:
+		return &AssignmentError{Reason: ReasonExternal,
+			Message: fmt.Sprintf("AzureIdentity %s names an identity that was on this node's pool before the assigner put it there, so nothing ties it to the AzureIdentity; it is served only with --serve-external-identities", name)}
+	}
+	return nil
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "no status yet"
+	}
+	return s
+}

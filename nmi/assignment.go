@@ -1,0 +1,90 @@
+package nmi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
+)
+
+// assignments vouches for user-assigned identities: NMI serves one only if
+// the assigner recorded it on this node's pool, Assigned, with the client
+// ID ARM reports for its resource. Otherwise an AzureIdentity could pair
+// any client ID on the pool (the kubelet's, another team's) with a
+// resource ID of its own.
+type assignments struct {
+	records   client.Reader // AzureAssignedIdentities of namespace (cached)
+	namespace string
+	// nodes reads this node live; its provider ID names the pool.
+	nodes         client.Reader
+	nodeName      string
+	allowExternal bool
+	// wait is how long a record the assigner is still writing is waited
+	// for: the gate is lifted once it is Assigned, but NMI's cache may see
+	// that a moment later than the pod starts.
+	wait time.Duration
+
+	mu   sync.Mutex
+	pool *nodepool.Pool // once read: a provider ID does not change
+}
+
+// check returns nil if the assigner vouches for id on this node's pool.
+func (a *assignments) check(ctx context.Context, id *aadv1.AzureIdentity) error {
+	pool, err := a.nodePool(ctx)
+	if err != nil {
+		return err
+	}
+	key := client.ObjectKey{Namespace: a.namespace, Name: identity.AssignmentName(client.ObjectKeyFromObject(id), pool)}
+	deadline := time.Now().Add(a.wait)
+	for {
+		var rec aadv1.AzureAssignedIdentity
+		found := &rec
+		if err := a.records.Get(ctx, key, &rec); apierrors.IsNotFound(err) {
+			found = nil
+		} else if err != nil {
+			return fmt.Errorf("reading AzureAssignedIdentity %s: %w", key, err)
+		}
+		err := identity.CheckAssignment(found, id, a.allowExternal)
+		var ae *identity.AssignmentError
+		if !errors.As(err, &ae) {
+			return err
+		}
+		if !ae.Pending || !time.Now().Before(deadline) {
+			return forbidden(ae.Reason, "%s", ae.Message)
+		}
+		select {
+		case <-ctx.Done():
+			return forbidden(ae.Reason, "%s", ae.Message)
+		case <-time.After(callerPollInterval):
+		}
+	}
+}
+
+// nodePool reads this node's pool from its provider ID, once it has one (a
+// cloud node manager may set it after the node registers).
+func (a *assignments) nodePool(ctx context.Context) (nodepool.Pool, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.pool != nil {
+		return *a.pool, nil
+	}
+	var node corev1.Node
+	if err := a.nodes.Get(ctx, client.ObjectKey{Name: a.nodeName}, &node); err != nil {
+		return nodepool.Pool{}, fmt.Errorf("reading node %s: %w", a.nodeName, err)
+	}
+	pool, err := nodepool.FromProviderID(node.Spec.ProviderID)
+	if err != nil {
+		return nodepool.Pool{}, forbidden("node_pool_unknown", "This node's pool is not known (node %s: %v), so no user-assigned identity is served on it", a.nodeName, err)
+	}
+	a.pool = &pool
+	return pool, nil
+}
