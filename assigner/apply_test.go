@@ -23,9 +23,9 @@ type fakeARM struct {
 	refused map[string]bool
 	// clientIDs overrides clientIDOf: what ARM says an identity's client ID is.
 	clientIDs map[string]string
-	fail    error
-	gets    int
-	patches []Patch
+	fail      error
+	gets      int
+	patches   []Patch
 }
 
 func (a *fakeARM) Get(context.Context, nodepool.Pool) (Actual, error) {

@@ -17,4 +17,6 @@ func (a Actual) Has(resourceID string) bool {
 }
 
 // ClientID is the client ID ARM reports for the identity on the pool.
-func (a Actual) ClientID(resourceID string) string { return a.UserAssigned[strings.ToLower(resourceID)] }
+func (a Actual) ClientID(resourceID string) string {
+	return a.UserAssigned[strings.ToLower(resourceID)]
+}

@@ -1,6 +1,6 @@
 //go:build tools
 
-// Package tools pins the control-plane commands built by the Makefile.
+// Package tools pins the control-plane and node commands built by the Makefile.
 package tools
 
 import (
@@ -8,4 +8,5 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
 )
