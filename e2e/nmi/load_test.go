@@ -178,16 +178,24 @@ func createLoadPods(t *testing.T, c client.Client, total, onNode int) int {
 	return onNode
 }
 
-func rss(t *testing.T, pid int) string {
+func rss(t *testing.T, pid int) string { return fmt.Sprintf("%d kB", rssKB(t, pid)) }
+
+// rssKB reads a process's resident set size in KiB.
+func rssKB(t *testing.T, pid int) int {
 	t.Helper()
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, "VmRSS:") {
-			return strings.Join(strings.Fields(l)[1:], " ")
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, err := strconv.Atoi(f[1])
+			if err != nil {
+				t.Fatalf("VmRSS %q: %v", l, err)
+			}
+			return kb
 		}
 	}
-	return "unknown"
+	t.Fatalf("no VmRSS in /proc/%d/status", pid)
+	return 0
 }

@@ -319,6 +319,9 @@ func functional(t *testing.T, n *node) {
 		expectStatus(t, pods["pod-b"], "http://"+metadataIP+"/metadata/scheduledevents?api-version=2020-07-01", http.StatusForbidden, "not served")
 	})
 
+	t.Run("a pod flooding NMI with connections leaves it within its memory limit", func(t *testing.T) {
+		flood(t, n)
+	})
 	t.Run("a pod cannot reach the node's loopback services", func(t *testing.T) {
 		loopbackGuarded(t, pods["pod-b"])
 	})
@@ -409,6 +412,45 @@ func loopbackGuarded(t *testing.T, p pod) {
 	run(t, "iptables", "-I", "INPUT", "1", "-j", "aad-metadata-guard")
 	if err != nil {
 		t.Fatalf("without the guard the pod still cannot reach %s (%v): the test proves nothing", l.Addr(), err)
+	}
+}
+
+// nmiMemoryLimit is the chart's nmi.resources.limits.memory.
+const nmiMemoryLimit = 512 << 20
+
+// flood opens 2,000 idle keep-alive connections and 40 that trickle a
+// header from pod-b, the way a hostile pod would, then measures NMI's RSS
+// against the chart's memory limit and how long pod-a waits for a token.
+func flood(t *testing.T, n *node) {
+	const idle, slowHeads = 2000, 40
+	dial := dialIn(n.pods["pod-b"].netns)
+	var conns []net.Conn
+	t.Cleanup(func() {
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	})
+	for i := range idle + slowHeads {
+		c, err := dial(t.Context(), "tcp", metadataIP+":80")
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		conns = append(conns, c)
+		if i >= idle {
+			_, _ = fmt.Fprintf(c, "GET /metadata/instance HTTP/1.1\r\nHost: %s\r\n", metadataIP)
+		}
+	}
+	var slowest time.Duration
+	for range 5 {
+		start := time.Now()
+		expectToken(t, n.signer, n.pods["pod-a"], tokenURL, n.idA.ClientID, n.idA.ResourceID)
+		slowest = max(slowest, time.Since(start))
+	}
+	kb := rssKB(t, n.nmi.Process.Pid)
+	t.Logf("with %d idle and %d slow-header connections opened from pod-b: NMI RSS %d KiB (limit %d KiB); pod-a's slowest of 5 token requests %v",
+		idle, slowHeads, kb, nmiMemoryLimit>>10, slowest.Round(100*time.Microsecond))
+	if kb<<10 >= nmiMemoryLimit {
+		t.Errorf("NMI RSS %d KiB reaches its memory limit", kb)
 	}
 }
 
