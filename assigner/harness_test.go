@@ -238,13 +238,13 @@ func (w *world) records() []aadv1.AzureAssignedIdentity {
 	return list.Items
 }
 
-func (w *world) record(identity string, p fakeazure.Pool) (*aadv1.AzureAssignedIdentity, error) {
+func (w *world) record(name string, p fakeazure.Pool) (*aadv1.AzureAssignedIdentity, error) {
 	pool, err := nodepool.ParseID(p.ID)
 	if err != nil {
 		return nil, err
 	}
 	var rec aadv1.AzureAssignedIdentity
-	err = w.c.Get(w.ctx, client.ObjectKey{Namespace: w.recordNS, Name: identity.AssignmentName(types.NamespacedName{Namespace: w.ns, Name: identity}, pool)}, &rec)
+	err = w.c.Get(w.ctx, client.ObjectKey{Namespace: w.recordNS, Name: identity.AssignmentName(types.NamespacedName{Namespace: w.ns, Name: name}, pool)}, &rec)
 	return &rec, err
 }
 

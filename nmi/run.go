@@ -80,6 +80,9 @@ type Options struct {
 	// AzureAssignedIdentities: a user-assigned identity is served only if
 	// its record there vouches for it on this node's pool.
 	AssignmentsNamespace string
+	// CRISocket, when set, is the container runtime's socket: each caller is
+	// confirmed with the runtime's pod sandboxes, not only NMI's cache.
+	CRISocket string
 	// ServeExternalIdentities serves identities that were on the pool before
 	// the assigner needed them (records marked external).
 	ServeExternalIdentities bool
@@ -173,6 +176,14 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		misses:     newMissLimiter(opts.UncachedTokensPerSecond, opts.UncachedTokenBurst),
 		callerWait: opts.UnknownCallerWait,
 		log:        log,
+	}
+	if opts.CRISocket != "" {
+		runtime, conn, err := dialRuntime(opts.CRISocket, 5*time.Second)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		srv.runtime = runtime
 	}
 	if opts.EnableServicePrincipals {
 		srv.sp = &servicePrincipals{secrets: mgr.GetClient(), allowCrossNamespace: opts.AllowCrossNamespaceSecrets, defaultAuthorityHost: opts.AADAuthorityHost, transport: opts.AADTransport}

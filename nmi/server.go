@@ -36,6 +36,7 @@ type Server struct {
 	exceptions   ExceptionPolicy
 	protected    identity.Protected // never served, whatever an AzureIdentity says
 	assignments  *assignments       // vouch for user-assigned identities
+	runtime      *sandboxes         // nil: callers are not confirmed with the CRI
 	tokens       *tokenCache
 	misses       *missLimiter
 	// callerWait is how long an unknown source IP is looked up again.
@@ -148,7 +149,8 @@ func (s *Server) other(w http.ResponseWriter, r *http.Request) (string, error) {
 // callerPollInterval paces the lookups of an unknown caller.
 const callerPollInterval = 100 * time.Millisecond
 
-// caller finds the pod calling from ip. A container may call as soon as it
+// caller finds the pod calling from ip, confirmed with the container
+// runtime when NMI has its socket. A container may call as soon as it
 // starts, before the kubelet's status update with its IP reaches this
 // node's cache, so an unknown IP, or one a newer pod may have taken over, is
 // looked up again for up to callerWait before it is refused.
@@ -156,8 +158,13 @@ func (s *Server) caller(ctx context.Context, ip string) (*corev1.Pod, error) {
 	deadline := time.Now().Add(s.callerWait)
 	for {
 		pod, err := callerPod(ctx, s.reader, ip, time.Now())
+		if err == nil && s.runtime != nil {
+			if err = s.runtime.confirm(ctx, pod, ip); err != nil {
+				pod = nil
+			}
+		}
 		var apiErr *apiError
-		transient := errors.As(err, &apiErr) && (apiErr.reason == reasonUnknownCaller || apiErr.reason == reasonIPMayBeReused)
+		transient := errors.As(err, &apiErr) && (apiErr.reason == reasonUnknownCaller || apiErr.reason == reasonIPMayBeReused || apiErr.reason == reasonNotConfirmed)
 		if err == nil || !transient || !time.Now().Before(deadline) {
 			return pod, err
 		}

@@ -51,6 +51,7 @@ func main() {
 	fs.StringVar(&exceptionTokens, "exception-tokens", string(nmi.ExceptionTokensNode), "Tokens an AzurePodIdentityException grants: none; node (requests naming no identity, or a --node-identity-client-ids one); any (IMDS unchanged, every identity on the pool).")
 	fs.StringVar(&nodeIdentities, "node-identity-client-ids", "", "Comma-separated client IDs of the node's own identities (the kubelet's), which exception pods may name with --exception-tokens=node.")
 	fs.StringVar(&opts.AssignmentsNamespace, "assignments-namespace", os.Getenv("POD_NAMESPACE"), "Namespace of the assigner's AzureAssignedIdentities (default $POD_NAMESPACE): a user-assigned identity is served only when its record there says the assigner put it on this node's pool with the client ID ARM reports.")
+	fs.StringVar(&opts.CRISocket, "cri-socket", "", "Container runtime (CRI) socket, e.g. /run/containerd/containerd.sock: each caller's IP is confirmed against the runtime's ready pod sandboxes, which closes the window where NMI's cache still gives a reused IP to its previous pod. Empty: the cache alone decides.")
 	fs.BoolVar(&opts.ServeExternalIdentities, "serve-external-identities", false, "Also serve user-assigned identities that were on the node pool before the assigner needed them (records marked external): nothing ties them to the AzureIdentity that names them.")
 	fs.BoolVar(&opts.FlushConntrack, "flush-conntrack", false, "After installing the rules, drop tracked connections to the metadata IP.")
 	zapOpts := zap.Options{}

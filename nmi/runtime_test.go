@@ -1,0 +1,129 @@
+package nmi
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+)
+
+// fakeRuntime is a container runtime's pod sandboxes, served over CRI on a
+// unix socket as containerd serves them.
+type fakeRuntime struct {
+	runtimeapi.UnimplementedRuntimeServiceServer
+	mu        sync.Mutex
+	sandboxes map[string]*runtimeapi.PodSandboxStatus // by ID
+}
+
+func (f *fakeRuntime) ListPodSandbox(_ context.Context, req *runtimeapi.ListPodSandboxRequest) (*runtimeapi.ListPodSandboxResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	resp := &runtimeapi.ListPodSandboxResponse{}
+	for id, st := range f.sandboxes {
+		fl := req.GetFilter()
+		if fl.GetState() != nil && fl.GetState().GetState() != st.GetState() {
+			continue
+		}
+		match := true
+		for k, v := range fl.GetLabelSelector() {
+			match = match && st.GetLabels()[k] == v
+		}
+		if match {
+			resp.Items = append(resp.Items, &runtimeapi.PodSandbox{Id: id, State: st.GetState(), Labels: st.GetLabels()})
+		}
+	}
+	return resp, nil
+}
+
+func (f *fakeRuntime) PodSandboxStatus(_ context.Context, req *runtimeapi.PodSandboxStatusRequest) (*runtimeapi.PodSandboxStatusResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return &runtimeapi.PodSandboxStatusResponse{Status: f.sandboxes[req.GetPodSandboxId()]}, nil
+}
+
+func (f *fakeRuntime) set(id, podUID, ip string, state runtimeapi.PodSandboxState) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.sandboxes[id] = &runtimeapi.PodSandboxStatus{Id: id, State: state, Labels: map[string]string{podUIDLabel: podUID},
+		Network: &runtimeapi.PodSandboxNetworkStatus{Ip: ip}}
+}
+
+// serveRuntime serves f on a socket in a temporary directory.
+func serveRuntime(t *testing.T, f *fakeRuntime) (socket string, stop func()) {
+	t.Helper()
+	socket = filepath.Join(t.TempDir(), "cri.sock")
+	l, err := net.Listen("unix", socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	runtimeapi.RegisterRuntimeServiceServer(srv, f)
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(srv.Stop)
+	return socket, srv.Stop
+}
+
+// IP reuse: pod a ended and pod c took its IP, but NMI's cache still shows
+// a Running at the IP and c without one. From the cache alone the caller
+// is served as a; the runtime, which already gives the IP to c's sandbox,
+// makes NMI refuse until the cache catches up.
+func TestCallerConfirmedWithRuntime(t *testing.T) {
+	const tok = "/metadata/identity/oauth2/token?api-version=1&resource=r"
+	id := azureIdentity("id-a", "client-a", "")
+	old := pod("a", "10.0.0.1", admitted("ns/id-a"))
+	objs := []client.Object{&id, binding("ns", "bind-a", "sel", "id-a"), old}
+
+	t.Run("cache alone: served as the pod that left", func(t *testing.T) {
+		f := newFixture(t, objs...)
+		if rec := f.do(t, "10.0.0.1", tok, true); rec.Code != http.StatusOK {
+			t.Fatalf("got %d %s; this case shows the window the runtime closes", rec.Code, rec.Body)
+		}
+	})
+
+	rt := &fakeRuntime{sandboxes: map[string]*runtimeapi.PodSandboxStatus{}}
+	socket, stop := serveRuntime(t, rt)
+	sb, conn, err := dialRuntime(socket, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	f := newFixture(t, objs...)
+	f.server.runtime = sb
+	f.server.callerWait = 300 * time.Millisecond
+	try := func(step string, status int, want string) {
+		t.Helper()
+		rec := f.do(t, "10.0.0.1", tok, true)
+		if rec.Code != status || !strings.Contains(rec.Body.String(), want) {
+			t.Fatalf("%s: got %d %s; want %d containing %q", step, rec.Code, rec.Body, status, want)
+		}
+	}
+
+	rt.set("sb-a", string(old.UID), "10.0.0.1", runtimeapi.PodSandboxState_SANDBOX_READY)
+	try("runtime agrees", http.StatusOK, "tok-client-a")
+
+	rt.set("sb-a", string(old.UID), "10.0.0.1", runtimeapi.PodSandboxState_SANDBOX_NOTREADY)
+	rt.set("sb-c", "uid-c", "10.0.0.1", runtimeapi.PodSandboxState_SANDBOX_READY)
+	try("IP now held by another pod's sandbox", http.StatusForbidden, "does not report IP 10.0.0.1")
+
+	// The cache catches up: a is gone, c (unlabelled) holds the IP.
+	if err := f.client.Delete(t.Context(), old); err != nil {
+		t.Fatal(err)
+	}
+	c := pod("c", "10.0.0.1")
+	c.UID = "uid-c"
+	if err := f.client.Create(t.Context(), c); err != nil {
+		t.Fatal(err)
+	}
+	try("cache caught up: c is refused as itself", http.StatusForbidden, "no admitted AzureIdentity")
+
+	stop()
+	try("runtime down: fail closed", http.StatusServiceUnavailable, "cannot confirm the caller")
+}
