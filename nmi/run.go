@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
-	"github.com/coreos/go-iptables/iptables"
 	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/fields"
@@ -87,6 +86,9 @@ type Options struct {
 	// the assigner needed them (records marked external).
 	ServeExternalIdentities bool
 
+	// IPTablesBackend selects the iptables binary (auto: the node's).
+	IPTablesBackend Backend
+
 	// IPTables, IMDSTransport and AADTransport replace the real ones in tests.
 	IPTables      IPTables
 	IMDSTransport http.RoundTripper
@@ -123,12 +125,15 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 	if err != nil || imdsURL.Host == "" {
 		return fmt.Errorf("IMDS endpoint %q is not an absolute URL", opts.IMDSEndpoint)
 	}
-	if opts.IPTables == nil {
-		if opts.IPTables, err = iptables.New(); err != nil {
-			return fmt.Errorf("finding iptables: %w", err)
-		}
-	}
 	log := ctrl.Log.WithName("nmi")
+	if opts.IPTables == nil {
+		ipt, backend, reason, err := NewIPTables(opts.IPTablesBackend, ExecRunner)
+		if err != nil {
+			return err
+		}
+		log.Info("iptables backend", "backend", backend, "reason", reason)
+		opts.IPTables = ipt
+	}
 
 	mgr, err := ctrl.NewManager(cfg, manager.Options{
 		Scheme:                 identity.Scheme(),

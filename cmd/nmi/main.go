@@ -10,7 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/coreos/go-iptables/iptables"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
@@ -53,6 +52,7 @@ func main() {
 	fs.StringVar(&opts.AssignmentsNamespace, "assignments-namespace", os.Getenv("POD_NAMESPACE"), "Namespace of the assigner's AzureAssignedIdentities (default $POD_NAMESPACE): a user-assigned identity is served only when its record there says the assigner put it on this node's pool with the client ID ARM reports.")
 	fs.StringVar(&opts.CRISocket, "cri-socket", "", "Container runtime (CRI) socket, e.g. /run/containerd/containerd.sock: each caller's IP is confirmed against the runtime's ready pod sandboxes, which closes the window where NMI's cache still gives a reused IP to its previous pod. Empty: the cache alone decides.")
 	fs.BoolVar(&opts.ServeExternalIdentities, "serve-external-identities", false, "Also serve user-assigned identities that were on the node pool before the assigner needed them (records marked external): nothing ties them to the AzureIdentity that names them.")
+	fs.StringVar((*string)(&opts.IPTablesBackend), "iptables-backend", string(nmi.BackendAuto), "iptables backend to write the rules into: auto (the node's: where kubelet's and kube-proxy's hint chains are, else the one with more rules, else iptables on PATH), legacy, nft, or path (iptables on PATH).")
 	fs.BoolVar(&opts.FlushConntrack, "flush-conntrack", false, "After installing the rules, drop tracked connections to the metadata IP.")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
@@ -71,7 +71,7 @@ func main() {
 	}
 
 	if cleanup {
-		if err := runCleanup(); err != nil {
+		if err := runCleanup(opts.IPTablesBackend); err != nil {
 			fmt.Fprintln(os.Stderr, "nmi cleanup:", err)
 			os.Exit(1)
 		}
@@ -85,10 +85,10 @@ func main() {
 	}
 }
 
-func runCleanup() error {
-	ipt, err := iptables.New()
+func runCleanup(backend nmi.Backend) error {
+	ipt, _, _, err := nmi.NewIPTables(backend, nmi.ExecRunner)
 	if err != nil {
-		return fmt.Errorf("finding iptables: %w", err)
+		return err
 	}
 	return nmi.RemoveRules(ipt)
 }
