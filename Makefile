@@ -74,7 +74,7 @@ test-integration: control-plane chart-test-deps ## Integration tests against env
 	go test -race -count=1 -tags integration $(INTEGRATION_PKGS)
 
 test-e2e: deps control-plane $(HELM) ## End-to-end tests, as root: NMI in network namespaces, the sandbox, the e2e suite, the demo.
-	go test -race -count=1 -p 1 -timeout 30m -tags e2e ./e2e/...
+	go test -race -count=1 -p 1 -timeout 30m -tags e2e ./e2e/... ./hack/images/
 
 test-fuzz: ## Fuzz smoke runs, FUZZTIME each.
 	go test -run '^$$' -fuzz FuzzAdmission -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./webhook/
@@ -147,7 +147,12 @@ chart-crds: ## Copy config/crd into the chart (a chart test fails when they diff
 update-golden: chart-test-deps ## Rewrite the chart's golden helm template outputs.
 	go test -tags integration ./charts/... -run TestGolden -update
 
-images: ## Build the container images (needs a container engine; not run in CI).
+images: ## Build the images offline (no container engine, no registry) into build/images as OCI archives.
+	go run ./hack/images --out build/images --registry $(IMAGE_REGISTRY) --version $(IMAGE_TAG) \
+		--revision $$(git rev-parse HEAD 2>/dev/null) --deb-cache $(TOOLS_CACHE)/debs
+
+.PHONY: docker-images
+docker-images: ## Build the images with a container engine from build/Dockerfile (the chart's default, public bases).
 	@for i in $(IMAGES); do \
 		$(CONTAINER_TOOL) build -f build/Dockerfile --target $$i --build-arg GO_VERSION=$$(go env GOVERSION | sed 's/^go//') \
 			-t $(IMAGE_REGISTRY)/$$i:$(IMAGE_TAG) . || exit 1; done

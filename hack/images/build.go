@@ -1,0 +1,119 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+)
+
+// allImages are the images of the project, named after their binaries.
+var allImages = []string{"webhook", "assigner", "nmi", "demo"}
+
+// nonRoot is distroless's nonroot user and group.
+const nonRoot = 65532
+
+// nmiPackages are NMI's Debian packages; their dependencies are resolved
+// by apt.
+var nmiPackages = []string{"iptables", "conntrack"}
+
+type options struct {
+	out, registry, version, source, revision, debCache string
+	// root is the module's directory (the binaries are ./cmd/<name>).
+	root   string
+	images []string
+}
+
+// built is one image written to disk.
+type built struct {
+	name, ref, path string
+	digest          v1.Hash
+	size            int64
+}
+
+// build compiles the binaries and writes each image's OCI archive.
+func build(ctx context.Context, o options) ([]built, error) {
+	for _, name := range o.images {
+		if !slices.Contains(allImages, name) {
+			return nil, fmt.Errorf("unknown image %q (known: %s)", name, strings.Join(allImages, ", "))
+		}
+	}
+	if err := os.MkdirAll(o.out, 0o755); err != nil {
+		return nil, err
+	}
+	bin, err := os.MkdirTemp("", "images-bin-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(bin)
+	if err := buildBinaries(ctx, o.root, bin, o.images); err != nil {
+		return nil, err
+	}
+	base, err := baseLayer(ctx, o.debCache)
+	if err != nil {
+		return nil, err
+	}
+	var out []built
+	var digests strings.Builder
+	for _, name := range o.images {
+		layers := []v1.Layer{base}
+		user := fmt.Sprintf("%d:%d", nonRoot, nonRoot)
+		if name == "nmi" {
+			// Root: iptables in the node's network namespace needs it; the
+			// chart grants only NET_ADMIN and NET_RAW.
+			root, err := debianLayer(ctx, o.debCache, nmiPackages)
+			if err != nil {
+				return nil, err
+			}
+			layers, user = append(layers, root), "0:0"
+		}
+		app, err := binaryLayer(filepath.Join(bin, name), "/"+name)
+		if err != nil {
+			return nil, err
+		}
+		img, err := assemble(append(layers, app), imageConfig{entrypoint: "/" + name, user: user, labels: o.labels(name)})
+		if err != nil {
+			return nil, fmt.Errorf("image %s: %w", name, err)
+		}
+		b := built{name: name, ref: fmt.Sprintf("%s/%s:%s", o.registry, name, o.version), path: filepath.Join(o.out, name+".tar")}
+		if b.digest, b.size, err = writeArchive(b.path, b.ref, img); err != nil {
+			return nil, fmt.Errorf("image %s: %w", name, err)
+		}
+		fmt.Fprintf(&digests, "%s@%s\n", b.ref, b.digest)
+		out = append(out, b)
+	}
+	return out, os.WriteFile(filepath.Join(o.out, "digests.txt"), []byte(digests.String()), 0o644)
+}
+
+func (o options) labels(name string) map[string]string {
+	l := map[string]string{
+		"org.opencontainers.image.title":   "aad-pod-identity " + name,
+		"org.opencontainers.image.source":  o.source,
+		"org.opencontainers.image.version": o.version,
+	}
+	if o.revision != "" {
+		l["org.opencontainers.image.revision"] = o.revision
+	}
+	return l
+}
+
+// buildBinaries builds static binaries (no cgo: the images have no libc
+// for them) of ./cmd/<name> into dir.
+func buildBinaries(ctx context.Context, root, dir string, names []string) error {
+	pkgs := make([]string, len(names))
+	for i, n := range names {
+		pkgs[i] = "./cmd/" + n
+	}
+	cmd := exec.CommandContext(ctx, "go", append([]string{"build", "-trimpath", "-ldflags=-s -w", "-o", dir + "/"}, pkgs...)...)
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build: %w: %s", err, out)
+	}
+	return nil
+}
