@@ -58,7 +58,7 @@ func writeArchive(file, ref string, img v1.Image) (v1.Hash, int64, error) {
 		return v1.Hash{}, 0, err
 	}
 	err = p.AppendImage(img, layout.WithAnnotations(map[string]string{
-		"io.containerd.image.name":         ref,
+		"io.containerd.image.name":          ref,
 		"org.opencontainers.image.ref.name": ref,
 	}))
 	if err != nil {

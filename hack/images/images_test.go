@@ -145,7 +145,7 @@ func nmiRoot(t *testing.T, img v1.Image) {
 		image(ipt, "-t", "filter", "-A", "aad-metadata-guard", "!", "-s", "127.0.0.0/8", "-d", "127.0.0.0/8", "-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED,DNAT", "-j", "DROP")
 		image(ipt, "-t", "filter", "-I", "INPUT", "1", "-j", "aad-metadata-guard")
 		// The host's own iptables reads the same kernel tables.
-		if rules := in("iptables-"+b+"-save"); !strings.Contains(rules, "--to-destination 127.0.0.1:2579") || !strings.Contains(rules, "ctstate") {
+		if rules := in("iptables-" + b + "-save"); !strings.Contains(rules, "--to-destination 127.0.0.1:2579") || !strings.Contains(rules, "ctstate") {
 			t.Fatalf("%s: rules written from the image are not in the kernel:\n%s", b, rules)
 		}
 		image("/nmi", "cleanup", "--iptables-backend=auto")
