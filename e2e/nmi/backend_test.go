@@ -33,7 +33,7 @@ func TestIPTablesBackends(t *testing.T) {
 			}
 			err := node.Do(func(ns.NetNS) error {
 				if out, err := exec.Command("iptables-"+string(b), "-t", "mangle", "-N", "KUBE-IPTABLES-HINT").CombinedOutput(); err != nil {
-					return fmt.Errorf("marking the node's backend: %v: %s", err, out)
+					return fmt.Errorf("marking the node's backend: %w: %s", err, out)
 				}
 				ipt, got, reason, err := nmi.NewIPTables(nmi.BackendAuto, nmi.ExecRunner)
 				if err != nil {

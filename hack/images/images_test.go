@@ -6,6 +6,7 @@ import (
 	"archive/tar"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"io"
 	"os"
 	"os/exec"
@@ -186,7 +187,7 @@ func extract(t *testing.T, img v1.Image, dir string) map[string]*tar.Header {
 	files := map[string]*tar.Header{}
 	for {
 		h, err := tr.Next()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			return files
 		}
 		if err != nil {
