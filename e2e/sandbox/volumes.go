@@ -3,7 +3,9 @@ package sandbox
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"time"
@@ -24,7 +26,7 @@ func prepareVolumes(ctx context.Context, c kubernetes.Interface, pod *corev1.Pod
 	for _, v := range pod.Spec.Volumes {
 		p := filepath.Join(dir, v.Name)
 		if v.HostPath != nil {
-			if err := os.MkdirAll(v.HostPath.Path, 0o755); err != nil && !isDirOrCreate(v.HostPath.Type) {
+			if err := hostPath(v.HostPath); err != nil {
 				return nil, fmt.Errorf("volume %s: hostPath %s: %w", v.Name, v.HostPath.Path, err)
 			}
 			paths[v.Name] = v.HostPath.Path
@@ -118,8 +120,48 @@ func tokenLifetime(v corev1.Volume) time.Duration {
 	return 0
 }
 
-func isDirOrCreate(t *corev1.HostPathType) bool {
-	return t == nil || *t == corev1.HostPathDirectoryOrCreate || *t == corev1.HostPathUnset
+// hostPath prepares or checks a hostPath volume's source by its type, as
+// the kubelet does: the *OrCreate types are created when missing (a file
+// empty, with its directory), the others must exist as what they say.
+func hostPath(v *corev1.HostPathVolumeSource) error {
+	t := ptr.Deref(v.Type, corev1.HostPathUnset)
+	fi, err := os.Stat(v.Path)
+	switch {
+	case err != nil && !errors.Is(err, fs.ErrNotExist):
+		return err
+	case t == corev1.HostPathUnset:
+		if err != nil {
+			// No check; a directory, so that the process finds something.
+			return os.MkdirAll(v.Path, 0o755)
+		}
+		return nil
+	case t == corev1.HostPathDirectoryOrCreate && err != nil:
+		return os.MkdirAll(v.Path, 0o755)
+	case t == corev1.HostPathFileOrCreate && err != nil:
+		if err := os.MkdirAll(filepath.Dir(v.Path), 0o755); err != nil {
+			return err
+		}
+		f, err := os.OpenFile(v.Path, os.O_CREATE|os.O_RDWR, 0o644)
+		if err != nil {
+			return err
+		}
+		return f.Close()
+	case err != nil:
+		return fmt.Errorf("%s does not exist", t)
+	}
+	want := map[corev1.HostPathType]func(fs.FileMode) bool{
+		corev1.HostPathDirectory:         fs.FileMode.IsDir,
+		corev1.HostPathDirectoryOrCreate: fs.FileMode.IsDir,
+		corev1.HostPathFile:              fs.FileMode.IsRegular,
+		corev1.HostPathFileOrCreate:      fs.FileMode.IsRegular,
+		corev1.HostPathSocket:            func(m fs.FileMode) bool { return m&fs.ModeSocket != 0 },
+		corev1.HostPathCharDev:           func(m fs.FileMode) bool { return m&fs.ModeCharDevice != 0 },
+		corev1.HostPathBlockDev:          func(m fs.FileMode) bool { return m&fs.ModeDevice != 0 && m&fs.ModeCharDevice == 0 },
+	}[t]
+	if want == nil || !want(fi.Mode()) {
+		return fmt.Errorf("is %s, not %s", fi.Mode().Type(), t)
+	}
+	return nil
 }
 
 // volumeFiles returns the files of one volume, by path relative to its root.

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +15,13 @@ import (
 
 // allImages are the images of the project, named after their binaries.
 var allImages = []string{"webhook", "assigner", "nmi", "demo"}
+
+// packages maps each image to its main package: the project's images, and
+// the sandbox's pause image for nodes that cannot pull one.
+var packages = map[string]string{
+	"webhook": "./cmd/webhook", "assigner": "./cmd/assigner", "nmi": "./cmd/nmi", "demo": "./cmd/demo",
+	"pause": "./e2e/cmd/pause",
+}
 
 // nonRoot is distroless's nonroot user and group.
 const nonRoot = 65532
@@ -39,8 +47,8 @@ type built struct {
 // build compiles the binaries and writes each image's OCI archive.
 func build(ctx context.Context, o options) ([]built, error) {
 	for _, name := range o.images {
-		if !slices.Contains(allImages, name) {
-			return nil, fmt.Errorf("unknown image %q (known: %s)", name, strings.Join(allImages, ", "))
+		if _, ok := packages[name]; !ok {
+			return nil, fmt.Errorf("unknown image %q (known: %s)", name, strings.Join(slices.Sorted(maps.Keys(packages)), ", "))
 		}
 	}
 	if err := os.MkdirAll(o.out, 0o755); err != nil {
@@ -102,12 +110,12 @@ func (o options) labels(name string) map[string]string {
 	return l
 }
 
-// buildBinaries builds static binaries (no cgo: the images have no libc
-// for them) of ./cmd/<name> into dir.
+// buildBinaries builds the images' static binaries (no cgo: the images
+// have no libc for them) into dir.
 func buildBinaries(ctx context.Context, root, dir string, names []string) error {
 	pkgs := make([]string, len(names))
 	for i, n := range names {
-		pkgs[i] = "./cmd/" + n
+		pkgs[i] = packages[n]
 	}
 	cmd := exec.CommandContext(ctx, "go", append([]string{"build", "-trimpath", "-ldflags=-s -w", "-o", dir + "/"}, pkgs...)...)
 	cmd.Dir = root

@@ -27,7 +27,7 @@ func main() {
 	flag.StringVar(&o.root, "root", ".", "The module's directory.")
 	flag.StringVar(&o.revision, "revision", "", "org.opencontainers.image.revision (the git commit).")
 	flag.StringVar(&o.debCache, "deb-cache", filepath.Join(home, ".cache", "aad-pod-identity", "debs"), "Where downloaded .debs are kept between builds.")
-	images := flag.String("images", strings.Join(allImages, ","), "Comma-separated images to build.")
+	images := flag.String("images", strings.Join(allImages, ","), "Comma-separated images to build (pause too, for nodes that cannot pull one).")
 	flag.Parse()
 	o.images = strings.Split(*images, ",")
 
