@@ -100,6 +100,28 @@ $(ASSETS)/.done:
 	$(ASSETS)/kube-apiserver --version
 	touch $@
 
+# The real-node sandbox's node software (kubelet, containerd, the CNI plugins), in the versioned
+# cache like the control plane. The versions must match hack/tools/{k8s,containerd,cni}/go.mod.
+CONTAINERD_VERSION  ?= 2.4.2
+CNI_PLUGINS_VERSION ?= 1.10.0
+NODE_ASSETS ?= $(TOOLS_CACHE)/node-$(K8S_VERSION)-containerd-$(CONTAINERD_VERSION)-cni-$(CNI_PLUGINS_VERSION)
+CNI_PLUGINS := ipam/host-local main/bridge main/loopback meta/portmap
+
+.PHONY: node-binaries
+node-binaries: $(NODE_ASSETS)/.done ## Build kubelet, containerd (shim, ctr) and the CNI plugins for real nodes (docs/sandbox.md).
+
+$(NODE_ASSETS)/.done:
+	mkdir -p $(NODE_ASSETS)/cni
+	cd hack/tools/k8s && go build -ldflags '$(K8S_LDFLAGS)' -o $(NODE_ASSETS)/ k8s.io/kubernetes/cmd/kubelet
+	# Static, without the snapshotters that need C libraries: the sandbox uses the native one.
+	cd hack/tools/containerd && CGO_ENABLED=0 go build -tags no_btrfs,no_devmapper,no_zfs \
+		-ldflags '-X github.com/containerd/containerd/v2/version.Version=v$(CONTAINERD_VERSION)' -o $(NODE_ASSETS)/ \
+		github.com/containerd/containerd/v2/cmd/containerd github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 \
+		github.com/containerd/containerd/v2/cmd/ctr
+	cd hack/tools/cni && go build -o $(NODE_ASSETS)/cni/ $(addprefix github.com/containernetworking/plugins/plugins/,$(CNI_PLUGINS))
+	$(NODE_ASSETS)/kubelet --version && $(NODE_ASSETS)/containerd --version
+	touch $@
+
 $(CONTROLLER_GEN):
 	GOBIN=$(BIN) go install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_TOOLS_VERSION)
 	mv $(BIN)/controller-gen $@
