@@ -184,6 +184,10 @@ NMI_LOAD_PODS ?= 10000
 bench-nmi: deps control-plane ## NMI load generator in network namespaces, as root (see docs/performance.md, section NMI).
 	AADPI_NMI_LOAD=1 AADPI_NMI_LOAD_PODS=$(NMI_LOAD_PODS) go test -tags e2e -count=1 -v -timeout 30m -run '^TestNMILoad$$' ./e2e/nmi/
 
+.PHONY: bench-nmi-density
+bench-nmi-density: deps control-plane ## NMI at node density, as root: 250 pods, 50 identities, one cold-cache burst (docs/performance.md).
+	AADPI_NMI_DENSITY=1 go test -tags e2e -count=1 -v -timeout 15m -run '^TestNMINodeDensity$$' ./e2e/nmi/
+
 ##@ Sandbox (local cluster in network namespaces; see docs/sandbox.md)
 SANDBOX_DIR ?= /tmp/aadpi-sbx-make
 

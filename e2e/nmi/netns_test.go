@@ -21,6 +21,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -182,6 +183,8 @@ type node struct {
 	client   client.Client
 	nmi      *exec.Cmd
 	nmiLog   string
+	// imdsCalls counts the requests the node's IMDS answered.
+	imdsCalls atomic.Int64
 }
 
 const tokenURL = "http://" + metadataIP + "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net"
@@ -217,7 +220,11 @@ func setupNode(t *testing.T) *node {
 	if err != nil {
 		t.Fatal(err)
 	}
-	imds := &http.Server{Handler: &fakeazure.IMDS{State: n.state, Signer: n.signer, PoolID: n.pool.ID, VMName: n.pool.Instances[0]}}
+	fake := &fakeazure.IMDS{State: n.state, Signer: n.signer, PoolID: n.pool.ID, VMName: n.pool.Instances[0]}
+	imds := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n.imdsCalls.Add(1)
+		fake.ServeHTTP(w, r)
+	})}
 	go func() { _ = imds.Serve(lis) }()
 	t.Cleanup(func() { _ = imds.Close() })
 
@@ -578,17 +585,7 @@ func iptablesNAT(t *testing.T) string {
 // get sends a metadata request from inside a pod's network namespace.
 func get(p pod, url string) (int, map[string]string, error) {
 	client := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, DialContext: dialIn(p.netns)}}
-	req, err := http.NewRequest(http.MethodGet, url, nil)
-	if err != nil {
-		return 0, nil, err
-	}
-	req.Header.Set("Metadata", "true")
-	resp, err := client.Do(req)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(resp.Body)
+	status, raw, err := getWith(client, url)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -596,7 +593,23 @@ func get(p pod, url string) (int, map[string]string, error) {
 	if err := json.Unmarshal(raw, &body); err != nil {
 		body = map[string]string{"raw": string(raw)}
 	}
-	return resp.StatusCode, body, nil
+	return status, body, nil
+}
+
+// getWith sends a metadata request with c and returns the raw answer.
+func getWith(c *http.Client, url string) (int, []byte, error) {
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		return 0, nil, err
+	}
+	req.Header.Set("Metadata", "true")
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, body, err
 }
 
 // dialIn opens sockets inside the pod namespace called name.
