@@ -73,7 +73,7 @@ test-unit: ## Unit tests: no root, no control plane.
 test-integration: control-plane chart-test-deps ## Integration tests against envtest: webhook, assigner, charts.
 	go test -race -count=1 -tags integration $(INTEGRATION_PKGS)
 
-test-e2e: deps control-plane $(HELM) ## End-to-end tests, as root: NMI in network namespaces, the sandbox, the e2e suite, the demo.
+test-e2e: deps control-plane node-binaries $(HELM) ## End-to-end tests, as root: NMI in network namespaces, the sandbox, the e2e suite, the demo.
 	go test -race -count=1 -p 1 -timeout 30m -tags e2e ./e2e/... ./hack/images/
 
 test-fuzz: ## Fuzz smoke runs, FUZZTIME each.
@@ -134,6 +134,8 @@ $(GOLANGCI_LINT):
 APT_PACKAGES := iptables iproute2
 # The sandbox tests run a small HTTP server and client as pod programs.
 APT_PACKAGES += python3
+# The real node (e2e/realnode): containerd's OCI runtime, and pgrep to stop its shims.
+APT_PACKAGES += runc procps
 .PHONY: deps
 deps: ## Install the system packages the tests need (apt, when missing).
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

@@ -33,7 +33,7 @@ func TestNMINodeDensity(t *testing.T) {
 	if os.Getenv("AADPI_NMI_DENSITY") != "1" {
 		t.Skip("load generator: run with `make bench-nmi-density`")
 	}
-	if os.Getenv(envChild) != "1" {
+	if !testns.InChild() {
 		runInNamespaces(t)
 		return
 	}

@@ -18,6 +18,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	testns "github.com/aad-pod-identity/aad-pod-identity/internal/testing/netns"
 )
 
 // TestNMILoad is the load generator behind `make bench-nmi`, not a timed
@@ -27,7 +29,7 @@ func TestNMILoad(t *testing.T) {
 	if os.Getenv("AADPI_NMI_LOAD") != "1" {
 		t.Skip("load generator: run with `make bench-nmi`")
 	}
-	if os.Getenv(envChild) != "1" {
+	if !testns.InChild() {
 		runInNamespaces(t)
 		return
 	}

@@ -7,7 +7,6 @@
 package nmi_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -26,9 +25,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/containernetworking/plugins/pkg/ip"
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -45,7 +42,6 @@ import (
 
 // The child process (run inside the node namespace) finds its setup here.
 const (
-	envChild   = "AADPI_NMI_NETNS_CHILD"
 	envPods    = "AADPI_NMI_PODS" // comma-separated name=netns=ip
 	envNMIPath = "AADPI_NMI_BINARY"
 	metadataIP = "169.254.169.254"
@@ -59,7 +55,7 @@ const (
 type pod struct{ name, netns, ip string }
 
 func TestNMIInNetworkNamespaces(t *testing.T) {
-	if os.Getenv(envChild) == "1" {
+	if testns.InChild() {
 		functional(t, setupNode(t))
 		return
 	}
@@ -82,28 +78,10 @@ func runInNamespaces(t *testing.T) {
 	nodeNS := testns.Prefix + "nmi-" + hex.EncodeToString(suffix)
 	node := createNetns(t, nodeNS)
 	err := node.Do(func(ns.NetNS) error {
-		if err := testns.LinkUp("lo"); err != nil {
+		if err := testns.NodeUplink(net.IPv4(10, 199, 0, 1)); err != nil {
 			return err
 		}
-		if err := testns.AddAddr("lo", &net.IPNet{IP: net.ParseIP(metadataIP), Mask: net.CIDRMask(32, 32)}); err != nil {
-			return err
-		}
-		// kube-apiserver picks its advertise address from the default
-		// route; nothing needs to answer at the gateway. A veth pair with
-		// both ends here, as kernels without the dummy driver have veth.
-		uplink := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "uplink"}, PeerName: "uplink-peer"}
-		if err := netlink.LinkAdd(uplink); err != nil {
-			return fmt.Errorf("adding the uplink: %w", err)
-		}
-		if err := testns.AddAddr("uplink", &net.IPNet{IP: net.IPv4(10, 199, 0, 1), Mask: net.CIDRMask(24, 32)}); err != nil {
-			return err
-		}
-		for _, l := range []string{"uplink-peer", "uplink"} {
-			if err := testns.LinkUp(l); err != nil {
-				return err
-			}
-		}
-		return ip.AddDefaultRoute(net.IPv4(10, 199, 0, 254), uplink)
+		return testns.AddAddr("lo", &net.IPNet{IP: net.ParseIP(metadataIP), Mask: net.CIDRMask(32, 32)})
 	})
 	if err != nil {
 		t.Fatalf("setting up the node namespace: %v", err)
@@ -126,25 +104,7 @@ func runInNamespaces(t *testing.T) {
 		pods = append(pods, name+"="+nsName+"="+podIP.String())
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
-	defer cancel()
-	args := []string{"-test.run", "^" + t.Name() + "$", "-test.count=1"}
-	if testing.Verbose() {
-		args = append(args, "-test.v")
-	}
-	cmd := exec.CommandContext(ctx, os.Args[0], args...)
-	cmd.Env = append(os.Environ(), envChild+"=1", envPods+"="+strings.Join(pods, ","), envNMIPath+"="+bin)
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := testns.Start(node, cmd); err != nil {
-		t.Fatal(err)
-	}
-	err = cmd.Wait()
-	t.Log("node namespace run:\n" + out.String())
-	if err != nil {
-		t.Fatalf("node namespace run failed: %v", err)
-	}
+	testns.RerunIn(t, node, 15*time.Minute, envPods+"="+strings.Join(pods, ","), envNMIPath+"="+bin)
 }
 
 // createNetns creates a namespace and deletes it, with whatever still runs
