@@ -21,9 +21,12 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/framework"
@@ -173,6 +176,7 @@ func runNode(t *testing.T, name string) {
 	if _, subnet, _ := net.ParseCIDR(podSubnet); !subnet.Contains(net.ParseIP(got.Status.PodIP)) {
 		t.Errorf("pod IP %s not from the CNI bridge's %s", got.Status.PodIP, podSubnet)
 	}
+	sandboxHasIP(t, sock, got)
 	// The demo runs as the image's user and logs its first round (it
 	// cannot reach any Azure here).
 	framework.Eventually(t, time.Minute, "the demo's log", func() error {
@@ -194,6 +198,33 @@ func runNode(t *testing.T, name string) {
 		}
 		return nil
 	})
+}
+
+// sandboxHasIP checks what NMI's --cri-socket relies on, on the real
+// runtime: the pod's ready sandbox is found by the kubelet's pod UID label
+// and reports the pod's IP.
+func sandboxHasIP(t *testing.T, sock string, pod *corev1.Pod) {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	rt := runtimeapi.NewRuntimeServiceClient(conn)
+	list, err := rt.ListPodSandbox(t.Context(), &runtimeapi.ListPodSandboxRequest{Filter: &runtimeapi.PodSandboxFilter{
+		State:         &runtimeapi.PodSandboxStateValue{State: runtimeapi.PodSandboxState_SANDBOX_READY},
+		LabelSelector: map[string]string{"io.kubernetes.pod.uid": string(pod.UID)},
+	}})
+	if err != nil || len(list.GetItems()) != 1 {
+		t.Fatalf("ready sandboxes of pod %s: %v, %v", pod.UID, list.GetItems(), err)
+	}
+	st, err := rt.PodSandboxStatus(t.Context(), &runtimeapi.PodSandboxStatusRequest{PodSandboxId: list.GetItems()[0].GetId()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ip := st.GetStatus().GetNetwork().GetIp(); ip != pod.Status.PodIP {
+		t.Errorf("the runtime reports IP %q for the pod's sandbox, the API %q", ip, pod.Status.PodIP)
+	}
 }
 
 func firstLine(b []byte) string {
