@@ -18,10 +18,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/metrics"
 )
 
 // Field indexes of the assigner's cache.
@@ -59,7 +59,10 @@ type Options struct {
 
 // ManagerOptions configure the process around the controllers.
 type ManagerOptions struct {
-	MetricsAddr, ProbeAddr  string
+	MetricsAddr, ProbeAddr string
+	// SecureMetrics serves metrics over HTTPS to callers the apiserver
+	// authenticates and authorizes (get on /metrics).
+	SecureMetrics           bool
 	LeaderElect             bool
 	LeaderElectionNamespace string
 	// QPS and Burst limit requests to the API server (0: 100 and 200).
@@ -85,7 +88,7 @@ func NewManager(cfg *rest.Config, mo ManagerOptions, opts Options) (manager.Mana
 	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                  identity.Scheme(),
-		Metrics:                 metricsserver.Options{BindAddress: mo.MetricsAddr},
+		Metrics:                 metrics.ServerOptions(mo.MetricsAddr, mo.SecureMetrics),
 		HealthProbeBindAddress:  mo.ProbeAddr,
 		LeaderElection:          mo.LeaderElect,
 		LeaderElectionID:        "aad-pod-identity-assigner",
@@ -119,6 +122,9 @@ func NewManager(cfg *rest.Config, mo ManagerOptions, opts Options) (manager.Mana
 // +kubebuilder:rbac:groups=aadpodidentity.k8s.io,resources=azureassignedidentities,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=aadpodidentity.k8s.io,resources=azureassignedidentities/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch;create;update;patch;delete
+// Metrics behind authentication and authorization (--secure-metrics).
+// +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create
+// +kubebuilder:rbac:groups=authorization.k8s.io,resources=subjectaccessreviews,verbs=create
 
 // Setup registers the indexes and the pod and pool controllers.
 func Setup(ctx context.Context, mgr manager.Manager, opts Options) error {

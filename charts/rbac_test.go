@@ -44,6 +44,8 @@ func expected(release string, builtinCerts, servicePrincipals, taintRemoval, cle
 		"webhook": {
 			{aad, "azureidentities", read, "*", nil},
 			{aad, "azureidentitybindings", read, "*", nil},
+			{"authentication.k8s.io", "tokenreviews", []string{"create"}, "", nil},
+			{"authorization.k8s.io", "subjectaccessreviews", []string{"create"}, "", nil},
 		},
 		"assigner": {
 			{"", "pods", []string{"get", "list", "watch", "update", "patch"}, "*", nil},
@@ -55,6 +57,8 @@ func expected(release string, builtinCerts, servicePrincipals, taintRemoval, cle
 			{aad, "azureassignedidentities", crud, "*", nil},
 			{aad, "azureassignedidentities/status", []string{"get", "update", "patch"}, "*", nil},
 			{"coordination.k8s.io", "leases", crud, "release", nil},
+			{"authentication.k8s.io", "tokenreviews", []string{"create"}, "", nil},
+			{"authorization.k8s.io", "subjectaccessreviews", []string{"create"}, "", nil},
 		},
 		"nmi": {
 			{"", "pods", read, "*", nil},

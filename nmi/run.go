@@ -26,11 +26,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
-	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/metrics"
 )
 
 // Options configure NMI; cmd/nmi maps its flags onto them.
@@ -137,7 +136,7 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 
 	mgr, err := ctrl.NewManager(cfg, manager.Options{
 		Scheme:                 identity.Scheme(),
-		Metrics:                metricsOptions(opts),
+		Metrics:                metrics.ServerOptions(opts.MetricsAddr, opts.SecureMetrics),
 		HealthProbeBindAddress: opts.ProbeAddr,
 		Cache: cache.Options{
 			ByObject: map[client.Object]cache.ByObject{
@@ -349,11 +348,3 @@ func removeStartupTaint(ctx context.Context, c client.Client, nodeName string) e
 // metricsOptions serves metrics in plain HTTP or, with SecureMetrics, over
 // HTTPS (a self-signed certificate) behind the apiserver's authentication
 // and authorization, as kubebuilder's projects do.
-func metricsOptions(opts Options) metricsserver.Options {
-	o := metricsserver.Options{BindAddress: opts.MetricsAddr}
-	if opts.SecureMetrics {
-		o.SecureServing = true
-		o.FilterProvider = filters.WithAuthenticationAndAuthorization
-	}
-	return o
-}

@@ -18,15 +18,18 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/metrics"
 )
 
 // +kubebuilder:rbac:groups=aadpodidentity.k8s.io,resources=azureidentities;azureidentitybindings,verbs=get;list;watch
+// Metrics behind authentication and authorization (--secure-metrics).
+// +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create
+// +kubebuilder:rbac:groups=authorization.k8s.io,resources=subjectaccessreviews,verbs=create
 
 // Paths the handlers are served on; the generated configurations use them.
 const (
@@ -46,6 +49,9 @@ type Options struct {
 	// MetricsAddr and ProbeAddr are the metrics and /healthz, /readyz
 	// listen addresses ("0" disables).
 	MetricsAddr, ProbeAddr string
+	// SecureMetrics serves metrics over HTTPS to callers the apiserver
+	// authenticates and authorizes (get on /metrics).
+	SecureMetrics bool
 	// AllowCrossNamespace lets a pod match bindings in every namespace, as
 	// releases before this design did.
 	AllowCrossNamespace bool
@@ -66,7 +72,7 @@ type Options struct {
 func NewManager(ctx context.Context, cfg *rest.Config, opts Options) (manager.Manager, error) {
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                 identity.Scheme(),
-		Metrics:                metricsserver.Options{BindAddress: opts.MetricsAddr},
+		Metrics:                metrics.ServerOptions(opts.MetricsAddr, opts.SecureMetrics),
 		HealthProbeBindAddress: opts.ProbeAddr,
 	})
 	if err != nil {

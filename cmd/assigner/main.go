@@ -43,6 +43,7 @@ func main() {
 	flag.Float64Var(&qps, "kube-api-qps", 100, "Requests per second to the Kubernetes API server.")
 	flag.IntVar(&mo.Burst, "kube-api-burst", 200, "Burst of requests to the Kubernetes API server.")
 	flag.StringVar(&mo.MetricsAddr, "metrics-bind-address", ":8080", "Address of the Prometheus metrics endpoint; 0 disables it.")
+	flag.BoolVar(&mo.SecureMetrics, "secure-metrics", true, "Serve metrics over HTTPS to callers the apiserver authenticates and authorizes (get on nonResourceURL /metrics), rather than in plain HTTP to every pod that reaches this one.")
 	flag.StringVar(&mo.ProbeAddr, "health-probe-bind-address", ":8081", "Address of /healthz and /readyz.")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)

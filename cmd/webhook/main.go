@@ -31,6 +31,7 @@ func main() {
 	flag.StringVar(&opts.KeyName, "key-name", "tls.key", "Serving key file name in --cert-dir.")
 	flag.IntVar(&opts.Port, "port", 9443, "Port the webhook serves HTTPS on.")
 	flag.StringVar(&opts.MetricsAddr, "metrics-bind-address", ":8080", "Address of the Prometheus metrics endpoint; 0 disables it.")
+	flag.BoolVar(&opts.SecureMetrics, "secure-metrics", true, "Serve metrics over HTTPS to callers the apiserver authenticates and authorizes (get on nonResourceURL /metrics), rather than in plain HTTP to every pod that reaches this one.")
 	flag.StringVar(&opts.ProbeAddr, "health-probe-bind-address", ":8081", "Address of /healthz and /readyz.")
 	flag.BoolVar(&opts.AllowCrossNamespace, "allow-cross-namespace", false, "Let pods match AzureIdentityBindings in every namespace (the behaviour of releases before this design).")
 	flag.StringVar(&trusted, "trusted-service-accounts",

@@ -92,6 +92,17 @@ metadata:
 - --metadata-port={{ .Values.nmi.metadataPort }}
 {{- end }}
 
+{{/* Authentication and authorization of metrics scrapers (secureMetrics). */}}
+{{- define "aad-pod-identity.metricsAuthRules" -}}
+# Authentication and authorization of metrics scrapers.
+- apiGroups: [authentication.k8s.io]
+  resources: [tokenreviews]
+  verbs: [create]
+- apiGroups: [authorization.k8s.io]
+  resources: [subjectaccessreviews]
+  verbs: [create]
+{{- end }}
+
 {{/* iptables takes the host's xtables lock so that NMI and kube-proxy do not race. */}}
 {{- define "aad-pod-identity.xtablesMount" -}}
 - name: xtables-lock
