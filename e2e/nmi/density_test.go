@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -30,11 +29,7 @@ import (
 // the burst's latency, the IMDS calls it cost and NMI's RSS for
 // docs/performance.md; it fails only if a pod is not served.
 func TestNMINodeDensity(t *testing.T) {
-	if os.Getenv("AADPI_NMI_DENSITY") != "1" {
-		t.Skip("load generator: run with `make bench-nmi-density`")
-	}
-	if !testns.InChild() {
-		runInNamespaces(t)
+	if !loadGenerator(t, "AADPI_NMI_DENSITY", "bench-nmi-density") {
 		return
 	}
 	const pods, identities = 250, 50

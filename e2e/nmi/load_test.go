@@ -26,11 +26,7 @@ import (
 // test: it prints latency, throughput and NMI's memory for
 // docs/performance.md and asserts nothing about them.
 func TestNMILoad(t *testing.T) {
-	if os.Getenv("AADPI_NMI_LOAD") != "1" {
-		t.Skip("load generator: run with `make bench-nmi`")
-	}
-	if !testns.InChild() {
-		runInNamespaces(t)
+	if !loadGenerator(t, "AADPI_NMI_LOAD", "bench-nmi") {
 		return
 	}
 	n := setupNode(t)
@@ -71,6 +67,20 @@ func TestNMILoad(t *testing.T) {
 	if total > 0 {
 		t.Logf("NMI RSS after the load runs: %s", rss(t, n.nmi.Process.Pid))
 	}
+}
+
+// loadGenerator skips a load generator unless env is 1 (its make target
+// sets it), and otherwise reruns it inside the node namespace; it reports
+// whether this process is that rerun, where the generator runs.
+func loadGenerator(t *testing.T, env, target string) bool {
+	if os.Getenv(env) != "1" {
+		t.Skip("load generator: run with `make " + target + "`")
+	}
+	if !testns.InChild() {
+		runInNamespaces(t)
+		return false
+	}
+	return true
 }
 
 func tokenPath(resource string) string {

@@ -188,19 +188,7 @@ func setupNode(t *testing.T) *node {
 	go func() { _ = imds.Serve(lis) }()
 	t.Cleanup(func() { _ = imds.Close() })
 
-	env, err := framework.NewEnvironment(framework.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := env.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := env.Stop(); err != nil {
-			t.Errorf("stopping envtest: %v", err)
-		}
-	})
+	env, cfg := framework.StartEnvironment(t, framework.Options{})
 	scheme := clientgoscheme.Scheme
 	if err := aadv1.AddToScheme(scheme); err != nil {
 		t.Fatal(err)

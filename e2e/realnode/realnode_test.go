@@ -101,19 +101,7 @@ func runNode(t *testing.T, name string) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	env, err := framework.NewEnvironment(framework.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := env.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := env.Stop(); err != nil {
-			t.Errorf("stopping the control plane: %v", err)
-		}
-	})
+	env, cfg := framework.StartEnvironment(t, framework.Options{})
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -28,15 +28,7 @@ import (
 // Secure metrics answer only callers the apiserver authenticates and
 // authorizes for get on /metrics; plain ones answer everyone.
 func TestServerOptions(t *testing.T) {
-	env, err := framework.NewEnvironment(framework.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := env.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = env.Stop() })
+	_, cfg := framework.StartEnvironment(t, framework.Options{})
 	c := kubernetes.NewForConfigOrDie(cfg)
 	scraper, outsider := token(t, c, "scraper"), token(t, c, "outsider")
 	grantMetrics(t, c, "scraper")

@@ -26,16 +26,7 @@ import (
 // The rotator fills the Secret with a CA and a serving certificate for the
 // Service's DNS names, and injects that CA into both webhook configurations.
 func TestCertRotationIssuesAndInjects(t *testing.T) {
-	env, err := framework.NewEnvironment(framework.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Stop also ends the processes of a start that failed half-way.
-	t.Cleanup(func() { _ = env.Stop() })
-	cfg, err := env.Start()
-	if err != nil {
-		t.Fatalf("starting envtest: %v", err)
-	}
+	_, cfg := framework.StartEnvironment(t, framework.Options{})
 	k8s, err := client.New(cfg, client.Options{Scheme: identity.Scheme()})
 	if err != nil {
 		t.Fatal(err)

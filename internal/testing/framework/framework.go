@@ -18,6 +18,7 @@ import (
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	"k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 )
 
@@ -107,6 +108,26 @@ func NewEnvironment(opts Options) (*envtest.Environment, error) {
 		env.WebhookInstallOptions = envtest.WebhookInstallOptions{MutatingWebhooks: mutating, ValidatingWebhooks: validating}
 	}
 	return env, nil
+}
+
+// StartEnvironment starts a control plane of its own for t and stops it,
+// with whatever a half-way start left running, when t ends.
+func StartEnvironment(t testing.TB, opts Options) (*envtest.Environment, *rest.Config) {
+	t.Helper()
+	env, err := NewEnvironment(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := env.Stop(); err != nil {
+			t.Errorf("stopping the control plane: %v", err)
+		}
+	})
+	cfg, err := env.Start()
+	if err != nil {
+		t.Fatalf("starting the control plane: %v", err)
+	}
+	return env, cfg
 }
 
 // WebhookConfigurations renders config/webhook with kubectl kustomize, the
