@@ -39,6 +39,11 @@ func (r *poolReconciler) apply(ctx context.Context, s *poolState, p plan) (ctrl.
 		}
 		delete(s.records, identityKey(rec))
 	}
+	for _, rec := range p.repair {
+		if err := r.repair(ctx, rec, s.wanted[identityKey(rec)].identity.Spec.ClientID); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
 	refused, err := r.write(ctx, s, p.add, p.remove)
 	if err != nil {
 		return r.armFailed(ctx, s, err)
@@ -49,6 +54,9 @@ func (r *poolReconciler) apply(ctx context.Context, s *poolState, p plan) (ctrl.
 	})
 	if err != nil {
 		return ctrl.Result{}, err
+	}
+	for _, rec := range p.remove {
+		delete(s.records, identityKey(rec))
 	}
 	err = r.setWantedStatus(ctx, s, func(rec *aadv1.AzureAssignedIdentity, w *wantedIdentity) aadv1.AzureAssignedIdentityStatus {
 		return assignmentStatus(rec, w.pods, s.actual, refused)

@@ -425,3 +425,69 @@ func TestRestartMidBurstConverges(t *testing.T) {
 		}
 	}
 }
+
+// An AzureIdentity edited after assignment is re-paired: a corrected
+// client ID in place, and another resource by releasing the old one at
+// once (the grace period is an hour here) and assigning the new one.
+func TestEditedIdentityRePaired(t *testing.T) {
+	w := newWorld(t)
+	p := w.pool("p", false, nil)
+	x, y := w.state.CreateIdentity(w.sub, "ids-rg", "x"), w.state.CreateIdentity(w.sub, "ids-rg", "y")
+	w.azureIdentity("edited", x.ResourceID, y.ClientID) // a client ID that does not belong to x
+	w.binding("edited", "edited", "edited")
+	w.pod("a", "edited")
+	framework.Eventually(t, waitFor, "the mismatched pairing refused", func() error {
+		rec, err := w.record("edited", p)
+		if err != nil {
+			return err
+		}
+		if rec.Status.Status != aadv1.StateFailed {
+			return fmt.Errorf("record status %+v, want Failed", rec.Status)
+		}
+		return nil
+	})
+	if !gated(w.getPod("a")) {
+		t.Fatal("gate lifted for a pairing ARM refuses")
+	}
+
+	edit := func(resourceID, clientID string) {
+		t.Helper()
+		var ai aadv1.AzureIdentity
+		if err := w.c.Get(w.ctx, client.ObjectKey{Namespace: w.ns, Name: "edited"}, &ai); err != nil {
+			t.Fatal(err)
+		}
+		ai.Spec.ResourceID, ai.Spec.ClientID = resourceID, clientID
+		if err := w.c.Update(w.ctx, &ai); err != nil {
+			t.Fatal(err)
+		}
+	}
+	paired := func(want fakeazure.Identity) func() error {
+		return func() error {
+			rec, err := w.record("edited", p)
+			if err != nil {
+				return err
+			}
+			if !strings.EqualFold(rec.Spec.ResourceID, want.ResourceID) || rec.Spec.ClientID != want.ClientID ||
+				rec.Status.Status != aadv1.StateAssigned || rec.Status.External {
+				return fmt.Errorf("record %+v %+v, want %s Assigned", rec.Spec, rec.Status, want.ClientID)
+			}
+			if a := w.getPod("a").Annotations[aadv1.AnnotationAssignment]; a != aadv1.AssignmentAssigned {
+				return fmt.Errorf("pod assignment %q", a)
+			}
+			return nil
+		}
+	}
+
+	edit(x.ResourceID, x.ClientID)
+	framework.Eventually(t, waitFor, "the corrected client ID re-paired in place", paired(x))
+	w.waitAssigned("a", waitFor)
+
+	edit(y.ResourceID, y.ClientID)
+	framework.Eventually(t, waitFor, "the new resource assigned", paired(y))
+	if !w.state.Assigned(p.ID, y.ClientID) {
+		t.Error("the new identity is not on the pool")
+	}
+	if w.state.Assigned(p.ID, x.ClientID) {
+		t.Error("the identity the AzureIdentity no longer names is still on the pool")
+	}
+}

@@ -35,6 +35,10 @@ type plan struct {
 	// drop are records past their grace period whose identity we leave on
 	// the pool, or that is gone from it already.
 	drop         []*aadv1.AzureAssignedIdentity
+	// repair are records of edited AzureIdentities that still name the
+	// same resource: they take the new client ID in place, which ARM's
+	// answer then confirms or refuses.
+	repair       []*aadv1.AzureAssignedIdentity
 	requeueAfter time.Duration
 }
 
@@ -43,14 +47,28 @@ type plan struct {
 // Failed ones between retries; records no pod wants start their grace
 // period, and once it is over their identity is removed if it is ours to
 // remove and no other record still needs it.
+//
+// A record whose AzureIdentity was edited (stale) is re-paired: in place
+// when the resource is the same, otherwise its old resource is released at
+// once, as if past its grace period (NMI serves the old pairing to no
+// one), and the record deleted; its deletion brings the next round, which
+// records and assigns the new resource.
 func decide(s *poolState, pol poolPolicy, now time.Time, retryFailed bool) plan {
 	p := plan{unneededSince: now, requeueAfter: pol.drift}
 	stillWanted := map[string]bool{}
-	for key := range s.wanted {
-		stillWanted[strings.ToLower(s.records[key].Spec.ResourceID)] = true
+	for _, w := range s.wanted {
+		stillWanted[strings.ToLower(w.identity.Spec.ResourceID)] = true
 	}
 	for key, rec := range s.records {
-		if s.wanted[key] != nil {
+		switch w := s.wanted[key]; {
+		case s.stale(key) && strings.EqualFold(rec.Spec.ResourceID, w.identity.Spec.ResourceID):
+			p.repair = append(p.repair, rec)
+			if !s.actual.Has(rec.Spec.ResourceID) {
+				p.add = append(p.add, rec)
+			}
+			continue
+		case s.stale(key):
+		case w != nil:
 			if _, ok := rec.Annotations[annotationUnneededSince]; ok {
 				p.clearUnneeded = append(p.clearUnneeded, rec)
 			}
@@ -58,15 +76,16 @@ func decide(s *poolState, pol poolPolicy, now time.Time, retryFailed bool) plan 
 				p.add = append(p.add, rec)
 			}
 			continue
-		}
-		since, err := time.Parse(time.RFC3339Nano, rec.Annotations[annotationUnneededSince])
-		if err != nil {
-			since = now
-			p.markUnneeded = append(p.markUnneeded, rec)
-		}
-		if left := since.Add(pol.grace).Sub(now); left > 0 {
-			p.requeueAfter = min(p.requeueAfter, left)
-			continue
+		default:
+			since, err := time.Parse(time.RFC3339Nano, rec.Annotations[annotationUnneededSince])
+			if err != nil {
+				since = now
+				p.markUnneeded = append(p.markUnneeded, rec)
+			}
+			if left := since.Add(pol.grace).Sub(now); left > 0 {
+				p.requeueAfter = min(p.requeueAfter, left)
+				continue
+			}
 		}
 		if !rec.Status.External && !pol.isImmutable(rec.Spec.ClientID, rec.Spec.ResourceID) &&
 			s.actual.Has(rec.Spec.ResourceID) && !stillWanted[strings.ToLower(rec.Spec.ResourceID)] {

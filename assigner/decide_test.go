@@ -20,6 +20,10 @@ type rec struct {
 	state    aadv1.AssignmentState
 	external bool
 	since    time.Duration // > 0: unneeded since t0 - since
+	// The AzureIdentity was edited since the record was made: it names
+	// another client ID, or resource uami(nowI).
+	editedClient bool
+	nowI         int
 }
 
 func stateOf(wanted []string, onPool []int, recs ...rec) *poolState {
@@ -38,6 +42,15 @@ func stateOf(wanted []string, onPool []int, recs ...rec) *poolState {
 			metav1.SetMetaDataAnnotation(&a.ObjectMeta, annotationUnneededSince, t0.Add(-r.since).Format(time.RFC3339Nano))
 		}
 		s.records[key] = a
+		if w := s.wanted[key]; w != nil {
+			w.identity.Spec.ClientID, w.identity.Spec.ResourceID = a.Spec.ClientID, a.Spec.ResourceID
+			if r.editedClient {
+				w.identity.Spec.ClientID += "-new"
+			}
+			if r.nowI > 0 {
+				w.identity.Spec.ResourceID = uami(r.nowI)
+			}
+		}
 	}
 	var ids []string
 	for _, i := range onPool {
@@ -51,8 +64,8 @@ func TestDecide(t *testing.T) {
 	const grace, drift = 5 * time.Minute, time.Hour
 	pol := poolPolicy{grace: grace, drift: drift, immutable: map[string]bool{strings.ToLower(uami(9)): true}}
 	type want struct {
-		add, remove, mark, clear, drop []string
-		requeue                        time.Duration
+		add, remove, mark, clear, drop, repair []string
+		requeue                                time.Duration
 	}
 	tests := []struct {
 		name        string
@@ -114,6 +127,36 @@ func TestDecide(t *testing.T) {
 			want:  want{drop: []string{"a"}, requeue: drift},
 		},
 		{
+			name:  "edited client ID, same resource on the pool: re-paired in place",
+			state: stateOf([]string{"a"}, []int{1}, rec{name: "a", i: 1, state: aadv1.StateFailed, editedClient: true}),
+			want:  want{repair: []string{"a"}, requeue: drift},
+		},
+		{
+			name:  "edited client ID, resource gone from the pool: re-paired and added",
+			state: stateOf([]string{"a"}, nil, rec{name: "a", i: 1, state: aadv1.StateAssigned, editedClient: true}),
+			want:  want{add: []string{"a"}, repair: []string{"a"}, requeue: drift},
+		},
+		{
+			name:  "edited resource ID: the old resource is removed at once, without grace period",
+			state: stateOf([]string{"a"}, []int{1}, rec{name: "a", i: 1, state: aadv1.StateAssigned, nowI: 2}),
+			want:  want{remove: []string{"a"}, requeue: drift},
+		},
+		{
+			name:  "edited resource ID, the old one still wanted by another record: only the record goes",
+			state: stateOf([]string{"a", "b"}, []int{1}, rec{name: "a", i: 1, state: aadv1.StateAssigned, nowI: 2}, rec{name: "b", i: 1, state: aadv1.StateAssigned}),
+			want:  want{drop: []string{"a"}, requeue: drift},
+		},
+		{
+			name:  "edited resource ID, the old one external: only the record goes",
+			state: stateOf([]string{"a"}, []int{1}, rec{name: "a", i: 1, state: aadv1.StateAssigned, external: true, nowI: 2}),
+			want:  want{drop: []string{"a"}, requeue: drift},
+		},
+		{
+			name:  "edited resource ID, now the resource another record holds: the old one is removed",
+			state: stateOf([]string{"a", "b"}, []int{1, 2}, rec{name: "a", i: 1, state: aadv1.StateAssigned, nowI: 2}, rec{name: "b", i: 2, state: aadv1.StateAssigned}),
+			want:  want{remove: []string{"a"}, requeue: drift},
+		},
+		{
 			name:  "a grace period longer than the drift period: requeued for the drift check",
 			state: stateOf(nil, []int{1}, rec{name: "a", i: 1, state: aadv1.StateAssigned, since: time.Minute}),
 			grace: 2 * drift,
@@ -127,7 +170,7 @@ func TestDecide(t *testing.T) {
 				pol.grace = tc.grace
 			}
 			p := decide(tc.state, pol, t0, tc.retryFailed)
-			got := want{add: names(p.add), remove: names(p.remove), mark: names(p.markUnneeded), clear: names(p.clearUnneeded), drop: names(p.drop), requeue: p.requeueAfter}
+			got := want{add: names(p.add), remove: names(p.remove), mark: names(p.markUnneeded), clear: names(p.clearUnneeded), drop: names(p.drop), repair: names(p.repair), requeue: p.requeueAfter}
 			if !reflect.DeepEqual(got, tc.want) {
 				t.Errorf("plan %+v\nwant %+v", got, tc.want)
 			}
@@ -160,6 +203,7 @@ func TestInPlace(t *testing.T) {
 		{name: "a record still assigning", state: stateOf([]string{"a"}, nil, rec{name: "a", i: 1, state: aadv1.StateAssigning})},
 		{name: "a refused identity", state: stateOf([]string{"a"}, nil, rec{name: "a", i: 1, state: aadv1.StateFailed})},
 		{name: "a record no pod wants", state: stateOf([]string{"a"}, nil, rec{name: "a", i: 1, state: aadv1.StateAssigned}, rec{name: "b", i: 2, state: aadv1.StateAssigned})},
+		{name: "an edited identity", state: stateOf([]string{"a"}, nil, rec{name: "a", i: 1, state: aadv1.StateAssigned, editedClient: true})},
 		{name: "a grace period to end", state: stateOf([]string{"a"}, nil, rec{name: "a", i: 1, state: aadv1.StateAssigned, since: time.Minute})},
 	}
 	for _, tc := range tests {

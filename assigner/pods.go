@@ -9,7 +9,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/record"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
@@ -54,10 +53,10 @@ func (r *podReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	var userAssigned []types.NamespacedName
+	var userAssigned []identity.Resolved
 	for _, id := range res.Identities {
 		if id.Type == aadv1.UserAssignedMSI {
-			userAssigned = append(userAssigned, id.Key())
+			userAssigned = append(userAssigned, id)
 		}
 	}
 	var pools []nodepool.Pool
@@ -92,8 +91,9 @@ func (r *podReconciler) SetupWithManager(mgr ctrl.Manager) error {
 }
 
 // assignment is the pod's assignment annotation: Assigned once every
-// identity's record on every target pool is Assigned.
-func (r *podReconciler) assignment(ctx context.Context, identities []types.NamespacedName, pools []nodepool.Pool, poolErr error) string {
+// identity's record on every target pool is Assigned for the client and
+// resource ID the AzureIdentity names now.
+func (r *podReconciler) assignment(ctx context.Context, identities []identity.Resolved, pools []nodepool.Pool, poolErr error) string {
 	if poolErr != nil {
 		return aadv1.AssignmentFailedPrefix + poolErr.Error()
 	}
@@ -101,14 +101,16 @@ func (r *podReconciler) assignment(ctx context.Context, identities []types.Names
 	for _, id := range identities {
 		for _, p := range pools {
 			var rec aadv1.AzureAssignedIdentity
-			if err := r.client.Get(ctx, client.ObjectKey{Namespace: r.namespace, Name: identity.AssignmentName(id, p)}, &rec); err != nil {
+			if err := r.client.Get(ctx, client.ObjectKey{Namespace: r.namespace, Name: identity.AssignmentName(id.Key(), p)}, &rec); err != nil {
 				state = aadv1.AssignmentPending
 				continue
 			}
-			switch rec.Status.Status {
-			case aadv1.StateFailed:
-				return fmt.Sprintf("%sidentity %s on %s: %s", aadv1.AssignmentFailedPrefix, id, p.Name, rec.Status.LastError)
-			case aadv1.StateAssigned:
+			switch {
+			case !identity.SamePairing(&rec, id.ClientID, id.ResourceID):
+				state = aadv1.AssignmentPending // the pool controller re-pairs it
+			case rec.Status.Status == aadv1.StateFailed:
+				return fmt.Sprintf("%sidentity %s on %s: %s", aadv1.AssignmentFailedPrefix, id.Key(), p.Name, rec.Status.LastError)
+			case rec.Status.Status == aadv1.StateAssigned:
 			default:
 				state = aadv1.AssignmentPending
 			}

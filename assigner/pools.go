@@ -97,11 +97,13 @@ func (r *poolReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.
 }
 
 // SetupWithManager registers the pool controller: pods whose targets or
-// identities change, and records created or deleted, enqueue their pools.
+// identities change, records created or deleted, and AzureIdentities
+// edited (to re-pair their records) enqueue their pools.
 func (r *poolReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	err := ctrl.NewControllerManagedBy(mgr).Named("pool").
 		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(podToPools), builder.WithPredicates(podTargetsChanged())).
 		Watches(&aadv1.AzureAssignedIdentity{}, handler.EnqueueRequestsFromMapFunc(recordToPool), builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Watches(&aadv1.AzureIdentity{}, handler.EnqueueRequestsFromMapFunc(r.identityPools), builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		WithOptions(controller.Options{MaxConcurrentReconciles: 8}).
 		Complete(r)
 	if err != nil {
@@ -122,6 +124,21 @@ func podToPools(_ context.Context, obj client.Object) []reconcile.Request {
 
 func recordToPool(_ context.Context, obj client.Object) []reconcile.Request {
 	return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: obj.(*aadv1.AzureAssignedIdentity).Spec.NodePool}}}
+}
+
+// identityPools: the pools the AzureIdentity is recorded on.
+func (r *poolReconciler) identityPools(ctx context.Context, obj client.Object) []reconcile.Request {
+	var list aadv1.AzureAssignedIdentityList
+	key := client.ObjectKeyFromObject(obj).String()
+	if err := r.client.List(ctx, &list, client.InNamespace(r.namespace), client.MatchingFields{recordIdentityIndex: key}); err != nil {
+		log.FromContext(ctx).Error(err, "listing AzureAssignedIdentities of identity", "identity", key)
+		return nil
+	}
+	out := make([]reconcile.Request, 0, len(list.Items))
+	for i := range list.Items {
+		out = append(out, recordToPool(ctx, &list.Items[i])...)
+	}
+	return out
 }
 
 // podTargetsChanged passes pod events that change what a pool needs.

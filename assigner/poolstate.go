@@ -59,7 +59,7 @@ func (s *poolState) inPlace() bool {
 	}
 	for key := range s.wanted {
 		rec := s.records[key]
-		if rec == nil || rec.Status.Status != aadv1.StateAssigned {
+		if rec == nil || rec.Status.Status != aadv1.StateAssigned || s.stale(key) {
 			return false
 		}
 		if _, ok := rec.Annotations[annotationUnneededSince]; ok {
@@ -67,6 +67,14 @@ func (s *poolState) inPlace() bool {
 		}
 	}
 	return true
+}
+
+// stale reports whether key's record pairs another client or resource ID
+// than its AzureIdentity names now: the AzureIdentity was edited after
+// assignment.
+func (s *poolState) stale(key types.NamespacedName) bool {
+	w, rec := s.wanted[key], s.records[key]
+	return w != nil && rec != nil && !identity.SamePairing(rec, w.identity.Spec.ClientID, w.identity.Spec.ResourceID)
 }
 
 // ours reports whether a record of ours that is not external holds the

@@ -3,8 +3,6 @@ package assigner
 import (
 	"context"
 	"fmt"
-	"maps"
-	"slices"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -69,14 +67,37 @@ func (r *poolReconciler) createRecords(ctx context.Context, s *poolState) error 
 	return err
 }
 
-// setWantedStatus writes the status of every wanted identity's record, as
-// status computes it from the record and the identity's pods.
+// setWantedStatus writes the status of every recorded wanted identity's
+// record, as status computes it from the record and the identity's pods.
+// A wanted identity whose stale record was deleted this round has none.
 func (r *poolReconciler) setWantedStatus(ctx context.Context, s *poolState, status func(*aadv1.AzureAssignedIdentity, *wantedIdentity) aadv1.AzureAssignedIdentityStatus) error {
-	keys := slices.Collect(maps.Keys(s.wanted))
+	var keys []types.NamespacedName
+	for key := range s.wanted {
+		if s.records[key] != nil {
+			keys = append(keys, key)
+		}
+	}
 	return forEach(ctx, len(keys), func(ctx context.Context, i int) error {
 		rec := s.records[keys[i]]
 		return r.setStatus(ctx, rec, status(rec, s.wanted[keys[i]]))
 	})
+}
+
+// repair gives the record of an edited AzureIdentity that names the same
+// resource its new client ID. Assigning is written first: a crash between
+// the two writes must not leave a record that vouches, Assigned, for a
+// pairing ARM has not confirmed.
+func (r *poolReconciler) repair(ctx context.Context, rec *aadv1.AzureAssignedIdentity, clientID string) error {
+	if err := r.setStatus(ctx, rec, withState(rec.Status, aadv1.StateAssigning, "")); err != nil {
+		return err
+	}
+	orig := rec.DeepCopy()
+	rec.Spec.ClientID = clientID
+	if err := r.client.Patch(ctx, rec, client.MergeFrom(orig)); err != nil {
+		return fmt.Errorf("re-pairing AzureAssignedIdentity %s: %w", rec.Name, err)
+	}
+	log.FromContext(ctx).Info("re-paired assignment", "record", rec.Name, "identity", identityKey(rec), "clientID", clientID)
+	return nil
 }
 
 func (r *poolReconciler) setStatus(ctx context.Context, rec *aadv1.AzureAssignedIdentity, status aadv1.AzureAssignedIdentityStatus) error {

@@ -28,6 +28,9 @@ import (
 const (
 	podPoolIndex    = "assigner.pools"
 	recordPoolIndex = "spec.nodePool"
+	// recordIdentityIndex indexes records by their AzureIdentity
+	// (namespace/name), so an edit of it finds the pools to re-pair.
+	recordIdentityIndex = "spec.azureIdentityRef"
 	// untargeted is the podPoolIndex value of pods the pod controller has
 	// not handled yet (no node-pools annotation): pool batches wait for
 	// their identities.
@@ -142,6 +145,9 @@ func Setup(ctx context.Context, mgr manager.Manager, opts Options) error {
 	if err := indexer.IndexField(ctx, &aadv1.AzureAssignedIdentity{}, recordPoolIndex, indexRecordPool); err != nil {
 		return fmt.Errorf("indexing records by pool: %w", err)
 	}
+	if err := indexer.IndexField(ctx, &aadv1.AzureAssignedIdentity{}, recordIdentityIndex, indexRecordIdentity); err != nil {
+		return fmt.Errorf("indexing records by identity: %w", err)
+	}
 
 	c := mgr.GetClient()
 	pods := &podReconciler{
@@ -169,4 +175,9 @@ func indexPodPools(o client.Object) []string {
 // indexRecordPool indexes records by their pool's key.
 func indexRecordPool(o client.Object) []string {
 	return []string{strings.ToLower(o.(*aadv1.AzureAssignedIdentity).Spec.NodePool)}
+}
+
+// indexRecordIdentity indexes records by their AzureIdentity.
+func indexRecordIdentity(o client.Object) []string {
+	return []string{identityKey(o.(*aadv1.AzureAssignedIdentity)).String()}
 }

@@ -164,6 +164,7 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		{"identity type out of range", []string{"azureIdentities[0].name=x", "azureIdentities[0].type=3"}, "type"},
 		{"user-assigned identity without client ID", []string{"azureIdentities[0].name=x", "azureIdentities[0].type=0", "azureIdentities[0].resourceID=/r"}, "clientID"},
 		{"bad metadata path", []string{"nmi.allowedMetadataPaths={metadata/instance}"}, "allowedMetadataPaths"},
+		{"identity scope that is not an ARM scope", []string{"identityScopes.team-a={team-a-identities}"}, "identityScopes"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -175,13 +176,38 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 	}
 }
 
-// The webhook, the assigner and NMI resolve a pod's label alike: all three
-// get --allow-cross-namespace exactly when webhook.allowCrossNamespace is set.
-func TestCrossNamespaceFlagIsConsistent(t *testing.T) {
-	workloads := map[string]string{"Deployment/" + goldenRelease + "-webhook": "webhook", "Deployment/" + goldenRelease + "-assigner": "assigner", "DaemonSet/" + goldenRelease + "-nmi": "nmi"}
-	for _, allow := range []bool{false, true} {
-		t.Run(fmt.Sprint("allowCrossNamespace=", allow), func(t *testing.T) {
-			manifest, err := render(goldenRelease, goldenNamespace, "", fmt.Sprint("webhook.allowCrossNamespace=", allow))
+// Flags the components must agree on are rendered alike into each:
+// --allow-cross-namespace into the webhook, the assigner and NMI (they
+// resolve a pod's label alike), --identity-scopes into the webhook and NMI
+// (one refuses what the other would not serve).
+func TestSharedFlagsAreConsistent(t *testing.T) {
+	scopes := filepath.Join(t.TempDir(), "scopes.yaml")
+	err := os.WriteFile(scopes, []byte(`identityScopes:
+  team-b: ["/subscriptions/s/resourceGroups/b"]
+  "*": ["/subscriptions/s/resourceGroups/shared", "/subscriptions/t"]
+`), 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const webhook, assigner, nmi = "webhook", "assigner", "nmi"
+	workloads := map[string]string{"Deployment/" + goldenRelease + "-webhook": webhook, "Deployment/" + goldenRelease + "-assigner": assigner, "DaemonSet/" + goldenRelease + "-nmi": nmi}
+	tests := []struct {
+		name, values string
+		set          []string
+		flag         string
+		want         map[string]string // component → value; absent: no flag
+	}{
+		{name: "same namespace", flag: "--allow-cross-namespace", want: map[string]string{}},
+		{name: "cross namespace", set: []string{"webhook.allowCrossNamespace=true"}, flag: "--allow-cross-namespace",
+			want: map[string]string{webhook: "", assigner: "", nmi: ""}},
+		{name: "no identity scopes", flag: "--identity-scopes", want: map[string]string{}},
+		{name: "identity scopes", values: scopes, flag: "--identity-scopes", want: map[string]string{
+			webhook: "*=/subscriptions/s/resourceGroups/shared,*=/subscriptions/t,team-b=/subscriptions/s/resourceGroups/b",
+			nmi:     "*=/subscriptions/s/resourceGroups/shared,*=/subscriptions/t,team-b=/subscriptions/s/resourceGroups/b"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			manifest, err := render(goldenRelease, goldenNamespace, tc.values, tc.set...)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -196,8 +222,10 @@ func TestCrossNamespaceFlagIsConsistent(t *testing.T) {
 					continue
 				}
 				seen++
-				if _, got := containerArgs(t, o)["--allow-cross-namespace"]; got != allow {
-					t.Errorf("%s passes --allow-cross-namespace: %v, want %v", component, got, allow)
+				got, has := containerArgs(t, o)[tc.flag]
+				want, wantHas := tc.want[component]
+				if has != wantHas || got != want {
+					t.Errorf("%s: %s=%q (present %v), want %q (present %v)", component, tc.flag, got, has, want, wantHas)
 				}
 			}
 			if seen != len(workloads) {

@@ -74,6 +74,10 @@ type Options struct {
 	// ProtectedIdentities (client or resource IDs) are the cluster's own;
 	// NMI serves them to no pod, whatever an AzureIdentity names.
 	ProtectedIdentities []string
+	// IdentityScopes are namespace=scope entries: the admin's allowlist of
+	// where each namespace's user-assigned identities may live (see
+	// identity.ParseScopes); none: no restriction.
+	IdentityScopes []string
 	// AssignmentsNamespace is where the assigner writes its
 	// AzureAssignedIdentities: a user-assigned identity is served only if
 	// its record there vouches for it on this node's pool.
@@ -118,6 +122,10 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 	}
 	opts.Interception.ListenAddress = opts.ListenAddress
 	if _, err := opts.Interception.chains(); err != nil {
+		return err
+	}
+	scopes, err := identity.ParseScopes(opts.IdentityScopes)
+	if err != nil {
 		return err
 	}
 	imdsURL, err := url.Parse(opts.IMDSEndpoint)
@@ -171,6 +179,7 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		allowedPaths: opts.AllowedMetadataPaths,
 		exceptions:   opts.Exceptions,
 		protected:    identity.NewProtected(append(slices.Clone(opts.ProtectedIdentities), opts.Exceptions.NodeIdentityClientIDs...)),
+		scopes:       scopes,
 		assignments: &assignments{
 			records: mgr.GetClient(), namespace: opts.AssignmentsNamespace,
 			nodes: mgr.GetClient(), nodeName: opts.NodeName,

@@ -35,6 +35,7 @@ type Server struct {
 	allowedPaths []string
 	exceptions   ExceptionPolicy
 	protected    identity.Protected // never served, whatever an AzureIdentity says
+	scopes       identity.Scopes    // where each namespace's identities may live
 	assignments  *assignments       // vouch for user-assigned identities
 	runtime      *sandboxes         // nil: callers are not confirmed with the CRI
 	tokens       *tokenCache
@@ -213,6 +214,9 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) (string, error) {
 	}
 	if f := s.protected.Named(id); f != "" {
 		return "", forbidden("protected_identity", "AzureIdentity %s/%s names in spec.%s one of the cluster's own identities, which NMI serves to no pod", id.Namespace, id.Name, f)
+	}
+	if err := s.scopes.Check(id); err != nil {
+		return "", forbidden("identity_out_of_scope", "AzureIdentity %s/%s: %s", id.Namespace, id.Name, err)
 	}
 	if id.Spec.Type == aadv1.UserAssignedMSI {
 		if err := s.assignments.check(ctx, id); err != nil {

@@ -569,3 +569,23 @@ func TestProtectedIdentityNeverServed(t *testing.T) {
 		t.Errorf("IMDS asked %d times", n)
 	}
 }
+
+// An AzureIdentity naming a user-assigned identity outside the admin's
+// scopes for its namespace is never served, even to a pod admitted for it
+// (one created before the scopes were set, say).
+func TestOutOfScopeIdentityNeverServed(t *testing.T) {
+	id := azureIdentity("elsewhere", "client-a", "/subscriptions/s/resourceGroups/other-team/providers/Microsoft.ManagedIdentity/userAssignedIdentities/x")
+	f := newFixture(t, &id, binding("ns", "bind", "sel", "elsewhere"), pod("a", "10.0.0.1", admitted("ns/elsewhere")))
+	scopes, err := identity.ParseScopes([]string{"ns=/subscriptions/s/resourceGroups/ns-identities"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.server.scopes = scopes
+	rec := f.do(t, "10.0.0.1", "/metadata/identity/oauth2/token?api-version=1&resource=r", true)
+	if rec.Code != http.StatusForbidden || !strings.Contains(rec.Body.String(), "only user-assigned identities under") {
+		t.Fatalf("got %d %s, want 403 identity_out_of_scope", rec.Code, rec.Body)
+	}
+	if n := f.imds.calls.Load(); n != 0 {
+		t.Errorf("IMDS asked %d times", n)
+	}
+}

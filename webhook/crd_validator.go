@@ -50,10 +50,12 @@ func (v *BindingValidator) Admit(ctx context.Context, _ admission.Request, b, _ 
 }
 
 // IdentityValidator refuses AzureIdentities that name one of the cluster's
-// own identities, and warns about a service principal's Secret that NMI will
-// not read.
+// own identities or a user-assigned identity outside the admin's scopes for
+// their namespace, and warns about a service principal's Secret that NMI
+// will not read.
 type IdentityValidator struct {
 	Protected identity.Protected
+	Scopes    identity.Scopes
 }
 
 var _ admitter[*aadv1.AzureIdentity] = IdentityValidator{}
@@ -64,6 +66,9 @@ func (v IdentityValidator) Admit(_ context.Context, _ admission.Request, id, _ *
 	if f := v.Protected.Named(id); f != "" {
 		return denied(reasonProtectedIdentity, field.ErrorList{field.Forbidden(field.NewPath("spec", f),
 			"names one of the cluster's own identities (the kubelet's, the assigner's or an immutable one), which no AzureIdentity may give to pods")})
+	}
+	if err := v.Scopes.Check(id); err != nil {
+		return denied(reasonIdentityOutOfScope, field.ErrorList{field.Forbidden(field.NewPath("spec", "resourceID"), err.Error())})
 	}
 	if ref := id.Spec.ClientPassword; id.Spec.Type != aadv1.UserAssignedMSI && ref != nil && ref.Namespace != "" && ref.Namespace != id.Namespace {
 		return allowed(reasonWarned, fmt.Sprintf(

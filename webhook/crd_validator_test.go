@@ -57,15 +57,19 @@ func TestExceptionValidator(t *testing.T) {
 	}
 }
 
-func TestIdentityValidatorRefusesProtectedIdentities(t *testing.T) {
+func TestIdentityValidatorRefusesProtectedAndOutOfScopeIdentities(t *testing.T) {
+	scopes, err := identity.ParseScopes([]string{"team-a=/subscriptions/s/resourceGroups/team-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	v := crFrontEnd("t", "AzureIdentity", admission.NewDecoder(identity.Scheme()),
 		func() *aadv1.AzureIdentity { return &aadv1.AzureIdentity{} },
-		IdentityValidator{Protected: identity.NewProtected([]string{"kubelet-client"})})
-	request := func(clientID string) admission.Request {
+		IdentityValidator{Protected: identity.NewProtected([]string{"kubelet-client"}), Scopes: scopes})
+	request := func(clientID, group string) admission.Request {
 		raw, err := json.Marshal(aadv1.AzureIdentity{
 			TypeMeta:   metav1.TypeMeta{APIVersion: aadv1.GroupVersion.String(), Kind: "AzureIdentity"},
 			ObjectMeta: metav1.ObjectMeta{Namespace: "team-a", Name: "mine"},
-			Spec:       aadv1.AzureIdentitySpec{ClientID: clientID, ResourceID: "/subscriptions/s/resourceGroups/g/providers/Microsoft.ManagedIdentity/userAssignedIdentities/x"},
+			Spec:       aadv1.AzureIdentitySpec{ClientID: clientID, ResourceID: "/subscriptions/s/resourceGroups/" + group + "/providers/Microsoft.ManagedIdentity/userAssignedIdentities/x"},
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -77,11 +81,25 @@ func TestIdentityValidatorRefusesProtectedIdentities(t *testing.T) {
 			Object:   runtime.RawExtension{Raw: raw},
 		}}
 	}
-	resp, reason := v.decide(context.Background(), request("KUBELET-CLIENT"))
-	if resp.Allowed || reason != reasonProtectedIdentity || resp.Result.Details == nil || resp.Result.Details.Causes[0].Field != "spec.clientID" {
-		t.Fatalf("allowed=%v reason=%s result=%+v, want a denial on spec.clientID", resp.Allowed, reason, resp.Result)
-	}
-	if resp, _ := v.decide(context.Background(), request("another-client")); !resp.Allowed {
-		t.Fatalf("another identity refused: %+v", resp.Result)
+	for _, tc := range []struct {
+		name, clientID, group string
+		reason, field         string // "": allowed
+	}{
+		{name: "protected client ID, any case", clientID: "KUBELET-CLIENT", group: "team-a", reason: reasonProtectedIdentity, field: "spec.clientID"},
+		{name: "outside the namespace's scopes", clientID: "another-client", group: "team-b", reason: reasonIdentityOutOfScope, field: "spec.resourceID"},
+		{name: "in scope", clientID: "another-client", group: "team-a"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, reason := v.decide(context.Background(), request(tc.clientID, tc.group))
+			if tc.reason == "" {
+				if !resp.Allowed {
+					t.Fatalf("refused: %+v", resp.Result)
+				}
+				return
+			}
+			if resp.Allowed || reason != tc.reason || resp.Result.Details == nil || resp.Result.Details.Causes[0].Field != tc.field {
+				t.Fatalf("allowed=%v reason=%s result=%+v, want a %s denial on %s", resp.Allowed, reason, resp.Result, tc.reason, tc.field)
+			}
+		})
 	}
 }

@@ -32,4 +32,5 @@ const (
 	reasonValid              = "valid"
 	reasonWarned             = "warned"
 	reasonProtectedIdentity  = "protected-identity"
+	reasonIdentityOutOfScope = "identity-out-of-scope"
 )

@@ -65,6 +65,10 @@ type Options struct {
 	// ProtectedIdentities (client or resource IDs) are the cluster's own;
 	// no AzureIdentity may name them.
 	ProtectedIdentities []string
+	// IdentityScopes are namespace=scope entries: the admin's allowlist of
+	// where each namespace's user-assigned identities may live (see
+	// identity.ParseScopes); none: no restriction.
+	IdentityScopes []string
 }
 
 // NewManager builds a manager that serves the webhook with health checks and
@@ -109,6 +113,10 @@ func Setup(ctx context.Context, mgr manager.Manager, server webhook.Server, opts
 		}
 		trusted.Insert(u)
 	}
+	scopes, err := identity.ParseScopes(opts.IdentityScopes)
+	if err != nil {
+		return err
+	}
 	resolver, err := identity.NewResolver(ctx, mgr.GetCache(), mgr.GetAPIReader(), opts.AllowCrossNamespace)
 	if err != nil {
 		return err
@@ -122,7 +130,7 @@ func Setup(ctx context.Context, mgr manager.Manager, server webhook.Server, opts
 	register(ValidateBindingPath, crFrontEnd("validate-azureidentitybinding", "AzureIdentityBinding", decoder,
 		func() *aadv1.AzureIdentityBinding { return &aadv1.AzureIdentityBinding{} }, &BindingValidator{Reader: mgr.GetAPIReader()}))
 	register(ValidateIdentityPath, crFrontEnd("validate-azureidentity", "AzureIdentity", decoder,
-		func() *aadv1.AzureIdentity { return &aadv1.AzureIdentity{} }, IdentityValidator{Protected: identity.NewProtected(opts.ProtectedIdentities)}))
+		func() *aadv1.AzureIdentity { return &aadv1.AzureIdentity{} }, IdentityValidator{Protected: identity.NewProtected(opts.ProtectedIdentities), Scopes: scopes}))
 	register(ValidateExceptionPath, crFrontEnd("validate-azurepodidentityexception", "AzurePodIdentityException", decoder,
 		func() *aadv1.AzurePodIdentityException { return &aadv1.AzurePodIdentityException{} },
 		ExceptionValidator{Namespaces: opts.ExceptionNamespaces, Tokens: opts.ExceptionTokens}))

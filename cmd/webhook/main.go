@@ -23,6 +23,7 @@ func main() {
 		trusted             string
 		exceptionNamespaces string
 		protected           string
+		scopes              string
 		rotation            certrotation.Config
 		rotate              bool
 	)
@@ -40,6 +41,7 @@ func main() {
 	flag.StringVar(&exceptionNamespaces, "exception-namespaces", "kube-system", "NMI's --exception-namespaces: an AzurePodIdentityException elsewhere is admitted with a warning that it has no effect.")
 	flag.StringVar(&opts.ExceptionTokens, "exception-tokens", "node", "NMI's --exception-tokens, told to whoever creates an AzurePodIdentityException.")
 	flag.StringVar(&protected, "protected-identities", "", "Comma-separated client or resource IDs of the cluster's own identities (kubelet, assigner, immutable ones): AzureIdentities naming them are refused.")
+	flag.StringVar(&scopes, "identity-scopes", "", "Comma-separated namespace=scope entries: AzureIdentities of a namespace may name only user-assigned identities under its scopes (/subscriptions/<id> or /subscriptions/<id>/resourceGroups/<group>); namespace * is every namespace without entries. Empty: no restriction. Others are refused.")
 	flag.BoolVar(&rotate, "cert-rotation", false, "Create, renew and inject the serving certificate and its CA without cert-manager; --cert-dir must be where the --cert-secret-name Secret is mounted.")
 	flag.StringVar(&rotation.Secret.Name, "cert-secret-name", "aad-pod-identity-webhook-cert", "With --cert-rotation: the Secret in $POD_NAMESPACE that holds the CA and serving certificate.")
 	flag.StringVar(&rotation.ServiceName, "cert-service-name", "aad-pod-identity-webhook", "With --cert-rotation: the webhook Service in $POD_NAMESPACE the certificate is issued for.")
@@ -52,6 +54,7 @@ func main() {
 	opts.TrustedServiceAccounts = strings.Split(trusted, ",")
 	opts.ExceptionNamespaces = strings.Split(exceptionNamespaces, ",")
 	opts.ProtectedIdentities = strings.Split(protected, ",")
+	opts.IdentityScopes = strings.Split(scopes, ",")
 
 	ctx := ctrl.SetupSignalHandler()
 	mgr, err := webhook.NewManager(ctx, ctrl.GetConfigOrDie(), opts)

@@ -56,9 +56,9 @@ func CheckAssignment(rec *aadv1.AzureAssignedIdentity, id *aadv1.AzureIdentity, 
 	case rec == nil:
 		return &AssignmentError{Reason: ReasonNotAssigned, Pending: true,
 			Message: fmt.Sprintf("AzureIdentity %s has not been assigned to this node's pool yet", name)}
-	case !strings.EqualFold(rec.Spec.ClientID, id.Spec.ClientID) || !strings.EqualFold(rec.Spec.ResourceID, id.Spec.ResourceID):
-		return &AssignmentError{Reason: ReasonIdentityChanged,
-			Message: fmt.Sprintf("AzureIdentity %s names a different clientID or resourceID than when it was assigned to this node's pool; create a new AzureIdentity for the new identity", name)}
+	case !SamePairing(rec, id.Spec.ClientID, id.Spec.ResourceID):
+		return &AssignmentError{Reason: ReasonIdentityChanged, Pending: true,
+			Message: fmt.Sprintf("AzureIdentity %s names a different clientID or resourceID than the one assigned to this node's pool; the assigner is assigning the new one", name)}
 	case rec.Status.Status == aadv1.StateFailed:
 		return &AssignmentError{Reason: ReasonAssignmentFailed,
 			Message: fmt.Sprintf("AzureIdentity %s could not be assigned to this node's pool: %s", name, rec.Status.LastError)}
@@ -70,6 +70,13 @@ func CheckAssignment(rec *aadv1.AzureAssignedIdentity, id *aadv1.AzureIdentity, 
 			Message: fmt.Sprintf("AzureIdentity %s names an identity that was on this node's pool before the assigner put it there, so nothing ties it to the AzureIdentity; it is served only with --serve-external-identities", name)}
 	}
 	return nil
+}
+
+// SamePairing reports whether rec was made for the client and resource ID
+// an AzureIdentity names now; an edited AzureIdentity's record is re-paired
+// by the assigner before NMI serves it again.
+func SamePairing(rec *aadv1.AzureAssignedIdentity, clientID, resourceID string) bool {
+	return strings.EqualFold(rec.Spec.ClientID, clientID) && strings.EqualFold(rec.Spec.ResourceID, resourceID)
 }
 
 func orNone(s string) string {

@@ -52,8 +52,8 @@ func TestCheckAssignment(t *testing.T) {
 		{"failed, e.g. ARM reports another client ID", rec(aadv1.StateFailed, false, nil), false, ReasonAssignmentFailed, false},
 		{"external", rec(aadv1.StateAssigned, true, nil), false, ReasonExternal, false},
 		{"external allowed", rec(aadv1.StateAssigned, true, nil), true, "", false},
-		{"client ID edited since", rec(aadv1.StateAssigned, false, func(s *aadv1.AzureAssignedIdentitySpec) { s.ClientID = "c0" }), false, ReasonIdentityChanged, false},
-		{"resource ID edited since", rec(aadv1.StateAssigned, false, func(s *aadv1.AzureAssignedIdentitySpec) { s.ResourceID += "-old" }), false, ReasonIdentityChanged, false},
+		{"client ID edited since", rec(aadv1.StateAssigned, false, func(s *aadv1.AzureAssignedIdentitySpec) { s.ClientID = "c0" }), false, ReasonIdentityChanged, true},
+		{"resource ID edited since", rec(aadv1.StateAssigned, false, func(s *aadv1.AzureAssignedIdentitySpec) { s.ResourceID += "-old" }), false, ReasonIdentityChanged, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := CheckAssignment(tc.rec, id, tc.allowExternal)

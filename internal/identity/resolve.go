@@ -21,7 +21,9 @@ type Resolved struct {
 	Namespace string
 	Name      string
 	ClientID  string
-	Type      aadv1.IdentityType
+	// ResourceID is a user-assigned identity's ARM resource.
+	ResourceID string
+	Type       aadv1.IdentityType
 }
 
 // Key names the AzureIdentity.
@@ -75,7 +77,7 @@ func Resolve(podNamespace, selector string, bindings []aadv1.AzureIdentityBindin
 			continue
 		}
 		seen[key] = true
-		res.Identities = append(res.Identities, Resolved{Namespace: id.Namespace, Name: id.Name, ClientID: id.Spec.ClientID, Type: id.Spec.Type})
+		res.Identities = append(res.Identities, Resolved{Namespace: id.Namespace, Name: id.Name, ClientID: id.Spec.ClientID, ResourceID: id.Spec.ResourceID, Type: id.Spec.Type})
 	}
 	sort.Slice(res.Identities, func(i, j int) bool {
 		return res.Identities[i].Key().String() < res.Identities[j].Key().String()

@@ -119,3 +119,14 @@ metadata:
 {{- define "aad-pod-identity.protectedIdentities" -}}
 {{ join "," (concat .Values.protectedIdentities .Values.assigner.immutableIdentities .Values.exceptions.nodeIdentityClientIDs | uniq) }}
 {{- end }}
+
+{{/* identityScopes as namespace=scope entries, for the webhook's and NMI's --identity-scopes. */}}
+{{- define "aad-pod-identity.identityScopes" -}}
+{{- $entries := list }}
+{{- range $ns := keys .Values.identityScopes | sortAlpha }}
+{{- range index $.Values.identityScopes $ns }}
+{{- $entries = append $entries (printf "%s=%s" $ns .) }}
+{{- end }}
+{{- end }}
+{{- join "," $entries }}
+{{- end }}
