@@ -34,7 +34,7 @@ type plan struct {
 	unneededSince               time.Time
 	// drop are records past their grace period whose identity we leave on
 	// the pool, or that is gone from it already.
-	drop         []*aadv1.AzureAssignedIdentity
+	drop []*aadv1.AzureAssignedIdentity
 	// repair are records of edited AzureIdentities that still name the
 	// same resource: they take the new client ID in place, which ARM's
 	// answer then confirms or refuses.
