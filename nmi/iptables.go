@@ -192,10 +192,10 @@ func chainSpecs(ipt IPTables, table, chain string) ([][]string, error) {
 }
 
 // RemoveRules deletes the jumps and the chains: uninstall only, since
-// without them pods reach IMDS directly. The interception goes first, so
-// that the guard never goes while the loopback DNAT stays.
+// without them pods reach IMDS directly. The interception goes before the
+// guard, so that the guard never goes while the loopback DNAT stays.
 func RemoveRules(ipt IPTables) error {
-	for _, c := range []managedChain{{table: natTable, name: Chain, hook: prerouting}, guard} {
+	for _, c := range []managedChain{{table: mangleTable, name: SpoofChain, hook: prerouting}, {table: natTable, name: Chain, hook: prerouting}, guard} {
 		if err := removeChain(ipt, c); err != nil {
 			return err
 		}

@@ -40,8 +40,12 @@ var (
 		Name: "nmi_iptables_repairs_total",
 		Help: "Times the interception rules were found missing or different and rewritten.",
 	})
+	spoofGuardedPods = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "nmi_antispoof_pods",
+		Help: "Pod addresses the anti-spoofing chain ties to their host-side interface (--cni-cache-dir).",
+	})
 )
 
 func init() {
-	ctrlmetrics.Registry.MustRegister(requestsTotal, requestDuration, tokenCacheTotal, upstreamDuration, upstreamErrors, panicsTotal, connectionsRefused, rulesRepairs)
+	ctrlmetrics.Registry.MustRegister(requestsTotal, requestDuration, tokenCacheTotal, upstreamDuration, upstreamErrors, panicsTotal, connectionsRefused, rulesRepairs, spoofGuardedPods)
 }

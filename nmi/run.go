@@ -10,16 +10,20 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/go-logr/logr"
 	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/rest"
+	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/retry"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -34,14 +38,18 @@ import (
 
 // Options configure NMI; cmd/nmi maps its flags onto them.
 type Options struct {
-	NodeName             string
-	ListenAddress        string
-	MetricsAddr          string
-	ProbeAddr            string
-	Interception         Interception
-	IMDSEndpoint         string
-	AADAuthorityHost     string
-	SyncPeriod           time.Duration
+	NodeName         string
+	ListenAddress    string
+	MetricsAddr      string
+	ProbeAddr        string
+	Interception     Interception
+	IMDSEndpoint     string
+	AADAuthorityHost string
+	SyncPeriod       time.Duration
+	// CNICacheDir is libcni's results cache (/var/lib/cni/results): set,
+	// metadata traffic from a pod's address that enters through another
+	// interface than the pod's own veth is dropped (SpoofChain).
+	CNICacheDir          string
 	RemoveStartupTaint   bool
 	FlushConntrack       bool
 	AllowedMetadataPaths []string
@@ -277,9 +285,24 @@ func serveOn(ctx context.Context, l net.Listener, maxConnsPerIP int, h http.Hand
 
 // keepRules installs the interception, then, once the pod cache is synced,
 // marks NMI ready and lifts the startup taint; it re-checks the rules every
-// sync period.
+// sync period, and the anti-spoofing rules also whenever a pod of the node
+// comes, goes or changes address.
 func keepRules(ctx context.Context, mgr manager.Manager, opts Options, ready *atomic.Bool) error {
 	log := ctrl.Log.WithName("iptables")
+	spoofed := func() error {
+		if opts.CNICacheDir == "" {
+			return nil
+		}
+		pods, changed, err := EnsureSpoofRules(opts.IPTables, opts.Interception, opts.CNICacheDir)
+		if err != nil {
+			return fmt.Errorf("anti-spoofing rules: %w", err)
+		}
+		spoofGuardedPods.Set(float64(pods))
+		if changed {
+			log.V(1).Info("anti-spoofing rules written", "chain", SpoofChain, "pods", pods)
+		}
+		return nil
+	}
 	check := func() error {
 		// Rules first: until route_localnet is on, redirected packets are
 		// dropped (fail closed), and the guard is in before it is.
@@ -292,9 +315,11 @@ func keepRules(ctx context.Context, mgr manager.Manager, opts Options, ready *at
 			log.Info("interception rules written", "chain", Chain)
 		}
 		if opts.Interception.LoopbackTarget() {
-			return enableRouteLocalnet()
+			if err := enableRouteLocalnet(); err != nil {
+				return err
+			}
 		}
-		return nil
+		return spoofed()
 	}
 	// Nothing may be served before the rules are in place.
 	if err := check(); err != nil {
@@ -302,6 +327,13 @@ func keepRules(ctx context.Context, mgr manager.Manager, opts Options, ready *at
 	}
 	if err := syncCaches(ctx, mgr.GetCache()); err != nil {
 		return err
+	}
+	podsChanged := make(chan struct{}, 1)
+	if opts.CNICacheDir != "" {
+		if err := notifyPodChanges(ctx, mgr.GetCache(), podsChanged); err != nil {
+			return err
+		}
+		warnWithoutBridgeNetfilter(log)
 	}
 	if opts.FlushConntrack {
 		if err := flushConntrack(opts.Interception.MetadataIP); err != nil {
@@ -315,12 +347,62 @@ func keepRules(ctx context.Context, mgr manager.Manager, opts Options, ready *at
 		log.Info("startup taint removed", "node", opts.NodeName, "taint", aadv1.NMINotReadyTaint)
 	}
 	ready.Store(true)
-	return wait.PollUntilContextCancel(ctx, opts.SyncPeriod, false, func(context.Context) (bool, error) {
-		if err := check(); err != nil {
-			log.Error(err, "checking interception rules")
+	tick := time.NewTicker(opts.SyncPeriod)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+			if err := check(); err != nil {
+				log.Error(err, "checking interception rules")
+			}
+		case <-podsChanged:
+			if err := spoofed(); err != nil {
+				log.Error(err, "updating anti-spoofing rules")
+			}
 		}
-		return false, nil
+	}
+}
+
+// notifyPodChanges signals changed (without blocking: one pending signal
+// stands for any number) when a pod of the node is added or deleted or its
+// address changes.
+func notifyPodChanges(ctx context.Context, c cache.Cache, changed chan<- struct{}) error {
+	inf, err := c.GetInformer(ctx, &corev1.Pod{})
+	if err != nil {
+		return fmt.Errorf("watching pods: %w", err)
+	}
+	signal := func() {
+		select {
+		case changed <- struct{}{}:
+		default:
+		}
+	}
+	_, err = inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+		AddFunc: func(any) { signal() },
+		UpdateFunc: func(o, n any) {
+			if op, ok := o.(*corev1.Pod); !ok || op.Status.PodIP != n.(*corev1.Pod).Status.PodIP {
+				signal()
+			}
+		},
+		DeleteFunc: func(any) { signal() },
 	})
+	if err != nil {
+		return fmt.Errorf("watching pods: %w", err)
+	}
+	return nil
+}
+
+// bridgeNetfilterPath says whether bridged packets traverse iptables, which
+// the physdev rules need.
+var bridgeNetfilterPath = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+
+func warnWithoutBridgeNetfilter(log logr.Logger) {
+	if v, err := os.ReadFile(bridgeNetfilterPath); err != nil || strings.TrimSpace(string(v)) != "1" {
+		log.Error(errors.New("bridged packets do not traverse iptables (br_netfilter not loaded, or net.bridge.bridge-nf-call-iptables=0)"),
+			"the anti-spoofing rules cannot see pods on bridges", "sysctl", bridgeNetfilterPath)
+	}
 }
 
 // flushConntrack drops tracked connections to the metadata IP, so that none
