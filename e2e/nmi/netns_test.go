@@ -2,8 +2,9 @@
 
 // Package nmi_test runs NMI against real iptables in network namespaces the
 // test creates: one plays the node (NMI, fake IMDS on 169.254.169.254, the
-// apiserver), the others are pods hanging off it by veth pairs. The
-// machine's own namespace is never changed.
+// apiserver), the others are pods hanging off it by veth pairs, routed
+// (pod-a, pod-b, agent: a /24 each) or on a bridge (bridged-a, bridged-b).
+// The machine's own namespace is never changed.
 package nmi_test
 
 import (
@@ -26,6 +27,7 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -44,9 +46,13 @@ import (
 const (
 	envPods    = "AADPI_NMI_PODS" // comma-separated name=netns=ip
 	envNMIPath = "AADPI_NMI_BINARY"
-	metadataIP = "169.254.169.254"
-	Chain      = "aad-metadata"
-	nodeName   = "node-0"
+	// envCNICache is the CNI results cache the test writes for the pods,
+	// as a container runtime would, for NMI's --cni-cache-dir.
+	envCNICache = "AADPI_NMI_CNI_CACHE"
+	bridge      = "cni0"
+	metadataIP  = "169.254.169.254"
+	Chain       = "aad-metadata"
+	nodeName    = "node-0"
 	// assignmentsNS stands for the assigner's namespace.
 	assignmentsNS = "kube-system"
 )
@@ -86,17 +92,41 @@ func runInNamespaces(t *testing.T) {
 	if err != nil {
 		t.Fatalf("setting up the node namespace: %v", err)
 	}
+	bridgeGW := net.IPv4(10, 201, 0, 1)
+	err = node.Do(func(ns.NetNS) error {
+		if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: bridge}}); err != nil {
+			return fmt.Errorf("adding bridge: %w", err)
+		}
+		if err := testns.LinkUp(bridge); err != nil {
+			return err
+		}
+		return testns.AddAddr(bridge, &net.IPNet{IP: bridgeGW, Mask: net.CIDRMask(24, 32)})
+	})
+	if err != nil {
+		t.Fatalf("setting up the node's bridge: %v", err)
+	}
+	cniCache := t.TempDir()
 	var pods []string
-	for i, name := range []string{"pod-a", "pod-b", "agent"} {
+	for i, name := range []string{"pod-a", "pod-b", "agent", "bridged-a", "bridged-b"} {
 		nsName := fmt.Sprintf("%s-%d", nodeNS, i)
 		podNS := createNetns(t, nsName)
 		hostIf := fmt.Sprintf("veth%d", i)
 		gw, podIP := net.IPv4(10, 200, byte(i), 1), net.IPv4(10, 200, byte(i), 2)
+		bridged := strings.HasPrefix(name, "bridged-")
+		if bridged {
+			gw, podIP = bridgeGW, net.IPv4(10, 201, 0, byte(i))
+		}
 		err := podNS.Do(func(ns.NetNS) error { return testns.Uplink(node, hostIf, podIP, gw) })
 		if err == nil {
 			err = node.Do(func(ns.NetNS) error {
+				if bridged {
+					return enslave(hostIf, bridge)
+				}
 				return testns.AddAddr(hostIf, &net.IPNet{IP: gw, Mask: net.CIDRMask(24, 32)})
 			})
+		}
+		if err == nil {
+			err = writeCNIResult(cniCache, name, hostIf, podIP, bridged)
 		}
 		if err != nil {
 			t.Fatalf("plugging %s into the node: %v", name, err)
@@ -104,7 +134,45 @@ func runInNamespaces(t *testing.T) {
 		pods = append(pods, name+"="+nsName+"="+podIP.String())
 	}
 
-	testns.RerunIn(t, node, 15*time.Minute, envPods+"="+strings.Join(pods, ","), envNMIPath+"="+bin)
+	testns.RerunIn(t, node, 15*time.Minute, envPods+"="+strings.Join(pods, ","), envNMIPath+"="+bin, envCNICache+"="+cniCache)
+}
+
+// enslave makes link a port of bridge, in the calling thread's namespace.
+func enslave(link, bridge string) error {
+	l, err := netlink.LinkByName(link)
+	if err != nil {
+		return err
+	}
+	b, err := netlink.LinkByName(bridge)
+	if err != nil {
+		return err
+	}
+	if err := netlink.LinkSetMaster(l, b); err != nil {
+		return fmt.Errorf("adding %s to %s: %w", link, bridge, err)
+	}
+	return nil
+}
+
+// writeCNIResult writes the pod's result into the CNI results cache as
+// containerd's libcni does: the bridge plugin's (bridge, host veth, pod
+// interface) or a routed plugin's (host veth, pod interface).
+func writeCNIResult(dir, pod, hostIf string, ip net.IP, bridged bool) error {
+	type iface struct {
+		Name    string `json:"name"`
+		Sandbox string `json:"sandbox,omitempty"`
+	}
+	ifaces := []iface{{Name: hostIf}, {Name: "eth0", Sandbox: "/var/run/netns/" + pod}}
+	if bridged {
+		ifaces = append([]iface{{Name: bridge}}, ifaces...)
+	}
+	result := map[string]any{"kind": "cniCacheV1", "containerId": pod, "ifName": "eth0", "networkName": "test",
+		"result": map[string]any{"cniVersion": "1.0.0", "interfaces": ifaces,
+			"ips": []map[string]any{{"address": ip.String() + "/24", "interface": len(ifaces) - 1}}}}
+	raw, err := json.Marshal(result)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "test-"+pod+"-eth0"), raw, 0o600)
 }
 
 // createNetns creates a namespace and deletes it, with whatever still runs
@@ -280,6 +348,9 @@ func functional(t *testing.T, n *node) {
 	t.Run("a pod cannot reach the node's loopback services", func(t *testing.T) {
 		loopbackGuarded(t, pods["pod-b"])
 	})
+	t.Run("a pod posing as its bridge neighbour gets nothing", func(t *testing.T) {
+		spoofingDropped(t, n)
+	})
 	t.Run("tampered rules are repaired", func(t *testing.T) {
 		run(t, "iptables", "-t", "nat", "-I", "PREROUTING", "1", "-p", "udp", "-j", "RETURN")
 		run(t, "iptables", "-t", "nat", "-D", Chain, "1")
@@ -309,7 +380,7 @@ func functional(t *testing.T, n *node) {
 		if out, err := exec.Command(os.Getenv(envNMIPath), "cleanup").CombinedOutput(); err != nil {
 			t.Fatalf("nmi cleanup: %v: %s", err, out)
 		}
-		if rules := iptablesNAT(t); strings.Contains(rules, "aad-metadata") {
+		if rules := iptablesNAT(t) + run(t, "iptables", "-t", "mangle", "-S") + run(t, "iptables", "-S"); strings.Contains(rules, "aad-metadata") {
 			t.Fatalf("rules left after cleanup:\n%s", rules)
 		}
 		// Without interception the pod reaches the fake IMDS directly,
@@ -427,6 +498,7 @@ func createObjects(ctx context.Context, t *testing.T, c client.Client, pods map[
 		"pod-b": {},
 		"agent": {Labels: map[string]string{"app": "agent"}},
 	}
+	meta["bridged-a"], meta["bridged-b"] = meta["pod-a"], meta["pod-b"]
 	for _, o := range objs {
 		if err := c.Create(ctx, o); err != nil {
 			t.Fatalf("creating %T: %v", o, err)
@@ -501,7 +573,7 @@ func startNMI(t *testing.T, kubeconfig, logPath string) *exec.Cmd {
 	}
 	cmd := exec.Command(os.Getenv(envNMIPath), "--kubeconfig", kubeconfig, "--metrics-bind-address", "0",
 		"--health-probe-bind-address", "127.0.0.1:0", "--sync-period", "2s", "--remove-startup-taint",
-		"--exception-namespaces", "default", "--assignments-namespace", assignmentsNS)
+		"--exception-namespaces", "default", "--assignments-namespace", assignmentsNS, "--cni-cache-dir", os.Getenv(envCNICache))
 	cmd.Env = append(os.Environ(), "NODE_NAME="+nodeName)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := cmd.Start(); err != nil {

@@ -10,17 +10,20 @@ package realnode_test
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	corev1 "k8s.io/api/core/v1"
@@ -165,6 +168,7 @@ func runNode(t *testing.T, name string) {
 		t.Errorf("pod IP %s not from the CNI bridge's %s", got.Status.PodIP, podSubnet)
 	}
 	sandboxHasIP(t, sock, got)
+	cniResultNamesBridgePort(t, got.Status.PodIP)
 	// The demo runs as the image's user and logs its first round (it
 	// cannot reach any Azure here).
 	framework.Eventually(t, time.Minute, "the demo's log", func() error {
@@ -186,6 +190,50 @@ func runNode(t *testing.T, name string) {
 		}
 		return nil
 	})
+}
+
+// cniResultNamesBridgePort checks what NMI's --cni-cache-dir relies on, on
+// the real runtime and bridge plugin: containerd caches the plugin's result
+// under /var/lib/cni/results, and the result holding the pod's address names,
+// outside the sandbox, an interface of the node that is a port of the bridge.
+func cniResultNamesBridgePort(t *testing.T, podIP string) {
+	t.Helper()
+	files, _ := filepath.Glob("/var/lib/cni/results/realnode-*")
+	for _, f := range files {
+		raw, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		var entry struct {
+			Result struct {
+				Interfaces []struct{ Name, Sandbox string }
+				IPs        []struct{ Address string }
+			}
+		}
+		if err := json.Unmarshal(raw, &entry); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		if !slices.ContainsFunc(entry.Result.IPs, func(a struct{ Address string }) bool { return strings.HasPrefix(a.Address, podIP+"/") }) {
+			continue
+		}
+		for _, iface := range entry.Result.Interfaces {
+			if iface.Sandbox != "" {
+				continue
+			}
+			link, err := netlink.LinkByName(iface.Name)
+			if err != nil {
+				t.Fatalf("%s names %s: %v", f, iface.Name, err)
+			}
+			if master := link.Attrs().MasterIndex; master != 0 {
+				if br, err := netlink.LinkByIndex(master); err == nil && br.Attrs().Name == "cni0" {
+					t.Logf("CNI result %s: pod %s on bridge port %s", filepath.Base(f), podIP, iface.Name)
+					return
+				}
+			}
+		}
+		t.Fatalf("%s holds pod %s but no port of cni0: %s", f, podIP, raw)
+	}
+	t.Fatalf("no CNI result for pod %s among %v", podIP, files)
 }
 
 // sandboxHasIP checks what NMI's --cri-socket relies on, on the real
