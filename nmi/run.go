@@ -86,6 +86,9 @@ type Options struct {
 	// where each namespace's user-assigned identities may live (see
 	// identity.ParseScopes); none: no restriction.
 	IdentityScopes []string
+	// Mode is ModeStandard (the assigner assigns and records identities) or
+	// ModeManaged (admins assign them; no records).
+	Mode string
 	// AssignmentsNamespace is where the assigner writes its
 	// AzureAssignedIdentities: a user-assigned identity is served only if
 	// its record there vouches for it on this node's pool.
@@ -114,6 +117,8 @@ var DefaultIdentityNotFoundRetry = wait.Backoff{Duration: 250 * time.Millisecond
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get;update
 // +kubebuilder:rbac:groups=aadpodidentity.k8s.io,resources=azureassignedidentities,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get
+// Managed mode only: the IdentityNotAssigned event on a pod.
+// +kubebuilder:rbac:groups="",resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups=aadpodidentity.k8s.io,resources=azureidentities;azureidentitybindings;azurepodidentityexceptions,verbs=get;list;watch
 // Metrics behind authentication and authorization (--secure-metrics).
 // +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create
@@ -125,7 +130,13 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 	if opts.NodeName == "" {
 		return errors.New("node name is empty: set NODE_NAME (the chart sets it from spec.nodeName)")
 	}
-	if opts.AssignmentsNamespace == "" {
+	switch opts.Mode {
+	case ModeStandard, "":
+	case ModeManaged:
+	default:
+		return fmt.Errorf("mode %q: want %s or %s", opts.Mode, ModeStandard, ModeManaged)
+	}
+	if opts.AssignmentsNamespace == "" && opts.Mode != ModeManaged {
 		return errors.New("assignments namespace is empty: set --assignments-namespace to the assigner's namespace (the chart sets the release namespace)")
 	}
 	opts.Interception.ListenAddress = opts.ListenAddress
@@ -150,15 +161,16 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		opts.IPTables = ipt
 	}
 
+	byObject := map[client.Object]cache.ByObject{&corev1.Pod{}: {Field: fields.OneTermEqualSelector("spec.nodeName", opts.NodeName)}}
+	if opts.AssignmentsNamespace != "" {
+		byObject[&aadv1.AzureAssignedIdentity{}] = cache.ByObject{Namespaces: map[string]cache.Config{opts.AssignmentsNamespace: {}}}
+	}
 	mgr, err := ctrl.NewManager(cfg, manager.Options{
 		Scheme:                 identity.Scheme(),
 		Metrics:                metrics.ServerOptions(opts.MetricsAddr, opts.SecureMetrics),
 		HealthProbeBindAddress: opts.ProbeAddr,
 		Cache: cache.Options{
-			ByObject: map[client.Object]cache.ByObject{
-				&corev1.Pod{}:                  {Field: fields.OneTermEqualSelector("spec.nodeName", opts.NodeName)},
-				&aadv1.AzureAssignedIdentity{}: {Namespaces: map[string]cache.Config{opts.AssignmentsNamespace: {}}},
-			},
+			ByObject:         byObject,
 			DefaultTransform: cache.TransformStripManagedFields(),
 		},
 		// Secrets and the Node are read rarely; caching them would mean
@@ -198,6 +210,9 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		callerWait: opts.UnknownCallerWait,
 		log:        log,
 	}
+	if opts.Mode == ModeManaged {
+		srv.managed = &managedIdentities{nodePool: srv.assignments.nodePool, recorder: mgr.GetEventRecorderFor("aad-pod-identity-nmi"), reported: map[string]bool{}}
+	}
 	if opts.CRISocket != "" {
 		runtime, conn, err := dialRuntime(opts.CRISocket, 5*time.Second)
 		if err != nil {
@@ -221,7 +236,7 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		}),
 		mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
 			// Serving before the caches are filled would refuse known pods.
-			if err := syncCaches(ctx, mgr.GetCache()); err != nil {
+			if err := syncCaches(ctx, mgr.GetCache(), opts.Mode); err != nil {
 				return err
 			}
 			return serve(ctx, opts.ListenAddress, opts.MaxConnsPerIP, srv.Handler())
@@ -236,9 +251,14 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 	return mgr.Start(ctx)
 }
 
-// syncCaches starts the informers NMI reads and waits until they are filled.
-func syncCaches(ctx context.Context, c cache.Cache) error {
-	for _, o := range []client.Object{&corev1.Pod{}, &aadv1.AzureIdentity{}, &aadv1.AzureIdentityBinding{}, &aadv1.AzurePodIdentityException{}, &aadv1.AzureAssignedIdentity{}} {
+// syncCaches starts the informers NMI reads and waits until they are
+// filled; managed mode has no assignment records to read.
+func syncCaches(ctx context.Context, c cache.Cache, mode string) error {
+	objs := []client.Object{&corev1.Pod{}, &aadv1.AzureIdentity{}, &aadv1.AzureIdentityBinding{}, &aadv1.AzurePodIdentityException{}}
+	if mode != ModeManaged {
+		objs = append(objs, &aadv1.AzureAssignedIdentity{})
+	}
+	for _, o := range objs {
 		if _, err := c.GetInformer(ctx, o); err != nil {
 			return fmt.Errorf("watching %T: %w", o, err)
 		}
@@ -325,7 +345,7 @@ func keepRules(ctx context.Context, mgr manager.Manager, opts Options, ready *at
 	if err := check(); err != nil {
 		return fmt.Errorf("installing interception rules: %w", err)
 	}
-	if err := syncCaches(ctx, mgr.GetCache()); err != nil {
+	if err := syncCaches(ctx, mgr.GetCache(), opts.Mode); err != nil {
 		return err
 	}
 	podsChanged := make(chan struct{}, 1)

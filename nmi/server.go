@@ -36,7 +36,8 @@ type Server struct {
 	exceptions   ExceptionPolicy
 	protected    identity.Protected // never served, whatever an AzureIdentity says
 	scopes       identity.Scopes    // where each namespace's identities may live
-	assignments  *assignments       // vouch for user-assigned identities
+	assignments  *assignments       // vouch for user-assigned identities (standard mode)
+	managed      *managedIdentities // nil: standard mode
 	runtime      *sandboxes         // nil: callers are not confirmed with the CRI
 	tokens       *tokenCache
 	misses       *missLimiter
@@ -218,12 +219,15 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) (string, error) {
 	if err := s.scopes.Check(id); err != nil {
 		return "", forbidden("identity_out_of_scope", "AzureIdentity %s/%s: %s", id.Namespace, id.Name, err)
 	}
-	if id.Spec.Type == aadv1.UserAssignedMSI {
+	if id.Spec.Type == aadv1.UserAssignedMSI && s.managed == nil {
 		if err := s.assignments.check(ctx, id); err != nil {
 			return "", err
 		}
 	}
 	tok, err := s.identityToken(ctx, pod.UID, id, req.Resource)
+	if err != nil && s.managed != nil && id.Spec.Type == aadv1.UserAssignedMSI {
+		err = s.managed.notAssigned(ctx, pod, id, err)
+	}
 	if err != nil {
 		return "", err
 	}
@@ -237,15 +241,21 @@ func (s *Server) identityToken(ctx context.Context, pod types.UID, id *aadv1.Azu
 	var fetch func(context.Context) (Token, error)
 	switch {
 	case id.Spec.Type == aadv1.UserAssignedMSI:
-		fetch = func(ctx context.Context) (Token, error) { return s.imds.token(ctx, id.Spec.ClientID, resource) }
+		fetch = func(ctx context.Context) (Token, error) {
+			tok, err := s.imds.token(ctx, id.Spec.ClientID, resource)
+			if err == nil && s.managed != nil {
+				err = checkPairing(tok, id) // before the token is cached
+			}
+			return tok, err
+		}
 	case s.sp == nil:
 		return Token{}, forbidden("service_principals_disabled", "AzureIdentity %s is a service principal (type %d); NMI serves those only with --enable-service-principals", name, id.Spec.Type)
 	default:
 		fetch = func(ctx context.Context) (Token, error) { return s.sp.token(ctx, id, resource) }
 	}
-	// The client ID and type are in the key so that an edited identity never
-	// gets a token cached for its old self.
-	key := fmt.Sprintf("%s|%d|%s|%s", name, id.Spec.Type, strings.ToLower(id.Spec.ClientID), resource)
+	// The type, client and resource ID are in the key so that an edited
+	// identity never gets a token cached for its old self.
+	key := fmt.Sprintf("%s|%d|%s|%s|%s", name, id.Spec.Type, strings.ToLower(id.Spec.ClientID), strings.ToLower(id.Spec.ResourceID), resource)
 	tok, hit, err := s.tokens.get(ctx, key, func() error { return s.misses.admit(pod) }, fetch)
 	if hit {
 		tokenCacheTotal.WithLabelValues("hit").Inc()

@@ -2,6 +2,7 @@ package nmi
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -32,7 +33,10 @@ import (
 // fakeIMDS answers tokens for the client IDs it knows and "Identity not
 // found" for others; every other path echoes the path.
 type fakeIMDS struct {
-	known  map[string]bool
+	known map[string]bool
+	// mirIDs: a client ID listed here gets a JWT whose xms_mirid claim is
+	// its resource ID, as IMDS issues them.
+	mirIDs map[string]string
 	calls  atomic.Int32
 	header atomic.Value // last X-Forwarded-For seen
 }
@@ -53,7 +57,12 @@ func (f *fakeIMDS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	exp := time.Now().Add(time.Hour).Unix()
-	writeJSON(w, http.StatusOK, Token{AccessToken: "tok-" + clientID, ExpiresOn: strconv.FormatInt(exp, 10), ExpiresIn: "3600",
+	access := "tok-" + clientID
+	if mirID, ok := f.mirIDs[clientID]; ok {
+		claims, _ := json.Marshal(map[string]string{"appid": clientID, "xms_mirid": mirID})
+		access = "eyJhbGciOiJub25lIn0." + base64.RawURLEncoding.EncodeToString(claims) + ".sig"
+	}
+	writeJSON(w, http.StatusOK, Token{AccessToken: access, ExpiresOn: strconv.FormatInt(exp, 10), ExpiresIn: "3600",
 		Resource: r.URL.Query().Get("resource"), TokenType: "Bearer", ClientID: clientID})
 }
 

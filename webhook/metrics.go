@@ -13,8 +13,13 @@ var admissionOutcomes = prometheus.NewCounterVec(prometheus.CounterOpts{
 	Help: "Admission decisions by webhook, whether the request was allowed, and reason.",
 }, []string{"webhook", "allowed", "reason"})
 
+var gatesLifted = prometheus.NewCounter(prometheus.CounterOpts{
+	Name: "aadpodidentity_webhook_gates_lifted_total",
+	Help: "Scheduling gates the webhook lifted in managed mode (pods gated while the release ran in standard mode).",
+})
+
 func init() {
-	metrics.Registry.MustRegister(admissionOutcomes)
+	metrics.Registry.MustRegister(admissionOutcomes, gatesLifted)
 }
 
 // Reasons recorded in admissionOutcomes; a small fixed set keeps the metric's

@@ -19,10 +19,12 @@ import (
 // +kubebuilder:webhook:path=/mutate-v1-pod,mutating=true,failurePolicy=fail,sideEffects=None,groups="",resources=pods,verbs=create,versions=v1,name=mpod.aadpodidentity.k8s.io,admissionReviewVersions=v1,matchPolicy=Equivalent,timeoutSeconds=10
 
 // PodMutator records on a new pod the identities its label resolves to and,
-// when a user-assigned identity must first reach the node pools, holds the
-// pod with a scheduling gate.
+// when a user-assigned identity must first reach the node pools (Gate:
+// standard mode, where the assigner puts it there), holds the pod with a
+// scheduling gate.
 type PodMutator struct {
 	Resolver *identity.Resolver
+	Gate     bool
 }
 
 var _ admitter[*corev1.Pod] = &PodMutator{}
@@ -37,7 +39,7 @@ func (m *PodMutator) Admit(ctx context.Context, _ admission.Request, pod, _ *cor
 	}
 	// Explicit operations rather than a diff of the re-encoded pod: admission
 	// latency is dominated by JSON work, and the diff doubles it.
-	out := outcome{reason: reasonResolved, patch: resolutionPatch(pod, res)}
+	out := outcome{reason: reasonResolved, patch: resolutionPatch(pod, res, m.Gate)}
 	if out.warnings = resolutionWarnings(pod.Namespace, pod.Labels[aadv1.BindingLabel], res); len(out.warnings) > 0 {
 		out.reason = reasonNoBinding
 	}
@@ -45,9 +47,9 @@ func (m *PodMutator) Admit(ctx context.Context, _ admission.Request, pod, _ *cor
 }
 
 // resolutionPatch writes the resolution onto the pod: creator-supplied
-// annotations of ours are replaced, and the gate is added only where the
-// apiserver allows it (a pod with spec.nodeName is already bound).
-func resolutionPatch(pod *corev1.Pod, res identity.Resolution) []jsonpatch.JsonPatchOperation {
+// annotations of ours are replaced, and, with gate, the gate is added only
+// where the apiserver allows it (a pod with spec.nodeName is already bound).
+func resolutionPatch(pod *corev1.Pod, res identity.Resolution, gate bool) []jsonpatch.JsonPatchOperation {
 	var ops []jsonpatch.JsonPatchOperation
 	if pod.Annotations == nil {
 		ops = append(ops, jsonpatch.NewOperation("add", "/metadata/annotations", map[string]string{}))
@@ -61,7 +63,7 @@ func resolutionPatch(pod *corev1.Pod, res identity.Resolution) []jsonpatch.JsonP
 	for _, k := range slices.Sorted(maps.Keys(ann)) {
 		ops = append(ops, jsonpatch.NewOperation("add", "/metadata/annotations/"+escapePointer(k), ann[k]))
 	}
-	if res.NeedsAssignment() && pod.Spec.NodeName == "" && !identity.HasGate(pod) {
+	if gate && res.NeedsAssignment() && pod.Spec.NodeName == "" && !identity.HasGate(pod) {
 		gate := corev1.PodSchedulingGate{Name: aadv1.SchedulingGate}
 		if len(pod.Spec.SchedulingGates) == 0 {
 			ops = append(ops, jsonpatch.NewOperation("add", "/spec/schedulingGates", []corev1.PodSchedulingGate{gate}))

@@ -29,12 +29,15 @@ func TestResolutionPatch(t *testing.T) {
 		name      string
 		pod       corev1.Pod
 		res       identity.Resolution
+		managed   bool
 		wantAnn   map[string]string
 		wantGates []corev1.PodSchedulingGate
 	}{
 		{name: "user-assigned identity gets annotations and gate", res: msi,
 			wantAnn:   map[string]string{aadv1.AnnotationIdentities: "default/demo", aadv1.AnnotationClientIDs: "c-demo"},
 			wantGates: gate},
+		{name: "managed mode: annotations, no gate (no assigner would lift it)", res: msi, managed: true,
+			wantAnn: map[string]string{aadv1.AnnotationIdentities: "default/demo", aadv1.AnnotationClientIDs: "c-demo"}},
 		{name: "service principal is not gated", res: sp,
 			wantAnn: map[string]string{aadv1.AnnotationIdentities: "default/sp", aadv1.AnnotationClientIDs: "c-sp"}},
 		{name: "nothing resolved records empty annotations", res: identity.Resolution{},
@@ -52,7 +55,7 @@ func TestResolutionPatch(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			pod := applyPatch(t, &tt.pod, resolutionPatch(&tt.pod, tt.res))
+			pod := applyPatch(t, &tt.pod, resolutionPatch(&tt.pod, tt.res, !tt.managed))
 			if diff := cmp.Diff(tt.wantAnn, pod.Annotations); diff != "" {
 				t.Errorf("annotations (-want +got):\n%s", diff)
 			}

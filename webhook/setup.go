@@ -27,6 +27,8 @@ import (
 )
 
 // +kubebuilder:rbac:groups=aadpodidentity.k8s.io,resources=azureidentities;azureidentitybindings,verbs=get;list;watch
+// Managed mode only: lifting the gates of pods admitted in standard mode.
+// +kubebuilder:rbac:groups="",resources=pods,verbs=list;patch
 // Metrics behind authentication and authorization (--secure-metrics).
 // +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create
 // +kubebuilder:rbac:groups=authorization.k8s.io,resources=subjectaccessreviews,verbs=create
@@ -55,6 +57,10 @@ type Options struct {
 	// AllowCrossNamespace lets a pod match bindings in every namespace, as
 	// releases before this design did.
 	AllowCrossNamespace bool
+	// Mode is ModeStandard (pods with user-assigned identities are gated
+	// until the assigner has put them on the pools) or ModeManaged (admins
+	// assign identities; no gate, and gates set earlier are lifted).
+	Mode string
 	// TrustedServiceAccounts ("namespace/name") may change the label,
 	// annotations and gate of an existing pod.
 	TrustedServiceAccounts []string
@@ -125,7 +131,19 @@ func Setup(ctx context.Context, mgr manager.Manager, server webhook.Server, opts
 	register := func(path string, h admission.Handler) {
 		server.Register(path, (&admission.Webhook{Handler: h}).WithRecoverPanic(true))
 	}
-	register(MutatePodPath, podFrontEnd("mutate-pod", decoder, &PodMutator{Resolver: resolver}))
+	var gate bool
+	switch opts.Mode {
+	case ModeStandard, "":
+		gate = true
+	case ModeManaged:
+		err = mgr.Add(&gateReleaser{reader: mgr.GetAPIReader(), client: mgr.GetClient(), period: 10 * time.Second, log: mgr.GetLogger().WithName("gates")})
+		if err != nil {
+			return fmt.Errorf("adding the gate releaser: %w", err)
+		}
+	default:
+		return fmt.Errorf("mode %q: want %s or %s", opts.Mode, ModeStandard, ModeManaged)
+	}
+	register(MutatePodPath, podFrontEnd("mutate-pod", decoder, &PodMutator{Resolver: resolver, Gate: gate}))
 	register(ValidatePodPath, podFrontEnd("validate-pod", decoder, &PodValidator{Resolver: resolver, Trusted: trusted}))
 	register(ValidateBindingPath, crFrontEnd("validate-azureidentitybinding", "AzureIdentityBinding", decoder,
 		func() *aadv1.AzureIdentityBinding { return &aadv1.AzureIdentityBinding{} }, &BindingValidator{Reader: mgr.GetAPIReader()}))

@@ -34,6 +34,7 @@ func main() {
 	flag.StringVar(&opts.MetricsAddr, "metrics-bind-address", ":8080", "Address of the Prometheus metrics endpoint; 0 disables it.")
 	flag.BoolVar(&opts.SecureMetrics, "secure-metrics", true, "Serve metrics over HTTPS to callers the apiserver authenticates and authorizes (get on nonResourceURL /metrics), rather than in plain HTTP to every pod that reaches this one.")
 	flag.StringVar(&opts.ProbeAddr, "health-probe-bind-address", ":8081", "Address of /healthz and /readyz.")
+	flag.StringVar(&opts.Mode, "mode", webhook.ModeStandard, "Who assigns user-assigned identities to the node pools: standard (the assigner; pods are gated until their identities are in place) or managed (the cluster's admins; pods are not gated, and gates set in standard mode are lifted).")
 	flag.BoolVar(&opts.AllowCrossNamespace, "allow-cross-namespace", false, "Let pods match AzureIdentityBindings in every namespace (the behaviour of releases before this design).")
 	flag.StringVar(&trusted, "trusted-service-accounts",
 		podNamespace+"/aad-pod-identity-webhook,"+podNamespace+"/aad-pod-identity-assigner",
