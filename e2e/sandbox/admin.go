@@ -60,6 +60,8 @@ func (s *Sandbox) serveAdmin() error {
 	mux.HandleFunc("POST /identities/{rg}/{name}", a.createIdentity)
 	mux.HandleFunc("GET /identities/{rg}/{name}", a.showIdentity)
 	mux.HandleFunc("DELETE /identities/{rg}/{name}", a.deleteIdentity)
+	mux.HandleFunc("POST /vmss/{rg}/{name}/identities", a.vmssIdentities(true))
+	mux.HandleFunc("DELETE /vmss/{rg}/{name}/identities", a.vmssIdentities(false))
 	mux.HandleFunc("POST /roleassignments", a.createRole)
 	mux.HandleFunc("DELETE /roleassignments", a.deleteRole)
 	srv := &http.Server{Handler: mux}
@@ -95,6 +97,41 @@ func (a *admin) showIdentity(w http.ResponseWriter, r *http.Request) {
 func (a *admin) deleteIdentity(w http.ResponseWriter, r *http.Request) {
 	a.sb.Azure.DeleteIdentity(a.identityID(r))
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// AzVMSSIdentity is what `az vmss identity assign` prints.
+type AzVMSSIdentity struct {
+	SystemAssignedIdentity string                       `json:"systemAssignedIdentity"`
+	UserAssignedIdentities map[string]map[string]string `json:"userAssignedIdentities"`
+}
+
+// vmssIdentities assigns (or removes) user-assigned identities to a VMSS,
+// as an admin does in managed mode with `az vmss identity assign`.
+func (a *admin) vmssIdentities(assign bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var req struct{ Identities []string }
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil || len(req.Identities) == 0 {
+			reply(w, http.StatusBadRequest, map[string]string{"error": "--identities needs at least one identity resource ID"})
+			return
+		}
+		poolID := fmt.Sprintf("/subscriptions/%s/resourceGroups/%s/providers/Microsoft.Compute/virtualMachineScaleSets/%s", SubscriptionID, r.PathValue("rg"), r.PathValue("name"))
+		for _, id := range req.Identities {
+			if _, ok := a.sb.Azure.LookupIdentity(id); !ok && assign {
+				reply(w, http.StatusNotFound, map[string]string{"error": "(FailedIdentityOperation) identity " + id + " not found"})
+				return
+			}
+			if err := a.sb.Azure.SetUserAssigned(poolID, id, assign); err != nil {
+				reply(w, http.StatusNotFound, map[string]string{"error": "(ResourceNotFound) " + err.Error()})
+				return
+			}
+		}
+		pool, _ := a.sb.Azure.Pool(poolID)
+		out := AzVMSSIdentity{SystemAssignedIdentity: pool.SystemAssigned, UserAssignedIdentities: map[string]map[string]string{}}
+		for _, id := range pool.UserAssigned {
+			out.UserAssignedIdentities[id.ResourceID] = map[string]string{"clientId": id.ClientID, "principalId": id.PrincipalID}
+		}
+		reply(w, http.StatusOK, out)
+	}
 }
 
 func (a *admin) createRole(w http.ResponseWriter, r *http.Request) {

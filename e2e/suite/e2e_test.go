@@ -5,7 +5,6 @@ package suite
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -399,11 +398,9 @@ func TestUninstall(t *testing.T) {
 			t.Fatalf("%s before uninstall: %v\n%s", n.Name, err, rules)
 		}
 	}
-	out, err := exec.Command(env.helm, "uninstall", release, "--kubeconfig", env.sb.Kubeconfig, "--namespace", releaseNS, "--wait", "--timeout", "3m").CombinedOutput()
-	if err != nil {
-		t.Fatalf("helm uninstall: %v\n%s", err, out)
+	if err := helmUninstall(); err != nil {
+		t.Fatal(err)
 	}
-	env.installed = false
 	for _, n := range env.sb.Nodes() {
 		rules, err := natRules(n)
 		if err != nil {

@@ -135,9 +135,13 @@ func tearDown() {
 // helmInstall installs the chart as docs/install.md says, with the fake
 // Azure's endpoints and service principal, the built-in certificates (no
 // cert-manager here), service principals enabled and a short GC grace period.
-func helmInstall() error {
+func helmInstall() error { return helmRelease("install") }
+
+// helmRelease runs helm install or upgrade with the suite's values and
+// extra flags.
+func helmRelease(verb string, extra ...string) error {
 	chart := filepath.Join(framework.RepoRoot(), "charts", "aad-pod-identity")
-	out, err := exec.Command(env.helm, "install", release, chart, "--kubeconfig", env.sb.Kubeconfig,
+	args := []string{verb, release, chart, "--kubeconfig", env.sb.Kubeconfig,
 		"--namespace", releaseNS,
 		"--set", "certManager.enabled=false",
 		"--set", "assigner.azure.source=secret",
@@ -152,10 +156,22 @@ func helmInstall() error {
 		"--set", "nmi.enableServicePrincipals=true",
 		// The fake Azure AD is the sovereign cloud the SP case names in adEndpoint.
 		"--set-string", "nmi.aadAuthorityHost="+env.az.AADAuthorityHost,
-		"--wait", "--timeout", "3m").CombinedOutput()
+		"--wait", "--timeout", "3m"}
+	out, err := exec.Command(env.helm, append(args, extra...)...).CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("helm install: %w\n%s", err, out)
+		return fmt.Errorf("helm %s: %w\n%s", verb, err, out)
 	}
+	return nil
+}
+
+// helmUninstall removes the release; the next test that needs it installs
+// it again.
+func helmUninstall() error {
+	out, err := exec.Command(env.helm, "uninstall", release, "--kubeconfig", env.sb.Kubeconfig, "--namespace", releaseNS, "--wait", "--timeout", "3m").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("helm uninstall: %w\n%s", err, out)
+	}
+	env.installed = false
 	return nil
 }
 

@@ -38,13 +38,20 @@ func az(dir string, args []string) error {
 		}
 		method = map[string]string{"create": http.MethodPost, "show": http.MethodGet, "delete": http.MethodDelete}[words[1]]
 		path = "/identities/" + url.PathEscape(flags["g"]) + "/" + url.PathEscape(flags["n"])
+	case "vmss identity assign", "vmss identity remove":
+		if flags["g"] == "" || flags["n"] == "" || flags["identities"] == "" {
+			return fmt.Errorf("az %s: -g/--resource-group, -n/--name and --identities are required", cmd)
+		}
+		method = map[string]string{"assign": http.MethodPost, "remove": http.MethodDelete}[words[2]]
+		path = "/vmss/" + url.PathEscape(flags["g"]) + "/" + url.PathEscape(flags["n"]) + "/identities"
+		body = map[string][]string{"identities": strings.Fields(flags["identities"])}
 	case "role assignment create":
 		method, path = http.MethodPost, "/roleassignments"
 		body = map[string]string{"role": flags["role"], "assignee": flags["assignee"], "scope": flags["scope"]}
 	case "role assignment delete":
 		method, path = http.MethodDelete, "/roleassignments?id="+url.QueryEscape(flags["id"])
 	default:
-		return fmt.Errorf("az %s: not supported by the sandbox (identity create|show|delete, role assignment create|delete)", cmd)
+		return fmt.Errorf("az %s: not supported by the sandbox (identity create|show|delete, vmss identity assign|remove, role assignment create|delete)", cmd)
 	}
 	var rd io.Reader
 	if body != nil {
