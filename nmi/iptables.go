@@ -125,6 +125,10 @@ func EnsureRules(ipt IPTables, i Interception) (changed bool, err error) {
 	return changed, nil
 }
 
+// ensureChain writes c's rules and its jump where they differ, new before
+// old, so that there is never a moment where the hook does not lead to a
+// complete chain: repairing or taking over a chain (an earlier NMI's, with
+// the same name) must not let a pod's metadata traffic through to IMDS.
 func ensureChain(ipt IPTables, c managedChain) (changed bool, err error) {
 	got, err := chainSpecs(ipt, c.table, c.name)
 	if err != nil {
@@ -132,14 +136,8 @@ func ensureChain(ipt IPTables, c managedChain) (changed bool, err error) {
 	}
 	if !slices.EqualFunc(got, c.rules, slices.Equal) {
 		changed = true
-		// ClearChain creates the chain when missing.
-		if err := ipt.ClearChain(c.table, c.name); err != nil {
-			return false, fmt.Errorf("clearing chain %s: %w", c.name, err)
-		}
-		for _, r := range c.rules {
-			if err := ipt.Append(c.table, c.name, r...); err != nil {
-				return false, fmt.Errorf("adding rule to %s: %w", c.name, err)
-			}
+		if err := replaceRules(ipt, c, len(got)); err != nil {
+			return false, err
 		}
 	}
 	hook, err := chainSpecs(ipt, c.table, c.hook)
@@ -147,24 +145,67 @@ func ensureChain(ipt IPTables, c managedChain) (changed bool, err error) {
 		return false, err
 	}
 	jump := c.jump()
-	jumps := 0
-	for _, r := range hook {
-		if slices.Equal(r, jump) {
-			jumps++
+	if len(hook) == 0 || !slices.Equal(hook[0], jump) {
+		changed = true
+		if err := ipt.Insert(c.table, c.hook, 1, jump...); err != nil {
+			return false, fmt.Errorf("adding jump to %s at the top of %s: %w", c.name, c.hook, err)
+		}
+		hook = slices.Insert(hook, 0, jump)
+	}
+	// Other jumps to the chain (a duplicate, or an earlier NMI's with a
+	// comment) go once the top one is in, bottom up so positions hold.
+	for i := len(hook) - 1; i > 0; i-- {
+		if !jumpsTo(hook[i], c.name) {
+			continue
+		}
+		changed = true
+		spec := hook[i]
+		if slices.Equal(spec, jump) {
+			// Deleting by spec would remove the top one.
+			spec = []string{strconv.Itoa(i + 1)}
+		}
+		if err := ipt.Delete(c.table, c.hook, spec...); err != nil {
+			return false, fmt.Errorf("removing another jump to %s from %s: %w", c.name, c.hook, err)
 		}
 	}
-	if jumps == 1 && len(hook) > 0 && slices.Equal(hook[0], jump) {
-		return changed, nil
+	return changed, nil
+}
+
+// replaceRules puts c's rules into its chain in place of the n it holds:
+// the new rules go in at the top, then the old ones, by then below the new
+// final RETURN, are deleted. A new chain is created and filled before any
+// jump leads to it.
+func replaceRules(ipt IPTables, c managedChain, n int) error {
+	if n == 0 {
+		// ClearChain creates the chain when missing.
+		if err := ipt.ClearChain(c.table, c.name); err != nil {
+			return fmt.Errorf("creating chain %s: %w", c.name, err)
+		}
+		for _, r := range c.rules {
+			if err := ipt.Append(c.table, c.name, r...); err != nil {
+				return fmt.Errorf("adding rule to %s: %w", c.name, err)
+			}
+		}
+		return nil
 	}
-	for ; jumps > 0; jumps-- {
-		if err := ipt.Delete(c.table, c.hook, jump...); err != nil {
-			return false, fmt.Errorf("removing misplaced jump to %s: %w", c.name, err)
+	for i, r := range c.rules {
+		if err := ipt.Insert(c.table, c.name, i+1, r...); err != nil {
+			return fmt.Errorf("adding rule to %s: %w", c.name, err)
 		}
 	}
-	if err := ipt.Insert(c.table, c.hook, 1, jump...); err != nil {
-		return false, fmt.Errorf("adding jump to %s at the top of %s: %w", c.name, c.hook, err)
+	// The chain is NMI's own: no one else's rules shift the positions.
+	for range n {
+		if err := ipt.Delete(c.table, c.name, strconv.Itoa(len(c.rules)+1)); err != nil {
+			return fmt.Errorf("removing an old rule from %s: %w", c.name, err)
+		}
 	}
-	return true, nil
+	return nil
+}
+
+// jumpsTo reports whether rule's target is chain.
+func jumpsTo(rule []string, chain string) bool {
+	i := slices.Index(rule, "-j")
+	return i >= 0 && i+1 < len(rule) && rule[i+1] == chain
 }
 
 // chainSpecs lists a chain's rules as argument lists, without "-A chain"; a
@@ -183,12 +224,49 @@ func chainSpecs(ipt IPTables, table, chain string) ([][]string, error) {
 	}
 	var specs [][]string
 	for _, l := range lines {
-		f := strings.Fields(l)
+		f := splitRule(l)
 		if len(f) >= 2 && f[0] == "-A" && f[1] == chain {
 			specs = append(specs, f[2:])
 		}
 	}
 	return specs, nil
+}
+
+// splitRule splits a line of `iptables -S` into arguments: an argument
+// with spaces (a comment) is printed in double quotes, with \" and \\
+// escaping within.
+func splitRule(line string) []string {
+	var (
+		args    []string
+		cur     strings.Builder
+		inArg   bool
+		quoted  bool
+		escaped bool
+	)
+	for _, r := range line {
+		switch {
+		case escaped:
+			cur.WriteRune(r)
+			escaped = false
+		case quoted && r == '\\':
+			escaped = true
+		case r == '"':
+			quoted, inArg = !quoted, true
+		case r == ' ' && !quoted:
+			if inArg {
+				args = append(args, cur.String())
+				cur.Reset()
+				inArg = false
+			}
+		default:
+			cur.WriteRune(r)
+			inArg = true
+		}
+	}
+	if inArg {
+		args = append(args, cur.String())
+	}
+	return args
 }
 
 // RemoveRules deletes the jumps and the chains: uninstall only, since

@@ -3,6 +3,7 @@ package nmi
 import (
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -12,6 +13,10 @@ import (
 type fakeIPTables struct {
 	chains map[string][]string // chain -> rules without "-A chain"
 	calls  []string
+	// windows records the writes after which traffic that was
+	// intercepted (guarded) before was not any more.
+	windows []string
+	watch   bool
 }
 
 func newFakeIPTables(chains map[string][]string) *fakeIPTables {
@@ -22,8 +27,37 @@ func newFakeIPTables(chains map[string][]string) *fakeIPTables {
 	return f
 }
 
+// record logs a call; with watch, the state the call leaves must still
+// intercept and guard: it is checked after the call, in after.
 func (f *fakeIPTables) record(format string, args ...any) {
 	f.calls = append(f.calls, fmt.Sprintf(format, args...))
+}
+
+// after checks the state a write left.
+func (f *fakeIPTables) after() {
+	if !f.watch {
+		return
+	}
+	if !f.leads(prerouting, Chain, "-j DNAT") || !f.leads(input, GuardChain, "-j DROP") {
+		f.windows = append(f.windows, f.calls[len(f.calls)-1])
+	}
+}
+
+// leads reports whether hook jumps to chain and chain reaches a rule
+// ending in target before its RETURN.
+func (f *fakeIPTables) leads(hook, chain, target string) bool {
+	if !slices.ContainsFunc(f.chains[hook], func(r string) bool { return strings.HasSuffix(r, "-j "+chain) }) {
+		return false
+	}
+	for _, r := range f.chains[chain] {
+		if strings.Contains(r, target) {
+			return true
+		}
+		if r == ret {
+			return false
+		}
+	}
+	return false
 }
 
 func (f *fakeIPTables) List(_, chain string) ([]string, error) {
@@ -46,6 +80,7 @@ func (f *fakeIPTables) ChainExists(_, chain string) (bool, error) {
 func (f *fakeIPTables) ClearChain(_, chain string) error {
 	f.record("clear %s", chain)
 	f.chains[chain] = nil
+	f.after()
 	return nil
 }
 
@@ -58,12 +93,14 @@ func (f *fakeIPTables) DeleteChain(_, chain string) error {
 func (f *fakeIPTables) Insert(_, chain string, pos int, spec ...string) error {
 	f.record("insert %s %d %s", chain, pos, strings.Join(spec, " "))
 	f.chains[chain] = slices.Insert(f.chains[chain], pos-1, strings.Join(spec, " "))
+	f.after()
 	return nil
 }
 
 func (f *fakeIPTables) Append(_, chain string, spec ...string) error {
 	f.record("append %s %s", chain, strings.Join(spec, " "))
 	f.chains[chain] = append(f.chains[chain], strings.Join(spec, " "))
+	f.after()
 	return nil
 }
 
@@ -73,11 +110,16 @@ func (f *fakeIPTables) Exists(_, chain string, spec ...string) (bool, error) {
 
 func (f *fakeIPTables) Delete(_, chain string, spec ...string) error {
 	f.record("delete %s %s", chain, strings.Join(spec, " "))
-	i := slices.Index(f.chains[chain], strings.Join(spec, " "))
-	if i < 0 {
+	// Rules are kept as iptables -S prints them, quotes included.
+	i := slices.IndexFunc(f.chains[chain], func(r string) bool { return slices.Equal(splitRule(r), spec) })
+	if n, err := strconv.Atoi(strings.Join(spec, " ")); err == nil {
+		i = n - 1 // iptables -D chain <rulenum>
+	}
+	if i < 0 || i >= len(f.chains[chain]) {
 		return fmt.Errorf("no such rule in %s", chain)
 	}
 	f.chains[chain] = slices.Delete(f.chains[chain], i, i+1)
+	f.after()
 	return nil
 }
 
@@ -89,6 +131,11 @@ const (
 	guardJump = "-j aad-metadata-guard"
 	kube      = "-m comment --comment kubernetes -j KUBE-SERVICES"
 	stale     = "! -s 127.0.0.1/32 -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 127.0.0.1:9999"
+	// An earlier NMI's chain, as aad-pod-identity 1.x writes it: DNAT to the
+	// node's address, its own calls let through, and a commented jump.
+	legacyDNAT   = "! -s 10.240.0.4/32 -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.240.0.4:2579"
+	legacyAccept = "-s 10.240.0.4/32 -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -j ACCEPT"
+	legacyJump   = "-m comment --comment \"AAD Pod Identity\" -j aad-metadata"
 )
 
 func TestEnsureRules(t *testing.T) {
@@ -107,18 +154,25 @@ func TestEnsureRules(t *testing.T) {
 		{"guard missing", map[string][]string{prerouting: {jump, kube}, Chain: {dnat, ret}}, true},
 		{"guard emptied", map[string][]string{prerouting: {jump, kube}, Chain: {dnat, ret}, input: {guardJump}, GuardChain: nil}, true},
 		{"chain emptied", map[string][]string{prerouting: {jump, kube}, Chain: nil}, true},
-		{"stale target", map[string][]string{prerouting: {jump, kube}, Chain: {stale, ret}}, true},
-		{"extra rule in chain", map[string][]string{prerouting: {jump, kube}, Chain: {dnat, "-j ACCEPT", ret}}, true},
-		{"jump below another rule", map[string][]string{prerouting: {kube, jump}, Chain: {dnat, ret}}, true},
-		{"jump twice", map[string][]string{prerouting: {jump, kube, jump}, Chain: {dnat, ret}}, true},
+		{"stale target", guarded(map[string][]string{prerouting: {jump, kube}, Chain: {stale, ret}}), true},
+		{"extra rule in chain", guarded(map[string][]string{prerouting: {jump, kube}, Chain: {dnat, "-j ACCEPT", ret}}), true},
+		{"jump below another rule", guarded(map[string][]string{prerouting: {kube, jump}, Chain: {dnat, ret}}), true},
+		{"jump twice", guarded(map[string][]string{prerouting: {jump, kube, jump}, Chain: {dnat, ret}}), true},
 		{"jump missing", map[string][]string{prerouting: {kube}, Chain: {dnat, ret}}, true},
+		{"an earlier NMI's chain and jump", guarded(map[string][]string{prerouting: {legacyJump, kube}, Chain: {legacyDNAT, legacyAccept, ret}}), true},
+		{"an earlier NMI's jump below ours", guarded(map[string][]string{prerouting: {jump, kube, legacyJump}, Chain: {dnat, ret}}), true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			ipt := newFakeIPTables(tt.initial)
+			// Traffic intercepted and guarded before stays so at every step.
+			ipt.watch = ipt.leads(prerouting, Chain, "-j DNAT") && ipt.leads(input, GuardChain, "-j DROP")
 			changed, err := EnsureRules(ipt, Interception{MetadataIP: "169.254.169.254", MetadataPort: 80, ListenAddress: "127.0.0.1:2579"})
 			if err != nil || changed != tt.changed {
 				t.Fatalf("changed=%v err=%v; want changed=%v", changed, err, tt.changed)
+			}
+			if len(ipt.windows) > 0 {
+				t.Fatalf("interception or guard lost after %q (calls %q)", ipt.windows, ipt.calls)
 			}
 			for chain, rules := range want {
 				if !slices.Equal(ipt.chains[chain], rules) {
@@ -191,5 +245,19 @@ func TestGuardOnlyForLoopbackTarget(t *testing.T) {
 	}
 	if g, d := slices.Index(ipt.calls, "append aad-metadata-guard "+guardDrop), slices.Index(ipt.calls, "append aad-metadata "+dnat); g < 0 || d < 0 || g > d {
 		t.Errorf("guard at call %d, DNAT at %d: want the guard first (%q)", g, d, ipt.calls)
+	}
+}
+
+func TestSplitRule(t *testing.T) {
+	for line, want := range map[string][]string{
+		`-A PREROUTING -j aad-metadata`:                                         {"-A", "PREROUTING", "-j", "aad-metadata"},
+		`-A PREROUTING -m comment --comment "AAD Pod Identity" -j aad-metadata`: {"-A", "PREROUTING", "-m", "comment", "--comment", "AAD Pod Identity", "-j", "aad-metadata"},
+		`-A X -m comment --comment "say \"hi\" \\ there" -j RETURN`:             {"-A", "X", "-m", "comment", "--comment", `say "hi" \ there`, "-j", "RETURN"},
+		`-A X -m comment --comment "" -j RETURN`:                                {"-A", "X", "-m", "comment", "--comment", "", "-j", "RETURN"},
+		`-A KUBE-SERVICES -m comment --comment kubernetes  -j KUBE-NODEPORTS`:   {"-A", "KUBE-SERVICES", "-m", "comment", "--comment", "kubernetes", "-j", "KUBE-NODEPORTS"},
+	} {
+		if got := splitRule(line); !slices.Equal(got, want) {
+			t.Errorf("splitRule(%s) = %q, want %q", line, got, want)
+		}
 	}
 }

@@ -53,6 +53,7 @@ const (
 	metadataIP  = "169.254.169.254"
 	Chain       = "aad-metadata"
 	nodeName    = "node-0"
+	nodeIP      = "10.199.0.1"
 	// assignmentsNS stands for the assigner's namespace.
 	assignmentsNS = "kube-system"
 )
@@ -84,7 +85,7 @@ func runInNamespaces(t *testing.T) {
 	nodeNS := testns.Prefix + "nmi-" + hex.EncodeToString(suffix)
 	node := createNetns(t, nodeNS)
 	err := node.Do(func(ns.NetNS) error {
-		if err := testns.NodeUplink(net.IPv4(10, 199, 0, 1)); err != nil {
+		if err := testns.NodeUplink(net.ParseIP(nodeIP)); err != nil {
 			return err
 		}
 		return testns.AddAddr("lo", &net.IPNet{IP: net.ParseIP(metadataIP), Mask: net.CIDRMask(32, 32)})
@@ -211,8 +212,9 @@ type node struct {
 	client   client.Client
 	nmi      *exec.Cmd
 	nmiLog   string
-	// imdsCalls counts the requests the node's IMDS answered.
-	imdsCalls atomic.Int64
+	// imdsCalls counts the requests the node's IMDS answered; direct those
+	// that came from a pod's address, i.e. were not intercepted.
+	imdsCalls, direct atomic.Int64
 }
 
 const tokenURL = "http://" + metadataIP + "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net"
@@ -251,6 +253,9 @@ func setupNode(t *testing.T) *node {
 	fake := &fakeazure.IMDS{State: n.state, Signer: n.signer, PoolID: n.pool.ID, VMName: n.pool.Instances[0]}
 	imds := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		n.imdsCalls.Add(1)
+		if host, _, _ := net.SplitHostPort(r.RemoteAddr); strings.HasPrefix(host, "10.200.") || strings.HasPrefix(host, "10.201.") {
+			n.direct.Add(1)
+		}
 		fake.ServeHTTP(w, r)
 	})}
 	go func() { _ = imds.Serve(lis) }()
@@ -268,19 +273,32 @@ func setupNode(t *testing.T) *node {
 
 	kubeconfig := writeKubeconfig(t, env)
 	n.nmiLog = filepath.Join(t.TempDir(), "nmi.log")
+	// NMI starts on a node where an earlier NMI (aad-pod-identity 1.x)
+	// intercepts with the same chain name, as in an upgrade; pod-b asks for
+	// tokens throughout and must never reach IMDS itself.
+	installLegacyNMI(t)
+	stopPolling := poll(n.pods["pod-b"])
 	n.nmi = startNMI(t, kubeconfig, n.nmiLog)
 
-	// NMI intercepts once an unadmitted pod is refused.
+	// NMI intercepts once an unadmitted pod is refused by it.
 	var status int
 	var body map[string]string
 	for deadline := time.Now().Add(90 * time.Second); time.Now().Before(deadline); time.Sleep(300 * time.Millisecond) {
-		if status, body, err = get(n.pods["pod-b"], tokenURL); err == nil && status == http.StatusForbidden {
+		if status, body, err = get(n.pods["pod-b"], tokenURL); err == nil && status == http.StatusForbidden && strings.Contains(body["error_description"], "no admitted AzureIdentity") {
 			break
 		}
 	}
 	if status != http.StatusForbidden {
 		t.Fatalf("NMI never intercepted: pod B got %d %v %v\nNMI log:\n%s", status, body, err, readFile(n.nmiLog))
 	}
+	requests := stopPolling()
+	if d := n.direct.Load(); d > 0 || requests == 0 {
+		t.Fatalf("taking over the earlier NMI's chain: %d of pod-b's %d requests reached IMDS directly", d, requests)
+	}
+	if rules := iptablesNAT(t); strings.Contains(rules, legacyComment) || strings.Contains(rules, nodeIP+":2579") {
+		t.Fatalf("the earlier NMI's jump or rules are left:\n%s", rules)
+	}
+	t.Logf("took over the earlier NMI's chain; pod-b's %d requests meanwhile all intercepted", requests)
 	return n
 }
 
@@ -350,6 +368,25 @@ func functional(t *testing.T, n *node) {
 	})
 	t.Run("a pod posing as its bridge neighbour gets nothing", func(t *testing.T) {
 		spoofingDropped(t, n)
+	})
+	t.Run("repairs never let traffic through", func(t *testing.T) {
+		before := n.direct.Load()
+		stop := poll(pods["pod-b"])
+		// An extra rule and a duplicate jump: NMI rewrites both.
+		run(t, "iptables", "-t", "nat", "-A", Chain, "-p", "udp", "-j", "RETURN")
+		run(t, "iptables", "-t", "nat", "-A", "PREROUTING", "-j", Chain)
+		want := "-A PREROUTING -j aad-metadata\n-A aad-metadata ! -s 127.0.0.1/32 -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 127.0.0.1:2579\n-A aad-metadata -j RETURN\n"
+		framework.Eventually(t, 30*time.Second, "the rules rewritten", func() error {
+			if rules := iptablesNAT(t); !strings.HasSuffix(rules, want) || strings.Count(rules, "-j aad-metadata") != 1 {
+				return fmt.Errorf("rules:\n%s", rules)
+			}
+			return nil
+		})
+		requests := stopPollingAfter(stop, 300*time.Millisecond)
+		if d := n.direct.Load() - before; d > 0 {
+			t.Fatalf("%d of pod-b's %d requests reached IMDS directly during the repair", d, requests)
+		}
+		t.Logf("pod-b's %d requests during the repair all intercepted", requests)
 	})
 	t.Run("tampered rules are repaired", func(t *testing.T) {
 		run(t, "iptables", "-t", "nat", "-I", "PREROUTING", "1", "-p", "udp", "-j", "RETURN")
