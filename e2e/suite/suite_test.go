@@ -145,17 +145,17 @@ func helmRelease(verb string, extra ...string) error {
 		"--namespace", releaseNS,
 		"--set", "certManager.enabled=false",
 		"--set", "assigner.azure.source=secret",
-		"--set-string", "assigner.azure.tenantID="+env.sb.Azure.TenantID,
-		"--set-string", "assigner.azure.subscriptionID="+sandbox.SubscriptionID,
-		"--set-string", "assigner.azure.resourceGroup="+sandbox.NodeResourceGroup,
-		"--set-string", "assigner.azure.clientID="+env.az.Principal.AppID,
-		"--set-string", "assigner.azure.clientSecret="+env.az.Principal.Secret,
-		"--set-string", "assigner.armEndpoint="+env.az.ARMEndpoint,
-		"--set-string", "assigner.aadAuthorityHost="+env.az.AADAuthorityHost,
-		"--set-string", "assigner.gcGracePeriod="+gcGracePeriod.String(),
+		"--set-string", "assigner.azure.tenantID=" + env.sb.Azure.TenantID,
+		"--set-string", "assigner.azure.subscriptionID=" + sandbox.SubscriptionID,
+		"--set-string", "assigner.azure.resourceGroup=" + sandbox.NodeResourceGroup,
+		"--set-string", "assigner.azure.clientID=" + env.az.Principal.AppID,
+		"--set-string", "assigner.azure.clientSecret=" + env.az.Principal.Secret,
+		"--set-string", "assigner.armEndpoint=" + env.az.ARMEndpoint,
+		"--set-string", "assigner.aadAuthorityHost=" + env.az.AADAuthorityHost,
+		"--set-string", "assigner.gcGracePeriod=" + gcGracePeriod.String(),
 		"--set", "nmi.enableServicePrincipals=true",
 		// The fake Azure AD is the sovereign cloud the SP case names in adEndpoint.
-		"--set-string", "nmi.aadAuthorityHost="+env.az.AADAuthorityHost,
+		"--set-string", "nmi.aadAuthorityHost=" + env.az.AADAuthorityHost,
 		"--wait", "--timeout", "3m"}
 	out, err := exec.Command(env.helm, append(args, extra...)...).CombinedOutput()
 	if err != nil {
