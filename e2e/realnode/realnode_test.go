@@ -38,6 +38,10 @@ import (
 
 const (
 	envNodeName = "AADPI_REALNODE_NAME"
+	// envImages is the directory of the image archives, built before the
+	// node's namespace is entered: building may fetch .debs from the
+	// Debian archive, which the namespace cannot reach.
+	envImages = "AADPI_REALNODE_IMAGES"
 	nodeIP      = "10.198.0.1"
 	podSubnet   = "10.244.0.0/24"
 	// Names the images get from hack/images in this test.
@@ -54,6 +58,8 @@ func TestRealNode(t *testing.T) {
 	if _, err := nodeAssets(); err != nil {
 		t.Fatal(err)
 	}
+	images := t.TempDir()
+	buildImages(t, images)
 	suffix := make([]byte, 3)
 	_, _ = rand.Read(suffix)
 	name := testns.Prefix + "rn-" + hex.EncodeToString(suffix)
@@ -70,7 +76,7 @@ func TestRealNode(t *testing.T) {
 	if err := node.Do(func(ns.NetNS) error { return testns.NodeUplink(net.ParseIP(nodeIP)) }); err != nil {
 		t.Fatal(err)
 	}
-	testns.RerunIn(t, node, 10*time.Minute, envNodeName+"="+name)
+	testns.RerunIn(t, node, 10*time.Minute, envNodeName+"="+name, envImages+"="+images)
 }
 
 // nodeAssets is where `make node-binaries` put kubelet, containerd and
@@ -110,7 +116,7 @@ func runNode(t *testing.T, name string) {
 		t.Fatal(err)
 	}
 	kubeconfig := writeKubeconfig(t, env, dir)
-	images := buildImages(t, dir)
+	images := []string{filepath.Join(os.Getenv(envImages), "pause.tar"), filepath.Join(os.Getenv(envImages), "demo.tar")}
 
 	cgroups := nodeCgroups(t, name)
 	sock := startContainerd(t, assets, dir)
@@ -285,11 +291,11 @@ func writeKubeconfig(t *testing.T, env *envtest.Environment, dir string) string 
 	return path
 }
 
-// buildImages builds the demo and pause images offline and returns their
-// OCI archives.
-func buildImages(t *testing.T, dir string) []string {
+// buildImages builds the pause and demo images as OCI archives into out,
+// from the machine's own namespace: a cold .deb cache is filled from the
+// Debian archive.
+func buildImages(t *testing.T, out string) {
 	t.Helper()
-	out := filepath.Join(dir, "images")
 	home, _ := os.UserHomeDir()
 	cmd := exec.Command("go", "run", "./hack/images", "--out", out, "--images", "pause,demo", "--registry", registry, "--version", tag,
 		"--deb-cache", filepath.Join(home, ".cache", "aad-pod-identity", "debs"))
@@ -297,7 +303,6 @@ func buildImages(t *testing.T, dir string) []string {
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("building images: %v: %s", err, b)
 	}
-	return []string{filepath.Join(out, "pause.tar"), filepath.Join(out, "demo.tar")}
 }
 
 // process starts a node daemon and stops it, and everything it started,
