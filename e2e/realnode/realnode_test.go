@@ -344,7 +344,7 @@ func startContainerd(t *testing.T, assets, dir string) string {
 	if err := os.MkdirAll(cniConf, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	conflist := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"realnode","plugins":[{"type":"bridge","bridge":"cni0","isGateway":true,"ipMasq":false,"ipam":{"type":"host-local","ranges":[[{"subnet":%q}]]}},{"type":"portmap","capabilities":{"portMappings":true}}]}`, podSubnet)
+	conflist := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"realnode","plugins":[{"type":"bridge","bridge":"cni0","isGateway":true,"ipMasq":false,"ipam":{"type":"host-local","dataDir":%q,"ranges":[[{"subnet":%q}]]}},{"type":"portmap","capabilities":{"portMappings":true}}]}`, filepath.Join(dir, "ipam"), podSubnet)
 	if err := os.WriteFile(filepath.Join(cniConf, "10-bridge.conflist"), []byte(conflist), 0o644); err != nil {
 		t.Fatal(err)
 	}
