@@ -93,7 +93,7 @@ func expected(release string, builtinCerts, servicePrincipals, taintRemoval, cle
 		delete(g, "assigner")
 		g["webhook"] = append(g["webhook"], grant{"", "pods", []string{"list", "patch"}, "*", nil})
 		g["nmi"] = slices.DeleteFunc(g["nmi"], func(x grant) bool { return x.resource == "azureassignedidentities" })
-		g["nmi"] = append(g["nmi"], grant{"", "events", []string{"create", "patch"}, "*", nil})
+		g["nmi"] = append(g["nmi"], grant{"events.k8s.io", "events", []string{"create", "patch"}, "*", nil})
 	}
 	if cleanup {
 		g["cleanup"] = []grant{

@@ -11,7 +11,7 @@ import (
 	"sync"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/tools/events"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
@@ -37,7 +37,7 @@ const EventIdentityNotAssigned = "IdentityNotAssigned"
 // the identity is not on the pool.
 type managedIdentities struct {
 	nodePool func(context.Context) (nodepool.Pool, error)
-	recorder record.EventRecorder
+	recorder events.EventRecorder
 
 	mu       sync.Mutex
 	reported map[string]bool // pod UID|identity: event recorded once
@@ -109,7 +109,7 @@ func (m *managedIdentities) notAssigned(ctx context.Context, pod *corev1.Pod, id
 	m.reported[key] = true
 	m.mu.Unlock()
 	if first {
-		m.recorder.Event(pod, corev1.EventTypeWarning, EventIdentityNotAssigned, msg)
+		m.recorder.Eventf(pod, nil, corev1.EventTypeWarning, EventIdentityNotAssigned, "GetToken", "%s", msg)
 	}
 	return forbidden("identity_not_assigned", "%s", msg)
 }

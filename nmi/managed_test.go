@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/tools/events"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
@@ -34,7 +34,7 @@ func TestManagedMode(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.imds.mirIDs = map[string]string{"client-a": resA, "client-x": resKubelet}
-	recorder := record.NewFakeRecorder(10)
+	recorder := events.NewFakeRecorder(10)
 	f.server.managed = &managedIdentities{recorder: recorder, reported: map[string]bool{},
 		nodePool: func(context.Context) (nodepool.Pool, error) { return testPool, nil }}
 

@@ -118,7 +118,7 @@ var DefaultIdentityNotFoundRetry = wait.Backoff{Duration: 250 * time.Millisecond
 // +kubebuilder:rbac:groups=aadpodidentity.k8s.io,resources=azureassignedidentities,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get
 // Managed mode only: the IdentityNotAssigned event on a pod.
-// +kubebuilder:rbac:groups="",resources=events,verbs=create;patch
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups=aadpodidentity.k8s.io,resources=azureidentities;azureidentitybindings;azurepodidentityexceptions,verbs=get;list;watch
 // Metrics behind authentication and authorization (--secure-metrics).
 // +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create
@@ -211,7 +211,7 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		log:        log,
 	}
 	if opts.Mode == ModeManaged {
-		srv.managed = &managedIdentities{nodePool: srv.assignments.nodePool, recorder: mgr.GetEventRecorderFor("aad-pod-identity-nmi"), reported: map[string]bool{}}
+		srv.managed = &managedIdentities{nodePool: srv.assignments.nodePool, recorder: mgr.GetEventRecorder("aad-pod-identity-nmi"), reported: map[string]bool{}}
 	}
 	if opts.CRISocket != "" {
 		runtime, conn, err := dialRuntime(opts.CRISocket, 5*time.Second)

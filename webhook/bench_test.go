@@ -17,7 +17,7 @@ import (
 func BenchmarkMutatePod(b *testing.B) {
 	id := objects.AzureIdentity("default", "demo", aadv1.UserAssignedMSI, "c-demo")
 	bind := objects.Binding("default", "demo-binding", "demo", "demo")
-	m := podFrontEnd("mutate-pod", admission.NewDecoder(identity.Scheme()), &PodMutator{Resolver: newResolver(b, &id, &bind)})
+	m := podFrontEnd("mutate-pod", admission.NewDecoder(identity.Scheme()), &PodMutator{Resolver: newResolver(b, &id, &bind), Gate: true})
 	req := podRequest(b, admissionv1.Create, labelled("demo"), nil, "alice")
 	b.ReportAllocs()
 	for b.Loop() {

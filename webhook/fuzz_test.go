@@ -50,7 +50,7 @@ func FuzzAdmission(f *testing.F) {
 	id := objects.AzureIdentity("default", "demo", aadv1.UserAssignedMSI, "c-demo")
 	b := objects.Binding("default", "demo-binding", "demo", "demo")
 	resolver := newResolver(f, &id, &b)
-	mutator := podFrontEnd("fuzz", admission.NewDecoder(identity.Scheme()), &PodMutator{Resolver: resolver})
+	mutator := podFrontEnd("fuzz", admission.NewDecoder(identity.Scheme()), &PodMutator{Resolver: resolver, Gate: true})
 	// No panic recovery here: a panic must fail the fuzzer.
 	handler := &admission.Webhook{Handler: mutator}
 

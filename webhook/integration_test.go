@@ -307,6 +307,10 @@ spec: {type: 2, clientID: abc, tenantID: t}`, "need clientPassword"},
 spec: {azureIdentity: demo}`, "spec.selector"},
 		{"binding with invalid selector", `kind: AzureIdentityBinding
 spec: {azureIdentity: demo, selector: "not a label value!"}`, "spec.selector"},
+		{"type 0 with bad resourceID, 1.x spelling", `kind: AzureIdentity
+spec: {type: 0, ClientID: ` + demoClientID + `, ResourceID: /subscriptions/x/resourceGroups/y/providers/Microsoft.Compute/virtualMachines/z}`, "needs resourceID of the form"},
+		{"binding without selector in either spelling", `kind: AzureIdentityBinding
+spec: {AzureIdentity: demo}`, "selector is required"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -326,6 +330,26 @@ spec: {azureIdentity: demo, selector: "not a label value!"}`, "spec.selector"},
 			t.Errorf("no warning for a binding to a missing identity: %q", stderr)
 		}
 	})
+}
+
+// Manifests written for aad-pod-identity 1.x, whose decoding ignored case,
+// keep working: ResourceID, ClientID, AzureIdentity and Selector are read
+// as today's fields, with a warning naming them.
+func TestLegacySpellingsAreAccepted(t *testing.T) {
+	startWebhook(t, Options{})
+	ns := newNamespace(t)
+	identity, binding, pod := walkthrough("legacy", demoClientID, demoResourceID)
+	identity = strings.NewReplacer("resourceID:", "ResourceID:", "clientID:", "ClientID:").Replace(identity)
+	binding = strings.NewReplacer("azureIdentity:", "AzureIdentity:", "selector:", "Selector:").Replace(binding)
+	for _, m := range []string{identity, binding} {
+		if stderr := apply(t, ns, m); !strings.Contains(stderr, "1.x's spelling") {
+			t.Errorf("no warning about the 1.x spellings: %q", stderr)
+		}
+	}
+	apply(t, ns, pod)
+	if got := getPod(t, ns, "demo"); got.Annotations[aadv1.AnnotationIdentities] != ns+"/legacy" || got.Annotations[aadv1.AnnotationClientIDs] != demoClientID {
+		t.Errorf("pod annotations %v: the 1.x-spelled binding and identity were not resolved", got.Annotations)
+	}
 }
 
 func TestWebhookDownFailsClosedForLabelledPodsOnly(t *testing.T) {

@@ -118,7 +118,7 @@ func labelled(selector string) *corev1.Pod {
 func TestPodMutatorHandle(t *testing.T) {
 	id := objects.AzureIdentity("default", "demo", aadv1.UserAssignedMSI, "c-demo")
 	b := objects.Binding("default", "demo-binding", "demo", "demo")
-	m := podFrontEnd("mutate-pod", admission.NewDecoder(identity.Scheme()), &PodMutator{Resolver: newResolver(t, &id, &b)})
+	m := podFrontEnd("mutate-pod", admission.NewDecoder(identity.Scheme()), &PodMutator{Resolver: newResolver(t, &id, &b), Gate: true})
 
 	resp, reason := m.decide(context.Background(), podRequest(t, admissionv1.Create, labelled("demo"), nil, "alice"))
 	if !resp.Allowed || reason != reasonResolved {
@@ -141,7 +141,7 @@ func TestPodMutatorHandle(t *testing.T) {
 }
 
 func TestPodMutatorRejectsBadRequests(t *testing.T) {
-	m := podFrontEnd("mutate-pod", admission.NewDecoder(identity.Scheme()), &PodMutator{Resolver: newResolver(t)})
+	m := podFrontEnd("mutate-pod", admission.NewDecoder(identity.Scheme()), &PodMutator{Resolver: newResolver(t), Gate: true})
 	good := podRequest(t, admissionv1.Create, labelled("demo"), nil, "alice")
 	tests := []struct {
 		name   string

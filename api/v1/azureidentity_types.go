@@ -1,6 +1,10 @@
 package v1
 
 import (
+	"cmp"
+	"encoding/json"
+	"slices"
+
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
@@ -24,11 +28,13 @@ const (
 // apiserver itself with a message naming the field.
 
 // AzureIdentitySpec describes an Azure AD identity pods may be bound to.
-// +kubebuilder:validation:XValidation:rule="self.type != 0 || (has(self.resourceID) && self.resourceID.matches('(?i)^/subscriptions/[^/]+/resourcegroups/[^/]+/providers/microsoft\\\\.managedidentity/userassignedidentities/[^/]+$'))",message="type 0 (user-assigned identity) needs resourceID of the form /subscriptions/<id>/resourceGroups/<group>/providers/Microsoft.ManagedIdentity/userAssignedIdentities/<name>",fieldPath=".resourceID",reason=FieldValueInvalid
-// +kubebuilder:validation:XValidation:rule="self.type != 0 || (has(self.clientID) && self.clientID.matches('^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'))",message="type 0 (user-assigned identity) needs clientID, a GUID such as 00000000-0000-0000-0000-000000000000",fieldPath=".clientID",reason=FieldValueInvalid
-// +kubebuilder:validation:XValidation:rule="self.type == 0 || (has(self.tenantID) && size(self.tenantID) > 0)",message="type 1 and 2 (service principal) need tenantID",fieldPath=".tenantID",reason=FieldValueRequired
-// +kubebuilder:validation:XValidation:rule="self.type == 0 || (has(self.clientID) && size(self.clientID) > 0)",message="type 1 and 2 (service principal) need clientID",fieldPath=".clientID",reason=FieldValueRequired
-// +kubebuilder:validation:XValidation:rule="self.type == 0 || (has(self.clientPassword) && has(self.clientPassword.name) && size(self.clientPassword.name) > 0)",message="type 1 and 2 (service principal) need clientPassword, a reference {name, namespace} to the Secret holding the credential",fieldPath=".clientPassword",reason=FieldValueRequired
+// The 1.x spellings (ResourceID, ClientID, ...) count where the canonical
+// field is unset, as in Go's decoding; see Fold.
+// +kubebuilder:validation:XValidation:rule="self.type != 0 || (has(self.resourceID) ? self.resourceID : (has(self.ResourceID) ? self.ResourceID : ”)).matches('(?i)^/subscriptions/[^/]+/resourcegroups/[^/]+/providers/microsoft\\\\.managedidentity/userassignedidentities/[^/]+$')",message="type 0 (user-assigned identity) needs resourceID of the form /subscriptions/<id>/resourceGroups/<group>/providers/Microsoft.ManagedIdentity/userAssignedIdentities/<name>",fieldPath=".resourceID",reason=FieldValueInvalid
+// +kubebuilder:validation:XValidation:rule="self.type != 0 || (has(self.clientID) ? self.clientID : (has(self.ClientID) ? self.ClientID : (has(self.ClientId) ? self.ClientId : ”))).matches('^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$')",message="type 0 (user-assigned identity) needs clientID, a GUID such as 00000000-0000-0000-0000-000000000000",fieldPath=".clientID",reason=FieldValueInvalid
+// +kubebuilder:validation:XValidation:rule="self.type == 0 || size(has(self.tenantID) ? self.tenantID : (has(self.TenantID) ? self.TenantID : ”)) > 0",message="type 1 and 2 (service principal) need tenantID",fieldPath=".tenantID",reason=FieldValueRequired
+// +kubebuilder:validation:XValidation:rule="self.type == 0 || size(has(self.clientID) ? self.clientID : (has(self.ClientID) ? self.ClientID : (has(self.ClientId) ? self.ClientId : ”))) > 0",message="type 1 and 2 (service principal) need clientID",fieldPath=".clientID",reason=FieldValueRequired
+// +kubebuilder:validation:XValidation:rule="self.type == 0 || (has(self.clientPassword) && has(self.clientPassword.name) && size(self.clientPassword.name) > 0) || (!has(self.clientPassword) && has(self.ClientPassword) && has(self.ClientPassword.name) && size(self.ClientPassword.name) > 0)",message="type 1 and 2 (service principal) need clientPassword, a reference {name, namespace} to the Secret holding the credential",fieldPath=".clientPassword",reason=FieldValueRequired
 type AzureIdentitySpec struct {
 	// Type is 0 for a user-assigned managed identity, 1 for a service
 	// principal with a client secret, 2 for a service principal with a
@@ -77,6 +83,60 @@ type AzureIdentitySpec struct {
 	// Replicas is kept for compatibility with earlier releases.
 	// +optional
 	Replicas *int32 `json:"replicas,omitempty"`
+
+	// The spellings 1.x manifests used: its decoding ignored case, so
+	// ResourceID and ClientID worked, and existing manifests and stored
+	// objects still carry them. Fold gives them to the canonical fields.
+
+	// +kubebuilder:validation:MaxLength=1024
+	// +optional
+	LegacyResourceID string `json:"ResourceID,omitempty"`
+	// +kubebuilder:validation:MaxLength=128
+	// +optional
+	LegacyClientID string `json:"ClientID,omitempty"`
+	// +kubebuilder:validation:MaxLength=128
+	// +optional
+	LegacyClientIDMixed string `json:"ClientId,omitempty"`
+	// +kubebuilder:validation:MaxLength=128
+	// +optional
+	LegacyTenantID string `json:"TenantID,omitempty"`
+	// +optional
+	LegacyClientPassword *corev1.SecretReference `json:"ClientPassword,omitempty"`
+}
+
+// Fold gives the 1.x spellings' values to the canonical fields that are
+// unset, as 1.x's case-insensitive decoding did.
+func (s *AzureIdentitySpec) Fold() {
+	s.ResourceID = cmp.Or(s.ResourceID, s.LegacyResourceID)
+	s.ClientID = cmp.Or(s.ClientID, s.LegacyClientID, s.LegacyClientIDMixed)
+	s.TenantID = cmp.Or(s.TenantID, s.LegacyTenantID)
+	if s.ClientPassword == nil {
+		s.ClientPassword = s.LegacyClientPassword
+	}
+}
+
+// LegacyFields names the 1.x spellings s carries, for a warning.
+func (s *AzureIdentitySpec) LegacyFields() []string {
+	var out []string
+	for name, set := range map[string]bool{"ResourceID": s.LegacyResourceID != "", "ClientID": s.LegacyClientID != "", "ClientId": s.LegacyClientIDMixed != "",
+		"TenantID": s.LegacyTenantID != "", "ClientPassword": s.LegacyClientPassword != nil} {
+		if set {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// UnmarshalJSON decodes the spec and folds the 1.x spellings, so that
+// every reader (the webhook, the assigner, NMI) sees the canonical fields.
+func (s *AzureIdentitySpec) UnmarshalJSON(b []byte) error {
+	type plain AzureIdentitySpec
+	if err := json.Unmarshal(b, (*plain)(s)); err != nil {
+		return err
+	}
+	s.Fold()
+	return nil
 }
 
 // AzureIdentityStatus is kept for compatibility with earlier releases.

@@ -1,25 +1,78 @@
 package v1
 
-import metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+import (
+	"cmp"
+	"encoding/json"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
 
 // AzureIdentityBindingSpec binds pods labelled aadpodidbinding=<selector> to
-// an AzureIdentity in the binding's namespace.
+// an AzureIdentity in the binding's namespace. azureIdentity and selector
+// are required, in either spelling (1.x manifests wrote AzureIdentity and
+// Selector).
+// +kubebuilder:validation:XValidation:rule="has(self.azureIdentity) || has(self.AzureIdentity)",message="azureIdentity is required: the name of an AzureIdentity in this namespace",fieldPath=".azureIdentity",reason=FieldValueRequired
+// +kubebuilder:validation:XValidation:rule="has(self.selector) || has(self.Selector)",message="selector is required: the aadpodidbinding label value of the pods to bind",fieldPath=".selector",reason=FieldValueRequired
 type AzureIdentityBindingSpec struct {
 	// AzureIdentity is the name of an AzureIdentity in this namespace.
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=253
 	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$`
-	AzureIdentity string `json:"azureIdentity"`
+	// +optional
+	AzureIdentity string `json:"azureIdentity,omitempty"`
 
 	// Selector equals the aadpodidbinding label value of the pods to bind.
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=63
 	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$`
-	Selector string `json:"selector"`
+	// +optional
+	Selector string `json:"selector,omitempty"`
 
 	// Weight is kept for compatibility with earlier releases.
 	// +optional
 	Weight int `json:"weight,omitempty"`
+
+	// The 1.x spellings; Fold gives them to the canonical fields.
+
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$`
+	// +optional
+	LegacyAzureIdentity string `json:"AzureIdentity,omitempty"`
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$`
+	// +optional
+	LegacySelector string `json:"Selector,omitempty"`
+}
+
+// Fold gives the 1.x spellings' values to the canonical fields that are
+// unset.
+func (s *AzureIdentityBindingSpec) Fold() {
+	s.AzureIdentity = cmp.Or(s.AzureIdentity, s.LegacyAzureIdentity)
+	s.Selector = cmp.Or(s.Selector, s.LegacySelector)
+}
+
+// LegacyFields names the 1.x spellings s carries, for a warning.
+func (s *AzureIdentityBindingSpec) LegacyFields() []string {
+	var out []string
+	if s.LegacyAzureIdentity != "" {
+		out = append(out, "AzureIdentity")
+	}
+	if s.LegacySelector != "" {
+		out = append(out, "Selector")
+	}
+	return out
+}
+
+// UnmarshalJSON decodes the spec and folds the 1.x spellings.
+func (s *AzureIdentityBindingSpec) UnmarshalJSON(b []byte) error {
+	type plain AzureIdentityBindingSpec
+	if err := json.Unmarshal(b, (*plain)(s)); err != nil {
+		return err
+	}
+	s.Fold()
+	return nil
 }
 
 // AzureIdentityBindingStatus is kept for compatibility with earlier releases.

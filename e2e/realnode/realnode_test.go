@@ -42,8 +42,8 @@ const (
 	// node's namespace is entered: building may fetch .debs from the
 	// Debian archive, which the namespace cannot reach.
 	envImages = "AADPI_REALNODE_IMAGES"
-	nodeIP      = "10.198.0.1"
-	podSubnet   = "10.244.0.0/24"
+	nodeIP    = "10.198.0.1"
+	podSubnet = "10.244.0.0/24"
 	// Names the images get from hack/images in this test.
 	registry = "test.invalid/aadpi"
 	tag      = "realnode"
