@@ -95,6 +95,10 @@ func expected(release string, builtinCerts, servicePrincipals, taintRemoval, cle
 		g["nmi"] = slices.DeleteFunc(g["nmi"], func(x grant) bool { return x.resource == "azureassignedidentities" })
 		g["nmi"] = append(g["nmi"], grant{"events.k8s.io", "events", []string{"create", "patch"}, "*", nil})
 	}
+	// The CRD upgrade hook (crds.upgrade, on in every case here).
+	g["crds"] = []grant{{"apiextensions.k8s.io", "customresourcedefinitions", []string{"get", "patch"}, "", []string{
+		"azureidentities.aadpodidentity.k8s.io", "azureidentitybindings.aadpodidentity.k8s.io",
+		"azureassignedidentities.aadpodidentity.k8s.io", "azurepodidentityexceptions.aadpodidentity.k8s.io"}}}
 	if cleanup {
 		g["cleanup"] = []grant{
 			{"apps", "daemonsets", read, "release", nil},
@@ -137,6 +141,7 @@ func universe(releaseNS string) []authorizationv1.ResourceAttributes {
 	cluster := []res{
 		{"", "nodes", ""}, {"", "namespaces", ""}, {"rbac.authorization.k8s.io", "clusterroles", ""},
 		{"admissionregistration.k8s.io", "mutatingwebhookconfigurations", ""}, {"admissionregistration.k8s.io", "validatingwebhookconfigurations", ""},
+		{"apiextensions.k8s.io", "customresourcedefinitions", ""},
 	}
 	var all []authorizationv1.ResourceAttributes
 	for _, v := range verbs {
@@ -210,7 +215,7 @@ func TestRBACIsLeastPrivilege(t *testing.T) {
 			if err != nil {
 				t.Fatalf("NMI never got its pod access: %v", err)
 			}
-			for _, component := range []string{"webhook", "assigner", "nmi", "cleanup"} {
+			for _, component := range []string{"webhook", "assigner", "nmi", "cleanup", "crds"} {
 				sa := release + "-" + component
 				for _, a := range universe(ns) {
 					if got, w := can(ctx, t, ns, sa, a), allows(want[component], ns, a); got != w {
