@@ -32,7 +32,9 @@ kind: AzureIdentity
 metadata: {name: e2e-crds-legacy, namespace: default}
 spec: {type: 0, ResourceID: RID, ClientID: CID}
 `))
-	t.Cleanup(func() { _, _ = kubectlIn("-n", "default", "delete", "azureidentity", "e2e-crds-legacy", "--ignore-not-found") })
+	t.Cleanup(func() {
+		_, _ = kubectlIn("-n", "default", "delete", "azureidentity", "e2e-crds-legacy", "--ignore-not-found")
+	})
 	if !strings.Contains(out, "created") && !strings.Contains(out, "configured") {
 		t.Errorf("1.x-spelled AzureIdentity: %s", out)
 	}
