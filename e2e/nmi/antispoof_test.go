@@ -31,14 +31,19 @@ func spoofingDropped(t *testing.T, n *node) {
 	expectToken(t, n.signer, victim, tokenURL, n.idA.ClientID, n.idA.ResourceID)
 
 	victimIP := net.ParseIP(victim.ip)
-	attackerNS, err := testns.Open(attacker.netns)
-	if err != nil {
-		t.Fatal(err)
+	// Each use opens the namespace anew: an HTTP dial may outlive its
+	// request (and the test) in a goroutine of its own.
+	inAttacker := func(fn func() error) error {
+		n, err := testns.Open(attacker.netns)
+		if err != nil {
+			return err
+		}
+		defer n.Close()
+		return n.Do(func(ns.NetNS) error { return fn() })
 	}
-	defer attackerNS.Close()
 	var mac net.HardwareAddr
 	addr := &netlink.Addr{IPNet: &net.IPNet{IP: victimIP, Mask: net.CIDRMask(32, 32)}}
-	err = attackerNS.Do(func(ns.NetNS) error {
+	err := inAttacker(func() error {
 		eth0, err := netlink.LinkByName("eth0")
 		if err != nil {
 			return err
@@ -59,7 +64,7 @@ func spoofingDropped(t *testing.T, n *node) {
 	}
 	// The attacker lets go of the address before the node asks who has it.
 	restore := func() {
-		_ = attackerNS.Do(func(ns.NetNS) error {
+		_ = inAttacker(func() error {
 			eth0, err := netlink.LinkByName("eth0")
 			if err == nil {
 				err = netlink.AddrDel(eth0, addr)
@@ -73,7 +78,7 @@ func spoofingDropped(t *testing.T, n *node) {
 	spoofed := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DisableKeepAlives: true,
 		DialContext: func(ctx context.Context, network, a string) (net.Conn, error) {
 			var conn net.Conn
-			err := attackerNS.Do(func(ns.NetNS) error {
+			err := inAttacker(func() error {
 				var err error
 				conn, err = (&net.Dialer{LocalAddr: &net.TCPAddr{IP: victimIP}}).DialContext(ctx, network, a)
 				return err
