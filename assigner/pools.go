@@ -123,6 +123,9 @@ func podToPools(_ context.Context, obj client.Object) []reconcile.Request {
 }
 
 func recordToPool(_ context.Context, obj client.Object) []reconcile.Request {
+	if isLegacy(obj) {
+		return nil // 1.x's, for the legacy reaper
+	}
 	return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: obj.(*aadv1.AzureAssignedIdentity).Spec.NodePool}}}
 }
 

@@ -160,6 +160,9 @@ func Setup(ctx context.Context, mgr manager.Manager, opts Options) error {
 	if err := pods.SetupWithManager(mgr); err != nil {
 		return err
 	}
+	if err := (&legacyReaper{client: c}).SetupWithManager(mgr); err != nil {
+		return err
+	}
 	return newPoolReconciler(c, opts).SetupWithManager(mgr)
 }
 
