@@ -10,6 +10,8 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
@@ -489,5 +491,83 @@ func TestEditedIdentityRePaired(t *testing.T) {
 	}
 	if w.state.Assigned(p.ID, x.ClientID) {
 		t.Error("the identity the AzureIdentity no longer names is still on the pool")
+	}
+}
+
+// aad-pod-identity 1.x's MIC put an identity on the pool for a running pod
+// and recorded it per pod: the assigner makes it its own (served, removed
+// once unneeded) and deletes 1.x's record. An identity on the pool without
+// such a record stays external. A labelled pod the webhook neither
+// admitted nor adopted is left alone.
+func TestAdoptsWhat1xAssigned(t *testing.T) {
+	const grace = 2 * time.Second
+	w := newWorld(t, func(o *assigner.Options) { o.GCGracePeriod = grace })
+	p := w.pool("p", false, nil)
+	node := w.ns + "-p"
+	mic, admin := w.identity("mic"), w.identity("admin")
+	for _, id := range []fakeazure.Identity{mic, admin} {
+		if err := w.state.SetUserAssigned(p.ID, id.ResourceID, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Running since 1.x: no annotations until the webhook adopts them.
+	for name, selector := range map[string]string{"a": "mic", "b": "admin"} {
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: w.ns, Name: name, Labels: map[string]string{aadv1.BindingLabel: selector}},
+			Spec: corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "app", Image: "demo"}}}}
+		if err := w.c.Create(w.ctx, pod); err != nil {
+			t.Fatal(err)
+		}
+	}
+	legacy := &aadv1.AzureAssignedIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: w.ns, Name: "a-" + w.ns + "-mic"},
+		Spec: aadv1.AzureAssignedIdentitySpec{
+			AzureIdentityRef: aadv1.IdentityReference{Namespace: w.ns, Name: "mic", LegacySpec: &aadv1.LegacyIdentitySpec{ResourceID: mic.ResourceID}},
+			LegacyPod:        "a", LegacyPodNamespace: w.ns, LegacyNodeName: node,
+		}}
+	if err := w.c.Create(w.ctx, legacy); err != nil {
+		t.Fatal(err)
+	}
+	legacy.Status.Status = aadv1.StateAssigned
+	if err := w.c.Status().Update(w.ctx, legacy); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	if got := w.getPod("a").Annotations; got[aadv1.AnnotationAssignment] != "" || len(w.records()) != 0 {
+		t.Fatalf("a pod not admitted was handled: annotations %v, %d records", got, len(w.records()))
+	}
+	for _, name := range []string{"a", "b"} {
+		pod := w.getPod(name)
+		orig := pod.DeepCopy()
+		pod.Annotations = map[string]string{aadv1.AnnotationIdentities: w.ns + "/" + pod.Labels[aadv1.BindingLabel]}
+		if err := w.c.Patch(w.ctx, pod, client.MergeFrom(orig)); err != nil {
+			t.Fatal(err)
+		}
+		w.waitAssigned(name, waitFor)
+	}
+	if rec, err := w.record("mic", p); err != nil || rec.Status.External || rec.Annotations[aadv1.AnnotationPrefix+"adopted-from"] != w.ns+"/"+legacy.Name {
+		t.Fatalf("record of 1.x's identity = %+v, %v; want it ours, adopted from %s", rec, err, legacy.Name)
+	}
+	if rec, err := w.record("admin", p); err != nil || !rec.Status.External {
+		t.Fatalf("record of the admin's identity = %+v, %v; want it external", rec, err)
+	}
+	framework.Eventually(t, waitFor, "1.x's record deleted", func() error {
+		err := w.c.Get(w.ctx, client.ObjectKeyFromObject(legacy), &aadv1.AzureAssignedIdentity{})
+		if !apierrors.IsNotFound(err) {
+			return fmt.Errorf("still there: %v", err)
+		}
+		return nil
+	})
+	for _, name := range []string{"a", "b"} {
+		if err := w.c.Delete(w.ctx, w.getPod(name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	framework.Eventually(t, waitFor, "1.x's identity removed once unneeded", func() error {
+		if w.state.Assigned(p.ID, mic.ClientID) {
+			return fmt.Errorf("still on the pool")
+		}
+		return nil
+	})
+	if !w.state.Assigned(p.ID, admin.ClientID) {
+		t.Error("the admin's identity was removed")
 	}
 }

@@ -35,7 +35,7 @@ func stateOf(wanted []string, onPool []int, recs ...rec) *poolState {
 		key := types.NamespacedName{Namespace: "ns", Name: r.name}
 		a := &aadv1.AzureAssignedIdentity{
 			ObjectMeta: metav1.ObjectMeta{Name: r.name},
-			Spec:       aadv1.AzureAssignedIdentitySpec{AzureIdentityRef: aadv1.IdentityReference(key), ClientID: "client-" + r.name, ResourceID: uami(r.i)},
+			Spec:       aadv1.AzureAssignedIdentitySpec{AzureIdentityRef: aadv1.IdentityReference{Namespace: key.Namespace, Name: key.Name}, ClientID: "client-" + r.name, ResourceID: uami(r.i)},
 			Status:     aadv1.AzureAssignedIdentityStatus{Status: r.state, External: r.external},
 		}
 		if r.since > 0 {

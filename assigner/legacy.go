@@ -3,7 +3,11 @@ package assigner
 import (
 	"context"
 	"fmt"
+	"strings"
+	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -11,23 +15,102 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
 )
 
-// legacyReaper deletes the per-pod AzureAssignedIdentities aad-pod-identity
-// 1.x's MIC wrote (one per pod and identity, no node pool), which nothing
-// here reads: left in place they would only mislead `kubectl get
-// azureassignedidentities -A`. Deleting one touches no node pool, so no
-// running pod loses an identity; the identities MIC assigned stay where
-// they are (docs/migration.md).
-type legacyReaper struct {
-	client client.Client
-}
+// aad-pod-identity 1.x's MIC wrote one AzureAssignedIdentity per pod and
+// identity, naming the pod's node and embedding the AzureIdentity, without
+// a node pool. Such a record, Assigned, is the evidence that MIC put the
+// identity on that node's pool: the pool controller then records the
+// identity as its own (not external), so NMI serves it and it is removed
+// once no pod needs it, as 1.x would have done. Once the evidence has been
+// used, or can no longer be (its pod, node or status says MIC's assignment
+// is over), the record is deleted; deleting one changes no node pool.
+
+// annotationAdoptedFrom names, on a record of ours, the 1.x record whose
+// evidence made it ours.
+const annotationAdoptedFrom = aadv1.AnnotationPrefix + "adopted-from"
+
+// legacyResourceIndex indexes 1.x's records by the lower-cased resource ID
+// they embed.
+const legacyResourceIndex = "legacy.resourceID"
+
+// legacyRecheck is how often a 1.x record still waiting to be used as
+// evidence is looked at again.
+const legacyRecheck = 15 * time.Second
 
 // isLegacy reports whether a record is 1.x's: this assigner's records
 // always name their pool.
 func isLegacy(o client.Object) bool {
 	rec, ok := o.(*aadv1.AzureAssignedIdentity)
 	return ok && rec.Spec.NodePool == ""
+}
+
+// legacyResourceID is the resource ID of the identity a 1.x record embeds.
+func legacyResourceID(rec *aadv1.AzureAssignedIdentity) string {
+	if spec := rec.Spec.AzureIdentityRef.LegacySpec; spec != nil {
+		return spec.ResourceID
+	}
+	return ""
+}
+
+func indexLegacyResource(o client.Object) []string {
+	rec := o.(*aadv1.AzureAssignedIdentity)
+	if id := legacyResourceID(rec); isLegacy(rec) && id != "" {
+		return []string{strings.ToLower(id)}
+	}
+	return nil
+}
+
+// assignedBy1x returns the 1.x record that vouches for resourceID on pool,
+// or nil.
+func assignedBy1x(ctx context.Context, c client.Reader, pool nodepool.Pool, resourceID string) (*aadv1.AzureAssignedIdentity, error) {
+	var list aadv1.AzureAssignedIdentityList
+	if err := c.List(ctx, &list, client.MatchingFields{legacyResourceIndex: strings.ToLower(resourceID)}); err != nil {
+		return nil, fmt.Errorf("listing aad-pod-identity 1.x's records: %w", err)
+	}
+	for i := range list.Items {
+		rec := &list.Items[i]
+		if rec.Status.Status != aadv1.StateAssigned {
+			continue
+		}
+		p, err := legacyPool(ctx, c, rec)
+		if err != nil {
+			return nil, err
+		}
+		if p != nil && p.Key() == pool.Key() {
+			return rec, nil
+		}
+	}
+	return nil, nil
+}
+
+// legacyPool returns the pool of the node a 1.x record names; nil when the
+// node is gone or not an Azure VM.
+func legacyPool(ctx context.Context, c client.Reader, rec *aadv1.AzureAssignedIdentity) (*nodepool.Pool, error) {
+	if rec.Spec.LegacyNodeName == "" {
+		return nil, nil
+	}
+	var node corev1.Node
+	if err := c.Get(ctx, client.ObjectKey{Name: rec.Spec.LegacyNodeName}, &node); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("getting node %s: %w", rec.Spec.LegacyNodeName, err)
+	}
+	p, err := nodepool.FromProviderID(node.Spec.ProviderID)
+	if err != nil {
+		return nil, nil
+	}
+	return &p, nil
+}
+
+// legacyReaper deletes 1.x's records once they are of no more use as
+// evidence: left in place they would only mislead `kubectl get
+// azureassignedidentities -A`.
+type legacyReaper struct {
+	client    client.Client
+	namespace string
 }
 
 func (r *legacyReaper) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
@@ -38,11 +121,52 @@ func (r *legacyReaper) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Re
 	if !isLegacy(&rec) {
 		return ctrl.Result{}, nil
 	}
+	waiting, err := r.evidenceAwaited(ctx, &rec)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if waiting {
+		return ctrl.Result{RequeueAfter: legacyRecheck}, nil
+	}
 	if err := r.client.Delete(ctx, &rec, client.Preconditions{UID: &rec.UID}); client.IgnoreNotFound(err) != nil {
 		return ctrl.Result{}, fmt.Errorf("deleting aad-pod-identity 1.x's AzureAssignedIdentity %s: %w", req.NamespacedName, err)
 	}
 	log.FromContext(ctx).Info("deleted aad-pod-identity 1.x's per-pod AzureAssignedIdentity; no node pool was changed", "record", req.NamespacedName)
 	return ctrl.Result{}, nil
+}
+
+// evidenceAwaited reports whether the pool controller may still need the
+// record: MIC assigned its identity to a node's pool for a pod still
+// running, and no record of ours says yet what the identity is there.
+func (r *legacyReaper) evidenceAwaited(ctx context.Context, rec *aadv1.AzureAssignedIdentity) (bool, error) {
+	resourceID := legacyResourceID(rec)
+	if rec.Status.Status != aadv1.StateAssigned || resourceID == "" || rec.Spec.LegacyPod == "" {
+		return false, nil
+	}
+	var pod corev1.Pod
+	if err := r.client.Get(ctx, client.ObjectKey{Namespace: rec.Spec.LegacyPodNamespace, Name: rec.Spec.LegacyPod}, &pod); err != nil {
+		if apierrors.IsNotFound(err) {
+			return false, nil
+		}
+		return false, fmt.Errorf("getting pod %s/%s: %w", rec.Spec.LegacyPodNamespace, rec.Spec.LegacyPod, err)
+	}
+	if !isLive(&pod) {
+		return false, nil
+	}
+	pool, err := legacyPool(ctx, r.client, rec)
+	if err != nil || pool == nil {
+		return false, err
+	}
+	var ours aadv1.AzureAssignedIdentityList
+	if err := r.client.List(ctx, &ours, client.InNamespace(r.namespace), client.MatchingFields{recordPoolIndex: pool.Key()}); err != nil {
+		return false, fmt.Errorf("listing AzureAssignedIdentities of pool: %w", err)
+	}
+	for i := range ours.Items {
+		if strings.EqualFold(ours.Items[i].Spec.ResourceID, resourceID) {
+			return false, nil
+		}
+	}
+	return true, nil
 }
 
 // SetupWithManager registers the reaper for records without a node pool.

@@ -4,9 +4,9 @@ import (
 	"context"
 	"testing"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
@@ -15,26 +15,119 @@ import (
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 )
 
-// 1.x's per-pod records (no node pool; read through today's CRD, whose
-// schema prunes their other fields) are deleted; this assigner's are kept.
-func TestLegacyRecordsDeleted(t *testing.T) {
-	legacy := &aadv1.AzureAssignedIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "demo-default-demo"}}
+// legacyRecord is 1.x's record of uami(1) for pod default/demo on node n1,
+// as read through today's CRD.
+func legacyRecord(status aadv1.AssignmentState) *aadv1.AzureAssignedIdentity {
+	return &aadv1.AzureAssignedIdentity{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "demo-default-demo"},
+		Spec: aadv1.AzureAssignedIdentitySpec{
+			AzureIdentityRef: aadv1.IdentityReference{Namespace: "default", Name: "demo", LegacySpec: &aadv1.LegacyIdentitySpec{ResourceID: uami(1)}},
+			LegacyPod:        "demo", LegacyPodNamespace: "default", LegacyNodeName: "n1",
+		},
+		Status: aadv1.AzureAssignedIdentityStatus{Status: status},
+	}
+}
+
+// A 1.x record is kept while it may still prove that MIC put its identity
+// on the node's pool for a running pod, and deleted once a record of ours
+// settled what the identity is there, or once it proves nothing; records
+// of ours are never touched.
+func TestLegacyRecords(t *testing.T) {
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}, Spec: corev1.NodeSpec{ProviderID: "azure://" + testPool.ID() + "/virtualMachines/0"}}
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "demo"}}
+	ended := pod.DeepCopy()
+	ended.Status.Phase = corev1.PodSucceeded
 	ours := &aadv1.AzureAssignedIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: "sys", Name: "ours"},
 		Spec: aadv1.AzureAssignedIdentitySpec{NodePool: testPool.ID(), ResourceID: uami(1), ClientID: clientIDOf(uami(1))}}
-	c := fake.NewClientBuilder().WithScheme(identity.Scheme()).WithObjects(legacy, ours).Build()
-	r := &legacyReaper{client: c}
-	for _, o := range []client.Object{legacy, ours} {
-		if _, err := r.Reconcile(context.Background(), ctrl.Request{NamespacedName: types.NamespacedName{Namespace: o.GetNamespace(), Name: o.GetName()}}); err != nil {
-			t.Fatal(err)
-		}
+	tests := []struct {
+		name   string
+		legacy *aadv1.AzureAssignedIdentity
+		others []client.Object
+		kept   bool
+	}{
+		{"awaited: pod running, no record of ours", legacyRecord(aadv1.StateAssigned), []client.Object{node, pod}, true},
+		{"used: a record of ours", legacyRecord(aadv1.StateAssigned), []client.Object{node, pod, ours}, false},
+		{"pod gone", legacyRecord(aadv1.StateAssigned), []client.Object{node}, false},
+		{"pod ended", legacyRecord(aadv1.StateAssigned), []client.Object{node, ended}, false},
+		{"node gone", legacyRecord(aadv1.StateAssigned), []client.Object{pod}, false},
+		{"not assigned by MIC (1.x's Created)", legacyRecord("Created"), []client.Object{node, pod}, false},
+		{"pruned to nothing", &aadv1.AzureAssignedIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "demo-default-demo"}}, []client.Object{node, pod}, false},
 	}
-	if err := c.Get(context.Background(), client.ObjectKeyFromObject(legacy), &aadv1.AzureAssignedIdentity{}); !apierrors.IsNotFound(err) {
-		t.Errorf("1.x's record: %v, want it deleted", err)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := fake.NewClientBuilder().WithScheme(identity.Scheme()).
+				WithIndex(&aadv1.AzureAssignedIdentity{}, recordPoolIndex, indexRecordPool).
+				WithObjects(append(tt.others, tt.legacy)...).Build()
+			r := &legacyReaper{client: c, namespace: "sys"}
+			res, err := r.Reconcile(context.Background(), ctrl.Request{NamespacedName: client.ObjectKeyFromObject(tt.legacy)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = c.Get(context.Background(), client.ObjectKeyFromObject(tt.legacy), &aadv1.AzureAssignedIdentity{})
+			switch {
+			case tt.kept && (err != nil || res.RequeueAfter != legacyRecheck):
+				t.Errorf("got %v, requeue after %s; want it kept and looked at again in %s", err, res.RequeueAfter, legacyRecheck)
+			case !tt.kept && !apierrors.IsNotFound(err):
+				t.Errorf("got %v; want it deleted", err)
+			}
+			if len(tt.others) > 2 {
+				if err := c.Get(context.Background(), client.ObjectKeyFromObject(ours), &aadv1.AzureAssignedIdentity{}); err != nil {
+					t.Errorf("this assigner's record: %v, want it kept", err)
+				}
+			}
+		})
 	}
-	if err := c.Get(context.Background(), client.ObjectKeyFromObject(ours), &aadv1.AzureAssignedIdentity{}); err != nil {
-		t.Errorf("this assigner's record: %v, want it kept", err)
+}
+
+// Only an Assigned 1.x record on a node of the pool vouches for the
+// identity there.
+func TestAssignedBy1x(t *testing.T) {
+	other := testPool
+	other.Name = "other"
+	nodes := []client.Object{
+		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}, Spec: corev1.NodeSpec{ProviderID: "azure://" + testPool.ID() + "/virtualMachines/0"}},
+		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n2"}, Spec: corev1.NodeSpec{ProviderID: "azure://" + other.ID() + "/virtualMachines/0"}},
 	}
-	if got := recordToPool(context.Background(), legacy); got != nil {
+	onN2 := legacyRecord(aadv1.StateAssigned)
+	onN2.Name, onN2.Spec.LegacyNodeName = "on-n2", "n2"
+	unassigned := legacyRecord("Unassigned")
+	unassigned.Name = "unassigned"
+	tests := []struct {
+		name    string
+		records []client.Object
+		want    string
+	}{
+		{"assigned on a node of the pool", []client.Object{legacyRecord(aadv1.StateAssigned)}, "demo-default-demo"},
+		{"only on another pool", []client.Object{onN2}, ""},
+		{"1.x was removing it", []client.Object{unassigned}, ""},
+		{"none", nil, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := fake.NewClientBuilder().WithScheme(identity.Scheme()).
+				WithIndex(&aadv1.AzureAssignedIdentity{}, legacyResourceIndex, indexLegacyResource).
+				WithObjects(append(tt.records, nodes...)...).Build()
+			got, err := assignedBy1x(context.Background(), c, testPool, uami(1))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if name := nameOf(got); name != tt.want {
+				t.Errorf("vouching record = %q, want %q", name, tt.want)
+			}
+		})
+	}
+}
+
+func nameOf(rec *aadv1.AzureAssignedIdentity) string {
+	if rec == nil {
+		return ""
+	}
+	return rec.Name
+}
+
+// 1.x's records never enqueue pool rounds.
+func TestLegacyRecordEnqueuesNoPool(t *testing.T) {
+	if got := recordToPool(context.Background(), legacyRecord(aadv1.StateAssigned)); got != nil {
 		t.Errorf("1.x's record enqueues pool rounds %v", got)
 	}
 }

@@ -55,7 +55,7 @@ func (m mapper) unassignedPods(ctx context.Context, node client.Object) []reconc
 // recordPods: pods waiting for this identity on this pool.
 func (m mapper) recordPods(ctx context.Context, obj client.Object) []reconcile.Request {
 	rec := obj.(*aadv1.AzureAssignedIdentity)
-	ref := types.NamespacedName(rec.Spec.AzureIdentityRef)
+	ref := identityKey(rec)
 	return requests(m.list(ctx, client.MatchingFields{podPoolIndex: strings.ToLower(rec.Spec.NodePool)}), func(p *corev1.Pod) bool {
 		return slices.Contains(identity.Admitted(p), ref)
 	})

@@ -29,7 +29,7 @@ const (
 	EventFailed   = "IdentityAssignmentFailed"
 )
 
-// podReconciler keeps a labelled pod's identity annotations true, chooses
+// podReconciler keeps an admitted pod's identity annotations true, chooses
 // its target pools and lifts its gate once every identity is on them.
 type podReconciler struct {
 	client    client.Client
@@ -47,6 +47,13 @@ func (r *podReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if !isLive(&pod) {
+		return ctrl.Result{}, nil
+	}
+	if _, admitted := pod.Annotations[aadv1.AnnotationIdentities]; !admitted {
+		// Neither admitted by the webhook nor adopted by it (pods created
+		// before it): nothing may be resolved for it here, else any pod
+		// that slipped past admission would get identities.
+		log.FromContext(ctx).V(1).Info("pod not admitted by the webhook; ignored")
 		return ctrl.Result{}, nil
 	}
 	res, err := r.resolver.Resolve(ctx, pod.Namespace, pod.Labels[aadv1.BindingLabel])

@@ -17,14 +17,15 @@ import (
 
 // identityKey is the AzureIdentity a record is for.
 func identityKey(rec *aadv1.AzureAssignedIdentity) types.NamespacedName {
-	return types.NamespacedName(rec.Spec.AzureIdentityRef)
+	return types.NamespacedName{Namespace: rec.Spec.AzureIdentityRef.Namespace, Name: rec.Spec.AzureIdentityRef.Name}
 }
 
 // createRecords writes a record for every wanted identity that has none,
 // and adds them to s.records. An identity already on the pool that no
 // record of ours put there, or one we must never remove, is recorded
 // external: nothing ties it to this AzureIdentity, so NMI does not serve it
-// by default.
+// by default. One that aad-pod-identity 1.x's MIC put there, as its record
+// shows, is ours (legacy.go).
 func (r *poolReconciler) createRecords(ctx context.Context, s *poolState) error {
 	var missing []types.NamespacedName
 	for key := range s.wanted {
@@ -43,18 +44,29 @@ func (r *poolReconciler) createRecords(ctx context.Context, s *poolState) error 
 				ClientID:         spec.ClientID, ResourceID: spec.ResourceID, NodePool: s.pool.ID(),
 			},
 		}
+		// Decided before the record exists: 1.x's evidence is deleted
+		// once a record of ours names the identity on the pool.
+		external := s.actual.Has(spec.ResourceID) && !s.ours(spec.ResourceID)
+		if external {
+			legacy, err := assignedBy1x(ctx, r.client, s.pool, spec.ResourceID)
+			if err != nil {
+				return err
+			}
+			if legacy != nil {
+				external = false
+				metav1.SetMetaDataAnnotation(&rec.ObjectMeta, annotationAdoptedFrom, client.ObjectKeyFromObject(legacy).String())
+			}
+		}
 		if err := r.client.Create(ctx, rec); err != nil {
 			// The cache lags behind our own earlier create: retry with it.
 			return fmt.Errorf("creating AzureAssignedIdentity %s: %w", rec.Name, err)
 		}
-		status := aadv1.AzureAssignedIdentityStatus{Status: aadv1.StateAssigning, Pods: w.pods}
-		if (s.actual.Has(spec.ResourceID) && !s.ours(spec.ResourceID)) || r.policy.isImmutable(spec.ClientID, spec.ResourceID) {
-			status.External = true
-		}
+		status := aadv1.AzureAssignedIdentityStatus{Status: aadv1.StateAssigning, Pods: w.pods,
+			External: external || r.policy.isImmutable(spec.ClientID, spec.ResourceID)}
 		if err := r.setStatus(ctx, rec, status); err != nil {
 			return err
 		}
-		log.FromContext(ctx).Info("recorded assignment", "record", rec.Name, "identity", key, "external", status.External)
+		log.FromContext(ctx).Info("recorded assignment", "record", rec.Name, "identity", key, "external", status.External, "adoptedFrom", rec.Annotations[annotationAdoptedFrom])
 		created[i] = rec
 		return nil
 	})

@@ -148,6 +148,9 @@ func Setup(ctx context.Context, mgr manager.Manager, opts Options) error {
 	if err := indexer.IndexField(ctx, &aadv1.AzureAssignedIdentity{}, recordIdentityIndex, indexRecordIdentity); err != nil {
 		return fmt.Errorf("indexing records by identity: %w", err)
 	}
+	if err := indexer.IndexField(ctx, &aadv1.AzureAssignedIdentity{}, legacyResourceIndex, indexLegacyResource); err != nil {
+		return fmt.Errorf("indexing 1.x's records by identity: %w", err)
+	}
 
 	c := mgr.GetClient()
 	pods := &podReconciler{
@@ -160,7 +163,7 @@ func Setup(ctx context.Context, mgr manager.Manager, opts Options) error {
 	if err := pods.SetupWithManager(mgr); err != nil {
 		return err
 	}
-	if err := (&legacyReaper{client: c}).SetupWithManager(mgr); err != nil {
+	if err := (&legacyReaper{client: c, namespace: opts.Namespace}).SetupWithManager(mgr); err != nil {
 		return err
 	}
 	return newPoolReconciler(c, opts).SetupWithManager(mgr)

@@ -101,7 +101,8 @@ func ipMayBeReused(ctx context.Context, r client.Reader, owner *corev1.Pod, ip s
 
 // admittedIdentities returns the AzureIdentities the webhook admitted for the
 // pod. The annotations are trusted only on pods with the binding label: such a
-// pod always went through the webhook, which strips annotations a creator set.
+// pod always went through the webhook, which strips annotations a creator set,
+// or was created before it and adopted by it (webhook/adopt.go).
 func admittedIdentities(pod *corev1.Pod) []types.NamespacedName {
 	if _, ok := pod.Labels[aadv1.BindingLabel]; !ok {
 		return nil

@@ -18,8 +18,13 @@ var gatesLifted = prometheus.NewCounter(prometheus.CounterOpts{
 	Help: "Scheduling gates the webhook lifted in managed mode (pods gated while the release ran in standard mode).",
 })
 
+var podsAdopted = prometheus.NewCounter(prometheus.CounterOpts{
+	Name: "aadpodidentity_webhook_pods_adopted_total",
+	Help: "Labelled pods created before the webhook that it resolved and annotated (--adopt-preexisting-pods).",
+})
+
 func init() {
-	metrics.Registry.MustRegister(admissionOutcomes, gatesLifted)
+	metrics.Registry.MustRegister(admissionOutcomes, gatesLifted, podsAdopted)
 }
 
 // Reasons recorded in admissionOutcomes; a small fixed set keeps the metric's

@@ -27,8 +27,11 @@ import (
 )
 
 // +kubebuilder:rbac:groups=aadpodidentity.k8s.io,resources=azureidentities;azureidentitybindings,verbs=get;list;watch
-// Managed mode only: lifting the gates of pods admitted in standard mode.
+// Lifting the gates of pods admitted in standard mode (managed mode), and
+// adopting pods created before the webhook, dated by its configuration.
 // +kubebuilder:rbac:groups="",resources=pods,verbs=list;patch
+// +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=mutatingwebhookconfigurations,verbs=get
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 // Metrics behind authentication and authorization (--secure-metrics).
 // +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create
 // +kubebuilder:rbac:groups=authorization.k8s.io,resources=subjectaccessreviews,verbs=create
@@ -75,6 +78,11 @@ type Options struct {
 	// where each namespace's user-assigned identities may live (see
 	// identity.ParseScopes); none: no restriction.
 	IdentityScopes []string
+	// AdoptPreexistingPods resolves and annotates, once per start, the
+	// labelled pods created before WebhookConfigurationName, the
+	// MutatingWebhookConfiguration of this release.
+	AdoptPreexistingPods     bool
+	WebhookConfigurationName string
 }
 
 // NewManager builds a manager that serves the webhook with health checks and
@@ -142,6 +150,14 @@ func Setup(ctx context.Context, mgr manager.Manager, server webhook.Server, opts
 		}
 	default:
 		return fmt.Errorf("mode %q: want %s or %s", opts.Mode, ModeStandard, ModeManaged)
+	}
+	if opts.AdoptPreexistingPods {
+		err = mgr.Add(&adopter{reader: mgr.GetAPIReader(), client: mgr.GetClient(), resolver: resolver,
+			recorder: mgr.GetEventRecorder("aad-pod-identity-webhook"), configuration: opts.WebhookConfigurationName,
+			period: 5 * time.Second, log: mgr.GetLogger().WithName("adoption")})
+		if err != nil {
+			return fmt.Errorf("adding the adoption of pre-existing pods: %w", err)
+		}
 	}
 	register(MutatePodPath, podFrontEnd("mutate-pod", decoder, &PodMutator{Resolver: resolver, Gate: gate}))
 	register(ValidatePodPath, podFrontEnd("validate-pod", decoder, &PodValidator{Resolver: resolver, Trusted: trusted}))

@@ -21,6 +21,17 @@ const (
 type IdentityReference struct {
 	Namespace string `json:"namespace"`
 	Name      string `json:"name"`
+	// LegacySpec is part of the whole AzureIdentity aad-pod-identity 1.x's
+	// MIC embedded here; read only to adopt the identities it assigned.
+	// +optional
+	LegacySpec *LegacyIdentitySpec `json:"spec,omitempty"`
+}
+
+// LegacyIdentitySpec is what is read of the AzureIdentity 1.x embedded in
+// its records.
+type LegacyIdentitySpec struct {
+	// +optional
+	ResourceID string `json:"resourceID,omitempty"`
 }
 
 // AzureAssignedIdentitySpec records one user-assigned identity on one node
@@ -34,6 +45,20 @@ type AzureAssignedIdentitySpec struct {
 	ResourceID string `json:"resourceID"`
 	// NodePool is the ARM ID of the VMSS or VM.
 	NodePool string `json:"nodePool"`
+
+	// aad-pod-identity 1.x's MIC wrote one record per pod and identity,
+	// without a node pool; these of its fields are read only to adopt the
+	// identities it assigned (docs/migration.md).
+
+	// LegacyPod is the pod a 1.x record was written for.
+	// +optional
+	LegacyPod string `json:"pod,omitempty"`
+	// LegacyPodNamespace is that pod's namespace.
+	// +optional
+	LegacyPodNamespace string `json:"podNamespace,omitempty"`
+	// LegacyNodeName is the node whose VMSS or VM MIC put the identity on.
+	// +optional
+	LegacyNodeName string `json:"nodename,omitempty"`
 }
 
 // AzureAssignedIdentityStatus says where the assignment stands.

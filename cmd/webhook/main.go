@@ -46,7 +46,8 @@ func main() {
 	flag.BoolVar(&rotate, "cert-rotation", false, "Create, renew and inject the serving certificate and its CA without cert-manager; --cert-dir must be where the --cert-secret-name Secret is mounted.")
 	flag.StringVar(&rotation.Secret.Name, "cert-secret-name", "aad-pod-identity-webhook-cert", "With --cert-rotation: the Secret in $POD_NAMESPACE that holds the CA and serving certificate.")
 	flag.StringVar(&rotation.ServiceName, "cert-service-name", "aad-pod-identity-webhook", "With --cert-rotation: the webhook Service in $POD_NAMESPACE the certificate is issued for.")
-	flag.StringVar(&rotation.WebhookConfigurationName, "webhook-configuration-name", "aad-pod-identity", "With --cert-rotation: the Mutating- and ValidatingWebhookConfiguration whose caBundle is injected.")
+	flag.StringVar(&opts.WebhookConfigurationName, "webhook-configuration-name", "aad-pod-identity", "The release's Mutating- and ValidatingWebhookConfiguration: the mutating one's creation dates --adopt-preexisting-pods; with --cert-rotation their caBundle is injected.")
+	flag.BoolVar(&opts.AdoptPreexistingPods, "adopt-preexisting-pods", true, "Once per start, resolve and annotate the live labelled pods created before --webhook-configuration-name (aad-pod-identity 1.x's workloads), with an event, so NMI serves them without a restart. Younger pods without annotations are never adopted.")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -65,6 +66,7 @@ func main() {
 	}
 	if rotate {
 		rotation.Secret.Namespace = podNamespace
+		rotation.WebhookConfigurationName = opts.WebhookConfigurationName
 		rotation.CertDir, rotation.CertName, rotation.KeyName = opts.CertDir, opts.CertName, opts.KeyName
 		if err := certrotation.Add(mgr, rotation); err != nil {
 			log.Error(err, "setting up certificate rotation")
