@@ -46,6 +46,11 @@ func expected(release string, builtinCerts, servicePrincipals, taintRemoval, cle
 			{aad, "azureidentitybindings", read, "*", nil},
 			{"authentication.k8s.io", "tokenreviews", []string{"create"}, "", nil},
 			{"authorization.k8s.io", "subjectaccessreviews", []string{"create"}, "", nil},
+			// Adoption of pods created before the webhook (webhook.adoptPreexistingPods, on by default;
+			// in managed mode the pod grant also lifts gates).
+			{"", "pods", []string{"list", "patch"}, "*", nil},
+			{"admissionregistration.k8s.io", "mutatingwebhookconfigurations", []string{"get"}, "", []string{release}},
+			{"events.k8s.io", "events", []string{"create", "patch"}, "*", nil},
 		},
 		"assigner": {
 			{"", "pods", []string{"get", "list", "watch", "update", "patch"}, "*", nil},
@@ -88,15 +93,14 @@ func expected(release string, builtinCerts, servicePrincipals, taintRemoval, cle
 		g["nmi"] = append(g["nmi"], grant{"", "nodes", []string{"update"}, "", nil})
 	}
 	if managed {
-		// No assigner; the webhook lifts gates; NMI reads no records and
+		// No assigner (the webhook lifts gates with its pod grant); NMI reads no records and
 		// tells pods about unassigned identities with events.
 		delete(g, "assigner")
-		g["webhook"] = append(g["webhook"], grant{"", "pods", []string{"list", "patch"}, "*", nil})
 		g["nmi"] = slices.DeleteFunc(g["nmi"], func(x grant) bool { return x.resource == "azureassignedidentities" })
 		g["nmi"] = append(g["nmi"], grant{"events.k8s.io", "events", []string{"create", "patch"}, "*", nil})
 	}
 	// The CRD upgrade hook (crds.upgrade, on in every case here).
-	g["crds"] = []grant{{"apiextensions.k8s.io", "customresourcedefinitions", []string{"get", "patch"}, "", []string{
+	g["crds"] = []grant{{"apiextensions.k8s.io", "customresourcedefinitions", []string{"get", "update"}, "", []string{
 		"azureidentities.aadpodidentity.k8s.io", "azureidentitybindings.aadpodidentity.k8s.io",
 		"azureassignedidentities.aadpodidentity.k8s.io", "azurepodidentityexceptions.aadpodidentity.k8s.io"}}}
 	if cleanup {

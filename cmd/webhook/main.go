@@ -1,19 +1,28 @@
-// Command webhook serves the aad-pod-identity admission webhook.
+// Command webhook serves the aad-pod-identity admission webhook. `webhook
+// crds` replaces the project's CRDs with the chart's (its install and
+// upgrade hook).
 package main
 
 import (
+	"context"
 	"flag"
 	"os"
 	"strings"
+	"time"
 
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
+	"github.com/aad-pod-identity/aad-pod-identity/internal/crdsync"
 	"github.com/aad-pod-identity/aad-pod-identity/webhook"
 	"github.com/aad-pod-identity/aad-pod-identity/webhook/certrotation"
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "crds" {
+		os.Exit(replaceCRDs(os.Args[2:]))
+	}
 	podNamespace := os.Getenv("POD_NAMESPACE")
 	if podNamespace == "" {
 		podNamespace = "default"
@@ -78,4 +87,31 @@ func main() {
 		log.Error(err, "running manager")
 		os.Exit(1)
 	}
+}
+
+// replaceCRDs runs `webhook crds --dir DIR`.
+func replaceCRDs(args []string) int {
+	fs := flag.NewFlagSet("webhook crds", flag.ExitOnError)
+	dir := fs.String("dir", "/crds", "Directory of the CustomResourceDefinition manifests (*.yaml) to create or replace.")
+	timeout := fs.Duration("timeout", 2*time.Minute, "Give up after this long.")
+	_ = fs.Parse(args)
+	ctrl.SetLogger(zap.New())
+	log := ctrl.Log.WithName("crds")
+	crds, err := crdsync.Read(*dir)
+	if err != nil {
+		log.Error(err, "reading CRDs")
+		return 1
+	}
+	c, err := client.New(ctrl.GetConfigOrDie(), client.Options{Scheme: crdsync.Scheme()})
+	if err != nil {
+		log.Error(err, "creating client")
+		return 1
+	}
+	ctx, cancel := context.WithTimeout(ctrl.SetupSignalHandler(), *timeout)
+	defer cancel()
+	if err := crdsync.Replace(ctx, c, crds, log); err != nil {
+		log.Error(err, "replacing CRDs")
+		return 1
+	}
+	return 0
 }
