@@ -510,6 +510,8 @@ func TestAdoptsWhat1xAssigned(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// 1.x's world is in place before the assigner starts, as at an upgrade.
+	w.stop()
 	// Running since 1.x: no annotations until the webhook adopts them.
 	for name, selector := range map[string]string{"a": "mic", "b": "admin"} {
 		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: w.ns, Name: name, Labels: map[string]string{aadv1.BindingLabel: selector}},
@@ -530,9 +532,13 @@ func TestAdoptsWhat1xAssigned(t *testing.T) {
 	if err := w.c.Status().Update(w.ctx, legacy); err != nil {
 		t.Fatal(err)
 	}
+	w.start()
 	time.Sleep(time.Second)
 	if got := w.getPod("a").Annotations; got[aadv1.AnnotationAssignment] != "" || len(w.records()) != 0 {
 		t.Fatalf("a pod not admitted was handled: annotations %v, %d records", got, len(w.records()))
+	}
+	if err := w.c.Get(w.ctx, client.ObjectKeyFromObject(legacy), &aadv1.AzureAssignedIdentity{}); err != nil {
+		t.Fatalf("1.x's record, still needed as evidence: %v", err)
 	}
 	for _, name := range []string{"a", "b"} {
 		pod := w.getPod(name)
@@ -557,7 +563,8 @@ func TestAdoptsWhat1xAssigned(t *testing.T) {
 		return nil
 	})
 	for _, name := range []string{"a", "b"} {
-		if err := w.c.Delete(w.ctx, w.getPod(name)); err != nil {
+		// No kubelet here to finish a graceful deletion of a bound pod.
+		if err := w.c.Delete(w.ctx, w.getPod(name), client.GracePeriodSeconds(0)); err != nil {
 			t.Fatal(err)
 		}
 	}

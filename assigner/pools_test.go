@@ -108,6 +108,7 @@ func TestExternalRecords(t *testing.T) {
 		WithStatusSubresource(&aadv1.AzureAssignedIdentity{}).
 		WithIndex(&corev1.Pod{}, podPoolIndex, indexPodPools).
 		WithIndex(&aadv1.AzureAssignedIdentity{}, recordPoolIndex, indexRecordPool).
+		WithIndex(&aadv1.AzureAssignedIdentity{}, legacyResourceIndex, indexLegacyResource).
 		Build()
 	r := newPoolReconciler(c, Options{Namespace: "sys", GCGracePeriod: time.Minute, DriftCheckPeriod: time.Hour, Clock: clocktesting.NewFakeClock(t0)})
 	r.arm = &fakeARM{onPool: map[string]bool{strings.ToLower(uami(2)): true}}

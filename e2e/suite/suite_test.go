@@ -60,16 +60,32 @@ func TestMain(m *testing.M) {
 // test can run alone.
 func installed(t testing.TB) {
 	t.Helper()
-	framework.RequireRoot(t)
-	env.once.Do(func() { env.err = setUp() })
-	if env.err != nil {
-		t.Fatalf("e2e suite: %v", env.err)
-	}
+	started(t)
 	if !env.installed {
 		if err := helmInstall(); err != nil {
 			t.Fatal(err)
 		}
 		env.installed = true
+	}
+}
+
+// uninstalled returns once the sandbox runs without the release.
+func uninstalled(t testing.TB) {
+	t.Helper()
+	started(t)
+	if env.installed {
+		if err := helmUninstall(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func started(t testing.TB) {
+	t.Helper()
+	framework.RequireRoot(t)
+	env.once.Do(func() { env.err = setUp() })
+	if env.err != nil {
+		t.Fatalf("e2e suite: %v", env.err)
 	}
 }
 
