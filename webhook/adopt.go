@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -46,16 +47,19 @@ type adopter struct {
 	// configuration names the MutatingWebhookConfiguration whose creation
 	// bounds the adoption.
 	configuration string
-	period        time.Duration
-	log           logr.Logger
+	// period is the first retry's delay.
+	period time.Duration
+	log    logr.Logger
 }
 
-// Start retries a pass until one completes: the webhook must be serving
-// for the pod updates, which it validates, to go through.
+// Start retries a pass until one completes, backing off from period to
+// 30 s: the webhook must be serving for the pod updates, which it
+// validates, to go through, and it starts serving about when this starts.
 func (a *adopter) Start(ctx context.Context) error {
-	_ = wait.PollUntilContextCancel(ctx, a.period, true, func(ctx context.Context) (bool, error) {
+	backoff := wait.Backoff{Duration: a.period, Factor: 2, Steps: math.MaxInt32, Cap: 30 * time.Second}
+	_ = wait.ExponentialBackoffWithContext(ctx, backoff, func(ctx context.Context) (bool, error) {
 		if err := a.adoptAll(ctx); err != nil {
-			a.log.Error(err, "adopting pods created before the webhook; retrying", "retryIn", a.period)
+			a.log.Error(err, "adopting pods created before the webhook; retrying")
 			return false, nil
 		}
 		return true, nil

@@ -154,7 +154,7 @@ func Setup(ctx context.Context, mgr manager.Manager, server webhook.Server, opts
 	if opts.AdoptPreexistingPods {
 		err = mgr.Add(&adopter{reader: mgr.GetAPIReader(), client: mgr.GetClient(), resolver: resolver,
 			recorder: mgr.GetEventRecorder("aad-pod-identity-webhook"), configuration: opts.WebhookConfigurationName,
-			period: 5 * time.Second, log: mgr.GetLogger().WithName("adoption")})
+			period: time.Second, log: mgr.GetLogger().WithName("adoption")})
 		if err != nil {
 			return fmt.Errorf("adding the adoption of pre-existing pods: %w", err)
 		}

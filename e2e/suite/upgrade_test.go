@@ -75,26 +75,31 @@ func TestUpgradeFrom18(t *testing.T) {
 	pool := watchPool(n.Pool.ID, id.ClientID)
 
 	start := time.Now()
-	if err := helmRelease("upgrade", "--install"); err != nil {
+	// Helm 4 server-side applies crds/ and refuses fields kubectl set; the
+	// chart's hook replaces the CRDs anyway (docs/migration.md).
+	if err := helmRelease("upgrade", "--install", "--skip-crds"); err != nil {
 		t.Fatal(err)
 	}
 	env.installed = true
 	installedAt := time.Now()
 	first := waitFor(t, "default", "v18-app", userToken, start, 2*time.Minute)
 	time.Sleep(3 * time.Second) // the pod keeps asking: every answer from now on must be a token
+	// The demo asks for the identity's token and the default one each
+	// period; both are the pod's, so both must be served from here on.
 	var refused, after int
 	for _, a := range attempts(t, "default", "v18-app") {
+		denied := a.Msg == userDenied || a.Msg == defaultError
 		switch {
-		case a.At.Before(start) || a.Msg == demoStarted:
+		case a.At.Before(start) || !denied:
 		case a.At.Before(first.At):
 			refused++
-		case a.Msg != userToken:
+		default:
 			after++
 			t.Errorf("refused after the first token: %s", a.Line)
 		}
 	}
-	t.Logf("upgrade from 1.8: helm upgrade --install took %s; the running pod's first token %s after it started, %s after helm returned; %d requests refused meanwhile (one every %s), %d after",
-		installedAt.Sub(start).Round(100*time.Millisecond), first.At.Sub(start).Round(100*time.Millisecond), first.At.Sub(installedAt).Round(100*time.Millisecond), refused, period, after)
+	t.Logf("upgrade from 1.8: helm upgrade --install took %s; the running pod's first token %s after it started; %d requests refused meanwhile (two every %s), %d after",
+		installedAt.Sub(start).Round(100*time.Millisecond), first.At.Sub(start).Round(100*time.Millisecond), refused, period, after)
 
 	for _, name := range []string{"v18-unlabelled", "v18-unbound"} {
 		never(t, "default", name, userToken)
