@@ -558,7 +558,7 @@ func TestAdoptsWhat1xAssigned(t *testing.T) {
 	framework.Eventually(t, waitFor, "1.x's record deleted", func() error {
 		err := w.c.Get(w.ctx, client.ObjectKeyFromObject(legacy), &aadv1.AzureAssignedIdentity{})
 		if !apierrors.IsNotFound(err) {
-			return fmt.Errorf("still there: %v", err)
+			return fmt.Errorf("still there (get: %w)", err)
 		}
 		return nil
 	})

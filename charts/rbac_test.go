@@ -233,7 +233,8 @@ func TestRBACIsLeastPrivilege(t *testing.T) {
 					gns := map[string]string{"": "", "release": ns}[g.ns]
 					for _, name := range append(slices.Clone(g.names), "aadpi-chart-someone-else") {
 						a := authorizationv1.ResourceAttributes{Verb: g.verbs[0], Group: g.group, Resource: g.resource, Namespace: gns, Name: name}
-						if got, w := can(ctx, t, ns, sa, a), slices.Contains(g.names, name); got != w {
+						// Another grant may cover every name (with built-in certificates the webhook reads all configurations).
+						if got, w := can(ctx, t, ns, sa, a), allows(want[component], ns, a); got != w {
 							t.Errorf("%s %s %s %q: allowed=%v, want %v", component, a.Verb, a.Resource, name, got, w)
 						}
 					}
