@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log"
@@ -58,13 +59,31 @@ func (r *poolReconciler) apply(ctx context.Context, s *poolState, p plan) (ctrl.
 	for _, rec := range p.remove {
 		delete(s.records, identityKey(rec))
 	}
+	// A record whose state stays gets a new pod count only when counts are
+	// due, as in a settled round.
+	countNow := s.countsChanged() && r.pacer.countsDue(s.pool.Key()) == 0
 	err = r.setWantedStatus(ctx, s, func(rec *aadv1.AzureAssignedIdentity, w *wantedIdentity) aadv1.AzureAssignedIdentityStatus {
-		return assignmentStatus(rec, w.pods, s.actual, refused)
+		status := assignmentStatus(rec, w.pods, s.actual, refused)
+		if !countNow && status.Status == rec.Status.Status && status.LastError == rec.Status.LastError {
+			status.Pods = rec.Status.Pods
+		}
+		return status
 	})
 	if err != nil {
 		return ctrl.Result{}, err
 	}
+	if !countNow && s.countsChanged() {
+		return ctrl.Result{RequeueAfter: positiveMin(p.requeueAfter, countInterval)}, nil
+	}
 	return ctrl.Result{RequeueAfter: p.requeueAfter}, nil
+}
+
+// positiveMin is the shorter of two delays, 0 meaning none.
+func positiveMin(a, b time.Duration) time.Duration {
+	if a <= 0 {
+		return b
+	}
+	return min(a, b)
 }
 
 // write marks the removals Unassigning and sends the PATCHes; see
@@ -149,8 +168,11 @@ func assignmentStatus(rec *aadv1.AzureAssignedIdentity, pods int32, actual Actua
 func (r *poolReconciler) armFailed(ctx context.Context, s *poolState, err error) (ctrl.Result, error) {
 	text := armErrorText(err)
 	for _, rec := range s.records {
-		if rec.Status.Status == aadv1.StateAssigning || rec.Status.Status == aadv1.StateUnassigning {
-			if serr := r.setStatus(ctx, rec, withState(rec.Status, rec.Status.Status, text)); serr != nil {
+		if state := rec.Status.Status; state == "" || state == aadv1.StateAssigning || state == aadv1.StateUnassigning {
+			if state == "" {
+				state = aadv1.StateAssigning
+			}
+			if serr := r.setStatus(ctx, rec, withState(rec.Status, state, text)); serr != nil {
 				return ctrl.Result{}, serr
 			}
 		}

@@ -3,6 +3,7 @@
 package assigner_test
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"sort"
@@ -11,7 +12,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
@@ -79,6 +84,7 @@ func BenchmarkPodReady(b *testing.B) {
 				}
 			}
 		}()
+		writesBefore := apiWrites(b, w.cfg)
 		start := time.Now()
 		var wg sync.WaitGroup
 		sem := make(chan struct{}, 16)
@@ -107,6 +113,8 @@ func BenchmarkPodReady(b *testing.B) {
 			b.Fatalf("only %d of %d pods ready", len(ready), pods)
 		}
 		watch.Stop()
+		time.Sleep(2 * time.Second) // the records' last status writes follow the gates
+		writesDuring(b, writesBefore, apiWrites(b, w.cfg), pods)
 		var lat []time.Duration
 		for _, d := range ready {
 			lat = append(lat, d)
@@ -164,4 +172,61 @@ func rss() string {
 		return "unknown"
 	}
 	return strings.Join(out, " ")
+}
+
+// apiWrites reads the apiserver's apiserver_request_total and sums the
+// writes (create, update, patch, delete) per resource, subresources
+// apart ("azureassignedidentities/status").
+func apiWrites(b *testing.B, cfg *rest.Config) map[string]float64 {
+	b.Helper()
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	raw, err := cs.RESTClient().Get().AbsPath("/metrics").DoRaw(b.Context())
+	if err != nil {
+		b.Fatalf("reading the apiserver's metrics: %v", err)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(bytes.NewReader(raw))
+	if err != nil {
+		b.Fatalf("parsing the apiserver's metrics: %v", err)
+	}
+	out := map[string]float64{}
+	for _, m := range families["apiserver_request_total"].GetMetric() {
+		labels := map[string]string{}
+		for _, l := range m.GetLabel() {
+			labels[l.GetName()] = l.GetValue()
+		}
+		switch labels["verb"] {
+		case "POST", "PUT", "PATCH", "APPLY", "DELETE":
+		default:
+			continue
+		}
+		key := labels["resource"]
+		if sub := labels["subresource"]; sub != "" {
+			key += "/" + sub
+		}
+		if labels["verb"] == "POST" && key == "pods" {
+			key = "pods (created by the generator)"
+		}
+		out[key] += m.GetCounter().GetValue()
+	}
+	return out
+}
+
+// writesDuring reports the API writes per resource between two readings
+// and the writes per pod of the assigner's objects: pods (the generator's
+// creates apart), records with their status, events.
+func writesDuring(b *testing.B, before, after map[string]float64, pods int) {
+	b.Helper()
+	var parts []string
+	var total float64
+	for _, key := range []string{"pods", "azureassignedidentities", "azureassignedidentities/status", "events"} {
+		n := after[key] - before[key]
+		total += n
+		parts = append(parts, fmt.Sprintf("%s=%.0f", key, n))
+	}
+	b.ReportMetric(total/float64(pods), "writes/pod")
+	b.Logf("API writes: %s; %.2f per pod", strings.Join(parts, " "), total/float64(pods))
 }

@@ -167,7 +167,8 @@ func (w *world) binding(name, identity, selector string) {
 }
 
 // pod creates a pod as the admission webhook leaves it: label, identity
-// annotations and, when a user-assigned identity resolved, the gate.
+// annotations and, when a user-assigned identity resolved, the gate with
+// the target pools, Pending.
 func (w *world) pod(name, selector string, mutate ...func(*corev1.Pod)) *corev1.Pod {
 	w.t.Helper()
 	pod := &corev1.Pod{
@@ -189,6 +190,14 @@ func (w *world) pod(name, selector string, mutate ...func(*corev1.Pod)) *corev1.
 	pod.Annotations = res.Annotations()
 	if res.NeedsAssignment() && pod.Spec.NodeName == "" {
 		pod.Spec.SchedulingGates = []corev1.PodSchedulingGate{{Name: aadv1.SchedulingGate}}
+		var nodes corev1.NodeList
+		if err := w.c.List(w.ctx, &nodes); err != nil {
+			w.t.Fatal(err)
+		}
+		if pools, err := nodepool.Targets(pod, nodes.Items); err == nil {
+			pod.Annotations[aadv1.AnnotationNodePools] = nodepool.JoinIDs(pools)
+			pod.Annotations[aadv1.AnnotationAssignment] = aadv1.AssignmentPending
+		}
 	}
 	if err := w.c.Create(w.ctx, pod); err != nil {
 		w.t.Fatal(err)

@@ -10,6 +10,11 @@ import (
 	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
 )
 
+// countInterval is the shortest time between two rewrites of a pool's
+// records' pod counts when nothing else about them changes: during a burst
+// every pod would otherwise rewrite every record of its pool.
+const countInterval = 10 * time.Second
+
 // baseBackoff is the first delay after a transient ARM failure; it doubles
 // with each consecutive failure of the pool, up to the drift period.
 const baseBackoff = 500 * time.Millisecond
@@ -35,6 +40,7 @@ type pacer struct {
 type poolPace struct {
 	lastRead  time.Time    // last successful GET
 	lastRetry time.Time    // last retry of Failed records
+	lastCount time.Time    // last rewrite of the records' pod counts
 	failures  int          // consecutive transient ARM failures
 	newWork   *batchWindow // identities without a record are waiting
 }
@@ -120,6 +126,20 @@ func (p *pacer) poolRead(pool string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.pool(pool).lastRead = now
+}
+
+// countsDue returns how long until the pool's records' pod counts may be
+// rewritten again; 0 means now, and restarts the interval.
+func (p *pacer) countsDue(pool string) time.Duration {
+	now := p.clock.Now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	pp := p.pool(pool)
+	if left := pp.lastCount.Add(countInterval).Sub(now); !pp.lastCount.IsZero() && left > 0 {
+		return left
+	}
+	pp.lastCount = now
+	return 0
 }
 
 // retryFailedDue reports whether a drift period has passed since the

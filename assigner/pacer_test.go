@@ -117,6 +117,31 @@ func TestPacerRetryFailedDue(t *testing.T) {
 	}
 }
 
+// Pod counts are rewritten at once the first time, then at most every
+// countInterval per pool.
+func TestPacerCountsDue(t *testing.T) {
+	clk := clocktesting.NewFakeClock(t0)
+	p := newPacer(clk, 0, 3*time.Minute)
+	steps := []struct {
+		at, want time.Duration
+	}{
+		{at: 0, want: 0},
+		{at: time.Second, want: countInterval - time.Second},
+		{at: countInterval - time.Millisecond, want: time.Millisecond},
+		{at: countInterval, want: 0},
+		{at: countInterval + time.Second, want: countInterval - time.Second},
+	}
+	for _, s := range steps {
+		clk.SetTime(t0.Add(s.at))
+		if got := p.countsDue(testPool.Key()); got != s.want {
+			t.Errorf("at %s: due in %s, want %s", s.at, got, s.want)
+		}
+	}
+	if got := p.countsDue("other-pool"); got != 0 {
+		t.Errorf("another pool waits %s for its first counts", got)
+	}
+}
+
 // Transient failures back off per pool, doubling from baseBackoff with up to
 // 50% jitter, capped at the drift period; a success starts over.
 func TestPacerBackoff(t *testing.T) {

@@ -73,7 +73,7 @@ func (r *podReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 		if err := r.client.List(ctx, &nodes); err != nil {
 			return ctrl.Result{}, fmt.Errorf("listing nodes: %w", err)
 		}
-		pools, poolErr = TargetPools(&pod, nodes.Items)
+		pools, poolErr = nodepool.Targets(&pod, nodes.Items)
 	}
 	assignment := r.assignment(ctx, userAssigned, pools, poolErr)
 	return ctrl.Result{}, r.update(ctx, &pod, res, pools, assignment)
@@ -134,11 +134,7 @@ func (r *podReconciler) update(ctx context.Context, pod *corev1.Pod, res identit
 	for k, v := range res.Annotations() {
 		pod.Annotations[k] = v
 	}
-	ids := make([]string, 0, len(pools))
-	for _, p := range pools {
-		ids = append(ids, p.ID())
-	}
-	pod.Annotations[aadv1.AnnotationNodePools] = strings.Join(ids, ",")
+	pod.Annotations[aadv1.AnnotationNodePools] = nodepool.JoinIDs(pools)
 	pod.Annotations[aadv1.AnnotationAssignment] = assignment
 	liftGate := assignment == aadv1.AssignmentAssigned && identity.HasGate(pod)
 	if liftGate {
@@ -154,7 +150,7 @@ func (r *podReconciler) update(ctx context.Context, pod *corev1.Pod, res identit
 		}
 		return fmt.Errorf("updating pod: %w", err)
 	}
-	log.FromContext(ctx).Info("pod updated", "assignment", assignment, "pools", ids, "identities", pod.Annotations[aadv1.AnnotationIdentities], "gateLifted", liftGate)
+	log.FromContext(ctx).Info("pod updated", "assignment", assignment, "pools", pod.Annotations[aadv1.AnnotationNodePools], "identities", pod.Annotations[aadv1.AnnotationIdentities], "gateLifted", liftGate)
 	if liftGate {
 		podReady.Observe(time.Since(pod.CreationTimestamp.Time).Seconds())
 	}

@@ -82,6 +82,12 @@ func (r *poolReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.
 	// read until the next drift check (reads are throttled per
 	// subscription too).
 	if left, ok := r.pacer.untilDriftCheck(pool.Key()); ok && s.inPlace() {
+		if !s.countsChanged() {
+			return ctrl.Result{RequeueAfter: left}, nil
+		}
+		if wait := r.pacer.countsDue(pool.Key()); wait > 0 {
+			return ctrl.Result{RequeueAfter: min(left, wait)}, nil
+		}
 		return ctrl.Result{RequeueAfter: left}, r.countPods(ctx, s)
 	}
 	if s.actual, err = r.arm.Get(ctx, pool); err != nil {

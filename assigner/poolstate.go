@@ -69,6 +69,17 @@ func (s *poolState) inPlace() bool {
 	return true
 }
 
+// countsChanged reports whether a record's pod count is not what the
+// pool's pods say.
+func (s *poolState) countsChanged() bool {
+	for key, w := range s.wanted {
+		if rec := s.records[key]; rec != nil && rec.Status.Pods != w.pods {
+			return true
+		}
+	}
+	return false
+}
+
 // stale reports whether key's record pairs another client or resource ID
 // than its AzureIdentity names now: the AzureIdentity was edited after
 // assignment.

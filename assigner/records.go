@@ -61,10 +61,15 @@ func (r *poolReconciler) createRecords(ctx context.Context, s *poolState) error 
 			// The cache lags behind our own earlier create: retry with it.
 			return fmt.Errorf("creating AzureAssignedIdentity %s: %w", rec.Name, err)
 		}
+		// A record without status is being assigned (it reads as Assigning
+		// everywhere): only an external one needs a status write now, so
+		// that a crash cannot leave it looking like ours.
 		status := aadv1.AzureAssignedIdentityStatus{Status: aadv1.StateAssigning, Pods: w.pods,
 			External: external || r.policy.isImmutable(spec.ClientID, spec.ResourceID)}
-		if err := r.setStatus(ctx, rec, status); err != nil {
-			return err
+		if status.External {
+			if err := r.setStatus(ctx, rec, status); err != nil {
+				return err
+			}
 		}
 		log.FromContext(ctx).Info("recorded assignment", "record", rec.Name, "identity", key, "external", status.External, "adoptedFrom", rec.Annotations[annotationAdoptedFrom])
 		created[i] = rec

@@ -51,6 +51,8 @@ func expected(release string, builtinCerts, servicePrincipals, taintRemoval, cle
 			{"", "pods", []string{"list", "patch"}, "*", nil},
 			{"admissionregistration.k8s.io", "mutatingwebhookconfigurations", []string{"get"}, "", []string{release}},
 			{"events.k8s.io", "events", []string{"create", "patch"}, "*", nil},
+			// Target pools at admission (standard mode).
+			{"", "nodes", read, "", nil},
 		},
 		"assigner": {
 			{"", "pods", []string{"get", "list", "watch", "update", "patch"}, "*", nil},
@@ -96,6 +98,7 @@ func expected(release string, builtinCerts, servicePrincipals, taintRemoval, cle
 		// No assigner (the webhook lifts gates with its pod grant); NMI reads no records and
 		// tells pods about unassigned identities with events.
 		delete(g, "assigner")
+		g["webhook"] = slices.DeleteFunc(g["webhook"], func(x grant) bool { return x.resource == "nodes" })
 		g["nmi"] = slices.DeleteFunc(g["nmi"], func(x grant) bool { return x.resource == "azureassignedidentities" })
 		g["nmi"] = append(g["nmi"], grant{"events.k8s.io", "events", []string{"create", "patch"}, "*", nil})
 	}

@@ -10,10 +10,13 @@ import (
 	"gomodules.xyz/jsonpatch/v2"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
 )
 
 // +kubebuilder:webhook:path=/mutate-v1-pod,mutating=true,failurePolicy=fail,sideEffects=None,groups="",resources=pods,verbs=create,versions=v1,name=mpod.aadpodidentity.k8s.io,admissionReviewVersions=v1,matchPolicy=Equivalent,timeoutSeconds=10
@@ -25,6 +28,11 @@ import (
 type PodMutator struct {
 	Resolver *identity.Resolver
 	Gate     bool
+	// Nodes, when set, gives a gated pod its target pools and assignment
+	// Pending at admission, as the assigner would: it then needs no pod
+	// write before its gate is lifted. A failed lookup leaves that to the
+	// assigner.
+	Nodes client.Reader
 }
 
 var _ admitter[*corev1.Pod] = &PodMutator{}
@@ -39,17 +47,36 @@ func (m *PodMutator) Admit(ctx context.Context, _ admission.Request, pod, _ *cor
 	}
 	// Explicit operations rather than a diff of the re-encoded pod: admission
 	// latency is dominated by JSON work, and the diff doubles it.
-	out := outcome{reason: reasonResolved, patch: resolutionPatch(pod, res, m.Gate)}
+	out := outcome{reason: reasonResolved, patch: resolutionPatch(pod, res, m.Gate, m.targets(ctx, pod, res))}
 	if out.warnings = resolutionWarnings(pod.Namespace, pod.Labels[aadv1.BindingLabel], res); len(out.warnings) > 0 {
 		out.reason = reasonNoBinding
 	}
 	return out
 }
 
+// targets returns the pools a pod that will be gated may run on; none when
+// it will not be gated or they cannot be told now.
+func (m *PodMutator) targets(ctx context.Context, pod *corev1.Pod, res identity.Resolution) []nodepool.Pool {
+	if !m.Gate || m.Nodes == nil || !res.NeedsAssignment() || pod.Spec.NodeName != "" {
+		return nil
+	}
+	var nodes corev1.NodeList
+	if err := m.Nodes.List(ctx, &nodes); err != nil {
+		log.FromContext(ctx).V(1).Info("target pools left to the assigner", "error", err.Error())
+		return nil
+	}
+	pools, err := nodepool.Targets(pod, nodes.Items)
+	if err != nil {
+		return nil // the assigner reports it, with an event
+	}
+	return pools
+}
+
 // resolutionPatch writes the resolution onto the pod: creator-supplied
 // annotations of ours are replaced, and, with gate, the gate is added only
-// where the apiserver allows it (a pod with spec.nodeName is already bound).
-func resolutionPatch(pod *corev1.Pod, res identity.Resolution, gate bool) []jsonpatch.JsonPatchOperation {
+// where the apiserver allows it (a pod with spec.nodeName is already bound),
+// with the target pools when known.
+func resolutionPatch(pod *corev1.Pod, res identity.Resolution, gate bool, pools []nodepool.Pool) []jsonpatch.JsonPatchOperation {
 	var ops []jsonpatch.JsonPatchOperation
 	if pod.Annotations == nil {
 		ops = append(ops, jsonpatch.NewOperation("add", "/metadata/annotations", map[string]string{}))
@@ -60,10 +87,15 @@ func resolutionPatch(pod *corev1.Pod, res identity.Resolution, gate bool) []json
 		}
 	}
 	ann := res.Annotations()
+	gated := gate && res.NeedsAssignment() && pod.Spec.NodeName == ""
+	if gated && len(pools) > 0 {
+		ann[aadv1.AnnotationNodePools] = nodepool.JoinIDs(pools)
+		ann[aadv1.AnnotationAssignment] = aadv1.AssignmentPending
+	}
 	for _, k := range slices.Sorted(maps.Keys(ann)) {
 		ops = append(ops, jsonpatch.NewOperation("add", "/metadata/annotations/"+escapePointer(k), ann[k]))
 	}
-	if gate && res.NeedsAssignment() && pod.Spec.NodeName == "" && !identity.HasGate(pod) {
+	if gated && !identity.HasGate(pod) {
 		gate := corev1.PodSchedulingGate{Name: aadv1.SchedulingGate}
 		if len(pod.Spec.SchedulingGates) == 0 {
 			ops = append(ops, jsonpatch.NewOperation("add", "/spec/schedulingGates", []corev1.PodSchedulingGate{gate}))

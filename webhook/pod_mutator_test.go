@@ -14,10 +14,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/objects"
 )
 
@@ -25,14 +27,25 @@ func TestResolutionPatch(t *testing.T) {
 	msi := identity.Resolution{Identities: []identity.Resolved{{Namespace: "default", Name: "demo", ClientID: "c-demo", Type: aadv1.UserAssignedMSI}}}
 	sp := identity.Resolution{Identities: []identity.Resolved{{Namespace: "default", Name: "sp", ClientID: "c-sp", Type: aadv1.ServicePrincipal}}}
 	gate := []corev1.PodSchedulingGate{{Name: aadv1.SchedulingGate}}
+	pools := []nodepool.Pool{
+		{Subscription: "s", ResourceGroup: "rg", Kind: nodepool.KindVMSS, Name: "a"},
+		{Subscription: "s", ResourceGroup: "rg", Kind: nodepool.KindVMSS, Name: "b"},
+	}
 	tests := []struct {
 		name      string
 		pod       corev1.Pod
 		res       identity.Resolution
 		managed   bool
+		pools     []nodepool.Pool
 		wantAnn   map[string]string
 		wantGates []corev1.PodSchedulingGate
 	}{
+		{name: "known target pools are recorded, Pending, with the gate", res: msi, pools: pools,
+			wantAnn: map[string]string{aadv1.AnnotationIdentities: "default/demo", aadv1.AnnotationClientIDs: "c-demo",
+				aadv1.AnnotationNodePools: pools[0].ID() + "," + pools[1].ID(), aadv1.AnnotationAssignment: aadv1.AssignmentPending},
+			wantGates: gate},
+		{name: "target pools only for a pod that is gated", res: msi, pools: pools, pod: corev1.Pod{Spec: corev1.PodSpec{NodeName: "node-1"}},
+			wantAnn: map[string]string{aadv1.AnnotationIdentities: "default/demo", aadv1.AnnotationClientIDs: "c-demo"}},
 		{name: "user-assigned identity gets annotations and gate", res: msi,
 			wantAnn:   map[string]string{aadv1.AnnotationIdentities: "default/demo", aadv1.AnnotationClientIDs: "c-demo"},
 			wantGates: gate},
@@ -55,7 +68,7 @@ func TestResolutionPatch(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			pod := applyPatch(t, &tt.pod, resolutionPatch(&tt.pod, tt.res, !tt.managed))
+			pod := applyPatch(t, &tt.pod, resolutionPatch(&tt.pod, tt.res, !tt.managed, tt.pools))
 			if diff := cmp.Diff(tt.wantAnn, pod.Annotations); diff != "" {
 				t.Errorf("annotations (-want +got):\n%s", diff)
 			}
@@ -132,6 +145,17 @@ func TestPodMutatorHandle(t *testing.T) {
 		if !paths[want] {
 			t.Errorf("no patch for %s in %+v", want, resp.Patches)
 		}
+	}
+
+	nodes := fake.NewClientBuilder().WithScheme(identity.Scheme()).WithObjects(&corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: "n1"},
+		Spec:       corev1.NodeSpec{ProviderID: "azure:///subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/a/virtualMachines/0"},
+	}).Build()
+	targeting := podFrontEnd("mutate-pod", admission.NewDecoder(identity.Scheme()), &PodMutator{Resolver: newResolver(t, &id, &b), Gate: true, Nodes: nodes})
+	resp, _ = targeting.decide(context.Background(), podRequest(t, admissionv1.Create, labelled("demo"), nil, "alice"))
+	pod := applyPatch(t, labelled("demo"), resp.Patches)
+	if got := pod.Annotations[aadv1.AnnotationNodePools]; !strings.HasSuffix(got, "/virtualMachineScaleSets/a") || pod.Annotations[aadv1.AnnotationAssignment] != aadv1.AssignmentPending {
+		t.Errorf("with nodes: annotations %v, want the node's pool, Pending", pod.Annotations)
 	}
 
 	resp, reason = m.decide(context.Background(), podRequest(t, admissionv1.Create, labelled("nobody"), nil, "alice"))

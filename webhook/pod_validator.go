@@ -45,7 +45,13 @@ func (v *PodValidator) admitCreate(ctx context.Context, pod *corev1.Pod) outcome
 	if err != nil {
 		return lookupFailed(err)
 	}
-	if errs := annotationMismatch(pod, res.Annotations()); len(errs) > 0 {
+	want := res.Annotations()
+	// The mutator's target pools are advice to the assigner, which
+	// recomputes them; NMI reads neither annotation.
+	if pools, ok := pod.Annotations[aadv1.AnnotationNodePools]; ok && pod.Annotations[aadv1.AnnotationAssignment] == aadv1.AssignmentPending {
+		want[aadv1.AnnotationNodePools], want[aadv1.AnnotationAssignment] = pools, aadv1.AssignmentPending
+	}
+	if errs := annotationMismatch(pod, want); len(errs) > 0 {
 		return denied(reasonAnnotationMismatch, errs)
 	}
 	return allowed(reasonValid)

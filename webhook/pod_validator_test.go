@@ -63,6 +63,11 @@ func TestPodValidatorHandle(t *testing.T) {
 	forged.Annotations[aadv1.AnnotationIdentities] = "kube-system/admin"
 	assigned := admitted.DeepCopy()
 	assigned.Annotations[aadv1.AnnotationAssignment] = aadv1.AssignmentAssigned
+	targeted := admitted.DeepCopy()
+	targeted.Annotations[aadv1.AnnotationNodePools] = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/a"
+	targeted.Annotations[aadv1.AnnotationAssignment] = aadv1.AssignmentPending
+	assignedWithPools := targeted.DeepCopy()
+	assignedWithPools.Annotations[aadv1.AnnotationAssignment] = aadv1.AssignmentAssigned
 	relabelled := admitted.DeepCopy()
 	relabelled.Labels[aadv1.BindingLabel] = "admin"
 
@@ -82,6 +87,9 @@ func TestPodValidatorHandle(t *testing.T) {
 			[]string{"FieldValueRequired " + ann(aadv1.AnnotationClientIDs), "FieldValueRequired " + ann(aadv1.AnnotationIdentities)}},
 		{"create with an assignment annotation", podRequest(t, admissionv1.Create, assigned, nil, "alice"), false, reasonAnnotationMismatch,
 			[]string{"FieldValueForbidden " + ann(aadv1.AnnotationAssignment)}},
+		{"create with the mutator's target pools, Pending", podRequest(t, admissionv1.Create, targeted, nil, "alice"), true, reasonValid, nil},
+		{"create with target pools, Assigned", podRequest(t, admissionv1.Create, assignedWithPools, nil, "alice"), false, reasonAnnotationMismatch,
+			[]string{"FieldValueForbidden " + ann(aadv1.AnnotationAssignment), "FieldValueForbidden " + ann(aadv1.AnnotationNodePools)}},
 		{"update by trusted assigner", podRequest(t, admissionv1.Update, assigned, admitted, assigner), true, reasonTrusted, nil},
 		{"annotation update by user", podRequest(t, admissionv1.Update, assigned, admitted, "alice"), false, reasonUntrustedChange,
 			[]string{"FieldValueForbidden " + ann(aadv1.AnnotationAssignment)}},

@@ -12,9 +12,13 @@ import (
 	"strings"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/sets"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
@@ -27,6 +31,8 @@ import (
 )
 
 // +kubebuilder:rbac:groups=aadpodidentity.k8s.io,resources=azureidentities;azureidentitybindings,verbs=get;list;watch
+// Standard mode: a gated pod's target pools at admission.
+// +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch
 // Lifting the gates of pods admitted in standard mode (managed mode), and
 // adopting pods created before the webhook, dated by its configuration.
 // +kubebuilder:rbac:groups="",resources=pods,verbs=list;patch
@@ -89,7 +95,10 @@ type Options struct {
 // metrics; the caller starts it.
 func NewManager(ctx context.Context, cfg *rest.Config, opts Options) (manager.Manager, error) {
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme:                 identity.Scheme(),
+		Scheme: identity.Scheme(),
+		// Nodes are read for target pools only: their status (images,
+		// conditions) would be most of the cache.
+		Cache:                  cache.Options{ByObject: map[client.Object]cache.ByObject{&corev1.Node{}: {Transform: nodeForTargets}}},
 		Metrics:                metrics.ServerOptions(opts.MetricsAddr, opts.SecureMetrics),
 		HealthProbeBindAddress: opts.ProbeAddr,
 	})
@@ -117,6 +126,20 @@ func NewManager(ctx context.Context, cfg *rest.Config, opts Options) (manager.Ma
 	return mgr, nil
 }
 
+// nodeForTargets keeps what nodepool.Targets reads of a Node: name,
+// labels, provider ID and taints.
+func nodeForTargets(obj any) (any, error) {
+	node, ok := obj.(*corev1.Node)
+	if !ok {
+		return obj, nil
+	}
+	return &corev1.Node{
+		TypeMeta:   node.TypeMeta,
+		ObjectMeta: metav1.ObjectMeta{Name: node.Name, Labels: node.Labels, UID: node.UID, ResourceVersion: node.ResourceVersion},
+		Spec:       corev1.NodeSpec{ProviderID: node.Spec.ProviderID, Taints: node.Spec.Taints},
+	}, nil
+}
+
 // Setup indexes bindings and registers the handlers on the server.
 func Setup(ctx context.Context, mgr manager.Manager, server webhook.Server, opts Options) error {
 	trusted := sets.New[string]()
@@ -139,10 +162,18 @@ func Setup(ctx context.Context, mgr manager.Manager, server webhook.Server, opts
 	register := func(path string, h admission.Handler) {
 		server.Register(path, (&admission.Webhook{Handler: h}).WithRecoverPanic(true))
 	}
-	var gate bool
+	var (
+		gate  bool
+		nodes client.Reader
+	)
 	switch opts.Mode {
 	case ModeStandard, "":
-		gate = true
+		gate, nodes = true, mgr.GetClient()
+		// Started with the cache, so that the first admission does not
+		// wait for the node informer to sync.
+		if _, err := mgr.GetCache().GetInformer(ctx, &corev1.Node{}); err != nil {
+			return fmt.Errorf("watching nodes: %w", err)
+		}
 	case ModeManaged:
 		err = mgr.Add(&gateReleaser{reader: mgr.GetAPIReader(), client: mgr.GetClient(), period: 10 * time.Second, log: mgr.GetLogger().WithName("gates")})
 		if err != nil {
@@ -159,7 +190,7 @@ func Setup(ctx context.Context, mgr manager.Manager, server webhook.Server, opts
 			return fmt.Errorf("adding the adoption of pre-existing pods: %w", err)
 		}
 	}
-	register(MutatePodPath, podFrontEnd("mutate-pod", decoder, &PodMutator{Resolver: resolver, Gate: gate}))
+	register(MutatePodPath, podFrontEnd("mutate-pod", decoder, &PodMutator{Resolver: resolver, Gate: gate, Nodes: nodes}))
 	register(ValidatePodPath, podFrontEnd("validate-pod", decoder, &PodValidator{Resolver: resolver, Trusted: trusted}))
 	register(ValidateBindingPath, crFrontEnd("validate-azureidentitybinding", "AzureIdentityBinding", decoder,
 		func() *aadv1.AzureIdentityBinding { return &aadv1.AzureIdentityBinding{} }, &BindingValidator{Reader: mgr.GetAPIReader()}))

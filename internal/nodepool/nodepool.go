@@ -30,6 +30,16 @@ func (p Pool) ID() string {
 	return fmt.Sprintf("/subscriptions/%s/resourceGroups/%s/providers/Microsoft.Compute/%s/%s", p.Subscription, p.ResourceGroup, p.Kind, p.Name)
 }
 
+// JoinIDs is the pools' ARM IDs, comma-separated: the node-pools
+// annotation of a pod.
+func JoinIDs(pools []Pool) string {
+	ids := make([]string, 0, len(pools))
+	for _, p := range pools {
+		ids = append(ids, p.ID())
+	}
+	return strings.Join(ids, ",")
+}
+
 // Key is the lower-cased ARM ID: ARM IDs compare case-insensitively.
 func (p Pool) Key() string { return strings.ToLower(p.ID()) }
 

@@ -1,4 +1,4 @@
-package assigner
+package nodepool
 
 import (
 	"errors"
@@ -11,33 +11,32 @@ import (
 	"k8s.io/klog/v2"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
-	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
 )
 
-// errNoPool explains why a pending pod has no target pool.
-var errNoPool = errors.New("no node pool matches the pod's node selector, required node affinity and tolerations")
+// ErrNoPool explains why a pending pod has no target pool.
+var ErrNoPool = errors.New("no node pool matches the pod's node selector, required node affinity and tolerations")
 
-// TargetPools returns the pools a pod may run on, sorted by key: its node's
+// Targets returns the pools a pod may run on, sorted by key: its node's
 // pool once scheduled, else the pools of every Node the scheduler could
 // pick (node selector, required affinity, untolerated NoSchedule/NoExecute
 // taints). Taints that go away by themselves do not count: NMI's startup
 // taint and the node lifecycle's not-ready/unreachable ones (a new node of a
 // pool carries them until its kubelet reports ready).
-func TargetPools(pod *corev1.Pod, nodes []corev1.Node) ([]nodepool.Pool, error) {
+func Targets(pod *corev1.Pod, nodes []corev1.Node) ([]Pool, error) {
 	if pod.Spec.NodeName != "" {
 		for i := range nodes {
 			if nodes[i].Name == pod.Spec.NodeName {
-				p, err := nodepool.FromProviderID(nodes[i].Spec.ProviderID)
+				p, err := FromProviderID(nodes[i].Spec.ProviderID)
 				if err != nil {
 					return nil, fmt.Errorf("node %s: %w", nodes[i].Name, err)
 				}
-				return []nodepool.Pool{p}, nil
+				return []Pool{p}, nil
 			}
 		}
 		return nil, fmt.Errorf("node %s of the pod not found", pod.Spec.NodeName)
 	}
 	affinity := nodeaffinity.GetRequiredNodeAffinity(pod)
-	byKey := map[string]nodepool.Pool{}
+	byKey := map[string]Pool{}
 	for i := range nodes {
 		node := &nodes[i]
 		if ok, err := affinity.Match(node); err != nil {
@@ -48,16 +47,16 @@ func TargetPools(pod *corev1.Pod, nodes []corev1.Node) ([]nodepool.Pool, error) 
 		if _, untolerated := corev1helpers.FindMatchingUntoleratedTaint(klog.Background(), node.Spec.Taints, pod.Spec.Tolerations, schedulingTaint, false); untolerated {
 			continue
 		}
-		p, err := nodepool.FromProviderID(node.Spec.ProviderID)
+		p, err := FromProviderID(node.Spec.ProviderID)
 		if err != nil {
 			continue // not an Azure node (or not yet initialised): nothing to assign to
 		}
 		byKey[p.Key()] = p
 	}
 	if len(byKey) == 0 {
-		return nil, errNoPool
+		return nil, ErrNoPool
 	}
-	pools := make([]nodepool.Pool, 0, len(byKey))
+	pools := make([]Pool, 0, len(byKey))
 	for _, p := range byKey {
 		pools = append(pools, p)
 	}

@@ -1,4 +1,4 @@
-package assigner
+package nodepool
 
 import (
 	"reflect"
@@ -20,7 +20,7 @@ func node(name, pool string, labels map[string]string, taints ...corev1.Taint) c
 	}
 }
 
-func TestTargetPools(t *testing.T) {
+func TestTargets(t *testing.T) {
 	nodes := []corev1.Node{
 		node("a0", "a", map[string]string{"pool": "a"}),
 		node("a1", "a", map[string]string{"pool": "a"}),
@@ -51,7 +51,7 @@ func TestTargetPools(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			pools, err := TargetPools(&corev1.Pod{Spec: tc.spec}, nodes)
+			pools, err := Targets(&corev1.Pod{Spec: tc.spec}, nodes)
 			if (err != nil) != tc.wantErr {
 				t.Fatalf("err = %v, wantErr %v", err, tc.wantErr)
 			}
