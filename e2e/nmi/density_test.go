@@ -97,8 +97,8 @@ func TestNMINodeDensity(t *testing.T) {
 	}
 	slices.Sort(lat)
 	pct := func(p float64) time.Duration { return lat[int(float64(len(lat)-1)*p)].Round(100 * time.Microsecond) }
-	t.Logf("%d pods, %d identities, one request each at once (cold cache): %d failed; burst %v; p50 %v, p99 %v, max %v; IMDS token calls %d (one per identity and resource would be %d); NMI RSS %d KiB",
-		pods, identities, failed, wall.Round(time.Millisecond), pct(0.5), pct(0.99), lat[len(lat)-1].Round(100*time.Microsecond), n.imdsCalls.Load()-before, identities, rssKB(t, n.nmi.Process.Pid))
+	t.Logf("%d pods, %d identities, one request each at once (cold cache): %d failed; burst %v; p50 %v, p99 %v, max %v; IMDS token calls %d (one per identity and resource would be %d); NMI RSS %s",
+		pods, identities, failed, wall.Round(time.Millisecond), pct(0.5), pct(0.99), lat[len(lat)-1].Round(100*time.Microsecond), n.imdsCalls.Load()-before, identities, rss(t, n.nmi.Process.Pid))
 }
 
 // densityObjects creates the identities (on the pool, each with its binding

@@ -190,24 +190,31 @@ func createLoadPods(t *testing.T, c client.Client, total, onNode int) int {
 	return onNode
 }
 
-func rss(t *testing.T, pid int) string { return fmt.Sprintf("%d kB", rssKB(t, pid)) }
+// rss is a process's resident set and what it is made of: anonymous
+// memory (heap, stacks) and file pages (the binary's text and data).
+func rss(t *testing.T, pid int) string {
+	return fmt.Sprintf("%d kB (anon %d kB, file %d kB)", procStatusKB(t, pid, "VmRSS"), procStatusKB(t, pid, "RssAnon"), procStatusKB(t, pid, "RssFile"))
+}
 
 // rssKB reads a process's resident set size in KiB.
-func rssKB(t *testing.T, pid int) int {
+func rssKB(t *testing.T, pid int) int { return procStatusKB(t, pid, "VmRSS") }
+
+// procStatusKB reads a KiB field of /proc/PID/status.
+func procStatusKB(t *testing.T, pid int, field string) int {
 	t.Helper()
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == field+":" {
 			kb, err := strconv.Atoi(f[1])
 			if err != nil {
-				t.Fatalf("VmRSS %q: %v", l, err)
+				t.Fatalf("%s %q: %v", field, l, err)
 			}
 			return kb
 		}
 	}
-	t.Fatalf("no VmRSS in /proc/%d/status", pid)
+	t.Fatalf("no %s in /proc/%d/status", field, pid)
 	return 0
 }

@@ -608,10 +608,18 @@ func startNMI(t *testing.T, kubeconfig, logPath string) *exec.Cmd {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(os.Getenv(envNMIPath), "--kubeconfig", kubeconfig, "--metrics-bind-address", "0",
+	args := []string{"--kubeconfig", kubeconfig, "--metrics-bind-address", "0",
 		"--health-probe-bind-address", "127.0.0.1:0", "--sync-period", "2s", "--remove-startup-taint",
-		"--exception-namespaces", "default", "--assignments-namespace", assignmentsNS, "--cni-cache-dir", os.Getenv(envCNICache))
+		"--exception-namespaces", "default", "--assignments-namespace", assignmentsNS, "--cni-cache-dir", os.Getenv(envCNICache)}
+	// The load generators' own settings (make bench-nmi lifts the per-pod
+	// limit on uncached tokens, which the miss-path run would only measure).
+	args = append(args, strings.Fields(os.Getenv("AADPI_NMI_ARGS"))...)
+	cmd := exec.Command(os.Getenv(envNMIPath), args...)
 	cmd.Env = append(os.Environ(), "NODE_NAME="+nodeName)
+	// The chart's nmi.goMemLimit, for the load generators' RSS figures.
+	if limit := os.Getenv("AADPI_NMI_GOMEMLIMIT"); limit != "" {
+		cmd.Env = append(cmd.Env, "GOMEMLIMIT="+limit)
+	}
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
