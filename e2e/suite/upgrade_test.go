@@ -31,14 +31,21 @@ var ourCRDs = []string{
 
 // TestUpgradeFrom18: `helm upgrade --install` of this chart over a cluster
 // as aad-pod-identity 1.8 leaves it once its MIC and NMI are stopped (its
-// CRDs, objects and per-pod AzureAssignedIdentity, its aad-metadata chain
-// on every node, the identity MIC assigned on the pool, pods running since
-// then, asking for tokens every 100 ms). The labelled pod gets its token
-// back (its refusals are counted and logged); an unlabelled pod and one
-// bound to nothing never get one, and no pod reaches IMDS; the identity
-// stays on the pool throughout, now recorded as the assigner's own; 1.8's
-// record is deleted.
+// CRDs, objects and, in standard mode, MIC's per-pod AzureAssignedIdentity;
+// its aad-metadata chain on every node; the identity on the pool, put there
+// by MIC or, in managed mode and with the AKS add-on, by the admins; pods
+// running since then, asking for tokens every 100 ms). The labelled pod
+// gets its token back (its refusals are counted and logged); an unlabelled
+// pod and one bound to nothing never get one, and no pod reaches IMDS; the
+// identity stays on the pool throughout. In standard mode it is now
+// recorded as the assigner's own and 1.8's record is deleted; in managed
+// mode no assigner runs.
 func TestUpgradeFrom18(t *testing.T) {
+	t.Run("standard", func(t *testing.T) { upgradeFrom18(t, false) })
+	t.Run("managed", func(t *testing.T) { upgradeFrom18(t, true) })
+}
+
+func upgradeFrom18(t *testing.T, managed bool) {
 	uninstalled(t)
 	t.Cleanup(func() {
 		if env.installed {
@@ -63,7 +70,7 @@ func TestUpgradeFrom18(t *testing.T) {
 	demoPod{Name: "v18-app", Labels: map[string]string{aadv1.BindingLabel: "v18-app"}, ClientID: id.ClientID, Node: n.Name, Period: period}.create(t)
 	demoPod{Name: "v18-unlabelled", ClientID: id.ClientID, Node: n.Name, Period: period}.create(t)
 	demoPod{Name: "v18-unbound", Labels: map[string]string{aadv1.BindingLabel: "v18-nothing"}, ClientID: id.ClientID, Node: n.Name, Period: period}.create(t)
-	w := v18.World{Namespace: "default", Identity: "e2e-v18", Selector: "v18-app", ResourceID: id.ResourceID, ClientID: id.ClientID, Pod: "v18-app", Node: n.Name}
+	w := v18.World{Namespace: "default", Identity: "e2e-v18", Selector: "v18-app", ResourceID: id.ResourceID, ClientID: id.ClientID, Pod: "v18-app", Node: n.Name, Managed: managed}
 	kubectl(t, "apply", "-f", "-", "stdin:"+w.Objects())
 	t.Cleanup(func() {
 		_, _ = kubectlIn("-n", "default", "delete", "azureidentitybinding", w.Identity+"-binding", "--ignore-not-found")
@@ -77,7 +84,11 @@ func TestUpgradeFrom18(t *testing.T) {
 	start := time.Now()
 	// Helm 4 server-side applies crds/ and refuses fields kubectl set; the
 	// chart's hook replaces the CRDs anyway (docs/migration.md).
-	if err := helmRelease("upgrade", "--install", "--skip-crds"); err != nil {
+	flags := []string{"--install", "--skip-crds"}
+	if managed {
+		flags = append(flags, "--set", "mode=managed")
+	}
+	if err := helmRelease("upgrade", flags...); err != nil {
 		t.Fatal(err)
 	}
 	env.installed = true
@@ -98,8 +109,8 @@ func TestUpgradeFrom18(t *testing.T) {
 			t.Errorf("refused after the first token: %s", a.Line)
 		}
 	}
-	t.Logf("upgrade from 1.8: helm upgrade --install took %s; the running pod's first token %s after it started; %d requests refused meanwhile (two every %s), %d after",
-		installedAt.Sub(start).Round(100*time.Millisecond), first.At.Sub(start).Round(100*time.Millisecond), refused, period, after)
+	t.Logf("upgrade from 1.8 (managed: %t): helm upgrade --install took %s; the running pod's first token %s after it started; %d requests refused meanwhile (two every %s), %d after",
+		managed, installedAt.Sub(start).Round(100*time.Millisecond), first.At.Sub(start).Round(100*time.Millisecond), refused, period, after)
 
 	for _, name := range []string{"v18-unlabelled", "v18-unbound"} {
 		never(t, "default", name, userToken)
@@ -117,6 +128,18 @@ func TestUpgradeFrom18(t *testing.T) {
 		t.Errorf("unlabelled pod annotated: %v", got)
 	}
 	adoptedEvent(t, "v18-app")
+	if missing := pool(); missing > 0 {
+		t.Errorf("the identity was missing from %s in %d of the checks while the pod used it", n.Pool.Name, missing)
+	}
+	if sub := kubectl(t, "get", "crd", "azureassignedidentities.aadpodidentity.k8s.io", "-o", "jsonpath={.spec.versions[0].subresources}"); !strings.Contains(sub, "status") {
+		t.Errorf("1.8's CRD left in place: subresources %q", sub)
+	}
+	if managed {
+		if pods := componentPods(t, "assigner", ""); len(pods) > 0 {
+			t.Errorf("assigner pods in managed mode: %v", pods)
+		}
+		return
+	}
 
 	p, err := nodepool.ParseID(n.Pool.ID)
 	if err != nil {
@@ -134,12 +157,6 @@ func TestUpgradeFrom18(t *testing.T) {
 		}
 		return nil
 	})
-	if missing := pool(); missing > 0 {
-		t.Errorf("the identity was missing from %s in %d of the checks while the pod used it", n.Pool.Name, missing)
-	}
-	if sub := kubectl(t, "get", "crd", "azureassignedidentities.aadpodidentity.k8s.io", "-o", "jsonpath={.spec.versions[0].subresources}"); !strings.Contains(sub, "status") {
-		t.Errorf("1.8's CRD left in place: subresources %q", sub)
-	}
 }
 
 // install18Chain puts aad-pod-identity 1.8's NMI rules in the node's nat

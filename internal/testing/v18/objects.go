@@ -14,6 +14,9 @@ type World struct {
 	// Exception is the app label of the pods an AzurePodIdentityException
 	// in the namespace lets reach the node's own identity; none if empty.
 	Exception string
+	// Managed is 1.8 in managed mode, or the AKS add-on: no MIC, so no
+	// AzureAssignedIdentity; the admins assigned the identity.
+	Managed bool
 }
 
 // world spells the objects as 1.8's docs do; the AzureAssignedIdentity is
@@ -38,6 +41,7 @@ metadata:
 spec:
   azureIdentity: {{.Identity}}
   selector: {{.Selector}}
+{{- if not .Managed}}
 ---
 apiVersion: aadpodidentity.k8s.io/v1
 kind: AzureAssignedIdentity
@@ -70,6 +74,7 @@ spec:
 status:
   status: Assigned
   availableReplicas: 1
+{{- end}}
 {{- if .Exception}}
 ---
 apiVersion: aadpodidentity.k8s.io/v1
