@@ -9,7 +9,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -34,7 +34,7 @@ const (
 type podReconciler struct {
 	client    client.Client
 	resolver  *identity.Resolver
-	recorder  record.EventRecorder
+	recorder  events.EventRecorder
 	namespace string
 	// crossNamespace: bindings select pods in every namespace, so binding
 	// and identity events concern them all.
@@ -159,11 +159,11 @@ func (r *podReconciler) update(ctx context.Context, pod *corev1.Pod, res identit
 	}
 	switch {
 	case assignment == aadv1.AssignmentAssigned:
-		r.recorder.Eventf(pod, corev1.EventTypeNormal, EventAssigned, "identities %q are on node pools %s", pod.Annotations[aadv1.AnnotationIdentities], poolNames(pools))
+		r.recorder.Eventf(pod, nil, corev1.EventTypeNormal, EventAssigned, "Assign", "identities %q are on node pools %s", pod.Annotations[aadv1.AnnotationIdentities], poolNames(pools))
 	case assignment == aadv1.AssignmentPending:
-		r.recorder.Eventf(pod, corev1.EventTypeNormal, EventWaiting, "waiting for identities %q on node pools %s", pod.Annotations[aadv1.AnnotationIdentities], poolNames(pools))
+		r.recorder.Eventf(pod, nil, corev1.EventTypeNormal, EventWaiting, "Assign", "waiting for identities %q on node pools %s", pod.Annotations[aadv1.AnnotationIdentities], poolNames(pools))
 	default:
-		r.recorder.Event(pod, corev1.EventTypeWarning, EventFailed, assignment)
+		r.recorder.Eventf(pod, nil, corev1.EventTypeWarning, EventFailed, "Assign", "%s", assignment)
 	}
 	return nil
 }

@@ -119,7 +119,6 @@ func NewManager(cfg *rest.Config, mo ManagerOptions, opts Options) (manager.Mana
 // RBAC of the assigner (config/rbac/assigner, generated).
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch;patch;update
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch
-// +kubebuilder:rbac:groups="",resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups=aadpodidentity.k8s.io,resources=azureidentities;azureidentitybindings,verbs=get;list;watch
 // +kubebuilder:rbac:groups=aadpodidentity.k8s.io,resources=azureassignedidentities,verbs=get;list;watch;create;update;patch;delete
@@ -156,7 +155,7 @@ func Setup(ctx context.Context, mgr manager.Manager, opts Options) error {
 	pods := &podReconciler{
 		client:         c,
 		resolver:       resolver,
-		recorder:       mgr.GetEventRecorderFor("aad-pod-identity-assigner"),
+		recorder:       mgr.GetEventRecorder("aad-pod-identity-assigner"),
 		namespace:      opts.Namespace,
 		crossNamespace: opts.AllowCrossNamespace,
 	}

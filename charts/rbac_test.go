@@ -57,7 +57,6 @@ func expected(release string, builtinCerts, servicePrincipals, taintRemoval, cle
 		"assigner": {
 			{"", "pods", []string{"get", "list", "watch", "update", "patch"}, "*", nil},
 			{"", "nodes", read, "", nil},
-			{"", "events", []string{"create", "patch"}, "*", nil},
 			{"events.k8s.io", "events", []string{"create", "patch"}, "*", nil},
 			{aad, "azureidentities", read, "*", nil},
 			{aad, "azureidentitybindings", read, "*", nil},
