@@ -15,6 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
 )
 
@@ -150,7 +151,7 @@ func (r *legacyReaper) evidenceAwaited(ctx context.Context, rec *aadv1.AzureAssi
 		}
 		return false, fmt.Errorf("getting pod %s/%s: %w", rec.Spec.LegacyPodNamespace, rec.Spec.LegacyPod, err)
 	}
-	if !isLive(&pod) {
+	if !identity.Live(&pod) {
 		return false, nil
 	}
 	pool, err := legacyPool(ctx, r.client, rec)

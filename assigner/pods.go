@@ -46,7 +46,7 @@ func (r *podReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 	if err := r.client.Get(ctx, req.NamespacedName, &pod); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
-	if !isLive(&pod) {
+	if !identity.Live(&pod) {
 		return ctrl.Result{}, nil
 	}
 	if _, admitted := pod.Annotations[aadv1.AnnotationIdentities]; !admitted {
@@ -174,11 +174,6 @@ func poolNames(pools []nodepool.Pool) string {
 		names = append(names, p.Name)
 	}
 	return strings.Join(names, ",")
-}
-
-// isLive tells pods that may still use an identity.
-func isLive(pod *corev1.Pod) bool {
-	return pod.Status.Phase != corev1.PodSucceeded && pod.Status.Phase != corev1.PodFailed
 }
 
 // podPools returns the lower-cased pool IDs a pod targets.

@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
 )
 
@@ -156,6 +157,6 @@ func podTargetsChanged() predicate.Predicate {
 		o, n := e.ObjectOld.(*corev1.Pod), e.ObjectNew.(*corev1.Pod)
 		return o.Annotations[aadv1.AnnotationNodePools] != n.Annotations[aadv1.AnnotationNodePools] ||
 			o.Annotations[aadv1.AnnotationIdentities] != n.Annotations[aadv1.AnnotationIdentities] ||
-			isLive(o) != isLive(n)
+			identity.Live(o) != identity.Live(n)
 	}}
 }

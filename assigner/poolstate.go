@@ -128,7 +128,7 @@ func (r *poolReconciler) wantedIdentities(ctx context.Context, pool nodepool.Poo
 	wanted := map[types.NamespacedName]*wantedIdentity{}
 	skipped := map[types.NamespacedName]bool{}
 	for i := range pods.Items {
-		if !isLive(&pods.Items[i]) {
+		if !identity.Live(&pods.Items[i]) {
 			continue
 		}
 		for _, key := range identity.Admitted(&pods.Items[i]) {
@@ -161,7 +161,7 @@ func (r *poolReconciler) unseenIdentities(ctx context.Context, wanted map[types.
 		return false, fmt.Errorf("listing pods without target pools: %w", err)
 	}
 	for i := range pods.Items {
-		if !isLive(&pods.Items[i]) {
+		if !identity.Live(&pods.Items[i]) {
 			continue
 		}
 		for _, key := range identity.Admitted(&pods.Items[i]) {

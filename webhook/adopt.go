@@ -89,7 +89,7 @@ func (a *adopter) adoptAll(ctx context.Context) error {
 	adopted := 0
 	for i := range pods.Items {
 		pod := &pods.Items[i]
-		if _, admitted := pod.Annotations[aadv1.AnnotationIdentities]; admitted || !live(pod) {
+		if _, admitted := pod.Annotations[aadv1.AnnotationIdentities]; admitted || !identity.Live(pod) {
 			continue
 		}
 		if !pod.CreationTimestamp.Before(&mwc.CreationTimestamp) {
@@ -132,9 +132,4 @@ func (a *adopter) adopt(ctx context.Context, pod *corev1.Pod) error {
 		"created before aad-pod-identity's webhook: admitted now for identities %q (label %s=%q)", ids, aadv1.BindingLabel, pod.Labels[aadv1.BindingLabel])
 	a.log.Info("pod created before the webhook adopted", "pod", client.ObjectKeyFromObject(pod), "identities", ids)
 	return nil
-}
-
-// live tells pods that may still use an identity.
-func live(pod *corev1.Pod) bool {
-	return pod.Status.Phase != corev1.PodSucceeded && pod.Status.Phase != corev1.PodFailed
 }

@@ -42,3 +42,9 @@ func Admitted(pod *corev1.Pod) []types.NamespacedName {
 	}
 	return ids
 }
+
+// Live tells pods that may still use an identity: neither succeeded nor
+// failed.
+func Live(pod *corev1.Pod) bool {
+	return pod.Status.Phase != corev1.PodSucceeded && pod.Status.Phase != corev1.PodFailed
+}
