@@ -108,7 +108,11 @@ NODE_ASSETS ?= $(TOOLS_CACHE)/node-$(K8S_VERSION)-containerd-$(CONTAINERD_VERSIO
 CNI_PLUGINS := ipam/host-local main/bridge main/loopback meta/portmap
 
 .PHONY: node-binaries
-node-binaries: $(NODE_ASSETS)/.done ## Build kubelet, containerd (shim, ctr) and the CNI plugins for real nodes (docs/sandbox.md).
+node-binaries: $(NODE_ASSETS)/.done $(NODE_ASSETS)/static/kubectl ## Build kubelet, containerd (shim, ctr), the CNI plugins and a static kubectl (for the hooks' image) for real nodes (docs/sandbox.md).
+
+# Its own target, so that a node cache built before it gains it without a rebuild.
+$(NODE_ASSETS)/static/kubectl:
+	cd hack/tools/k8s && CGO_ENABLED=0 go build -ldflags '$(K8S_LDFLAGS)' -o $@ k8s.io/kubernetes/cmd/kubectl
 
 $(NODE_ASSETS)/.done:
 	mkdir -p $(NODE_ASSETS)/cni
@@ -215,5 +219,5 @@ bench-e2e: deps control-plane $(HELM) ## Time from `kubectl apply` of 100 demo p
 
 ##@ Demo
 .PHONY: demo
-demo: deps control-plane sandbox-build $(HELM) ## The walkthrough end to end on the sandbox (as root, ~2 min); KEEP=1 leaves the cluster up.
+demo: deps control-plane node-binaries sandbox-build $(HELM) ## The walkthrough end to end on the sandbox (as root, ~2 min); KEEP=1 leaves the cluster up.
 	BIN=$(BIN) HELM=$(HELM) KEEP=$(KEEP) hack/demo.sh

@@ -13,12 +13,13 @@ if [[ $EUID -ne 0 ]]; then
 	exit 1
 fi
 KEEP="${KEEP:-}"
-CHART="$(cd "$(dirname "$0")/.." && pwd)/charts/aad-pod-identity"
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+CHART="$ROOT/charts/aad-pod-identity"
 # kubectl of the control plane we built, so the walkthrough's commands run as written.
 export PATH="$KUBEBUILDER_ASSETS:$PATH"
 helm() { "$HELM" "$@"; }
 
-STEPS=10
+STEPS=11
 step=0
 progress() { step=$((step + 1)); printf '\n==> [%d/%d] %s\n' "$step" "$STEPS" "$*"; }
 
@@ -64,10 +65,21 @@ EOF
 trap teardown EXIT
 trap 'exit 130' INT TERM
 
-progress "starting the sandbox: control plane, 2 nodes in 2 VMSS pools, fake Azure (ARM, AAD, IMDS per node)"
+KUBELET="${SANDBOX_KUBELET:-real}"
 mkdir -p "$DIR"
+UP_ARGS=(--kubelet "$KUBELET")
+if [[ "$KUBELET" == real ]]; then
+	progress "building the images offline (webhook, assigner, nmi, demo; pause and kubectl for the nodes and the hooks)"
+	"$BIN/sandbox" images --repo "$ROOT" --out "$DIR/images" 2>&1 | tail -n 3
+	UP_ARGS+=(--images "$DIR/images")
+	NODES="2 real nodes (kubelet, containerd, runc, CNI bridge)"
+else
+	STEPS=$((STEPS - 1))
+	NODES="2 kubelet stand-ins"
+fi
+progress "starting the sandbox: control plane, $NODES in 2 VMSS pools, fake Azure (ARM, AAD, IMDS per node)"
 # Its own session: Ctrl-C reaches this script, whose trap tears the sandbox down in order.
-setsid "$BIN/sandbox" up --id "$ID" --dir "$DIR" --bin-dir "$BIN" --ready-file "$DIR/ready" >"$DIR/sandbox.out" 2>&1 &
+setsid "$BIN/sandbox" up --id "$ID" --dir "$DIR" --bin-dir "$BIN" --ready-file "$DIR/ready" "${UP_ARGS[@]}" >"$DIR/sandbox.out" 2>&1 &
 SANDBOX_PID=$!
 for _ in $(seq 600); do
 	[[ -f "$DIR/ready" ]] && break

@@ -49,8 +49,12 @@ type AzureEndpoints struct {
 // container started afterwards trust that CA through SSL_CERT_FILE (Go
 // honours it), so the components need no extra CA flags.
 func (s *Sandbox) ServeAzure() (*AzureEndpoints, error) {
-	ca, err := testca.New("fake-azure-test-ca")
-	if err != nil {
+	// Real nodes' images were built to trust the CA of their NodeImages.
+	var ca *testca.CA
+	var err error
+	if s.opts.Kubelet == KubeletReal {
+		ca = s.opts.NodeImages.CA
+	} else if ca, err = testca.New("fake-azure-test-ca"); err != nil {
 		return nil, err
 	}
 	e := &AzureEndpoints{CAFile: s.path("pki", AzureCAFile), AAD: fakeazure.NewAAD(s.Signer)}

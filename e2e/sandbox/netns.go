@@ -28,14 +28,14 @@ func ListNetNS(prefix string) ([]string, error) {
 }
 
 // Clean removes every sandbox namespace whose name starts with prefix and the
-// processes running in them: the way out after a sandbox process was killed
-// with SIGKILL.
+// processes running in them, and the real nodes' cgroups with their
+// containers: the way out after a sandbox process was killed with SIGKILL.
 func Clean(prefix string) error {
 	names, err := ListNetNS(prefix)
 	if err != nil {
 		return err
 	}
-	var errs []error
+	errs := []error{cleanCgroups(prefix)}
 	for _, n := range names {
 		errs = append(errs, testns.Delete(n))
 	}

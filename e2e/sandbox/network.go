@@ -62,10 +62,10 @@ func setupControlPlaneNS(cp ns.NetNS) error {
 	})
 }
 
-// setupNodeNS joins node i to the control plane with a veth pair, gives it a
-// bridge for its pods, the metadata address on loopback and routes both
-// ways.
-func setupNodeNS(cp, node ns.NetNS, i int) error {
+// setupNodeNS joins node i to the control plane with a veth pair, gives it
+// the metadata address on loopback, a bridge for its pods unless a CNI
+// plugin makes one (real nodes), and routes both ways.
+func setupNodeNS(cp, node ns.NetNS, i int, bridge bool) error {
 	cpLink := fmt.Sprintf("n%d", i)
 	err := node.Do(func(ns.NetNS) error {
 		if err := testns.Uplink(cp, cpLink, nodeLinkNode(i), nodeLinkCP(i)); err != nil {
@@ -73,6 +73,9 @@ func setupNodeNS(cp, node ns.NetNS, i int) error {
 		}
 		if err := testns.AddAddr("lo", &net.IPNet{IP: MetadataIP, Mask: net.CIDRMask(32, 32)}); err != nil {
 			return err
+		}
+		if !bridge {
+			return setSysctls(routerSysctls())
 		}
 		// A fixed MAC: otherwise the bridge takes the lowest of its ports'
 		// and changes it as pods come, and pods that cached the old one lose

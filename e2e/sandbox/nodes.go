@@ -41,6 +41,8 @@ type Node struct {
 	Pool  fakeazure.Pool
 	IP    string
 	NetNS string
+	// CRISocket is the node's containerd socket; empty on a stand-in.
+	CRISocket string
 	// imdsCallers counts IMDS requests by source IP: only NMI, on the
 	// node's address, should ever reach IMDS from a node with NMI.
 	imdsMu      sync.Mutex
@@ -84,7 +86,7 @@ func (s *Sandbox) AddNodes(ctx context.Context, opts NodeOptions) error {
 		if err != nil {
 			return err
 		}
-		if err := setupNodeNS(s.cp, netns, i); err != nil {
+		if err := setupNodeNS(s.cp, netns, i, s.opts.Kubelet == KubeletStandin); err != nil {
 			return err
 		}
 		n := &Node{Name: name, Pool: pool, IP: nodeLinkNode(i).String(), NetNS: s.NetNSName(fmt.Sprintf("n%d", i)),
@@ -93,6 +95,12 @@ func (s *Sandbox) AddNodes(ctx context.Context, opts NodeOptions) error {
 			return fmt.Errorf("node %s: %w", name, err)
 		}
 		providerID := fmt.Sprintf("azure://%s/virtualMachines/%d", pool.ID, instance)
+		if s.opts.Kubelet == KubeletReal {
+			if err := s.addRealNode(ctx, netns, i, n, providerID, taints); err != nil {
+				return err
+			}
+			continue
+		}
 		k := &kubelet{sb: s, index: i, name: name, nodeIP: nodeLinkNode(i), netns: netns, client: client,
 			images: s.opts.Images, log: s.log.WithValues("node", name),
 			pods: map[string]*podRun{}, ips: map[byte]bool{}, ready: make(chan struct{})}
@@ -152,4 +160,26 @@ func (s *Sandbox) serveIMDS(netns ns.NetNS, n *Node, vm string) error {
 	go func() { _ = srv.Serve(l) }()
 	s.addCloser(func() { _ = srv.Close() })
 	return nil
+}
+
+// addRealNode starts a real node and registers it for teardown, even when
+// it fails to start.
+func (s *Sandbox) addRealNode(ctx context.Context, netns ns.NetNS, i int, n *Node, providerID string, taints []corev1.Taint) error {
+	var r *realNode
+	n.cancel = func() {
+		go func() {
+			defer close(n.done)
+			if r != nil {
+				if err := r.stop(); err != nil {
+					s.log.Error(err, "stopping node", "node", n.Name)
+				}
+			}
+		}()
+	}
+	s.mu.Lock()
+	s.nodes = append(s.nodes, n)
+	s.mu.Unlock()
+	var err error
+	r, err = s.startRealNode(ctx, netns, i, n, providerID, taints)
+	return err
 }

@@ -50,9 +50,16 @@ type Options struct {
 	Listen string
 	// Log receives the sandbox's own progress.
 	Log logr.Logger
+	// Kubelet is the kind of node: KubeletReal (the default) or KubeletStandin.
+	Kubelet string
+	// NodeAssets holds kubelet, containerd and the CNI plugins of real nodes
+	// (NodeAssets() when empty).
+	NodeAssets string
+	// NodeImages are the images real nodes run; required with KubeletReal.
+	NodeImages *NodeImages
 	// PodInit is the podinit binary the kubelet stand-ins start containers with.
 	PodInit string
-	// Images maps container images to binaries (see Images).
+	// Images maps container images to binaries for the stand-ins (see Images).
 	Images Images
 	// Azure is the fake cloud; a new one when nil.
 	Azure *fakeazure.State
@@ -112,6 +119,24 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 	if opts.Azure == nil {
 		opts.Azure = fakeazure.NewState()
 	}
+	if opts.Kubelet == "" {
+		opts.Kubelet = KubeletReal
+	}
+	switch opts.Kubelet {
+	case KubeletReal:
+		if opts.NodeImages == nil {
+			return nil, errors.New("real nodes need their images: Options.NodeImages (BuildNodeImages)")
+		}
+		if opts.NodeAssets == "" {
+			var err error
+			if opts.NodeAssets, err = NodeAssets(); err != nil {
+				return nil, err
+			}
+		}
+	case KubeletStandin:
+	default:
+		return nil, fmt.Errorf("unknown kubelet %q: want %s or %s", opts.Kubelet, KubeletReal, KubeletStandin)
+	}
 	s := &Sandbox{ID: opts.ID, Dir: opts.Dir, Azure: opts.Azure, opts: opts, log: opts.Log, tokens: map[string]string{}}
 	defer func() {
 		if err != nil {
@@ -140,6 +165,14 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 	}
 	if err := s.startControlPlane(ctx); err != nil {
 		return nil, err
+	}
+	if opts.Kubelet == KubeletReal {
+		if err := s.serveDNS(); err != nil {
+			return nil, err
+		}
+		if err := s.serveKubernetesService(); err != nil {
+			return nil, err
+		}
 	}
 	if err := s.serveAdmin(); err != nil {
 		return nil, err
@@ -180,7 +213,7 @@ func (s *Sandbox) startControlPlane(ctx context.Context) error {
 	pki := s.path("pki")
 	apiIP := APIServerIP.String()
 	serverCrt, serverKey, err := writeKeyPair(s.ca, pki, "apiserver", testca.Leaf{CommonName: "kube-apiserver",
-		Hosts: []string{"127.0.0.1", apiIP, "10.0.0.1", "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"},
+		Hosts: []string{"127.0.0.1", apiIP, kubernetesServiceIP, "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"},
 		Usage: x509.ExtKeyUsageServerAuth})
 	if err != nil {
 		return err
@@ -388,6 +421,34 @@ func (s *Sandbox) Stop() error {
 	}
 	return errors.Join(errs...)
 }
+
+// KubeletFromEnv is the kind of node SANDBOX_KUBELET asks for, KubeletReal
+// when it is unset.
+func KubeletFromEnv() string {
+	if k := os.Getenv("SANDBOX_KUBELET"); k != "" {
+		return k
+	}
+	return KubeletReal
+}
+
+// serveKubernetesService makes the kubernetes Service's ClusterIP reach the
+// apiserver from every node and pod, as kube-proxy would (the sandbox runs
+// none): one DNAT rule in the control-plane namespace, where node and pod
+// traffic for the service range is routed.
+func (s *Sandbox) serveKubernetesService() error {
+	return s.cp.Do(func(ns.NetNS) error {
+		out, err := exec.Command("iptables", "-w", "5", "-t", "nat", "-A", "PREROUTING", "-d", kubernetesServiceIP+"/32", "-p", "tcp", "--dport", "443",
+			"-j", "DNAT", "--to-destination", fmt.Sprintf("%s:%d", APIServerIP, apiserverPort)).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("the kubernetes Service's DNAT rule: %w: %s", err, out)
+		}
+		return nil
+	})
+}
+
+// kubernetesServiceIP is the kubernetes Service's ClusterIP, the first of
+// --service-cluster-ip-range.
+const kubernetesServiceIP = "10.0.0.1"
 
 // podEnv is the environment every container gets unless it sets the
 // variable itself: in-cluster clients reach the apiserver at its address

@@ -23,7 +23,8 @@ import (
 	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/framework"
 )
 
-// startSandbox builds podinit, starts a sandbox with two nodes in two pools
+// startSandbox builds podinit, starts a sandbox with two kubelet stand-ins
+// (what this package's tests check) in two pools
 // and removes everything when the test ends, failed or not.
 func startSandbox(t testing.TB) (*sandbox.Sandbox, kubernetes.Interface) {
 	t.Helper()
@@ -49,7 +50,7 @@ func startSandbox(t testing.TB) (*sandbox.Sandbox, kubernetes.Interface) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	sb, err := sandbox.Start(ctx, sandbox.Options{
-		Assets: assets, Dir: t.TempDir(), Log: logr.Discard(), PodInit: filepath.Join(bin, "podinit"),
+		Assets: assets, Dir: t.TempDir(), Log: logr.Discard(), Kubelet: sandbox.KubeletStandin, PodInit: filepath.Join(bin, "podinit"),
 		Images: sandbox.Images{"sandbox.test/sh": sh, "sandbox.test/python": py},
 	})
 	if err != nil {

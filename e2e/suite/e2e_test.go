@@ -293,7 +293,7 @@ func testAssignerKilled(t *testing.T) {
 	for i := range burst {
 		pod := &corev1.Pod{
 			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("burst-%02d", i), Namespace: "default", Labels: map[string]string{aadv1.BindingLabel: "e2e-burst"}},
-			Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "main", Image: "sandbox.test/sh", Command: []string{"sh", "-c", "sleep 600"}}}},
+			Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "main", Image: pauseImage}}},
 		}
 		if _, err := env.client.CoreV1().Pods("default").Create(t.Context(), pod, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
@@ -306,7 +306,7 @@ func testAssignerKilled(t *testing.T) {
 		}
 		return nil
 	})
-	killed := killAll(t, filepath.Join(env.bin, "assigner"))
+	killed := killAll(t, componentBinary("assigner"))
 	t.Logf("killed %d assigner processes with %d of the burst's ARM writes started", killed, len(env.az.ARM.Writes())-writes)
 	if killed == 0 {
 		t.Fatal("no assigner process found")

@@ -74,6 +74,8 @@ type demoPod struct {
 	// forbid spec.nodeName).
 	Node   string
 	Period time.Duration
+	// Modify changes the pod before it is created.
+	Modify func(*corev1.Pod)
 }
 
 func (p demoPod) object() *corev1.Pod {
@@ -90,7 +92,7 @@ func (p demoPod) object() *corev1.Pod {
 	if p.Node != "" {
 		sel["kubernetes.io/hostname"] = p.Node
 	}
-	return &corev1.Pod{
+	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace, Labels: p.Labels},
 		Spec: corev1.PodSpec{
 			NodeSelector: sel,
@@ -102,6 +104,10 @@ func (p demoPod) object() *corev1.Pod {
 			}},
 		},
 	}
+	if p.Modify != nil {
+		p.Modify(pod)
+	}
+	return pod
 }
 
 // create creates the pod and deletes it, waiting until it is gone, when the
@@ -236,6 +242,10 @@ func never(t *testing.T, namespace, name, msg string) {
 		}
 	}
 }
+
+// pauseImage is a pod program that only waits to be stopped; the chart's
+// uninstall hook uses it too, so every node has it.
+const pauseImage = "registry.k8s.io/pause:3.10"
 
 // node returns the i-th simulated node and fails without it.
 func node(t *testing.T, i int) *sandbox.Node {

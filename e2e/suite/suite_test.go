@@ -110,16 +110,20 @@ func setUp() error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	images := sandbox.DefaultImages(env.bin, assets)
-	sh, err := exec.LookPath("sh")
-	if err != nil {
-		return err
+	opts := sandbox.Options{Assets: assets, Dir: dir, Log: logr.Discard(), Kubelet: sandbox.KubeletFromEnv(),
+		PodInit: filepath.Join(env.bin, "podinit"), Images: sandbox.DefaultImages(env.bin, assets)}
+	if opts.Kubelet == sandbox.KubeletReal {
+		if opts.NodeAssets, err = sandbox.NodeAssets(); err != nil {
+			return err
+		}
+		opts.NodeImages, err = sandbox.BuildNodeImages(ctx, framework.RepoRoot(), filepath.Join(dir, "images"), filepath.Join(opts.NodeAssets, "static", "kubectl"))
+		if err != nil {
+			return err
+		}
 	}
-	images["sandbox.test/sh"] = sh
-	sb, err := sandbox.Start(ctx, sandbox.Options{Assets: assets, Dir: dir, Log: logr.Discard(),
-		PodInit: filepath.Join(env.bin, "podinit"), Images: images})
+	sb, err := sandbox.Start(ctx, opts)
 	if err != nil {
 		return fmt.Errorf("starting the sandbox: %w", err)
 	}

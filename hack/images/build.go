@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"os"
@@ -23,6 +24,10 @@ var packages = map[string]string{
 	"pause": "./e2e/cmd/pause",
 }
 
+// kubectlImage is built from a kubectl binary given with --kubectl, not from
+// this module: the sandbox runs the chart's uninstall hooks with it.
+const kubectlImage = "kubectl"
+
 // nonRoot is distroless's nonroot user and group.
 const nonRoot = 65532
 
@@ -32,6 +37,11 @@ var nmiPackages = []string{"iptables", "conntrack"}
 
 type options struct {
 	out, registry, version, source, revision, debCache string
+	// extraCA is a PEM file appended to every image's CA bundle (a private
+	// CA the images must trust: the sandbox's fake Azure).
+	extraCA string
+	// kubectl is the static kubectl binary of the kubectl image.
+	kubectl string
 	// root is the module's directory (the binaries are ./cmd/<name>).
 	root   string
 	images []string
@@ -46,9 +56,15 @@ type built struct {
 
 // build compiles the binaries and writes each image's OCI archive.
 func build(ctx context.Context, o options) ([]built, error) {
+	var compiled []string
 	for _, name := range o.images {
-		if _, ok := packages[name]; !ok {
-			return nil, fmt.Errorf("unknown image %q (known: %s)", name, strings.Join(slices.Sorted(maps.Keys(packages)), ", "))
+		switch _, ok := packages[name]; {
+		case ok:
+			compiled = append(compiled, name)
+		case name == kubectlImage && o.kubectl == "":
+			return nil, errors.New("the kubectl image needs --kubectl")
+		case name != kubectlImage:
+			return nil, fmt.Errorf("unknown image %q (known: %s)", name, strings.Join(append(slices.Sorted(maps.Keys(packages)), kubectlImage), ", "))
 		}
 	}
 	if err := os.MkdirAll(o.out, 0o755); err != nil {
@@ -59,10 +75,16 @@ func build(ctx context.Context, o options) ([]built, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(bin)
-	if err := buildBinaries(ctx, o.root, bin, o.images); err != nil {
+	if err := buildBinaries(ctx, o.root, bin, compiled); err != nil {
 		return nil, err
 	}
-	base, err := baseLayer(ctx, o.debCache)
+	var extraCA []byte
+	if o.extraCA != "" {
+		if extraCA, err = os.ReadFile(o.extraCA); err != nil {
+			return nil, fmt.Errorf("--extra-ca: %w", err)
+		}
+	}
+	base, err := baseLayer(ctx, o.debCache, extraCA)
 	if err != nil {
 		return nil, err
 	}
@@ -80,7 +102,11 @@ func build(ctx context.Context, o options) ([]built, error) {
 			}
 			layers, user = append(layers, root), "0:0"
 		}
-		app, err := binaryLayer(filepath.Join(bin, name), "/"+name)
+		src := filepath.Join(bin, name)
+		if name == kubectlImage {
+			src = o.kubectl
+		}
+		app, err := binaryLayer(src, "/"+name)
 		if err != nil {
 			return nil, err
 		}
@@ -113,6 +139,9 @@ func (o options) labels(name string) map[string]string {
 // buildBinaries builds the images' static binaries (no cgo: the images
 // have no libc for them) into dir.
 func buildBinaries(ctx context.Context, root, dir string, names []string) error {
+	if len(names) == 0 {
+		return nil
+	}
 	pkgs := make([]string, len(names))
 	for i, n := range names {
 		pkgs[i] = packages[n]

@@ -86,8 +86,9 @@ func (t *tree) layer() (v1.Layer, error) {
 
 // baseLayer is what distroless/static gives: root and nonroot users, CA
 // certificates (Debian's bundle, built from its ca-certificates package as
-// update-ca-certificates would), /tmp and the nonroot home.
-func baseLayer(ctx context.Context, cache string) (v1.Layer, error) {
+// update-ca-certificates would) followed by extraCA, /tmp and the nonroot
+// home.
+func baseLayer(ctx context.Context, cache string, extraCA []byte) (v1.Layer, error) {
 	t := newTree()
 	t.file("etc/passwd", 0o644, fmt.Appendf(nil, "root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:%d:%d:nonroot:/home/nonroot:/sbin/nologin\n", nonRoot, nonRoot))
 	t.file("etc/group", 0o644, fmt.Appendf(nil, "root:x:0:\nnonroot:x:%d:\n", nonRoot))
@@ -117,7 +118,7 @@ func baseLayer(ctx context.Context, cache string) (v1.Layer, error) {
 	for _, n := range names {
 		bundle = append(bundle, certs.files[n]...)
 	}
-	t.file("etc/ssl/certs/ca-certificates.crt", 0o644, bundle)
+	t.file("etc/ssl/certs/ca-certificates.crt", 0o644, append(bundle, extraCA...))
 	return t.layer()
 }
 

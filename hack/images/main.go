@@ -27,6 +27,8 @@ func main() {
 	flag.StringVar(&o.root, "root", ".", "The module's directory.")
 	flag.StringVar(&o.revision, "revision", "", "org.opencontainers.image.revision (the git commit).")
 	flag.StringVar(&o.debCache, "deb-cache", filepath.Join(home, ".cache", "aad-pod-identity", "debs"), "Where downloaded .debs are kept between builds.")
+	flag.StringVar(&o.extraCA, "extra-ca", "", "PEM file of CA certificates appended to every image's bundle (a private CA, such as the sandbox's fake Azure).")
+	flag.StringVar(&o.kubectl, "kubectl", "", "Static kubectl binary for the kubectl image (not built by default: the sandbox runs the chart's hooks with it).")
 	images := flag.String("images", strings.Join(allImages, ","), "Comma-separated images to build (pause too, for nodes that cannot pull one).")
 	flag.Parse()
 	o.images = strings.Split(*images, ",")

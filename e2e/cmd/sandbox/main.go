@@ -1,6 +1,7 @@
 // Command sandbox runs the local sandbox cluster (see docs/sandbox.md).
 //
-//	sandbox up [--nodes 2] [--pools 2] [--state-dir DIR]   run until Ctrl-C, then tear down
+//	sandbox up [--nodes 2] [--pools 2] [--dir DIR]         run until Ctrl-C, then tear down
+//	sandbox images [--out DIR]                             build the real nodes' images (and the fake Azure's CA)
 //	sandbox down [--id ID]                                 remove what a killed sandbox left behind
 //	sandbox az --dir STATE_DIR identity create -g RG -n N   the walkthrough's az commands, against the fake Azure
 package main
@@ -33,6 +34,8 @@ func main() {
 	switch os.Args[1] {
 	case "up":
 		err = up(log, os.Args[2:])
+	case "images":
+		err = images(log, os.Args[2:])
 	case "down":
 		err = down(os.Args[2:])
 	case "az":
@@ -51,7 +54,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: sandbox up|down|az [flags]")
+	fmt.Fprintln(os.Stderr, "usage: sandbox up|images|down|az [flags]")
 	os.Exit(2)
 }
 
@@ -66,6 +69,8 @@ func up(log logr.Logger, args []string) error {
 	pools := fs.Int("pools", 2, "VMSS pools the nodes are spread over")
 	readyFile := fs.String("ready-file", "", "create this file once the cluster and its nodes are up")
 	startupTaint := fs.Bool("startup-taint", false, "register nodes with NMI's not-ready taint")
+	kubelet := fs.String("kubelet", sandbox.KubeletFromEnv(), "nodes: real (kubelet, containerd, runc, CNI) or standin (virtual-kubelet running binaries); default from SANDBOX_KUBELET")
+	images := fs.String("images", "", "real nodes' images, built by `sandbox images`; built into <dir>/images when empty")
 	_ = fs.Parse(args)
 	bin, err := filepath.Abs(*binDir)
 	if err != nil {
@@ -74,8 +79,14 @@ func up(log logr.Logger, args []string) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	sb, err := sandbox.Start(ctx, sandbox.Options{ID: *id, Dir: *dir, Listen: *listen, Log: log,
-		PodInit: filepath.Join(bin, "podinit"), Images: sandbox.DefaultImages(bin, os.Getenv("KUBEBUILDER_ASSETS"))})
+	opts := sandbox.Options{ID: *id, Dir: *dir, Listen: *listen, Log: log, Kubelet: *kubelet,
+		PodInit: filepath.Join(bin, "podinit"), Images: sandbox.DefaultImages(bin, os.Getenv("KUBEBUILDER_ASSETS"))}
+	if *kubelet == sandbox.KubeletReal {
+		if opts.NodeImages, err = nodeImages(ctx, log, *images, *dir); err != nil {
+			return err
+		}
+	}
+	sb, err := sandbox.Start(ctx, opts)
 	if err != nil {
 		return err
 	}
@@ -136,6 +147,41 @@ func writeAzureEnv(path string, sb *sandbox.Sandbox, az *sandbox.AzureEndpoints)
 		fmt.Fprintf(&b, "%s=%q\n", kv.k, kv.v)
 	}
 	return os.WriteFile(path, []byte(b.String()), 0o600)
+}
+
+// nodeImages loads the images in dir, or builds them into <stateDir>/images
+// (a temporary directory without one) from the module in the working
+// directory.
+func nodeImages(ctx context.Context, log logr.Logger, dir, stateDir string) (*sandbox.NodeImages, error) {
+	if dir != "" {
+		return sandbox.LoadNodeImages(dir)
+	}
+	if stateDir == "" {
+		var err error
+		if stateDir, err = os.MkdirTemp("", "aadpi-sbx-images-"); err != nil {
+			return nil, err
+		}
+	}
+	return buildImages(ctx, log, ".", filepath.Join(stateDir, "images"))
+}
+
+func buildImages(ctx context.Context, log logr.Logger, repo, out string) (*sandbox.NodeImages, error) {
+	assets, err := sandbox.NodeAssets()
+	if err != nil {
+		return nil, err
+	}
+	log.Info("building the node images", "dir", out)
+	return sandbox.BuildNodeImages(ctx, repo, out, filepath.Join(assets, "static", "kubectl"))
+}
+
+// images builds the real nodes' images for `up --images`.
+func images(log logr.Logger, args []string) error {
+	fs := flag.NewFlagSet("images", flag.ExitOnError)
+	out := fs.String("out", "build/sandbox-images", "directory for the image archives and the fake Azure's CA")
+	repo := fs.String("repo", ".", "the module's directory")
+	_ = fs.Parse(args)
+	_, err := buildImages(context.Background(), log, *repo, *out)
+	return err
 }
 
 func down(args []string) error {

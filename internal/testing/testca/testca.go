@@ -139,3 +139,45 @@ func (ca *CA) WritePEM(path string) error {
 	}
 	return nil
 }
+
+// Save writes the CA certificate and its key, so that another process can
+// Load the same CA: the sandbox's images are built to trust the fake Azure's
+// CA before the sandbox that serves from it starts.
+func (ca *CA) Save(certPath, keyPath string) error {
+	keyDER, err := x509.MarshalECPrivateKey(ca.key)
+	if err != nil {
+		return err
+	}
+	if err := ca.WritePEM(certPath); err != nil {
+		return err
+	}
+	return os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600)
+}
+
+// Load reads a CA written by Save.
+func Load(certPath, keyPath string) (*CA, error) {
+	certPEM, err := os.ReadFile(certPath)
+	if err != nil {
+		return nil, err
+	}
+	keyPEM, err := os.ReadFile(keyPath)
+	if err != nil {
+		return nil, err
+	}
+	cb, _ := pem.Decode(certPEM)
+	kb, _ := pem.Decode(keyPEM)
+	if cb == nil || kb == nil {
+		return nil, fmt.Errorf("%s or %s holds no PEM block", certPath, keyPath)
+	}
+	cert, err := x509.ParseCertificate(cb.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", certPath, err)
+	}
+	key, err := x509.ParseECPrivateKey(kb.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", keyPath, err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return &CA{cert: cert, key: key, PEM: certPEM, Pool: pool}, nil
+}

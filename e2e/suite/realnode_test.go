@@ -1,0 +1,313 @@
+//go:build e2e
+
+package suite
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/e2e/sandbox"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/framework"
+	testns "github.com/aad-pod-identity/aad-pod-identity/internal/testing/netns"
+)
+
+// TestRealNode proves on the real kubelet, containerd and runc what the
+// stand-in cannot: the chart's security contexts, capabilities and probes,
+// a container restart by the kubelet, and what NMI's optional CRI and CNI
+// checks assume of the runtime.
+func TestRealNode(t *testing.T) {
+	installed(t)
+	if env.sb.Nodes()[0].CRISocket == "" {
+		t.Skip("the nodes are kubelet stand-ins (SANDBOX_KUBELET=standin)")
+	}
+	for _, c := range []struct {
+		name string
+		run  func(*testing.T)
+	}{
+		{"webhook and assigner run non-root on a read-only root and turn Ready", testNonRootComponents},
+		{"NMI has only NET_ADMIN and NET_RAW; killed, the kubelet restarts it with no gap in interception", testNMIContainerRestart},
+		{"a pod running as another user gets its token; a host-network pod does not", testPodUsers},
+		{"the runtime and the CNI cache know the pod's address as NMI's checks assume", testRuntimeKnowsPod},
+	} {
+		t.Run(c.name, c.run)
+	}
+}
+
+// componentBinary is the path a component's process runs: the image's
+// entrypoint on a real node, the built binary on a stand-in.
+func componentBinary(name string) string {
+	if env.sb.Nodes()[0].CRISocket != "" {
+		return "/" + name
+	}
+	return filepath.Join(env.bin, name)
+}
+
+// procStatus is what /proc/<pid>/status and mountinfo tell about a process.
+type procStatus struct {
+	pid     int
+	uid     string
+	capEff  uint64
+	rootRO  bool
+	netnsID string
+}
+
+// processes lists the processes whose command line starts with binary.
+func processes(t *testing.T, binary string) []procStatus {
+	t.Helper()
+	cmdlines, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	var out []procStatus
+	for _, f := range cmdlines {
+		cmdline, err := os.ReadFile(f)
+		if err != nil || !strings.HasPrefix(string(cmdline), binary+"\x00") {
+			continue
+		}
+		dir := filepath.Dir(f)
+		pid, _ := strconv.Atoi(filepath.Base(dir))
+		p := procStatus{pid: pid}
+		status, _ := os.ReadFile(filepath.Join(dir, "status"))
+		for _, line := range strings.Split(string(status), "\n") {
+			k, v, _ := strings.Cut(line, ":")
+			switch k {
+			case "Uid":
+				p.uid = strings.Fields(v)[1] // effective
+			case "CapEff":
+				p.capEff, _ = strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			}
+		}
+		mounts, _ := os.ReadFile(filepath.Join(dir, "mountinfo"))
+		for _, line := range strings.Split(string(mounts), "\n") {
+			if f := strings.Fields(line); len(f) > 5 && f[4] == "/" {
+				p.rootRO = slices.Contains(strings.Split(f[5], ","), "ro")
+			}
+		}
+		p.netnsID, _ = os.Readlink(filepath.Join(dir, "ns", "net"))
+		out = append(out, p)
+	}
+	return out
+}
+
+func testNonRootComponents(t *testing.T) {
+	for _, c := range []string{"webhook", "assigner"} {
+		kubectl(t, "-n", releaseNS, "wait", "--for=condition=Ready", "pod", "-l", "app.kubernetes.io/component="+c, "--timeout=2m")
+		procs := processes(t, componentBinary(c))
+		if len(procs) == 0 {
+			t.Fatalf("no %s process", c)
+		}
+		for _, p := range procs {
+			if p.uid != "65532" || !p.rootRO || p.capEff != 0 {
+				t.Errorf("%s (pid %d): uid %s, read-only root %v, effective capabilities %#x; want 65532, true, 0", c, p.pid, p.uid, p.rootRO, p.capEff)
+			}
+		}
+	}
+}
+
+// netAdminRaw is CAP_NET_ADMIN | CAP_NET_RAW.
+const netAdminRaw = 1<<12 | 1<<13
+
+func testNMIContainerRestart(t *testing.T) {
+	n := node(t, 0)
+	nsFile, err := os.Stat(testns.Path(n.NetNS))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodeNS := fmt.Sprintf("net:[%d]", nsFile.Sys().(*syscall.Stat_t).Ino)
+	var nmi *procStatus
+	for _, p := range processes(t, componentBinary("nmi")) {
+		if p.netnsID == nodeNS {
+			nmi = &p
+		}
+	}
+	if nmi == nil {
+		t.Fatalf("no NMI process in %s", n.NetNS)
+	}
+	if nmi.capEff != netAdminRaw {
+		t.Errorf("NMI's effective capabilities %#x, want NET_ADMIN and NET_RAW only (%#x)", nmi.capEff, netAdminRaw)
+	}
+	if rules, err := natRules(n); err != nil || !intercepted(rules) {
+		t.Fatalf("no interception on %s before the kill: %v\n%s", n.Name, err, rules)
+	}
+	pods := componentPods(t, "nmi", n.Name)
+	restarts := func() int32 {
+		p, err := env.client.CoreV1().Pods(releaseNS).Get(t.Context(), strings.TrimPrefix(pods[0], "pod/"), metav1.GetOptions{})
+		if err != nil {
+			return -1
+		}
+		if len(p.Status.ContainerStatuses) == 0 {
+			return -1
+		}
+		return p.Status.ContainerStatuses[0].RestartCount
+	}
+	before := restarts()
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var checks int
+	var gap error
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			rules, err := natRules(n)
+			checks++
+			if err == nil && !intercepted(rules) {
+				err = fmt.Errorf("interception missing:\n%s", rules)
+			}
+			if err != nil && gap == nil {
+				gap = err
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}()
+	if err := syscall.Kill(nmi.pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	framework.Eventually(t, 2*time.Minute, "NMI restarted by the kubelet and Ready", func() error {
+		if got := restarts(); got <= before {
+			return fmt.Errorf("restart count %d", got)
+		}
+		_, err := kubectlIn("-n", releaseNS, "wait", "--for=condition=Ready", pods[0], "--timeout=1s")
+		return err
+	})
+	close(stop)
+	wg.Wait()
+	t.Logf("%d rule checks while NMI was killed and restarted", checks)
+	if gap != nil {
+		t.Error(gap)
+	}
+}
+
+func testPodUsers(t *testing.T) {
+	id := userIdentity(t, "e2e-users", "e2e-users")
+	labels := map[string]string{aadv1.BindingLabel: "e2e-users"}
+	demoPod{Name: "other-user", Labels: labels, ClientID: id.ClientID, Modify: func(p *corev1.Pod) {
+		p.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsUser: new(int64(1000)), RunAsGroup: new(int64(1000))}
+	}}.create(t)
+	waitFor(t, "default", "other-user", userToken, time.Time{}, time.Minute)
+
+	// A host-network pod shares the node's address, so NMI cannot tell it
+	// from the node and refuses it (docs/security.md); it asks NMI where
+	// NMI listens, as its traffic to 169.254.169.254 is not redirected.
+	demoPod{Name: "host-network", Labels: labels, ClientID: id.ClientID, Modify: func(p *corev1.Pod) {
+		p.Spec.HostNetwork = true
+		p.Spec.Containers[0].Args = append(p.Spec.Containers[0].Args, "--metadata-endpoint=http://127.0.0.1:2579")
+	}}.create(t)
+	denied(t, running(t, "default", "host-network"))
+}
+
+func testRuntimeKnowsPod(t *testing.T) {
+	n := node(t, 0)
+	demoPod{Name: "runtime", Node: n.Name}.create(t)
+	pod := running(t, "default", "runtime")
+	sandboxHasIP(t, n.CRISocket, pod)
+	cniResultNamesBridgePort(t, n, pod.Status.PodIP)
+}
+
+// sandboxHasIP checks what NMI's --cri-socket relies on: the pod's ready
+// sandbox is found by the kubelet's pod UID label and reports the pod's IP.
+func sandboxHasIP(t *testing.T, sock string, pod *corev1.Pod) {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	rt := runtimeapi.NewRuntimeServiceClient(conn)
+	list, err := rt.ListPodSandbox(t.Context(), &runtimeapi.ListPodSandboxRequest{Filter: &runtimeapi.PodSandboxFilter{
+		State:         &runtimeapi.PodSandboxStateValue{State: runtimeapi.PodSandboxState_SANDBOX_READY},
+		LabelSelector: map[string]string{"io.kubernetes.pod.uid": string(pod.UID)},
+	}})
+	if err != nil || len(list.GetItems()) != 1 {
+		t.Fatalf("ready sandboxes of pod %s: %v, %v", pod.UID, list.GetItems(), err)
+	}
+	st, err := rt.PodSandboxStatus(t.Context(), &runtimeapi.PodSandboxStatusRequest{PodSandboxId: list.GetItems()[0].GetId()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ip := st.GetStatus().GetNetwork().GetIp(); ip != pod.Status.PodIP {
+		t.Errorf("the runtime reports IP %q for the pod's sandbox, the API %q", ip, pod.Status.PodIP)
+	}
+}
+
+// cniResultNamesBridgePort checks what NMI's --cni-cache-dir relies on:
+// containerd caches the bridge plugin's result under /var/lib/cni/results,
+// and the result holding the pod's address names, outside the pod, an
+// interface of the node that is a port of the bridge.
+func cniResultNamesBridgePort(t *testing.T, n *sandbox.Node, podIP string) {
+	t.Helper()
+	files, _ := filepath.Glob("/var/lib/cni/results/sandbox-*")
+	for _, f := range files {
+		raw, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		var entry struct {
+			Result struct {
+				Interfaces []struct{ Name, Sandbox string }
+				IPs        []struct{ Address string }
+			}
+		}
+		if err := json.Unmarshal(raw, &entry); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		if !slices.ContainsFunc(entry.Result.IPs, func(a struct{ Address string }) bool { return strings.HasPrefix(a.Address, podIP+"/") }) {
+			continue
+		}
+		for _, iface := range entry.Result.Interfaces {
+			if iface.Sandbox != "" {
+				continue
+			}
+			if bridgePort(t, n, iface.Name) {
+				t.Logf("CNI result %s: pod %s on bridge port %s", filepath.Base(f), podIP, iface.Name)
+				return
+			}
+		}
+		t.Fatalf("%s holds pod %s but no port of cni0: %s", f, podIP, raw)
+	}
+	t.Fatalf("no CNI result for pod %s among %v", podIP, files)
+}
+
+// bridgePort reports whether link is a port of cni0 in the node's namespace.
+func bridgePort(t *testing.T, n *sandbox.Node, link string) bool {
+	t.Helper()
+	netns, err := testns.Open(n.NetNS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer netns.Close()
+	var port bool
+	err = netns.Do(func(ns.NetNS) error {
+		l, err := netlink.LinkByName(link)
+		if err != nil {
+			return err
+		}
+		br, err := netlink.LinkByIndex(l.Attrs().MasterIndex)
+		port = err == nil && br.Attrs().Name == "cni0"
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("link %s on %s: %v", link, n.Name, err)
+	}
+	return port
+}
