@@ -202,7 +202,7 @@ sandbox-build: ## Build the component binaries, the sandbox and its pod programs
 	go build -o $(BIN)/ ./cmd/... ./e2e/cmd/...
 
 .PHONY: sandbox-up
-sandbox-up: deps control-plane sandbox-build ## Run the sandbox cluster in the foreground; Ctrl-C tears it down.
+sandbox-up: deps control-plane node-binaries sandbox-build ## Run the sandbox cluster in the foreground; Ctrl-C tears it down.
 	$(BIN)/sandbox up --bin-dir $(BIN) --dir $(SANDBOX_DIR)
 
 .PHONY: sandbox-down
@@ -214,7 +214,7 @@ bench-sandbox: deps control-plane ## Time 100 pods to Running and to deleted in 
 	go test -tags e2e -count=1 -run '^$$' -bench BenchmarkPodStartup100 -benchtime 3x ./e2e/sandbox/
 
 .PHONY: bench-e2e
-bench-e2e: deps control-plane $(HELM) ## Time from `kubectl apply` of 100 demo pods to each one's first token, on the helm-installed sandbox (E2E_BENCH_* sizes).
+bench-e2e: deps control-plane node-binaries $(HELM) ## Time from `kubectl apply` of 100 demo pods to each one's first token, on the helm-installed sandbox (E2E_BENCH_* sizes).
 	go test -tags e2e -count=1 -run '^$$' -bench BenchmarkTimeToFirstToken -benchtime 1x -timeout 30m ./e2e/suite/
 
 ##@ Demo

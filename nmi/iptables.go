@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 const (
@@ -319,7 +320,12 @@ func enableRouteLocalnet() error {
 		return nil
 	}
 	if err := os.WriteFile(routeLocalnetPath, []byte("1"), 0o644); err != nil {
-		return errors.Join(fmt.Errorf("setting %s=1 (needed to redirect to a loopback address)", routeLocalnetPath), err)
+		err = errors.Join(fmt.Errorf("setting %s=1 (needed to redirect to a loopback address)", routeLocalnetPath), err)
+		if errors.Is(err, syscall.EROFS) {
+			// An unprivileged container's /proc/sys is read-only.
+			err = fmt.Errorf("%w; in a container without privileges, listen on the node's address instead (--listen-address=$(HOST_IP):2579, the chart's default)", err)
+		}
+		return err
 	}
 	return nil
 }

@@ -147,7 +147,7 @@ func (r *realNode) startContainerd(ctx context.Context) (string, error) {
 		return "", err
 	}
 	// No masquerading: NMI tells pods apart by their source address.
-	conflist := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"sandbox","plugins":[{"type":"bridge","bridge":"cni0","isGateway":true,"ipMasq":false,"ipam":{"type":"host-local","dataDir":%q,"ranges":[[{"subnet":%q}]]}},{"type":"portmap","capabilities":{"portMappings":true}}]}`,
+	conflist := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"sandbox","plugins":[{"type":"bridge","bridge":"cni0","isDefaultGateway":true,"ipMasq":false,"ipam":{"type":"host-local","dataDir":%q,"ranges":[[{"subnet":%q}]]}},{"type":"portmap","capabilities":{"portMappings":true}}]}`,
 		r.path("ipam"), podCIDR(r.index).String())
 	if err := os.WriteFile(r.path("cni", "10-bridge.conflist"), []byte(conflist), 0o644); err != nil {
 		return "", err

@@ -208,10 +208,12 @@ func testPodUsers(t *testing.T) {
 
 	// A host-network pod shares the node's address, so NMI cannot tell it
 	// from the node and refuses it (docs/security.md); it asks NMI where
-	// NMI listens, as its traffic to 169.254.169.254 is not redirected.
-	demoPod{Name: "host-network", Labels: labels, ClientID: id.ClientID, Modify: func(p *corev1.Pod) {
+	// NMI listens (the node's address), as its traffic to 169.254.169.254
+	// is not redirected.
+	n := node(t, 0)
+	demoPod{Name: "host-network", Labels: labels, ClientID: id.ClientID, Node: n.Name, Modify: func(p *corev1.Pod) {
 		p.Spec.HostNetwork = true
-		p.Spec.Containers[0].Args = append(p.Spec.Containers[0].Args, "--metadata-endpoint=http://127.0.0.1:2579")
+		p.Spec.Containers[0].Args = append(p.Spec.Containers[0].Args, "--metadata-endpoint=http://"+n.IP+":2579")
 	}}.create(t)
 	denied(t, running(t, "default", "host-network"))
 }

@@ -83,6 +83,40 @@ func TestImages(t *testing.T) {
 		}
 		nmiRoot(t, load(t, nmi.path))
 	})
+	t.Run("extra CA and the kubectl image", func(t *testing.T) {
+		extra := []byte("-----BEGIN CERTIFICATE-----\nZXh0cmE=\n-----END CERTIFICATE-----\n")
+		ca := filepath.Join(t.TempDir(), "extra.crt")
+		if err := os.WriteFile(ca, extra, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		kubectl := filepath.Join(t.TempDir(), "kubectl")
+		if err := os.WriteFile(kubectl, []byte("\x7fELF stand-in"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		withCA := o
+		withCA.out, withCA.images, withCA.extraCA, withCA.kubectl = t.TempDir(), []string{kubectlImage}, ca, kubectl
+		b, err := build(t.Context(), withCA)
+		if err != nil {
+			t.Fatal(err)
+		}
+		img := load(t, b[0].path)
+		cfg, err := img.ConfigFile()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ep := cfg.Config.Entrypoint; len(ep) != 1 || ep[0] != "/kubectl" || cfg.Config.User != "65532:65532" {
+			t.Errorf("kubectl image: entrypoint %v user %q", ep, cfg.Config.User)
+		}
+		root := t.TempDir()
+		extract(t, img, root)
+		bundle, err := os.ReadFile(filepath.Join(root, "etc/ssl/certs/ca-certificates.crt"))
+		if err != nil || !strings.HasSuffix(string(bundle), string(extra)) || len(bundle) == len(extra) {
+			t.Errorf("the bundle (%d bytes, %v) does not end with the extra CA after Debian's", len(bundle), err)
+		}
+		if fi, err := os.Stat(filepath.Join(root, "kubectl")); err != nil || fi.Mode()&0o111 == 0 {
+			t.Errorf("/kubectl in the image: %v", err)
+		}
+	})
 	t.Run("reproducible", func(t *testing.T) {
 		again := o
 		again.out, again.images = t.TempDir(), []string{"demo"}

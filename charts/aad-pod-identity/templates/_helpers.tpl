@@ -86,8 +86,15 @@ metadata:
 {{- end }}
 
 {{/* The flags that locate NMI's iptables redirect; `nmi` and `nmi cleanup` take the same. */}}
+{{/* The node's address, for the default listen address ($(HOST_IP) in nmiRedirectArgs). */}}
+{{- define "aad-pod-identity.hostIPEnv" -}}
+- name: HOST_IP
+  valueFrom:
+    fieldRef:
+      fieldPath: status.hostIP
+{{- end }}
 {{- define "aad-pod-identity.nmiRedirectArgs" -}}
-- --listen-address={{ .Values.nmi.listenAddress }}
+- --listen-address={{ .Values.nmi.listenAddress | default (printf "$(HOST_IP):%d" (int .Values.nmi.listenPort)) }}
 - --metadata-ip={{ .Values.nmi.metadataIP }}
 - --metadata-port={{ .Values.nmi.metadataPort }}
 {{- end }}
