@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -20,6 +21,7 @@ import (
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 	"github.com/aad-pod-identity/aad-pod-identity/demo"
+	"github.com/aad-pod-identity/aad-pod-identity/e2e/sandbox"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/framework"
 )
 
@@ -73,6 +75,7 @@ func BenchmarkTimeToFirstToken(b *testing.B) {
 		fmt.Fprintf(&manifest, "apiVersion: v1\nkind: Pod\n%s---\n", y)
 	}
 	b.Cleanup(func() { deleteBenchPods(b) })
+	logComponentMemory(b, "at rest")
 
 	for b.Loop() {
 		start := time.Now()
@@ -144,6 +147,7 @@ func BenchmarkTimeToFirstToken(b *testing.B) {
 		}{{"scheduled (gate lifted; 1 s resolution)", tts}, {"container started", tst}, {"Ready with its IP (1 s resolution)", trd}, {"first token", ttft}, {"container start → first token (demo's own)", own}} {
 			b.Logf("%-44s p50 %6.2fs  p90 %6.2fs  max %6.2fs", q.what, quantile(q.d, 0.5).Seconds(), quantile(q.d, 0.9).Seconds(), quantile(q.d, 1).Seconds())
 		}
+		logComponentMemory(b, "after the burst")
 		logSlowest(b, slowest)
 		for _, name := range slices.Sorted(maps.Keys(samples))[:min(len(samples), 3)] {
 			b.Logf("%s: %s", name, samples[name])
@@ -206,4 +210,39 @@ func quantile(sorted []time.Duration, q float64) time.Duration {
 
 func deleteBenchPods(b *testing.B) {
 	kubectl(b, "delete", "pods", "-n", "default", "-l", "bench=ttft", "--wait", "--timeout=3m")
+}
+
+// logComponentMemory logs the memory cgroup figures of every container of
+// the release on real nodes: usage (what the kubelet's eviction and the
+// limit see) and its rss (anonymous) and cache (file pages) parts.
+func logComponentMemory(b *testing.B, when string) {
+	if env.sb.Nodes()[0].CRISocket == "" {
+		return
+	}
+	pods, err := env.client.CoreV1().Pods(releaseNS).List(b.Context(), metav1.ListOptions{LabelSelector: "app.kubernetes.io/instance=" + release})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, p := range pods.Items {
+		for _, c := range p.Status.ContainerStatuses {
+			_, id, _ := strings.Cut(c.ContainerID, "://")
+			dirs, _ := filepath.Glob(fmt.Sprintf("/sys/fs/cgroup/memory/%s*/kubepods*/pod%s/%s", sandbox.Prefix, p.UID, id))
+			more, _ := filepath.Glob(fmt.Sprintf("/sys/fs/cgroup/memory/%s*/kubepods*/*/pod%s/%s", sandbox.Prefix, p.UID, id))
+			dirs = append(dirs, more...)
+			if len(dirs) != 1 {
+				b.Logf("memory %s: %s/%s: no single cgroup (%v)", when, p.Name, c.Name, dirs)
+				continue
+			}
+			usage, _ := os.ReadFile(filepath.Join(dirs[0], "memory.usage_in_bytes"))
+			stat, _ := os.ReadFile(filepath.Join(dirs[0], "memory.stat"))
+			fields := map[string]float64{}
+			for _, line := range strings.Split(string(stat), "\n") {
+				if k, v, ok := strings.Cut(line, " "); ok {
+					fields[k], _ = strconv.ParseFloat(v, 64)
+				}
+			}
+			u, _ := strconv.ParseFloat(strings.TrimSpace(string(usage)), 64)
+			b.Logf("memory %s: %-44s %-8s usage %6.1f MiB (rss %6.1f, cache %6.1f)", when, p.Name, c.Name, u/(1<<20), fields["rss"]/(1<<20), fields["cache"]/(1<<20))
+		}
+	}
 }
