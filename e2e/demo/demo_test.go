@@ -48,13 +48,18 @@ func TestWalkthroughDemo(t *testing.T) {
 	if err != nil {
 		t.Fatalf("hack/demo.sh: %v\n%s", err, log)
 	}
-	for _, want := range []string{
-		"==> [10/10] cleaning up the walkthrough's resources",
+	wants := []string{
+		"] cleaning up the walkthrough's resources",
 		"successfully listed VMSS instances from ARM via AAD Pod Identity",
 		"successfully acquired a service principal token using a user-assigned identity",
 		"aadpodidentity.k8s.io/assignment: Assigned",
 		"azureidentitybinding.aadpodidentity.k8s.io \"demo-binding\" deleted",
-	} {
+	}
+	if sandbox.KubeletFromEnv() == sandbox.KubeletReal {
+		// The nodes are real: kubectl get nodes shows the runtime.
+		wants = append(wants, "containerd://")
+	}
+	for _, want := range wants {
 		if !strings.Contains(log, want) {
 			t.Errorf("output lacks %q:\n%s", want, log)
 		}
@@ -69,5 +74,8 @@ func TestWalkthroughDemo(t *testing.T) {
 	}
 	if len(left) > 0 {
 		t.Errorf("namespaces left behind: %v", left)
+	}
+	if cgroups, _ := filepath.Glob("/sys/fs/cgroup/*/" + sandbox.NetNSPrefix(m[1]) + "*"); len(cgroups) > 0 {
+		t.Errorf("node cgroups left behind: %v", cgroups)
 	}
 }

@@ -147,8 +147,10 @@ func (r *realNode) startContainerd(ctx context.Context) (string, error) {
 		return "", err
 	}
 	// No masquerading: NMI tells pods apart by their source address.
-	conflist := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"sandbox","plugins":[{"type":"bridge","bridge":"cni0","isDefaultGateway":true,"ipMasq":false,"ipam":{"type":"host-local","dataDir":%q,"ranges":[[{"subnet":%q}]]}},{"type":"portmap","capabilities":{"portMappings":true}}]}`,
-		r.path("ipam"), podCIDR(r.index).String())
+	// The network's name starts the node's entries in libcni's results
+	// cache, the machine's /var/lib/cni/results, so teardown finds them.
+	conflist := fmt.Sprintf(`{"cniVersion":"1.0.0","name":%q,"plugins":[{"type":"bridge","bridge":"cni0","isDefaultGateway":true,"ipMasq":false,"ipam":{"type":"host-local","dataDir":%q,"ranges":[[{"subnet":%q}]]}},{"type":"portmap","capabilities":{"portMappings":true}}]}`,
+		r.cgroupName(), r.path("ipam"), podCIDR(r.index).String())
 	if err := os.WriteFile(r.path("cni", "10-bridge.conflist"), []byte(conflist), 0o644); err != nil {
 		return "", err
 	}
@@ -302,7 +304,7 @@ func (r *realNode) stop() error {
 	for _, d := range r.cgroups {
 		errs = append(errs, removeCgroup(d))
 	}
-	errs = append(errs, unmountUnder(r.dir))
+	errs = append(errs, unmountUnder(r.dir), removeCNIResults(r.cgroupName()))
 	return errors.Join(errs...)
 }
 
@@ -354,12 +356,26 @@ func unmountUnder(dir string) error {
 	return errors.Join(errs...)
 }
 
-// cleanCgroups removes the cgroups of every real node of the sandboxes
-// whose namespaces start with prefix, and what still runs in them: the way
-// out after a sandbox was killed with SIGKILL (its shims and containers
-// survive it).
-func cleanCgroups(prefix string) error {
+// cniResults is libcni's results cache, where containerd's CNI calls write.
+const cniResults = "/var/lib/cni/results"
+
+// removeCNIResults removes the results cache entries of the CNI networks
+// whose name starts with prefix: a killed node never called DEL for its pods.
+func removeCNIResults(prefix string) error {
+	files, _ := filepath.Glob(filepath.Join(cniResults, prefix+"*"))
 	var errs []error
+	for _, f := range files {
+		errs = append(errs, os.Remove(f))
+	}
+	return errors.Join(errs...)
+}
+
+// cleanCgroups removes the cgroups of every real node of the sandboxes
+// whose namespaces start with prefix, and what still runs in them, and their
+// CNI results: the way out after a sandbox was killed with SIGKILL (its
+// shims and containers survive it).
+func cleanCgroups(prefix string) error {
+	errs := []error{removeCNIResults(prefix)}
 	dirs, _ := filepath.Glob("/sys/fs/cgroup/*/" + prefix + "*")
 	for _, d := range dirs {
 		if fi, err := os.Stat(d); err == nil && fi.IsDir() {

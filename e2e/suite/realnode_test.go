@@ -258,7 +258,7 @@ func sandboxHasIP(t *testing.T, sock string, pod *corev1.Pod) {
 // interface of the node that is a port of the bridge.
 func cniResultNamesBridgePort(t *testing.T, n *sandbox.Node, podIP string) {
 	t.Helper()
-	files, _ := filepath.Glob("/var/lib/cni/results/sandbox-*")
+	files, _ := filepath.Glob("/var/lib/cni/results/" + n.NetNS + "-*")
 	for _, f := range files {
 		raw, err := os.ReadFile(f)
 		if err != nil {
