@@ -45,6 +45,7 @@ func TestRealNode(t *testing.T) {
 		{"webhook and assigner run non-root on a read-only root and turn Ready", testNonRootComponents},
 		{"NMI has only NET_ADMIN and NET_RAW; killed, the kubelet restarts it with no gap in interception", testNMIContainerRestart},
 		{"a pod running as another user gets its token; a host-network pod does not", testPodUsers},
+		{"a restarted NMI pod removes the node's startup taint", testStartupTaint},
 		{"the runtime and the CNI cache know the pod's address as NMI's checks assume", testRuntimeKnowsPod},
 	} {
 		t.Run(c.name, c.run)
@@ -216,6 +217,31 @@ func testPodUsers(t *testing.T) {
 		p.Spec.Containers[0].Args = append(p.Spec.Containers[0].Args, "--metadata-endpoint=http://"+n.IP+":2579")
 	}}.create(t)
 	denied(t, running(t, "default", "host-network"))
+}
+
+func testStartupTaint(t *testing.T) {
+	n := node(t, 1)
+	taint := aadv1.NMINotReadyTaint + ":NoSchedule"
+	kubectl(t, "taint", "node", n.Name, taint)
+	t.Cleanup(func() { _, _ = kubectlIn("taint", "node", n.Name, taint+"-") })
+	old := componentPods(t, "nmi", n.Name)
+	kubectl(t, "-n", releaseNS, "delete", old[0], "--wait")
+	framework.Eventually(t, 2*time.Minute, "the new NMI pod removes the taint", func() error {
+		got, err := env.client.CoreV1().Nodes().Get(t.Context(), n.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		for _, tt := range got.Spec.Taints {
+			if tt.Key == aadv1.NMINotReadyTaint {
+				return fmt.Errorf("taints %v", got.Spec.Taints)
+			}
+		}
+		return nil
+	})
+	pods := componentPods(t, "nmi", n.Name)
+	if len(pods) != 1 || pods[0] == old[0] {
+		t.Errorf("NMI pods on %s: %v (was %v)", n.Name, pods, old)
+	}
 }
 
 func testRuntimeKnowsPod(t *testing.T) {

@@ -174,6 +174,8 @@ func helmRelease(verb string, extra ...string) error {
 		"--set-string", "assigner.aadAuthorityHost=" + env.az.AADAuthorityHost,
 		"--set-string", "assigner.gcGracePeriod=" + gcGracePeriod.String(),
 		"--set", "nmi.enableServicePrincipals=true",
+		// TestRealNode taints a node as a pool configured for it would.
+		"--set", "nmi.removeStartupTaint=true",
 		// The fake Azure AD is the sovereign cloud the SP case names in adEndpoint.
 		"--set-string", "nmi.aadAuthorityHost=" + env.az.AADAuthorityHost,
 		"--wait", "--timeout", "3m"}
