@@ -141,17 +141,18 @@ func BenchmarkTimeToFirstToken(b *testing.B) {
 		b.ReportMetric(quantile(ttft, 1).Seconds(), "max-s")
 		b.ReportMetric(float64(errs), "token-errors")
 		b.Logf("%d pods, %d identities, write latency %s: kubectl apply took %s; %d failed token requests before the first token; %d ARM writes", podCount, idCount, latency, applied.Round(time.Millisecond), errs, len(env.az.ARM.Writes()))
+		// Before the long lines: a benchmark's log is cut at a length.
+		for _, name := range slices.Sorted(maps.Keys(samples))[:min(len(samples), 3)] {
+			b.Logf("%s: %s", name, samples[name])
+		}
 		for _, q := range []struct {
 			what string
 			d    []time.Duration
 		}{{"scheduled (gate lifted; 1 s resolution)", tts}, {"container started", tst}, {"Ready with its IP (1 s resolution)", trd}, {"first token", ttft}, {"container start → first token (demo's own)", own}} {
 			b.Logf("%-44s p50 %6.2fs  p90 %6.2fs  max %6.2fs", q.what, quantile(q.d, 0.5).Seconds(), quantile(q.d, 0.9).Seconds(), quantile(q.d, 1).Seconds())
 		}
-		logComponentMemory(b, "after the burst")
 		logSlowest(b, slowest)
-		for _, name := range slices.Sorted(maps.Keys(samples))[:min(len(samples), 3)] {
-			b.Logf("%s: %s", name, samples[name])
-		}
+		logComponentMemory(b, "after the burst")
 	}
 }
 
@@ -212,9 +213,9 @@ func deleteBenchPods(b *testing.B) {
 	kubectl(b, "delete", "pods", "-n", "default", "-l", "bench=ttft", "--wait", "--timeout=3m")
 }
 
-// logComponentMemory logs the memory cgroup figures of every container of
-// the release on real nodes: usage (what the kubelet's eviction and the
-// limit see) and its rss (anonymous) and cache (file pages) parts.
+// logComponentMemory logs, in one line, the memory cgroup of every
+// container of the release on real nodes: usage (what the kubelet's
+// eviction and a limit see) and its rss (anonymous) part, in MiB.
 func logComponentMemory(b *testing.B, when string) {
 	if env.sb.Nodes()[0].CRISocket == "" {
 		return
@@ -223,26 +224,27 @@ func logComponentMemory(b *testing.B, when string) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	var line strings.Builder
 	for _, p := range pods.Items {
 		for _, c := range p.Status.ContainerStatuses {
 			_, id, _ := strings.Cut(c.ContainerID, "://")
 			dirs, _ := filepath.Glob(fmt.Sprintf("/sys/fs/cgroup/memory/%s*/kubepods*/pod%s/%s", sandbox.Prefix, p.UID, id))
 			more, _ := filepath.Glob(fmt.Sprintf("/sys/fs/cgroup/memory/%s*/kubepods*/*/pod%s/%s", sandbox.Prefix, p.UID, id))
-			dirs = append(dirs, more...)
-			if len(dirs) != 1 {
-				b.Logf("memory %s: %s/%s: no single cgroup (%v)", when, p.Name, c.Name, dirs)
+			if dirs = append(dirs, more...); len(dirs) != 1 {
+				fmt.Fprintf(&line, " %s: no single cgroup %v;", c.Name, dirs)
 				continue
 			}
 			usage, _ := os.ReadFile(filepath.Join(dirs[0], "memory.usage_in_bytes"))
 			stat, _ := os.ReadFile(filepath.Join(dirs[0], "memory.stat"))
-			fields := map[string]float64{}
-			for _, line := range strings.Split(string(stat), "\n") {
-				if k, v, ok := strings.Cut(line, " "); ok {
-					fields[k], _ = strconv.ParseFloat(v, 64)
+			var rss float64
+			for _, l := range strings.Split(string(stat), "\n") {
+				if v, ok := strings.CutPrefix(l, "rss "); ok {
+					rss, _ = strconv.ParseFloat(v, 64)
 				}
 			}
 			u, _ := strconv.ParseFloat(strings.TrimSpace(string(usage)), 64)
-			b.Logf("memory %s: %-44s %-8s usage %6.1f MiB (rss %6.1f, cache %6.1f)", when, p.Name, c.Name, u/(1<<20), fields["rss"]/(1<<20), fields["cache"]/(1<<20))
+			fmt.Fprintf(&line, " %s %.1f/%.1f;", c.Name, u/(1<<20), rss/(1<<20))
 		}
 	}
+	b.Logf("memory %s (MiB usage/rss):%s", when, line.String())
 }

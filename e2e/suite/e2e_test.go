@@ -96,11 +96,12 @@ func testOtherNamespace(t *testing.T) {
 // and the node's, and never reached IMDS.
 func denied(t *testing.T, pod *corev1.Pod) {
 	t.Helper()
-	first := waitFor(t, pod.Namespace, pod.Name, userDenied, time.Time{}, time.Minute)
+	first := waitFor(t, pod.Namespace, pod.Name, userDenied, time.Time{}, 90*time.Second)
 	if !strings.Contains(first.Line, "403") {
 		t.Errorf("denial is not NMI's 403: %s", first.Line)
 	}
-	waitFor(t, pod.Namespace, pod.Name, defaultError, first.At, 30*time.Second)
+	// An unknown caller waits out NMI's --unknown-caller-wait (30 s) per request.
+	waitFor(t, pod.Namespace, pod.Name, defaultError, first.At, time.Minute)
 	never(t, pod.Namespace, pod.Name, userToken)
 	never(t, pod.Namespace, pod.Name, defaultToken)
 	notReachedIMDS(t, pod)
