@@ -151,8 +151,8 @@ func BenchmarkTimeToFirstToken(b *testing.B) {
 		}{{"scheduled (gate lifted; 1 s resolution)", tts}, {"container started", tst}, {"Ready with its IP (1 s resolution)", trd}, {"first token", ttft}, {"container start → first token (demo's own)", own}} {
 			b.Logf("%-44s p50 %6.2fs  p90 %6.2fs  max %6.2fs", q.what, quantile(q.d, 0.5).Seconds(), quantile(q.d, 0.9).Seconds(), quantile(q.d, 1).Seconds())
 		}
-		logSlowest(b, slowest)
 		logComponentMemory(b, "after the burst")
+		logSlowest(b, slowest)
 	}
 }
 
