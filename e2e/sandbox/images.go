@@ -102,7 +102,7 @@ func chartAppVersion(repoRoot string) (string, error) {
 	}
 	m := appVersionLine.FindSubmatch(b)
 	if m == nil {
-		return "", errors.New("Chart.yaml has no appVersion")
+		return "", errors.New("no appVersion in Chart.yaml")
 	}
 	return string(m[1]), nil
 }

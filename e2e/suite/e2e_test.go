@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -239,29 +238,7 @@ func testNMIRestart(t *testing.T) {
 		t.Fatalf("NMI pods on %s: %v", n.Name, old)
 	}
 
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	var checks int
-	var gap error
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			rules, err := natRules(n)
-			checks++
-			if err == nil && !intercepted(rules) {
-				err = fmt.Errorf("interception missing:\n%s", rules)
-			}
-			if err != nil && gap == nil {
-				gap = err
-			}
-			select {
-			case <-stop:
-				return
-			case <-time.After(50 * time.Millisecond):
-			}
-		}
-	}()
+	stop := watchInterception(n)
 	kubectl(t, "-n", releaseNS, "delete", old[0], "--wait")
 	framework.Eventually(t, 2*time.Minute, "a new NMI pod ready on "+n.Name, func() error {
 		pods := componentPods(t, "nmi", n.Name)
@@ -272,8 +249,7 @@ func testNMIRestart(t *testing.T) {
 		return err
 	})
 	time.Sleep(2 * time.Second) // the prober keeps calling the new NMI
-	close(stop)
-	wg.Wait()
+	checks, gap := stop()
 	t.Logf("%d rule checks during the restart", checks)
 	if gap != nil {
 		t.Error(gap)

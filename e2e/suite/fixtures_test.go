@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -271,4 +272,36 @@ func natRules(n *sandbox.Node) (string, error) {
 func intercepted(rules string) bool {
 	return strings.Contains(rules, "-A PREROUTING -j aad-metadata") &&
 		strings.Contains(rules, "-A aad-metadata ! -s 127.0.0.1/32 -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -j DNAT")
+}
+
+// watchInterception checks the node's nat rules every 50 ms until stop is
+// called, which returns how many checks ran and the first one that found
+// the interception missing (or could not read the rules).
+func watchInterception(n *sandbox.Node) (stop func() (checks int, gap error)) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	var checks int
+	var gap error
+	wg.Go(func() {
+		for {
+			rules, err := natRules(n)
+			checks++
+			if err == nil && !intercepted(rules) {
+				err = fmt.Errorf("interception missing:\n%s", rules)
+			}
+			if err != nil && gap == nil {
+				gap = err
+			}
+			select {
+			case <-done:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	})
+	return func() (int, error) {
+		close(done)
+		wg.Wait()
+		return checks, gap
+	}
 }

@@ -10,7 +10,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -158,29 +157,7 @@ func testNMIContainerRestart(t *testing.T) {
 	}
 	before := restarts()
 
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	var checks int
-	var gap error
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			rules, err := natRules(n)
-			checks++
-			if err == nil && !intercepted(rules) {
-				err = fmt.Errorf("interception missing:\n%s", rules)
-			}
-			if err != nil && gap == nil {
-				gap = err
-			}
-			select {
-			case <-stop:
-				return
-			case <-time.After(50 * time.Millisecond):
-			}
-		}
-	}()
+	stop := watchInterception(n)
 	if err := syscall.Kill(nmi.pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -191,8 +168,7 @@ func testNMIContainerRestart(t *testing.T) {
 		_, err := kubectlIn("-n", releaseNS, "wait", "--for=condition=Ready", pods[0], "--timeout=1s")
 		return err
 	})
-	close(stop)
-	wg.Wait()
+	checks, gap := stop()
 	t.Logf("%d rule checks while NMI was killed and restarted", checks)
 	if gap != nil {
 		t.Error(gap)
@@ -216,7 +192,14 @@ func testPodUsers(t *testing.T) {
 		p.Spec.HostNetwork = true
 		p.Spec.Containers[0].Args = append(p.Spec.Containers[0].Args, "--metadata-endpoint=http://"+n.IP+":2579")
 	}}.create(t)
-	denied(t, running(t, "default", "host-network"))
+	pod := running(t, "default", "host-network")
+	// Its first refusal: NMI makes an unknown caller wait (30 s) per request.
+	first := waitFor(t, pod.Namespace, pod.Name, defaultError, time.Time{}, 2*time.Minute)
+	if !strings.Contains(first.Line, "403") || !strings.Contains(first.Line, "host-network pods cannot") {
+		t.Errorf("refusal is not NMI's 403 for host-network callers: %s", first.Line)
+	}
+	never(t, pod.Namespace, pod.Name, defaultToken)
+	never(t, pod.Namespace, pod.Name, userToken)
 }
 
 func testStartupTaint(t *testing.T) {
