@@ -7,6 +7,9 @@ import (
 	"strings"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
@@ -21,57 +24,59 @@ type poolARM interface {
 	Update(ctx context.Context, pool nodepool.Pool, p Patch) (Actual, error)
 }
 
-// apply carries out a plan: the records' grace-period bookkeeping, the ARM
-// writes, then their outcome on the records.
+// apply carries out a plan: the entries' bookkeeping and the ownership of
+// what is about to be added go to the record first (one write), then the
+// ARM writes, then their outcome (one more write).
 func (r *poolReconciler) apply(ctx context.Context, s *poolState, p plan) (ctrl.Result, error) {
-	for _, rec := range p.clearUnneeded {
-		if err := r.clearUnneeded(ctx, rec); err != nil {
-			return ctrl.Result{}, err
-		}
+	for _, e := range p.clearUnneeded {
+		e.UnneededSince = nil
 	}
-	for _, rec := range p.markUnneeded {
-		if err := r.markUnneeded(ctx, rec, p.unneededSince); err != nil {
-			return ctrl.Result{}, err
-		}
+	for _, e := range p.markUnneeded {
+		e.UnneededSince = &metav1.MicroTime{Time: p.unneededSince}
 	}
-	for _, rec := range p.drop {
-		if err := r.deleteRecord(ctx, rec); err != nil {
-			return ctrl.Result{}, err
-		}
-		delete(s.records, identityKey(rec))
+	for _, e := range p.drop {
+		delete(s.entries, entryKey(e))
 	}
-	for _, rec := range p.repair {
-		if err := r.repair(ctx, rec, s.wanted[identityKey(rec)].identity.Spec.ClientID); err != nil {
-			return ctrl.Result{}, err
-		}
+	for _, e := range p.repair {
+		// One write carries the new client ID and Assigning together, so
+		// nothing vouches for a pairing ARM has not confirmed.
+		e.ClientID = s.wanted[entryKey(e)].identity.Spec.ClientID
+		setState(e, aadv1.StateAssigning, "")
+		log.FromContext(ctx).Info("re-pairing assignment", "identity", entryKey(e), "clientID", e.ClientID)
 	}
-	refused, err := r.write(ctx, s, p.add, p.remove)
+	for _, e := range p.remove {
+		setState(e, aadv1.StateUnassigning, "")
+	}
+	before := states(s.entries)
+	if err := r.flush(ctx, s); err != nil {
+		return ctrl.Result{}, err
+	}
+	refused, err := writeIdentities(ctx, r.arm, s.pool, s.actual, resourceIDs(p.add), resourceIDs(p.remove))
 	if err != nil {
 		return r.armFailed(ctx, s, err)
 	}
 	r.pacer.armSucceeded(s.pool.Key())
-	err = forEach(ctx, len(p.remove), func(ctx context.Context, i int) error {
-		return r.deleteRecord(ctx, p.remove[i])
-	})
-	if err != nil {
-		return ctrl.Result{}, err
+	for _, e := range p.remove {
+		delete(s.entries, entryKey(e))
 	}
-	for _, rec := range p.remove {
-		delete(s.records, identityKey(rec))
-	}
-	// A record whose state stays gets a new pod count only when counts are
+	// An entry whose state stays gets a new pod count only when counts are
 	// due, as in a settled round.
 	countNow := s.countsChanged() && r.pacer.countsDue(s.pool.Key()) == 0
-	err = r.setWantedStatus(ctx, s, func(rec *aadv1.AzureAssignedIdentity, w *wantedIdentity) aadv1.AzureAssignedIdentityStatus {
-		status := assignmentStatus(rec, w.pods, s.actual, refused)
-		if !countNow && status.Status == rec.Status.Status && status.LastError == rec.Status.LastError {
-			status.Pods = rec.Status.Pods
+	for key, w := range s.wanted {
+		e := s.entries[key]
+		if e == nil {
+			continue // stale, dropped this round
 		}
-		return status
-	})
-	if err != nil {
+		state, lastError := e.State, e.LastError
+		assignmentStatus(e, s.actual, refused)
+		if countNow || e.State != state || e.LastError != lastError {
+			e.Pods = w.pods
+		}
+	}
+	if err := r.flush(ctx, s); err != nil {
 		return ctrl.Result{}, err
 	}
+	r.announce(s, before, p.remove)
 	if !countNow && s.countsChanged() {
 		return ctrl.Result{RequeueAfter: positiveMin(p.requeueAfter, countInterval)}, nil
 	}
@@ -84,17 +89,6 @@ func positiveMin(a, b time.Duration) time.Duration {
 		return b
 	}
 	return min(a, b)
-}
-
-// write marks the removals Unassigning and sends the PATCHes; see
-// writeIdentities.
-func (r *poolReconciler) write(ctx context.Context, s *poolState, add, remove []*aadv1.AzureAssignedIdentity) (map[string]string, error) {
-	for _, rec := range remove {
-		if err := r.setStatus(ctx, rec, withState(rec.Status, aadv1.StateUnassigning, "")); err != nil {
-			return nil, err
-		}
-	}
-	return writeIdentities(ctx, r.arm, s.pool, s.actual, resourceIDs(add), resourceIDs(remove))
 }
 
 // writeIdentities sends the PATCHes for add and remove and keeps actual
@@ -141,41 +135,39 @@ func writeOnce(ctx context.Context, arm poolARM, pool nodepool.Pool, actual Actu
 	return nil
 }
 
-// assignmentStatus is a wanted identity's record status after the writes:
+// assignmentStatus sets a wanted identity's entry after the writes:
 // Failed if ARM refused it or reports another client ID for its resource
 // than the AzureIdentity names, Assigned once it is on the pool with that
-// client ID; a Failed record not retried this round stays so.
-func assignmentStatus(rec *aadv1.AzureAssignedIdentity, pods int32, actual Actual, refused map[string]string) aadv1.AzureAssignedIdentityStatus {
-	status := rec.Status
-	rid := rec.Spec.ResourceID
+// client ID; a Failed entry not retried this round stays so.
+func assignmentStatus(e *aadv1.IdentityAssignment, actual Actual, refused map[string]string) {
+	rid := e.ResourceID
 	switch msg, ok := refused[strings.ToLower(rid)]; {
 	case ok:
-		status = withState(rec.Status, aadv1.StateFailed, msg)
+		setState(e, aadv1.StateFailed, msg)
 	case !actual.Has(rid):
-	case !strings.EqualFold(actual.ClientID(rid), rec.Spec.ClientID):
-		status = withState(rec.Status, aadv1.StateFailed, fmt.Sprintf(
+	case !strings.EqualFold(actual.ClientID(rid), e.ClientID):
+		setState(e, aadv1.StateFailed, fmt.Sprintf(
 			"ARM reports client ID %q for identity %s, but the AzureIdentity names client ID %s: correct its spec.clientID (NMI serves only the pair ARM confirms)",
-			actual.ClientID(rid), rid, rec.Spec.ClientID))
+			actual.ClientID(rid), rid, e.ClientID))
 	default:
-		status = withState(rec.Status, aadv1.StateAssigned, "")
+		setState(e, aadv1.StateAssigned, "")
 	}
-	status.Pods = pods
-	return status
 }
 
 // armFailed handles an ARM error that stopped the round: the error is kept
-// on the records still waiting, and the pacer says how long to wait.
+// on the entries still waiting, and the pacer says how long to wait.
 func (r *poolReconciler) armFailed(ctx context.Context, s *poolState, err error) (ctrl.Result, error) {
 	text := armErrorText(err)
-	for _, rec := range s.records {
-		if state := rec.Status.Status; state == "" || state == aadv1.StateAssigning || state == aadv1.StateUnassigning {
+	for _, e := range s.entries {
+		if state := e.State; state == "" || state == aadv1.StateAssigning || state == aadv1.StateUnassigning {
 			if state == "" {
 				state = aadv1.StateAssigning
 			}
-			if serr := r.setStatus(ctx, rec, withState(rec.Status, state, text)); serr != nil {
-				return ctrl.Result{}, serr
-			}
+			setState(e, state, text)
 		}
+	}
+	if serr := r.flush(ctx, s); serr != nil {
+		return ctrl.Result{}, serr
 	}
 	wait, throttled := r.pacer.armFailed(s.pool, err)
 	if throttled {
@@ -187,10 +179,67 @@ func (r *poolReconciler) armFailed(ctx context.Context, s *poolState, err error)
 	return ctrl.Result{RequeueAfter: wait}, nil
 }
 
-func resourceIDs(recs []*aadv1.AzureAssignedIdentity) []string {
-	out := make([]string, 0, len(recs))
-	for _, r := range recs {
-		out = append(out, r.Spec.ResourceID)
+func resourceIDs(entries []*aadv1.IdentityAssignment) []string {
+	out := make([]string, 0, len(entries))
+	for _, e := range entries {
+		out = append(out, e.ResourceID)
 	}
 	return out
+}
+
+// states is each entry's state, to tell what a round changed.
+func states(entries map[types.NamespacedName]*aadv1.IdentityAssignment) map[types.NamespacedName]aadv1.AssignmentState {
+	out := make(map[types.NamespacedName]aadv1.AssignmentState, len(entries))
+	for key, e := range entries {
+		out[key] = e.State
+	}
+	return out
+}
+
+// announce emits one event per kind of change a round made on the pool's
+// record (assigned, failed, removed), naming the identities: a burst of
+// pods costs a few events per pool instead of one per pod.
+func (r *poolReconciler) announce(s *poolState, before map[types.NamespacedName]aadv1.AssignmentState, removed []*aadv1.IdentityAssignment) {
+	if s.record == nil || r.recorder == nil {
+		return
+	}
+	var assigned, failed []string
+	var reasons []string
+	for key, e := range s.entries {
+		if before[key] == e.State {
+			continue
+		}
+		switch e.State {
+		case aadv1.StateAssigned:
+			assigned = append(assigned, key.String())
+		case aadv1.StateFailed:
+			failed = append(failed, key.String())
+			reasons = append(reasons, key.String()+": "+e.LastError)
+		}
+	}
+	if len(assigned) > 0 {
+		slices.Sort(assigned)
+		r.recorder.Eventf(s.record, nil, corev1.EventTypeNormal, EventPoolAssigned, "Assign", "%d identities on %s: %s", len(assigned), s.pool.Name, summarize(assigned))
+	}
+	if len(failed) > 0 {
+		slices.Sort(reasons)
+		r.recorder.Eventf(s.record, nil, corev1.EventTypeWarning, EventPoolFailed, "Assign", "%d identities refused on %s: %s", len(failed), s.pool.Name, summarize(reasons))
+	}
+	if len(removed) > 0 {
+		names := make([]string, 0, len(removed))
+		for _, e := range removed {
+			names = append(names, entryKey(e).String())
+		}
+		slices.Sort(names)
+		r.recorder.Eventf(s.record, nil, corev1.EventTypeNormal, EventPoolRemoved, "Unassign", "%d identities removed from %s: %s", len(removed), s.pool.Name, summarize(names))
+	}
+}
+
+// summarize keeps an event's note short: events are capped at 1 kB.
+func summarize(items []string) string {
+	const show = 5
+	if len(items) <= show {
+		return strings.Join(items, ", ")
+	}
+	return fmt.Sprintf("%s and %d more", strings.Join(items[:show], ", "), len(items)-show)
 }

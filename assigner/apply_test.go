@@ -9,8 +9,6 @@ import (
 	"strings"
 	"testing"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
 )
@@ -101,11 +99,11 @@ func TestWriteIsolatesRefusedIdentities(t *testing.T) {
 	if !actual.Has(good1) || !actual.Has(good2) || actual.Has(bad) || actual.ClientID(good1) != clientIDOf(good1) {
 		t.Errorf("actual after the writes = %v", actual.UserAssigned)
 	}
-	record := func(id string, state aadv1.AssignmentState) *aadv1.AzureAssignedIdentity {
-		return &aadv1.AzureAssignedIdentity{ObjectMeta: metav1.ObjectMeta{Name: id}, Spec: aadv1.AzureAssignedIdentitySpec{ResourceID: id, ClientID: clientIDOf(id)}, Status: aadv1.AzureAssignedIdentityStatus{Status: state}}
+	record := func(id string, state aadv1.AssignmentState) *aadv1.IdentityAssignment {
+		return &aadv1.IdentityAssignment{ResourceID: id, ClientID: clientIDOf(id), State: state}
 	}
 	tests := []struct {
-		rec       *aadv1.AzureAssignedIdentity
+		rec       *aadv1.IdentityAssignment
 		wantState aadv1.AssignmentState
 		wantError bool
 	}{
@@ -116,9 +114,10 @@ func TestWriteIsolatesRefusedIdentities(t *testing.T) {
 		{rec: record(mispaired, aadv1.StateAssigning), wantState: aadv1.StateFailed, wantError: true},
 	}
 	for _, tc := range tests {
-		got := assignmentStatus(tc.rec, 3, actual, refused)
-		if got.Status != tc.wantState || (got.LastError != "") != tc.wantError || got.Pods != 3 {
-			t.Errorf("%s: status %+v, want %s (error %v, 3 pods)", tc.rec.Name, got, tc.wantState, tc.wantError)
+		got := *tc.rec
+		assignmentStatus(&got, actual, refused)
+		if got.State != tc.wantState || (got.LastError != "") != tc.wantError {
+			t.Errorf("%s: entry %+v, want %s (error %v)", tc.rec.ResourceID, got, tc.wantState, tc.wantError)
 		}
 	}
 }

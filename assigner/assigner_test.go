@@ -62,23 +62,24 @@ func TestWalkthroughPodGateLiftedAfterAssignment(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rec.Status.Status != aadv1.StateAssigned || rec.Status.External || rec.Status.Pods != 1 {
-		t.Errorf("record status = %+v", rec.Status)
+	if rec.State != aadv1.StateAssigned || rec.External || rec.Pods != 1 {
+		t.Errorf("entry = %+v", rec)
 	}
 	if writes := w.arm.Writes(); len(writes) != 1 || writes[0].Type != fakeazure.TypeSystemAssignedUserAssigned || len(writes[0].Body) != 1 {
 		t.Errorf("writes = %+v, want one delta PATCH keeping SystemAssigned", writes)
 	}
-	framework.Eventually(t, waitFor, "the assignment event", func() error {
+	framework.Eventually(t, waitFor, "the pool's assignment event", func() error {
 		var events corev1.EventList
-		if err := w.c.List(w.ctx, &events, client.InNamespace(w.ns)); err != nil {
+		if err := w.c.List(w.ctx, &events, client.InNamespace(w.recordNS)); err != nil {
 			return err
 		}
 		for _, e := range events.Items {
-			if e.InvolvedObject.Name == "demo" && e.Reason == assigner.EventAssigned && e.Type == corev1.EventTypeNormal {
+			if e.InvolvedObject.Kind == "AzureAssignedIdentity" && e.Reason == assigner.EventPoolAssigned && e.Type == corev1.EventTypeNormal &&
+				strings.Contains(e.Message, w.ns+"/demo") {
 				return nil
 			}
 		}
-		return fmt.Errorf("no %s event among %d", assigner.EventAssigned, len(events.Items))
+		return fmt.Errorf("no %s event among %d", assigner.EventPoolAssigned, len(events.Items))
 	})
 }
 
@@ -103,8 +104,8 @@ func TestSettledPoolIsNotRead(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if rec.Status.Pods != 6 {
-			return fmt.Errorf("record counts %d pods, want 6", rec.Status.Pods)
+		if rec.Pods != 6 {
+			return fmt.Errorf("entry counts %d pods, want 6", rec.Pods)
 		}
 		return nil
 	})
@@ -193,7 +194,7 @@ func TestGCAfterGracePeriod(t *testing.T) {
 	w.pod("b", "external")
 	w.waitAssigned("a", waitFor)
 	w.waitAssigned("b", waitFor)
-	if rec, err := w.record("external", p); err != nil || !rec.Status.External {
+	if rec, err := w.record("external", p); err != nil || !rec.External {
 		t.Fatalf("external record = %+v, %v", rec, err)
 	}
 	deleted := time.Now()
@@ -208,8 +209,11 @@ func TestGCAfterGracePeriod(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		since, err = time.Parse(time.RFC3339Nano, rec.Annotations[aadv1.AnnotationPrefix+"unneeded-since"])
-		return err
+		if rec.UnneededSince == nil {
+			return fmt.Errorf("entry %+v not marked unneeded", rec)
+		}
+		since = rec.UnneededSince.Time
+		return nil
 	})
 	if time.Since(deleted) < grace && !w.state.Assigned(p.ID, owned.ClientID) {
 		t.Fatal("identity removed before the grace period")
@@ -219,7 +223,7 @@ func TestGCAfterGracePeriod(t *testing.T) {
 			return fmt.Errorf("owned identity still on the pool")
 		}
 		if _, err := w.record("owned", p); err == nil {
-			return fmt.Errorf("record of the removed identity still exists")
+			return fmt.Errorf("entry of the removed identity still exists")
 		}
 		return nil
 	})
@@ -385,8 +389,8 @@ func TestFaults(t *testing.T) {
 			return nil
 		})
 		rec, err := w.record("bad", p)
-		if err != nil || rec.Status.Status != aadv1.StateFailed || !strings.Contains(rec.Status.LastError, "deleted") {
-			t.Errorf("bad record = %+v, %v", rec.Status, err)
+		if err != nil || rec.State != aadv1.StateFailed || !strings.Contains(rec.LastError, "deleted") {
+			t.Errorf("bad entry = %+v, %v", rec, err)
 		}
 	})
 }
@@ -414,8 +418,8 @@ func TestRestartMidBurstConverges(t *testing.T) {
 		w.waitAssigned(fmt.Sprintf("pod%d", i), time.Minute)
 	}
 	for _, rec := range w.records() {
-		if rec.Status.Status != aadv1.StateAssigned || rec.Status.External {
-			t.Errorf("record %s: %+v", rec.Name, rec.Status)
+		if rec.State != aadv1.StateAssigned || rec.External {
+			t.Errorf("entry %+v", rec)
 		}
 	}
 	if n := len(w.records()); n != 10 {
@@ -443,8 +447,8 @@ func TestEditedIdentityRePaired(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if rec.Status.Status != aadv1.StateFailed {
-			return fmt.Errorf("record status %+v, want Failed", rec.Status)
+		if rec.State != aadv1.StateFailed {
+			return fmt.Errorf("entry %+v, want Failed", rec)
 		}
 		return nil
 	})
@@ -469,9 +473,9 @@ func TestEditedIdentityRePaired(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			if !strings.EqualFold(rec.Spec.ResourceID, want.ResourceID) || rec.Spec.ClientID != want.ClientID ||
-				rec.Status.Status != aadv1.StateAssigned || rec.Status.External {
-				return fmt.Errorf("record %+v %+v, want %s Assigned", rec.Spec, rec.Status, want.ClientID)
+			if !strings.EqualFold(rec.ResourceID, want.ResourceID) || rec.ClientID != want.ClientID ||
+				rec.State != aadv1.StateAssigned || rec.External {
+				return fmt.Errorf("entry %+v, want %s Assigned", rec, want.ClientID)
 			}
 			if a := w.getPod("a").Annotations[aadv1.AnnotationAssignment]; a != aadv1.AssignmentAssigned {
 				return fmt.Errorf("pod assignment %q", a)
@@ -522,7 +526,7 @@ func TestAdoptsWhat1xAssigned(t *testing.T) {
 	}
 	legacy := &aadv1.AzureAssignedIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: w.ns, Name: "a-" + w.ns + "-mic"},
 		Spec: aadv1.AzureAssignedIdentitySpec{
-			AzureIdentityRef: aadv1.IdentityReference{Namespace: w.ns, Name: "mic", LegacySpec: &aadv1.LegacyIdentitySpec{ResourceID: mic.ResourceID}},
+			AzureIdentityRef: &aadv1.IdentityReference{Namespace: w.ns, Name: "mic", LegacySpec: &aadv1.LegacyIdentitySpec{ResourceID: mic.ResourceID}},
 			LegacyPod:        "a", LegacyPodNamespace: w.ns, LegacyNodeName: node,
 		}}
 	if err := w.c.Create(w.ctx, legacy); err != nil {
@@ -549,10 +553,10 @@ func TestAdoptsWhat1xAssigned(t *testing.T) {
 		}
 		w.waitAssigned(name, waitFor)
 	}
-	if rec, err := w.record("mic", p); err != nil || rec.Status.External || rec.Annotations[aadv1.AnnotationPrefix+"adopted-from"] != w.ns+"/"+legacy.Name {
+	if rec, err := w.record("mic", p); err != nil || rec.External || rec.AdoptedFrom != w.ns+"/"+legacy.Name {
 		t.Fatalf("record of 1.x's identity = %+v, %v; want it ours, adopted from %s", rec, err, legacy.Name)
 	}
-	if rec, err := w.record("admin", p); err != nil || !rec.Status.External {
+	if rec, err := w.record("admin", p); err != nil || !rec.External {
 		t.Fatalf("record of the admin's identity = %+v, %v; want it external", rec, err)
 	}
 	framework.Eventually(t, waitFor, "1.x's record deleted", func() error {
@@ -576,5 +580,62 @@ func TestAdoptsWhat1xAssigned(t *testing.T) {
 	})
 	if !w.state.Assigned(p.ID, admin.ClientID) {
 		t.Error("the admin's identity was removed")
+	}
+}
+
+// The assigner before one record per pool (0.1) wrote one record per
+// identity and pool. At an upgrade, such a record is taken over: its
+// identity stays ours (not external) and keeps its state, the pool's
+// record gets its entry, and the old record is deleted. One that said
+// external stays external.
+func TestTakesOverOneIdentityRecords(t *testing.T) {
+	w := newWorld(t)
+	p := w.pool("p", false, nil)
+	owned, foreign := w.identity("owned"), w.identity("foreign")
+	for _, id := range []fakeazure.Identity{owned, foreign} {
+		if err := w.state.SetUserAssigned(p.ID, id.ResourceID, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w.stop()
+	var old []*aadv1.AzureAssignedIdentity
+	for _, tc := range []struct {
+		id       fakeazure.Identity
+		name     string
+		external bool
+	}{{owned, "owned", false}, {foreign, "foreign", true}} {
+		rec := &aadv1.AzureAssignedIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: w.recordNS, Name: w.ns + "-" + tc.name + "-0123456789ab"},
+			Spec: aadv1.AzureAssignedIdentitySpec{AzureIdentityRef: &aadv1.IdentityReference{Namespace: w.ns, Name: tc.name},
+				ClientID: tc.id.ClientID, ResourceID: tc.id.ResourceID, NodePool: p.ID}}
+		if err := w.c.Create(w.ctx, rec); err != nil {
+			t.Fatal(err)
+		}
+		rec.Status = aadv1.AzureAssignedIdentityStatus{Status: aadv1.StateAssigned, External: tc.external}
+		if err := w.c.Status().Update(w.ctx, rec); err != nil {
+			t.Fatal(err)
+		}
+		old = append(old, rec)
+	}
+	w.start()
+	w.pod("a", "owned")
+	w.pod("b", "foreign")
+	w.waitAssigned("a", waitFor)
+	w.waitAssigned("b", waitFor)
+	if e, err := w.record("owned", p); err != nil || e.External || e.State != aadv1.StateAssigned || e.AdoptedFrom != w.recordNS+"/"+old[0].Name {
+		t.Errorf("entry of the owned identity = %+v, %v; want Assigned, ours, taken over from %s", e, err, old[0].Name)
+	}
+	if e, err := w.record("foreign", p); err != nil || !e.External {
+		t.Errorf("entry of the external identity = %+v, %v; want it external still", e, err)
+	}
+	framework.Eventually(t, waitFor, "the one-identity records deleted", func() error {
+		for _, rec := range old {
+			if err := w.c.Get(w.ctx, client.ObjectKeyFromObject(rec), &aadv1.AzureAssignedIdentity{}); !apierrors.IsNotFound(err) {
+				return fmt.Errorf("%s still there (get: %v)", rec.Name, err)
+			}
+		}
+		return nil
+	})
+	if writes := w.arm.Writes(); len(writes) != 0 {
+		t.Errorf("ARM writes %+v; both identities were in place", writes)
 	}
 }

@@ -7,10 +7,6 @@ import (
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 )
 
-// annotationUnneededSince marks, on an AzureAssignedIdentity, when the last
-// pod that needed it went away; the grace period runs from there.
-const annotationUnneededSince = aadv1.AnnotationPrefix + "unneeded-since"
-
 // poolPolicy is what the options say about changing a pool.
 type poolPolicy struct {
 	grace     time.Duration // how long an unneeded owned identity stays
@@ -24,62 +20,65 @@ func (p poolPolicy) isImmutable(clientID, resourceID string) bool {
 	return p.immutable[strings.ToLower(clientID)] || p.immutable[strings.ToLower(resourceID)]
 }
 
-// plan is one round's changes to a pool and its records.
+// plan is one round's changes to a pool and its entries.
 type plan struct {
-	add    []*aadv1.AzureAssignedIdentity // to put on the pool
-	remove []*aadv1.AzureAssignedIdentity // owned, past their grace period
+	add    []*aadv1.IdentityAssignment // to put on the pool
+	remove []*aadv1.IdentityAssignment // owned, past their grace period
 	// markUnneeded start their grace period at unneededSince; clearUnneeded
 	// are wanted again.
-	markUnneeded, clearUnneeded []*aadv1.AzureAssignedIdentity
+	markUnneeded, clearUnneeded []*aadv1.IdentityAssignment
 	unneededSince               time.Time
-	// drop are records past their grace period whose identity we leave on
+	// drop are entries past their grace period whose identity we leave on
 	// the pool, or that is gone from it already.
-	drop []*aadv1.AzureAssignedIdentity
-	// repair are records of edited AzureIdentities that still name the
+	drop []*aadv1.IdentityAssignment
+	// repair are entries of edited AzureIdentities that still name the
 	// same resource: they take the new client ID in place, which ARM's
 	// answer then confirms or refuses.
-	repair       []*aadv1.AzureAssignedIdentity
+	repair       []*aadv1.IdentityAssignment
 	requeueAfter time.Duration
 }
 
 // decide plans a round for a pool read from ARM, every wanted identity
 // recorded. Wanted identities missing from the pool are added, except
-// Failed ones between retries; records no pod wants start their grace
+// Failed ones between retries; entries no pod wants start their grace
 // period, and once it is over their identity is removed if it is ours to
-// remove and no other record still needs it.
+// remove and no other entry still needs it.
 //
-// A record whose AzureIdentity was edited (stale) is re-paired: in place
+// An entry whose AzureIdentity was edited (stale) is re-paired: in place
 // when the resource is the same, otherwise its old resource is released at
 // once, as if past its grace period (NMI serves the old pairing to no
-// one), and the record deleted; its deletion brings the next round, which
-// records and assigns the new resource.
+// one), and the entry dropped; the next round records and assigns the new
+// resource.
 func decide(s *poolState, pol poolPolicy, now time.Time, retryFailed bool) plan {
 	p := plan{unneededSince: now, requeueAfter: pol.drift}
 	stillWanted := map[string]bool{}
 	for _, w := range s.wanted {
 		stillWanted[strings.ToLower(w.identity.Spec.ResourceID)] = true
 	}
-	for key, rec := range s.records {
+	for key, rec := range s.entries {
 		switch w := s.wanted[key]; {
-		case s.stale(key) && strings.EqualFold(rec.Spec.ResourceID, w.identity.Spec.ResourceID):
+		case s.stale(key) && strings.EqualFold(rec.ResourceID, w.identity.Spec.ResourceID):
 			p.repair = append(p.repair, rec)
-			if !s.actual.Has(rec.Spec.ResourceID) {
+			if !s.actual.Has(rec.ResourceID) {
 				p.add = append(p.add, rec)
 			}
 			continue
 		case s.stale(key):
+			// Its entry goes this round; the next records the new resource.
+			p.requeueAfter = min(p.requeueAfter, time.Millisecond)
 		case w != nil:
-			if _, ok := rec.Annotations[annotationUnneededSince]; ok {
+			if rec.UnneededSince != nil {
 				p.clearUnneeded = append(p.clearUnneeded, rec)
 			}
-			if !s.actual.Has(rec.Spec.ResourceID) && (rec.Status.Status != aadv1.StateFailed || retryFailed) {
+			if !s.actual.Has(rec.ResourceID) && (rec.State != aadv1.StateFailed || retryFailed) {
 				p.add = append(p.add, rec)
 			}
 			continue
 		default:
-			since, err := time.Parse(time.RFC3339Nano, rec.Annotations[annotationUnneededSince])
-			if err != nil {
-				since = now
+			since := now
+			if rec.UnneededSince != nil {
+				since = rec.UnneededSince.Time
+			} else {
 				p.markUnneeded = append(p.markUnneeded, rec)
 			}
 			if left := since.Add(pol.grace).Sub(now); left > 0 {
@@ -87,8 +86,8 @@ func decide(s *poolState, pol poolPolicy, now time.Time, retryFailed bool) plan 
 				continue
 			}
 		}
-		if !rec.Status.External && !pol.isImmutable(rec.Spec.ClientID, rec.Spec.ResourceID) &&
-			s.actual.Has(rec.Spec.ResourceID) && !stillWanted[strings.ToLower(rec.Spec.ResourceID)] {
+		if !rec.External && !pol.isImmutable(rec.ClientID, rec.ResourceID) &&
+			s.actual.Has(rec.ResourceID) && !stillWanted[strings.ToLower(rec.ResourceID)] {
 			p.remove = append(p.remove, rec)
 			continue
 		}

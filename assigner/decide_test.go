@@ -27,23 +27,22 @@ type rec struct {
 }
 
 func stateOf(wanted []string, onPool []int, recs ...rec) *poolState {
-	s := &poolState{pool: testPool, wanted: map[types.NamespacedName]*wantedIdentity{}, records: map[types.NamespacedName]*aadv1.AzureAssignedIdentity{}}
+	s := &poolState{pool: testPool, wanted: map[types.NamespacedName]*wantedIdentity{}, entries: map[types.NamespacedName]*aadv1.IdentityAssignment{}}
 	for _, name := range wanted {
 		s.wanted[types.NamespacedName{Namespace: "ns", Name: name}] = &wantedIdentity{pods: 1}
 	}
 	for _, r := range recs {
 		key := types.NamespacedName{Namespace: "ns", Name: r.name}
-		a := &aadv1.AzureAssignedIdentity{
-			ObjectMeta: metav1.ObjectMeta{Name: r.name},
-			Spec:       aadv1.AzureAssignedIdentitySpec{AzureIdentityRef: aadv1.IdentityReference{Namespace: key.Namespace, Name: key.Name}, ClientID: "client-" + r.name, ResourceID: uami(r.i)},
-			Status:     aadv1.AzureAssignedIdentityStatus{Status: r.state, External: r.external},
+		a := &aadv1.IdentityAssignment{
+			AzureIdentityRef: aadv1.IdentityReference{Namespace: key.Namespace, Name: key.Name},
+			ClientID:         "client-" + r.name, ResourceID: uami(r.i), State: r.state, External: r.external,
 		}
 		if r.since > 0 {
-			metav1.SetMetaDataAnnotation(&a.ObjectMeta, annotationUnneededSince, t0.Add(-r.since).Format(time.RFC3339Nano))
+			a.UnneededSince = &metav1.MicroTime{Time: t0.Add(-r.since)}
 		}
-		s.records[key] = a
+		s.entries[key] = a
 		if w := s.wanted[key]; w != nil {
-			w.identity.Spec.ClientID, w.identity.Spec.ResourceID = a.Spec.ClientID, a.Spec.ResourceID
+			w.identity.Spec.ClientID, w.identity.Spec.ResourceID = a.ClientID, a.ResourceID
 			if r.editedClient {
 				w.identity.Spec.ClientID += "-new"
 			}
@@ -139,22 +138,22 @@ func TestDecide(t *testing.T) {
 		{
 			name:  "edited resource ID: the old resource is removed at once, without grace period",
 			state: stateOf([]string{"a"}, []int{1}, rec{name: "a", i: 1, state: aadv1.StateAssigned, nowI: 2}),
-			want:  want{remove: []string{"a"}, requeue: drift},
+			want:  want{remove: []string{"a"}, requeue: time.Millisecond},
 		},
 		{
-			name:  "edited resource ID, the old one still wanted by another record: only the record goes",
+			name:  "edited resource ID, the old one still wanted by another entry: only the entry goes",
 			state: stateOf([]string{"a", "b"}, []int{1}, rec{name: "a", i: 1, state: aadv1.StateAssigned, nowI: 2}, rec{name: "b", i: 1, state: aadv1.StateAssigned}),
-			want:  want{drop: []string{"a"}, requeue: drift},
+			want:  want{drop: []string{"a"}, requeue: time.Millisecond},
 		},
 		{
-			name:  "edited resource ID, the old one external: only the record goes",
+			name:  "edited resource ID, the old one external: only the entry goes",
 			state: stateOf([]string{"a"}, []int{1}, rec{name: "a", i: 1, state: aadv1.StateAssigned, external: true, nowI: 2}),
-			want:  want{drop: []string{"a"}, requeue: drift},
+			want:  want{drop: []string{"a"}, requeue: time.Millisecond},
 		},
 		{
-			name:  "edited resource ID, now the resource another record holds: the old one is removed",
+			name:  "edited resource ID, now the resource another entry holds: the old one is removed",
 			state: stateOf([]string{"a", "b"}, []int{1, 2}, rec{name: "a", i: 1, state: aadv1.StateAssigned, nowI: 2}, rec{name: "b", i: 2, state: aadv1.StateAssigned}),
-			want:  want{remove: []string{"a"}, requeue: drift},
+			want:  want{remove: []string{"a"}, requeue: time.Millisecond},
 		},
 		{
 			name:  "a grace period longer than the drift period: requeued for the drift check",
@@ -181,10 +180,10 @@ func TestDecide(t *testing.T) {
 	}
 }
 
-func names(recs []*aadv1.AzureAssignedIdentity) []string {
+func names(entries []*aadv1.IdentityAssignment) []string {
 	var out []string
-	for _, r := range recs {
-		out = append(out, r.Name)
+	for _, e := range entries {
+		out = append(out, e.AzureIdentityRef.Name)
 	}
 	slices.Sort(out)
 	return out

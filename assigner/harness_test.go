@@ -13,7 +13,6 @@ import (
 	"github.com/google/uuid"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -238,23 +237,34 @@ func (w *world) waitAssigned(name string, timeout time.Duration) *corev1.Pod {
 	return pod
 }
 
-func (w *world) records() []aadv1.AzureAssignedIdentity {
+// records returns the entries of every pool's record.
+func (w *world) records() []aadv1.IdentityAssignment {
 	w.t.Helper()
 	var list aadv1.AzureAssignedIdentityList
 	if err := w.c.List(w.ctx, &list, client.InNamespace(w.recordNS)); err != nil {
 		w.t.Fatal(err)
 	}
-	return list.Items
+	var out []aadv1.IdentityAssignment
+	for _, rec := range list.Items {
+		out = append(out, rec.Status.Identities...)
+	}
+	return out
 }
 
-func (w *world) record(name string, p fakeazure.Pool) (*aadv1.AzureAssignedIdentity, error) {
+// record returns the entry of AzureIdentity name on pool p.
+func (w *world) record(name string, p fakeazure.Pool) (*aadv1.IdentityAssignment, error) {
 	pool, err := nodepool.ParseID(p.ID)
 	if err != nil {
 		return nil, err
 	}
 	var rec aadv1.AzureAssignedIdentity
-	err = w.c.Get(w.ctx, client.ObjectKey{Namespace: w.recordNS, Name: identity.AssignmentName(types.NamespacedName{Namespace: w.ns, Name: name}, pool)}, &rec)
-	return &rec, err
+	if err := w.c.Get(w.ctx, client.ObjectKey{Namespace: w.recordNS, Name: identity.RecordName(pool)}, &rec); err != nil {
+		return nil, err
+	}
+	if e := rec.Status.Find(w.ns, name); e != nil {
+		return e, nil
+	}
+	return nil, fmt.Errorf("no entry for %s/%s on %s", w.ns, name, p.ID)
 }
 
 // patches counts the accepted or refused PATCHes per pool.

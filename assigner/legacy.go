@@ -3,6 +3,7 @@ package assigner
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -28,10 +29,6 @@ import (
 // used, or can no longer be (its pod, node or status says MIC's assignment
 // is over), the record is deleted; deleting one changes no node pool.
 
-// annotationAdoptedFrom names, on a record of ours, the 1.x record whose
-// evidence made it ours.
-const annotationAdoptedFrom = aadv1.AnnotationPrefix + "adopted-from"
-
 // legacyResourceIndex indexes 1.x's records by the lower-cased resource ID
 // they embed.
 const legacyResourceIndex = "legacy.resourceID"
@@ -49,8 +46,8 @@ func isLegacy(o client.Object) bool {
 
 // legacyResourceID is the resource ID of the identity a 1.x record embeds.
 func legacyResourceID(rec *aadv1.AzureAssignedIdentity) string {
-	if spec := rec.Spec.AzureIdentityRef.LegacySpec; spec != nil {
-		return spec.ResourceID
+	if ref := rec.Spec.AzureIdentityRef; ref != nil && ref.LegacySpec != nil {
+		return ref.LegacySpec.ResourceID
 	}
 	return ""
 }
@@ -163,11 +160,22 @@ func (r *legacyReaper) evidenceAwaited(ctx context.Context, rec *aadv1.AzureAssi
 		return false, fmt.Errorf("listing AzureAssignedIdentities of pool: %w", err)
 	}
 	for i := range ours.Items {
-		if strings.EqualFold(ours.Items[i].Spec.ResourceID, resourceID) {
+		if namesResource(&ours.Items[i], resourceID) {
 			return false, nil
 		}
 	}
 	return true, nil
+}
+
+// namesResource reports whether a record of ours names resourceID: an entry of a
+// pool's record, or a one-identity record not yet taken over.
+func namesResource(rec *aadv1.AzureAssignedIdentity, resourceID string) bool {
+	if strings.EqualFold(rec.Spec.ResourceID, resourceID) {
+		return true
+	}
+	return slices.ContainsFunc(rec.Status.Identities, func(e aadv1.IdentityAssignment) bool {
+		return strings.EqualFold(e.ResourceID, resourceID)
+	})
 }
 
 // SetupWithManager registers the reaper for records without a node pool.

@@ -21,7 +21,7 @@ func legacyRecord(status aadv1.AssignmentState) *aadv1.AzureAssignedIdentity {
 	return &aadv1.AzureAssignedIdentity{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "demo-default-demo"},
 		Spec: aadv1.AzureAssignedIdentitySpec{
-			AzureIdentityRef: aadv1.IdentityReference{Namespace: "default", Name: "demo", LegacySpec: &aadv1.LegacyIdentitySpec{ResourceID: uami(1)}},
+			AzureIdentityRef: &aadv1.IdentityReference{Namespace: "default", Name: "demo", LegacySpec: &aadv1.LegacyIdentitySpec{ResourceID: uami(1)}},
 			LegacyPod:        "demo", LegacyPodNamespace: "default", LegacyNodeName: "n1",
 		},
 		Status: aadv1.AzureAssignedIdentityStatus{Status: status},
@@ -37,8 +37,10 @@ func TestLegacyRecords(t *testing.T) {
 	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "demo"}}
 	ended := pod.DeepCopy()
 	ended.Status.Phase = corev1.PodSucceeded
-	ours := &aadv1.AzureAssignedIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: "sys", Name: "ours"},
-		Spec: aadv1.AzureAssignedIdentitySpec{NodePool: testPool.ID(), ResourceID: uami(1), ClientID: clientIDOf(uami(1))}}
+	ours := &aadv1.AzureAssignedIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: "sys", Name: identity.RecordName(testPool)},
+		Spec: aadv1.AzureAssignedIdentitySpec{NodePool: testPool.ID()},
+		Status: aadv1.AzureAssignedIdentityStatus{Identities: []aadv1.IdentityAssignment{
+			{AzureIdentityRef: aadv1.IdentityReference{Namespace: "default", Name: "demo"}, ResourceID: uami(1), ClientID: clientIDOf(uami(1))}}}}
 	tests := []struct {
 		name   string
 		legacy *aadv1.AzureAssignedIdentity

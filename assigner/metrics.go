@@ -31,12 +31,16 @@ var (
 	})
 	assignmentFailures = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "aadpodidentity_assigner_assignment_failures_total",
-		Help: "Identities ARM refused for a pool (record marked Failed).",
+		Help: "Identities ARM refused for a pool (entry marked Failed).",
+	})
+	recordWrites = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "aadpodidentity_assigner_record_status_writes_total",
+		Help: "Status writes of the pools' AzureAssignedIdentity records (each carries every change of its round).",
 	})
 )
 
 func init() {
-	metrics.Registry.MustRegister(armRequests, armDuration, armThrottled, podReady, assignmentFailures)
+	metrics.Registry.MustRegister(armRequests, armDuration, armThrottled, podReady, assignmentFailures, recordWrites)
 }
 
 func observeARM(op string, start time.Time, err *error) {

@@ -22,11 +22,14 @@ import (
 	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
 )
 
-// Event reasons on pods.
+// Event reasons. A pod gets an event only when its assignment fails; the
+// progress of a burst is told once per pool round on the pool's record,
+// since an event per pod would double the API writes of a burst.
 const (
-	EventWaiting  = "WaitingForIdentity"
-	EventAssigned = "IdentityAssigned"
-	EventFailed   = "IdentityAssignmentFailed"
+	EventFailed       = "IdentityAssignmentFailed" // on the pod
+	EventPoolAssigned = "IdentitiesAssigned"       // on the pool's record
+	EventPoolFailed   = "IdentitiesRefused"        // on the pool's record
+	EventPoolRemoved  = "IdentitiesRemoved"        // on the pool's record
 )
 
 // podReconciler keeps an admitted pod's identity annotations true, chooses
@@ -86,7 +89,7 @@ func (r *podReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	err := ctrl.NewControllerManagedBy(mgr).Named("pod").
 		For(&corev1.Pod{}).
 		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(m.unassignedPods), builder.WithPredicates(nodeChanged())).
-		Watches(&aadv1.AzureAssignedIdentity{}, handler.EnqueueRequestsFromMapFunc(m.recordPods)).
+		Watches(&aadv1.AzureAssignedIdentity{}, m.recordPods()).
 		Watches(&aadv1.AzureIdentityBinding{}, handler.EnqueueRequestsFromMapFunc(m.bindingPods)).
 		Watches(&aadv1.AzureIdentity{}, handler.EnqueueRequestsFromMapFunc(m.identityPods)).
 		WithOptions(controller.Options{MaxConcurrentReconciles: 16}). // mostly waiting on API writes
@@ -98,27 +101,27 @@ func (r *podReconciler) SetupWithManager(mgr ctrl.Manager) error {
 }
 
 // assignment is the pod's assignment annotation: Assigned once every
-// identity's record on every target pool is Assigned for the client and
+// identity's entry on every target pool is Assigned for the client and
 // resource ID the AzureIdentity names now.
 func (r *podReconciler) assignment(ctx context.Context, identities []identity.Resolved, pools []nodepool.Pool, poolErr error) string {
 	if poolErr != nil {
 		return aadv1.AssignmentFailedPrefix + poolErr.Error()
 	}
 	state := aadv1.AssignmentAssigned
-	for _, id := range identities {
-		for _, p := range pools {
-			var rec aadv1.AzureAssignedIdentity
-			if err := r.client.Get(ctx, client.ObjectKey{Namespace: r.namespace, Name: identity.AssignmentName(id.Key(), p)}, &rec); err != nil {
-				state = aadv1.AssignmentPending
-				continue
-			}
+	for _, p := range pools {
+		var rec aadv1.AzureAssignedIdentity
+		if err := r.client.Get(ctx, client.ObjectKey{Namespace: r.namespace, Name: identity.RecordName(p)}, &rec); err != nil {
+			state = aadv1.AssignmentPending
+			continue
+		}
+		for _, id := range identities {
+			e := rec.Status.Find(id.Namespace, id.Name)
 			switch {
-			case !identity.SamePairing(&rec, id.ClientID, id.ResourceID):
-				state = aadv1.AssignmentPending // the pool controller re-pairs it
-			case rec.Status.Status == aadv1.StateFailed:
-				return fmt.Sprintf("%sidentity %s on %s: %s", aadv1.AssignmentFailedPrefix, id.Key(), p.Name, rec.Status.LastError)
-			case rec.Status.Status == aadv1.StateAssigned:
-			default:
+			case e == nil || !identity.SamePairing(e, id.ClientID, id.ResourceID):
+				state = aadv1.AssignmentPending // not recorded yet, or being re-paired
+			case e.State == aadv1.StateFailed:
+				return fmt.Sprintf("%sidentity %s on %s: %s", aadv1.AssignmentFailedPrefix, id.Key(), p.Name, e.LastError)
+			case e.State != aadv1.StateAssigned:
 				state = aadv1.AssignmentPending
 			}
 		}
@@ -154,26 +157,10 @@ func (r *podReconciler) update(ctx context.Context, pod *corev1.Pod, res identit
 	if liftGate {
 		podReady.Observe(time.Since(pod.CreationTimestamp.Time).Seconds())
 	}
-	if previous == assignment {
-		return nil
-	}
-	switch {
-	case assignment == aadv1.AssignmentAssigned:
-		r.recorder.Eventf(pod, nil, corev1.EventTypeNormal, EventAssigned, "Assign", "identities %q are on node pools %s", pod.Annotations[aadv1.AnnotationIdentities], poolNames(pools))
-	case assignment == aadv1.AssignmentPending:
-		r.recorder.Eventf(pod, nil, corev1.EventTypeNormal, EventWaiting, "Assign", "waiting for identities %q on node pools %s", pod.Annotations[aadv1.AnnotationIdentities], poolNames(pools))
-	default:
+	if previous != assignment && strings.HasPrefix(assignment, aadv1.AssignmentFailedPrefix) {
 		r.recorder.Eventf(pod, nil, corev1.EventTypeWarning, EventFailed, "Assign", "%s", assignment)
 	}
 	return nil
-}
-
-func poolNames(pools []nodepool.Pool) string {
-	names := make([]string, 0, len(pools))
-	for _, p := range pools {
-		names = append(names, p.Name)
-	}
-	return strings.Join(names, ",")
 }
 
 // podPools returns the lower-cased pool IDs a pod targets.

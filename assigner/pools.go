@@ -7,6 +7,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
@@ -37,9 +38,11 @@ type poolReconciler struct {
 	policy    poolPolicy
 	pacer     *pacer
 	clock     clock.PassiveClock // the pacer's, for decide's now
+	written   *writtenRecords
+	recorder  events.EventRecorder
 }
 
-func newPoolReconciler(c client.Client, opts Options) *poolReconciler {
+func newPoolReconciler(c client.Client, recorder events.EventRecorder, opts Options) *poolReconciler {
 	immutable := map[string]bool{}
 	for _, id := range opts.Immutable {
 		if id = strings.TrimSpace(id); id != "" {
@@ -57,6 +60,8 @@ func newPoolReconciler(c client.Client, opts Options) *poolReconciler {
 		policy:    poolPolicy{grace: opts.GCGracePeriod, drift: opts.DriftCheckPeriod, immutable: immutable},
 		pacer:     newPacer(clk, opts.BatchWindow, opts.DriftCheckPeriod),
 		clock:     clk,
+		written:   &writtenRecords{clock: clk, pools: map[string]written{}},
+		recorder:  recorder,
 	}
 }
 
@@ -89,14 +94,18 @@ func (r *poolReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.
 		if wait := r.pacer.countsDue(pool.Key()); wait > 0 {
 			return ctrl.Result{RequeueAfter: min(left, wait)}, nil
 		}
-		return ctrl.Result{RequeueAfter: left}, r.countPods(ctx, s)
+		for key, w := range s.wanted {
+			s.entries[key].Pods = w.pods
+		}
+		return ctrl.Result{RequeueAfter: left}, r.flush(ctx, s)
 	}
 	if s.actual, err = r.arm.Get(ctx, pool); err != nil {
 		return r.armFailed(ctx, s, err)
 	}
 	r.pacer.poolRead(pool.Key())
-	// Ownership is recorded before any write, so a crash never loses it.
-	if err := r.createRecords(ctx, s); err != nil {
+	// Ownership is recorded (by apply's first flush) before any write, so
+	// a crash never loses it.
+	if err := r.recordWanted(ctx, s); err != nil {
 		return ctrl.Result{}, err
 	}
 	retryFailed := r.pacer.retryFailedDue(pool.Key())
@@ -105,7 +114,7 @@ func (r *poolReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.
 
 // SetupWithManager registers the pool controller: pods whose targets or
 // identities change, records created or deleted, and AzureIdentities
-// edited (to re-pair their records) enqueue their pools.
+// edited (to re-pair their entries) enqueue their pools.
 func (r *poolReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	err := ctrl.NewControllerManagedBy(mgr).Named("pool").
 		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(podToPools), builder.WithPredicates(podTargetsChanged())).
@@ -136,7 +145,7 @@ func recordToPool(_ context.Context, obj client.Object) []reconcile.Request {
 	return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: obj.(*aadv1.AzureAssignedIdentity).Spec.NodePool}}}
 }
 
-// identityPools: the pools the AzureIdentity is recorded on.
+// identityPools: the pools whose records have an entry for the AzureIdentity.
 func (r *poolReconciler) identityPools(ctx context.Context, obj client.Object) []reconcile.Request {
 	var list aadv1.AzureAssignedIdentityList
 	key := client.ObjectKeyFromObject(obj).String()

@@ -2,11 +2,13 @@ package assigner
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	clocktesting "k8s.io/utils/clock/testing"
@@ -37,7 +39,7 @@ func TestPoolRounds(t *testing.T) {
 		WithIndex(&aadv1.AzureAssignedIdentity{}, recordPoolIndex, indexRecordPool).
 		Build()
 	arm := &fakeARM{}
-	r := newPoolReconciler(c, Options{Namespace: "sys", GCGracePeriod: grace, DriftCheckPeriod: drift, Clock: clk})
+	r := newPoolReconciler(c, nil, Options{Namespace: "sys", GCGracePeriod: grace, DriftCheckPeriod: drift, Clock: clk})
 	r.arm = arm
 	round := func(step string, wantRequeue time.Duration, wantGets, wantPatches int) {
 		t.Helper()
@@ -49,15 +51,11 @@ func TestPoolRounds(t *testing.T) {
 			t.Fatalf("%s: requeue %s after %d GETs and %d PATCHes; want %s, %d, %d", step, res.RequeueAfter, arm.gets, len(arm.patches), wantRequeue, wantGets, wantPatches)
 		}
 	}
-	record := func() (*aadv1.AzureAssignedIdentity, error) {
-		var rec aadv1.AzureAssignedIdentity
-		err := c.Get(ctx, client.ObjectKey{Namespace: "sys", Name: identity.AssignmentName(client.ObjectKeyFromObject(ai), testPool)}, &rec)
-		return &rec, err
-	}
+	record := func() (*aadv1.IdentityAssignment, error) { return entryOf(ctx, c, ai) }
 
 	round("first pod", drift, 1, 1)
-	if rec, err := record(); err != nil || rec.Status.Status != aadv1.StateAssigned || rec.Status.Pods != 1 || rec.Status.External {
-		t.Fatalf("record %+v, %v", rec.Status, err)
+	if rec, err := record(); err != nil || rec.State != aadv1.StateAssigned || rec.Pods != 1 || rec.External {
+		t.Fatalf("entry %+v, %v", rec, err)
 	}
 
 	clk.Step(time.Minute)
@@ -65,8 +63,8 @@ func TestPoolRounds(t *testing.T) {
 		t.Fatal(err)
 	}
 	round("settled: another pod on the identity", drift-time.Minute, 1, 1)
-	if rec, _ := record(); rec.Status.Pods != 2 {
-		t.Errorf("record counts %d pods, want 2", rec.Status.Pods)
+	if rec, _ := record(); rec.Pods != 2 {
+		t.Errorf("entry counts %d pods, want 2", rec.Pods)
 	}
 
 	clk.Step(time.Minute)
@@ -76,8 +74,8 @@ func TestPoolRounds(t *testing.T) {
 		}
 	}
 	round("no pod left: the grace period starts", grace, 2, 1)
-	if rec, _ := record(); rec.Annotations[annotationUnneededSince] != clk.Now().UTC().Format(time.RFC3339Nano) {
-		t.Errorf("unneeded since %q, want now", rec.Annotations[annotationUnneededSince])
+	if rec, _ := record(); rec.UnneededSince == nil || !rec.UnneededSince.Time.Equal(clk.Now()) {
+		t.Errorf("unneeded since %v, want now", rec.UnneededSince)
 	}
 
 	clk.Step(grace - time.Second)
@@ -88,9 +86,22 @@ func TestPoolRounds(t *testing.T) {
 	if len(arm.onPool) != 0 {
 		t.Errorf("identities left on the pool: %v", arm.onPool)
 	}
-	if _, err := record(); err == nil {
-		t.Error("record of the removed identity still exists")
+	var rec aadv1.AzureAssignedIdentity
+	if err := c.Get(ctx, client.ObjectKey{Namespace: "sys", Name: identity.RecordName(testPool)}, &rec); !apierrors.IsNotFound(err) {
+		t.Errorf("the pool's record is still there with no identity left: %v %+v", err, rec.Status)
 	}
+}
+
+// entryOf reads the entry of AzureIdentity id in testPool's record.
+func entryOf(ctx context.Context, c client.Reader, id *aadv1.AzureIdentity) (*aadv1.IdentityAssignment, error) {
+	var rec aadv1.AzureAssignedIdentity
+	if err := c.Get(ctx, client.ObjectKey{Namespace: "sys", Name: identity.RecordName(testPool)}, &rec); err != nil {
+		return nil, err
+	}
+	if e := rec.Status.Find(id.Namespace, id.Name); e != nil {
+		return e, nil
+	}
+	return nil, fmt.Errorf("no entry for %s/%s in %+v", id.Namespace, id.Name, rec.Status)
 }
 
 // A record is external when its identity was on the pool and no record of
@@ -110,7 +121,7 @@ func TestExternalRecords(t *testing.T) {
 		WithIndex(&aadv1.AzureAssignedIdentity{}, recordPoolIndex, indexRecordPool).
 		WithIndex(&aadv1.AzureAssignedIdentity{}, legacyResourceIndex, indexLegacyResource).
 		Build()
-	r := newPoolReconciler(c, Options{Namespace: "sys", GCGracePeriod: time.Minute, DriftCheckPeriod: time.Hour, Clock: clocktesting.NewFakeClock(t0)})
+	r := newPoolReconciler(c, nil, Options{Namespace: "sys", GCGracePeriod: time.Minute, DriftCheckPeriod: time.Hour, Clock: clocktesting.NewFakeClock(t0)})
 	r.arm = &fakeARM{onPool: map[string]bool{strings.ToLower(uami(2)): true}}
 	round := func() {
 		t.Helper()
@@ -129,12 +140,12 @@ func TestExternalRecords(t *testing.T) {
 		id       *aadv1.AzureIdentity
 		external bool
 	}{{a, false}, {b, false}, {pre, true}} {
-		var rec aadv1.AzureAssignedIdentity
-		if err := c.Get(ctx, client.ObjectKey{Namespace: "sys", Name: identity.AssignmentName(client.ObjectKeyFromObject(tc.id), testPool)}, &rec); err != nil {
-			t.Fatalf("record of %s: %v", tc.id.Name, err)
+		e, err := entryOf(ctx, c, tc.id)
+		if err != nil {
+			t.Fatal(err)
 		}
-		if rec.Status.External != tc.external || rec.Status.Status != aadv1.StateAssigned {
-			t.Errorf("record of %s: %+v, want Assigned, external %v", tc.id.Name, rec.Status, tc.external)
+		if e.External != tc.external || e.State != aadv1.StateAssigned {
+			t.Errorf("entry of %s: %+v, want Assigned, external %v", tc.id.Name, e, tc.external)
 		}
 	}
 }

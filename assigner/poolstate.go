@@ -16,11 +16,18 @@ import (
 )
 
 // poolState is what one round knows of a pool: the identities its live
-// pods want, our records on it, and what ARM reports once it is read.
+// pods want, our entries for it, and what ARM reports once it is read.
 type poolState struct {
-	pool    nodepool.Pool
-	wanted  map[types.NamespacedName]*wantedIdentity
-	records map[types.NamespacedName]*aadv1.AzureAssignedIdentity
+	pool   nodepool.Pool
+	wanted map[types.NamespacedName]*wantedIdentity
+	// record is the pool's AzureAssignedIdentity as last read or written
+	// (nil: none yet); entries is the round's working copy of its
+	// identities, written back by flush.
+	record  *aadv1.AzureAssignedIdentity
+	entries map[types.NamespacedName]*aadv1.IdentityAssignment
+	// single are earlier one-identity records of ours (0.1) on the pool:
+	// taken over into entries and deleted once the record holds them.
+	single []*aadv1.AzureAssignedIdentity
 	// unseen: a live pod the pod controller has not targeted yet carries a
 	// user-assigned identity missing from wanted; it may be for this pool,
 	// so its identity should go in the same PATCH.
@@ -37,13 +44,15 @@ type wantedIdentity struct {
 }
 
 // empty reports whether nothing of ours concerns the pool.
-func (s *poolState) empty() bool { return len(s.wanted) == 0 && len(s.records) == 0 }
+func (s *poolState) empty() bool {
+	return len(s.wanted) == 0 && len(s.entries) == 0 && s.record == nil && len(s.single) == 0
+}
 
-// unrecorded counts the wanted identities without a record yet.
+// unrecorded counts the wanted identities without an entry yet.
 func (s *poolState) unrecorded() int {
 	n := 0
 	for key := range s.wanted {
-		if s.records[key] == nil {
+		if s.entries[key] == nil {
 			n++
 		}
 	}
@@ -51,49 +60,46 @@ func (s *poolState) unrecorded() int {
 }
 
 // inPlace reports whether every wanted identity is recorded Assigned and
-// no record waits for removal: with a recent read of the pool, the round
+// no entry waits for removal: with a recent read of the pool, the round
 // needs no ARM call.
 func (s *poolState) inPlace() bool {
-	if len(s.records) != len(s.wanted) {
+	if len(s.entries) != len(s.wanted) || len(s.single) > 0 {
 		return false
 	}
 	for key := range s.wanted {
-		rec := s.records[key]
-		if rec == nil || rec.Status.Status != aadv1.StateAssigned || s.stale(key) {
-			return false
-		}
-		if _, ok := rec.Annotations[annotationUnneededSince]; ok {
+		e := s.entries[key]
+		if e == nil || e.State != aadv1.StateAssigned || e.UnneededSince != nil || s.stale(key) {
 			return false
 		}
 	}
 	return true
 }
 
-// countsChanged reports whether a record's pod count is not what the
+// countsChanged reports whether an entry's pod count is not what the
 // pool's pods say.
 func (s *poolState) countsChanged() bool {
 	for key, w := range s.wanted {
-		if rec := s.records[key]; rec != nil && rec.Status.Pods != w.pods {
+		if e := s.entries[key]; e != nil && e.Pods != w.pods {
 			return true
 		}
 	}
 	return false
 }
 
-// stale reports whether key's record pairs another client or resource ID
+// stale reports whether key's entry pairs another client or resource ID
 // than its AzureIdentity names now: the AzureIdentity was edited after
 // assignment.
 func (s *poolState) stale(key types.NamespacedName) bool {
-	w, rec := s.wanted[key], s.records[key]
-	return w != nil && rec != nil && !identity.SamePairing(rec, w.identity.Spec.ClientID, w.identity.Spec.ResourceID)
+	w, e := s.wanted[key], s.entries[key]
+	return w != nil && e != nil && !identity.SamePairing(e, w.identity.Spec.ClientID, w.identity.Spec.ResourceID)
 }
 
-// ours reports whether a record of ours that is not external holds the
+// ours reports whether an entry of ours that is not external holds the
 // resource: another AzureIdentity naming the same identity, put on the pool
 // by the assigner.
 func (s *poolState) ours(resourceID string) bool {
-	for _, rec := range s.records {
-		if !rec.Status.External && strings.EqualFold(rec.Spec.ResourceID, resourceID) {
+	for _, e := range s.entries {
+		if !e.External && strings.EqualFold(e.ResourceID, resourceID) {
 			return true
 		}
 	}
@@ -107,7 +113,7 @@ func (r *poolReconciler) gather(ctx context.Context, pool nodepool.Pool) (*poolS
 	if s.wanted, err = r.wantedIdentities(ctx, pool); err != nil {
 		return nil, err
 	}
-	if s.records, err = r.records(ctx, pool); err != nil {
+	if err := r.readRecords(ctx, s); err != nil {
 		return nil, err
 	}
 	if s.empty() {
@@ -122,7 +128,8 @@ func (r *poolReconciler) gather(ctx context.Context, pool nodepool.Pool) (*poolS
 // wantedIdentities sums, per AzureIdentity, the live pods targeting pool.
 func (r *poolReconciler) wantedIdentities(ctx context.Context, pool nodepool.Pool) (map[types.NamespacedName]*wantedIdentity, error) {
 	var pods corev1.PodList
-	if err := r.client.List(ctx, &pods, client.MatchingFields{podPoolIndex: pool.Key()}); err != nil {
+	// Only read, and a pool may have thousands of pods.
+	if err := r.client.List(ctx, &pods, client.MatchingFields{podPoolIndex: pool.Key()}, client.UnsafeDisableDeepCopy); err != nil {
 		return nil, fmt.Errorf("listing pods of pool: %w", err)
 	}
 	wanted := map[types.NamespacedName]*wantedIdentity{}
@@ -189,15 +196,36 @@ func (r *poolReconciler) userAssigned(ctx context.Context, key types.NamespacedN
 	return id, id.Spec.Type == aadv1.UserAssignedMSI && id.Spec.ResourceID != "", nil
 }
 
-// records returns the pool's AzureAssignedIdentities by identity key.
-func (r *poolReconciler) records(ctx context.Context, pool nodepool.Pool) (map[types.NamespacedName]*aadv1.AzureAssignedIdentity, error) {
+// readRecords reads the pool's record into s.entries, and the earlier
+// one-identity records of the pool, which become entries unless the record
+// already has one for their AzureIdentity.
+func (r *poolReconciler) readRecords(ctx context.Context, s *poolState) error {
 	var list aadv1.AzureAssignedIdentityList
-	if err := r.client.List(ctx, &list, client.InNamespace(r.namespace), client.MatchingFields{recordPoolIndex: pool.Key()}); err != nil {
-		return nil, fmt.Errorf("listing AzureAssignedIdentities of pool: %w", err)
+	if err := r.client.List(ctx, &list, client.InNamespace(r.namespace), client.MatchingFields{recordPoolIndex: s.pool.Key()}); err != nil {
+		return fmt.Errorf("listing AzureAssignedIdentities of pool: %w", err)
 	}
-	out := make(map[types.NamespacedName]*aadv1.AzureAssignedIdentity, len(list.Items))
+	name := identity.RecordName(s.pool)
+	var cached *aadv1.AzureAssignedIdentity
+	s.entries = map[types.NamespacedName]*aadv1.IdentityAssignment{}
 	for i := range list.Items {
-		out[identityKey(&list.Items[i])] = &list.Items[i]
+		if rec := &list.Items[i]; rec.Name == name {
+			cached = rec
+		} else if rec.Spec.AzureIdentityRef != nil {
+			s.single = append(s.single, rec)
+		}
 	}
-	return out, nil
+	s.record = r.written.newest(s.pool.Key(), cached)
+	if s.record != nil {
+		for i := range s.record.Status.Identities {
+			e := s.record.Status.Identities[i].DeepCopy()
+			s.entries[entryKey(e)] = e
+		}
+	}
+	for _, rec := range s.single {
+		e := takeOver(rec)
+		if s.entries[entryKey(e)] == nil {
+			s.entries[entryKey(e)] = e
+		}
+	}
+	return nil
 }

@@ -3,11 +3,16 @@ package assigner
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
 	"time"
 
-	"golang.org/x/sync/errgroup"
+	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
@@ -15,174 +20,188 @@ import (
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 )
 
-// identityKey is the AzureIdentity a record is for.
-func identityKey(rec *aadv1.AzureAssignedIdentity) types.NamespacedName {
-	return types.NamespacedName{Namespace: rec.Spec.AzureIdentityRef.Namespace, Name: rec.Spec.AzureIdentityRef.Name}
+// entryKey is the AzureIdentity an entry is for.
+func entryKey(e *aadv1.IdentityAssignment) types.NamespacedName {
+	return types.NamespacedName{Namespace: e.AzureIdentityRef.Namespace, Name: e.AzureIdentityRef.Name}
 }
 
-// createRecords writes a record for every wanted identity that has none,
-// and adds them to s.records. An identity already on the pool that no
-// record of ours put there, or one we must never remove, is recorded
-// external: nothing ties it to this AzureIdentity, so NMI does not serve it
-// by default. One that aad-pod-identity 1.x's MIC put there, as its record
-// shows, is ours (legacy.go).
-func (r *poolReconciler) createRecords(ctx context.Context, s *poolState) error {
-	var missing []types.NamespacedName
-	for key := range s.wanted {
-		if s.records[key] == nil {
-			missing = append(missing, key)
-		}
+// takeOver turns an earlier one-identity record of ours (0.1: one per
+// identity and pool) into an entry, keeping what it says.
+func takeOver(rec *aadv1.AzureAssignedIdentity) *aadv1.IdentityAssignment {
+	e := &aadv1.IdentityAssignment{
+		AzureIdentityRef: aadv1.IdentityReference{Namespace: rec.Spec.AzureIdentityRef.Namespace, Name: rec.Spec.AzureIdentityRef.Name},
+		ClientID:         rec.Spec.ClientID, ResourceID: rec.Spec.ResourceID,
+		State: rec.Status.Status, LastError: rec.Status.LastError, External: rec.Status.External,
+		AdoptedFrom: client.ObjectKeyFromObject(rec).String(),
 	}
-	created := make([]*aadv1.AzureAssignedIdentity, len(missing))
-	err := forEach(ctx, len(missing), func(ctx context.Context, i int) error {
-		key, w := missing[i], s.wanted[missing[i]]
-		spec := w.identity.Spec
-		rec := &aadv1.AzureAssignedIdentity{
-			ObjectMeta: metav1.ObjectMeta{Namespace: r.namespace, Name: identity.AssignmentName(key, s.pool)},
-			Spec: aadv1.AzureAssignedIdentitySpec{
-				AzureIdentityRef: aadv1.IdentityReference{Namespace: w.identity.Namespace, Name: w.identity.Name},
-				ClientID:         spec.ClientID, ResourceID: spec.ResourceID, NodePool: s.pool.ID(),
-			},
+	if since, err := time.Parse(time.RFC3339Nano, rec.Annotations[aadv1.AnnotationPrefix+"unneeded-since"]); err == nil {
+		e.UnneededSince = &metav1.MicroTime{Time: since}
+	}
+	return e
+}
+
+// recordWanted adds an entry for every wanted identity that has none. An
+// identity already on the pool that no entry of ours put there, or one we
+// must never remove, is recorded external: nothing ties it to this
+// AzureIdentity, so NMI does not serve it by default. One that aad-pod-identity
+// 1.x's MIC put there, as its record shows, is ours (legacy.go). The
+// entries reach the API server with the flush that precedes the ARM write.
+func (r *poolReconciler) recordWanted(ctx context.Context, s *poolState) error {
+	for _, key := range slices.SortedFunc(maps.Keys(s.wanted), compareKeys) {
+		if s.entries[key] != nil {
+			continue
 		}
-		// Decided before the record exists: 1.x's evidence is deleted
-		// once a record of ours names the identity on the pool.
-		external := s.actual.Has(spec.ResourceID) && !s.ours(spec.ResourceID)
-		if external {
+		spec := s.wanted[key].identity.Spec
+		e := &aadv1.IdentityAssignment{
+			AzureIdentityRef: aadv1.IdentityReference{Namespace: key.Namespace, Name: key.Name},
+			ClientID:         spec.ClientID, ResourceID: spec.ResourceID,
+			State: aadv1.StateAssigning, Pods: s.wanted[key].pods,
+		}
+		// Decided before the entry exists: 1.x's evidence is deleted once
+		// an entry of ours names the identity on the pool.
+		if s.actual.Has(spec.ResourceID) && !s.ours(spec.ResourceID) {
 			legacy, err := assignedBy1x(ctx, r.client, s.pool, spec.ResourceID)
 			if err != nil {
 				return err
 			}
 			if legacy != nil {
-				external = false
-				metav1.SetMetaDataAnnotation(&rec.ObjectMeta, annotationAdoptedFrom, client.ObjectKeyFromObject(legacy).String())
+				e.AdoptedFrom = client.ObjectKeyFromObject(legacy).String()
+			} else {
+				e.External = true
 			}
+		}
+		e.External = e.External || r.policy.isImmutable(spec.ClientID, spec.ResourceID)
+		s.entries[key] = e
+		log.FromContext(ctx).Info("recording assignment", "identity", key, "external", e.External, "adoptedFrom", e.AdoptedFrom)
+	}
+	return nil
+}
+
+func compareKeys(a, b types.NamespacedName) int { return strings.Compare(a.String(), b.String()) }
+
+// flush writes the entries back as the pool record's status: one write per
+// call at most, however many identities changed. The record is created
+// first if need be, and deleted once it has no entry left. Earlier
+// one-identity records are deleted once the record holds their entries.
+func (r *poolReconciler) flush(ctx context.Context, s *poolState) error {
+	status := recordStatus(s.entries)
+	if s.record == nil {
+		if len(status.Identities) == 0 {
+			return r.deleteSingle(ctx, s)
+		}
+		rec := &aadv1.AzureAssignedIdentity{
+			ObjectMeta: metav1.ObjectMeta{Namespace: r.namespace, Name: identity.RecordName(s.pool)},
+			Spec:       aadv1.AzureAssignedIdentitySpec{NodePool: s.pool.ID()},
 		}
 		if err := r.client.Create(ctx, rec); err != nil {
-			// The cache lags behind our own earlier create: retry with it.
 			return fmt.Errorf("creating AzureAssignedIdentity %s: %w", rec.Name, err)
 		}
-		// A record without status is being assigned (it reads as Assigning
-		// everywhere): only an external one needs a status write now, so
-		// that a crash cannot leave it looking like ours.
-		status := aadv1.AzureAssignedIdentityStatus{Status: aadv1.StateAssigning, Pods: w.pods,
-			External: external || r.policy.isImmutable(spec.ClientID, spec.ResourceID)}
-		if status.External {
-			if err := r.setStatus(ctx, rec, status); err != nil {
-				return err
-			}
+		s.record = rec
+	}
+	if len(status.Identities) == 0 {
+		if err := r.client.Delete(ctx, s.record, client.Preconditions{ResourceVersion: &s.record.ResourceVersion}); client.IgnoreNotFound(err) != nil {
+			return fmt.Errorf("deleting AzureAssignedIdentity %s: %w", s.record.Name, err)
 		}
-		log.FromContext(ctx).Info("recorded assignment", "record", rec.Name, "identity", key, "external", status.External, "adoptedFrom", rec.Annotations[annotationAdoptedFrom])
-		created[i] = rec
-		return nil
-	})
-	// Records written before a failure are kept, so the next round sees them.
-	for i, rec := range created {
-		if rec != nil {
-			s.records[missing[i]] = rec
+		log.FromContext(ctx).Info("deleted the pool's record: no identity left", "record", s.record.Name)
+		r.written.forget(s.pool.Key())
+		s.record = nil
+		return r.deleteSingle(ctx, s)
+	}
+	if !equality.Semantic.DeepEqual(s.record.Status, status) {
+		rec := s.record.DeepCopy()
+		rec.Status = status
+		// The lock makes a write based on a cache that lags behind our
+		// previous one fail rather than lose entries.
+		if err := r.client.Status().Patch(ctx, rec, client.MergeFromWithOptions(s.record, client.MergeFromWithOptimisticLock{})); err != nil {
+			return fmt.Errorf("updating status of AzureAssignedIdentity %s: %w", rec.Name, err)
+		}
+		recordWrites.Inc()
+		s.record = rec
+		r.written.store(s.pool.Key(), rec)
+	}
+	return r.deleteSingle(ctx, s)
+}
+
+// deleteSingle deletes the earlier one-identity records of the pool, now
+// that the pool's record holds what they said.
+func (r *poolReconciler) deleteSingle(ctx context.Context, s *poolState) error {
+	for _, rec := range s.single {
+		if err := r.client.Delete(ctx, rec); client.IgnoreNotFound(err) != nil {
+			return fmt.Errorf("deleting one-identity AzureAssignedIdentity %s: %w", rec.Name, err)
+		}
+		log.FromContext(ctx).Info("took over a one-identity record", "record", rec.Name)
+	}
+	s.single = nil
+	return nil
+}
+
+// recordStatus is the record status for entries: sorted, with counts.
+func recordStatus(entries map[types.NamespacedName]*aadv1.IdentityAssignment) aadv1.AzureAssignedIdentityStatus {
+	var st aadv1.AzureAssignedIdentityStatus
+	for _, key := range slices.SortedFunc(maps.Keys(entries), compareKeys) {
+		e := entries[key]
+		st.Identities = append(st.Identities, *e)
+		switch e.State {
+		case aadv1.StateAssigned:
+			st.Assigned++
+		case aadv1.StateFailed:
+			st.Failed++
+		default:
+			st.Assigning++
 		}
 	}
-	return err
+	return st
 }
 
-// setWantedStatus writes the status of every recorded wanted identity's
-// record, as status computes it from the record and the identity's pods.
-// A wanted identity whose stale record was deleted this round has none.
-func (r *poolReconciler) setWantedStatus(ctx context.Context, s *poolState, status func(*aadv1.AzureAssignedIdentity, *wantedIdentity) aadv1.AzureAssignedIdentityStatus) error {
-	var keys []types.NamespacedName
-	for key := range s.wanted {
-		if s.records[key] != nil {
-			keys = append(keys, key)
-		}
-	}
-	return forEach(ctx, len(keys), func(ctx context.Context, i int) error {
-		rec := s.records[keys[i]]
-		return r.setStatus(ctx, rec, status(rec, s.wanted[keys[i]]))
-	})
+func setState(e *aadv1.IdentityAssignment, state aadv1.AssignmentState, lastError string) {
+	e.State, e.LastError = state, lastError
 }
 
-// repair gives the record of an edited AzureIdentity that names the same
-// resource its new client ID. Assigning is written first: a crash between
-// the two writes must not leave a record that vouches, Assigned, for a
-// pairing ARM has not confirmed.
-func (r *poolReconciler) repair(ctx context.Context, rec *aadv1.AzureAssignedIdentity, clientID string) error {
-	if err := r.setStatus(ctx, rec, withState(rec.Status, aadv1.StateAssigning, "")); err != nil {
-		return err
-	}
-	orig := rec.DeepCopy()
-	rec.Spec.ClientID = clientID
-	if err := r.client.Patch(ctx, rec, client.MergeFrom(orig)); err != nil {
-		return fmt.Errorf("re-pairing AzureAssignedIdentity %s: %w", rec.Name, err)
-	}
-	log.FromContext(ctx).Info("re-paired assignment", "record", rec.Name, "identity", identityKey(rec), "clientID", clientID)
-	return nil
+// writtenRecords remembers each pool's record as the assigner last wrote
+// it. The assigner is the records' only writer, so for a few seconds after
+// a write its own copy is newer than a cache that has not seen the write
+// yet; using it spares the round a failed (conflicting) write.
+type writtenRecords struct {
+	clock clock.PassiveClock
+	mu    sync.Mutex
+	pools map[string]written
 }
 
-func (r *poolReconciler) setStatus(ctx context.Context, rec *aadv1.AzureAssignedIdentity, status aadv1.AzureAssignedIdentityStatus) error {
-	if rec.Status == status {
-		return nil
-	}
-	orig := rec.DeepCopy()
-	rec.Status = status
-	if err := r.client.Status().Patch(ctx, rec, client.MergeFrom(orig)); err != nil {
-		return fmt.Errorf("updating status of AzureAssignedIdentity %s: %w", rec.Name, err)
-	}
-	return nil
+type written struct {
+	rec *aadv1.AzureAssignedIdentity
+	at  time.Time
 }
 
-// markUnneeded starts the record's grace period at since.
-func (r *poolReconciler) markUnneeded(ctx context.Context, rec *aadv1.AzureAssignedIdentity, since time.Time) error {
-	orig := rec.DeepCopy()
-	metav1.SetMetaDataAnnotation(&rec.ObjectMeta, annotationUnneededSince, since.UTC().Format(time.RFC3339Nano))
-	if err := r.client.Patch(ctx, rec, client.MergeFrom(orig)); err != nil {
-		return fmt.Errorf("marking AzureAssignedIdentity %s unneeded: %w", rec.Name, err)
+// trustOwnWrite is how long the assigner's own copy is preferred to a
+// cache that differs from it.
+const trustOwnWrite = 5 * time.Second
+
+func (w *writtenRecords) store(pool string, rec *aadv1.AzureAssignedIdentity) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.pools[pool] = written{rec: rec.DeepCopy(), at: w.clock.Now()}
+}
+
+func (w *writtenRecords) forget(pool string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	delete(w.pools, pool)
+}
+
+// newest returns the cached record, or our last write of it when the cache
+// does not show that write yet. A write based on the wrong one fails on its
+// resource version, so a mistake costs a retry, never an entry.
+func (w *writtenRecords) newest(pool string, cached *aadv1.AzureAssignedIdentity) *aadv1.AzureAssignedIdentity {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	own, ok := w.pools[pool]
+	switch {
+	case !ok || (cached != nil && cached.ResourceVersion == own.rec.ResourceVersion):
+		return cached
+	case w.clock.Since(own.at) < trustOwnWrite:
+		return own.rec.DeepCopy()
+	default:
+		delete(w.pools, pool)
+		return cached
 	}
-	return nil
-}
-
-// clearUnneeded ends the record's grace period: a pod wants it again.
-func (r *poolReconciler) clearUnneeded(ctx context.Context, rec *aadv1.AzureAssignedIdentity) error {
-	orig := rec.DeepCopy()
-	delete(rec.Annotations, annotationUnneededSince)
-	if err := r.client.Patch(ctx, rec, client.MergeFrom(orig)); err != nil {
-		return fmt.Errorf("marking AzureAssignedIdentity %s needed: %w", rec.Name, err)
-	}
-	return nil
-}
-
-func (r *poolReconciler) deleteRecord(ctx context.Context, rec *aadv1.AzureAssignedIdentity) error {
-	if err := r.client.Delete(ctx, rec); client.IgnoreNotFound(err) != nil {
-		return fmt.Errorf("deleting AzureAssignedIdentity %s: %w", rec.Name, err)
-	}
-	log.FromContext(ctx).Info("released assignment", "record", rec.Name, "identity", rec.Spec.ResourceID)
-	return nil
-}
-
-func withState(s aadv1.AzureAssignedIdentityStatus, state aadv1.AssignmentState, lastError string) aadv1.AzureAssignedIdentityStatus {
-	s.Status, s.LastError = state, lastError
-	return s
-}
-
-// recordWriters bounds the concurrent API writes of one pool round: the
-// records of a burst are written in parallel rather than one after the
-// other, which was most of the time between a pod's creation and its PATCH.
-const recordWriters = 8
-
-// forEach runs fn for 0..n-1 with at most recordWriters at a time and
-// returns the first error.
-func forEach(ctx context.Context, n int, fn func(context.Context, int) error) error {
-	g, ctx := errgroup.WithContext(ctx)
-	g.SetLimit(recordWriters)
-	for i := range n {
-		g.Go(func() error { return fn(ctx, i) })
-	}
-	return g.Wait()
-}
-
-// countPods keeps each record's pod count current without touching ARM.
-func (r *poolReconciler) countPods(ctx context.Context, s *poolState) error {
-	return r.setWantedStatus(ctx, s, func(rec *aadv1.AzureAssignedIdentity, w *wantedIdentity) aadv1.AzureAssignedIdentityStatus {
-		status := rec.Status
-		status.Pods = w.pods
-		return status
-	})
 }

@@ -28,8 +28,9 @@ import (
 const (
 	podPoolIndex    = "assigner.pools"
 	recordPoolIndex = "spec.nodePool"
-	// recordIdentityIndex indexes records by their AzureIdentity
-	// (namespace/name), so an edit of it finds the pools to re-pair.
+	// recordIdentityIndex indexes records by the AzureIdentities
+	// (namespace/name) of their entries, so an edit of one finds the pools
+	// to re-pair.
 	recordIdentityIndex = "spec.azureIdentityRef"
 	// untargeted is the podPoolIndex value of pods the pod controller has
 	// not handled yet (no node-pools annotation): pool batches wait for
@@ -97,7 +98,13 @@ func NewManager(cfg *rest.Config, mo ManagerOptions, opts Options) (manager.Mana
 		LeaderElectionID:        "aad-pod-identity-assigner",
 		LeaderElectionNamespace: mo.LeaderElectionNamespace,
 		// Only labelled pods concern us; caching the rest would cost memory.
-		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{&corev1.Pod{}: {Label: labels.NewSelector().Add(*labelled)}}},
+		// Pool records are read whole by every pod round and can be large
+		// (an entry per identity): they are read from the cache without a
+		// copy and never modified in place.
+		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
+			&corev1.Pod{}:                  {Label: labels.NewSelector().Add(*labelled)},
+			&aadv1.AzureAssignedIdentity{}: {UnsafeDisableDeepCopy: ptr.To(true)},
+		}},
 		// A restarted manager in the same process (tests) reuses the names.
 		Controller: config.Controller{SkipNameValidation: ptr.To(true)},
 	})
@@ -152,10 +159,11 @@ func Setup(ctx context.Context, mgr manager.Manager, opts Options) error {
 	}
 
 	c := mgr.GetClient()
+	recorder := mgr.GetEventRecorder("aad-pod-identity-assigner")
 	pods := &podReconciler{
 		client:         c,
 		resolver:       resolver,
-		recorder:       mgr.GetEventRecorder("aad-pod-identity-assigner"),
+		recorder:       recorder,
 		namespace:      opts.Namespace,
 		crossNamespace: opts.AllowCrossNamespace,
 	}
@@ -165,7 +173,7 @@ func Setup(ctx context.Context, mgr manager.Manager, opts Options) error {
 	if err := (&legacyReaper{client: c, namespace: opts.Namespace}).SetupWithManager(mgr); err != nil {
 		return err
 	}
-	return newPoolReconciler(c, opts).SetupWithManager(mgr)
+	return newPoolReconciler(c, recorder, opts).SetupWithManager(mgr)
 }
 
 // indexPodPools indexes pods by the pools they target, or as untargeted.
@@ -182,7 +190,16 @@ func indexRecordPool(o client.Object) []string {
 	return []string{strings.ToLower(o.(*aadv1.AzureAssignedIdentity).Spec.NodePool)}
 }
 
-// indexRecordIdentity indexes records by their AzureIdentity.
+// indexRecordIdentity indexes records by their entries' AzureIdentities
+// (and a one-identity record by its own).
 func indexRecordIdentity(o client.Object) []string {
-	return []string{identityKey(o.(*aadv1.AzureAssignedIdentity)).String()}
+	rec := o.(*aadv1.AzureAssignedIdentity)
+	var keys []string
+	for i := range rec.Status.Identities {
+		keys = append(keys, entryKey(&rec.Status.Identities[i]).String())
+	}
+	if ref := rec.Spec.AzureIdentityRef; ref != nil && !isLegacy(rec) {
+		keys = append(keys, ref.Namespace+"/"+ref.Name)
+	}
+	return keys
 }

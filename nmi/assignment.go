@@ -9,6 +9,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/fields"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
@@ -22,7 +24,10 @@ import (
 // any client ID on the pool (the kubelet's, another team's) with a
 // resource ID of its own.
 type assignments struct {
-	records   client.Reader // AzureAssignedIdentities of namespace (cached)
+	// records reads the AzureAssignedIdentities of namespace (cached: only
+	// this node's pool's record when the pool was known at startup, see
+	// recordCacheConfig).
+	records   client.Reader
 	namespace string
 	// nodes reads this node live; its provider ID names the pool.
 	nodes         client.Reader
@@ -37,23 +42,25 @@ type assignments struct {
 	pool *nodepool.Pool // once read: a provider ID does not change
 }
 
-// check returns nil if the assigner vouches for id on this node's pool.
+// check returns nil if the assigner vouches for id on this node's pool:
+// only an entry of the pool's record does (identity.RecordName); the
+// fields of an earlier single-identity record vouch for nothing.
 func (a *assignments) check(ctx context.Context, id *aadv1.AzureIdentity) error {
 	pool, err := a.nodePool(ctx)
 	if err != nil {
 		return err
 	}
-	key := client.ObjectKey{Namespace: a.namespace, Name: identity.AssignmentName(client.ObjectKeyFromObject(id), pool)}
+	key := client.ObjectKey{Namespace: a.namespace, Name: identity.RecordName(pool)}
 	deadline := time.Now().Add(a.wait)
 	for {
 		var rec aadv1.AzureAssignedIdentity
-		found := &rec
-		if err := a.records.Get(ctx, key, &rec); apierrors.IsNotFound(err) {
-			found = nil
-		} else if err != nil {
+		var entry *aadv1.IdentityAssignment // nil: not recorded yet
+		if err := a.records.Get(ctx, key, &rec); err == nil {
+			entry = rec.Status.Find(id.Namespace, id.Name)
+		} else if !apierrors.IsNotFound(err) {
 			return fmt.Errorf("reading AzureAssignedIdentity %s: %w", key, err)
 		}
-		err := identity.CheckAssignment(found, id, a.allowExternal)
+		err := identity.CheckAssignment(entry, id, a.allowExternal)
 		var ae *identity.AssignmentError
 		if !errors.As(err, &ae) {
 			return err
@@ -87,4 +94,25 @@ func (a *assignments) nodePool(ctx context.Context) (nodepool.Pool, error) {
 	}
 	a.pool = &pool
 	return pool, nil
+}
+
+// recordCacheConfig says how NMI caches the assigner's records in
+// namespace. A record holds all of a pool's identities (about 300 KB for
+// 1,000) and there is one per pool, so when node, read once before the
+// cache starts, already names its pool (spec.providerID), only that pool's
+// record is cached and the pool is returned, to be the one assignments
+// reads (a provider ID does not change). Otherwise (the node could not be
+// read: nodeErr; or has no provider ID yet) every record of the namespace
+// is cached, and whole says why.
+func recordCacheConfig(namespace string, node *corev1.Node, nodeErr error) (cfg cache.ByObject, pool *nodepool.Pool, whole error) {
+	cfg = cache.ByObject{Namespaces: map[string]cache.Config{namespace: {}}}
+	if nodeErr != nil {
+		return cfg, nil, nodeErr
+	}
+	p, err := nodepool.FromProviderID(node.Spec.ProviderID)
+	if err != nil {
+		return cfg, nil, fmt.Errorf("node %s: %w", node.Name, err)
+	}
+	cfg.Field = fields.OneTermEqualSelector("metadata.name", identity.RecordName(p))
+	return cfg, &p, nil
 }

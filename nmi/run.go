@@ -34,6 +34,7 @@ import (
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/metrics"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
 )
 
 // Options configure NMI; cmd/nmi maps its flags onto them.
@@ -90,14 +91,15 @@ type Options struct {
 	// ModeManaged (admins assign them; no records).
 	Mode string
 	// AssignmentsNamespace is where the assigner writes its
-	// AzureAssignedIdentities: a user-assigned identity is served only if
-	// its record there vouches for it on this node's pool.
+	// AzureAssignedIdentities, one per node pool: a user-assigned identity is
+	// served only if its entry in the record of this node's pool vouches
+	// for it.
 	AssignmentsNamespace string
 	// CRISocket, when set, is the container runtime's socket: each caller is
 	// confirmed with the runtime's pod sandboxes, not only NMI's cache.
 	CRISocket string
 	// ServeExternalIdentities serves identities that were on the pool before
-	// the assigner needed them (records marked external).
+	// the assigner needed them (entries marked external).
 	ServeExternalIdentities bool
 
 	// IPTablesBackend selects the iptables binary (auto: the node's).
@@ -162,8 +164,19 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 	}
 
 	byObject := map[client.Object]cache.ByObject{&corev1.Pod{}: {Field: fields.OneTermEqualSelector("spec.nodeName", opts.NodeName)}}
-	if opts.AssignmentsNamespace != "" {
-		byObject[&aadv1.AzureAssignedIdentity{}] = cache.ByObject{Namespaces: map[string]cache.Config{opts.AssignmentsNamespace: {}}}
+	var pool *nodepool.Pool // known before the cache starts: only its record is cached
+	switch {
+	case opts.AssignmentsNamespace == "", opts.Mode == ModeManaged:
+		// No records are read.
+	default:
+		node, err := readNode(ctx, cfg, opts.NodeName)
+		records, known, whole := recordCacheConfig(opts.AssignmentsNamespace, node, err)
+		byObject[&aadv1.AzureAssignedIdentity{}], pool = records, known
+		if whole != nil {
+			log.Info("caching every AzureAssignedIdentity of the namespace: this node's pool is not known yet", "namespace", opts.AssignmentsNamespace, "node", opts.NodeName, "reason", whole.Error())
+		} else {
+			log.Info("caching only this node's pool's AzureAssignedIdentity", "namespace", opts.AssignmentsNamespace, "record", identity.RecordName(*pool), "pool", pool.ID())
+		}
 	}
 	mgr, err := ctrl.NewManager(cfg, manager.Options{
 		Scheme:                 identity.Scheme(),
@@ -202,7 +215,7 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		scopes:       scopes,
 		assignments: &assignments{
 			records: mgr.GetClient(), namespace: opts.AssignmentsNamespace,
-			nodes: mgr.GetClient(), nodeName: opts.NodeName,
+			nodes: mgr.GetClient(), nodeName: opts.NodeName, pool: pool,
 			allowExternal: opts.ServeExternalIdentities, wait: opts.UnknownCallerWait,
 		},
 		tokens:     newTokenCache(opts.TokenRefreshMargin),
@@ -249,6 +262,22 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 	}
 	log.Info("starting NMI", "node", opts.NodeName, "allowCrossNamespace", opts.AllowCrossNamespace, "listen", opts.ListenAddress, "metadata", net.JoinHostPort(opts.Interception.MetadataIP, fmt.Sprint(opts.Interception.MetadataPort)), "imds", opts.IMDSEndpoint)
 	return mgr.Start(ctx)
+}
+
+// readNode reads the node once, uncached (the manager's cache is not built
+// yet), to learn its pool before the cache is.
+func readNode(ctx context.Context, cfg *rest.Config, name string) (*corev1.Node, error) {
+	c, err := client.New(cfg, client.Options{Scheme: identity.Scheme()})
+	if err != nil {
+		return nil, fmt.Errorf("reading node %s: %w", name, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var node corev1.Node
+	if err := c.Get(ctx, client.ObjectKey{Name: name}, &node); err != nil {
+		return nil, fmt.Errorf("reading node %s: %w", name, err)
+	}
+	return &node, nil
 }
 
 // syncCaches starts the informers NMI reads and waits until they are

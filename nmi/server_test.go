@@ -1,6 +1,7 @@
 package nmi
 
 import (
+	"cmp"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -8,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -131,32 +133,41 @@ var testPool = nodepool.Pool{Subscription: "s", ResourceGroup: "g", Kind: nodepo
 
 const recordsNS = "sys"
 
-// assignedRecord is the assigner's record of id on testPool, Assigned.
-func assignedRecord(id *aadv1.AzureIdentity) *aadv1.AzureAssignedIdentity {
-	return &aadv1.AzureAssignedIdentity{
-		ObjectMeta: metav1.ObjectMeta{Namespace: recordsNS, Name: identity.AssignmentName(client.ObjectKeyFromObject(id), testPool)},
-		Spec: aadv1.AzureAssignedIdentitySpec{AzureIdentityRef: aadv1.IdentityReference{Namespace: id.Namespace, Name: id.Name},
-			ClientID: id.Spec.ClientID, ResourceID: id.Spec.ResourceID, NodePool: testPool.ID()},
-		Status: aadv1.AzureAssignedIdentityStatus{Status: aadv1.StateAssigned},
-	}
+// assignedEntry is the assigner's entry for id, Assigned.
+func assignedEntry(id *aadv1.AzureIdentity) aadv1.IdentityAssignment {
+	return aadv1.IdentityAssignment{AzureIdentityRef: aadv1.IdentityReference{Namespace: id.Namespace, Name: id.Name},
+		ClientID: id.Spec.ClientID, ResourceID: id.Spec.ResourceID, State: aadv1.StateAssigned, Pods: 1}
 }
 
-// newFixture serves objs; every user-assigned AzureIdentity among them is
-// recorded Assigned on the node's pool, as the assigner leaves it, unless
-// objs hold a record for it already (on any pool).
+// poolRecord is the assigner's record of pool, holding entries (sorted, as
+// the assigner keeps them).
+func poolRecord(pool nodepool.Pool, entries ...aadv1.IdentityAssignment) *aadv1.AzureAssignedIdentity {
+	rec := &aadv1.AzureAssignedIdentity{
+		ObjectMeta: metav1.ObjectMeta{Namespace: recordsNS, Name: identity.RecordName(pool)},
+		Spec:       aadv1.AzureAssignedIdentitySpec{NodePool: pool.ID()},
+		Status:     aadv1.AzureAssignedIdentityStatus{Identities: entries},
+	}
+	slices.SortFunc(rec.Status.Identities, func(a, b aadv1.IdentityAssignment) int {
+		return cmp.Or(cmp.Compare(a.AzureIdentityRef.Namespace, b.AzureIdentityRef.Namespace), cmp.Compare(a.AzureIdentityRef.Name, b.AzureIdentityRef.Name))
+	})
+	return rec
+}
+
+// newFixture serves objs. Unless objs hold AzureAssignedIdentities of their
+// own, which are then all there is, the node's pool gets a record with an
+// Assigned entry for every user-assigned AzureIdentity among objs, as the
+// assigner leaves it.
 func newFixture(t *testing.T, objs ...client.Object) *fixture {
 	t.Helper()
-	recorded := map[aadv1.IdentityReference]bool{}
-	for _, o := range objs {
-		if rec, ok := o.(*aadv1.AzureAssignedIdentity); ok {
-			recorded[rec.Spec.AzureIdentityRef] = true
-		}
-	}
-	for _, o := range objs {
-		if id, ok := o.(*aadv1.AzureIdentity); ok && id.Spec.Type == aadv1.UserAssignedMSI {
-			if rec := assignedRecord(id); !recorded[rec.Spec.AzureIdentityRef] {
-				objs = append(objs, rec)
+	if !slices.ContainsFunc(objs, func(o client.Object) bool { _, ok := o.(*aadv1.AzureAssignedIdentity); return ok }) {
+		var entries []aadv1.IdentityAssignment
+		for _, o := range objs {
+			if id, ok := o.(*aadv1.AzureIdentity); ok && id.Spec.Type == aadv1.UserAssignedMSI {
+				entries = append(entries, assignedEntry(id))
 			}
+		}
+		if len(entries) > 0 {
+			objs = append(objs, poolRecord(testPool, entries...))
 		}
 	}
 	c := newClient(t, objs...)

@@ -7,7 +7,7 @@ import metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 type AssignmentState string
 
 const (
-	// StateAssigning: the record exists, the ARM write may not have finished.
+	// StateAssigning: the entry exists, the ARM write may not have finished.
 	StateAssigning AssignmentState = "Assigning"
 	// StateAssigned: ARM confirmed the identity on the pool.
 	StateAssigned AssignmentState = "Assigned"
@@ -34,22 +34,28 @@ type LegacyIdentitySpec struct {
 	ResourceID string `json:"resourceID,omitempty"`
 }
 
-// AzureAssignedIdentitySpec records one user-assigned identity on one node
-// pool (VMSS or standalone VM).
+// AzureAssignedIdentitySpec names the node pool (VMSS or standalone VM)
+// whose user-assigned identities the record tracks. The assigner keeps one
+// record per pool, so a burst of pods costs a few writes per pool rather
+// than a record per identity and pool.
 type AzureAssignedIdentitySpec struct {
-	// AzureIdentityRef is the AzureIdentity this assignment serves.
-	AzureIdentityRef IdentityReference `json:"azureIdentityRef"`
-	// ClientID of the identity.
-	ClientID string `json:"clientID"`
-	// ResourceID is the ARM ID of the user-assigned identity.
-	ResourceID string `json:"resourceID"`
 	// NodePool is the ARM ID of the VMSS or VM.
-	NodePool string `json:"nodePool"`
+	// +optional
+	NodePool string `json:"nodePool,omitempty"`
 
-	// aad-pod-identity 1.x's MIC wrote one record per pod and identity,
-	// without a node pool; these of its fields are read only to adopt the
-	// identities it assigned (docs/migration.md).
+	// Earlier records held a single identity; these fields are read only to
+	// take such records over (aad-pod-identity 0.1's, one per identity and
+	// pool, and 1.x's, one per pod and identity) and are no longer written.
 
+	// AzureIdentityRef is the AzureIdentity a single-identity record was for.
+	// +optional
+	AzureIdentityRef *IdentityReference `json:"azureIdentityRef,omitempty"`
+	// ClientID of that identity.
+	// +optional
+	ClientID string `json:"clientID,omitempty"`
+	// ResourceID is the ARM ID of that identity.
+	// +optional
+	ResourceID string `json:"resourceID,omitempty"`
 	// LegacyPod is the pod a 1.x record was written for.
 	// +optional
 	LegacyPod string `json:"pod,omitempty"`
@@ -61,10 +67,19 @@ type AzureAssignedIdentitySpec struct {
 	LegacyNodeName string `json:"nodename,omitempty"`
 }
 
-// AzureAssignedIdentityStatus says where the assignment stands.
-type AzureAssignedIdentityStatus struct {
+// IdentityAssignment is one user-assigned identity on the record's pool.
+// Its entry is written before the ARM write that adds the identity, so that
+// ownership survives a crash.
+type IdentityAssignment struct {
+	// AzureIdentityRef is the AzureIdentity this assignment serves.
+	AzureIdentityRef IdentityReference `json:"azureIdentityRef"`
+	// ClientID of the identity, as the AzureIdentity named it.
+	ClientID string `json:"clientID"`
+	// ResourceID is the ARM ID of the user-assigned identity.
+	ResourceID string `json:"resourceID"`
+	// State is Assigning until ARM confirms the identity.
 	// +optional
-	Status AssignmentState `json:"status,omitempty"`
+	State AssignmentState `json:"state,omitempty"`
 	// Pods is the number of live pods that need this identity on this pool.
 	// +optional
 	Pods int32 `json:"pods,omitempty"`
@@ -72,22 +87,65 @@ type AzureAssignedIdentityStatus struct {
 	// +optional
 	LastError string `json:"lastError,omitempty"`
 	// External is true when the identity was on the pool before it was
-	// needed here; it is never removed by the assigner.
+	// needed here; the assigner never removes it.
+	// +optional
+	External bool `json:"external,omitempty"`
+	// UnneededSince is when the last pod that needed the identity went
+	// away; the grace period runs from there.
+	// +optional
+	UnneededSince *metav1.MicroTime `json:"unneededSince,omitempty"`
+	// AdoptedFrom names the earlier record (1.x's or 0.1's) that showed the
+	// identity was put on the pool for us.
+	// +optional
+	AdoptedFrom string `json:"adoptedFrom,omitempty"`
+}
+
+// AzureAssignedIdentityStatus says where the pool's assignments stand.
+type AzureAssignedIdentityStatus struct {
+	// Identities are the pool's user-assigned identities, sorted by
+	// AzureIdentity.
+	// +optional
+	// +listType=atomic
+	Identities []IdentityAssignment `json:"identities,omitempty"`
+	// Assigned counts the Assigned Identities, for kubectl get.
+	// +optional
+	Assigned int32 `json:"assigned,omitempty"`
+	// Assigning counts the Identities being assigned or removed.
+	// +optional
+	Assigning int32 `json:"assigning,omitempty"`
+	// Failed counts the Failed Identities.
+	// +optional
+	Failed int32 `json:"failed,omitempty"`
+
+	// Status, LastError and External belong to a single-identity record
+	// (0.1's, 1.x's); read only to take it over.
+	// +optional
+	Status AssignmentState `json:"status,omitempty"`
+	// +optional
+	LastError string `json:"lastError,omitempty"`
 	// +optional
 	External bool `json:"external,omitempty"`
 }
 
-// AzureAssignedIdentity records that a user-assigned identity is (being)
-// assigned to a node pool.
+// Find returns the entry of the AzureIdentity namespace/name, or nil.
+func (s *AzureAssignedIdentityStatus) Find(namespace, name string) *IdentityAssignment {
+	for i := range s.Identities {
+		if ref := s.Identities[i].AzureIdentityRef; ref.Namespace == namespace && ref.Name == name {
+			return &s.Identities[i]
+		}
+	}
+	return nil
+}
+
+// AzureAssignedIdentity records the user-assigned identities the assigner
+// put, or is putting, on one node pool.
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:metadata:annotations="api-approved.kubernetes.io=unapproved, the aadpodidentity.k8s.io API predates the approval process and is kept for compatibility"
-// +kubebuilder:printcolumn:name="Identity",type=string,JSONPath=`.spec.azureIdentityRef.name`
-// +kubebuilder:printcolumn:name="ClientID",type=string,JSONPath=`.spec.clientID`
 // +kubebuilder:printcolumn:name="Pool",type=string,JSONPath=`.spec.nodePool`
-// +kubebuilder:printcolumn:name="Status",type=string,JSONPath=`.status.status`
-// +kubebuilder:printcolumn:name="Pods",type=integer,JSONPath=`.status.pods`
-// +kubebuilder:printcolumn:name="External",type=boolean,JSONPath=`.status.external`
+// +kubebuilder:printcolumn:name="Assigned",type=integer,JSONPath=`.status.assigned`
+// +kubebuilder:printcolumn:name="Assigning",type=integer,JSONPath=`.status.assigning`
+// +kubebuilder:printcolumn:name="Failed",type=integer,JSONPath=`.status.failed`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type AzureAssignedIdentity struct {
 	metav1.TypeMeta   `json:",inline"`

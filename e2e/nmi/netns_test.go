@@ -8,6 +8,7 @@
 package nmi_test
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -20,6 +21,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -29,6 +31,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -299,6 +302,15 @@ func setupNode(t *testing.T) *node {
 		t.Fatalf("the earlier NMI's jump or rules are left:\n%s", rules)
 	}
 	t.Logf("took over the earlier NMI's chain; pod-b's %d requests meanwhile all intercepted", requests)
+	// The node named its pool before NMI started, so NMI caches that pool's
+	// record alone.
+	p, err := nodepool.ParseID(n.pool.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if log := readFile(n.nmiLog); !strings.Contains(log, "caching only this node's pool's AzureAssignedIdentity") || !strings.Contains(log, identity.RecordName(p)) {
+		t.Fatalf("NMI does not say it caches only record %s:\n%s", identity.RecordName(p), log)
+	}
 	return n
 }
 
@@ -556,25 +568,35 @@ func createObjects(ctx context.Context, t *testing.T, c client.Client, pods map[
 	}
 }
 
-// recordAssigned writes the assigner's record of AzureIdentity default/name
-// on pool, Assigned: no assigner runs here, and NMI serves a user-assigned
-// identity only when its record vouches for it.
+// recordAssigned adds to the assigner's record of pool (created if need be)
+// an Assigned entry for AzureIdentity default/name: no assigner runs here,
+// and NMI serves a user-assigned identity only when an entry of its pool's
+// record vouches for it.
 func recordAssigned(ctx context.Context, t *testing.T, c client.Client, pool fakeazure.Pool, name string, id fakeazure.Identity) {
 	t.Helper()
 	p, err := nodepool.ParseID(pool.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec := &aadv1.AzureAssignedIdentity{
-		ObjectMeta: metav1.ObjectMeta{Namespace: assignmentsNS, Name: identity.AssignmentName(client.ObjectKey{Namespace: "default", Name: name}, p)},
-		Spec: aadv1.AzureAssignedIdentitySpec{AzureIdentityRef: aadv1.IdentityReference{Namespace: "default", Name: name},
-			ClientID: id.ClientID, ResourceID: id.ResourceID, NodePool: pool.ID},
+	key := client.ObjectKey{Namespace: assignmentsNS, Name: identity.RecordName(p)}
+	var rec aadv1.AzureAssignedIdentity
+	if err := c.Get(ctx, key, &rec); apierrors.IsNotFound(err) {
+		rec = aadv1.AzureAssignedIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name},
+			Spec: aadv1.AzureAssignedIdentitySpec{NodePool: pool.ID}}
+		if err := c.Create(ctx, &rec); err != nil {
+			t.Fatalf("creating AzureAssignedIdentity: %v", err)
+		}
+	} else if err != nil {
+		t.Fatalf("reading AzureAssignedIdentity: %v", err)
 	}
-	if err := c.Create(ctx, rec); err != nil {
-		t.Fatalf("creating AzureAssignedIdentity: %v", err)
-	}
-	rec.Status.Status = aadv1.StateAssigned
-	if err := c.Status().Update(ctx, rec); err != nil {
+	rec.Status.Identities = append(rec.Status.Identities, aadv1.IdentityAssignment{
+		AzureIdentityRef: aadv1.IdentityReference{Namespace: "default", Name: name},
+		ClientID:         id.ClientID, ResourceID: id.ResourceID, State: aadv1.StateAssigned, Pods: 1})
+	slices.SortFunc(rec.Status.Identities, func(a, b aadv1.IdentityAssignment) int {
+		return cmp.Or(cmp.Compare(a.AzureIdentityRef.Namespace, b.AzureIdentityRef.Namespace), cmp.Compare(a.AzureIdentityRef.Name, b.AzureIdentityRef.Name))
+	})
+	rec.Status.Assigned++
+	if err := c.Status().Update(ctx, &rec); err != nil {
 		t.Fatalf("setting status of AzureAssignedIdentity: %v", err)
 	}
 }

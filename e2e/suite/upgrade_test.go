@@ -13,7 +13,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 	"github.com/aad-pod-identity/aad-pod-identity/e2e/sandbox"
@@ -145,8 +144,8 @@ func upgradeFrom18(t *testing.T, managed bool) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec := kubectl(t, "-n", releaseNS, "get", "azureassignedidentity", identity.AssignmentName(types.NamespacedName{Namespace: w.Namespace, Name: w.Identity}, p),
-		"-o", `jsonpath={.status.status} {.status.external} {.metadata.annotations.aadpodidentity\.k8s\.io/adopted-from}`)
+	rec := kubectl(t, "-n", releaseNS, "get", "azureassignedidentity", identity.RecordName(p), "-o",
+		fmt.Sprintf(`jsonpath={.status.identities[?(@.azureIdentityRef.name=="%s")].state} {.status.identities[?(@.azureIdentityRef.name=="%s")].external} {.status.identities[?(@.azureIdentityRef.name=="%s")].adoptedFrom}`, w.Identity, w.Identity, w.Identity))
 	if want := fmt.Sprintf("Assigned  default/%s", w.LegacyRecordName()); rec != want {
 		t.Errorf("record of 1.8's identity: %q, want %q (Assigned, ours, adopted from 1.8's record)", rec, want)
 	}

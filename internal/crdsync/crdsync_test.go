@@ -69,11 +69,15 @@ func TestReplaceOver18(t *testing.T) {
 	}
 	rec := &aadv1.AzureAssignedIdentity{}
 	rec.Namespace, rec.Name = "default", "ours"
-	rec.Spec = aadv1.AzureAssignedIdentitySpec{AzureIdentityRef: aadv1.IdentityReference{Namespace: "default", Name: "demo"},
-		ClientID: w.ClientID, ResourceID: w.ResourceID, NodePool: "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/p"}
+	rec.Spec = aadv1.AzureAssignedIdentitySpec{NodePool: "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/p"}
 	framework.Eventually(t, 30*time.Second, "a record of ours accepted", func() error {
-		return c.Create(ctx, rec.DeepCopy())
+		return c.Create(ctx, rec)
 	})
+	rec.Status.Identities = []aadv1.IdentityAssignment{{AzureIdentityRef: aadv1.IdentityReference{Namespace: "default", Name: "demo"},
+		ClientID: w.ClientID, ResourceID: w.ResourceID, State: aadv1.StateAssigned}}
+	if err := c.Status().Update(ctx, rec); err != nil {
+		t.Fatalf("writing an entry: %v", err)
+	}
 
 	var legacy aadv1.AzureAssignedIdentity
 	if err := c.Get(ctx, client.ObjectKey{Namespace: w.Namespace, Name: w.LegacyRecordName()}, &legacy); err != nil {

@@ -6,23 +6,20 @@ import (
 	"fmt"
 	"strings"
 
-	"k8s.io/apimachinery/pkg/types"
-
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
 )
 
-// AssignmentName names the AzureAssignedIdentity of one AzureIdentity on
-// one pool: stable, so that every assigner replica and NMI find it without
-// a search.
-func AssignmentName(id types.NamespacedName, pool nodepool.Pool) string {
-	key := id.String()
-	sum := sha256.Sum256([]byte(key + "|" + pool.Key()))
-	name := strings.ToLower(strings.NewReplacer("/", "-", ".", "-").Replace(key))
+// RecordName names the AzureAssignedIdentity of a pool: stable, so that
+// every assigner replica and NMI find it without a search.
+func RecordName(pool nodepool.Pool) string {
+	sum := sha256.Sum256([]byte(pool.Key()))
+	name := strings.ToLower(pool.Name)
 	if len(name) > 40 {
 		name = name[:40]
 	}
-	return strings.Trim(name, "-") + "-" + hex.EncodeToString(sum[:])[:12]
+	name = strings.Trim(strings.NewReplacer(".", "-", "_", "-").Replace(name), "-")
+	return "pool-" + name + "-" + hex.EncodeToString(sum[:])[:12]
 }
 
 // AssignmentError says why an assignment record does not vouch for an
@@ -44,13 +41,13 @@ const (
 	ReasonExternal         = "identity_not_ours"
 )
 
-// CheckAssignment tells whether rec (nil: none) vouches for id: the
+// CheckAssignment tells whether entry (nil: none) vouches for id: the
 // assigner put id's resource on the pool for this AzureIdentity (not
 // External), ARM confirmed the identity there with the client ID the
 // AzureIdentity names (Assigned), and the AzureIdentity still names the
 // client and resource the record was made for. allowExternal accepts
 // identities that were on the pool before the assigner needed them.
-func CheckAssignment(rec *aadv1.AzureAssignedIdentity, id *aadv1.AzureIdentity, allowExternal bool) error {
+func CheckAssignment(rec *aadv1.IdentityAssignment, id *aadv1.AzureIdentity, allowExternal bool) error {
 	name := id.Namespace + "/" + id.Name
 	switch {
 	case rec == nil:
@@ -59,24 +56,24 @@ func CheckAssignment(rec *aadv1.AzureAssignedIdentity, id *aadv1.AzureIdentity, 
 	case !SamePairing(rec, id.Spec.ClientID, id.Spec.ResourceID):
 		return &AssignmentError{Reason: ReasonIdentityChanged, Pending: true,
 			Message: fmt.Sprintf("AzureIdentity %s names a different clientID or resourceID than the one assigned to this node's pool; the assigner is assigning the new one", name)}
-	case rec.Status.Status == aadv1.StateFailed:
+	case rec.State == aadv1.StateFailed:
 		return &AssignmentError{Reason: ReasonAssignmentFailed,
-			Message: fmt.Sprintf("AzureIdentity %s could not be assigned to this node's pool: %s", name, rec.Status.LastError)}
-	case rec.Status.Status != aadv1.StateAssigned:
-		return &AssignmentError{Reason: ReasonNotAssigned, Pending: rec.Status.Status == "" || rec.Status.Status == aadv1.StateAssigning,
-			Message: fmt.Sprintf("AzureIdentity %s is not assigned to this node's pool (%s)", name, orNone(string(rec.Status.Status)))}
-	case rec.Status.External && !allowExternal:
+			Message: fmt.Sprintf("AzureIdentity %s could not be assigned to this node's pool: %s", name, rec.LastError)}
+	case rec.State != aadv1.StateAssigned:
+		return &AssignmentError{Reason: ReasonNotAssigned, Pending: rec.State == "" || rec.State == aadv1.StateAssigning,
+			Message: fmt.Sprintf("AzureIdentity %s is not assigned to this node's pool (%s)", name, orNone(string(rec.State)))}
+	case rec.External && !allowExternal:
 		return &AssignmentError{Reason: ReasonExternal,
 			Message: fmt.Sprintf("AzureIdentity %s names an identity that was on this node's pool before the assigner put it there, so nothing ties it to the AzureIdentity; it is served only with --serve-external-identities", name)}
 	}
 	return nil
 }
 
-// SamePairing reports whether rec was made for the client and resource ID
+// SamePairing reports whether the entry was made for the client and resource ID
 // an AzureIdentity names now; an edited AzureIdentity's record is re-paired
 // by the assigner before NMI serves it again.
-func SamePairing(rec *aadv1.AzureAssignedIdentity, clientID, resourceID string) bool {
-	return strings.EqualFold(rec.Spec.ClientID, clientID) && strings.EqualFold(rec.Spec.ResourceID, resourceID)
+func SamePairing(rec *aadv1.IdentityAssignment, clientID, resourceID string) bool {
+	return strings.EqualFold(rec.ClientID, clientID) && strings.EqualFold(rec.ResourceID, resourceID)
 }
 
 func orNone(s string) string {
