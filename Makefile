@@ -88,6 +88,10 @@ bench: control-plane ## Run the admission load generator (see docs/performance.m
 bench-assigner: control-plane ## Run the assigner load generator (see docs/performance.md, section Assigner).
 	go test -tags integration -run '^$$' -bench BenchmarkPodReady -benchtime 1x -count=1 ./assigner/
 
+.PHONY: bench-assigner-process
+bench-assigner-process: control-plane build ## The same with the real assigner binary, so that its RSS is its own (ASSIGNER_BENCH_* sizes).
+	ASSIGNER_BENCH_BINARY=$(BIN)/assigner go test -tags integration -run '^$$' -bench BenchmarkPodReady -benchtime 1x -count=1 -timeout 60m ./assigner/
+
 .PHONY: control-plane
 control-plane: $(ASSETS)/.done ## Build etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubectl from source.
 

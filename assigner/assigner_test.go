@@ -630,7 +630,7 @@ func TestTakesOverOneIdentityRecords(t *testing.T) {
 	framework.Eventually(t, waitFor, "the one-identity records deleted", func() error {
 		for _, rec := range old {
 			if err := w.c.Get(w.ctx, client.ObjectKeyFromObject(rec), &aadv1.AzureAssignedIdentity{}); !apierrors.IsNotFound(err) {
-				return fmt.Errorf("%s still there (get: %v)", rec.Name, err)
+				return fmt.Errorf("%s still there (get: %w)", rec.Name, err)
 			}
 		}
 		return nil
