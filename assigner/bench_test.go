@@ -34,7 +34,8 @@ import (
 // pending pods that target every pool. ASSIGNER_BENCH_BINARY names an
 // assigner binary to run instead of the in-process one, so that the RSS
 // reported is the assigner's alone (it polls ARM's operations every 1 s,
-// the binary's minimum, instead of 50 ms).
+// the binary's minimum, instead of 50 ms); ASSIGNER_BENCH_ARGS adds flags
+// to it.
 func BenchmarkPodReady(b *testing.B) {
 	pods, identities, pools := envInt("ASSIGNER_BENCH_PODS", 100), envInt("ASSIGNER_BENCH_IDENTITIES", 10), envInt("ASSIGNER_BENCH_POOLS", 3)
 	scheduled := os.Getenv("ASSIGNER_BENCH_SCHEDULED") == "1"

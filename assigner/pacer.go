@@ -11,8 +11,8 @@ import (
 )
 
 // countInterval is the shortest time between two rewrites of a pool's
-// records' pod counts when nothing else about them changes: during a burst
-// every pod would otherwise rewrite every record of its pool.
+// entries' pod counts when nothing else about them changes: during a burst
+// every pod would otherwise rewrite its pool's record.
 const countInterval = 10 * time.Second
 
 // baseBackoff is the first delay after a transient ARM failure; it doubles
@@ -20,7 +20,7 @@ const countInterval = 10 * time.Second
 const baseBackoff = 500 * time.Millisecond
 
 // pacer is the pool controller's memory of time: batch windows, when pools
-// were last read and their Failed records last retried, consecutive ARM
+// were last read and their Failed entries last retried, consecutive ARM
 // failures, and the subscriptions ARM asked us to leave alone. Its time
 // comes from the clock it is given, so that pacing can be tested with a
 // fake one.
@@ -39,10 +39,10 @@ type pacer struct {
 // poolPace is what the pacer remembers of one pool; zero times mean never.
 type poolPace struct {
 	lastRead  time.Time    // last successful GET
-	lastRetry time.Time    // last retry of Failed records
-	lastCount time.Time    // last rewrite of the records' pod counts
+	lastRetry time.Time    // last retry of Failed entries
+	lastCount time.Time    // last rewrite of the entries' pod counts
 	failures  int          // consecutive transient ARM failures
-	newWork   *batchWindow // identities without a record are waiting
+	newWork   *batchWindow // identities without an entry are waiting
 }
 
 // batchWindow is a pool's pending burst: when its first new identity was
@@ -128,7 +128,7 @@ func (p *pacer) poolRead(pool string) {
 	p.pool(pool).lastRead = now
 }
 
-// countsDue returns how long until the pool's records' pod counts may be
+// countsDue returns how long until the pool's entries' pod counts may be
 // rewritten again; 0 means now, and restarts the interval.
 func (p *pacer) countsDue(pool string) time.Duration {
 	now := p.clock.Now()
@@ -143,8 +143,8 @@ func (p *pacer) countsDue(pool string) time.Duration {
 }
 
 // retryFailedDue reports whether a drift period has passed since the
-// pool's Failed records were last retried, and restarts the period if so.
-// The first round only starts it: a record fails in a round, not before.
+// pool's Failed entries were last retried, and restarts the period if so.
+// The first round only starts it: an entry fails in a round, not before.
 func (p *pacer) retryFailedDue(pool string) bool {
 	now := p.clock.Now()
 	p.mu.Lock()

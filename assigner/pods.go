@@ -73,7 +73,8 @@ func (r *podReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 	var poolErr error
 	if len(userAssigned) > 0 {
 		var nodes corev1.NodeList
-		if err := r.client.List(ctx, &nodes); err != nil {
+		// Only read (nodepool.Targets), for every pod of a burst.
+		if err := r.client.List(ctx, &nodes, client.UnsafeDisableDeepCopy); err != nil {
 			return ctrl.Result{}, fmt.Errorf("listing nodes: %w", err)
 		}
 		pools, poolErr = nodepool.Targets(&pod, nodes.Items)

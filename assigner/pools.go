@@ -1,6 +1,7 @@
 package assigner
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"strings"
@@ -40,6 +41,7 @@ type poolReconciler struct {
 	clock     clock.PassiveClock // the pacer's, for decide's now
 	written   *writtenRecords
 	recorder  events.EventRecorder
+	workers   int
 }
 
 func newPoolReconciler(c client.Client, recorder events.EventRecorder, opts Options) *poolReconciler {
@@ -62,6 +64,7 @@ func newPoolReconciler(c client.Client, recorder events.EventRecorder, opts Opti
 		clock:     clk,
 		written:   &writtenRecords{clock: clk, pools: map[string]written{}},
 		recorder:  recorder,
+		workers:   cmp.Or(opts.MaxConcurrentPools, 8),
 	}
 }
 
@@ -120,7 +123,7 @@ func (r *poolReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(podToPools), builder.WithPredicates(podTargetsChanged())).
 		Watches(&aadv1.AzureAssignedIdentity{}, handler.EnqueueRequestsFromMapFunc(recordToPool), builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Watches(&aadv1.AzureIdentity{}, handler.EnqueueRequestsFromMapFunc(r.identityPools), builder.WithPredicates(predicate.GenerationChangedPredicate{})).
-		WithOptions(controller.Options{MaxConcurrentReconciles: 8}).
+		WithOptions(controller.Options{MaxConcurrentReconciles: r.workers}).
 		Complete(r)
 	if err != nil {
 		return fmt.Errorf("creating pool controller: %w", err)

@@ -67,6 +67,7 @@ func (w *world) runBinary(path string, batchWindow time.Duration) *process {
 		"--arm-endpoint", w.arm.URL, "--aad-authority-host", aadSrv.URL, "--leader-elect=false",
 		"--metrics-bind-address", "0", "--health-probe-bind-address", "0", "--batch-window", batchWindow.String(),
 		"--gc-grace-period", "1h", "--drift-check-period", "1h")
+	cmd.Args = append(cmd.Args, strings.Fields(os.Getenv("ASSIGNER_BENCH_ARGS"))...)
 	cmd.Env = append(os.Environ(), "POD_NAMESPACE="+w.recordNS, "SSL_CERT_FILE="+filepath.Join(dir, "ca.pem"))
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

@@ -53,6 +53,11 @@ type Options struct {
 	// starts once every pod seen has been handled and no new identity has
 	// appeared for BatchWindow/5.
 	BatchWindow time.Duration
+	// MaxConcurrentPools is how many pools are worked on at once (0: 8).
+	// A round mostly waits on ARM's long-running operations, one pool's
+	// after the other's, so it bounds how long a burst over many pools
+	// takes.
+	MaxConcurrentPools int
 	// Immutable identities (client or resource IDs) are never removed.
 	Immutable           []string
 	AllowCrossNamespace bool

@@ -37,6 +37,7 @@ func main() {
 	flag.DurationVar(&opts.DriftCheckPeriod, "drift-check-period", 3*time.Minute, "How often pools are re-read, vanished identities re-added and refused ones retried.")
 	flag.DurationVar(&opts.BatchWindow, "batch-window", 500*time.Millisecond, "Longest time new identities for a pool wait for more pods before the write, so that a burst shares one PATCH; the write starts earlier once every pod seen has been handled and no new identity has appeared for a fifth of it.")
 	flag.DurationVar(&pollInterval, "arm-poll-interval", time.Second, "Polling interval of ARM long-running operations when ARM sends no Retry-After (minimum 1s).")
+	flag.IntVar(&opts.MaxConcurrentPools, "max-concurrent-pools", 8, "How many node pools are read and written at once; each waits on ARM's long-running operations.")
 	flag.BoolVar(&opts.AllowCrossNamespace, "allow-cross-namespace", false, "Let pods match AzureIdentityBindings in every namespace, as the webhook does with the same flag.")
 	flag.BoolVar(&mo.LeaderElect, "leader-elect", true, "Elect a leader through a Lease, so that only one replica writes to ARM.")
 	flag.StringVar(&mo.LeaderElectionNamespace, "leader-election-namespace", podNamespace, "Namespace of the leader election Lease.")
