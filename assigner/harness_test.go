@@ -177,31 +177,47 @@ func (w *world) pod(name, selector string, mutate ...func(*corev1.Pod)) *corev1.
 	for _, m := range mutate {
 		m(pod)
 	}
-	var bindings aadv1.AzureIdentityBindingList
-	var identities aadv1.AzureIdentityList
-	if err := w.c.List(w.ctx, &bindings, client.InNamespace(w.ns)); err != nil {
-		w.t.Fatal(err)
-	}
-	if err := w.c.List(w.ctx, &identities, client.InNamespace(w.ns)); err != nil {
-		w.t.Fatal(err)
-	}
-	res := identity.Resolve(w.ns, selector, bindings.Items, identities.Items, false)
-	pod.Annotations = res.Annotations()
-	if res.NeedsAssignment() && pod.Spec.NodeName == "" {
-		pod.Spec.SchedulingGates = []corev1.PodSchedulingGate{{Name: aadv1.SchedulingGate}}
-		var nodes corev1.NodeList
-		if err := w.c.List(w.ctx, &nodes); err != nil {
-			w.t.Fatal(err)
-		}
-		if pools, err := nodepool.Targets(pod, nodes.Items); err == nil {
-			pod.Annotations[aadv1.AnnotationNodePools] = nodepool.JoinIDs(pools)
-			pod.Annotations[aadv1.AnnotationAssignment] = aadv1.AssignmentPending
-		}
-	}
+	w.admission().admit(pod)
 	if err := w.c.Create(w.ctx, pod); err != nil {
 		w.t.Fatal(err)
 	}
 	return pod
+}
+
+// admission is what the webhook reads to admit a pod: the world's
+// bindings, identities and nodes, read once.
+type admission struct {
+	ns         string
+	bindings   aadv1.AzureIdentityBindingList
+	identities aadv1.AzureIdentityList
+	nodes      corev1.NodeList
+}
+
+func (w *world) admission() *admission {
+	w.t.Helper()
+	a := &admission{ns: w.ns}
+	for _, list := range []client.ObjectList{&a.bindings, &a.identities} {
+		if err := w.c.List(w.ctx, list, client.InNamespace(w.ns)); err != nil {
+			w.t.Fatal(err)
+		}
+	}
+	if err := w.c.List(w.ctx, &a.nodes); err != nil {
+		w.t.Fatal(err)
+	}
+	return a
+}
+
+// admit annotates and gates the pod as the webhook would.
+func (a *admission) admit(pod *corev1.Pod) {
+	res := identity.Resolve(a.ns, pod.Labels[aadv1.BindingLabel], a.bindings.Items, a.identities.Items, false)
+	pod.Annotations = res.Annotations()
+	if res.NeedsAssignment() && pod.Spec.NodeName == "" {
+		pod.Spec.SchedulingGates = []corev1.PodSchedulingGate{{Name: aadv1.SchedulingGate}}
+		if pools, err := nodepool.Targets(pod, a.nodes.Items); err == nil {
+			pod.Annotations[aadv1.AnnotationNodePools] = nodepool.JoinIDs(pools)
+			pod.Annotations[aadv1.AnnotationAssignment] = aadv1.AssignmentPending
+		}
+	}
 }
 
 func (w *world) getPod(name string) *corev1.Pod {

@@ -1,6 +1,7 @@
 package assigner
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"maps"
@@ -8,7 +9,7 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -20,6 +21,7 @@ import (
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
 )
 
 // mapper finds the pods an event concerns.
@@ -65,8 +67,13 @@ func (m mapper) recordPods() handler.EventHandler {
 		if len(changed) == 0 {
 			return
 		}
-		for _, r := range requests(m.list(ctx, client.MatchingFields{podPoolIndex: strings.ToLower(rec.Spec.NodePool)}), func(p *corev1.Pod) bool {
-			return slices.ContainsFunc(identity.Admitted(p), func(k types.NamespacedName) bool { return changed[k] })
+		pods := m.list(ctx, client.MatchingFields{podPoolIndex: strings.ToLower(rec.Spec.NodePool)})
+		// Oldest first: the workqueue keeps this order, so the pods that
+		// waited longest have their gates lifted first.
+		slices.SortFunc(pods, func(a, b corev1.Pod) int { return a.CreationTimestamp.Compare(b.CreationTimestamp.Time) })
+		for _, r := range requests(pods, func(p *corev1.Pod) bool {
+			return slices.ContainsFunc(identity.Admitted(p), func(k types.NamespacedName) bool { return changed[k] }) &&
+				(p.Annotations[aadv1.AnnotationAssignment] == aadv1.AssignmentAssigned || !m.waitsElsewhere(ctx, p, rec))
 		}) {
 			q.Add(r)
 		}
@@ -89,27 +96,71 @@ func (m mapper) recordPods() handler.EventHandler {
 	}
 }
 
-// changedEntries returns the AzureIdentities whose entries differ between
-// two versions of a record, pod counts aside.
+// waitsElsewhere reports whether a pod not yet assigned still waits for
+// one of its identities on another of its pools: that pool's record brings
+// it back when it changes. Re-enqueueing it for every pool would put the
+// oldest pods at the back of the queue when the last pool completes.
+func (m mapper) waitsElsewhere(ctx context.Context, pod *corev1.Pod, rec *aadv1.AzureAssignedIdentity) bool {
+	for _, id := range podPools(pod) {
+		if strings.EqualFold(id, rec.Spec.NodePool) {
+			continue
+		}
+		pool, err := nodepool.ParseID(id)
+		if err != nil {
+			return false
+		}
+		var other aadv1.AzureAssignedIdentity
+		if err := m.client.Get(ctx, client.ObjectKey{Namespace: m.namespace, Name: identity.RecordName(pool)}, &other); err != nil {
+			return apierrors.IsNotFound(err)
+		}
+		for _, key := range identity.Admitted(pod) {
+			// Only user-assigned identities have entries: those with one
+			// in this pool's record.
+			if rec.Status.Find(key.Namespace, key.Name) != nil && verdict(other.Status.Find(key.Namespace, key.Name)) == verdict(nil) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// changedEntries returns the AzureIdentities whose entries tell a pod
+// something else in the new version of a record than in the old: a new
+// entry, still Assigning, leaves its pods pending as no entry did, so the
+// write that records ownership before a PATCH enqueues no pod.
 func changedEntries(old, rec *aadv1.AzureAssignedIdentity) map[types.NamespacedName]bool {
 	changed := map[types.NamespacedName]bool{}
-	was := map[types.NamespacedName]aadv1.IdentityAssignment{}
-	for _, e := range old.Status.Identities {
-		e.Pods = 0
-		was[entryKey(&e)] = e
+	was := map[types.NamespacedName]string{}
+	for i := range old.Status.Identities {
+		was[entryKey(&old.Status.Identities[i])] = verdict(&old.Status.Identities[i])
 	}
-	for _, e := range rec.Status.Identities {
-		e.Pods = 0
-		key := entryKey(&e)
-		if w, ok := was[key]; !ok || !equality.Semantic.DeepEqual(w, e) {
+	for i := range rec.Status.Identities {
+		e := &rec.Status.Identities[i]
+		key := entryKey(e)
+		if v := verdict(e); v != cmp.Or(was[key], verdict(nil)) {
 			changed[key] = true
 		}
 		delete(was, key)
 	}
-	for key := range was {
-		changed[key] = true
+	for key, v := range was {
+		if v != verdict(nil) {
+			changed[key] = true
+		}
 	}
 	return changed
+}
+
+// verdict is what an entry (nil: none) tells the pod controller: pending,
+// or Assigned or Failed with what the pod's assignment depends on.
+func verdict(e *aadv1.IdentityAssignment) string {
+	switch {
+	case e == nil || (e.State != aadv1.StateAssigned && e.State != aadv1.StateFailed):
+		return "pending"
+	case e.State == aadv1.StateFailed:
+		return "failed " + e.LastError
+	default:
+		return "assigned " + e.ClientID + " " + e.ResourceID
+	}
 }
 
 // bindingPods: pods whose label the binding's selector matches.

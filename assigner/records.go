@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -77,7 +76,10 @@ func (r *poolReconciler) recordWanted(ctx context.Context, s *poolState) error {
 	return nil
 }
 
-func compareKeys(a, b types.NamespacedName) int { return strings.Compare(a.String(), b.String()) }
+// compareKeys is the order of a record's entries (aadv1.CompareRefs).
+func compareKeys(a, b types.NamespacedName) int {
+	return aadv1.CompareRefs(aadv1.IdentityReference{Namespace: a.Namespace, Name: a.Name}, b.Namespace, b.Name)
+}
 
 // flush writes the entries back as the pool record's status: one write per
 // call at most, however many identities changed. The record is created

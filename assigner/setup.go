@@ -69,14 +69,19 @@ type Options struct {
 // ManagerOptions configure the process around the controllers.
 type ManagerOptions struct {
 	MetricsAddr, ProbeAddr string
+	// PprofAddr serves net/http/pprof when set ("" or "0": off).
+	PprofAddr string
 	// SecureMetrics serves metrics over HTTPS to callers the apiserver
 	// authenticates and authorizes (get on /metrics).
 	SecureMetrics           bool
 	LeaderElect             bool
 	LeaderElectionNamespace string
-	// QPS and Burst limit requests to the API server (0: 100 and 200).
-	// client-go's default of 20 would make a burst of pods wait on the
-	// client, not on ARM.
+	// QPS and Burst limit requests to the API server (0: 500 and 1000).
+	// A burst costs about one write per pod (its gate): at client-go's
+	// default of 20, or even 100, the last pods of a 1,000-pod burst waited
+	// on the client for seconds after ARM was done. The chart gives the
+	// assigner its own API priority level, so the apiserver, not this
+	// limit, keeps a burst from crowding out other clients.
 	QPS   float32
 	Burst int
 }
@@ -88,7 +93,7 @@ func NewManager(cfg *rest.Config, mo ManagerOptions, opts Options) (manager.Mana
 		return nil, err
 	}
 	cfg = rest.CopyConfig(cfg)
-	cfg.QPS, cfg.Burst = 100, 200
+	cfg.QPS, cfg.Burst = 500, 1000
 	if mo.QPS > 0 {
 		cfg.QPS = mo.QPS
 	}
@@ -99,6 +104,7 @@ func NewManager(cfg *rest.Config, mo ManagerOptions, opts Options) (manager.Mana
 		Scheme:                  identity.Scheme(),
 		Metrics:                 metrics.ServerOptions(mo.MetricsAddr, mo.SecureMetrics),
 		HealthProbeBindAddress:  mo.ProbeAddr,
+		PprofBindAddress:        mo.PprofAddr,
 		LeaderElection:          mo.LeaderElect,
 		LeaderElectionID:        "aad-pod-identity-assigner",
 		LeaderElectionNamespace: mo.LeaderElectionNamespace,

@@ -1,7 +1,6 @@
 package nmi
 
 import (
-	"cmp"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -148,7 +147,7 @@ func poolRecord(pool nodepool.Pool, entries ...aadv1.IdentityAssignment) *aadv1.
 		Status:     aadv1.AzureAssignedIdentityStatus{Identities: entries},
 	}
 	slices.SortFunc(rec.Status.Identities, func(a, b aadv1.IdentityAssignment) int {
-		return cmp.Or(cmp.Compare(a.AzureIdentityRef.Namespace, b.AzureIdentityRef.Namespace), cmp.Compare(a.AzureIdentityRef.Name, b.AzureIdentityRef.Name))
+		return aadv1.CompareRefs(a.AzureIdentityRef, b.AzureIdentityRef.Namespace, b.AzureIdentityRef.Name)
 	})
 	return rec
 }

@@ -1,6 +1,12 @@
 package v1
 
-import metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+import (
+	"cmp"
+	"slices"
+	"strings"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
 
 // AssignmentState is the state of one identity on one node pool.
 // +kubebuilder:validation:Enum=Assigning;Assigned;Unassigning;Failed
@@ -103,7 +109,7 @@ type IdentityAssignment struct {
 // AzureAssignedIdentityStatus says where the pool's assignments stand.
 type AzureAssignedIdentityStatus struct {
 	// Identities are the pool's user-assigned identities, sorted by
-	// AzureIdentity.
+	// AzureIdentity namespace, then name (Find relies on the order).
 	// +optional
 	// +listType=atomic
 	Identities []IdentityAssignment `json:"identities,omitempty"`
@@ -127,14 +133,23 @@ type AzureAssignedIdentityStatus struct {
 	External bool `json:"external,omitempty"`
 }
 
-// Find returns the entry of the AzureIdentity namespace/name, or nil.
+// Find returns the entry of the AzureIdentity namespace/name, or nil. It
+// searches the sorted Identities (a pod's round looks up each of its
+// identities in the record of each of its pools).
 func (s *AzureAssignedIdentityStatus) Find(namespace, name string) *IdentityAssignment {
-	for i := range s.Identities {
-		if ref := s.Identities[i].AzureIdentityRef; ref.Namespace == namespace && ref.Name == name {
-			return &s.Identities[i]
-		}
+	i, found := slices.BinarySearchFunc(s.Identities, [2]string{namespace, name}, func(e IdentityAssignment, key [2]string) int {
+		return CompareRefs(e.AzureIdentityRef, key[0], key[1])
+	})
+	if !found {
+		return nil
 	}
-	return nil
+	return &s.Identities[i]
+}
+
+// CompareRefs orders an AzureIdentity reference against namespace/name:
+// by namespace, then name.
+func CompareRefs(ref IdentityReference, namespace, name string) int {
+	return cmp.Or(strings.Compare(ref.Namespace, namespace), strings.Compare(ref.Name, name))
 }
 
 // AzureAssignedIdentity records the user-assigned identities the assigner

@@ -8,7 +8,6 @@
 package nmi_test
 
 import (
-	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -593,7 +592,7 @@ func recordAssigned(ctx context.Context, t *testing.T, c client.Client, pool fak
 		AzureIdentityRef: aadv1.IdentityReference{Namespace: "default", Name: name},
 		ClientID:         id.ClientID, ResourceID: id.ResourceID, State: aadv1.StateAssigned, Pods: 1})
 	slices.SortFunc(rec.Status.Identities, func(a, b aadv1.IdentityAssignment) int {
-		return cmp.Or(cmp.Compare(a.AzureIdentityRef.Namespace, b.AzureIdentityRef.Namespace), cmp.Compare(a.AzureIdentityRef.Name, b.AzureIdentityRef.Name))
+		return aadv1.CompareRefs(a.AzureIdentityRef, b.AzureIdentityRef.Namespace, b.AzureIdentityRef.Name)
 	})
 	rec.Status.Assigned++
 	if err := c.Status().Update(ctx, &rec); err != nil {

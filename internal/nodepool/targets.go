@@ -3,7 +3,8 @@ package nodepool
 import (
 	"errors"
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 
 	corev1 "k8s.io/api/core/v1"
 	corev1helpers "k8s.io/component-helpers/scheduling/corev1"
@@ -56,11 +57,13 @@ func Targets(pod *corev1.Pod, nodes []corev1.Node) ([]Pool, error) {
 	if len(byKey) == 0 {
 		return nil, ErrNoPool
 	}
+	// Sorted by key, computed once per pool: a burst's pods each target
+	// every pool, and comparing by Key() in the sort was a third of the
+	// assigner's CPU at 50 pools.
 	pools := make([]Pool, 0, len(byKey))
-	for _, p := range byKey {
-		pools = append(pools, p)
+	for _, key := range slices.Sorted(maps.Keys(byKey)) {
+		pools = append(pools, byKey[key])
 	}
-	sort.Slice(pools, func(i, j int) bool { return pools[i].Key() < pools[j].Key() })
 	return pools, nil
 }
 
