@@ -65,32 +65,54 @@ func BenchmarkPodReady(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		watch, err := wc.Watch(w.ctx, &corev1.PodList{}, client.InNamespace(w.ns))
-		if err != nil {
-			b.Fatal(err)
-		}
 		var (
 			mu      sync.Mutex
 			created = map[string]time.Time{}
 			ready   = map[string]time.Duration{}
 		)
+		// observe notes the pod's gate lifted, and reports whether every pod's is.
+		observe := func(pod *corev1.Pod) bool {
+			mu.Lock()
+			defer mu.Unlock()
+			if _, seen := ready[pod.Name]; !seen && !gated(pod) && pod.Annotations[aadv1.AnnotationAssignment] == aadv1.AssignmentAssigned {
+				ready[pod.Name] = time.Since(created[pod.Name])
+			}
+			return len(ready) == pods
+		}
+		stopWatch := make(chan struct{})
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			for ev := range watch.ResultChan() {
-				pod, ok := ev.Object.(*corev1.Pod)
-				if !ok || gated(pod) || pod.Annotations[aadv1.AnnotationAssignment] != aadv1.AssignmentAssigned {
-					continue
-				}
-				mu.Lock()
-				if _, seen := ready[pod.Name]; !seen {
-					ready[pod.Name] = time.Since(created[pod.Name])
-				}
-				n := len(ready)
-				mu.Unlock()
-				if n == pods {
+			// The apiserver may end a watch that falls behind (10k pods):
+			// list what changed meanwhile and watch again.
+			for rv := ""; ; {
+				watch, err := wc.Watch(w.ctx, &corev1.PodList{}, client.InNamespace(w.ns), &client.ListOptions{Raw: &metav1.ListOptions{ResourceVersion: rv}})
+				if err != nil {
+					b.Error(err)
 					return
 				}
+				for ev := range watch.ResultChan() {
+					if pod, ok := ev.Object.(*corev1.Pod); ok && observe(pod) {
+						watch.Stop()
+						return
+					}
+				}
+				select {
+				case <-stopWatch:
+					return
+				default:
+				}
+				var list corev1.PodList
+				if err := wc.List(w.ctx, &list, client.InNamespace(w.ns)); err != nil {
+					b.Error(err)
+					return
+				}
+				for i := range list.Items {
+					if observe(&list.Items[i]) {
+						return
+					}
+				}
+				rv = list.ResourceVersion
 			}
 		}()
 		// Read once: the generator would else list every binding and
@@ -132,7 +154,10 @@ func BenchmarkPodReady(b *testing.B) {
 			case <-done:
 				break wait
 			case <-timeout:
-				b.Fatalf("only %d of %d pods ready", len(ready), pods)
+				mu.Lock()
+				n := len(ready)
+				mu.Unlock()
+				b.Fatalf("only %d of %d pods ready", n, pods)
 			case <-time.After(5 * time.Second):
 				if proc != nil {
 					if err := proc.exitedEarly(); err != nil {
@@ -142,7 +167,10 @@ func BenchmarkPodReady(b *testing.B) {
 			}
 		}
 		elapsed := time.Since(start)
-		watch.Stop()
+		close(stopWatch)
+		if len(ready) < pods {
+			b.Fatalf("watch ended with %d of %d pods ready", len(ready), pods)
+		}
 		time.Sleep(2 * time.Second) // the records' last status writes follow the gates
 		writesDuring(b, writesBefore, apiWrites(b, w.cfg), pods, elapsed)
 		var lat []time.Duration
