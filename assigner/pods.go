@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"strings"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -86,7 +87,7 @@ func (r *podReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 // SetupWithManager registers the pod controller: besides its pods, node,
 // record, binding and identity events enqueue the pods they concern.
 func (r *podReconciler) SetupWithManager(mgr ctrl.Manager) error {
-	m := mapper{client: r.client, namespace: r.namespace, crossNamespace: r.crossNamespace}
+	m := mapper{client: r.client, namespace: r.namespace, crossNamespace: r.crossNamespace, recordNames: &sync.Map{}}
 	err := ctrl.NewControllerManagedBy(mgr).Named("pod").
 		For(&corev1.Pod{}).
 		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(m.unassignedPods), builder.WithPredicates(nodeChanged())).

@@ -115,7 +115,11 @@ func NewManager(cfg *rest.Config, mo ManagerOptions, opts Options) (manager.Mana
 		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
 			&corev1.Pod{}:                  {Label: labels.NewSelector().Add(*labelled)},
 			&aadv1.AzureAssignedIdentity{}: {UnsafeDisableDeepCopy: ptr.To(true)},
-		}},
+		},
+			// managedFields were about a third of the cached pods' memory at
+			// 10k pods; the assigner writes merge patches, never applies.
+			DefaultTransform: cache.TransformStripManagedFields(),
+		},
 		// A restarted manager in the same process (tests) reuses the names.
 		Controller: config.Controller{SkipNameValidation: ptr.To(true)},
 	})
