@@ -13,8 +13,10 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/priorityqueue"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
@@ -88,12 +90,10 @@ func (m mapper) recordPods() handler.EventHandler {
 		// Oldest first: the workqueue keeps this order, so the pods that
 		// waited longest have their gates lifted first.
 		slices.SortFunc(pods, func(a, b corev1.Pod) int { return a.CreationTimestamp.Compare(b.CreationTimestamp.Time) })
-		for _, r := range requests(pods, func(p *corev1.Pod) bool {
+		addAhead(q, requests(pods, func(p *corev1.Pod) bool {
 			return slices.ContainsFunc(identity.Admitted(p), func(k types.NamespacedName) bool { return changed[k] }) &&
 				(p.Annotations[aadv1.AnnotationAssignment] == aadv1.AssignmentAssigned || !m.waitsElsewhere(ctx, p, rec))
-		}) {
-			q.Add(r)
-		}
+		}))
 	}
 	none := &aadv1.AzureAssignedIdentity{}
 	return handler.Funcs{
@@ -110,6 +110,24 @@ func (m mapper) recordPods() handler.EventHandler {
 			}
 			enqueue(ctx, q, rec, &aadv1.AzureAssignedIdentity{Spec: rec.Spec})
 		},
+	}
+}
+
+// recordPriority ranks the pods a record's change concerns ahead of pod
+// events: in a burst, the reconciles of the pods just created (which only
+// confirm them pending) would otherwise hold back the gates a PATCH has
+// just made liftable, the first pod's among them.
+const recordPriority = 1
+
+// addAhead enqueues reqs at recordPriority on controller-runtime's priority
+// queue (the default), in order on any other.
+func addAhead(q workqueue.TypedRateLimitingInterface[reconcile.Request], reqs []reconcile.Request) {
+	if pq, ok := q.(priorityqueue.PriorityQueue[reconcile.Request]); ok {
+		pq.AddWithOpts(priorityqueue.AddOpts{Priority: ptr.To(recordPriority)}, reqs...)
+		return
+	}
+	for _, r := range reqs {
+		q.Add(r)
 	}
 }
 
