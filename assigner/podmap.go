@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/resourceversion"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -89,7 +90,7 @@ func (m mapper) recordPods() handler.EventHandler {
 		pods := m.list(ctx, client.MatchingFields{podPoolIndex: strings.ToLower(rec.Spec.NodePool)})
 		// Oldest first: the workqueue keeps this order, so the pods that
 		// waited longest have their gates lifted first.
-		slices.SortFunc(pods, func(a, b corev1.Pod) int { return a.CreationTimestamp.Compare(b.CreationTimestamp.Time) })
+		slices.SortFunc(pods, olderFirst)
 		addAhead(q, requests(pods, func(p *corev1.Pod) bool {
 			return slices.ContainsFunc(identity.Admitted(p), func(k types.NamespacedName) bool { return changed[k] }) &&
 				(p.Annotations[aadv1.AnnotationAssignment] == aadv1.AssignmentAssigned || !m.waitsElsewhere(ctx, p, rec))
@@ -113,21 +114,49 @@ func (m mapper) recordPods() handler.EventHandler {
 	}
 }
 
+// olderFirst orders pods by creation and, within the second that
+// creationTimestamp resolves (a burst creates hundreds), by resourceVersion:
+// until its gate is lifted a pod is written only at its creation and by the
+// scheduler's SchedulingGated condition, which follows the same order.
+func olderFirst(a, b corev1.Pod) int {
+	if c := a.CreationTimestamp.Compare(b.CreationTimestamp.Time); c != 0 {
+		return c
+	}
+	c, err := resourceversion.CompareResourceVersion(a.ResourceVersion, b.ResourceVersion)
+	if err != nil {
+		return 0 // not an apiserver's: no order known
+	}
+	return c
+}
+
 // recordPriority ranks the pods a record's change concerns ahead of pod
 // events: in a burst, the reconciles of the pods just created (which only
-// confirm them pending) would otherwise hold back the gates a PATCH has
-// just made liftable, the first pod's among them.
-const recordPriority = 1
+// confirm them pending) would otherwise delay the gates a PATCH has just made
+// liftable, the first pod's among them. The oldest of them rank up to
+// ageLevels-1 higher: a pod already queued keeps its place within a level,
+// so with one level the burst's newest pods, still queued from their
+// creation, would go before the oldest. A few levels bound the queue's
+// per-priority metrics.
+const (
+	recordPriority = 1
+	ageLevels      = 4
+)
 
-// addAhead enqueues reqs at recordPriority on controller-runtime's priority
-// queue (the default), in order on any other.
+// addAhead enqueues reqs, oldest first, above pod events on
+// controller-runtime's priority queue (the default), in order on any other.
 func addAhead(q workqueue.TypedRateLimitingInterface[reconcile.Request], reqs []reconcile.Request) {
-	if pq, ok := q.(priorityqueue.PriorityQueue[reconcile.Request]); ok {
-		pq.AddWithOpts(priorityqueue.AddOpts{Priority: ptr.To(recordPriority)}, reqs...)
+	pq, ok := q.(priorityqueue.PriorityQueue[reconcile.Request])
+	if !ok {
+		for _, r := range reqs {
+			q.Add(r)
+		}
 		return
 	}
-	for _, r := range reqs {
-		q.Add(r)
+	for level := range ageLevels {
+		from, to := len(reqs)*level/ageLevels, len(reqs)*(level+1)/ageLevels
+		if from < to {
+			pq.AddWithOpts(priorityqueue.AddOpts{Priority: ptr.To(recordPriority + ageLevels - 1 - level)}, reqs[from:to]...)
+		}
 	}
 }
 

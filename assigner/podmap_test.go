@@ -3,7 +3,10 @@ package assigner
 import (
 	"slices"
 	"testing"
+	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
 	"sigs.k8s.io/controller-runtime/pkg/controller/priorityqueue"
@@ -42,6 +45,15 @@ func TestAddAhead(t *testing.T) {
 			want:   []string{"p3", "p4", "p1", "p2"},
 		},
 		{
+			name: "priority queue: the oldest go first though the newest are still queued from their creation",
+			queue: func() workqueue.TypedRateLimitingInterface[reconcile.Request] {
+				return priorityqueue.New[reconcile.Request]("test")
+			},
+			queued: []string{"p7", "p8"},
+			ahead:  []string{"p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8"},
+			want:   []string{"p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8"},
+		},
+		{
 			name: "plain queue: in order, after what is queued",
 			queue: func() workqueue.TypedRateLimitingInterface[reconcile.Request] {
 				return workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[reconcile.Request]())
@@ -71,6 +83,48 @@ func TestAddAhead(t *testing.T) {
 			}
 			if !slices.Equal(got, tt.want) {
 				t.Errorf("dequeued %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestOlderFirst(t *testing.T) {
+	second := metav1.NewTime(time.Date(2026, 12, 6, 21, 0, 0, 0, time.UTC))
+	next := metav1.NewTime(second.Add(time.Second))
+	pod := func(name string, created metav1.Time, rv string) corev1.Pod {
+		return corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, CreationTimestamp: created, ResourceVersion: rv}}
+	}
+	tests := []struct {
+		name string
+		pods []corev1.Pod
+		want []string
+	}{
+		{
+			name: "earlier second first, whatever the resourceVersion",
+			pods: []corev1.Pod{pod("b", next, "5"), pod("a", second, "900")},
+			want: []string{"a", "b"},
+		},
+		{
+			name: "same second: by resourceVersion as a number, not as text",
+			pods: []corev1.Pod{pod("c", second, "1000"), pod("b", second, "999"), pod("a", second, "998")},
+			want: []string{"a", "b", "c"},
+		},
+		{
+			name: "same second, malformed resourceVersion: left in place",
+			pods: []corev1.Pod{pod("x", second, "abc"), pod("y", second, "7")},
+			want: []string{"x", "y"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			pods := slices.Clone(tt.pods)
+			slices.SortStableFunc(pods, olderFirst)
+			var got []string
+			for _, p := range pods {
+				got = append(got, p.Name)
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("order %v, want %v", got, tt.want)
 			}
 		})
 	}
