@@ -108,8 +108,8 @@ func writeIdentities(ctx context.Context, arm poolARM, pool nodepool.Pool, actua
 			return refused, err
 		}
 		for _, id := range bad {
-			refused[strings.ToLower(id)] = armErrorText(err)
-			add = slices.DeleteFunc(add, func(s string) bool { return strings.EqualFold(s, id) })
+			refused[aadv1.IDKey(id)] = armErrorText(err)
+			add = slices.DeleteFunc(add, func(s string) bool { return aadv1.SameID(s, id) })
 		}
 		assignmentFailures.Add(float64(len(bad)))
 		log.FromContext(ctx).Info("ARM refused identities; sending the rest", "pool", pool.ID(), "refused", bad, "error", armErrorText(err))
@@ -126,10 +126,10 @@ func writeOnce(ctx context.Context, arm poolARM, pool nodepool.Pool, actual Actu
 		// The client IDs come from ARM's answer: they are what ties a
 		// resource ID to the client ID NMI will ask IMDS for.
 		for _, id := range p.Add {
-			actual.UserAssigned[strings.ToLower(id)] = after.ClientID(id)
+			actual.UserAssigned[aadv1.IDKey(id)] = after.ClientID(id)
 		}
 		for _, id := range p.Remove {
-			delete(actual.UserAssigned, strings.ToLower(id))
+			delete(actual.UserAssigned, aadv1.IDKey(id))
 		}
 	}
 	return nil
@@ -141,11 +141,11 @@ func writeOnce(ctx context.Context, arm poolARM, pool nodepool.Pool, actual Actu
 // client ID; a Failed entry not retried this round stays so.
 func assignmentStatus(e *aadv1.IdentityAssignment, actual Actual, refused map[string]string) {
 	rid := e.ResourceID
-	switch msg, ok := refused[strings.ToLower(rid)]; {
+	switch msg, ok := refused[aadv1.IDKey(rid)]; {
 	case ok:
 		setState(e, aadv1.StateFailed, msg)
 	case !actual.Has(rid):
-	case !strings.EqualFold(actual.ClientID(rid), e.ClientID):
+	case !aadv1.SameID(actual.ClientID(rid), e.ClientID):
 		setState(e, aadv1.StateFailed, fmt.Sprintf(
 			"ARM reports client ID %q for identity %s, but the AzureIdentity names client ID %s: correct its spec.clientID (NMI serves only the pair ARM confirms)",
 			actual.ClientID(rid), rid, e.ClientID))

@@ -15,6 +15,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/compute/armcompute/v8"
 
+	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
 )
 
@@ -103,7 +104,7 @@ func toActual(typ *armcompute.ResourceIdentityType, ua map[string]*armcompute.Us
 		if v != nil && v.ClientID != nil {
 			clientID = *v.ClientID
 		}
-		actual.UserAssigned[strings.ToLower(id)] = clientID
+		actual.UserAssigned[aadv1.IDKey(id)] = clientID
 	}
 	return actual
 }
@@ -175,10 +176,10 @@ func badIdentities(err error, candidates []string) []string {
 	if !errors.As(err, &re) || re.StatusCode != http.StatusBadRequest {
 		return nil
 	}
-	msg := strings.ToLower(err.Error())
+	msg := aadv1.IDKey(err.Error())
 	var bad []string
 	for _, id := range candidates {
-		if strings.Contains(msg, strings.ToLower(id)) {
+		if strings.Contains(msg, aadv1.IDKey(id)) {
 			bad = append(bad, id)
 		}
 	}

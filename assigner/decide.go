@@ -1,7 +1,6 @@
 package assigner
 
 import (
-	"strings"
 	"time"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
@@ -17,7 +16,7 @@ type poolPolicy struct {
 // isImmutable reports whether the identity must never be removed; keys are
 // lower-cased client and resource IDs.
 func (p poolPolicy) isImmutable(clientID, resourceID string) bool {
-	return p.immutable[strings.ToLower(clientID)] || p.immutable[strings.ToLower(resourceID)]
+	return p.immutable[aadv1.IDKey(clientID)] || p.immutable[aadv1.IDKey(resourceID)]
 }
 
 // plan is one round's changes to a pool and its entries.
@@ -53,11 +52,11 @@ func decide(s *poolState, pol poolPolicy, now time.Time, retryFailed bool) plan 
 	p := plan{unneededSince: now, requeueAfter: pol.drift}
 	stillWanted := map[string]bool{}
 	for _, w := range s.wanted {
-		stillWanted[strings.ToLower(w.identity.Spec.ResourceID)] = true
+		stillWanted[aadv1.IDKey(w.identity.Spec.ResourceID)] = true
 	}
 	for key, rec := range s.entries {
 		switch w := s.wanted[key]; {
-		case s.stale(key) && strings.EqualFold(rec.ResourceID, w.identity.Spec.ResourceID):
+		case s.stale(key) && aadv1.SameID(rec.ResourceID, w.identity.Spec.ResourceID):
 			p.repair = append(p.repair, rec)
 			if !s.actual.Has(rec.ResourceID) {
 				p.add = append(p.add, rec)
@@ -87,7 +86,7 @@ func decide(s *poolState, pol poolPolicy, now time.Time, retryFailed bool) plan 
 			}
 		}
 		if !rec.External && !pol.isImmutable(rec.ClientID, rec.ResourceID) &&
-			s.actual.Has(rec.ResourceID) && !stillWanted[strings.ToLower(rec.ResourceID)] {
+			s.actual.Has(rec.ResourceID) && !stillWanted[aadv1.IDKey(rec.ResourceID)] {
 			p.remove = append(p.remove, rec)
 			continue
 		}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -55,7 +54,7 @@ func legacyResourceID(rec *aadv1.AzureAssignedIdentity) string {
 func indexLegacyResource(o client.Object) []string {
 	rec := o.(*aadv1.AzureAssignedIdentity)
 	if id := legacyResourceID(rec); isLegacy(rec) && id != "" {
-		return []string{strings.ToLower(id)}
+		return []string{aadv1.IDKey(id)}
 	}
 	return nil
 }
@@ -64,7 +63,7 @@ func indexLegacyResource(o client.Object) []string {
 // or nil.
 func assignedBy1x(ctx context.Context, c client.Reader, pool nodepool.Pool, resourceID string) (*aadv1.AzureAssignedIdentity, error) {
 	var list aadv1.AzureAssignedIdentityList
-	if err := c.List(ctx, &list, client.MatchingFields{legacyResourceIndex: strings.ToLower(resourceID)}); err != nil {
+	if err := c.List(ctx, &list, client.MatchingFields{legacyResourceIndex: aadv1.IDKey(resourceID)}); err != nil {
 		return nil, fmt.Errorf("listing aad-pod-identity 1.x's records: %w", err)
 	}
 	for i := range list.Items {
@@ -170,11 +169,11 @@ func (r *legacyReaper) evidenceAwaited(ctx context.Context, rec *aadv1.AzureAssi
 // namesResource reports whether a record of ours names resourceID: an entry of a
 // pool's record, or a one-identity record not yet taken over.
 func namesResource(rec *aadv1.AzureAssignedIdentity, resourceID string) bool {
-	if strings.EqualFold(rec.Spec.ResourceID, resourceID) {
+	if aadv1.SameID(rec.Spec.ResourceID, resourceID) {
 		return true
 	}
 	return slices.ContainsFunc(rec.Status.Identities, func(e aadv1.IdentityAssignment) bool {
-		return strings.EqualFold(e.ResourceID, resourceID)
+		return aadv1.SameID(e.ResourceID, resourceID)
 	})
 }
 

@@ -1,6 +1,6 @@
 package assigner
 
-import "strings"
+import aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 
 // MaxIdentitiesPerRequest is the most user-assigned identities ARM accepts
 // in one VMSS or VM request.
@@ -30,7 +30,7 @@ type Patch struct {
 func Patches(actual Actual, add, remove []string) []Patch {
 	user := make(map[string]bool, len(actual.UserAssigned))
 	for id := range actual.UserAssigned {
-		user[strings.ToLower(id)] = true
+		user[aadv1.IDKey(id)] = true
 	}
 	type change struct {
 		id  string
@@ -39,13 +39,13 @@ func Patches(actual Actual, add, remove []string) []Patch {
 	var changes []change
 	seen := map[string]bool{}
 	for _, id := range add {
-		if k := strings.ToLower(id); !user[k] && !seen[k] {
+		if k := aadv1.IDKey(id); !user[k] && !seen[k] {
 			seen[k] = true
 			changes = append(changes, change{id, true})
 		}
 	}
 	for _, id := range remove {
-		if k := strings.ToLower(id); user[k] && !seen[k] {
+		if k := aadv1.IDKey(id); user[k] && !seen[k] {
 			seen[k] = true
 			changes = append(changes, change{id, false})
 		}
@@ -57,10 +57,10 @@ func Patches(actual Actual, add, remove []string) []Patch {
 		for _, c := range changes[:n] {
 			if c.add {
 				p.Add = append(p.Add, c.id)
-				user[strings.ToLower(c.id)] = true
+				user[aadv1.IDKey(c.id)] = true
 			} else {
 				p.Remove = append(p.Remove, c.id)
-				delete(user, strings.ToLower(c.id))
+				delete(user, aadv1.IDKey(c.id))
 			}
 		}
 		p.Type = identityType(actual.SystemAssigned, len(user) > 0)

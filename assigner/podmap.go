@@ -87,7 +87,7 @@ func (m mapper) recordPods() handler.EventHandler {
 		if len(changed) == 0 {
 			return
 		}
-		pods := m.list(ctx, client.MatchingFields{podPoolIndex: strings.ToLower(rec.Spec.NodePool)})
+		pods := m.list(ctx, client.MatchingFields{podPoolIndex: aadv1.IDKey(rec.Spec.NodePool)})
 		// Oldest first: the workqueue keeps this order, so the pods that
 		// waited longest have their gates lifted first.
 		slices.SortFunc(pods, olderFirst)
@@ -168,7 +168,7 @@ func (m mapper) waitsElsewhere(ctx context.Context, pod *corev1.Pod, rec *aadv1.
 	// Not podPools: lower-casing a 50-pool annotation for every pod of every
 	// record event was most of the CPU of a 10k-pod burst.
 	for _, id := range strings.Split(pod.Annotations[aadv1.AnnotationNodePools], ",") {
-		if id == "" || strings.EqualFold(id, rec.Spec.NodePool) {
+		if id == "" || aadv1.SameID(id, rec.Spec.NodePool) {
 			continue
 		}
 		name, err := m.recordName(id)

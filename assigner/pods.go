@@ -171,5 +171,5 @@ func podPools(pod *corev1.Pod) []string {
 	if v == "" {
 		return nil
 	}
-	return strings.Split(strings.ToLower(v), ",")
+	return strings.Split(aadv1.IDKey(v), ",")
 }

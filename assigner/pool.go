@@ -1,6 +1,6 @@
 package assigner
 
-import "strings"
+import aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 
 // Actual is what ARM reports for a pool's identities.
 type Actual struct {
@@ -12,11 +12,11 @@ type Actual struct {
 
 // Has reports whether the identity with resourceID is on the pool.
 func (a Actual) Has(resourceID string) bool {
-	_, ok := a.UserAssigned[strings.ToLower(resourceID)]
+	_, ok := a.UserAssigned[aadv1.IDKey(resourceID)]
 	return ok
 }
 
 // ClientID is the client ID ARM reports for the identity on the pool.
 func (a Actual) ClientID(resourceID string) string {
-	return a.UserAssigned[strings.ToLower(resourceID)]
+	return a.UserAssigned[aadv1.IDKey(resourceID)]
 }

@@ -48,7 +48,7 @@ func newPoolReconciler(c client.Client, recorder events.EventRecorder, opts Opti
 	immutable := map[string]bool{}
 	for _, id := range opts.Immutable {
 		if id = strings.TrimSpace(id); id != "" {
-			immutable[strings.ToLower(id)] = true
+			immutable[aadv1.IDKey(id)] = true
 		}
 	}
 	clk := opts.Clock

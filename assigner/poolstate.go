@@ -3,7 +3,6 @@ package assigner
 import (
 	"context"
 	"fmt"
-	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -99,7 +98,7 @@ func (s *poolState) stale(key types.NamespacedName) bool {
 // by the assigner.
 func (s *poolState) ours(resourceID string) bool {
 	for _, e := range s.entries {
-		if !e.External && strings.EqualFold(e.ResourceID, resourceID) {
+		if !e.External && aadv1.SameID(e.ResourceID, resourceID) {
 			return true
 		}
 	}

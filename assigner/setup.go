@@ -3,7 +3,6 @@ package assigner
 import (
 	"context"
 	"fmt"
-	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -202,7 +201,7 @@ func indexPodPools(o client.Object) []string {
 
 // indexRecordPool indexes records by their pool's key.
 func indexRecordPool(o client.Object) []string {
-	return []string{strings.ToLower(o.(*aadv1.AzureAssignedIdentity).Spec.NodePool)}
+	return []string{aadv1.IDKey(o.(*aadv1.AzureAssignedIdentity).Spec.NodePool)}
 }
 
 // indexRecordIdentity indexes records by their entries' AzureIdentities

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
-	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -83,7 +82,7 @@ func (p ExceptionPolicy) tokenAllowed(h http.Header, q map[string][]string) erro
 		if req.ClientID == "" && req.ResourceID == "" {
 			return nil
 		}
-		if req.ClientID != "" && slices.ContainsFunc(p.NodeIdentityClientIDs, func(id string) bool { return strings.EqualFold(id, req.ClientID) }) {
+		if req.ClientID != "" && slices.ContainsFunc(p.NodeIdentityClientIDs, func(id string) bool { return aadv1.SameID(id, req.ClientID) }) {
 			return nil
 		}
 		return forbidden("exception_scope", "An AzurePodIdentityException gives this pod only the node's own identity (NMI --exception-tokens=node): name no identity, or one of the node identities %v", p.NodeIdentityClientIDs)

@@ -55,7 +55,7 @@ func checkPairing(tok Token, id *aadv1.AzureIdentity) error {
 			"AzureIdentity %s/%s: the token IMDS issued for client ID %s does not say which identity it is for (%v), so NMI cannot check it is resource %s",
 			id.Namespace, id.Name, id.Spec.ClientID, err, id.Spec.ResourceID)
 	}
-	if !strings.EqualFold(mirID, id.Spec.ResourceID) {
+	if !aadv1.SameID(mirID, id.Spec.ResourceID) {
 		return newError(http.StatusForbidden, "forbidden", "identity_pairing_mismatch",
 			"AzureIdentity %s/%s: client ID %s belongs to another identity than resource %s; correct spec.clientID or spec.resourceID",
 			id.Namespace, id.Name, id.Spec.ClientID, id.Spec.ResourceID)

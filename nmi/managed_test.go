@@ -10,6 +10,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
 )
 
@@ -25,10 +26,14 @@ func TestManagedMode(t *testing.T) {
 	borrowed := azureIdentity("borrowed", "client-x", resA) // the kubelet's client ID, someone's resource
 	unverified := azureIdentity("unverified", "client-b", "/subscriptions/s/resourceGroups/ids/providers/Microsoft.ManagedIdentity/userAssignedIdentities/b")
 	missing := azureIdentity("missing", "client-z", "/subscriptions/s/resourceGroups/ids/providers/Microsoft.ManagedIdentity/userAssignedIdentities/z")
-	objs := append(bindings("ns/good", "ns/borrowed", "ns/unverified", "ns/missing"), &good, &borrowed, &unverified, &missing,
+	// The protected kubelet resource spelled with U+017F for s: another string to the protected list, and so to the pairing.
+	twin := azureIdentity("twin", "client-x", strings.Replace(resKubelet, "/subscriptions/", "/\u017fubscriptions/", 1))
+	objs := append(bindings("ns/good", "ns/borrowed", "ns/unverified", "ns/missing", "ns/twin"), &good, &borrowed, &unverified, &missing, &twin,
 		pod("good", "10.0.0.1", admitted("ns/good")), pod("borrowed", "10.0.0.2", admitted("ns/borrowed")),
-		pod("unverified", "10.0.0.3", admitted("ns/unverified")), pod("missing", "10.0.0.4", admitted("ns/missing")))
+		pod("unverified", "10.0.0.3", admitted("ns/unverified")), pod("missing", "10.0.0.4", admitted("ns/missing")),
+		pod("twin", "10.0.0.5", admitted("ns/twin")))
 	f := newFixture(t, objs...)
+	f.server.protected = identity.NewProtected([]string{resKubelet})
 	// No assigner in managed mode: nothing NMI reads may come from records.
 	if err := f.client.DeleteAllOf(context.Background(), &aadv1.AzureAssignedIdentity{}, client.InNamespace(recordsNS)); err != nil {
 		t.Fatal(err)
@@ -48,6 +53,8 @@ func TestManagedMode(t *testing.T) {
 		{name: "assigned by the admin, pairing confirmed by the token", ip: "10.0.0.1", status: http.StatusOK, contains: []string{"access_token"}},
 		{name: "another identity's client ID next to one's own resource", ip: "10.0.0.2", status: http.StatusForbidden,
 			contains: []string{"belongs to another identity than resource " + resA}, notContain: "kubelet"},
+		{name: "the protected kubelet resource spelled with a Unicode look-alike", ip: "10.0.0.5", status: http.StatusForbidden,
+			contains: []string{"belongs to another identity than resource /\u017fubscriptions/"}},
 		{name: "a token that does not say its identity", ip: "10.0.0.3", status: http.StatusForbidden, contains: []string{"does not say which identity"}},
 		{name: "not on the pool: the admin's command", ip: "10.0.0.4", status: http.StatusForbidden,
 			contains: []string{"not assigned to VMSS pool in resource group g", "az vmss identity assign -g g -n pool --identities " + missing.Spec.ResourceID}},

@@ -97,8 +97,8 @@ func named(req tokenRequest, ids []aadv1.AzureIdentity) *aadv1.AzureIdentity {
 	for i := range ids {
 		id := &ids[i]
 		switch {
-		case req.ClientID != "" && strings.EqualFold(req.ClientID, id.Spec.ClientID),
-			req.ResourceID != "" && id.Spec.ResourceID != "" && strings.EqualFold(req.ResourceID, id.Spec.ResourceID):
+		case req.ClientID != "" && aadv1.SameID(req.ClientID, id.Spec.ClientID),
+			req.ResourceID != "" && id.Spec.ResourceID != "" && aadv1.SameID(req.ResourceID, id.Spec.ResourceID):
 			return id
 		}
 	}

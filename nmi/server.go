@@ -255,7 +255,7 @@ func (s *Server) identityToken(ctx context.Context, pod types.UID, id *aadv1.Azu
 	}
 	// The type, client and resource ID are in the key so that an edited
 	// identity never gets a token cached for its old self.
-	key := fmt.Sprintf("%s|%d|%s|%s|%s", name, id.Spec.Type, strings.ToLower(id.Spec.ClientID), strings.ToLower(id.Spec.ResourceID), resource)
+	key := fmt.Sprintf("%s|%d|%s|%s|%s", name, id.Spec.Type, aadv1.IDKey(id.Spec.ClientID), aadv1.IDKey(id.Spec.ResourceID), resource)
 	tok, hit, err := s.tokens.get(ctx, key, func() error { return s.misses.admit(pod) }, fetch)
 	if hit {
 		tokenCacheTotal.WithLabelValues("hit").Inc()

@@ -72,8 +72,8 @@ func validOrWarned(warnings []string) outcome {
 	return allowed(reasonValid)
 }
 
-// IdentityValidator refuses AzureIdentities that name one of the cluster's
-// own identities or a user-assigned identity outside the admin's scopes for
+// IdentityValidator refuses AzureIdentities whose client or resource ID is
+// not ASCII or names one of the cluster's own identities or a user-assigned identity outside the admin's scopes for
 // their namespace, and warns about a service principal's Secret that NMI
 // will not read.
 type IdentityValidator struct {
@@ -86,6 +86,18 @@ var _ admitter[*aadv1.AzureIdentity] = IdentityValidator{}
 func (IdentityValidator) Handles(op admissionv1.Operation) bool { return createOrUpdate(op) }
 
 func (v IdentityValidator) Admit(_ context.Context, _ admission.Request, id, _ *aadv1.AzureIdentity) outcome {
+	// As the CRD does: IDs compare ignoring ASCII case only, so a Unicode
+	// look-alike (ſ for s) is another ID to the protected list and scopes,
+	// and must not reach whatever compares it otherwise (Azure).
+	var nonASCII field.ErrorList
+	for _, f := range []struct{ name, value string }{{"clientID", id.Spec.ClientID}, {"resourceID", id.Spec.ResourceID}} {
+		if !aadv1.IsASCII(f.value) {
+			nonASCII = append(nonASCII, field.Invalid(field.NewPath("spec", f.name), f.value, "must be ASCII, as client and resource IDs are"))
+		}
+	}
+	if len(nonASCII) > 0 {
+		return denied(reasonNonASCIIID, nonASCII)
+	}
 	if f := v.Protected.Named(id); f != "" {
 		return denied(reasonProtectedIdentity, field.ErrorList{field.Forbidden(field.NewPath("spec", f),
 			"names one of the cluster's own identities (the kubelet's, the assigner's or an immutable one), which no AzureIdentity may give to pods")})

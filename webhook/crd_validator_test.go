@@ -57,40 +57,43 @@ func TestExceptionValidator(t *testing.T) {
 	}
 }
 
-func TestIdentityValidatorRefusesProtectedAndOutOfScopeIdentities(t *testing.T) {
-	scopes, err := identity.ParseScopes([]string{"team-a=/subscriptions/s/resourceGroups/team-a"})
+// identityRequest is the admission request creating AzureIdentity team-a/mine with spec.
+func identityRequest(t *testing.T, spec aadv1.AzureIdentitySpec) admission.Request {
+	t.Helper()
+	raw, err := json.Marshal(aadv1.AzureIdentity{
+		TypeMeta:   metav1.TypeMeta{APIVersion: aadv1.GroupVersion.String(), Kind: "AzureIdentity"},
+		ObjectMeta: metav1.ObjectMeta{Namespace: "team-a", Name: "mine"},
+		Spec:       spec,
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	v := crFrontEnd("t", "AzureIdentity", admission.NewDecoder(identity.Scheme()),
-		func() *aadv1.AzureIdentity { return &aadv1.AzureIdentity{} },
-		IdentityValidator{Protected: identity.NewProtected([]string{"kubelet-client"}), Scopes: scopes})
-	request := func(clientID, group string) admission.Request {
-		raw, err := json.Marshal(aadv1.AzureIdentity{
-			TypeMeta:   metav1.TypeMeta{APIVersion: aadv1.GroupVersion.String(), Kind: "AzureIdentity"},
-			ObjectMeta: metav1.ObjectMeta{Namespace: "team-a", Name: "mine"},
-			Spec:       aadv1.AzureIdentitySpec{ClientID: clientID, ResourceID: "/subscriptions/s/resourceGroups/" + group + "/providers/Microsoft.ManagedIdentity/userAssignedIdentities/x"},
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return admission.Request{AdmissionRequest: admissionv1.AdmissionRequest{
-			Operation: admissionv1.Create, Namespace: "team-a", Name: "mine",
-			Kind:     metav1.GroupVersionKind{Group: aadv1.GroupVersion.Group, Version: "v1", Kind: "AzureIdentity"},
-			Resource: metav1.GroupVersionResource{Group: aadv1.GroupVersion.Group, Version: "v1", Resource: "azureidentities"},
-			Object:   runtime.RawExtension{Raw: raw},
-		}}
-	}
-	for _, tc := range []struct {
-		name, clientID, group string
-		reason, field         string // "": allowed
-	}{
-		{name: "protected client ID, any case", clientID: "KUBELET-CLIENT", group: "team-a", reason: reasonProtectedIdentity, field: "spec.clientID"},
-		{name: "outside the namespace's scopes", clientID: "another-client", group: "team-b", reason: reasonIdentityOutOfScope, field: "spec.resourceID"},
-		{name: "in scope", clientID: "another-client", group: "team-a"},
-	} {
+	return admission.Request{AdmissionRequest: admissionv1.AdmissionRequest{
+		Operation: admissionv1.Create, Namespace: "team-a", Name: "mine",
+		Kind:     metav1.GroupVersionKind{Group: aadv1.GroupVersion.Group, Version: "v1", Kind: "AzureIdentity"},
+		Resource: metav1.GroupVersionResource{Group: aadv1.GroupVersion.Group, Version: "v1", Resource: "azureidentities"},
+		Object:   runtime.RawExtension{Raw: raw},
+	}}
+}
+
+// userAssigned is the ARM ID of user-assigned identity name in group.
+func userAssigned(group, name string) string {
+	return "/subscriptions/s/resourceGroups/" + group + "/providers/Microsoft.ManagedIdentity/userAssignedIdentities/" + name
+}
+
+// identityValidatorCase is an AzureIdentity spec and the denial it gets.
+type identityValidatorCase struct {
+	name          string
+	spec          aadv1.AzureIdentitySpec
+	reason, field string // "": allowed
+}
+
+func runIdentityValidator(t *testing.T, v IdentityValidator, tests []identityValidatorCase) {
+	t.Helper()
+	h := crFrontEnd("t", "AzureIdentity", admission.NewDecoder(identity.Scheme()), func() *aadv1.AzureIdentity { return &aadv1.AzureIdentity{} }, v)
+	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			resp, reason := v.decide(context.Background(), request(tc.clientID, tc.group))
+			resp, reason := h.decide(context.Background(), identityRequest(t, tc.spec))
 			if tc.reason == "" {
 				if !resp.Allowed {
 					t.Fatalf("refused: %+v", resp.Result)
@@ -102,4 +105,38 @@ func TestIdentityValidatorRefusesProtectedAndOutOfScopeIdentities(t *testing.T) 
 			}
 		})
 	}
+}
+
+func TestIdentityValidatorRefusesProtectedAndOutOfScopeIdentities(t *testing.T) {
+	scopes, err := identity.ParseScopes([]string{"team-a=/subscriptions/s/resourceGroups/team-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runIdentityValidator(t, IdentityValidator{Protected: identity.NewProtected([]string{"kubelet-client"}), Scopes: scopes}, []identityValidatorCase{
+		{name: "protected client ID, any case", spec: aadv1.AzureIdentitySpec{ClientID: "KUBELET-CLIENT", ResourceID: userAssigned("team-a", "x")},
+			reason: reasonProtectedIdentity, field: "spec.clientID"},
+		{name: "outside the namespace's scopes", spec: aadv1.AzureIdentitySpec{ClientID: "another-client", ResourceID: userAssigned("team-b", "x")},
+			reason: reasonIdentityOutOfScope, field: "spec.resourceID"},
+		{name: "in scope", spec: aadv1.AzureIdentitySpec{ClientID: "another-client", ResourceID: userAssigned("team-a", "x")}},
+	})
+}
+
+// A client or resource ID with a Unicode look-alike of an ASCII letter is
+// refused as such, whatever it would match: the protected list (and NMI's
+// managed-mode pairing) compare IDs ignoring ASCII case only.
+func TestIdentityValidatorRefusesNonASCIIIDs(t *testing.T) {
+	kubelet := userAssigned("mc", "kubelet")
+	runIdentityValidator(t, IdentityValidator{Protected: identity.NewProtected([]string{"kubelet-client", kubelet})}, []identityValidatorCase{
+		{name: "long s (U+017F) for s in the protected resource ID",
+			spec:   aadv1.AzureIdentitySpec{ClientID: "another-client", ResourceID: strings.Replace(kubelet, "/subscriptions/", "/\u017fubscriptions/", 1)},
+			reason: reasonNonASCIIID, field: "spec.resourceID"},
+		{name: "Kelvin sign (U+212A) for k in the protected resource ID",
+			spec:   aadv1.AzureIdentitySpec{ClientID: "another-client", ResourceID: userAssigned("mc", "\u212aubelet")},
+			reason: reasonNonASCIIID, field: "spec.resourceID"},
+		{name: "Kelvin sign in a client ID", spec: aadv1.AzureIdentitySpec{ClientID: "\u212aubelet-client", ResourceID: userAssigned("team-a", "x")},
+			reason: reasonNonASCIIID, field: "spec.clientID"},
+		{name: "the protected resource ID, ASCII case changed", spec: aadv1.AzureIdentitySpec{ClientID: "another-client", ResourceID: strings.ToUpper(kubelet)},
+			reason: reasonProtectedIdentity, field: "spec.resourceID"},
+		{name: "ASCII", spec: aadv1.AzureIdentitySpec{ClientID: "another-client", ResourceID: userAssigned("team-a", "x")}},
+	})
 }

@@ -311,6 +311,13 @@ spec: {azureIdentity: demo, selector: "not a label value!"}`, "spec.selector"},
 spec: {type: 0, ClientID: ` + demoClientID + `, ResourceID: /subscriptions/x/resourceGroups/y/providers/Microsoft.Compute/virtualMachines/z}`, "needs resourceID of the form"},
 		{"binding without selector in either spelling", `kind: AzureIdentityBinding
 spec: {AzureIdentity: demo}`, "selector is required"},
+		// The CRD's own rule (the webhook's message says "must be ASCII"): (?i) in the form's regex folds these.
+		{"resourceID with long s (U+017F) for s", `kind: AzureIdentity
+spec: {type: 0, clientID: ` + demoClientID + `, resourceID: "` + strings.Replace(demoResourceID, "/subscriptions/", "/\u017fubscriptions/", 1) + `"}`, "must be printable ASCII"},
+		{"resourceID with Kelvin sign (U+212A) for k", `kind: AzureIdentity
+spec: {type: 0, clientID: ` + demoClientID + `, resourceID: "` + strings.TrimSuffix(demoResourceID, "demo") + "\u212aubelet" + `"}`, "must be printable ASCII"},
+		{"resourceID with long s, 1.x spelling", `kind: AzureIdentity
+spec: {type: 0, ClientID: ` + demoClientID + `, ResourceID: "` + strings.Replace(demoResourceID, "/subscriptions/", "/\u017fubscriptions/", 1) + `"}`, "must be printable ASCII"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

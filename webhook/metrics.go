@@ -43,4 +43,5 @@ const (
 	reasonWarned             = "warned"
 	reasonProtectedIdentity  = "protected-identity"
 	reasonIdentityOutOfScope = "identity-out-of-scope"
+	reasonNonASCIIID         = "non-ascii-id"
 )

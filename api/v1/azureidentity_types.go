@@ -25,7 +25,9 @@ const (
 )
 
 // The CEL rules hold every field rule, so a bad identity is refused by the
-// apiserver itself with a message naming the field.
+// apiserver itself with a message naming the field. Client and resource IDs
+// are printable ASCII: they compare ignoring ASCII case only (SameID), and
+// the type 0 rule's (?i) would let a Unicode look-alike (ſ for s) through.
 
 // AzureIdentitySpec describes an Azure AD identity pods may be bound to.
 // The 1.x spellings (ResourceID, ClientID, ...) count where the canonical
@@ -45,11 +47,13 @@ type AzureIdentitySpec struct {
 
 	// ResourceID is the ARM ID of the user-assigned identity (type 0).
 	// +kubebuilder:validation:MaxLength=1024
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[ -~]*$')",message="must be printable ASCII, as Azure client and resource IDs are"
 	// +optional
 	ResourceID string `json:"resourceID,omitempty"`
 
 	// ClientID is the application (client) ID of the identity.
 	// +kubebuilder:validation:MaxLength=128
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[ -~]*$')",message="must be printable ASCII, as Azure client and resource IDs are"
 	// +optional
 	ClientID string `json:"clientID,omitempty"`
 
@@ -89,12 +93,15 @@ type AzureIdentitySpec struct {
 	// objects still carry them. Fold gives them to the canonical fields.
 
 	// +kubebuilder:validation:MaxLength=1024
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[ -~]*$')",message="must be printable ASCII, as Azure client and resource IDs are"
 	// +optional
 	LegacyResourceID string `json:"ResourceID,omitempty"`
 	// +kubebuilder:validation:MaxLength=128
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[ -~]*$')",message="must be printable ASCII, as Azure client and resource IDs are"
 	// +optional
 	LegacyClientID string `json:"ClientID,omitempty"`
 	// +kubebuilder:validation:MaxLength=128
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[ -~]*$')",message="must be printable ASCII, as Azure client and resource IDs are"
 	// +optional
 	LegacyClientIDMixed string `json:"ClientId,omitempty"`
 	// +kubebuilder:validation:MaxLength=128

@@ -14,7 +14,7 @@ import (
 // every assigner replica and NMI find it without a search.
 func RecordName(pool nodepool.Pool) string {
 	sum := sha256.Sum256([]byte(pool.Key()))
-	name := strings.ToLower(pool.Name)
+	name := aadv1.IDKey(pool.Name)
 	if len(name) > 40 {
 		name = name[:40]
 	}
@@ -73,7 +73,7 @@ func CheckAssignment(rec *aadv1.IdentityAssignment, id *aadv1.AzureIdentity, all
 // an AzureIdentity names now; an edited AzureIdentity's record is re-paired
 // by the assigner before NMI serves it again.
 func SamePairing(rec *aadv1.IdentityAssignment, clientID, resourceID string) bool {
-	return strings.EqualFold(rec.ClientID, clientID) && strings.EqualFold(rec.ResourceID, resourceID)
+	return aadv1.SameID(rec.ClientID, clientID) && aadv1.SameID(rec.ResourceID, resourceID)
 }
 
 func orNone(s string) string {

@@ -54,6 +54,9 @@ func TestCheckAssignment(t *testing.T) {
 		{"external allowed", rec(aadv1.StateAssigned, true, nil), true, "", false},
 		{"client ID edited since", rec(aadv1.StateAssigned, false, func(s *aadv1.IdentityAssignment) { s.ClientID = "c0" }), false, ReasonIdentityChanged, true},
 		{"resource ID edited since", rec(aadv1.StateAssigned, false, func(s *aadv1.IdentityAssignment) { s.ResourceID += "-old" }), false, ReasonIdentityChanged, true},
+		{"record for the resource's Unicode twin (U+017F for s)", rec(aadv1.StateAssigned, false, func(s *aadv1.IdentityAssignment) {
+			s.ResourceID = strings.Replace(s.ResourceID, "/subscriptions/", "/\u017fubscriptions/", 1)
+		}), false, ReasonIdentityChanged, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := CheckAssignment(tc.rec, id, tc.allowExternal)

@@ -18,7 +18,7 @@ func NewProtected(ids []string) Protected {
 	p := Protected{}
 	for _, id := range ids {
 		if id = strings.TrimSpace(id); id != "" {
-			p[strings.ToLower(id)] = true
+			p[aadv1.IDKey(id)] = true
 		}
 	}
 	return p
@@ -28,9 +28,9 @@ func NewProtected(ids []string) Protected {
 // protected identity, or "".
 func (p Protected) Named(id *aadv1.AzureIdentity) string {
 	switch {
-	case id.Spec.ClientID != "" && p[strings.ToLower(id.Spec.ClientID)]:
+	case id.Spec.ClientID != "" && p[aadv1.IDKey(id.Spec.ClientID)]:
 		return "clientID"
-	case id.Spec.ResourceID != "" && p[strings.ToLower(id.Spec.ResourceID)]:
+	case id.Spec.ResourceID != "" && p[aadv1.IDKey(id.Spec.ResourceID)]:
 		return "resourceID"
 	}
 	return ""

@@ -16,6 +16,9 @@ func TestProtected(t *testing.T) {
 		{"client ID, any case", aadv1.AzureIdentitySpec{ClientID: "kubelet-client"}, "clientID"},
 		{"resource ID, any case", aadv1.AzureIdentitySpec{ClientID: "other", ResourceID: "/subscriptions/s/resourcegroups/RG/providers/Microsoft.ManagedIdentity/userAssignedIdentities/KUBELET"}, "resourceID"},
 		{"another identity", aadv1.AzureIdentitySpec{ClientID: "other", ResourceID: "/x"}, ""},
+		// Unicode look-alikes are other strings: not this identity (the webhook and the CRD refuse them).
+		{"resource ID with a Kelvin sign (U+212A) for k", aadv1.AzureIdentitySpec{ClientID: "other", ResourceID: "/subscriptions/S/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/\u212aubelet"}, ""},
+		{"client ID with a Kelvin sign", aadv1.AzureIdentitySpec{ClientID: "\u212aUBELET-CLIENT"}, ""},
 		{"empty fields match nothing", aadv1.AzureIdentitySpec{}, ""},
 	}
 	for _, tt := range tests {

@@ -34,7 +34,7 @@ func ParseScopes(entries []string) (Scopes, error) {
 		if !ok || ns == "" || !scopeRE.MatchString(scope) {
 			return nil, fmt.Errorf("identity scope %q: want namespace=/subscriptions/<id> or namespace=/subscriptions/<id>/resourceGroups/<group>", e)
 		}
-		s[ns] = append(s[ns], strings.ToLower(scope))
+		s[ns] = append(s[ns], aadv1.IDKey(scope))
 	}
 	return s, nil
 }
@@ -50,7 +50,7 @@ func (s Scopes) Check(id *aadv1.AzureIdentity) error {
 	if !ok {
 		allowed = s[AllNamespaces]
 	}
-	rid := strings.ToLower(id.Spec.ResourceID)
+	rid := aadv1.IDKey(id.Spec.ResourceID)
 	if slices.ContainsFunc(allowed, func(scope string) bool { return strings.HasPrefix(rid, scope+"/") }) {
 		return nil
 	}

@@ -7,6 +7,8 @@ package nodepool
 import (
 	"fmt"
 	"strings"
+
+	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 )
 
 // Kind is the ARM resource type of a pool.
@@ -41,20 +43,20 @@ func JoinIDs(pools []Pool) string {
 }
 
 // Key is the lower-cased ARM ID: ARM IDs compare case-insensitively.
-func (p Pool) Key() string { return strings.ToLower(p.ID()) }
+func (p Pool) Key() string { return aadv1.IDKey(p.ID()) }
 
 // ParseID parses a VMSS or VM ARM ID.
 func ParseID(id string) (Pool, error) {
 	parts := strings.Split(strings.Trim(id, "/"), "/")
-	if len(parts) != 8 || !strings.EqualFold(parts[0], "subscriptions") || !strings.EqualFold(parts[2], "resourceGroups") ||
-		!strings.EqualFold(parts[4], "providers") || !strings.EqualFold(parts[5], "Microsoft.Compute") {
+	if len(parts) != 8 || !aadv1.SameID(parts[0], "subscriptions") || !aadv1.SameID(parts[2], "resourceGroups") ||
+		!aadv1.SameID(parts[4], "providers") || !aadv1.SameID(parts[5], "Microsoft.Compute") {
 		return Pool{}, fmt.Errorf("%q is not a VMSS or VM ARM ID", id)
 	}
 	p := Pool{Subscription: parts[1], ResourceGroup: parts[3], Name: parts[7]}
 	switch {
-	case strings.EqualFold(parts[6], string(KindVMSS)):
+	case aadv1.SameID(parts[6], string(KindVMSS)):
 		p.Kind = KindVMSS
-	case strings.EqualFold(parts[6], string(KindVM)):
+	case aadv1.SameID(parts[6], string(KindVM)):
 		p.Kind = KindVM
 	default:
 		return Pool{}, fmt.Errorf("%q is neither a VMSS nor a VM", id)
@@ -74,7 +76,7 @@ func FromProviderID(providerID string) (Pool, error) {
 		return Pool{}, fmt.Errorf("providerID %q is not an Azure one", providerID)
 	}
 	parts := strings.Split(strings.Trim(rest, "/"), "/")
-	if len(parts) == 10 && strings.EqualFold(parts[6], string(KindVMSS)) && strings.EqualFold(parts[8], string(KindVM)) {
+	if len(parts) == 10 && aadv1.SameID(parts[6], string(KindVMSS)) && aadv1.SameID(parts[8], string(KindVM)) {
 		parts = parts[:8]
 	}
 	p, err := ParseID("/" + strings.Join(parts, "/"))
