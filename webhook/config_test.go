@@ -39,8 +39,8 @@ func TestWebhookConfigurations(t *testing.T) {
 			hooks = append(hooks, hook{w.Name, w.FailurePolicy, w.SideEffects, w.MatchPolicy, w.TimeoutSeconds, w.ObjectSelector, w.Rules})
 		}
 	}
-	if len(hooks) != 5 {
-		t.Fatalf("got %d webhooks, want 5", len(hooks))
+	if len(hooks) != 7 {
+		t.Fatalf("got %d webhooks, want 7", len(hooks))
 	}
 	for _, h := range hooks {
 		t.Run(h.name, func(t *testing.T) {

@@ -36,31 +36,31 @@ var _ admitter[*aadv1.AzureIdentityBinding] = &BindingValidator{}
 func (v *BindingValidator) Handles(op admissionv1.Operation) bool { return createOrUpdate(op) }
 
 func (v *BindingValidator) Admit(ctx context.Context, _ admission.Request, b, _ *aadv1.AzureIdentityBinding) outcome {
-	warnings := legacyWarnings(b.Spec.LegacyFields())
 	err := v.Reader.Get(ctx, client.ObjectKey{Namespace: b.Namespace, Name: b.Spec.AzureIdentity}, &aadv1.AzureIdentity{})
 	switch {
 	case apierrors.IsNotFound(err):
-		return allowed(reasonWarned, append(warnings, fmt.Sprintf(
+		return allowed(reasonWarned, fmt.Sprintf(
 			"%s: AzureIdentity %s/%s does not exist yet; pods labelled %s=%s get no identity from this binding until it does",
-			field.NewPath("spec", "azureIdentity"), b.Namespace, b.Spec.AzureIdentity, aadv1.BindingLabel, b.Spec.Selector))...)
+			field.NewPath("spec", "azureIdentity"), b.Namespace, b.Spec.AzureIdentity, aadv1.BindingLabel, b.Spec.Selector))
 	case err != nil:
 		// A lookup failure must not block a valid object: the warning is advisory.
-		return allowed(reasonLookupError, warnings...)
+		return allowed(reasonLookupError)
 	}
-	return validOrWarned(warnings)
+	return allowed(reasonValid)
 }
 
 // canonicalSpelling maps the 1.x spellings the CRDs accept to today's.
 var canonicalSpelling = map[string]string{"ResourceID": "resourceID", "ClientID": "clientID", "ClientId": "clientID",
 	"TenantID": "tenantID", "ClientPassword": "clientPassword", "AzureIdentity": "azureIdentity", "Selector": "selector"}
 
-// legacyWarnings tells whoever applies a 1.x manifest that its spellings
-// are read, and which to write instead.
+// legacyWarnings tells whoever applies a 1.x manifest where its spellings
+// went, and which to write instead.
 func legacyWarnings(fields []string) []string {
 	var out []string
 	for _, f := range fields {
-		out = append(out, fmt.Sprintf("%s is aad-pod-identity 1.x's spelling: it is read as %s where that is unset, but write %s",
-			field.NewPath("spec", f), field.NewPath("spec", canonicalSpelling[f]), field.NewPath("spec", canonicalSpelling[f])))
+		c := field.NewPath("spec", canonicalSpelling[f])
+		out = append(out, fmt.Sprintf("%s is aad-pod-identity 1.x's spelling: it is stored as %s (dropped where that is set too); write %s",
+			field.NewPath("spec", f), c, c))
 	}
 	return out
 }
@@ -105,7 +105,7 @@ func (v IdentityValidator) Admit(_ context.Context, _ admission.Request, id, _ *
 	if err := v.Scopes.Check(id); err != nil {
 		return denied(reasonIdentityOutOfScope, field.ErrorList{field.Forbidden(field.NewPath("spec", "resourceID"), err.Error())})
 	}
-	warnings := legacyWarnings(id.Spec.LegacyFields())
+	var warnings []string
 	if ref := id.Spec.ClientPassword; id.Spec.Type != aadv1.UserAssignedMSI && ref != nil && ref.Namespace != "" && ref.Namespace != id.Namespace {
 		warnings = append(warnings, fmt.Sprintf(
 			"%s: Secret %s/%s is outside the identity's namespace %s; NMI reads it only when started with --allow-cross-namespace-secrets",

@@ -10,10 +10,12 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/rand"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -340,8 +342,9 @@ spec: {type: 0, ClientID: ` + demoClientID + `, ResourceID: "` + strings.Replace
 }
 
 // Manifests written for aad-pod-identity 1.x, whose decoding ignored case,
-// keep working: ResourceID, ClientID, AzureIdentity and Selector are read
-// as today's fields, with a warning naming them.
+// keep working: ResourceID, ClientID, AzureIdentity and Selector are stored
+// as today's fields (which printer columns and admission policies read),
+// with a warning naming them.
 func TestLegacySpellingsAreAccepted(t *testing.T) {
 	startWebhook(t, Options{})
 	ns := newNamespace(t)
@@ -351,6 +354,22 @@ func TestLegacySpellingsAreAccepted(t *testing.T) {
 	for _, m := range []string{identity, binding} {
 		if stderr := apply(t, ns, m); !strings.Contains(stderr, "1.x's spelling") {
 			t.Errorf("no warning about the 1.x spellings: %q", stderr)
+		}
+	}
+	for _, tc := range []struct {
+		kind, name string
+		want       map[string]any
+	}{
+		{"AzureIdentity", "legacy", map[string]any{"type": int64(0), "resourceID": demoResourceID, "clientID": demoClientID}},
+		{"AzureIdentityBinding", "legacy-binding", map[string]any{"azureIdentity": "legacy", "selector": "legacy"}},
+	} {
+		stored := &unstructured.Unstructured{}
+		stored.SetGroupVersionKind(aadv1.GroupVersion.WithKind(tc.kind))
+		if err := admin.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: tc.name}, stored); err != nil {
+			t.Fatal(err)
+		}
+		if d := cmp.Diff(tc.want, stored.Object["spec"]); d != "" {
+			t.Errorf("stored %s spec (-want +got):\n%s", tc.kind, d)
 		}
 	}
 	apply(t, ns, pod)

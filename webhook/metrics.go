@@ -44,4 +44,5 @@ const (
 	reasonProtectedIdentity  = "protected-identity"
 	reasonIdentityOutOfScope = "identity-out-of-scope"
 	reasonNonASCIIID         = "non-ascii-id"
+	reasonLegacySpelling     = "legacy-spelling"
 )
