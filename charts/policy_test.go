@@ -5,6 +5,7 @@ package charts
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
@@ -25,7 +27,7 @@ func TestPodSubresourcePolicy(t *testing.T) {
 	const ns = "aadpi-policy"
 	ctx := context.Background()
 	createNamespace(t, ns)
-	applyPolicies(t, ns, 2)
+	applyPolicies(t, ns, 4)
 
 	// mallory may write pod status and bind pods in the namespace, nothing more.
 	const mallory = "mallory"
@@ -50,15 +52,7 @@ func TestPodSubresourcePolicy(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	as := func(user string) client.Client {
-		c := rest.CopyConfig(cfg)
-		c.Impersonate = rest.ImpersonationConfig{UserName: user}
-		cl, err := client.New(c, client.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return cl
-	}
+	as := func(user string) client.Client { return impersonate(t, rest.ImpersonationConfig{UserName: user}) }
 	newPod := func(name string) *corev1.Pod {
 		p := &corev1.Pod{
 			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{aadv1.BindingLabel: "demo"},
@@ -142,6 +136,219 @@ func TestPodSubresourcePolicy(t *testing.T) {
 	})
 }
 
+// impersonate is a client acting as who.
+func impersonate(t *testing.T, who rest.ImpersonationConfig) client.Client {
+	t.Helper()
+	c := rest.CopyConfig(cfg)
+	c.Impersonate = who
+	cl, err := client.New(c, client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cl
+}
+
+// grantCluster gives the users verbs on resources (of the core group) in
+// every namespace, so that a denial in a test comes from a policy.
+func grantCluster(t *testing.T, name string, resources, verbs []string, users ...string) {
+	t.Helper()
+	ctx := context.Background()
+	role := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: name},
+		Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: resources, Verbs: verbs}}}
+	binding := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: name},
+		RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: name}}
+	for _, u := range users {
+		binding.Subjects = append(binding.Subjects, rbacv1.Subject{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: u})
+	}
+	for _, o := range []client.Object{role, binding} {
+		if err := k8s.Create(ctx, o); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = k8s.Delete(context.Background(), o) })
+	}
+}
+
+// untilDenied retries probe until it fails: a policy reaches the
+// apiserver's admission through an informer.
+func untilDenied(t *testing.T, probe func(attempt int) error) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for attempt := 0; probe(attempt) == nil; attempt++ {
+		if time.Now().After(deadline) {
+			t.Fatal("the policy is not enforced")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// The webhook's and the assigner's service accounts, which may patch every
+// pod and whom the pod validator trusts, can change the
+// aadpodidentity.k8s.io/ annotations and gates of a pod and nothing else.
+func TestTrustedPodWritesPolicy(t *testing.T) {
+	const ns = "aadpi-trusted-writes"
+	ctx := context.Background()
+	createNamespace(t, ns)
+	applyPolicies(t, ns, 4)
+	sa := func(component string) string {
+		return "system:serviceaccount:" + ns + ":" + goldenRelease + "-" + component
+	}
+	webhook, assigner, mallory := sa("webhook"), sa("assigner"), "mallory"
+	grantCluster(t, "aadpi-trusted-writes", []string{"pods"}, []string{"get", "patch"}, webhook, assigner, mallory)
+
+	const otherGate = "example.com/other"
+	pods := 0
+	newPod := func() *corev1.Pod {
+		pods++
+		p := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: fmt.Sprint("pod-", pods), Labels: map[string]string{aadv1.BindingLabel: "demo"},
+				Annotations: map[string]string{aadv1.AnnotationIdentities: ns + "/demo", "example.com/note": "x"}},
+			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "demo"}},
+				SchedulingGates: []corev1.PodSchedulingGate{{Name: aadv1.SchedulingGate}, {Name: otherGate}}},
+		}
+		if err := k8s.Create(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	patch := func(user string, change func(*corev1.Pod)) error {
+		p := newPod()
+		orig := p.DeepCopy()
+		change(p)
+		return impersonate(t, rest.ImpersonationConfig{UserName: user}).Patch(ctx, p, client.MergeFrom(orig))
+	}
+	relabel := func(p *corev1.Pod) { p.Labels[aadv1.BindingLabel] = "admin" }
+	untilDenied(t, func(int) error { return patch(webhook, relabel) })
+
+	withoutGate := func(name string) func(*corev1.Pod) {
+		return func(p *corev1.Pod) {
+			p.Spec.SchedulingGates = slices.DeleteFunc(p.Spec.SchedulingGates, func(g corev1.PodSchedulingGate) bool { return g.Name == name })
+		}
+	}
+	record := func(p *corev1.Pod) {
+		p.Annotations[aadv1.AnnotationAssignment] = aadv1.AssignmentAssigned
+		withoutGate(aadv1.SchedulingGate)(p)
+	}
+	tests := []struct {
+		name    string
+		user    string
+		change  func(*corev1.Pod)
+		message string // "": allowed
+	}{
+		{"webhook: adoption's annotations", webhook, func(p *corev1.Pod) { p.Annotations[aadv1.AnnotationClientIDs] = "c-demo" }, ""},
+		{"webhook: lifts our gate", webhook, withoutGate(aadv1.SchedulingGate), ""},
+		{"webhook: relabels", webhook, relabel, "may not change metadata.labels"},
+		{"webhook: adds a label", webhook, func(p *corev1.Pod) { p.Labels["example.com/role"] = "admin" }, "may not change metadata.labels"},
+		{"webhook: another annotation", webhook, func(p *corev1.Pod) { p.Annotations["example.com/note"] = "y" }, "may change only the aadpodidentity.k8s.io/ annotations"},
+		{"webhook: removes another annotation", webhook, func(p *corev1.Pod) { delete(p.Annotations, "example.com/note") }, "aadpodidentity.k8s.io/ annotations"},
+		{"webhook: another gate", webhook, withoutGate(otherGate), "may change only the aadpodidentity.k8s.io/ scheduling gates"},
+		{"webhook: an image", webhook, func(p *corev1.Pod) { p.Spec.Containers[0].Image = "evil" }, "scheduling gates of a pod spec"},
+		{"webhook: a toleration", webhook, func(p *corev1.Pod) {
+			p.Spec.Tolerations = append(p.Spec.Tolerations, corev1.Toleration{Key: "k", Operator: corev1.TolerationOpExists})
+		}, "scheduling gates of a pod spec"},
+		{"webhook: a node selector (gated pod)", webhook, func(p *corev1.Pod) { p.Spec.NodeSelector = map[string]string{"pool": "admin"} }, "scheduling gates of a pod spec"},
+		{"assigner: records the assignment and lifts the gate", assigner, record, ""},
+		{"assigner: relabels", assigner, relabel, "may not change metadata.labels"},
+		{"assigner: an image with the gate", assigner, func(p *corev1.Pod) { record(p); p.Spec.Containers[0].Image = "evil" }, "scheduling gates of a pod spec"},
+		{"assigner: a deadline", assigner, func(p *corev1.Pod) { p.Spec.ActiveDeadlineSeconds = ptr.To[int64](1) }, "scheduling gates of a pod spec"},
+		{"assigner: a finalizer", assigner, func(p *corev1.Pod) { p.Finalizers = append(p.Finalizers, "example.com/hold") }, "metadata.finalizers"},
+		{"anyone else: not this policy's concern", mallory, func(p *corev1.Pod) { p.Labels["example.com/role"] = "x" }, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := patch(tt.user, tt.change)
+			switch {
+			case tt.message == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tt.message != "" && (err == nil || !strings.Contains(err.Error(), tt.message)):
+				t.Fatalf("got %v, want a denial containing %q", err, tt.message)
+			}
+		})
+	}
+}
+
+// With removeStartupTaint, NMI's service account may update nodes, but
+// only its own (the node its token is bound to) and only to remove the
+// startup taint.
+func TestNMINodePolicy(t *testing.T) {
+	const ns = "aadpi-nmi-node"
+	ctx := context.Background()
+	createNamespace(t, ns)
+	applyPolicies(t, ns, 6, "nmi.removeStartupTaint=true")
+	nmi := "system:serviceaccount:" + ns + ":" + goldenRelease + "-nmi"
+	grantCluster(t, "aadpi-nmi-node", []string{"nodes"}, []string{"get", "update"}, nmi)
+
+	const otherTaint = "example.com/other"
+	nodes := 0
+	newNode := func() string {
+		nodes++
+		n := &corev1.Node{
+			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprint("aadpi-nmi-node-", nodes), Labels: map[string]string{"pool": "a"}},
+			Spec: corev1.NodeSpec{Taints: []corev1.Taint{
+				{Key: aadv1.NMINotReadyTaint, Effect: corev1.TaintEffectNoSchedule},
+				{Key: otherTaint, Effect: corev1.TaintEffectNoSchedule},
+			}},
+		}
+		if err := k8s.Create(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = k8s.Delete(context.Background(), n) })
+		return n.Name
+	}
+	withoutTaint := func(key string) func(*corev1.Node) {
+		return func(n *corev1.Node) {
+			n.Spec.Taints = slices.DeleteFunc(n.Spec.Taints, func(t corev1.Taint) bool { return t.Key == key })
+		}
+	}
+	// update changes a fresh node as NMI on tokenNode ("": a token bound to
+	// no node; "self": the node changed).
+	update := func(tokenNode string, change func(*corev1.Node)) error {
+		name := newNode()
+		who := rest.ImpersonationConfig{UserName: nmi}
+		if tokenNode == "self" {
+			tokenNode = name
+		}
+		if tokenNode != "" {
+			who.Extra = map[string][]string{"authentication.kubernetes.io/node-name": {tokenNode}}
+		}
+		c := impersonate(t, who)
+		n := &corev1.Node{}
+		if err := c.Get(ctx, client.ObjectKey{Name: name}, n); err != nil {
+			t.Fatal(err)
+		}
+		change(n)
+		return c.Update(ctx, n)
+	}
+	untilDenied(t, func(int) error { return update("aadpi-elsewhere", withoutTaint(aadv1.NMINotReadyTaint)) })
+
+	tests := []struct {
+		name, tokenNode string
+		change          func(*corev1.Node)
+		message         string // "": allowed
+	}{
+		{"removes the startup taint of its own node", "self", withoutTaint(aadv1.NMINotReadyTaint), ""},
+		{"another node's taint", "aadpi-elsewhere", withoutTaint(aadv1.NMINotReadyTaint), "may update only its own node"},
+		{"a token bound to no node", "", withoutTaint(aadv1.NMINotReadyTaint), "may update only its own node"},
+		{"another taint", "self", withoutTaint(otherTaint), "may only remove the aadpodidentity.k8s.io/nmi-not-ready taint"},
+		{"adds a taint", "self", func(n *corev1.Node) {
+			n.Spec.Taints = append(n.Spec.Taints, corev1.Taint{Key: "example.com/more", Effect: corev1.TaintEffectNoExecute})
+		}, "may only remove"},
+		{"a label, with the taint", "self", func(n *corev1.Node) { withoutTaint(aadv1.NMINotReadyTaint)(n); n.Labels["pool"] = "admin" }, "nothing of a node but its startup taint"},
+		{"cordons it", "self", func(n *corev1.Node) { n.Spec.Unschedulable = true }, "nothing of a node but its startup taint"},
+		{"its provider ID", "self", func(n *corev1.Node) { n.Spec.ProviderID = "azure:///subscriptions/s/x" }, "nothing of a node"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := update(tt.tokenNode, tt.change)
+			switch {
+			case tt.message == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tt.message != "" && (err == nil || !strings.Contains(err.Error(), tt.message)):
+				t.Fatalf("got %v, want a denial containing %q", err, tt.message)
+			}
+		})
+	}
+}
+
 // applyPolicies renders the chart into ns with set and applies its
 // ValidatingAdmissionPolicies and their bindings, expecting want objects.
 func applyPolicies(t *testing.T, ns string, want int, set ...string) {
@@ -176,7 +383,7 @@ func TestRequireDropNetRawPolicy(t *testing.T) {
 	const ns = "aadpi-netraw"
 	ctx := context.Background()
 	createNamespace(t, ns)
-	applyPolicies(t, ns, 4, "policies.requireDropNetRaw.enabled=true")
+	applyPolicies(t, ns, 6, "policies.requireDropNetRaw.enabled=true")
 	drop := func(caps ...corev1.Capability) *corev1.SecurityContext {
 		return &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Drop: caps}}
 	}

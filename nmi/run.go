@@ -116,8 +116,10 @@ type Options struct {
 var DefaultIdentityNotFoundRetry = wait.Backoff{Duration: 250 * time.Millisecond, Factor: 2, Steps: 7, Cap: 4 * time.Second}
 
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
+// Update only for the startup taint of its own node (the chart's nmi-node policy).
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get;update
-// +kubebuilder:rbac:groups=aadpodidentity.k8s.io,resources=azureassignedidentities,verbs=get;list;watch
+// The assigner's records, in the release namespace (system).
+// +kubebuilder:rbac:groups=aadpodidentity.k8s.io,resources=azureassignedidentities,verbs=get;list;watch,namespace=system
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get
 // Managed mode only: the IdentityNotAssigned event on a pod.
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch

@@ -122,6 +122,11 @@ metadata:
     type: FileOrCreate
 {{- end }}
 
+{{/* The usernames of the service accounts the pod validator trusts with our label, annotations and gate, as a JSON list for CEL. */}}
+{{- define "aad-pod-identity.trustedUsernames" -}}
+{{- list (printf "system:serviceaccount:%s:%s" .Release.Namespace (include "aad-pod-identity.webhook" .)) (printf "system:serviceaccount:%s:%s" .Release.Namespace (include "aad-pod-identity.assigner" .)) | toJson }}
+{{- end }}
+
 {{/* The cluster's own identities: no AzureIdentity may name them (webhook) and NMI serves them to no pod. */}}
 {{- define "aad-pod-identity.protectedIdentities" -}}
 {{ join "," (concat .Values.protectedIdentities .Values.assigner.immutableIdentities .Values.exceptions.nodeIdentityClientIDs | uniq) }}
