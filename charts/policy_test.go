@@ -168,6 +168,18 @@ func grantCluster(t *testing.T, name string, resources, verbs []string, users ..
 	}
 }
 
+// wantDenial fails t unless err is a denial containing message, or, with
+// message "", no error.
+func wantDenial(t *testing.T, err error, message string) {
+	t.Helper()
+	switch {
+	case message == "" && err != nil:
+		t.Fatalf("refused: %v", err)
+	case message != "" && (err == nil || !strings.Contains(err.Error(), message)):
+		t.Fatalf("got %v, want a denial containing %q", err, message)
+	}
+}
+
 // untilDenied retries probe until it fails: a policy reaches the
 // apiserver's admission through an informer.
 func untilDenied(t *testing.T, probe func(attempt int) error) {
@@ -255,13 +267,7 @@ func TestTrustedPodWritesPolicy(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := patch(tt.user, tt.change)
-			switch {
-			case tt.message == "" && err != nil:
-				t.Fatalf("refused: %v", err)
-			case tt.message != "" && (err == nil || !strings.Contains(err.Error(), tt.message)):
-				t.Fatalf("got %v, want a denial containing %q", err, tt.message)
-			}
+			wantDenial(t, patch(tt.user, tt.change), tt.message)
 		})
 	}
 }
@@ -338,13 +344,7 @@ func TestNMINodePolicy(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := update(tt.tokenNode, tt.change)
-			switch {
-			case tt.message == "" && err != nil:
-				t.Fatalf("refused: %v", err)
-			case tt.message != "" && (err == nil || !strings.Contains(err.Error(), tt.message)):
-				t.Fatalf("got %v, want a denial containing %q", err, tt.message)
-			}
+			wantDenial(t, update(tt.tokenNode, tt.change), tt.message)
 		})
 	}
 }
