@@ -339,8 +339,15 @@ func TestNMINodePolicy(t *testing.T) {
 			n.Spec.Taints = append(n.Spec.Taints, corev1.Taint{Key: "example.com/more", Effect: corev1.TaintEffectNoExecute})
 		}, "may only remove"},
 		{"a label, with the taint", "self", func(n *corev1.Node) { withoutTaint(aadv1.NMINotReadyTaint)(n); n.Labels["pool"] = "admin" }, "nothing of a node but its startup taint"},
-		{"cordons it", "self", func(n *corev1.Node) { n.Spec.Unschedulable = true }, "nothing of a node but its startup taint"},
-		{"its provider ID", "self", func(n *corev1.Node) { n.Spec.ProviderID = "azure:///subscriptions/s/x" }, "nothing of a node"},
+		{"cordons it, with the taint", "self", func(n *corev1.Node) { withoutTaint(aadv1.NMINotReadyTaint)(n); n.Spec.Unschedulable = true }, "nothing of a node but its startup taint"},
+		{"its provider ID, with the taint", "self", func(n *corev1.Node) {
+			withoutTaint(aadv1.NMINotReadyTaint)(n)
+			n.Spec.ProviderID = "azure:///subscriptions/s/x"
+		}, "nothing of a node"},
+		{"an annotation, with the taint", "self", func(n *corev1.Node) {
+			withoutTaint(aadv1.NMINotReadyTaint)(n)
+			n.Annotations = map[string]string{"example.com/note": "x"}
+		}, "nothing of a node"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
