@@ -43,6 +43,8 @@ type podReconciler struct {
 	// crossNamespace: bindings select pods in every namespace, so binding
 	// and identity events concern them all.
 	crossNamespace bool
+	// nmi: identities go only onto pools of nodes where NMI runs.
+	nmi nodepool.Coverage
 }
 
 func (r *podReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
@@ -78,7 +80,7 @@ func (r *podReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 		if err := r.client.List(ctx, &nodes, client.UnsafeDisableDeepCopy); err != nil {
 			return ctrl.Result{}, fmt.Errorf("listing nodes: %w", err)
 		}
-		pools, poolErr = nodepool.Targets(&pod, nodes.Items)
+		pools, poolErr = nodepool.Targets(&pod, nodes.Items, r.nmi)
 	}
 	assignment := r.assignment(ctx, userAssigned, pools, poolErr)
 	return ctrl.Result{}, r.update(ctx, &pod, res, pools, assignment)

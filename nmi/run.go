@@ -83,6 +83,9 @@ type Options struct {
 	// ProtectedIdentities (client or resource IDs) are the cluster's own;
 	// NMI serves them to no pod, whatever an AzureIdentity names.
 	ProtectedIdentities []string
+	// CloudConfig is the node's azure.json: the kubelet identity it names
+	// is protected, and is a node identity for exception pods.
+	CloudConfig string
 	// IdentityScopes are namespace=scope entries: the admin's allowlist of
 	// where each namespace's user-assigned identities may live (see
 	// identity.ParseScopes); none: no restriction.
@@ -128,6 +131,21 @@ var DefaultIdentityNotFoundRetry = wait.Backoff{Duration: 250 * time.Millisecond
 
 // Run serves until ctx ends. The interception rules stay in place after it
 // returns: see RemoveRules.
+// protectedIdentities are those NMI serves to no pod: the listed ones, the
+// node identities exception pods may name, and the node's own (kubelet)
+// identity from its cloud config, which becomes one of those node
+// identities: secure without a chart value on AKS.
+func protectedIdentities(opts *Options) (identity.Protected, error) {
+	kubelet, err := identity.NodeIdentity(opts.CloudConfig)
+	if err != nil {
+		return nil, err
+	}
+	if kubelet != "" && !slices.Contains(opts.Exceptions.NodeIdentityClientIDs, kubelet) {
+		opts.Exceptions.NodeIdentityClientIDs = append(opts.Exceptions.NodeIdentityClientIDs, kubelet)
+	}
+	return identity.NewProtected(append(slices.Clone(opts.ProtectedIdentities), opts.Exceptions.NodeIdentityClientIDs...)), nil
+}
+
 func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 	if opts.NodeName == "" {
 		return errors.New("node name is empty: set NODE_NAME (the chart sets it from spec.nodeName)")
@@ -146,6 +164,10 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		return err
 	}
 	scopes, err := identity.ParseScopes(opts.IdentityScopes)
+	if err != nil {
+		return err
+	}
+	protected, err := protectedIdentities(&opts)
 	if err != nil {
 		return err
 	}
@@ -211,7 +233,7 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		passthrough:  newPassthrough(imdsURL, opts.IMDSTransport),
 		allowedPaths: opts.AllowedMetadataPaths,
 		exceptions:   opts.Exceptions,
-		protected:    identity.NewProtected(append(slices.Clone(opts.ProtectedIdentities), opts.Exceptions.NodeIdentityClientIDs...)),
+		protected:    protected,
 		scopes:       scopes,
 		assignments: &assignments{
 			records: mgr.GetClient(), namespace: opts.AssignmentsNamespace,

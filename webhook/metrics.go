@@ -42,5 +42,6 @@ const (
 	reasonValid              = "valid"
 	reasonWarned             = "warned"
 	reasonProtectedIdentity  = "protected-identity"
+	reasonNotCovered         = "not-covered-by-nmi"
 	reasonIdentityOutOfScope = "identity-out-of-scope"
 )
