@@ -252,6 +252,7 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) (string, error) {
 func (s *Server) identityToken(ctx context.Context, pod types.UID, id *aadv1.AzureIdentity, resource string) (Token, error) {
 	name := id.Namespace + "/" + id.Name
 	var fetch func(context.Context) (Token, error)
+	var secret *corev1.Secret // a service principal's
 	switch {
 	case id.Spec.Type == aadv1.UserAssignedMSI:
 		fetch = func(ctx context.Context) (Token, error) {
@@ -264,11 +265,13 @@ func (s *Server) identityToken(ctx context.Context, pod types.UID, id *aadv1.Azu
 	case s.sp == nil:
 		return Token{}, forbidden("service_principals_disabled", "AzureIdentity %s is a service principal (type %d); NMI serves those only with --enable-service-principals", name, id.Spec.Type)
 	default:
-		fetch = func(ctx context.Context) (Token, error) { return s.sp.token(ctx, id, resource) }
+		var err error
+		if secret, err = s.sp.secret(ctx, id); err != nil {
+			return Token{}, err
+		}
+		fetch = func(ctx context.Context) (Token, error) { return s.sp.token(ctx, id, secret, resource) }
 	}
-	// The type, client and resource ID are in the key so that an edited
-	// identity never gets a token cached for its old self.
-	key := fmt.Sprintf("%s|%d|%s|%s|%s", name, id.Spec.Type, strings.ToLower(id.Spec.ClientID), strings.ToLower(id.Spec.ResourceID), resource)
+	key := tokenKey(id, secret, resource)
 	tok, hit, err := s.tokens.get(ctx, key, func() error { return s.misses.admit(pod) }, fetch)
 	if hit {
 		tokenCacheTotal.WithLabelValues("hit").Inc()
