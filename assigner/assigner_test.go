@@ -16,6 +16,7 @@ import (
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 	"github.com/aad-pod-identity/aad-pod-identity/assigner"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/fakeazure"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/framework"
 )
@@ -383,13 +384,17 @@ func TestFaults(t *testing.T) {
 		}
 		framework.Eventually(t, waitFor, "the refused identity's failure on the pod", func() error {
 			pod := w.getPod("both")
-			if a := pod.Annotations[aadv1.AnnotationAssignment]; !strings.HasPrefix(a, aadv1.AssignmentFailedPrefix) || !strings.Contains(a, "FailedIdentityOperation") || !gated(pod) {
+			if a := pod.Annotations[aadv1.AnnotationAssignment]; !strings.HasPrefix(a, aadv1.AssignmentFailedPrefix) || !strings.Contains(a, identity.ReasonAssignmentFailed) || !gated(pod) {
 				return fmt.Errorf("assignment %q gated %v", a, gated(pod))
 			}
 			return nil
 		})
+		// ARM's answer is the record's, not the pod's.
+		if a := w.getPod("both").Annotations[aadv1.AnnotationAssignment]; strings.Contains(a, "FailedIdentityOperation") {
+			t.Errorf("the pod's assignment carries ARM's answer: %q", a)
+		}
 		rec, err := w.record("bad", p)
-		if err != nil || rec.State != aadv1.StateFailed || !strings.Contains(rec.LastError, "deleted") {
+		if err != nil || rec.State != aadv1.StateFailed || !strings.Contains(rec.LastError, "FailedIdentityOperation") {
 			t.Errorf("bad entry = %+v, %v", rec, err)
 		}
 	})

@@ -124,7 +124,8 @@ func (r *podReconciler) assignment(ctx context.Context, identities []identity.Re
 			case e == nil || !identity.SamePairing(e, id.ClientID, id.ResourceID):
 				state = aadv1.AssignmentPending // not recorded yet, or being re-paired
 			case e.State == aadv1.StateFailed:
-				return fmt.Sprintf("%sidentity %s on %s: %s", aadv1.AssignmentFailedPrefix, id.Key(), p.Name, e.LastError)
+				// Not e.LastError: ARM's answer stays in the record and the log.
+				return fmt.Sprintf("%sidentity %s on %s (%s): %s", aadv1.AssignmentFailedPrefix, id.Key(), p.Name, identity.ReasonAssignmentFailed, identity.FailedAssignmentHint)
 			case e.State != aadv1.StateAssigned:
 				state = aadv1.AssignmentPending
 			}

@@ -208,8 +208,9 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 			ByObject:         byObject,
 			DefaultTransform: cache.TransformStripManagedFields(),
 		},
-		// Secrets and the Node are read rarely; caching them would mean
-		// watching every Secret in the cluster.
+		// Caching Secrets would mean watching every Secret in the cluster:
+		// they are read live, each read reused for a second
+		// (recentSecrets); the Node is read rarely.
 		Client: client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{&corev1.Secret{}, &corev1.Node{}}}},
 	})
 	if err != nil {
@@ -257,7 +258,7 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		srv.runtime = runtime
 	}
 	if opts.EnableServicePrincipals {
-		srv.sp = &servicePrincipals{secrets: mgr.GetClient(), allowCrossNamespace: opts.AllowCrossNamespaceSecrets, defaultAuthorityHost: opts.AADAuthorityHost, transport: opts.AADTransport}
+		srv.sp = &servicePrincipals{secrets: newRecentSecrets(mgr.GetClient(), secretReuse), allowCrossNamespace: opts.AllowCrossNamespaceSecrets, defaultAuthorityHost: opts.AADAuthorityHost, transport: opts.AADTransport}
 	}
 
 	var ready atomic.Bool
