@@ -48,12 +48,12 @@ func TestFailedAssignmentKeepsARMTextFromThePod(t *testing.T) {
 			Annotations: map[string]string{aadv1.AnnotationIdentities: "ns/mine"}},
 		Spec: corev1.PodSpec{NodeName: "n"},
 	}
-	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n"}, Spec: corev1.NodeSpec{ProviderID: "azure://" + pool.ID() + "/virtualMachines/0"}}
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n", Labels: map[string]string{corev1.LabelOSStable: "linux"}}, Spec: corev1.NodeSpec{ProviderID: "azure://" + pool.ID() + "/virtualMachines/0"}}
 	bind := &aadv1.AzureIdentityBinding{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "bind"}, Spec: aadv1.AzureIdentityBindingSpec{AzureIdentity: "mine", Selector: "sel"}}
 	c := fake.NewClientBuilder().WithScheme(identity.Scheme()).WithObjects(id, bind, pod, node, record).
 		WithIndex(&aadv1.AzureIdentityBinding{}, identity.BindingSelectorIndex, identity.IndexBindingSelector).Build()
 	recorder := events.NewFakeRecorder(10)
-	r := &podReconciler{client: c, resolver: &identity.Resolver{Cache: c}, recorder: recorder, namespace: "sys"}
+	r := &podReconciler{client: c, resolver: &identity.Resolver{Cache: c}, recorder: recorder, namespace: "sys", nmi: nodepool.Default()}
 
 	if _, err := r.Reconcile(t.Context(), reconcile.Request{NamespacedName: client.ObjectKeyFromObject(pod)}); err != nil {
 		t.Fatal(err)
