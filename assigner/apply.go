@@ -72,6 +72,11 @@ func (r *poolReconciler) apply(ctx context.Context, s *poolState, p plan) (ctrl.
 		if countNow || e.State != state || e.LastError != lastError {
 			e.Pods = w.pods
 		}
+		if e.State == aadv1.StateFailed && (state != e.State || lastError != e.LastError) {
+			// The pods' events and annotations carry no ARM text: this log
+			// and the record do.
+			log.FromContext(ctx).Info("identity assignment failed", "identity", key, "pool", s.pool.ID(), "error", e.LastError)
+		}
 	}
 	if err := r.flush(ctx, s); err != nil {
 		return ctrl.Result{}, err

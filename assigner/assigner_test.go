@@ -16,6 +16,7 @@ import (
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 	"github.com/aad-pod-identity/aad-pod-identity/assigner"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/fakeazure"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/framework"
 )
@@ -383,13 +384,17 @@ func TestFaults(t *testing.T) {
 		}
 		framework.Eventually(t, waitFor, "the refused identity's failure on the pod", func() error {
 			pod := w.getPod("both")
-			if a := pod.Annotations[aadv1.AnnotationAssignment]; !strings.HasPrefix(a, aadv1.AssignmentFailedPrefix) || !strings.Contains(a, "FailedIdentityOperation") || !gated(pod) {
+			if a := pod.Annotations[aadv1.AnnotationAssignment]; !strings.HasPrefix(a, aadv1.AssignmentFailedPrefix) || !strings.Contains(a, identity.ReasonAssignmentFailed) || !gated(pod) {
 				return fmt.Errorf("assignment %q gated %v", a, gated(pod))
 			}
 			return nil
 		})
+		// ARM's answer is the record's, not the pod's.
+		if a := w.getPod("both").Annotations[aadv1.AnnotationAssignment]; strings.Contains(a, "FailedIdentityOperation") {
+			t.Errorf("the pod's assignment carries ARM's answer: %q", a)
+		}
 		rec, err := w.record("bad", p)
-		if err != nil || rec.State != aadv1.StateFailed || !strings.Contains(rec.LastError, "deleted") {
+		if err != nil || rec.State != aadv1.StateFailed || !strings.Contains(rec.LastError, "FailedIdentityOperation") {
 			t.Errorf("bad entry = %+v, %v", rec, err)
 		}
 	})
@@ -499,10 +504,11 @@ func TestEditedIdentityRePaired(t *testing.T) {
 }
 
 // aad-pod-identity 1.x's MIC put an identity on the pool for a running pod
-// and recorded it per pod: the assigner makes it its own (served, removed
-// once unneeded) and deletes 1.x's record. An identity on the pool without
-// such a record stays external. A labelled pod the webhook neither
-// admitted nor adopted is left alone.
+// and recorded it per pod: the assigner serves it (not external) but never
+// removes it (preexisting), and deletes 1.x's record. An identity on the
+// pool without such a record, or with one written since the installation
+// (forged by whoever may write AzureAssignedIdentities), stays external. A
+// labelled pod the webhook neither admitted nor adopted is left alone.
 func TestAdoptsWhat1xAssigned(t *testing.T) {
 	const grace = 2 * time.Second
 	w := newWorld(t, func(o *assigner.Options) { o.GCGracePeriod = grace })
@@ -536,6 +542,21 @@ func TestAdoptsWhat1xAssigned(t *testing.T) {
 	if err := w.c.Status().Update(w.ctx, legacy); err != nil {
 		t.Fatal(err)
 	}
+	time.Sleep(time.Second) // creation times are whole seconds
+	w.opts.LegacyEvidenceBefore = time.Now()
+	time.Sleep(time.Second)
+	// Written after the installation, as MIC's would be for pod b.
+	forged := legacy.DeepCopy()
+	forged.ObjectMeta = metav1.ObjectMeta{Namespace: w.ns, Name: "b-" + w.ns + "-admin"}
+	forged.Spec.AzureIdentityRef = &aadv1.IdentityReference{Namespace: w.ns, Name: "admin", LegacySpec: &aadv1.LegacyIdentitySpec{ResourceID: admin.ResourceID}}
+	forged.Spec.LegacyPod = "b"
+	if err := w.c.Create(w.ctx, forged); err != nil {
+		t.Fatal(err)
+	}
+	forged.Status.Status = aadv1.StateAssigned
+	if err := w.c.Status().Update(w.ctx, forged); err != nil {
+		t.Fatal(err)
+	}
 	w.start()
 	time.Sleep(time.Second)
 	if got := w.getPod("a").Annotations; got[aadv1.AnnotationAssignment] != "" || len(w.records()) != 0 {
@@ -553,11 +574,11 @@ func TestAdoptsWhat1xAssigned(t *testing.T) {
 		}
 		w.waitAssigned(name, waitFor)
 	}
-	if rec, err := w.record("mic", p); err != nil || rec.External || rec.AdoptedFrom != w.ns+"/"+legacy.Name {
-		t.Fatalf("record of 1.x's identity = %+v, %v; want it ours, adopted from %s", rec, err, legacy.Name)
+	if rec, err := w.record("mic", p); err != nil || rec.External || !rec.Preexisting || rec.AdoptedFrom != w.ns+"/"+legacy.Name {
+		t.Fatalf("record of 1.x's identity = %+v, %v; want it served and preexisting, adopted from %s", rec, err, legacy.Name)
 	}
-	if rec, err := w.record("admin", p); err != nil || !rec.External {
-		t.Fatalf("record of the admin's identity = %+v, %v; want it external", rec, err)
+	if rec, err := w.record("admin", p); err != nil || !rec.External || rec.AdoptedFrom != "" {
+		t.Fatalf("record of the admin's identity = %+v, %v; want it external despite the forged record", rec, err)
 	}
 	framework.Eventually(t, waitFor, "1.x's record deleted", func() error {
 		err := w.c.Get(w.ctx, client.ObjectKeyFromObject(legacy), &aadv1.AzureAssignedIdentity{})
@@ -572,14 +593,16 @@ func TestAdoptsWhat1xAssigned(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	framework.Eventually(t, waitFor, "1.x's identity removed once unneeded", func() error {
-		if w.state.Assigned(p.ID, mic.ClientID) {
-			return fmt.Errorf("still on the pool")
+	framework.Eventually(t, waitFor, "entries dropped once unneeded", func() error {
+		if n := len(w.records()); n != 0 {
+			return fmt.Errorf("%d records left", n)
 		}
 		return nil
 	})
-	if !w.state.Assigned(p.ID, admin.ClientID) {
-		t.Error("the admin's identity was removed")
+	for name, id := range map[string]fakeazure.Identity{"1.x's": mic, "the admin's": admin} {
+		if !w.state.Assigned(p.ID, id.ClientID) {
+			t.Errorf("%s identity was removed from the pool", name)
+		}
 	}
 }
 

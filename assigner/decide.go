@@ -41,7 +41,8 @@ type plan struct {
 // recorded. Wanted identities missing from the pool are added, except
 // Failed ones between retries; entries no pod wants start their grace
 // period, and once it is over their identity is removed if it is ours to
-// remove and no other entry still needs it.
+// remove (not external, immutable or preexisting on the pool) and no other
+// entry still needs it.
 //
 // An entry whose AzureIdentity was edited (stale) is re-paired: in place
 // when the resource is the same, otherwise its old resource is released at
@@ -85,7 +86,7 @@ func decide(s *poolState, pol poolPolicy, now time.Time, retryFailed bool) plan 
 				continue
 			}
 		}
-		if !rec.External && !pol.isImmutable(rec.ClientID, rec.ResourceID) &&
+		if !rec.External && !pol.isImmutable(rec.ClientID, rec.ResourceID) && !s.preexisting(rec.ResourceID) &&
 			s.actual.Has(rec.ResourceID) && !stillWanted[aadv1.IDKey(rec.ResourceID)] {
 			p.remove = append(p.remove, rec)
 			continue

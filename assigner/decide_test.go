@@ -19,7 +19,9 @@ type rec struct {
 	i        int
 	state    aadv1.AssignmentState
 	external bool
-	since    time.Duration // > 0: unneeded since t0 - since
+	// preexisting: adopted from aad-pod-identity 1.x's record.
+	preexisting bool
+	since       time.Duration // > 0: unneeded since t0 - since
 	// The AzureIdentity was edited since the record was made: it names
 	// another client ID, or resource uami(nowI).
 	editedClient bool
@@ -36,6 +38,7 @@ func stateOf(wanted []string, onPool []int, recs ...rec) *poolState {
 		a := &aadv1.IdentityAssignment{
 			AzureIdentityRef: aadv1.IdentityReference{Namespace: key.Namespace, Name: key.Name},
 			ClientID:         "client-" + r.name, ResourceID: uami(r.i), State: r.state, External: r.external,
+			Preexisting: r.preexisting,
 		}
 		if r.since > 0 {
 			a.UnneededSince = &metav1.MicroTime{Time: t0.Add(-r.since)}
@@ -119,6 +122,22 @@ func TestDecide(t *testing.T) {
 			state: stateOf(nil, []int{1, 9}, rec{name: "ext", i: 1, state: aadv1.StateAssigned, external: true, since: time.Hour},
 				rec{name: "imm", i: 9, state: aadv1.StateAssigned, since: time.Hour}, rec{name: "gone", i: 3, state: aadv1.StateAssigned, since: time.Hour}),
 			want: want{drop: []string{"ext", "gone", "imm"}, requeue: drift},
+		},
+		{
+			name:  "grace period over: an identity adopted from 1.x stays on the pool",
+			state: stateOf(nil, []int{1}, rec{name: "adopted", i: 1, state: aadv1.StateAssigned, preexisting: true, since: time.Hour}),
+			want:  want{drop: []string{"adopted"}, requeue: drift},
+		},
+		{
+			name: "grace period over: a second AzureIdentity on an identity adopted from 1.x does not remove it",
+			state: stateOf(nil, []int{1}, rec{name: "adopted", i: 1, state: aadv1.StateAssigned, preexisting: true, since: time.Minute},
+				rec{name: "alias", i: 1, state: aadv1.StateAssigned, since: time.Hour}),
+			want: want{drop: []string{"alias"}, requeue: 4 * time.Minute},
+		},
+		{
+			name:  "edited resource ID, the old one adopted from 1.x: only the entry goes",
+			state: stateOf([]string{"a"}, []int{1}, rec{name: "a", i: 1, state: aadv1.StateAssigned, preexisting: true, nowI: 2}),
+			want:  want{drop: []string{"a"}, requeue: time.Millisecond},
 		},
 		{
 			name:  "grace period over, but another record wants the same resource: only the record goes",

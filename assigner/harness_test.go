@@ -123,7 +123,7 @@ func (w *world) cleanup() {
 func (w *world) pool(name string, systemAssigned bool, labels map[string]string, taints ...corev1.Taint) fakeazure.Pool {
 	w.t.Helper()
 	p := w.state.AddPool(fakeazure.KindVMSS, w.sub, "mc-rg", name, 1, systemAssigned)
-	l := map[string]string{"aadpi-test": w.ns, "pool": name}
+	l := map[string]string{"aadpi-test": w.ns, "pool": name, corev1.LabelOSStable: "linux"}
 	for k, v := range labels {
 		l[k] = v
 	}
@@ -191,11 +191,12 @@ type admission struct {
 	bindings   aadv1.AzureIdentityBindingList
 	identities aadv1.AzureIdentityList
 	nodes      corev1.NodeList
+	nmi        nodepool.Coverage
 }
 
 func (w *world) admission() *admission {
 	w.t.Helper()
-	a := &admission{ns: w.ns}
+	a := &admission{ns: w.ns, nmi: nodepool.Default()}
 	for _, list := range []client.ObjectList{&a.bindings, &a.identities} {
 		if err := w.c.List(w.ctx, list, client.InNamespace(w.ns)); err != nil {
 			w.t.Fatal(err)
@@ -213,7 +214,7 @@ func (a *admission) admit(pod *corev1.Pod) {
 	pod.Annotations = res.Annotations()
 	if res.NeedsAssignment() && pod.Spec.NodeName == "" {
 		pod.Spec.SchedulingGates = []corev1.PodSchedulingGate{{Name: aadv1.SchedulingGate}}
-		if pools, err := nodepool.Targets(pod, a.nodes.Items); err == nil {
+		if pools, err := nodepool.Targets(pod, a.nodes.Items, a.nmi); err == nil {
 			pod.Annotations[aadv1.AnnotationNodePools] = nodepool.JoinIDs(pools)
 			pod.Annotations[aadv1.AnnotationAssignment] = aadv1.AssignmentPending
 		}

@@ -8,6 +8,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -23,10 +24,13 @@ import (
 // identity, naming the pod's node and embedding the AzureIdentity, without
 // a node pool. Such a record, Assigned, is the evidence that MIC put the
 // identity on that node's pool: the pool controller then records the
-// identity as its own (not external), so NMI serves it and it is removed
-// once no pod needs it, as 1.x would have done. Once the evidence has been
-// used, or can no longer be (its pod, node or status says MIC's assignment
-// is over), the record is deleted; deleting one changes no node pool.
+// identity as served (not external), as 1.x served it, but never removes it
+// (preexisting). Whoever may write AzureAssignedIdentities in their own
+// namespace can forge such a record, so evidence counts only when nothing
+// but MIC could have written it for this pod and AzureIdentity (vouches).
+// Once the evidence has been used, or can no longer be (its pod, node or
+// status says MIC's assignment is over), the record is deleted; deleting
+// one changes no node pool.
 
 // legacyResourceIndex indexes 1.x's records by the lower-cased resource ID
 // they embed.
@@ -59,27 +63,60 @@ func indexLegacyResource(o client.Object) []string {
 	return nil
 }
 
-// assignedBy1x returns the 1.x record that vouches for resourceID on pool,
-// or nil.
-func assignedBy1x(ctx context.Context, c client.Reader, pool nodepool.Pool, resourceID string) (*aadv1.AzureAssignedIdentity, error) {
+// evidence1x is what a 1.x record must match to vouch for an identity.
+type evidence1x struct {
+	pool       nodepool.Pool
+	identity   types.NamespacedName // the AzureIdentity that wants the resource now
+	resourceID string
+	// before: the record must be older than this installation; a zero
+	// time accepts none.
+	before time.Time
+}
+
+// assignedBy1x returns the 1.x record that vouches for ev's resource on
+// its pool, or nil.
+func assignedBy1x(ctx context.Context, c client.Reader, ev evidence1x) (*aadv1.AzureAssignedIdentity, error) {
+	if ev.before.IsZero() {
+		return nil, nil
+	}
 	var list aadv1.AzureAssignedIdentityList
-	if err := c.List(ctx, &list, client.MatchingFields{legacyResourceIndex: aadv1.IDKey(resourceID)}); err != nil {
+	if err := c.List(ctx, &list, client.InNamespace(ev.identity.Namespace), client.MatchingFields{legacyResourceIndex: aadv1.IDKey(ev.resourceID)}); err != nil {
 		return nil, fmt.Errorf("listing aad-pod-identity 1.x's records: %w", err)
 	}
 	for i := range list.Items {
 		rec := &list.Items[i]
-		if rec.Status.Status != aadv1.StateAssigned {
-			continue
-		}
-		p, err := legacyPool(ctx, c, rec)
+		ok, err := vouches(ctx, c, rec, ev)
 		if err != nil {
 			return nil, err
 		}
-		if p != nil && p.Key() == pool.Key() {
+		if ok {
 			return rec, nil
 		}
 	}
 	return nil, nil
+}
+
+// vouches reports whether a 1.x record (of the AzureIdentity's namespace)
+// is evidence for ev: written before this installation, Assigned, for the
+// same AzureIdentity, for a live pod of that namespace that was admitted
+// for it, on a node of the pool. A record written since, or for another
+// object, is someone's own: it proves nothing about the pool.
+func vouches(ctx context.Context, c client.Reader, rec *aadv1.AzureAssignedIdentity, ev evidence1x) (bool, error) {
+	ref := rec.Spec.AzureIdentityRef
+	if rec.Status.Status != aadv1.StateAssigned || !rec.CreationTimestamp.Time.Before(ev.before) ||
+		ref == nil || ref.Namespace != ev.identity.Namespace || ref.Name != ev.identity.Name ||
+		rec.Spec.LegacyPodNamespace != ev.identity.Namespace || rec.Spec.LegacyPod == "" {
+		return false, nil
+	}
+	var pod corev1.Pod
+	if err := c.Get(ctx, client.ObjectKey{Namespace: rec.Spec.LegacyPodNamespace, Name: rec.Spec.LegacyPod}, &pod); err != nil {
+		return false, client.IgnoreNotFound(err)
+	}
+	if !identity.Live(&pod) || pod.Labels[aadv1.BindingLabel] == "" || !slices.Contains(identity.Admitted(&pod), ev.identity) {
+		return false, nil
+	}
+	p, err := legacyPool(ctx, c, rec)
+	return p != nil && p.Key() == ev.pool.Key(), err
 }
 
 // legacyPool returns the pool of the node a 1.x record names; nil when the

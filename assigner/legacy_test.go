@@ -3,10 +3,12 @@ package assigner
 import (
 	"context"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
@@ -81,35 +83,65 @@ func TestLegacyRecords(t *testing.T) {
 	}
 }
 
-// Only an Assigned 1.x record on a node of the pool vouches for the
-// identity there.
+// Only a record MIC could have written vouches for the identity on the
+// pool: Assigned, on a node of the pool, older than this installation, in
+// the namespace of the AzureIdentity that wants the identity now and for
+// that AzureIdentity, for a live labelled pod admitted for it. Any other is
+// what a namespace user who may write AzureAssignedIdentities can forge.
 func TestAssignedBy1x(t *testing.T) {
+	installed := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	other := testPool
 	other.Name = "other"
 	nodes := []client.Object{
 		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}, Spec: corev1.NodeSpec{ProviderID: "azure://" + testPool.ID() + "/virtualMachines/0"}},
 		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n2"}, Spec: corev1.NodeSpec{ProviderID: "azure://" + other.ID() + "/virtualMachines/0"}},
 	}
-	onN2 := legacyRecord(aadv1.StateAssigned)
-	onN2.Name, onN2.Spec.LegacyNodeName = "on-n2", "n2"
-	unassigned := legacyRecord("Unassigned")
-	unassigned.Name = "unassigned"
+	admitted := func(name, ns string, identities string) *corev1.Pod {
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name,
+			Labels:      map[string]string{aadv1.BindingLabel: "demo"},
+			Annotations: map[string]string{aadv1.AnnotationIdentities: identities}}}
+	}
+	demoPod := admitted("demo", "default", "default/demo")
+	record := func(edit func(*aadv1.AzureAssignedIdentity)) *aadv1.AzureAssignedIdentity {
+		rec := legacyRecord(aadv1.StateAssigned)
+		rec.CreationTimestamp = metav1.NewTime(installed.Add(-time.Hour))
+		if edit != nil {
+			edit(rec)
+		}
+		return rec
+	}
+	unlabelled := demoPod.DeepCopy()
+	unlabelled.Labels = nil
+	ended := demoPod.DeepCopy()
+	ended.Status.Phase = corev1.PodFailed
 	tests := []struct {
 		name    string
 		records []client.Object
+		pods    []client.Object
+		before  time.Time
 		want    string
 	}{
-		{"assigned on a node of the pool", []client.Object{legacyRecord(aadv1.StateAssigned)}, "demo-default-demo"},
-		{"only on another pool", []client.Object{onN2}, ""},
-		{"1.x was removing it", []client.Object{unassigned}, ""},
-		{"none", nil, ""},
+		{"MIC's: assigned on a node of the pool for this pod and AzureIdentity", []client.Object{record(nil)}, []client.Object{demoPod}, installed, "demo-default-demo"},
+		{"only on another pool", []client.Object{record(func(r *aadv1.AzureAssignedIdentity) { r.Spec.LegacyNodeName = "n2" })}, []client.Object{demoPod}, installed, ""},
+		{"1.x was removing it", []client.Object{record(func(r *aadv1.AzureAssignedIdentity) { r.Status.Status = "Unassigned" })}, []client.Object{demoPod}, installed, ""},
+		{"none", nil, []client.Object{demoPod}, installed, ""},
+		{"forged: created since the installation", []client.Object{record(func(r *aadv1.AzureAssignedIdentity) { r.CreationTimestamp = metav1.NewTime(installed.Add(time.Second)) })}, []client.Object{demoPod}, installed, ""},
+		{"forged: installation time unknown", []client.Object{record(nil)}, []client.Object{demoPod}, time.Time{}, ""},
+		{"forged: in another namespace", []client.Object{record(func(r *aadv1.AzureAssignedIdentity) { r.Namespace = "attacker" })}, []client.Object{demoPod}, installed, ""},
+		{"forged: for another AzureIdentity", []client.Object{record(func(r *aadv1.AzureAssignedIdentity) { r.Spec.AzureIdentityRef.Name = "mine" })}, []client.Object{demoPod}, installed, ""},
+		{"forged: for a pod of another namespace", []client.Object{record(func(r *aadv1.AzureAssignedIdentity) { r.Spec.LegacyPodNamespace = "attacker" })},
+			[]client.Object{demoPod, admitted("demo", "attacker", "default/demo")}, installed, ""},
+		{"forged: its pod does not exist", []client.Object{record(func(r *aadv1.AzureAssignedIdentity) { r.Spec.LegacyPod = "ghost" })}, []client.Object{demoPod}, installed, ""},
+		{"forged: its pod has no binding label", []client.Object{record(nil)}, []client.Object{unlabelled}, installed, ""},
+		{"forged: its pod was not admitted for the AzureIdentity", []client.Object{record(nil)}, []client.Object{admitted("demo", "default", "default/other")}, installed, ""},
+		{"its pod ended", []client.Object{record(nil)}, []client.Object{ended}, installed, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c := fake.NewClientBuilder().WithScheme(identity.Scheme()).
 				WithIndex(&aadv1.AzureAssignedIdentity{}, legacyResourceIndex, indexLegacyResource).
-				WithObjects(append(tt.records, nodes...)...).Build()
-			got, err := assignedBy1x(context.Background(), c, testPool, uami(1))
+				WithObjects(append(append(tt.records, tt.pods...), nodes...)...).Build()
+			got, err := assignedBy1x(context.Background(), c, evidence1x{pool: testPool, identity: types.NamespacedName{Namespace: "default", Name: "demo"}, resourceID: uami(1), before: tt.before})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -43,6 +43,8 @@ type podReconciler struct {
 	// crossNamespace: bindings select pods in every namespace, so binding
 	// and identity events concern them all.
 	crossNamespace bool
+	// nmi: identities go only onto pools of nodes where NMI runs.
+	nmi nodepool.Coverage
 }
 
 func (r *podReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
@@ -78,7 +80,7 @@ func (r *podReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 		if err := r.client.List(ctx, &nodes, client.UnsafeDisableDeepCopy); err != nil {
 			return ctrl.Result{}, fmt.Errorf("listing nodes: %w", err)
 		}
-		pools, poolErr = nodepool.Targets(&pod, nodes.Items)
+		pools, poolErr = nodepool.Targets(&pod, nodes.Items, r.nmi)
 	}
 	assignment := r.assignment(ctx, userAssigned, pools, poolErr)
 	return ctrl.Result{}, r.update(ctx, &pod, res, pools, assignment)
@@ -122,7 +124,8 @@ func (r *podReconciler) assignment(ctx context.Context, identities []identity.Re
 			case e == nil || !identity.SamePairing(e, id.ClientID, id.ResourceID):
 				state = aadv1.AssignmentPending // not recorded yet, or being re-paired
 			case e.State == aadv1.StateFailed:
-				return fmt.Sprintf("%sidentity %s on %s: %s", aadv1.AssignmentFailedPrefix, id.Key(), p.Name, e.LastError)
+				// Not e.LastError: ARM's answer stays in the record and the log.
+				return fmt.Sprintf("%sidentity %s on %s (%s): %s", aadv1.AssignmentFailedPrefix, id.Key(), p.Name, identity.ReasonAssignmentFailed, identity.FailedAssignmentHint)
 			case e.State != aadv1.StateAssigned:
 				state = aadv1.AssignmentPending
 			}

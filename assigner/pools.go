@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -42,6 +43,8 @@ type poolReconciler struct {
 	written   *writtenRecords
 	recorder  events.EventRecorder
 	workers   int
+	// legacyBefore: 1.x's records created since prove nothing.
+	legacyBefore time.Time
 }
 
 func newPoolReconciler(c client.Client, recorder events.EventRecorder, opts Options) *poolReconciler {
@@ -65,6 +68,8 @@ func newPoolReconciler(c client.Client, recorder events.EventRecorder, opts Opti
 		written:   &writtenRecords{clock: clk, pools: map[string]written{}},
 		recorder:  recorder,
 		workers:   cmp.Or(opts.MaxConcurrentPools, 8),
+
+		legacyBefore: opts.LegacyEvidenceBefore,
 	}
 }
 

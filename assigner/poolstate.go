@@ -105,6 +105,17 @@ func (s *poolState) ours(resourceID string) bool {
 	return false
 }
 
+// preexisting reports whether an entry says the resource was on the pool
+// before the assigner recorded it (1.x's): then no entry removes it.
+func (s *poolState) preexisting(resourceID string) bool {
+	for _, e := range s.entries {
+		if e.Preexisting && aadv1.SameID(e.ResourceID, resourceID) {
+			return true
+		}
+	}
+	return false
+}
+
 // gather reads the pool's state from the cache; ARM is not asked.
 func (r *poolReconciler) gather(ctx context.Context, pool nodepool.Pool) (*poolState, error) {
 	s := &poolState{pool: pool}

@@ -43,8 +43,9 @@ func takeOver(rec *aadv1.AzureAssignedIdentity) *aadv1.IdentityAssignment {
 // identity already on the pool that no entry of ours put there, or one we
 // must never remove, is recorded external: nothing ties it to this
 // AzureIdentity, so NMI does not serve it by default. One that aad-pod-identity
-// 1.x's MIC put there, as its record shows, is ours (legacy.go). The
-// entries reach the API server with the flush that precedes the ARM write.
+// 1.x's MIC put there for this AzureIdentity, as its record shows, is
+// served but preexisting: never removed (legacy.go). The entries reach the
+// API server with the flush that precedes the ARM write.
 func (r *poolReconciler) recordWanted(ctx context.Context, s *poolState) error {
 	for _, key := range slices.SortedFunc(maps.Keys(s.wanted), compareKeys) {
 		if s.entries[key] != nil {
@@ -59,19 +60,20 @@ func (r *poolReconciler) recordWanted(ctx context.Context, s *poolState) error {
 		// Decided before the entry exists: 1.x's evidence is deleted once
 		// an entry of ours names the identity on the pool.
 		if s.actual.Has(spec.ResourceID) && !s.ours(spec.ResourceID) {
-			legacy, err := assignedBy1x(ctx, r.client, s.pool, spec.ResourceID)
+			legacy, err := assignedBy1x(ctx, r.client, evidence1x{pool: s.pool, identity: key, resourceID: spec.ResourceID, before: r.legacyBefore})
 			if err != nil {
 				return err
 			}
 			if legacy != nil {
 				e.AdoptedFrom = client.ObjectKeyFromObject(legacy).String()
+				e.Preexisting = true
 			} else {
 				e.External = true
 			}
 		}
 		e.External = e.External || r.policy.isImmutable(spec.ClientID, spec.ResourceID)
 		s.entries[key] = e
-		log.FromContext(ctx).Info("recording assignment", "identity", key, "external", e.External, "adoptedFrom", e.AdoptedFrom)
+		log.FromContext(ctx).Info("recording assignment", "identity", key, "external", e.External, "adoptedFrom", e.AdoptedFrom, "preexisting", e.Preexisting)
 	}
 	return nil
 }

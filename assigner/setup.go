@@ -1,11 +1,14 @@
 package assigner
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/selection"
 	"k8s.io/client-go/rest"
@@ -21,6 +24,7 @@ import (
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/metrics"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
 )
 
 // Field indexes of the assigner's cache.
@@ -58,7 +62,15 @@ type Options struct {
 	// takes.
 	MaxConcurrentPools int
 	// Immutable identities (client or resource IDs) are never removed.
-	Immutable           []string
+	Immutable []string
+	// LegacyEvidenceBefore is when this installation began (InstalledAt):
+	// aad-pod-identity 1.x's records count as evidence only when created
+	// before it; zero accepts none.
+	LegacyEvidenceBefore time.Time
+	// NMINodeSelection is where NMI runs, its DaemonSet's node selection as
+	// JSON ("": nodepool.DefaultCoverage): identities go only onto those
+	// nodes' pools, since on any other node every pod reads them from IMDS.
+	NMINodeSelection    string
 	AllowCrossNamespace bool
 	// Clock paces the pool controller (nil: the real clock); tests use a
 	// fake one.
@@ -85,6 +97,30 @@ type ManagerOptions struct {
 	Burst int
 }
 
+// leaderElectionID names the assigner's Lease.
+const leaderElectionID = "aad-pod-identity-assigner"
+
+// InstalledAt tells when this installation began: when its assigner first
+// took the leader election Lease, in a namespace only admins write to
+// (now, before the first one has). aad-pod-identity 1.x never had this
+// Lease, and its MIC no longer writes records once this assigner runs.
+func InstalledAt(ctx context.Context, cfg *rest.Config, namespace string) (time.Time, error) {
+	c, err := client.New(cfg, client.Options{})
+	if err != nil {
+		return time.Time{}, fmt.Errorf("creating client: %w", err)
+	}
+	var lease coordinationv1.Lease
+	if err := c.Get(ctx, client.ObjectKey{Namespace: namespace, Name: leaderElectionID}, &lease); err != nil {
+		if apierrors.IsNotFound(err) {
+			// Creation times are whole seconds: a record of this second
+			// is not before it.
+			return time.Now().Truncate(time.Second), nil
+		}
+		return time.Time{}, fmt.Errorf("getting Lease %s/%s: %w", namespace, leaderElectionID, err)
+	}
+	return lease.CreationTimestamp.Time, nil
+}
+
 // NewManager builds a manager running the assigner; the caller starts it.
 func NewManager(cfg *rest.Config, mo ManagerOptions, opts Options) (manager.Manager, error) {
 	labelled, err := labels.NewRequirement(aadv1.BindingLabel, selection.Exists, nil)
@@ -105,7 +141,7 @@ func NewManager(cfg *rest.Config, mo ManagerOptions, opts Options) (manager.Mana
 		HealthProbeBindAddress:  mo.ProbeAddr,
 		PprofBindAddress:        mo.PprofAddr,
 		LeaderElection:          mo.LeaderElect,
-		LeaderElectionID:        "aad-pod-identity-assigner",
+		LeaderElectionID:        leaderElectionID,
 		LeaderElectionNamespace: mo.LeaderElectionNamespace,
 		// Only labelled pods concern us; caching the rest would cost memory.
 		// Pool records are read whole by every pod round and can be large
@@ -158,6 +194,10 @@ func Setup(ctx context.Context, mgr manager.Manager, opts Options) error {
 	if opts.ARM == nil || opts.Namespace == "" || opts.GCGracePeriod <= 0 || opts.DriftCheckPeriod <= 0 {
 		return fmt.Errorf("assigner options need an ARM client, a namespace and positive periods")
 	}
+	nmi, err := nodepool.ParseCoverage(cmp.Or(opts.NMINodeSelection, nodepool.DefaultCoverage))
+	if err != nil {
+		return err
+	}
 	resolver, err := identity.NewResolver(ctx, mgr.GetCache(), nil, opts.AllowCrossNamespace)
 	if err != nil {
 		return err
@@ -184,6 +224,7 @@ func Setup(ctx context.Context, mgr manager.Manager, opts Options) error {
 		recorder:       recorder,
 		namespace:      opts.Namespace,
 		crossNamespace: opts.AllowCrossNamespace,
+		nmi:            nmi,
 	}
 	if err := pods.SetupWithManager(mgr); err != nil {
 		return err

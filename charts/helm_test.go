@@ -4,6 +4,7 @@ package charts
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -17,10 +18,13 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/yaml"
 
+	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/framework"
 )
 
@@ -233,6 +237,63 @@ func TestSharedFlagsAreConsistent(t *testing.T) {
 				t.Fatalf("found %d of the %d workloads", seen, len(workloads))
 			}
 		})
+	}
+}
+
+// The webhook and the assigner put identities only where NMI runs: the
+// --nmi-node-selection they get is NMI's DaemonSet's own node selector,
+// affinity and tolerations, whatever the values say.
+func TestNMINodeSelectionIsTheDaemonSets(t *testing.T) {
+	custom := filepath.Join(t.TempDir(), "nmi.yaml")
+	err := os.WriteFile(custom, []byte(`nmi:
+  nodeSelector: {agentpool: identity}
+  tolerations: [{key: dedicated, operator: Equal, value: identity, effect: NoSchedule}]
+  affinity:
+    nodeAffinity:
+      requiredDuringSchedulingIgnoredDuringExecution:
+        nodeSelectorTerms: [{matchExpressions: [{key: kubernetes.io/os, operator: In, values: [linux]}]}]
+`), 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, values := range []string{"", custom} {
+		manifest, err := render(goldenRelease, goldenNamespace, values)
+		if err != nil {
+			t.Fatal(err)
+		}
+		objs, err := objects(manifest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var daemonSet corev1.PodSpec
+		selections := map[string]string{}
+		for _, o := range objs {
+			switch o.GetKind() + "/" + o.GetName() {
+			case "DaemonSet/" + goldenRelease + "-nmi":
+				spec, _, _ := unstructured.NestedMap(o.Object, "spec", "template", "spec")
+				if err := runtime.DefaultUnstructuredConverter.FromUnstructured(spec, &daemonSet); err != nil {
+					t.Fatal(err)
+				}
+			case "Deployment/" + goldenRelease + "-webhook", "Deployment/" + goldenRelease + "-assigner":
+				selections[o.GetName()] = containerArgs(t, o)["--nmi-node-selection"]
+			}
+		}
+		want := corev1.PodSpec{NodeSelector: daemonSet.NodeSelector, Affinity: daemonSet.Affinity, Tolerations: daemonSet.Tolerations}
+		if len(selections) != 2 || want.NodeSelector == nil {
+			t.Fatalf("values %q: selections %v, DaemonSet node selector %v", values, selections, want.NodeSelector)
+		}
+		for name, sel := range selections {
+			var got corev1.PodSpec
+			if err := json.Unmarshal([]byte(sel), &got); err != nil {
+				t.Fatalf("%s: --nmi-node-selection=%s: %v", name, sel, err)
+			}
+			if !equality.Semantic.DeepEqual(got, want) {
+				t.Errorf("values %q: %s --nmi-node-selection=%s, want NMI's %+v", values, name, sel, want)
+			}
+			if _, err := nodepool.ParseCoverage(sel); err != nil {
+				t.Errorf("%s: %v", name, err)
+			}
+		}
 	}
 }
 

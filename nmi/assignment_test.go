@@ -2,6 +2,7 @@ package nmi
 
 import (
 	"errors"
+	"net/http"
 	"slices"
 	"strings"
 	"testing"
@@ -51,7 +52,7 @@ func TestServedOnlyWhatTheAssignerVouchesFor(t *testing.T) {
 		{"still assigning", "client-a", entry(func(e *aadv1.IdentityAssignment) { e.State = aadv1.StateAssigning }), false, 403, "has not been assigned|is not assigned"},
 		{"client ID of another identity on the pool", "client-b", entry(func(e *aadv1.IdentityAssignment) {
 			e.State, e.LastError = aadv1.StateFailed, `ARM reports client ID "client-mine" for identity `+rid+`, but the AzureIdentity names client ID client-b`
-		}), false, 403, `ARM reports client ID \"client-mine\"`},
+		}), false, 403, "AzureIdentity ns/mine could not be assigned to this node's pool (identity_assignment_failed)"},
 		{"was on the pool before the assigner", "client-a", entry(func(e *aadv1.IdentityAssignment) { e.External = true }), false, 403, "identity_not_ours|--serve-external-identities"},
 		{"external, served by choice", "client-a", entry(func(e *aadv1.IdentityAssignment) { e.External = true }), true, 200, "tok-client-a"},
 		{"client ID edited after assignment", "client-a", entry(func(e *aadv1.IdentityAssignment) { e.ClientID = "client-b" }), false, 403, "different clientID or resourceID"},
@@ -81,6 +82,33 @@ func TestServedOnlyWhatTheAssignerVouchesFor(t *testing.T) {
 				t.Fatalf("IMDS was asked for a token NMI refused")
 			}
 		})
+	}
+}
+
+// ARM's answer in a Failed entry can name another identity's client ID and
+// the assigner's principal and scopes: the pod gets a stable reason and its
+// AzureIdentity, not the text (the record and the assigner's log keep it).
+func TestFailedAssignmentKeepsARMTextFromThePod(t *testing.T) {
+	const (
+		foreignClientID = "5e1ec7ed-0000-4000-8000-00000000f00d"
+		principal       = "9a551e00-0000-4000-8000-0000000000aa"
+		scope           = "/subscriptions/s/resourceGroups/other-team"
+	)
+	id := azureIdentity("mine", "client-a", "/subscriptions/s/resourceGroups/g/providers/Microsoft.ManagedIdentity/userAssignedIdentities/mine")
+	e := assignedEntry(&id)
+	e.State = aadv1.StateFailed
+	e.LastError = `ARM reports client ID "` + foreignClientID + `" for identity ` + id.Spec.ResourceID + `; ARM 403 AuthorizationFailed: The client '` + principal +
+		`' does not have authorization to perform action 'Microsoft.ManagedIdentity/userAssignedIdentities/assign/action' over scope '` + scope + `'`
+	f := newFixture(t, &id, binding("ns", "bind", "sel", "mine"), pod("a", "10.0.0.1", admitted("ns/mine")), poolRecord(testPool, e))
+	rec := f.do(t, "10.0.0.1", "/metadata/identity/oauth2/token?api-version=1&resource=r", true)
+	body := rec.Body.String()
+	if rec.Code != http.StatusForbidden || !strings.Contains(body, "identity_assignment_failed") || !strings.Contains(body, "AzureIdentity ns/mine") {
+		t.Fatalf("got %d %s; want 403 naming identity_assignment_failed and AzureIdentity ns/mine", rec.Code, body)
+	}
+	for _, secret := range []string{foreignClientID, principal, scope, "AuthorizationFailed"} {
+		if strings.Contains(body, secret) {
+			t.Errorf("the answer carries ARM's %q: %s", secret, body)
+		}
 	}
 }
 

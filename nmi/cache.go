@@ -8,6 +8,9 @@ import (
 	"time"
 
 	"golang.org/x/sync/singleflight"
+	corev1 "k8s.io/api/core/v1"
+
+	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 )
 
 // Token is IMDS's token answer; IMDS sends every field as a string.
@@ -20,6 +23,23 @@ type Token struct {
 	Resource     string `json:"resource"`
 	TokenType    string `json:"token_type"`
 	ClientID     string `json:"client_id"`
+}
+
+// tokenKey names id's token for resource by everything that decides what
+// the upstream issues: the type, client and resource ID, a service
+// principal's tenant, authority and auxiliary tenants, and its Secret's name
+// and resourceVersion (secret nil: none). An AzureIdentity edited in any of
+// them, or whose Secret was rotated, never gets a token cached for its old
+// self.
+func tokenKey(id *aadv1.AzureIdentity, secret *corev1.Secret, resource string) string {
+	var secretVersion string
+	if secret != nil {
+		secretVersion = secret.Namespace + "/" + secret.Name + "@" + secret.ResourceVersion
+	}
+	spec := id.Spec
+	// Quoted, so that no field's text can pass for a field boundary.
+	return fmt.Sprintf("%q", []string{id.Namespace + "/" + id.Name, strconv.Itoa(int(spec.Type)), aadv1.IDKey(spec.ClientID), aadv1.IDKey(spec.ResourceID),
+		spec.TenantID, spec.ADEndpoint, fmt.Sprintf("%q", spec.AuxiliaryTenantIDs), secretVersion, resource})
 }
 
 func (t Token) expiry() time.Time {

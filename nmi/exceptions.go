@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/url"
 	"slices"
 
 	corev1 "k8s.io/api/core/v1"
@@ -68,34 +69,40 @@ func (p ExceptionPolicy) isException(ctx context.Context, r client.Reader, pod *
 	return false, nil
 }
 
-// tokenAllowed decides an exception pod's token request: nil lets it
-// through to IMDS unchanged.
-func (p ExceptionPolicy) tokenAllowed(h http.Header, q map[string][]string) error {
+// tokenQuery decides an exception pod's token request and returns the query
+// to send IMDS, or nil to send the pod's own (ExceptionTokensAny: IMDS
+// unchanged). Otherwise the query is rebuilt from the variables NMI parsed
+// and allowed, so that IMDS never reads one NMI did not judge: another
+// spelling of a name, or a pair Go's parser skips and IMDS's may not.
+func (p ExceptionPolicy) tokenQuery(h http.Header, q url.Values) (url.Values, error) {
 	switch p.Tokens {
 	case ExceptionTokensAny:
-		return nil
+		return nil, nil
 	case ExceptionTokensNode:
 		req, err := parseTokenRequest(h, q)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		if req.ClientID == "" && req.ResourceID == "" {
-			return nil
+		out := url.Values{"api-version": {req.APIVersion}, "resource": {req.Resource}}
+		switch {
+		case req.ClientID == "" && req.ResourceID == "":
+			return out, nil
+		case req.ClientID != "" && slices.ContainsFunc(p.NodeIdentityClientIDs, func(id string) bool { return aadv1.SameID(id, req.ClientID) }):
+			out.Set("client_id", req.ClientID)
+			return out, nil
 		}
-		if req.ClientID != "" && slices.ContainsFunc(p.NodeIdentityClientIDs, func(id string) bool { return aadv1.SameID(id, req.ClientID) }) {
-			return nil
-		}
-		return forbidden("exception_scope", "An AzurePodIdentityException gives this pod only the node's own identity (NMI --exception-tokens=node): name no identity, or one of the node identities %v", p.NodeIdentityClientIDs)
+		return nil, forbidden("exception_scope", "An AzurePodIdentityException gives this pod only the node's own identity (NMI --exception-tokens=node): name no identity, or one of the node identities %v", p.NodeIdentityClientIDs)
 	}
-	return forbidden("exception_scope", "An AzurePodIdentityException gives this pod the node's instance metadata but no tokens (NMI --exception-tokens=none)")
+	return nil, forbidden("exception_scope", "An AzurePodIdentityException gives this pod the node's instance metadata but no tokens (NMI --exception-tokens=none)")
 }
 
 // pathAllowed tells which non-token paths an exception pod may reach: with
 // ExceptionTokensAny every one, otherwise the node's instance metadata
-// without the opt-in paths the allowlist does not name.
+// without the opt-in paths the allowlist does not name, and without IMDS's
+// identity API, which such a pod reaches through the token route alone.
 func (p ExceptionPolicy) pathAllowed(s *Server, path string) bool {
 	if p.Tokens == ExceptionTokensAny {
 		return true
 	}
-	return under(path, "/metadata", func(a, b string) bool { return a == b }) && !s.optInRefused(path)
+	return under(path, "/metadata", func(a, b string) bool { return a == b }) && !s.optInRefused(path) && !identityPath(path)
 }

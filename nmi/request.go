@@ -8,7 +8,8 @@ import (
 
 // tokenRequest is a parsed IMDS token request.
 type tokenRequest struct {
-	Resource string
+	APIVersion string
+	Resource   string
 	// At most one of ClientID and ResourceID is set.
 	ClientID   string
 	ResourceID string // msi_res_id or mi_res_id
@@ -16,14 +17,16 @@ type tokenRequest struct {
 
 // parseTokenRequest validates a token request the way IMDS does: the
 // Metadata header, api-version and resource are required, and at most one
-// identity selector may be given.
+// identity selector may be given. Variable names count in any case, as
+// IMDS reads them: Client_Id names an identity to IMDS, so it does to NMI.
 func parseTokenRequest(h http.Header, q url.Values) (tokenRequest, error) {
 	if !strings.EqualFold(h.Get("Metadata"), "true") {
 		return tokenRequest{}, badRequest("missing_metadata_header", "Required metadata header not specified: send the header 'Metadata: true'")
 	}
+	q = foldNames(q)
 	var req tokenRequest
 	var err error
-	if _, err = single(q, "api-version", true); err != nil {
+	if req.APIVersion, err = single(q, "api-version", true); err != nil {
 		return tokenRequest{}, err
 	}
 	if req.Resource, err = single(q, "resource", true); err != nil {
@@ -62,6 +65,17 @@ func parseTokenRequest(h http.Header, q url.Values) (tokenRequest, error) {
 		req.ResourceID = ""
 	}
 	return req, nil
+}
+
+// foldNames merges the variables whose names differ only in case, under
+// the lower-case name: two spellings of one name are a repeated variable.
+func foldNames(q url.Values) url.Values {
+	out := make(url.Values, len(q))
+	for k, vs := range q {
+		k = strings.ToLower(k)
+		out[k] = append(out[k], vs...)
+	}
+	return out
 }
 
 // single returns the one value of a query variable; repeated or (when

@@ -16,12 +16,17 @@ func TestParseTokenRequest(t *testing.T) {
 		want     tokenRequest
 		reason   string
 	}{
-		{"resource only", "true", "api-version=2018-02-01&resource=" + url.QueryEscape(res), tokenRequest{Resource: res}, ""},
-		{"header any case", "True", "api-version=1&resource=r", tokenRequest{Resource: "r"}, ""},
-		{"client_id", "true", "api-version=1&resource=r&client_id=abc", tokenRequest{Resource: "r", ClientID: "abc"}, ""},
-		{"msi_res_id", "true", "api-version=1&resource=r&msi_res_id=/x", tokenRequest{Resource: "r", ResourceID: "/x"}, ""},
-		{"mi_res_id", "true", "api-version=1&resource=r&mi_res_id=/y", tokenRequest{Resource: "r", ResourceID: "/y"}, ""},
-		{"empty selector ignored", "true", "api-version=1&resource=r&client_id=", tokenRequest{Resource: "r"}, ""},
+		{"resource only", "true", "api-version=2018-02-01&resource=" + url.QueryEscape(res), tokenRequest{APIVersion: "2018-02-01", Resource: res}, ""},
+		{"header any case", "True", "api-version=1&resource=r", tokenRequest{APIVersion: "1", Resource: "r"}, ""},
+		{"client_id", "true", "api-version=1&resource=r&client_id=abc", tokenRequest{APIVersion: "1", Resource: "r", ClientID: "abc"}, ""},
+		{"msi_res_id", "true", "api-version=1&resource=r&msi_res_id=/x", tokenRequest{APIVersion: "1", Resource: "r", ResourceID: "/x"}, ""},
+		{"mi_res_id", "true", "api-version=1&resource=r&mi_res_id=/y", tokenRequest{APIVersion: "1", Resource: "r", ResourceID: "/y"}, ""},
+		{"empty selector ignored", "true", "api-version=1&resource=r&client_id=", tokenRequest{APIVersion: "1", Resource: "r"}, ""},
+		{"names in any case", "true", "API-Version=1&Resource=r&Client_Id=abc", tokenRequest{APIVersion: "1", Resource: "r", ClientID: "abc"}, ""},
+		{"resource ID name in any case", "true", "api-version=1&resource=r&MI_RES_ID=/y", tokenRequest{APIVersion: "1", Resource: "r", ResourceID: "/y"}, ""},
+		{"one name in two cases", "true", "api-version=1&resource=r&client_id=a&CLIENT_ID=b", tokenRequest{}, "repeated_query_variable"},
+		{"two selectors, one in another case", "true", "api-version=1&resource=r&client_id=a&Msi_Res_Id=/b", tokenRequest{}, "several_selectors"},
+		{"object_id in another case", "true", "api-version=1&resource=r&Object_ID=abc", tokenRequest{}, "unsupported_selector"},
 		{"no header", "", "api-version=1&resource=r", tokenRequest{}, "missing_metadata_header"},
 		{"header false", "false", "api-version=1&resource=r", tokenRequest{}, "missing_metadata_header"},
 		{"no resource", "true", "api-version=1", tokenRequest{}, "missing_query_variable"},

@@ -83,6 +83,9 @@ type Options struct {
 	// ProtectedIdentities (client or resource IDs) are the cluster's own;
 	// NMI serves them to no pod, whatever an AzureIdentity names.
 	ProtectedIdentities []string
+	// CloudConfig is the node's azure.json: the kubelet identity it names
+	// is protected, and is a node identity for exception pods.
+	CloudConfig string
 	// IdentityScopes are namespace=scope entries: the admin's allowlist of
 	// where each namespace's user-assigned identities may live (see
 	// identity.ParseScopes); none: no restriction.
@@ -130,6 +133,21 @@ var DefaultIdentityNotFoundRetry = wait.Backoff{Duration: 250 * time.Millisecond
 
 // Run serves until ctx ends. The interception rules stay in place after it
 // returns: see RemoveRules.
+// protectedIdentities are those NMI serves to no pod: the listed ones, the
+// node identities exception pods may name, and the node's own (kubelet)
+// identity from its cloud config, which becomes one of those node
+// identities: secure without a chart value on AKS.
+func protectedIdentities(opts *Options) (identity.Protected, error) {
+	kubelet, err := identity.NodeIdentity(opts.CloudConfig)
+	if err != nil {
+		return nil, err
+	}
+	if kubelet != "" && !slices.ContainsFunc(opts.Exceptions.NodeIdentityClientIDs, func(id string) bool { return aadv1.SameID(id, kubelet) }) {
+		opts.Exceptions.NodeIdentityClientIDs = append(opts.Exceptions.NodeIdentityClientIDs, kubelet)
+	}
+	return identity.NewProtected(append(slices.Clone(opts.ProtectedIdentities), opts.Exceptions.NodeIdentityClientIDs...)), nil
+}
+
 func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 	if opts.NodeName == "" {
 		return errors.New("node name is empty: set NODE_NAME (the chart sets it from spec.nodeName)")
@@ -148,6 +166,10 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		return err
 	}
 	scopes, err := identity.ParseScopes(opts.IdentityScopes)
+	if err != nil {
+		return err
+	}
+	protected, err := protectedIdentities(&opts)
 	if err != nil {
 		return err
 	}
@@ -188,8 +210,9 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 			ByObject:         byObject,
 			DefaultTransform: cache.TransformStripManagedFields(),
 		},
-		// Secrets and the Node are read rarely; caching them would mean
-		// watching every Secret in the cluster.
+		// Caching Secrets would mean watching every Secret in the cluster:
+		// they are read live, each read reused for a second
+		// (recentSecrets); the Node is read rarely.
 		Client: client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{&corev1.Secret{}, &corev1.Node{}}}},
 	})
 	if err != nil {
@@ -213,7 +236,7 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		passthrough:  newPassthrough(imdsURL, opts.IMDSTransport),
 		allowedPaths: opts.AllowedMetadataPaths,
 		exceptions:   opts.Exceptions,
-		protected:    identity.NewProtected(append(slices.Clone(opts.ProtectedIdentities), opts.Exceptions.NodeIdentityClientIDs...)),
+		protected:    protected,
 		scopes:       scopes,
 		assignments: &assignments{
 			records: mgr.GetClient(), namespace: opts.AssignmentsNamespace,
@@ -237,7 +260,7 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		srv.runtime = runtime
 	}
 	if opts.EnableServicePrincipals {
-		srv.sp = &servicePrincipals{secrets: mgr.GetClient(), allowCrossNamespace: opts.AllowCrossNamespaceSecrets, defaultAuthorityHost: opts.AADAuthorityHost, transport: opts.AADTransport}
+		srv.sp = &servicePrincipals{secrets: newRecentSecrets(mgr.GetClient(), secretReuse), allowCrossNamespace: opts.AllowCrossNamespaceSecrets, defaultAuthorityHost: opts.AADAuthorityHost, transport: opts.AADTransport}
 	}
 
 	var ready atomic.Bool

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httputil"
+	"net/url"
 	"regexp"
 	"slices"
 	"strconv"
@@ -76,9 +77,11 @@ var metadataPath = regexp.MustCompile(`^/$|^(/[A-Za-z0-9_-]+)+/?$`)
 // them (or a path below them) explicitly.
 var optInPaths = []string{"/metadata/instance/compute/userData"}
 
-// allowed reports whether path is an allowlisted path or below one.
+// allowed reports whether path is an allowlisted path or below one. IMDS's
+// identity API is never proxied, whatever the allowlist says: tokens go
+// through the token route, which checks what the pod may have.
 func (s *Server) allowed(path string) bool {
-	return !s.optInRefused(path) && slices.ContainsFunc(s.allowedPaths, func(p string) bool { return under(path, p, func(a, b string) bool { return a == b }) })
+	return !identityPath(path) && !s.optInRefused(path) && slices.ContainsFunc(s.allowedPaths, func(p string) bool { return under(path, p, func(a, b string) bool { return a == b }) })
 }
 
 // optInRefused reports whether path is below an opt-in path that no allowed
@@ -87,6 +90,12 @@ func (s *Server) optInRefused(path string) bool {
 	return slices.ContainsFunc(optInPaths, func(o string) bool {
 		return under(path, o, strings.EqualFold) && !slices.ContainsFunc(s.allowedPaths, func(p string) bool { return under(p, o, strings.EqualFold) })
 	})
+}
+
+// identityPath reports whether path is in IMDS's identity API, in any
+// spelling IMDS may take for it (any case, a trailing slash, more segments).
+func identityPath(path string) bool {
+	return under(path, "/metadata/identity", strings.EqualFold)
 }
 
 // under reports whether path is base or below it, comparing with eq.
@@ -196,8 +205,12 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) (string, error) {
 	if exempt, err := s.exceptions.isException(ctx, s.reader, pod); err != nil {
 		return "", err
 	} else if exempt {
-		if err := s.exceptions.tokenAllowed(r.Header, r.URL.Query()); err != nil {
+		q, err := s.exceptions.tokenQuery(r.Header, r.URL.Query())
+		if err != nil {
 			return "", err
+		}
+		if q != nil {
+			r = asJudged(r, q)
 		}
 		return s.proxy(w, r)
 	}
@@ -239,6 +252,7 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) (string, error) {
 func (s *Server) identityToken(ctx context.Context, pod types.UID, id *aadv1.AzureIdentity, resource string) (Token, error) {
 	name := id.Namespace + "/" + id.Name
 	var fetch func(context.Context) (Token, error)
+	var secret *corev1.Secret // a service principal's
 	switch {
 	case id.Spec.Type == aadv1.UserAssignedMSI:
 		fetch = func(ctx context.Context) (Token, error) {
@@ -251,11 +265,13 @@ func (s *Server) identityToken(ctx context.Context, pod types.UID, id *aadv1.Azu
 	case s.sp == nil:
 		return Token{}, forbidden("service_principals_disabled", "AzureIdentity %s is a service principal (type %d); NMI serves those only with --enable-service-principals", name, id.Spec.Type)
 	default:
-		fetch = func(ctx context.Context) (Token, error) { return s.sp.token(ctx, id, resource) }
+		var err error
+		if secret, err = s.sp.secret(ctx, id); err != nil {
+			return Token{}, err
+		}
+		fetch = func(ctx context.Context) (Token, error) { return s.sp.token(ctx, id, secret, resource) }
 	}
-	// The type, client and resource ID are in the key so that an edited
-	// identity never gets a token cached for its old self.
-	key := fmt.Sprintf("%s|%d|%s|%s|%s", name, id.Spec.Type, aadv1.IDKey(id.Spec.ClientID), aadv1.IDKey(id.Spec.ResourceID), resource)
+	key := tokenKey(id, secret, resource)
 	tok, hit, err := s.tokens.get(ctx, key, func() error { return s.misses.admit(pod) }, fetch)
 	if hit {
 		tokenCacheTotal.WithLabelValues("hit").Inc()
@@ -263,6 +279,15 @@ func (s *Server) identityToken(ctx context.Context, pod types.UID, id *aadv1.Azu
 		tokenCacheTotal.WithLabelValues("miss").Inc()
 	}
 	return tok, err
+}
+
+// asJudged is the token request r as NMI judged it: the canonical token
+// path, query q and no body.
+func asJudged(r *http.Request, q url.Values) *http.Request {
+	out := r.Clone(r.Context())
+	out.URL.Path, out.URL.RawPath, out.URL.RawQuery = imdsTokenPath, "", q.Encode()
+	out.Body, out.ContentLength = http.NoBody, 0
+	return out
 }
 
 func remoteIP(r *http.Request) string { return remoteHost(r.RemoteAddr) }

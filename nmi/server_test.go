@@ -32,7 +32,9 @@ import (
 )
 
 // fakeIMDS answers tokens for the client IDs it knows and "Identity not
-// found" for others; every other path echoes the path.
+// found" for others; every other path echoes the path. Like IMDS, it reads
+// the token path in any case and with a trailing slash, and query variable
+// names in any case.
 type fakeIMDS struct {
 	known map[string]bool
 	// mirIDs: a client ID listed here gets a JWT whose xms_mirid claim is
@@ -40,16 +42,23 @@ type fakeIMDS struct {
 	mirIDs map[string]string
 	calls  atomic.Int32
 	header atomic.Value // last X-Forwarded-For seen
+	target atomic.Value // last path and raw query seen
 }
 
 func (f *fakeIMDS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.calls.Add(1)
 	f.header.Store(r.Header.Get("X-Forwarded-For"))
-	if r.URL.Path != "/metadata/identity/oauth2/token" {
+	f.target.Store(r.URL.Path + "?" + r.URL.RawQuery)
+	if !strings.EqualFold(strings.TrimSuffix(r.URL.Path, "/"), "/metadata/identity/oauth2/token") {
 		fmt.Fprintf(w, "upstream %s", r.URL.Path)
 		return
 	}
-	clientID := r.URL.Query().Get("client_id")
+	var clientID string
+	for k, vs := range r.URL.Query() {
+		if strings.EqualFold(k, "client_id") && len(vs) > 0 {
+			clientID = vs[0]
+		}
+	}
 	if clientID == "" {
 		clientID = "node-identity"
 	} else if !f.known[clientID] {

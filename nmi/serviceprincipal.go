@@ -9,12 +9,14 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
+	"golang.org/x/sync/singleflight"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
@@ -26,14 +28,15 @@ import (
 
 // servicePrincipals gets tokens for type 1 and 2 identities from Azure AD.
 type servicePrincipals struct {
-	secrets              client.Reader // uncached: NMI never lists Secrets
+	secrets              *recentSecrets
 	allowCrossNamespace  bool
 	defaultAuthorityHost string
 	transport            policy.Transporter // nil: azcore's default
 }
 
-func (s *servicePrincipals) token(ctx context.Context, id *aadv1.AzureIdentity, resource string) (Token, error) {
-	cred, err := s.credential(ctx, id)
+// token gets a token for id from Azure AD with its Secret, as s.secret read it.
+func (s *servicePrincipals) token(ctx context.Context, id *aadv1.AzureIdentity, secret *corev1.Secret, resource string) (Token, error) {
+	cred, err := s.credential(id, secret)
 	if err != nil {
 		return Token{}, err
 	}
@@ -68,11 +71,7 @@ type tokenCredential interface {
 	GetToken(context.Context, policy.TokenRequestOptions) (azcore.AccessToken, error)
 }
 
-func (s *servicePrincipals) credential(ctx context.Context, id *aadv1.AzureIdentity) (tokenCredential, error) {
-	secret, err := s.secret(ctx, id)
-	if err != nil {
-		return nil, err
-	}
+func (s *servicePrincipals) credential(id *aadv1.AzureIdentity, secret *corev1.Secret) (tokenCredential, error) {
 	authority, err := s.authority(id)
 	if err != nil {
 		return nil, err
@@ -156,14 +155,80 @@ func (s *servicePrincipals) secret(ctx context.Context, id *aadv1.AzureIdentity)
 	if key.Namespace != id.Namespace && !s.allowCrossNamespace {
 		return nil, forbidden("cross_namespace_secret", "AzureIdentity %s refers to Secret %s in another namespace; move the Secret to %s or start NMI with --allow-cross-namespace-secrets", name, key, id.Namespace)
 	}
-	var secret corev1.Secret
-	if err := s.secrets.Get(ctx, key, &secret); err != nil {
+	secret, err := s.secrets.get(ctx, key)
+	if err != nil {
 		if apierrors.IsNotFound(err) {
 			return nil, newError(http.StatusInternalServerError, "invalid_identity", "secret_not_found", "Secret %s of AzureIdentity %s does not exist", key, name)
 		}
 		return nil, fmt.Errorf("reading Secret %s: %w", key, err)
 	}
-	return &secret, nil
+	return secret, nil
+}
+
+// secretReuse is how long a Secret read serves further requests.
+const secretReuse = time.Second
+
+// recentSecrets reads Secrets live (NMI never lists them), collapsing
+// concurrent reads of one Secret and reusing a read for maxAge. Every
+// service principal request reads its Secret, since the Secret's
+// resourceVersion is in the token cache key (a rotated Secret gets a new
+// token at once); a pod looping on its token must not become as many
+// apiserver requests.
+type recentSecrets struct {
+	reader client.Reader
+	maxAge time.Duration
+	now    func() time.Time
+	group  singleflight.Group
+
+	mu    sync.Mutex
+	reads map[types.NamespacedName]secretRead
+}
+
+type secretRead struct {
+	secret *corev1.Secret // shared: never modified
+	at     time.Time
+}
+
+func newRecentSecrets(reader client.Reader, maxAge time.Duration) *recentSecrets {
+	return &recentSecrets{reader: reader, maxAge: maxAge, now: time.Now, reads: map[types.NamespacedName]secretRead{}}
+}
+
+func (r *recentSecrets) get(ctx context.Context, key types.NamespacedName) (*corev1.Secret, error) {
+	r.mu.Lock()
+	read, ok := r.reads[key]
+	r.mu.Unlock()
+	if ok && r.now().Sub(read.at) < r.maxAge {
+		return read.secret, nil
+	}
+	// Detached from the first caller's cancellation: others may wait on it.
+	v, err, _ := r.group.Do(key.String(), func() (any, error) {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fetchDeadline)
+		defer cancel()
+		var secret corev1.Secret
+		if err := r.reader.Get(rctx, key, &secret); err != nil {
+			return nil, err
+		}
+		r.store(key, &secret)
+		return &secret, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*corev1.Secret), nil
+}
+
+// store keeps a read, dropping the ones too old to reuse: the map holds
+// only the Secrets in use.
+func (r *recentSecrets) store(key types.NamespacedName, secret *corev1.Secret) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := r.now()
+	for k, read := range r.reads {
+		if now.Sub(read.at) >= r.maxAge {
+			delete(r.reads, k)
+		}
+	}
+	r.reads[key] = secretRead{secret: secret, at: now}
 }
 
 // secretValue returns data[key], or the only value of a one-key Secret.

@@ -14,6 +14,9 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 )
 
+// imdsTokenPath is IMDS's token path, as NMI sends it.
+const imdsTokenPath = "/metadata/identity/oauth2/token"
+
 // imdsClient asks the node's real IMDS for user-assigned identity tokens.
 type imdsClient struct {
 	endpoint *url.URL
@@ -49,7 +52,7 @@ func (c *imdsClient) token(ctx context.Context, clientID, resource string) (Toke
 }
 
 func (c *imdsClient) fetch(ctx context.Context, clientID, resource string) (tok Token, retry bool, err error) {
-	u := c.endpoint.JoinPath("/metadata/identity/oauth2/token")
+	u := c.endpoint.JoinPath(imdsTokenPath)
 	u.RawQuery = url.Values{"api-version": {"2018-02-01"}, "resource": {resource}, "client_id": {clientID}}.Encode()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {

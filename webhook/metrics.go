@@ -42,6 +42,7 @@ const (
 	reasonValid              = "valid"
 	reasonWarned             = "warned"
 	reasonProtectedIdentity  = "protected-identity"
+	reasonNotCovered         = "not-covered-by-nmi"
 	reasonIdentityOutOfScope = "identity-out-of-scope"
 	reasonNonASCIIID         = "non-ascii-id"
 	reasonLegacySpelling     = "legacy-spelling"

@@ -2,6 +2,7 @@ package webhook
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -10,6 +11,7 @@ import (
 	"gomodules.xyz/jsonpatch/v2"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/validation/field"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
@@ -33,6 +35,8 @@ type PodMutator struct {
 	// write before its gate is lifted. A failed lookup leaves that to the
 	// assigner.
 	Nodes client.Reader
+	// NMI is where NMI runs: only those nodes' pools are targets.
+	NMI nodepool.Coverage
 }
 
 var _ admitter[*corev1.Pod] = &PodMutator{}
@@ -45,9 +49,13 @@ func (m *PodMutator) Admit(ctx context.Context, _ admission.Request, pod, _ *cor
 	if err != nil {
 		return lookupFailed(err)
 	}
+	pools, err := m.targets(ctx, pod, res)
+	if errors.Is(err, nodepool.ErrNotCovered) {
+		return denied(reasonNotCovered, field.ErrorList{field.Forbidden(field.NewPath("spec"), err.Error())})
+	}
 	// Explicit operations rather than a diff of the re-encoded pod: admission
 	// latency is dominated by JSON work, and the diff doubles it.
-	out := outcome{reason: reasonResolved, patch: resolutionPatch(pod, res, m.Gate, m.targets(ctx, pod, res))}
+	out := outcome{reason: reasonResolved, patch: resolutionPatch(pod, res, m.Gate, pools)}
 	if out.warnings = resolutionWarnings(pod.Namespace, pod.Labels[aadv1.BindingLabel], res); len(out.warnings) > 0 {
 		out.reason = reasonNoBinding
 	}
@@ -55,21 +63,24 @@ func (m *PodMutator) Admit(ctx context.Context, _ admission.Request, pod, _ *cor
 }
 
 // targets returns the pools a pod that will be gated may run on; none when
-// it will not be gated or they cannot be told now.
-func (m *PodMutator) targets(ctx context.Context, pod *corev1.Pod, res identity.Resolution) []nodepool.Pool {
+// it will not be gated or they cannot be told now. The error is
+// nodepool.ErrNotCovered when the pod can only run where NMI does not:
+// refused, since its identities could go nowhere.
+func (m *PodMutator) targets(ctx context.Context, pod *corev1.Pod, res identity.Resolution) ([]nodepool.Pool, error) {
 	if !m.Gate || m.Nodes == nil || !res.NeedsAssignment() || pod.Spec.NodeName != "" {
-		return nil
+		return nil, nil
 	}
 	var nodes corev1.NodeList
 	if err := m.Nodes.List(ctx, &nodes); err != nil {
 		log.FromContext(ctx).V(1).Info("target pools left to the assigner", "error", err.Error())
-		return nil
+		return nil, nil
 	}
-	pools, err := nodepool.Targets(pod, nodes.Items)
-	if err != nil {
-		return nil // the assigner reports it, with an event
+	pools, err := nodepool.Targets(pod, nodes.Items, m.NMI)
+	if errors.Is(err, nodepool.ErrNotCovered) {
+		return nil, err
 	}
-	return pools
+	// Other errors (no pool yet) are the assigner's to report, with an event.
+	return pools, nil
 }
 
 // resolutionPatch writes the resolution onto the pod: creator-supplied

@@ -147,20 +147,34 @@ func TestPodMutatorHandle(t *testing.T) {
 		}
 	}
 
-	nodes := fake.NewClientBuilder().WithScheme(identity.Scheme()).WithObjects(&corev1.Node{
-		ObjectMeta: metav1.ObjectMeta{Name: "n1"},
-		Spec:       corev1.NodeSpec{ProviderID: "azure:///subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/a/virtualMachines/0"},
-	}).Build()
-	targeting := podFrontEnd("mutate-pod", admission.NewDecoder(identity.Scheme()), &PodMutator{Resolver: newResolver(t, &id, &b), Gate: true, Nodes: nodes})
+	nodes := fake.NewClientBuilder().WithScheme(identity.Scheme()).WithObjects(
+		poolNode("n1", "a", "linux"), poolNode("w1", "w", "windows")).Build()
+	targeting := podFrontEnd("mutate-pod", admission.NewDecoder(identity.Scheme()), &PodMutator{Resolver: newResolver(t, &id, &b), Gate: true, Nodes: nodes, NMI: nodepool.Default()})
 	resp, _ = targeting.decide(context.Background(), podRequest(t, admissionv1.Create, labelled("demo"), nil, "alice"))
 	pod := applyPatch(t, labelled("demo"), resp.Patches)
 	if got := pod.Annotations[aadv1.AnnotationNodePools]; !strings.HasSuffix(got, "/virtualMachineScaleSets/a") || pod.Annotations[aadv1.AnnotationAssignment] != aadv1.AssignmentPending {
-		t.Errorf("with nodes: annotations %v, want the node's pool, Pending", pod.Annotations)
+		t.Errorf("with nodes: annotations %v, want the Linux node's pool only, Pending", pod.Annotations)
+	}
+	// A pod that can only run where NMI does not: its identities would be
+	// readable there by every pod, so it is refused, saying why.
+	windows := labelled("demo")
+	windows.Spec.NodeSelector = map[string]string{corev1.LabelOSStable: "windows"}
+	resp, reason = targeting.decide(context.Background(), podRequest(t, admissionv1.Create, windows, nil, "alice"))
+	if resp.Allowed || reason != reasonNotCovered || !strings.Contains(resp.Result.Message, "where NMI does not run") {
+		t.Errorf("pod for nodes without NMI: allowed=%v reason=%s result=%+v, want refused", resp.Allowed, reason, resp.Result)
 	}
 
 	resp, reason = m.decide(context.Background(), podRequest(t, admissionv1.Create, labelled("nobody"), nil, "alice"))
 	if !resp.Allowed || reason != reasonNoBinding || len(resp.Warnings) == 0 || !strings.Contains(resp.Warnings[0], "matches no AzureIdentityBinding") {
 		t.Fatalf("unbound label: allowed=%v reason=%s warnings=%v", resp.Allowed, reason, resp.Warnings)
+	}
+}
+
+// poolNode is a node of VMSS pool with the OS label os.
+func poolNode(name, pool, os string) *corev1.Node {
+	return &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{corev1.LabelOSStable: os}},
+		Spec:       corev1.NodeSpec{ProviderID: "azure:///subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/" + pool + "/virtualMachines/0"},
 	}
 }
 

@@ -5,6 +5,7 @@
 package webhook
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"os"
@@ -28,6 +29,7 @@ import (
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/metrics"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
 )
 
 // +kubebuilder:rbac:groups=aadpodidentity.k8s.io,resources=azureidentities;azureidentitybindings,verbs=get;list;watch
@@ -91,6 +93,11 @@ type Options struct {
 	// MutatingWebhookConfiguration of this release.
 	AdoptPreexistingPods     bool
 	WebhookConfigurationName string
+	// NMINodeSelection is where NMI runs, its DaemonSet's node selection
+	// as JSON ("": nodepool.DefaultCoverage): a gated pod's identities go
+	// only onto those nodes' pools, and a pod that can only run elsewhere
+	// is refused.
+	NMINodeSelection string
 }
 
 // NewManager builds a manager that serves the webhook with health checks and
@@ -144,6 +151,10 @@ func nodeForTargets(obj any) (any, error) {
 
 // Setup indexes bindings and registers the handlers on the server.
 func Setup(ctx context.Context, mgr manager.Manager, server webhook.Server, opts Options) error {
+	nmi, err := nodepool.ParseCoverage(cmp.Or(opts.NMINodeSelection, nodepool.DefaultCoverage))
+	if err != nil {
+		return err
+	}
 	trusted := sets.New[string]()
 	for _, sa := range opts.TrustedServiceAccounts {
 		u, err := serviceAccountUsername(sa)
@@ -192,7 +203,7 @@ func Setup(ctx context.Context, mgr manager.Manager, server webhook.Server, opts
 			return fmt.Errorf("adding the adoption of pre-existing pods: %w", err)
 		}
 	}
-	register(MutatePodPath, podFrontEnd("mutate-pod", decoder, &PodMutator{Resolver: resolver, Gate: gate, Nodes: nodes}))
+	register(MutatePodPath, podFrontEnd("mutate-pod", decoder, &PodMutator{Resolver: resolver, Gate: gate, Nodes: nodes, NMI: nmi}))
 	register(ValidatePodPath, podFrontEnd("validate-pod", decoder, &PodValidator{Resolver: resolver, Trusted: trusted}))
 	register(MutateIdentityPath, crFrontEnd("mutate-azureidentity", "AzureIdentity", decoder, func() *aadv1.AzureIdentity { return &aadv1.AzureIdentity{} },
 		SpellingMutator[*aadv1.AzureIdentity]{Spec: func(id *aadv1.AzureIdentity) legacySpec { return &id.Spec }}))

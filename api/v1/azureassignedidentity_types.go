@@ -104,6 +104,12 @@ type IdentityAssignment struct {
 	// identity was put on the pool for us.
 	// +optional
 	AdoptedFrom string `json:"adoptedFrom,omitempty"`
+	// Preexisting is true when the identity was on the pool before this
+	// entry was recorded and 1.x's record showed it was put there for this
+	// AzureIdentity: it is served, but the assigner never removes it, since
+	// a record it cannot fully verify must not take an identity off a pool.
+	// +optional
+	Preexisting bool `json:"preexisting,omitempty"`
 }
 
 // AzureAssignedIdentityStatus says where the pool's assignments stand.

@@ -3,6 +3,7 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"os"
@@ -47,6 +48,7 @@ func main() {
 	flag.BoolVar(&mo.SecureMetrics, "secure-metrics", true, "Serve metrics over HTTPS to callers the apiserver authenticates and authorizes (get on nonResourceURL /metrics), rather than in plain HTTP to every pod that reaches this one.")
 	flag.StringVar(&mo.ProbeAddr, "health-probe-bind-address", ":8081", "Address of /healthz and /readyz.")
 	flag.StringVar(&mo.PprofAddr, "pprof-bind-address", "", "Address of Go's /debug/pprof endpoints, for profiling; empty disables them.")
+	flag.StringVar(&opts.NMINodeSelection, "nmi-node-selection", "", "NMI's DaemonSet node selection as JSON (nodeSelector, affinity, tolerations): identities go only onto the pools of nodes NMI runs on.")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -79,7 +81,11 @@ func main() {
 	// The cluster's own identity is never ours to remove.
 	opts.Immutable = append(opts.Immutable, az.UserAssignedIdentityID)
 
-	mgr, err := assigner.NewManager(ctrl.GetConfigOrDie(), mo, opts)
+	cfg := ctrl.GetConfigOrDie()
+	if opts.LegacyEvidenceBefore, err = assigner.InstalledAt(context.Background(), cfg, mo.LeaderElectionNamespace); err != nil {
+		fail(err, "reading when this installation began")
+	}
+	mgr, err := assigner.NewManager(cfg, mo, opts)
 	if err != nil {
 		fail(err, "setting up assigner")
 	}

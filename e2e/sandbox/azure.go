@@ -5,6 +5,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -42,6 +43,11 @@ type AzureEndpoints struct {
 	CAFile string
 	// Principal is a service principal registered in the fake tenant.
 	Principal fakeazure.ServicePrincipal
+	// CloudConfig is the nodes' azure.json, as AKS writes it: it names the
+	// cluster's kubelet identity, which the chart protects
+	// (nodeIdentity.cloudConfig).
+	CloudConfig string
+	Kubelet     fakeazure.Identity
 }
 
 // ServeAzure serves the fake ARM and AAD on APIServerIP inside the
@@ -83,6 +89,13 @@ func (s *Sandbox) ServeAzure() (*AzureEndpoints, error) {
 	e.AADAuthorityHost = fmt.Sprintf("https://%s:%d/", APIServerIP, aadPort)
 
 	e.Principal = e.AAD.CreateServicePrincipal(s.Azure.TenantID)
+	e.Kubelet = s.Azure.CreateIdentity(SubscriptionID, NodeResourceGroup, "sandbox-agentpool")
+	e.CloudConfig = s.path("azure.json")
+	cloudConfig := fmt.Sprintf(`{"cloud":"AzurePublicCloud","tenantId":%q,"subscriptionId":%q,"resourceGroup":%q,"useManagedIdentityExtension":true,"userAssignedIdentityID":%q}`,
+		s.Azure.TenantID, SubscriptionID, NodeResourceGroup, e.Kubelet.ClientID)
+	if err := os.WriteFile(e.CloudConfig, []byte(cloudConfig), 0o600); err != nil {
+		return nil, err
+	}
 	s.mu.Lock()
 	s.azureCAFile = e.CAFile
 	s.hostAliases = map[string]string{armHost: APIServerIP.String()}

@@ -125,8 +125,9 @@ func testBindingDeleted(t *testing.T) {
 // testBorrowedClientID: an AzureIdentity pairs the client ID of an identity
 // another team has on the pool with a resource ID of its own. ARM reports
 // another client ID for that resource, so the assigner fails the
-// assignment: the pod stays gated, with the reason in an event, and never
-// gets the other team's token.
+// assignment: the pod stays gated, with a stable reason in an event (ARM's
+// answer, which names the resource's real client ID, only in the record),
+// and never gets the other team's token.
 func testBorrowedClientID(t *testing.T) {
 	victim := userIdentity(t, "e2e-victim", "e2e-victim")
 	n := node(t, 0)
@@ -143,12 +144,18 @@ func testBorrowedClientID(t *testing.T) {
 			return err
 		}
 		for _, e := range events.Items {
-			if strings.Contains(e.Message, "ARM reports client ID") && strings.Contains(e.Message, own.ClientID) {
+			if strings.Contains(e.Message, own.ClientID) {
+				t.Fatalf("the pod's event carries ARM's answer: %s", e.Message)
+			}
+			if strings.Contains(e.Message, "identity_assignment_failed") && strings.Contains(e.Message, "default/e2e-borrower") {
 				return nil
 			}
 		}
-		return fmt.Errorf("no IdentityAssignmentFailed event naming ARM's client ID %s among %d events", own.ClientID, len(events.Items))
+		return fmt.Errorf("no IdentityAssignmentFailed event naming identity_assignment_failed and default/e2e-borrower among %d events", len(events.Items))
 	})
+	if rec := kubectl(t, "-n", releaseNS, "get", "azureassignedidentities", "-o", "jsonpath={.items[*].status.identities[*].lastError}"); !strings.Contains(rec, own.ClientID) {
+		t.Errorf("no record's lastError names ARM's client ID %s: %q", own.ClientID, rec)
+	}
 	got, err := env.client.CoreV1().Pods("default").Get(t.Context(), pod.Name, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)

@@ -178,6 +178,8 @@ func helmRelease(verb string, extra ...string) error {
 		"--set", "nmi.removeStartupTaint=true",
 		// The fake Azure AD is the sovereign cloud the SP case names in adEndpoint.
 		"--set-string", "nmi.aadAuthorityHost=" + env.az.AADAuthorityHost,
+		// The nodes' azure.json, as AKS writes it, names the kubelet identity.
+		"--set-string", "nodeIdentity.cloudConfig=" + env.az.CloudConfig,
 		"--wait", "--timeout", "3m"}
 	out, err := exec.Command(env.helm, append(args, extra...)...).CombinedOutput()
 	if err != nil {

@@ -41,6 +41,13 @@ const (
 	ReasonExternal         = "identity_not_ours"
 )
 
+// FailedAssignmentHint is all that a pod's owner learns of a Failed entry,
+// in NMI's answers and in the pod's annotation and events. The entry's
+// lastError is ARM's answer, which can name another identity's client ID
+// and the assigner's principal and scopes: it stays in the record and the
+// assigner's log, which namespace users read only if granted.
+const FailedAssignmentHint = "ARM refused it or reports another client ID for its resource ID: check the AzureIdentity's spec.clientID and spec.resourceID, and ask a cluster admin for ARM's answer (the assigner's log, the pool's AzureAssignedIdentity)"
+
 // CheckAssignment tells whether entry (nil: none) vouches for id: the
 // assigner put id's resource on the pool for this AzureIdentity (not
 // External), ARM confirmed the identity there with the client ID the
@@ -58,7 +65,7 @@ func CheckAssignment(rec *aadv1.IdentityAssignment, id *aadv1.AzureIdentity, all
 			Message: fmt.Sprintf("AzureIdentity %s names a different clientID or resourceID than the one assigned to this node's pool; the assigner is assigning the new one", name)}
 	case rec.State == aadv1.StateFailed:
 		return &AssignmentError{Reason: ReasonAssignmentFailed,
-			Message: fmt.Sprintf("AzureIdentity %s could not be assigned to this node's pool: %s", name, rec.LastError)}
+			Message: fmt.Sprintf("AzureIdentity %s could not be assigned to this node's pool (%s): %s", name, ReasonAssignmentFailed, FailedAssignmentHint)}
 	case rec.State != aadv1.StateAssigned:
 		return &AssignmentError{Reason: ReasonNotAssigned, Pending: rec.State == "" || rec.State == aadv1.StateAssigning,
 			Message: fmt.Sprintf("AzureIdentity %s is not assigned to this node's pool (%s)", name, orNone(string(rec.State)))}

@@ -17,16 +17,23 @@ import (
 // ErrNoPool explains why a pending pod has no target pool.
 var ErrNoPool = errors.New("no node pool matches the pod's node selector, required node affinity and tolerations")
 
+// ErrNotCovered explains why a pod's identities go on no pool: it can only
+// run where NMI does not, so no pod there could be kept from them.
+var ErrNotCovered = errors.New("the pod can only run on nodes where NMI does not run (NMI's node selector, affinity and tolerations leave them out), and identities are never put where every pod could read them from IMDS; give the pod a node selector or affinity for nodes NMI covers (for example kubernetes.io/os: linux)")
+
 // Targets returns the pools a pod may run on, sorted by key: its node's
 // pool once scheduled, else the pools of every Node the scheduler could
 // pick (node selector, required affinity, untolerated NoSchedule/NoExecute
-// taints). Taints that go away by themselves do not count: NMI's startup
-// taint and the node lifecycle's not-ready/unreachable ones (a new node of a
-// pool carries them until its kubelet reports ready).
-func Targets(pod *corev1.Pod, nodes []corev1.Node) ([]Pool, error) {
+// taints) and NMI covers. Taints that go away by themselves do not count:
+// NMI's startup taint and the node lifecycle's not-ready/unreachable ones (a
+// new node of a pool carries them until its kubelet reports ready).
+func Targets(pod *corev1.Pod, nodes []corev1.Node, nmi Coverage) ([]Pool, error) {
 	if pod.Spec.NodeName != "" {
 		for i := range nodes {
 			if nodes[i].Name == pod.Spec.NodeName {
+				if !nmi.Covers(&nodes[i]) {
+					return nil, fmt.Errorf("node %s: %w", nodes[i].Name, ErrNotCovered)
+				}
 				p, err := FromProviderID(nodes[i].Spec.ProviderID)
 				if err != nil {
 					return nil, fmt.Errorf("node %s: %w", nodes[i].Name, err)
@@ -38,6 +45,7 @@ func Targets(pod *corev1.Pod, nodes []corev1.Node) ([]Pool, error) {
 	}
 	affinity := nodeaffinity.GetRequiredNodeAffinity(pod)
 	byKey := map[string]Pool{}
+	uncovered := false
 	for i := range nodes {
 		node := &nodes[i]
 		if ok, err := affinity.Match(node); err != nil {
@@ -52,9 +60,16 @@ func Targets(pod *corev1.Pod, nodes []corev1.Node) ([]Pool, error) {
 		if err != nil {
 			continue // not an Azure node (or not yet initialised): nothing to assign to
 		}
+		if !nmi.Covers(node) {
+			uncovered = true
+			continue
+		}
 		byKey[p.Key()] = p
 	}
-	if len(byKey) == 0 {
+	switch {
+	case len(byKey) == 0 && uncovered:
+		return nil, ErrNotCovered
+	case len(byKey) == 0:
 		return nil, ErrNoPool
 	}
 	// Sorted by key, computed once per pool: a burst's pods each target

@@ -71,6 +71,16 @@ affinity:
 {{- end }}
 {{- end }}
 
+{{/* NMI's DaemonSet node selection as JSON, from the values its pod template uses: the webhook
+and assigner put identities only onto the pools of nodes NMI runs on (--nmi-node-selection). */}}
+{{- define "aad-pod-identity.nmiNodeSelection" -}}
+{{- $s := dict -}}
+{{- with .Values.nmi.nodeSelector }}{{ $_ := set $s "nodeSelector" . }}{{ end -}}
+{{- with .Values.nmi.affinity }}{{ $_ := set $s "affinity" . }}{{ end -}}
+{{- with .Values.nmi.tolerations }}{{ $_ := set $s "tolerations" . }}{{ end -}}
+{{- printf "--nmi-node-selection=%s" (toJson $s) | quote -}}
+{{- end }}
+
 {{/* Pod template metadata; call with (dict "root" $ "component" "webhook" "v" .Values.webhook). */}}
 {{- define "aad-pod-identity.podMetadata" -}}
 metadata:
@@ -129,7 +139,12 @@ metadata:
 
 {{/* The cluster's own identities: no AzureIdentity may name them (webhook) and NMI serves them to no pod. */}}
 {{- define "aad-pod-identity.protectedIdentities" -}}
-{{ join "," (concat .Values.protectedIdentities .Values.assigner.immutableIdentities .Values.exceptions.nodeIdentityClientIDs | uniq) }}
+{{ join "," (concat .Values.protectedIdentities .Values.assigner.immutableIdentities (include "aad-pod-identity.nodeIdentityClientIDs" . | splitList "," | compact) (list .Values.nodeIdentity.resourceID | compact) | uniq) }}
+{{- end }}
+
+{{/* The node identities exception pods may name: exceptions.nodeIdentityClientIDs and nodeIdentity.clientID. */}}
+{{- define "aad-pod-identity.nodeIdentityClientIDs" -}}
+{{ join "," (concat .Values.exceptions.nodeIdentityClientIDs (list .Values.nodeIdentity.clientID | compact) | uniq) }}
 {{- end }}
 
 {{/* identityScopes as namespace=scope entries, for the webhook's and NMI's --identity-scopes. */}}

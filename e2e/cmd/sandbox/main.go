@@ -141,6 +141,7 @@ func writeAzureEnv(path string, sb *sandbox.Sandbox, az *sandbox.AzureEndpoints)
 		{"ARM_ENDPOINT", az.ARMEndpoint},
 		{"AAD_AUTHORITY_HOST", az.AADAuthorityHost},
 		{"AZURE_CA_FILE", az.CAFile},
+		{"CLOUD_CONFIG", az.CloudConfig},
 	}
 	var b strings.Builder
 	for _, kv := range vars {
