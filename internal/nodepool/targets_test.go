@@ -76,7 +76,7 @@ func TestTargets(t *testing.T) {
 			switch {
 			case tc.wantErr == nil && err != nil, tc.wantErr != nil && err == nil:
 				t.Fatalf("err = %v, want %v", err, tc.wantErr)
-			case tc.wantErr != nil && tc.wantErr != errAny && !errors.Is(err, tc.wantErr):
+			case tc.wantErr != nil && !errors.Is(tc.wantErr, errAny) && !errors.Is(err, tc.wantErr):
 				t.Fatalf("err = %v, want %v", err, tc.wantErr)
 			}
 			var got []string
