@@ -131,9 +131,9 @@ const (
 	// The listen port takes only what the DNAT sent it (and the node's own).
 	listenDNATed = "-d 127.0.0.1/32 -p tcp -m tcp --dport 2579 -m conntrack --ctstate DNAT --ctorigdst 169.254.169.254 --ctorigdstport 80 -j RETURN"
 	listenDrop   = "-d 127.0.0.1/32 ! -i lo -p tcp -m tcp --dport 2579 -j DROP"
-	guardJump = "-j aad-metadata-guard"
-	kube      = "-m comment --comment kubernetes -j KUBE-SERVICES"
-	stale     = "! -s 127.0.0.1/32 -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 127.0.0.1:9999"
+	guardJump    = "-j aad-metadata-guard"
+	kube         = "-m comment --comment kubernetes -j KUBE-SERVICES"
+	stale        = "! -s 127.0.0.1/32 -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 127.0.0.1:9999"
 	// An earlier NMI's chain, as aad-pod-identity 1.x writes it: DNAT to the
 	// node's address, its own calls let through, and a commented jump.
 	legacyDNAT   = "! -s 10.240.0.4/32 -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.240.0.4:2579"
@@ -258,7 +258,9 @@ func TestGuardRules(t *testing.T) {
 				t.Fatalf("guard %q, INPUT %q; want %q", ipt.chains[GuardChain], ipt.chains[input], tt.guard)
 			}
 			g := slices.Index(ipt.calls, "insert INPUT 1 "+guardJump)
-			d := slices.IndexFunc(ipt.calls, func(c string) bool { return strings.HasPrefix(c, "append aad-metadata ") && strings.Contains(c, "DNAT") })
+			d := slices.IndexFunc(ipt.calls, func(c string) bool {
+				return strings.HasPrefix(c, "append aad-metadata ") && strings.Contains(c, "DNAT")
+			})
 			if g < 0 || d < 0 || g > d {
 				t.Errorf("guard's jump at call %d, DNAT at %d: want the guard first (%q)", g, d, ipt.calls)
 			}
