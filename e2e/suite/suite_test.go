@@ -178,6 +178,10 @@ func helmRelease(verb string, extra ...string) error {
 		"--set", "nmi.removeStartupTaint=true",
 		// The fake Azure AD is the sovereign cloud the SP case names in adEndpoint.
 		"--set-string", "nmi.aadAuthorityHost=" + env.az.AADAuthorityHost,
+		// Each real node's containerd socket (the chart's default path is
+		// the same on every node, which nodes sharing one filesystem cannot
+		// have); none on stand-ins.
+		"--set-string", "nmi.criSocket=" + env.sb.ChartCRISocket(),
 		"--wait", "--timeout", "3m"}
 	out, err := exec.Command(env.helm, append(args, extra...)...).CombinedOutput()
 	if err != nil {
