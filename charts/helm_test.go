@@ -169,6 +169,7 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		{"user-assigned identity without client ID", []string{"azureIdentities[0].name=x", "azureIdentities[0].type=0", "azureIdentities[0].resourceID=/r"}, "clientID"},
 		{"bad metadata path", []string{"nmi.allowedMetadataPaths={metadata/instance}"}, "allowedMetadataPaths"},
 		{"unknown mode", []string{"mode=addon"}, "mode"},
+		{"runtime socket without a directory", []string{"nmi.criSocket=/containerd.sock"}, "criSocket"},
 		{"identity scope that is not an ARM scope", []string{"identityScopes.team-a={team-a-identities}"}, "identityScopes"},
 	}
 	for _, tc := range tests {

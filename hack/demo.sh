@@ -110,6 +110,7 @@ helm install aad-pod-identity "$CHART" --namespace=kube-system \
 	--set-string assigner.armEndpoint="$ARM_ENDPOINT" \
 	--set-string assigner.aadAuthorityHost="$AAD_AUTHORITY_HOST" \
 	--set-string nodeIdentity.cloudConfig="$CLOUD_CONFIG" \
+	--set-string nmi.criSocket="$CRI_SOCKET" \
 	--wait --timeout 3m
 kubectl get pods -n kube-system -o wide
 

@@ -37,6 +37,8 @@ type assignments struct {
 	// for: the gate is lifted once it is Assigned, but NMI's cache may see
 	// that a moment later than the pod starts.
 	wait time.Duration
+	// waits caps the requests waiting at once (nil: no cap).
+	waits *waitLimit
 
 	mu   sync.Mutex
 	pool *nodepool.Pool // once read: a provider ID does not change
@@ -52,6 +54,8 @@ func (a *assignments) check(ctx context.Context, id *aadv1.AzureIdentity) error 
 	}
 	key := client.ObjectKey{Namespace: a.namespace, Name: identity.RecordName(pool)}
 	deadline := time.Now().Add(a.wait)
+	turn := a.waits.turn()
+	defer turn.done()
 	for {
 		var rec aadv1.AzureAssignedIdentity
 		var entry *aadv1.IdentityAssignment // nil: not recorded yet
@@ -65,13 +69,12 @@ func (a *assignments) check(ctx context.Context, id *aadv1.AzureIdentity) error 
 		if !errors.As(err, &ae) {
 			return err
 		}
+		refused := forbidden(ae.Reason, "%s", ae.Message)
 		if !ae.Pending || !time.Now().Before(deadline) {
-			return forbidden(ae.Reason, "%s", ae.Message)
+			return refused
 		}
-		select {
-		case <-ctx.Done():
-			return forbidden(ae.Reason, "%s", ae.Message)
-		case <-time.After(callerPollInterval):
+		if err := turn.pause(ctx, refused); err != nil {
+			return err
 		}
 	}
 }

@@ -18,9 +18,10 @@ const (
 	input       = "INPUT"
 	// Chain holds the interception rules; PREROUTING jumps to it first.
 	Chain = "aad-metadata"
-	// GuardChain, in the filter table, drops what route_localnet would
-	// otherwise let through to the node's loopback services; INPUT jumps to
-	// it first.
+	// GuardChain, in the filter table, lets only the node's own DNAT from
+	// the metadata address reach NMI's listen port, and with a loopback
+	// target drops what route_localnet would otherwise let through to the
+	// node's loopback services; INPUT jumps to it first.
 	GuardChain = "aad-metadata-guard"
 )
 
@@ -55,32 +56,10 @@ type managedChain struct {
 
 func (c managedChain) jump() []string { return []string{"-j", c.name} }
 
-// chains are the chains NMI keeps, in the order they are written: with a
-// loopback target the guard, then the interception.
+// chains are the chains NMI keeps, in the order they are written: the
+// guard, then the interception, so that nothing is redirected to the
+// listen port (or to loopback) before it is guarded.
 func (i Interception) chains() ([]managedChain, error) {
-	rules, err := i.chainRules()
-	if err != nil {
-		return nil, err
-	}
-	interception := managedChain{table: natTable, name: Chain, hook: prerouting, rules: rules}
-	if i.LoopbackTarget() {
-		// The guard goes in before anything is redirected to loopback.
-		return []managedChain{guard, interception}, nil
-	}
-	return []managedChain{interception}, nil
-}
-
-// guard drops packets for 127.0.0.0/8 that come from elsewhere and were not
-// DNATed: route_localnet=1, which the loopback DNAT target needs, would
-// otherwise let a pod (NET_RAW, or a route to the node) reach the node's
-// localhost-only services (CVE-2020-8558). Kube-proxy guards the same way.
-var guard = managedChain{table: filterTable, name: GuardChain, hook: input, rules: [][]string{
-	{"!", "-s", "127.0.0.0/8", "-d", "127.0.0.0/8", "-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED,DNAT", "-j", "DROP"},
-	{"-j", "RETURN"},
-}}
-
-// chainRules are the interception chain's rules.
-func (i Interception) chainRules() ([][]string, error) {
 	if ip := net.ParseIP(i.MetadataIP); ip == nil || ip.To4() == nil {
 		return nil, fmt.Errorf("metadata IP %q is not an IPv4 address", i.MetadataIP)
 	}
@@ -94,10 +73,34 @@ func (i Interception) chainRules() ([][]string, error) {
 	if ip := net.ParseIP(host); ip == nil || ip.To4() == nil {
 		return nil, fmt.Errorf("listen address %q needs an IPv4 address to redirect to", i.ListenAddress)
 	}
-	return [][]string{
-		{"!", "-s", "127.0.0.1/32", "-d", i.MetadataIP + "/32", "-p", "tcp", "-m", "tcp", "--dport", strconv.Itoa(i.MetadataPort),
+	metadataPort := strconv.Itoa(i.MetadataPort)
+	listen := []string{"-d", host + "/32", "-p", "tcp", "-m", "tcp", "--dport", port}
+	var guard [][]string
+	if i.LoopbackTarget() {
+		// route_localnet=1, which the loopback DNAT target needs, would let
+		// a pod (NET_RAW, or a route to the node) reach the node's
+		// localhost-only services (CVE-2020-8558); kube-proxy guards the
+		// same way.
+		guard = append(guard, []string{"!", "-s", "127.0.0.0/8", "-d", "127.0.0.0/8", "-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED,DNAT", "-j", "DROP"})
+	}
+	// The listen port answers by source address, so it must see only what
+	// the interception sent it: a connection straight to it would skip the
+	// anti-spoofing chain (which matches the metadata address), and let pods
+	// of other nodes, unknown here, wait on it. Every packet of a
+	// connection the DNAT redirected carries the metadata address as its
+	// original destination; the node's own processes (-i lo) may connect.
+	guard = append(guard,
+		slices.Concat(listen, []string{"-m", "conntrack", "--ctstate", "DNAT", "--ctorigdst", i.MetadataIP, "--ctorigdstport", metadataPort, "-j", "RETURN"}),
+		slices.Concat(listen[:2], []string{"!", "-i", "lo"}, listen[2:], []string{"-j", "DROP"}),
+		[]string{"-j", "RETURN"})
+	interception := [][]string{
+		{"!", "-s", "127.0.0.1/32", "-d", i.MetadataIP + "/32", "-p", "tcp", "-m", "tcp", "--dport", metadataPort,
 			"-j", "DNAT", "--to-destination", net.JoinHostPort(host, port)},
 		{"-j", "RETURN"},
+	}
+	return []managedChain{
+		{table: filterTable, name: GuardChain, hook: input, rules: guard},
+		{table: natTable, name: Chain, hook: prerouting, rules: interception},
 	}, nil
 }
 
@@ -108,7 +111,7 @@ func (i Interception) LoopbackTarget() bool {
 	return err == nil && net.ParseIP(host).IsLoopback()
 }
 
-// EnsureRules makes the tables hold exactly the interception (and its guard):
+// EnsureRules makes the tables hold exactly the interception and its guard:
 // each chain with its rules, and one jump to it as its hook's first rule. It
 // reports whether anything had to change.
 func EnsureRules(ipt IPTables, i Interception) (changed bool, err error) {
@@ -272,9 +275,9 @@ func splitRule(line string) []string {
 
 // RemoveRules deletes the jumps and the chains: uninstall only, since
 // without them pods reach IMDS directly. The interception goes before the
-// guard, so that the guard never goes while the loopback DNAT stays.
+// guard, so that the guard never goes while the DNAT stays.
 func RemoveRules(ipt IPTables) error {
-	for _, c := range []managedChain{{table: mangleTable, name: SpoofChain, hook: prerouting}, {table: natTable, name: Chain, hook: prerouting}, guard} {
+	for _, c := range []managedChain{{table: mangleTable, name: SpoofChain, hook: prerouting}, {table: natTable, name: Chain, hook: prerouting}, {table: filterTable, name: GuardChain, hook: input}} {
 		if err := removeChain(ipt, c); err != nil {
 			return err
 		}

@@ -128,9 +128,12 @@ const (
 	ret       = "-j RETURN"
 	jump      = "-j aad-metadata"
 	guardDrop = "! -s 127.0.0.0/8 -d 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"
-	guardJump = "-j aad-metadata-guard"
-	kube      = "-m comment --comment kubernetes -j KUBE-SERVICES"
-	stale     = "! -s 127.0.0.1/32 -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 127.0.0.1:9999"
+	// The listen port takes only what the DNAT sent it (and the node's own).
+	listenDNATed = "-d 127.0.0.1/32 -p tcp -m tcp --dport 2579 -m conntrack --ctstate DNAT --ctorigdst 169.254.169.254 --ctorigdstport 80 -j RETURN"
+	listenDrop   = "-d 127.0.0.1/32 ! -i lo -p tcp -m tcp --dport 2579 -j DROP"
+	guardJump    = "-j aad-metadata-guard"
+	kube         = "-m comment --comment kubernetes -j KUBE-SERVICES"
+	stale        = "! -s 127.0.0.1/32 -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 127.0.0.1:9999"
 	// An earlier NMI's chain, as aad-pod-identity 1.x writes it: DNAT to the
 	// node's address, its own calls let through, and a commented jump.
 	legacyDNAT   = "! -s 10.240.0.4/32 -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.240.0.4:2579"
@@ -139,9 +142,10 @@ const (
 )
 
 func TestEnsureRules(t *testing.T) {
-	want := map[string][]string{prerouting: {jump, kube}, Chain: {dnat, ret}, input: {guardJump}, GuardChain: {guardDrop, ret}}
+	guard := []string{guardDrop, listenDNATed, listenDrop, ret}
+	want := map[string][]string{prerouting: {jump, kube}, Chain: {dnat, ret}, input: {guardJump}, GuardChain: guard}
 	guarded := func(nat map[string][]string) map[string][]string {
-		nat[input], nat[GuardChain] = []string{guardJump}, []string{guardDrop, ret}
+		nat[input], nat[GuardChain] = []string{guardJump}, guard
 		return nat
 	}
 	tests := []struct {
@@ -153,6 +157,7 @@ func TestEnsureRules(t *testing.T) {
 		{"already right", guarded(map[string][]string{prerouting: {jump, kube}, Chain: {dnat, ret}}), false},
 		{"guard missing", map[string][]string{prerouting: {jump, kube}, Chain: {dnat, ret}}, true},
 		{"guard emptied", map[string][]string{prerouting: {jump, kube}, Chain: {dnat, ret}, input: {guardJump}, GuardChain: nil}, true},
+		{"guard of an earlier NMI, without the listen port", map[string][]string{prerouting: {jump, kube}, Chain: {dnat, ret}, input: {guardJump}, GuardChain: {guardDrop, ret}}, true},
 		{"chain emptied", map[string][]string{prerouting: {jump, kube}, Chain: nil}, true},
 		{"stale target", guarded(map[string][]string{prerouting: {jump, kube}, Chain: {stale, ret}}), true},
 		{"extra rule in chain", guarded(map[string][]string{prerouting: {jump, kube}, Chain: {dnat, "-j ACCEPT", ret}}), true},
@@ -229,22 +234,37 @@ func TestLoopbackTarget(t *testing.T) {
 	}
 }
 
-// The guard is there only for a loopback target, and goes in before the
-// redirection.
-func TestGuardOnlyForLoopbackTarget(t *testing.T) {
-	ipt := newFakeIPTables(nil)
-	if _, err := EnsureRules(ipt, Interception{MetadataIP: "169.254.169.254", MetadataPort: 80, ListenAddress: "10.0.0.4:2579"}); err != nil {
-		t.Fatal(err)
+// The listen port is guarded for every target, the node's loopback services
+// for a loopback target only, and the guard goes in before the redirection.
+func TestGuardRules(t *testing.T) {
+	tests := []struct {
+		listen string
+		guard  []string
+	}{
+		{"10.0.0.4:2579", []string{
+			"-d 10.0.0.4/32 -p tcp -m tcp --dport 2579 -m conntrack --ctstate DNAT --ctorigdst 169.254.169.254 --ctorigdstport 80 -j RETURN",
+			"-d 10.0.0.4/32 ! -i lo -p tcp -m tcp --dport 2579 -j DROP",
+			ret,
+		}},
+		{"127.0.0.1:2579", []string{guardDrop, listenDNATed, listenDrop, ret}},
 	}
-	if _, ok := ipt.chains[GuardChain]; ok {
-		t.Errorf("guard installed for a node-IP target: %q", ipt.calls)
-	}
-	ipt = newFakeIPTables(nil)
-	if _, err := EnsureRules(ipt, Interception{MetadataIP: "169.254.169.254", MetadataPort: 80, ListenAddress: "127.0.0.1:2579"}); err != nil {
-		t.Fatal(err)
-	}
-	if g, d := slices.Index(ipt.calls, "append aad-metadata-guard "+guardDrop), slices.Index(ipt.calls, "append aad-metadata "+dnat); g < 0 || d < 0 || g > d {
-		t.Errorf("guard at call %d, DNAT at %d: want the guard first (%q)", g, d, ipt.calls)
+	for _, tt := range tests {
+		t.Run(tt.listen, func(t *testing.T) {
+			ipt := newFakeIPTables(nil)
+			if _, err := EnsureRules(ipt, Interception{MetadataIP: "169.254.169.254", MetadataPort: 80, ListenAddress: tt.listen}); err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(ipt.chains[GuardChain], tt.guard) || !slices.Equal(ipt.chains[input], []string{guardJump}) {
+				t.Fatalf("guard %q, INPUT %q; want %q", ipt.chains[GuardChain], ipt.chains[input], tt.guard)
+			}
+			g := slices.Index(ipt.calls, "insert INPUT 1 "+guardJump)
+			d := slices.IndexFunc(ipt.calls, func(c string) bool {
+				return strings.HasPrefix(c, "append aad-metadata ") && strings.Contains(c, "DNAT")
+			})
+			if g < 0 || d < 0 || g > d {
+				t.Errorf("guard's jump at call %d, DNAT at %d: want the guard first (%q)", g, d, ipt.calls)
+			}
+		})
 	}
 }
 

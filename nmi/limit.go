@@ -1,6 +1,7 @@
 package nmi
 
 import (
+	"context"
 	"net/http"
 	"sync"
 	"time"
@@ -67,5 +68,68 @@ func (l *missLimiter) sweep(now time.Time) {
 		if lim.TokensAt(now) >= float64(l.burst) {
 			delete(l.pods, uid)
 		}
+	}
+}
+
+// waitLimit caps the requests that wait at once, on this node, for NMI's
+// cache to catch up (an unknown caller's IP, a newer pod's, the assigner's
+// record): each holds a connection, two goroutines and about 38 KB for up
+// to --unknown-caller-wait, and the per-address connection cap does not
+// bound how many addresses wait.
+type waitLimit struct {
+	slots chan struct{} // nil: no cap
+}
+
+// newWaitLimit allows max requests to wait at once; max <= 0 allows any
+// number.
+func newWaitLimit(max int) *waitLimit {
+	if max <= 0 {
+		return &waitLimit{}
+	}
+	return &waitLimit{slots: make(chan struct{}, max)}
+}
+
+// waitTurn is one request's use of the limit: it takes a slot on its first
+// pause and gives it back when done.
+type waitTurn struct {
+	limit *waitLimit
+	held  bool
+}
+
+// turn starts a request's use of the limit; a nil limit has no cap.
+func (l *waitLimit) turn() *waitTurn { return &waitTurn{limit: l} }
+
+// pause waits one poll interval before the request looks again, and
+// returns nil then. It returns pending, the answer the request has so far,
+// when the request ends meanwhile, and a 503 when every slot is taken: a
+// request that cannot wait is told to retry rather than queued.
+func (t *waitTurn) pause(ctx context.Context, pending error) error {
+	if !t.held && t.limit != nil && t.limit.slots != nil {
+		select {
+		case t.limit.slots <- struct{}{}:
+			t.held = true
+			waitingRequests.Inc()
+		default:
+			waitsRefused.Inc()
+			e := newError(http.StatusServiceUnavailable, "service_unavailable", "too_many_waiting",
+				"Too many requests are waiting on this node for NMI's view of its pods to catch up; retry in a moment")
+			e.retryAfter = time.Second
+			return e
+		}
+	}
+	select {
+	case <-ctx.Done():
+		return pending
+	case <-time.After(callerPollInterval):
+		return nil
+	}
+}
+
+// done gives the request's slot back, if it took one.
+func (t *waitTurn) done() {
+	if t.held {
+		t.held = false
+		waitingRequests.Dec()
+		<-t.limit.slots
 	}
 }

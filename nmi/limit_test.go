@@ -1,11 +1,17 @@
 package nmi
 
 import (
+	"bufio"
+	"context"
 	"errors"
+	"fmt"
+	"net"
 	"net/http"
+	"runtime"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"k8s.io/apimachinery/pkg/types"
 )
 
@@ -53,4 +59,91 @@ func TestMissLimiterDisabled(t *testing.T) {
 			t.Fatalf("request %d refused with the limit disabled: %v", i, err)
 		}
 	}
+}
+
+// Requests waiting for the cache are capped node-wide: 600 unknown callers
+// from 10 addresses (under the per-address cap) leave 200 waiting and get
+// the rest 503 with Retry-After at once, so the cost of waiting requests is
+// bounded whatever the number of addresses.
+func TestWaitingRequestsAreCapped(t *testing.T) {
+	const (
+		addrs, perAddr = 10, 60
+		maxWaiting     = 200
+		total          = addrs * perAddr
+	)
+	f := newFixture(t)
+	f.server.callerWait = time.Minute
+	f.server.waits = newWaitLimit(maxWaiting)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- serveOn(ctx, l, 64, f.server.Handler()) }()
+	var conns []net.Conn
+	t.Cleanup(func() {
+		for _, c := range conns {
+			_ = c.Close()
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	goroutines, mem := usage()
+	refusedBefore := testutil.ToFloat64(waitsRefused)
+	for a := range addrs {
+		from := &net.TCPAddr{IP: net.IPv4(127, 0, 1, byte(a+1))}
+		for range perAddr {
+			c, err := (&net.Dialer{LocalAddr: from, Timeout: 5 * time.Second}).Dial("tcp", l.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			conns = append(conns, c)
+			if _, err := fmt.Fprint(c, "GET /metadata/identity/oauth2/token?api-version=1&resource=r HTTP/1.1\r\nHost: 169.254.169.254\r\nMetadata: true\r\n\r\n"); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for testutil.ToFloat64(waitsRefused)-refusedBefore < total-maxWaiting && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := testutil.ToFloat64(waitsRefused) - refusedBefore; got != total-maxWaiting {
+		t.Fatalf("%v requests refused at once, want %d", got, total-maxWaiting)
+	}
+	if got := testutil.ToFloat64(waitingRequests); got != maxWaiting {
+		t.Fatalf("%v requests waiting, want %d", got, maxWaiting)
+	}
+	// The refused ones have their answer already; they go, the waiting stay.
+	var waiting []net.Conn
+	for _, c := range conns {
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Millisecond))
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			waiting = append(waiting, c)
+			continue
+		}
+		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+			t.Fatalf("refused request: %d (Retry-After %q), want 503 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"))
+		}
+		_ = c.Close()
+	}
+	if len(waiting) != maxWaiting {
+		t.Fatalf("%d connections without an answer, want %d", len(waiting), maxWaiting)
+	}
+	g, m := usage()
+	t.Logf("%d requests waiting: %.1f goroutines and %.1f KiB (heap and stacks) each", maxWaiting, float64(g-goroutines)/maxWaiting, float64(m-mem)/maxWaiting/1024)
+	if g-goroutines > 3*maxWaiting {
+		t.Errorf("%d more goroutines for %d waiting requests", g-goroutines, maxWaiting)
+	}
+}
+
+// usage is the process's goroutines and in-use heap and stack bytes.
+func usage() (goroutines int, bytes uint64) {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return runtime.NumGoroutine(), ms.HeapInuse + ms.StackInuse
 }

@@ -36,6 +36,14 @@ var (
 		Name: "nmi_connections_refused_total",
 		Help: "Connections closed on accept because their source address had --max-connections-per-ip open.",
 	})
+	waitingRequests = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "nmi_waiting_requests",
+		Help: "Requests waiting for NMI's cache to catch up (an unknown caller's IP, a newer pod's, the assigner's record).",
+	})
+	waitsRefused = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "nmi_waits_refused_total",
+		Help: "Requests answered 503 at once instead of waiting, because --max-waiting-requests were waiting.",
+	})
 	rulesRepairs = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "nmi_iptables_repairs_total",
 		Help: "Times the interception rules were found missing or different and rewritten.",
@@ -47,5 +55,5 @@ var (
 )
 
 func init() {
-	ctrlmetrics.Registry.MustRegister(requestsTotal, requestDuration, tokenCacheTotal, upstreamDuration, upstreamErrors, panicsTotal, connectionsRefused, rulesRepairs, spoofGuardedPods)
+	ctrlmetrics.Registry.MustRegister(requestsTotal, requestDuration, tokenCacheTotal, upstreamDuration, upstreamErrors, panicsTotal, connectionsRefused, waitingRequests, waitsRefused, rulesRepairs, spoofGuardedPods)
 }

@@ -78,6 +78,9 @@ type Options struct {
 	SecureMetrics bool
 	// MaxConnsPerIP caps the open connections from one source address.
 	MaxConnsPerIP int
+	// MaxWaitingRequests caps the requests waiting at once for the cache
+	// (0: no cap).
+	MaxWaitingRequests int
 	// Exceptions scopes AzurePodIdentityExceptions.
 	Exceptions ExceptionPolicy
 	// ProtectedIdentities (client or resource IDs) are the cluster's own;
@@ -229,6 +232,7 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 	if err != nil {
 		return err
 	}
+	waits := newWaitLimit(opts.MaxWaitingRequests)
 	srv := &Server{
 		reader:       mgr.GetClient(),
 		resolver:     resolver,
@@ -241,10 +245,11 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		assignments: &assignments{
 			records: mgr.GetClient(), namespace: opts.AssignmentsNamespace,
 			nodes: mgr.GetClient(), nodeName: opts.NodeName, pool: pool,
-			allowExternal: opts.ServeExternalIdentities, wait: opts.UnknownCallerWait,
+			allowExternal: opts.ServeExternalIdentities, wait: opts.UnknownCallerWait, waits: waits,
 		},
 		tokens:     newTokenCache(opts.TokenRefreshMargin),
 		misses:     newMissLimiter(opts.UncachedTokensPerSecond, opts.UncachedTokenBurst),
+		waits:      waits,
 		callerWait: opts.UnknownCallerWait,
 		log:        log,
 	}
@@ -264,6 +269,9 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 	}
 
 	var ready atomic.Bool
+	// Closed once the rules are in: the guard must stand before the
+	// listener takes connections that did not come through the DNAT.
+	guarded := make(chan struct{})
 	if err := errors.Join(
 		mgr.AddHealthzCheck("ping", healthz.Ping),
 		mgr.AddReadyzCheck("interception", func(*http.Request) error {
@@ -277,10 +285,15 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 			if err := syncCaches(ctx, mgr.GetCache(), opts.Mode); err != nil {
 				return err
 			}
+			select {
+			case <-guarded:
+			case <-ctx.Done():
+				return nil
+			}
 			return serve(ctx, opts.ListenAddress, opts.MaxConnsPerIP, srv.Handler())
 		})),
 		mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
-			return keepRules(ctx, mgr, opts, &ready)
+			return keepRules(ctx, mgr, opts, &ready, guarded)
 		})),
 	); err != nil {
 		return err
@@ -357,11 +370,11 @@ func serveOn(ctx context.Context, l net.Listener, maxConnsPerIP int, h http.Hand
 	return nil
 }
 
-// keepRules installs the interception, then, once the pod cache is synced,
-// marks NMI ready and lifts the startup taint; it re-checks the rules every
-// sync period, and the anti-spoofing rules also whenever a pod of the node
-// comes, goes or changes address.
-func keepRules(ctx context.Context, mgr manager.Manager, opts Options, ready *atomic.Bool) error {
+// keepRules installs the interception and its guard (and closes guarded),
+// then, once the pod cache is synced, marks NMI ready and lifts the startup
+// taint; it re-checks the rules every sync period, and the anti-spoofing
+// rules also whenever a pod of the node comes, goes or changes address.
+func keepRules(ctx context.Context, mgr manager.Manager, opts Options, ready *atomic.Bool, guarded chan<- struct{}) error {
 	log := ctrl.Log.WithName("iptables")
 	spoofed := func() error {
 		if opts.CNICacheDir == "" {
@@ -399,6 +412,7 @@ func keepRules(ctx context.Context, mgr manager.Manager, opts Options, ready *at
 	if err := check(); err != nil {
 		return fmt.Errorf("installing interception rules: %w", err)
 	}
+	close(guarded)
 	if err := syncCaches(ctx, mgr.GetCache(), opts.Mode); err != nil {
 		return err
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	corev1 "k8s.io/api/core/v1"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
@@ -126,4 +127,40 @@ func TestCallerConfirmedWithRuntime(t *testing.T) {
 
 	stop()
 	try("runtime down: fail closed", http.StatusServiceUnavailable, "cannot confirm the caller")
+}
+
+// With the runtime's socket, the runtime decides who holds an IP: a newer
+// pod without a reported IP (whose sandbox may exist) no longer holds back
+// a caller the runtime confirms; without it, the guess still does.
+func TestRuntimeOverridesIPReuseGuess(t *testing.T) {
+	const tok = "/metadata/identity/oauth2/token?api-version=1&resource=r"
+	id := azureIdentity("id-a", "client-a", "")
+	owner := pod("owner", "10.0.0.20", admitted("ns/id-a"), created(10*time.Minute))
+	newer := pod("newer", "", created(2*time.Second), sandbox(corev1.ConditionFalse, time.Second))
+	rt := &fakeRuntime{sandboxes: map[string]*runtimeapi.PodSandboxStatus{}}
+	rt.set("sb-owner", string(owner.UID), "10.0.0.20", runtimeapi.PodSandboxState_SANDBOX_READY)
+	socket, _ := serveRuntime(t, rt)
+	sb, conn, err := dialRuntime(socket, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	tests := []struct {
+		name    string
+		runtime *sandboxes
+		status  int
+		want    string
+	}{
+		{"cache alone: the newer pod may hold the IP", nil, http.StatusForbidden, "may hold this address"},
+		{"runtime confirms the owner: served", sb, http.StatusOK, "tok-client-a"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t, &id, binding("ns", "bind-a", "sel", "id-a"), owner, newer)
+			f.server.runtime = tt.runtime
+			if rec := f.do(t, "10.0.0.20", tok, true); rec.Code != tt.status || !strings.Contains(rec.Body.String(), tt.want) {
+				t.Fatalf("got %d %s; want %d containing %q", rec.Code, rec.Body, tt.status, tt.want)
+			}
+		})
+	}
 }

@@ -42,6 +42,7 @@ type Server struct {
 	runtime      *sandboxes         // nil: callers are not confirmed with the CRI
 	tokens       *tokenCache
 	misses       *missLimiter
+	waits        *waitLimit // shared by every request that waits for the cache
 	// callerWait is how long an unknown source IP is looked up again.
 	callerWait time.Duration
 	log        logr.Logger
@@ -160,17 +161,26 @@ func (s *Server) other(w http.ResponseWriter, r *http.Request) (string, error) {
 // callerPollInterval paces the lookups of an unknown caller.
 const callerPollInterval = 100 * time.Millisecond
 
-// caller finds the pod calling from ip, confirmed with the container
-// runtime when NMI has its socket. A container may call as soon as it
+// caller finds the pod calling from ip. A container may call as soon as it
 // starts, before the kubelet's status update with its IP reaches this
 // node's cache, so an unknown IP, or one a newer pod may have taken over, is
-// looked up again for up to callerWait before it is refused.
+// looked up again for up to callerWait before it is refused. With the
+// container runtime's socket, the runtime confirms the pod the cache names
+// and is authoritative: the guess about newer pods (ipMayBeReused) does not
+// apply.
 func (s *Server) caller(ctx context.Context, ip string) (*corev1.Pod, error) {
 	deadline := time.Now().Add(s.callerWait)
+	turn := s.waits.turn()
+	defer turn.done()
 	for {
-		pod, err := callerPod(ctx, s.reader, ip, time.Now())
-		if err == nil && s.runtime != nil {
-			if err = s.runtime.confirm(ctx, pod, ip); err != nil {
+		pod, err := callerPod(ctx, s.reader, ip)
+		if err == nil {
+			if s.runtime != nil {
+				err = s.runtime.confirm(ctx, pod, ip)
+			} else {
+				err = ipMayBeReused(ctx, s.reader, pod, ip, time.Now())
+			}
+			if err != nil {
 				pod = nil
 			}
 		}
@@ -179,10 +189,8 @@ func (s *Server) caller(ctx context.Context, ip string) (*corev1.Pod, error) {
 		if err == nil || !transient || !time.Now().Before(deadline) {
 			return pod, err
 		}
-		select {
-		case <-ctx.Done():
+		if err := turn.pause(ctx, err); err != nil {
 			return nil, err
-		case <-time.After(callerPollInterval):
 		}
 	}
 }

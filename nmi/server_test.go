@@ -550,26 +550,26 @@ func TestExceptionPolicy(t *testing.T) {
 
 // The IP of a pod that ended may be taken by a newer pod before this node's
 // cache shows either change: the newer pod must not be served as the old one.
+// Only a newer pod whose sandbox may exist counts, and only for a while: a
+// pod the kubelet has not started, or one stuck before its sandbox, must not
+// keep its neighbours from their tokens.
 func TestIPMayBeReused(t *testing.T) {
 	const tok = "/metadata/identity/oauth2/token?api-version=1&resource=r"
 	id := azureIdentity("id-a", "client-a", "")
-	created := func(ago time.Duration) func(*corev1.Pod) {
-		return func(p *corev1.Pod) { p.CreationTimestamp = metav1.NewTime(time.Now().Add(-ago)) }
-	}
-	noIP := func(p *corev1.Pod) {
-		p.Status = corev1.PodStatus{Phase: corev1.PodPending}
-	}
 	tests := []struct {
 		name   string
 		newer  *corev1.Pod
 		status int
 		want   string
 	}{
-		{"newer pod without an IP: refused", pod("newer", "", created(2*time.Second), noIP), 403, "may hold this address"},
+		{"newer pod whose sandbox is being made: refused", pod("newer", "", created(3*time.Second), sandbox(corev1.ConditionFalse, 2*time.Second)), 403, "may hold this address"},
+		{"newer pod whose sandbox exists, IP not reported: refused", pod("newer", "", created(3*time.Second), sandbox(corev1.ConditionTrue, time.Second)), 403, "may hold this address"},
+		{"newer pod on a kubelet without the condition, started: refused", pod("newer", "", created(3*time.Second), unstarted, func(p *corev1.Pod) { p.Status.StartTime = new(metav1.NewTime(time.Now().Add(-2 * time.Second))) }), 403, "may hold this address"},
+		{"newer pod the kubelet has not started (no sandbox): served", pod("pending", "", created(2*time.Second), unstarted), 200, "tok-client-a"},
+		{"newer pod stuck before its sandbox for longer than the window: served", pod("stuck", "", created(2*ipReuseWindow), sandbox(corev1.ConditionFalse, 2*ipReuseWindow-time.Second)), 200, "tok-client-a"},
 		{"newer pod with its own IP: served", pod("newer", "10.0.0.21", created(2*time.Second)), 200, "tok-client-a"},
-		{"pod without an IP for longer than the window: served", pod("stuck", "", created(2*ipReuseWindow), noIP), 200, "tok-client-a"},
-		{"older pod without an IP: served", pod("older", "", created(20*time.Minute), noIP), 200, "tok-client-a"},
-		{"host-network pod: served", pod("hostnet", "", created(2*time.Second), noIP, func(p *corev1.Pod) { p.Spec.HostNetwork = true }), 200, "tok-client-a"},
+		{"older pod without an IP: served", pod("older", "", created(20*time.Minute), sandbox(corev1.ConditionFalse, time.Second)), 200, "tok-client-a"},
+		{"host-network pod: served", pod("hostnet", "", created(2*time.Second), sandbox(corev1.ConditionFalse, time.Second), func(p *corev1.Pod) { p.Spec.HostNetwork = true }), 200, "tok-client-a"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -580,6 +580,24 @@ func TestIPMayBeReused(t *testing.T) {
 				t.Fatalf("got %d %s; want %d containing %q", rec.Code, rec.Body, tt.status, tt.want)
 			}
 		})
+	}
+}
+
+// created sets the pod's creation time, ago.
+func created(ago time.Duration) func(*corev1.Pod) {
+	return func(p *corev1.Pod) { p.CreationTimestamp = metav1.NewTime(time.Now().Add(-ago)) }
+}
+
+// unstarted leaves the pod Pending, as the scheduler leaves it: no IP, no
+// status from the kubelet.
+func unstarted(p *corev1.Pod) { p.Status = corev1.PodStatus{Phase: corev1.PodPending} }
+
+// sandbox leaves the pod Pending without an IP, with the kubelet's
+// PodReadyToStartContainers condition set to status since ago.
+func sandbox(status corev1.ConditionStatus, ago time.Duration) func(*corev1.Pod) {
+	return func(p *corev1.Pod) {
+		unstarted(p)
+		p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReadyToStartContainers, Status: status, LastTransitionTime: metav1.NewTime(time.Now().Add(-ago))}}
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -19,17 +20,107 @@ import (
 	"github.com/aad-pod-identity/aad-pod-identity/nmi"
 )
 
-// spoofingDropped has bridged-b take bridged-a's address and, as a pod with
-// NET_RAW could by gratuitous ARP, the node's neighbour entry for it, so
-// that the replies come back to bridged-b: a request it sends from that
-// address reaches NMI as bridged-a's. NMI's anti-spoofing chain drops it,
-// since it enters through bridged-b's bridge port; with the chain's jump
-// removed the same request gets bridged-a's token, which shows the spoof is
-// real and the chain is what stops it; NMI then puts the jump back.
+// spoofingDropped has bridged-b pose as bridged-a (poseAs): a request it
+// sends from that address reaches NMI as bridged-a's. NMI's anti-spoofing
+// chain drops it, since it enters through bridged-b's bridge port; with the
+// chain's jump removed the same request gets bridged-a's token, which shows
+// the spoof is real and the chain is what stops it; NMI then puts the jump
+// back.
 func spoofingDropped(t *testing.T, n *node) {
-	victim, attacker := n.pods["bridged-a"], n.pods["bridged-b"]
+	victim := n.pods["bridged-a"]
+	expectToken(t, n.signer, victim, tokenURL, n.idA.ClientID, n.idA.ResourceID)
+	spoofed, stop := poseAs(t, n.pods["bridged-b"], victim)
+	dropped := func() error { return droppedFor(spoofed, tokenURL) }
+	if err := dropped(); err != nil {
+		t.Fatalf("with the anti-spoofing chain: %v\n%s", err, run(t, "iptables", "-t", "mangle", "-S"))
+	}
+
+	jump := []string{"-t", "mangle", "-D", "PREROUTING", "-j", nmi.SpoofChain}
+	run(t, "iptables", jump...)
+	status, body, err := getWith(spoofed, tokenURL)
+	if err != nil || status != http.StatusOK || !strings.Contains(string(body), "access_token") {
+		t.Fatalf("without the chain the spoof should get bridged-a's token (or the test proves nothing): %d %s %v", status, body, err)
+	}
+	// NMI's periodic check (2 s here) puts the jump back.
+	framework.Eventually(t, 30*time.Second, "the spoofed request dropped again", dropped)
+	stop()
+	expectToken(t, n.signer, victim, tokenURL, n.idA.ClientID, n.idA.ResourceID)
+}
+
+// listenGuarded runs NMI as the chart does, listening on the node's address,
+// where every pod (and every pod of other nodes) can connect to it without
+// the DNAT: a pod connecting straight to it would skip the anti-spoofing
+// chain, which matches the metadata address only, and a pod unknown to this
+// NMI would wait on it. Its guard drops both pod-a's direct connection and
+// bridged-b's posing as bridged-a, and still lets the node's own processes
+// connect; with the guard's jump removed both are served (bridged-a's token
+// to the forger), which shows the guard is what stops them; NMI then puts
+// the jump back.
+func listenGuarded(t *testing.T, n *node) {
+	// Not 2579: the earlier NMI's stand-in still listens there.
+	listen := net.JoinHostPort(nodeIP, "2580")
+	n.nmi = startNMI(t, n.kubeconfig, filepath.Join(t.TempDir(), "nmi.log"), "--listen-address", listen)
+	t.Cleanup(func() {
+		_ = n.nmi.Process.Kill()
+		_ = n.nmi.Wait()
+	})
+	framework.Eventually(t, time.Minute, "NMI intercepting to "+listen, func() error {
+		return checkStatus(n.pods["pod-b"], tokenURL, http.StatusForbidden, "no admitted AzureIdentity")
+	})
+	victim := n.pods["bridged-a"]
 	expectToken(t, n.signer, victim, tokenURL, n.idA.ClientID, n.idA.ResourceID)
 
+	direct := strings.Replace(tokenURL, metadataIP, listen, 1)
+	fromPod := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, DialContext: dialIn(n.pods["pod-a"].netns)}}
+	spoofed, stop := poseAs(t, n.pods["bridged-b"], victim)
+	dropped := func() error {
+		if err := droppedFor(fromPod, direct); err != nil {
+			return fmt.Errorf("a pod's direct connection: %w", err)
+		}
+		if err := droppedFor(spoofed, direct); err != nil {
+			return fmt.Errorf("a direct connection posing as bridged-a: %w", err)
+		}
+		return nil
+	}
+	if err := dropped(); err != nil {
+		t.Fatalf("with the guard: %v\n%s", err, run(t, "iptables", "-S"))
+	}
+	local, err := net.DialTimeout("tcp", listen, 3*time.Second)
+	if err != nil {
+		t.Fatalf("the node's own process cannot connect to %s: %v", listen, err)
+	}
+	_ = local.Close()
+
+	run(t, "iptables", "-D", "INPUT", "-j", nmi.GuardChain)
+	// pod-a and bridged-a are admitted for the same identity.
+	for name, c := range map[string]*http.Client{"pod-a's direct connection": fromPod, "a direct connection posing as bridged-a": spoofed} {
+		status, body, err := getWith(c, direct)
+		if err != nil || status != http.StatusOK || !strings.Contains(string(body), "access_token") {
+			t.Fatalf("without the guard, %s should get a token (or the test proves nothing): %d %s %v", name, status, body, err)
+		}
+	}
+	framework.Eventually(t, 30*time.Second, "direct connections dropped again", dropped)
+	stop()
+	expectToken(t, n.signer, victim, tokenURL, n.idA.ClientID, n.idA.ResourceID)
+	// Stop this NMI before the cleanup, which it would otherwise undo.
+	_ = n.nmi.Process.Kill()
+	_ = n.nmi.Wait()
+}
+
+// droppedFor tells whether a request with c gets no answer at all.
+func droppedFor(c *http.Client, url string) error {
+	if status, body, err := getWith(c, url); err == nil {
+		return fmt.Errorf("answered %d %s", status, body)
+	}
+	return nil
+}
+
+// poseAs gives attacker victim's address and, as a pod with NET_RAW could
+// by gratuitous ARP, the node's neighbour entry for it, so that the replies
+// come back to attacker; it returns a client that sends from that address,
+// and stop, which ends the posing (also done when the test ends).
+func poseAs(t *testing.T, attacker, victim pod) (spoofed *http.Client, stop func()) {
+	t.Helper()
 	victimIP := net.ParseIP(victim.ip)
 	// Each use opens the namespace anew: an HTTP dial may outlive its
 	// request (and the test) in a goroutine of its own.
@@ -63,7 +154,7 @@ func spoofingDropped(t *testing.T, n *node) {
 		t.Fatalf("poisoning the node's neighbour entry: %v", err)
 	}
 	// The attacker lets go of the address before the node asks who has it.
-	restore := func() {
+	stop = func() {
 		_ = inAttacker(func() error {
 			eth0, err := netlink.LinkByName("eth0")
 			if err == nil {
@@ -73,9 +164,8 @@ func spoofingDropped(t *testing.T, n *node) {
 		})
 		_ = netlink.NeighDel(poisoned)
 	}
-	t.Cleanup(restore)
-
-	spoofed := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DisableKeepAlives: true,
+	t.Cleanup(stop)
+	spoofed = &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DisableKeepAlives: true,
 		DialContext: func(ctx context.Context, network, a string) (net.Conn, error) {
 			var conn net.Conn
 			err := inAttacker(func() error {
@@ -85,24 +175,5 @@ func spoofingDropped(t *testing.T, n *node) {
 			})
 			return conn, err
 		}}}
-	dropped := func() error {
-		if status, body, err := getWith(spoofed, tokenURL); err == nil {
-			return fmt.Errorf("the spoofed request was answered %d %s", status, body)
-		}
-		return nil
-	}
-	if err := dropped(); err != nil {
-		t.Fatalf("with the anti-spoofing chain: %v\n%s", err, run(t, "iptables", "-t", "mangle", "-S"))
-	}
-
-	jump := []string{"-t", "mangle", "-D", "PREROUTING", "-j", nmi.SpoofChain}
-	run(t, "iptables", jump...)
-	status, body, err := getWith(spoofed, tokenURL)
-	if err != nil || status != http.StatusOK || !strings.Contains(string(body), "access_token") {
-		t.Fatalf("without the chain the spoof should get bridged-a's token (or the test proves nothing): %d %s %v", status, body, err)
-	}
-	// NMI's periodic check (2 s here) puts the jump back.
-	framework.Eventually(t, 30*time.Second, "the spoofed request dropped again", dropped)
-	restore()
-	expectToken(t, n.signer, victim, tokenURL, n.idA.ClientID, n.idA.ResourceID)
+	return spoofed, stop
 }

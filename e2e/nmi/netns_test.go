@@ -214,6 +214,8 @@ type node struct {
 	client   client.Client
 	nmi      *exec.Cmd
 	nmiLog   string
+	// kubeconfig is NMI's, for starting it again.
+	kubeconfig string
 	// imdsCalls counts the requests the node's IMDS answered; direct those
 	// that came from a pod's address, i.e. were not intercepted.
 	imdsCalls, direct atomic.Int64
@@ -273,14 +275,14 @@ func setupNode(t *testing.T) *node {
 	}
 	createObjects(ctx, t, n.client, n.pods, n.pool, n.idA, n.idB)
 
-	kubeconfig := writeKubeconfig(t, env)
+	n.kubeconfig = writeKubeconfig(t, env)
 	n.nmiLog = filepath.Join(t.TempDir(), "nmi.log")
 	// NMI starts on a node where an earlier NMI (aad-pod-identity 1.x)
 	// intercepts with the same chain name, as in an upgrade; pod-b asks for
 	// tokens throughout and must never reach IMDS itself.
 	installLegacyNMI(t)
 	stopPolling := poll(n.pods["pod-b"])
-	n.nmi = startNMI(t, kubeconfig, n.nmiLog)
+	n.nmi = startNMI(t, n.kubeconfig, n.nmiLog)
 
 	// NMI intercepts once an unadmitted pod is refused by it.
 	var status int
@@ -423,6 +425,9 @@ func functional(t *testing.T, n *node) {
 		if !errors.Is(err, syscall.ECONNREFUSED) {
 			t.Fatalf("got %v, want connection refused (traffic must not reach IMDS)", err)
 		}
+	})
+	t.Run("listening on the node's address, only the DNAT reaches NMI: direct and spoofed connections are dropped", func(t *testing.T) {
+		listenGuarded(t, n)
 	})
 	t.Run("nmi cleanup removes the rules", func(t *testing.T) {
 		if out, err := exec.Command(os.Getenv(envNMIPath), "cleanup").CombinedOutput(); err != nil {
@@ -623,7 +628,7 @@ func writeKubeconfig(t *testing.T, env *envtest.Environment) string {
 	return path
 }
 
-func startNMI(t *testing.T, kubeconfig, logPath string) *exec.Cmd {
+func startNMI(t *testing.T, kubeconfig, logPath string, extra ...string) *exec.Cmd {
 	t.Helper()
 	logFile, err := os.Create(logPath)
 	if err != nil {
@@ -635,6 +640,7 @@ func startNMI(t *testing.T, kubeconfig, logPath string) *exec.Cmd {
 	// The load generators' own settings (make bench-nmi lifts the per-pod
 	// limit on uncached tokens, which the miss-path run would only measure).
 	args = append(args, strings.Fields(os.Getenv("AADPI_NMI_ARGS"))...)
+	args = append(args, extra...)
 	cmd := exec.Command(os.Getenv(envNMIPath), args...)
 	cmd.Env = append(os.Environ(), "NODE_NAME="+nodeName)
 	// The chart's nmi.goMemLimit, for the load generators' RSS figures.

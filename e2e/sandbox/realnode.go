@@ -71,7 +71,7 @@ type realNode struct {
 // startRealNode starts containerd, imports the images and starts the
 // kubelet inside the node's namespace, and waits until the Node is Ready.
 func (s *Sandbox) startRealNode(ctx context.Context, netns ns.NetNS, i int, n *Node, providerID string, taints []corev1.Taint) (*realNode, error) {
-	r := &realNode{sb: s, index: i, name: n.Name, dir: s.path("nodes", n.Name), netns: netns}
+	r := &realNode{sb: s, index: i, name: n.Name, dir: s.nodeDir(n.Name), netns: netns}
 	if err := os.MkdirAll(r.dir, 0o755); err != nil {
 		return r, err
 	}
@@ -94,6 +94,25 @@ func (s *Sandbox) startRealNode(ctx context.Context, netns ns.NetNS, i int, n *N
 		return r, err
 	}
 	return r, r.waitReady(ctx)
+}
+
+// nodeDir is where a real node keeps everything of its own, named after
+// the node.
+func (s *Sandbox) nodeDir(name string) string { return s.path("nodes", name) }
+
+// containerdSocket is the file name of a real node's containerd socket, in
+// its directory.
+const containerdSocket = "containerd.sock"
+
+// ChartCRISocket is the chart's nmi.criSocket for this sandbox: the nodes
+// share the machine's filesystem, so each real node's containerd listens in
+// the node's own directory, which the chart resolves per node from
+// "$(NODE_NAME)". Stand-ins have no runtime: "".
+func (s *Sandbox) ChartCRISocket() string {
+	if s.opts.Kubelet != KubeletReal {
+		return ""
+	}
+	return filepath.Join(s.nodeDir("$(NODE_NAME)"), containerdSocket)
 }
 
 func (r *realNode) path(elem ...string) string {
@@ -142,7 +161,7 @@ func (r *realNode) makeCgroups() error {
 // root, the pods' network namespaces and the CNI configuration under the
 // node's directory, and returns its socket.
 func (r *realNode) startContainerd(ctx context.Context) (string, error) {
-	sock := r.path("containerd.sock")
+	sock := r.path(containerdSocket)
 	if err := os.MkdirAll(r.path("cni"), 0o755); err != nil {
 		return "", err
 	}

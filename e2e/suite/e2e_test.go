@@ -100,7 +100,7 @@ func denied(t *testing.T, pod *corev1.Pod) {
 		t.Errorf("denial is not NMI's 403: %s", first.Line)
 	}
 	// Any round: an unknown caller waits out NMI's --unknown-caller-wait
-	// (30 s) on each of the demo's requests, so a round takes minutes.
+	// (5 s) on each of the demo's requests, so a round takes a while.
 	waitFor(t, pod.Namespace, pod.Name, defaultError, time.Time{}, 2*time.Minute)
 	never(t, pod.Namespace, pod.Name, userToken)
 	never(t, pod.Namespace, pod.Name, defaultToken)

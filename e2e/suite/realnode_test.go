@@ -4,6 +4,7 @@ package suite
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -20,6 +21,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
@@ -46,6 +48,7 @@ func TestRealNode(t *testing.T) {
 		{"a pod running as another user gets its token; a host-network pod does not", testPodUsers},
 		{"a restarted NMI pod removes the node's startup taint", testStartupTaint},
 		{"the runtime and the CNI cache know the pod's address as NMI's checks assume", testRuntimeKnowsPod},
+		{"NMI confirms callers with the node's containerd: a pod the API gives another pod's IP gets nothing", testRuntimeConfirmsCallers},
 	} {
 		t.Run(c.name, c.run)
 	}
@@ -193,7 +196,7 @@ func testPodUsers(t *testing.T) {
 		p.Spec.Containers[0].Args = append(p.Spec.Containers[0].Args, "--metadata-endpoint=http://"+n.IP+":2579")
 	}}.create(t)
 	pod := running(t, "default", "host-network")
-	// Its first refusal: NMI makes an unknown caller wait (30 s) per request.
+	// Its first refusal: NMI makes an unknown caller wait (5 s) per request.
 	first := waitFor(t, pod.Namespace, pod.Name, defaultError, time.Time{}, 2*time.Minute)
 	if !strings.Contains(first.Line, "403") || !strings.Contains(first.Line, "host-network pods cannot") {
 		t.Errorf("refusal is not NMI's 403 for host-network callers: %s", first.Line)
@@ -233,6 +236,64 @@ func testRuntimeKnowsPod(t *testing.T) {
 	pod := running(t, "default", "runtime")
 	sandboxHasIP(t, n.CRISocket, pod)
 	cniResultNamesBridgePort(t, n, pod.Status.PodIP)
+}
+
+// testRuntimeConfirmsCallers: the chart gives NMI the node's containerd
+// socket, and NMI confirms every caller with it. A pod admitted for an
+// identity gets its token, which with --cri-socket NMI serves only to a
+// caller the runtime confirms; then the API is made to give that pod's IP to
+// another pod and the other way round, as NMI's cache would show them after
+// an IP changed hands unseen: the other pod is never served the identity,
+// and NMI's log shows the runtime refusing the caller the cache named
+// (ip_not_confirmed). The kubelet restores the statuses within its status
+// sync (10 s), so they are swapped again every half second for a while.
+func testRuntimeConfirmsCallers(t *testing.T) {
+	n := node(t, 0)
+	nmiPod := componentPods(t, "nmi", n.Name)[0]
+	if args := kubectl(t, "-n", releaseNS, "get", nmiPod, "-o", "jsonpath={.spec.containers[0].args}"); !strings.Contains(args, "--cri-socket=") {
+		t.Fatalf("NMI on %s runs without --cri-socket: %s", n.Name, args)
+	}
+	id := userIdentity(t, "e2e-runtime", "e2e-runtime")
+	demoPod{Name: "runtime-owner", Labels: map[string]string{aadv1.BindingLabel: "e2e-runtime"}, ClientID: id.ClientID, Node: n.Name}.create(t)
+	demoPod{Name: "runtime-other", ClientID: id.ClientID, Node: n.Name}.create(t)
+	owner, other := running(t, "default", "runtime-owner"), running(t, "default", "runtime-other")
+	waitFor(t, owner.Namespace, owner.Name, userToken, time.Time{}, time.Minute)
+
+	swapped := time.Now()
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			for _, p := range []struct{ pod, ip string }{{owner.Name, other.Status.PodIP}, {other.Name, owner.Status.PodIP}} {
+				patch := fmt.Sprintf(`{"status":{"podIP":%q,"podIPs":[{"ip":%q}]}}`, p.ip, p.ip)
+				if _, err := env.client.CoreV1().Pods("default").Patch(t.Context(), p.pod, types.MergePatchType, []byte(patch), metav1.PatchOptions{}, "status"); err != nil {
+					t.Errorf("giving pod %s IP %s: %v", p.pod, p.ip, err)
+				}
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(500 * time.Millisecond):
+			}
+		}
+	}()
+	framework.Eventually(t, 2*time.Minute, "NMI refusing "+other.Name+" as "+owner.Name+" (ip_not_confirmed)", func() error {
+		logs, err := kubectlIn("-n", releaseNS, "logs", nmiPod, "--since-time="+swapped.UTC().Format(time.RFC3339))
+		if err != nil {
+			return err
+		}
+		for _, line := range strings.Split(logs, "\n") {
+			if strings.Contains(line, "ip_not_confirmed") && strings.Contains(line, other.Status.PodIP+":") {
+				return nil
+			}
+		}
+		return errors.New("no such refusal in NMI's log yet")
+	})
+	close(stop)
+	<-done
+	never(t, other.Namespace, other.Name, userToken)
+	// With the kubelet's statuses back, the owner is served again.
+	waitFor(t, owner.Namespace, owner.Name, userToken, time.Now(), 2*time.Minute)
 }
 
 // sandboxHasIP checks what NMI's --cri-socket relies on: the pod's ready

@@ -180,6 +180,10 @@ func helmRelease(verb string, extra ...string) error {
 		"--set-string", "nmi.aadAuthorityHost=" + env.az.AADAuthorityHost,
 		// The nodes' azure.json, as AKS writes it, names the kubelet identity.
 		"--set-string", "nodeIdentity.cloudConfig=" + env.az.CloudConfig,
+		// Each real node's containerd socket (the chart's default path is
+		// the same on every node, which nodes sharing one filesystem cannot
+		// have); none on stand-ins.
+		"--set-string", "nmi.criSocket=" + env.sb.ChartCRISocket(),
 		"--wait", "--timeout", "3m"}
 	out, err := exec.Command(env.helm, append(args, extra...)...).CombinedOutput()
 	if err != nil {

@@ -127,8 +127,9 @@ func up(log logr.Logger, args []string) error {
 }
 
 // AzureEnvFile is the file name, in the state directory, of the fake Azure's
-// endpoints and the cluster's service principal as shell variables, for
-// scripts that install the chart against them.
+// endpoints, the cluster's service principal and the nodes' runtime socket
+// (the chart's nmi.criSocket) as shell variables, for scripts that install
+// the chart against them.
 const AzureEnvFile = "azure.env"
 
 func writeAzureEnv(path string, sb *sandbox.Sandbox, az *sandbox.AzureEndpoints) error {
@@ -142,10 +143,12 @@ func writeAzureEnv(path string, sb *sandbox.Sandbox, az *sandbox.AzureEndpoints)
 		{"AAD_AUTHORITY_HOST", az.AADAuthorityHost},
 		{"AZURE_CA_FILE", az.CAFile},
 		{"CLOUD_CONFIG", az.CloudConfig},
+		{"CRI_SOCKET", sb.ChartCRISocket()},
 	}
 	var b strings.Builder
 	for _, kv := range vars {
-		fmt.Fprintf(&b, "%s=%q\n", kv.k, kv.v)
+		// Single quotes: CRI_SOCKET holds "$(NODE_NAME)" for the chart.
+		fmt.Fprintf(&b, "%s='%s'\n", kv.k, strings.ReplaceAll(kv.v, "'", `'\''`))
 	}
 	return os.WriteFile(path, []byte(b.String()), 0o600)
 }
