@@ -125,6 +125,7 @@ func TestWaitingRequestsAreCapped(t *testing.T) {
 			waiting = append(waiting, c)
 			continue
 		}
+		_ = resp.Body.Close()
 		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
 			t.Fatalf("refused request: %d (Retry-After %q), want 503 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"))
 		}
