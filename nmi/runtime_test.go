@@ -139,12 +139,7 @@ func TestRuntimeOverridesIPReuseGuess(t *testing.T) {
 	newer := pod("newer", "", created(2*time.Second), sandbox(corev1.ConditionFalse, time.Second))
 	rt := &fakeRuntime{sandboxes: map[string]*runtimeapi.PodSandboxStatus{}}
 	rt.set("sb-owner", string(owner.UID), "10.0.0.20", runtimeapi.PodSandboxState_SANDBOX_READY)
-	socket, _ := serveRuntime(t, rt)
-	sb, conn, err := dialRuntime(socket, time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = conn.Close() })
+	sb := connect(t, rt)
 	tests := []struct {
 		name    string
 		runtime *sandboxes
@@ -159,6 +154,62 @@ func TestRuntimeOverridesIPReuseGuess(t *testing.T) {
 			f := newFixture(t, &id, binding("ns", "bind-a", "sel", "id-a"), owner, newer)
 			f.server.runtime = tt.runtime
 			if rec := f.do(t, "10.0.0.20", tok, true); rec.Code != tt.status || !strings.Contains(rec.Body.String(), tt.want) {
+				t.Fatalf("got %d %s; want %d containing %q", rec.Code, rec.Body, tt.status, tt.want)
+			}
+		})
+	}
+}
+
+// connect serves rt and returns NMI's client of it.
+func connect(t *testing.T, rt *fakeRuntime) *sandboxes {
+	t.Helper()
+	socket, _ := serveRuntime(t, rt)
+	sb, conn, err := dialRuntime(socket, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return sb
+}
+
+// A container may call before the kubelet has reported its pod's IP (on a
+// busy node, seconds later): with the runtime's socket NMI finds the pod
+// whose ready sandbox has the address among the node's pods without a
+// reported IP, at once; nothing else is taken for the caller.
+func TestRuntimeFindsCallerBeforeItsIPIsReported(t *testing.T) {
+	const tok = "/metadata/identity/oauth2/token?api-version=1&resource=r"
+	id := azureIdentity("id-a", "client-a", "")
+	fresh := pod("fresh", "", admitted("ns/id-a"), created(2*time.Second), sandbox(corev1.ConditionTrue, time.Second))
+	tests := []struct {
+		name      string
+		runtime   bool
+		sandboxes func(*fakeRuntime)
+		status    int
+		want      string
+	}{
+		{"runtime: the pod whose sandbox has the IP", true, func(rt *fakeRuntime) {
+			rt.set("sb-fresh", string(fresh.UID), "10.0.0.30", runtimeapi.PodSandboxState_SANDBOX_READY)
+		}, http.StatusOK, "tok-client-a"},
+		{"cache alone: unknown until the kubelet reports it", false, nil, http.StatusForbidden, "No running pod on this node has IP 10.0.0.30"},
+		{"runtime: the pod's sandbox has another IP", true, func(rt *fakeRuntime) {
+			rt.set("sb-fresh", string(fresh.UID), "10.0.0.31", runtimeapi.PodSandboxState_SANDBOX_READY)
+		}, http.StatusForbidden, "No running pod on this node has IP 10.0.0.30"},
+		{"runtime: the sandbox with the IP is not ready", true, func(rt *fakeRuntime) {
+			rt.set("sb-fresh", string(fresh.UID), "10.0.0.30", runtimeapi.PodSandboxState_SANDBOX_NOTREADY)
+		}, http.StatusForbidden, "No running pod on this node has IP 10.0.0.30"},
+		{"runtime: the sandbox with the IP is of a pod this node's cache does not have", true, func(rt *fakeRuntime) {
+			rt.set("sb-ghost", "uid-ghost", "10.0.0.30", runtimeapi.PodSandboxState_SANDBOX_READY)
+		}, http.StatusForbidden, "No running pod on this node has IP 10.0.0.30"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t, &id, binding("ns", "bind-a", "sel", "id-a"), fresh)
+			if tt.runtime {
+				rt := &fakeRuntime{sandboxes: map[string]*runtimeapi.PodSandboxStatus{}}
+				tt.sandboxes(rt)
+				f.server.runtime = connect(t, rt)
+			}
+			if rec := f.do(t, "10.0.0.30", tok, true); rec.Code != tt.status || !strings.Contains(rec.Body.String(), tt.want) {
 				t.Fatalf("got %d %s; want %d containing %q", rec.Code, rec.Body, tt.status, tt.want)
 			}
 		})

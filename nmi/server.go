@@ -164,26 +164,13 @@ const callerPollInterval = 100 * time.Millisecond
 // caller finds the pod calling from ip. A container may call as soon as it
 // starts, before the kubelet's status update with its IP reaches this
 // node's cache, so an unknown IP, or one a newer pod may have taken over, is
-// looked up again for up to callerWait before it is refused. With the
-// container runtime's socket, the runtime confirms the pod the cache names
-// and is authoritative: the guess about newer pods (ipMayBeReused) does not
-// apply.
+// looked up again for up to callerWait before it is refused.
 func (s *Server) caller(ctx context.Context, ip string) (*corev1.Pod, error) {
 	deadline := time.Now().Add(s.callerWait)
 	turn := s.waits.turn()
 	defer turn.done()
 	for {
-		pod, err := callerPod(ctx, s.reader, ip)
-		if err == nil {
-			if s.runtime != nil {
-				err = s.runtime.confirm(ctx, pod, ip)
-			} else {
-				err = ipMayBeReused(ctx, s.reader, pod, ip, time.Now())
-			}
-			if err != nil {
-				pod = nil
-			}
-		}
+		pod, err := s.lookup(ctx, ip)
 		var apiErr *apiError
 		transient := errors.As(err, &apiErr) && (apiErr.reason == reasonUnknownCaller || apiErr.reason == reasonIPMayBeReused || apiErr.reason == reasonNotConfirmed)
 		if err == nil || !transient || !time.Now().Before(deadline) {
@@ -193,6 +180,30 @@ func (s *Server) caller(ctx context.Context, ip string) (*corev1.Pod, error) {
 			return nil, err
 		}
 	}
+}
+
+// lookup is one attempt at finding the caller. With the container
+// runtime's socket the runtime is authoritative: it confirms the pod the
+// cache names, finds the pod of an IP the kubelet has not reported yet, and
+// the guess about newer pods (ipMayBeReused) does not apply.
+func (s *Server) lookup(ctx context.Context, ip string) (*corev1.Pod, error) {
+	pod, err := callerPod(ctx, s.reader, ip)
+	var apiErr *apiError
+	switch {
+	case s.runtime == nil && err == nil:
+		err = ipMayBeReused(ctx, s.reader, pod, ip, time.Now())
+	case s.runtime == nil:
+	case err == nil:
+		err = s.runtime.confirm(ctx, pod, ip)
+	case errors.As(err, &apiErr) && apiErr.reason == reasonUnknownCaller:
+		if owner, rerr := s.runtime.ownerWithoutIP(ctx, s.reader, ip); owner != nil || rerr != nil {
+			return owner, rerr
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	return pod, nil
 }
 
 // exemptCaller reports whether the caller matches an AzurePodIdentityException.
