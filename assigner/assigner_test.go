@@ -532,7 +532,7 @@ func TestAdoptsWhat1xAssigned(t *testing.T) {
 	}
 	legacy := &aadv1.AzureAssignedIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: w.ns, Name: "a-" + w.ns + "-mic"},
 		Spec: aadv1.AzureAssignedIdentitySpec{
-			AzureIdentityRef: &aadv1.IdentityReference{Namespace: w.ns, Name: "mic", LegacySpec: &aadv1.LegacyIdentitySpec{ResourceID: mic.ResourceID}},
+			AzureIdentityRef: &aadv1.IdentityReference{LegacyMetadata: &aadv1.LegacyObjectMeta{Namespace: w.ns, Name: "mic"}, LegacySpec: &aadv1.LegacyIdentitySpec{ResourceID: mic.ResourceID}},
 			LegacyPod:        "a", LegacyPodNamespace: w.ns, LegacyNodeName: node,
 		}}
 	if err := w.c.Create(w.ctx, legacy); err != nil {
@@ -548,7 +548,7 @@ func TestAdoptsWhat1xAssigned(t *testing.T) {
 	// Written after the installation, as MIC's would be for pod b.
 	forged := legacy.DeepCopy()
 	forged.ObjectMeta = metav1.ObjectMeta{Namespace: w.ns, Name: "b-" + w.ns + "-admin"}
-	forged.Spec.AzureIdentityRef = &aadv1.IdentityReference{Namespace: w.ns, Name: "admin", LegacySpec: &aadv1.LegacyIdentitySpec{ResourceID: admin.ResourceID}}
+	forged.Spec.AzureIdentityRef = &aadv1.IdentityReference{LegacyMetadata: &aadv1.LegacyObjectMeta{Namespace: w.ns, Name: "admin"}, LegacySpec: &aadv1.LegacyIdentitySpec{ResourceID: admin.ResourceID}}
 	forged.Spec.LegacyPod = "b"
 	if err := w.c.Create(w.ctx, forged); err != nil {
 		t.Fatal(err)

@@ -104,7 +104,7 @@ func assignedBy1x(ctx context.Context, c client.Reader, ev evidence1x) (*aadv1.A
 func vouches(ctx context.Context, c client.Reader, rec *aadv1.AzureAssignedIdentity, ev evidence1x) (bool, error) {
 	ref := rec.Spec.AzureIdentityRef
 	if rec.Status.Status != aadv1.StateAssigned || !rec.CreationTimestamp.Time.Before(ev.before) ||
-		ref == nil || ref.Namespace != ev.identity.Namespace || ref.Name != ev.identity.Name ||
+		ref == nil || ref.LegacyMetadata == nil || ref.LegacyMetadata.Namespace != ev.identity.Namespace || ref.LegacyMetadata.Name != ev.identity.Name ||
 		rec.Spec.LegacyPodNamespace != ev.identity.Namespace || rec.Spec.LegacyPod == "" {
 		return false, nil
 	}

@@ -23,7 +23,7 @@ func legacyRecord(status aadv1.AssignmentState) *aadv1.AzureAssignedIdentity {
 	return &aadv1.AzureAssignedIdentity{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "demo-default-demo"},
 		Spec: aadv1.AzureAssignedIdentitySpec{
-			AzureIdentityRef: &aadv1.IdentityReference{Namespace: "default", Name: "demo", LegacySpec: &aadv1.LegacyIdentitySpec{ResourceID: uami(1)}},
+			AzureIdentityRef: &aadv1.IdentityReference{LegacyMetadata: &aadv1.LegacyObjectMeta{Namespace: "default", Name: "demo"}, LegacySpec: &aadv1.LegacyIdentitySpec{ResourceID: uami(1)}},
 			LegacyPod:        "demo", LegacyPodNamespace: "default", LegacyNodeName: "n1",
 		},
 		Status: aadv1.AzureAssignedIdentityStatus{Status: status},
@@ -128,7 +128,7 @@ func TestAssignedBy1x(t *testing.T) {
 		{"forged: created since the installation", []client.Object{record(func(r *aadv1.AzureAssignedIdentity) { r.CreationTimestamp = metav1.NewTime(installed.Add(time.Second)) })}, []client.Object{demoPod}, installed, ""},
 		{"forged: installation time unknown", []client.Object{record(nil)}, []client.Object{demoPod}, time.Time{}, ""},
 		{"forged: in another namespace", []client.Object{record(func(r *aadv1.AzureAssignedIdentity) { r.Namespace = "attacker" })}, []client.Object{demoPod}, installed, ""},
-		{"forged: for another AzureIdentity", []client.Object{record(func(r *aadv1.AzureAssignedIdentity) { r.Spec.AzureIdentityRef.Name = "mine" })}, []client.Object{demoPod}, installed, ""},
+		{"forged: for another AzureIdentity", []client.Object{record(func(r *aadv1.AzureAssignedIdentity) { r.Spec.AzureIdentityRef.LegacyMetadata.Name = "mine" })}, []client.Object{demoPod}, installed, ""},
 		{"forged: for a pod of another namespace", []client.Object{record(func(r *aadv1.AzureAssignedIdentity) { r.Spec.LegacyPodNamespace = "attacker" })},
 			[]client.Object{demoPod, admitted("demo", "attacker", "default/demo")}, installed, ""},
 		{"forged: its pod does not exist", []client.Object{record(func(r *aadv1.AzureAssignedIdentity) { r.Spec.LegacyPod = "ghost" })}, []client.Object{demoPod}, installed, ""},

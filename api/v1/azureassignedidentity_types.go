@@ -27,10 +27,22 @@ const (
 type IdentityReference struct {
 	Namespace string `json:"namespace"`
 	Name      string `json:"name"`
-	// LegacySpec is part of the whole AzureIdentity aad-pod-identity 1.x's
-	// MIC embedded here; read only to adopt the identities it assigned.
+	// LegacyMetadata and LegacySpec are part of the whole AzureIdentity
+	// aad-pod-identity 1.x's MIC embedded here (its namespace and name are
+	// under metadata); read only to adopt the identities it assigned.
+	// +optional
+	LegacyMetadata *LegacyObjectMeta `json:"metadata,omitempty"`
 	// +optional
 	LegacySpec *LegacyIdentitySpec `json:"spec,omitempty"`
+}
+
+// LegacyObjectMeta is what is read of the metadata of the AzureIdentity 1.x
+// embedded in its records.
+type LegacyObjectMeta struct {
+	// +optional
+	Namespace string `json:"namespace,omitempty"`
+	// +optional
+	Name string `json:"name,omitempty"`
 }
 
 // LegacyIdentitySpec is what is read of the AzureIdentity 1.x embedded in
