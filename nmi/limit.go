@@ -73,9 +73,10 @@ func (l *missLimiter) sweep(now time.Time) {
 
 // waitLimit caps the requests that wait at once, on this node, for NMI's
 // cache to catch up (an unknown caller's IP, a newer pod's, the assigner's
-// record): each holds a connection, two goroutines and about 38 KB for up
-// to --unknown-caller-wait, and the per-address connection cap does not
-// bound how many addresses wait.
+// record): each holds a connection, two goroutines and about 60 KiB of
+// heap and stacks (TestWaitingRequestsAreCapped) for up to
+// --unknown-caller-wait, and the per-address connection cap does not bound
+// how many addresses wait.
 type waitLimit struct {
 	slots chan struct{} // nil: no cap
 }
