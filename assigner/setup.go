@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"time"
 
-	coordinationv1 "k8s.io/api/coordination/v1"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/labels"
@@ -100,25 +100,25 @@ type ManagerOptions struct {
 // leaderElectionID names the assigner's Lease.
 const leaderElectionID = "aad-pod-identity-assigner"
 
-// InstalledAt tells when this installation began: when its assigner first
-// took the leader election Lease, in a namespace only admins write to
-// (now, before the first one has). aad-pod-identity 1.x never had this
-// Lease, and its MIC no longer writes records once this assigner runs.
-func InstalledAt(ctx context.Context, cfg *rest.Config, namespace string) (time.Time, error) {
+// InstalledAt tells when this installation began: the creation of its
+// MutatingWebhookConfiguration, which the chart creates at install and
+// deletes at uninstall, and only cluster admins may write (now, before it
+// exists). The webhook's adoption of earlier pods counts from it too.
+func InstalledAt(ctx context.Context, cfg *rest.Config, webhookConfiguration string) (time.Time, error) {
 	c, err := client.New(cfg, client.Options{})
 	if err != nil {
 		return time.Time{}, fmt.Errorf("creating client: %w", err)
 	}
-	var lease coordinationv1.Lease
-	if err := c.Get(ctx, client.ObjectKey{Namespace: namespace, Name: leaderElectionID}, &lease); err != nil {
+	var mwc admissionregistrationv1.MutatingWebhookConfiguration
+	if err := c.Get(ctx, client.ObjectKey{Name: webhookConfiguration}, &mwc); err != nil {
 		if apierrors.IsNotFound(err) {
 			// Creation times are whole seconds: a record of this second
 			// is not before it.
 			return time.Now().Truncate(time.Second), nil
 		}
-		return time.Time{}, fmt.Errorf("getting Lease %s/%s: %w", namespace, leaderElectionID, err)
+		return time.Time{}, fmt.Errorf("getting MutatingWebhookConfiguration %s: %w", webhookConfiguration, err)
 	}
-	return lease.CreationTimestamp.Time, nil
+	return mwc.CreationTimestamp.Time, nil
 }
 
 // NewManager builds a manager running the assigner; the caller starts it.
@@ -184,6 +184,8 @@ func NewManager(cfg *rest.Config, mo ManagerOptions, opts Options) (manager.Mana
 // +kubebuilder:rbac:groups=aadpodidentity.k8s.io,resources=azureassignedidentities,verbs=get;list;watch;delete
 // +kubebuilder:rbac:groups=aadpodidentity.k8s.io,resources=azureassignedidentities,verbs=create,namespace=system
 // +kubebuilder:rbac:groups=aadpodidentity.k8s.io,resources=azureassignedidentities/status,verbs=patch,namespace=system
+// The installation's start bounds aad-pod-identity 1.x's evidence (InstalledAt).
+// +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=mutatingwebhookconfigurations,verbs=get
 // +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch;create;update;patch;delete,namespace=system
 // Metrics behind authentication and authorization (--secure-metrics).
 // +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create

@@ -26,7 +26,7 @@ func main() {
 		mo                                      assigner.ManagerOptions
 		opts                                    assigner.Options
 		azureConfig, armEndpoint, authorityHost string
-		immutable                               string
+		immutable, webhookConfiguration         string
 		pollInterval                            time.Duration
 		qps                                     float64
 	)
@@ -49,6 +49,7 @@ func main() {
 	flag.StringVar(&mo.ProbeAddr, "health-probe-bind-address", ":8081", "Address of /healthz and /readyz.")
 	flag.StringVar(&mo.PprofAddr, "pprof-bind-address", "", "Address of Go's /debug/pprof endpoints, for profiling; empty disables them.")
 	flag.StringVar(&opts.NMINodeSelection, "nmi-node-selection", "", "NMI's DaemonSet node selection as JSON (nodeSelector, affinity, tolerations): identities go only onto the pools of nodes NMI runs on.")
+	flag.StringVar(&webhookConfiguration, "webhook-configuration-name", "aad-pod-identity", "The release's MutatingWebhookConfiguration: aad-pod-identity 1.x's records count as evidence only when created before it.")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -82,7 +83,7 @@ func main() {
 	opts.Immutable = append(opts.Immutable, az.UserAssignedIdentityID)
 
 	cfg := ctrl.GetConfigOrDie()
-	if opts.LegacyEvidenceBefore, err = assigner.InstalledAt(context.Background(), cfg, mo.LeaderElectionNamespace); err != nil {
+	if opts.LegacyEvidenceBefore, err = assigner.InstalledAt(context.Background(), cfg, webhookConfiguration); err != nil {
 		fail(err, "reading when this installation began")
 	}
 	mgr, err := assigner.NewManager(cfg, mo, opts)
