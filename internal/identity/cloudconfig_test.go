@@ -8,23 +8,25 @@ import (
 
 func TestNodeIdentity(t *testing.T) {
 	dir := t.TempDir()
-	write := func(name, content string) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+	files := map[string]string{
+		"aks.json": `{"cloud":"AzurePublicCloud","useManagedIdentityExtension":true,"userAssignedIdentityID":"11111111-2222-3333-4444-555555555555","aadClientId":"msi"}`,
+		"sp.json":  `{"aadClientId":"x","aadClientSecret":"y"}`,
+		"bad.json": `{`,
+	}
+	for name, content := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		return p
 	}
 	tests := []struct {
 		name, path, want string
 		wantErr          bool
 	}{
-		{name: "AKS: the kubelet identity", path: write("aks.json", `{"cloud":"AzurePublicCloud","useManagedIdentityExtension":true,"userAssignedIdentityID":"11111111-2222-3333-4444-555555555555","aadClientId":"msi"}`),
-			want: "11111111-2222-3333-4444-555555555555"},
-		{name: "service principal cluster: none", path: write("sp.json", `{"aadClientId":"x","aadClientSecret":"y"}`)},
+		{name: "AKS: the kubelet identity", path: filepath.Join(dir, "aks.json"), want: "11111111-2222-3333-4444-555555555555"},
+		{name: "service principal cluster: none", path: filepath.Join(dir, "sp.json")},
 		{name: "no cloud config on this node", path: filepath.Join(dir, "missing.json")},
 		{name: "not configured", path: ""},
-		{name: "malformed", path: write("bad.json", `{`), wantErr: true},
+		{name: "malformed", path: filepath.Join(dir, "bad.json"), wantErr: true},
 		{name: "a directory", path: dir, wantErr: true},
 	}
 	for _, tc := range tests {
