@@ -70,7 +70,7 @@ func BuildNodeImages(ctx context.Context, repoRoot, dir, kubectl string) (*NodeI
 	}
 	home, _ := os.UserHomeDir()
 	cmd := exec.CommandContext(ctx, "go", "run", "./hack/images", "--out", dir, "--images", strings.Join(nodeImageNames, ","),
-		"--registry", imageRegistry, "--version", version, "--extra-ca", filepath.Join(dir, azureCACert), "--kubectl", kubectl,
+		"--registry", imageRegistry, "--version", version, "--extra-ca", filepath.Join(dir, azureCACert), "--binary", "kubectl="+kubectl,
 		"--deb-cache", filepath.Join(home, ".cache", "aad-pod-identity", "debs"))
 	cmd.Dir = repoRoot
 	if out, err := cmd.CombinedOutput(); err != nil {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"maps"
 	"os"
@@ -24,10 +23,6 @@ var packages = map[string]string{
 	"pause": "./e2e/cmd/pause",
 }
 
-// kubectlImage is built from a kubectl binary given with --kubectl, not from
-// this module: the sandbox runs the chart's uninstall hooks with it.
-const kubectlImage = "kubectl"
-
 // nonRoot is distroless's nonroot user and group.
 const nonRoot = 65532
 
@@ -40,8 +35,10 @@ type options struct {
 	// extraCA is a PEM file appended to every image's CA bundle (a private
 	// CA the images must trust: the sandbox's fake Azure).
 	extraCA string
-	// kubectl is the static kubectl binary of the kubectl image.
-	kubectl string
+	// binaries are prebuilt static binaries, each an image of its name
+	// (--binary name=path): kubectl for the chart's hooks, and the cluster
+	// add-ons built in the tools modules (cert-manager, CoreDNS).
+	binaries map[string]string
 	// root is the module's directory (the binaries are ./cmd/<name>).
 	root   string
 	images []string
@@ -58,13 +55,13 @@ type built struct {
 func build(ctx context.Context, o options) ([]built, error) {
 	var compiled []string
 	for _, name := range o.images {
+		_, prebuilt := o.binaries[name]
 		switch _, ok := packages[name]; {
+		case prebuilt:
 		case ok:
 			compiled = append(compiled, name)
-		case name == kubectlImage && o.kubectl == "":
-			return nil, errors.New("the kubectl image needs --kubectl")
-		case name != kubectlImage:
-			return nil, fmt.Errorf("unknown image %q (known: %s)", name, strings.Join(append(slices.Sorted(maps.Keys(packages)), kubectlImage), ", "))
+		default:
+			return nil, fmt.Errorf("unknown image %q: not a package of this module (%s) and no --binary %s=PATH", name, strings.Join(slices.Sorted(maps.Keys(packages)), ", "), name)
 		}
 	}
 	if err := os.MkdirAll(o.out, 0o755); err != nil {
@@ -102,9 +99,9 @@ func build(ctx context.Context, o options) ([]built, error) {
 			}
 			layers, user = append(layers, root), "0:0"
 		}
-		src := filepath.Join(bin, name)
-		if name == kubectlImage {
-			src = o.kubectl
+		src, prebuilt := o.binaries[name]
+		if !prebuilt {
+			src = filepath.Join(bin, name)
 		}
 		app, err := binaryLayer(src, "/"+name)
 		if err != nil {

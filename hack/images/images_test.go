@@ -94,7 +94,7 @@ func TestImages(t *testing.T) {
 			t.Fatal(err)
 		}
 		withCA := o
-		withCA.out, withCA.images, withCA.extraCA, withCA.kubectl = t.TempDir(), []string{kubectlImage}, ca, kubectl
+		withCA.out, withCA.images, withCA.extraCA, withCA.binaries = t.TempDir(), []string{"kubectl"}, ca, map[string]string{"kubectl": kubectl}
 		b, err := build(t.Context(), withCA)
 		if err != nil {
 			t.Fatal(err)

@@ -28,7 +28,15 @@ func main() {
 	flag.StringVar(&o.revision, "revision", "", "org.opencontainers.image.revision (the git commit).")
 	flag.StringVar(&o.debCache, "deb-cache", filepath.Join(home, ".cache", "aad-pod-identity", "debs"), "Where downloaded .debs are kept between builds.")
 	flag.StringVar(&o.extraCA, "extra-ca", "", "PEM file of CA certificates appended to every image's bundle (a private CA, such as the sandbox's fake Azure).")
-	flag.StringVar(&o.kubectl, "kubectl", "", "Static kubectl binary for the kubectl image (not built by default: the sandbox runs the chart's hooks with it).")
+	o.binaries = map[string]string{}
+	flag.Func("binary", "NAME=PATH: a prebuilt static binary, built into image NAME with entrypoint /NAME (repeatable; e.g. kubectl for the chart's hooks).", func(v string) error {
+		name, path, ok := strings.Cut(v, "=")
+		if !ok || name == "" || path == "" {
+			return fmt.Errorf("want NAME=PATH, got %q", v)
+		}
+		o.binaries[name] = path
+		return nil
+	})
 	images := flag.String("images", strings.Join(allImages, ","), "Comma-separated images to build (pause too, for nodes that cannot pull one).")
 	flag.Parse()
 	o.images = strings.Split(*images, ",")
