@@ -7,10 +7,12 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -67,6 +69,16 @@ func TestReadyOnlyOnceCertificatesAreLoaded(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	if code := readyz(probe); code != http.StatusInternalServerError {
 		t.Fatalf("/readyz without certificates = %d, want 500", code)
+	}
+	// And says why: the check names the missing file and who should write it.
+	resp, err := http.Get("http://" + probe + "/readyz/webhook")
+	if err != nil {
+		t.Fatal(err)
+	}
+	why, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(why), filepath.Join(certDir, "tls.crt")) || !strings.Contains(string(why), "cert-manager") {
+		t.Errorf("/readyz/webhook without certificates says %q, want the file and cert-manager named", why)
 	}
 	first := writeCert(t, certDir, "first.example")
 	framework.Eventually(t, 30*time.Second, "/readyz 200 after certificates appear", func() error {

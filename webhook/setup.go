@@ -7,7 +7,9 @@ package webhook
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -129,7 +131,7 @@ func NewManager(ctx context.Context, cfg *rest.Config, opts Options) (manager.Ma
 		return nil, fmt.Errorf("adding health check: %w", err)
 	}
 	// Ready once the server answers TLS: certificates loaded, handlers registered.
-	if err := mgr.AddReadyzCheck("webhook", server.StartedChecker()); err != nil {
+	if err := mgr.AddReadyzCheck("webhook", server.Checker()); err != nil {
 		return nil, fmt.Errorf("adding ready check: %w", err)
 	}
 	return mgr, nil
@@ -236,15 +238,34 @@ type CertWaitingServer struct {
 	CertFile, KeyFile string
 }
 
+// errNoCertificate says why a webhook without its certificate is not ready.
+var errNoCertificate = errors.New("no serving certificate yet: with cert-manager, its Certificate has not been issued " +
+	"(is cert-manager running? see `kubectl describe certificate` in the release namespace); " +
+	"with --cert-rotation, the rotator has not written it")
+
+// Checker is the readiness check: ready once the server answers TLS, and
+// until the certificate exists an error that says why it does not.
+func (s CertWaitingServer) Checker() healthz.Checker {
+	started := s.StartedChecker()
+	return func(req *http.Request) error {
+		if !fileExists(s.CertFile) || !fileExists(s.KeyFile) {
+			return fmt.Errorf("%s: %w", s.CertFile, errNoCertificate)
+		}
+		return started(req)
+	}
+}
+
 // Start waits for the certificate, then serves until ctx ends.
 func (s CertWaitingServer) Start(ctx context.Context) error {
 	logger := log.FromContext(ctx).WithValues("certFile", s.CertFile)
-	for tick := time.NewTicker(time.Second); ; {
+	for tick, n := time.NewTicker(time.Second), 0; ; n++ {
 		if fileExists(s.CertFile) && fileExists(s.KeyFile) {
 			tick.Stop()
 			break
 		}
-		logger.Info("waiting for the serving certificate")
+		if n%30 == 0 {
+			logger.Info("waiting for the serving certificate; not ready until it exists", "reason", errNoCertificate.Error())
+		}
 		select {
 		case <-ctx.Done():
 			tick.Stop()
