@@ -4,6 +4,7 @@ SHELL := /usr/bin/env bash -o pipefail
 
 K8S_VERSION  ?= 1.37.2
 ETCD_VERSION ?= 3.7.0
+CERT_MANAGER_VERSION ?= v1.21.2
 CONTROLLER_TOOLS_VERSION ?= v0.23.0
 GOLANGCI_LINT_VERSION    ?= v2.15.0
 
@@ -77,7 +78,7 @@ test-unit: ## Unit tests: no root, no control plane.
 test-integration: control-plane chart-test-deps ## Integration tests against envtest: webhook, assigner, charts.
 	go test -race -count=1 -tags integration $(INTEGRATION_PKGS)
 
-test-e2e: deps control-plane node-binaries $(HELM) ## End-to-end tests, as root: NMI in network namespaces, the sandbox, the e2e suite, the demo.
+test-e2e: deps control-plane node-binaries cert-manager $(HELM) ## End-to-end tests, as root: NMI in network namespaces, the sandbox, the e2e suite, the demo.
 	go test -race -count=1 -p 1 -timeout 30m -tags e2e ./e2e/... ./hack/images/
 
 test-fuzz: ## Fuzz smoke runs (FUZZ_*_EXECS inputs each).
@@ -134,6 +135,22 @@ $(NODE_ASSETS)/.done:
 	$(NODE_ASSETS)/kubelet --version && $(NODE_ASSETS)/containerd --version
 	touch $@
 
+# cert-manager's controller and cainjector for the sandbox (docs/sandbox.md), built from its Go
+# module in hack/tools/cert-manager (at cert-manager's own dependency versions), cached like the
+# node binaries, keyed by the tools module's sources too (its mains are ours). CERT_MANAGER_VERSION
+# must match hack/tools/cert-manager/go.mod.
+CERT_MANAGER_SOURCES := $(shell cat hack/tools/cert-manager/go.sum hack/tools/cert-manager/*/main.go | sha256sum | cut -c1-12)
+CERT_MANAGER_ASSETS ?= $(TOOLS_CACHE)/cert-manager-$(CERT_MANAGER_VERSION)-$(CERT_MANAGER_SOURCES)
+export AADPI_CERT_MANAGER_ASSETS := $(CERT_MANAGER_ASSETS)
+
+.PHONY: cert-manager
+cert-manager: $(CERT_MANAGER_ASSETS)/.done ## Build cert-manager's controller and cainjector from its Go module (for the sandbox).
+
+$(CERT_MANAGER_ASSETS)/.done:
+	mkdir -p $(CERT_MANAGER_ASSETS)
+	cd hack/tools/cert-manager && CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o $(CERT_MANAGER_ASSETS)/ ./controller ./cainjector
+	touch $@
+
 $(CONTROLLER_GEN):
 	GOBIN=$(BIN) go install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_TOOLS_VERSION)
 	mv $(BIN)/controller-gen $@
@@ -156,7 +173,6 @@ deps: ## Install the system packages the tests need (apt, when missing).
 
 ##@ Chart and images
 HELM_VERSION         ?= v4.3.1
-CERT_MANAGER_VERSION ?= v1.21.2
 # Kept in the tools cache, like the control plane, so that fresh clones reuse it.
 HELM                 ?= $(TOOLS_CACHE)/helm-$(HELM_VERSION)/helm
 CHART                := charts/aad-pod-identity
@@ -210,7 +226,7 @@ sandbox-build: ## Build the component binaries, the sandbox and its pod programs
 	go build -o $(BIN)/ ./cmd/... ./e2e/cmd/...
 
 .PHONY: sandbox-up
-sandbox-up: deps control-plane node-binaries sandbox-build ## Run the sandbox cluster in the foreground; Ctrl-C tears it down.
+sandbox-up: deps control-plane node-binaries cert-manager sandbox-build ## Run the sandbox cluster in the foreground; Ctrl-C tears it down.
 	$(BIN)/sandbox up --bin-dir $(BIN) --dir $(SANDBOX_DIR)
 
 .PHONY: sandbox-down
@@ -222,10 +238,10 @@ bench-sandbox: deps control-plane ## Time 100 pods to Running and to deleted in 
 	go test -tags e2e -count=1 -run '^$$' -bench BenchmarkPodStartup100 -benchtime 3x ./e2e/sandbox/
 
 .PHONY: bench-e2e
-bench-e2e: deps control-plane node-binaries $(HELM) ## Time from `kubectl apply` of 100 demo pods to each one's first token, on the helm-installed sandbox (E2E_BENCH_* sizes).
+bench-e2e: deps control-plane node-binaries cert-manager $(HELM) ## Time from `kubectl apply` of 100 demo pods to each one's first token, on the helm-installed sandbox (E2E_BENCH_* sizes).
 	go test -tags e2e -count=1 -run '^$$' -bench BenchmarkTimeToFirstToken -benchtime 1x -timeout 30m ./e2e/suite/
 
 ##@ Demo
 .PHONY: demo
-demo: deps control-plane node-binaries sandbox-build $(HELM) ## The walkthrough end to end on the sandbox (as root, ~2 min); KEEP=1 leaves the cluster up.
+demo: deps control-plane node-binaries cert-manager sandbox-build $(HELM) ## The walkthrough end to end on the sandbox (as root, ~2 min); KEEP=1 leaves the cluster up.
 	BIN=$(BIN) HELM=$(HELM) KEEP=$(KEEP) hack/demo.sh

@@ -68,8 +68,13 @@ trap 'exit 130' INT TERM
 KUBELET="${SANDBOX_KUBELET:-real}"
 mkdir -p "$DIR"
 UP_ARGS=(--kubelet "$KUBELET")
+# The chart's default: cert-manager issues the webhook's certificate. The
+# kubelet stand-in runs no images, hence no cert-manager: built-in certificates.
+CERTS=(--set certManager.enabled=false)
 if [[ "$KUBELET" == real ]]; then
-	progress "building the images offline (webhook, assigner, nmi, demo; pause and kubectl for the nodes and the hooks)"
+	STEPS=$((STEPS + 1))
+	CERTS=()
+	progress "building the images offline (webhook, assigner, nmi, demo; pause and kubectl for the nodes and the hooks; cert-manager's controller and cainjector)"
 	"$BIN/sandbox" images --repo "$ROOT" --out "$DIR/images" 2>&1 | tail -n 3
 	UP_ARGS+=(--images "$DIR/images")
 	NODES="2 real nodes (kubelet, containerd, runc, CNI bridge)"
@@ -98,9 +103,18 @@ export IDENTITY_RESOURCE_GROUP="$NODE_RESOURCE_GROUP"
 export IDENTITY_NAME="demo"
 az() { "$BIN/sandbox" az --dir "$DIR" "$@"; }
 
-progress "walkthrough 1: deploying aad-pod-identity with helm (built-in webhook certificates, assigner credentials for the fake Azure)"
-helm install aad-pod-identity "$CHART" --namespace=kube-system \
-	--set certManager.enabled=false \
+if [[ "$KUBELET" == real ]]; then
+	# docs/install.md, step 1, with the sandbox's values for the parts of
+	# cert-manager that cannot be built here (its webhook; docs/sandbox.md).
+	progress "docs/install.md 1: installing cert-manager with its chart (controller and cainjector built from its Go module)"
+	helm install cert-manager "$DIR/images/charts/cert-manager" --namespace cert-manager --create-namespace --set crds.enabled=true \
+		-f "$DIR/images/cert-manager-values.yaml" --wait --timeout 5m
+	kubectl -n cert-manager rollout status deployment/cert-manager
+	kubectl -n cert-manager rollout status deployment/cert-manager-cainjector
+fi
+
+progress "walkthrough 1: deploying aad-pod-identity with helm (certificates: ${CERTS[*]:-cert-manager}; assigner credentials for the fake Azure)"
+helm install aad-pod-identity "$CHART" --namespace=kube-system "${CERTS[@]}" \
 	--set assigner.azure.source=secret \
 	--set-string assigner.azure.tenantID="$TENANT_ID" \
 	--set-string assigner.azure.subscriptionID="$SUBSCRIPTION_ID" \
@@ -189,6 +203,12 @@ kubectl logs demo | grep -q "$want" || { echo "the demo pod did not get a token 
 
 progress "kubectl describe pod demo"
 kubectl describe pod demo
+if [[ "$KUBELET" == real ]]; then
+	echo
+	echo "\$ kubectl get certificate -n kube-system"
+	kubectl get certificate -n kube-system
+	kubectl wait -n kube-system certificate --all --for=condition=Ready --timeout=10s >/dev/null
+fi
 
 if [[ -n "$KEEP" ]]; then
 	ok=1

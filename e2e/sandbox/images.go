@@ -15,7 +15,8 @@ import (
 
 // NodeImages are the container images real nodes run, built offline by
 // hack/images into one directory: the project's four, the sandbox's pause
-// image and a kubectl image for the chart's uninstall hooks. Every image
+// image, a kubectl image for the chart's uninstall hooks and cert-manager's
+// controller and cainjector; beside them, cert-manager's chart. Every image
 // trusts the fake Azure's CA (appended to its CA bundle), as an image built
 // for a cloud with a private CA would, so that pods reach the fake ARM and
 // Azure AD over verified TLS with their manifests unchanged.
@@ -30,15 +31,17 @@ type NodeImages struct {
 const imageRegistry = "ghcr.io/aad-pod-identity"
 
 // nodeImageNames are the archives of a NodeImages directory.
-var nodeImageNames = []string{"webhook", "assigner", "nmi", "demo", "pause", "kubectl"}
+var nodeImageNames = append([]string{"webhook", "assigner", "nmi", "demo", "pause", "kubectl"}, certManagerImages...)
 
 // imageAliases are the other names each node's containerd knows an image
 // by: the walkthrough's demo image, and the images the chart's uninstall
 // hooks name by default.
 var imageAliases = map[string][]string{
-	"demo":    {"mcr.microsoft.com/oss/azure/aad-pod-identity/demo:v1.7.5"},
-	"pause":   {sandboxImage},
-	"kubectl": {"registry.k8s.io/kubectl:v1.37.2"},
+	"demo":                    {"mcr.microsoft.com/oss/azure/aad-pod-identity/demo:v1.7.5"},
+	"pause":                   {sandboxImage},
+	"kubectl":                 {"registry.k8s.io/kubectl:v1.37.2"},
+	"cert-manager-controller": {"quay.io/jetstack/cert-manager-controller:" + CertManagerVersion},
+	"cert-manager-cainjector": {"quay.io/jetstack/cert-manager-cainjector:" + CertManagerVersion},
 }
 
 // sandboxImage is every real node's pod sandbox image (containerd's pinned
@@ -51,10 +54,15 @@ const (
 )
 
 // BuildNodeImages creates the fake Azure's CA and builds the node images
-// trusting it into dir (hack/images, from the module at repoRoot). kubectl is
-// a static kubectl binary (make node-binaries builds one).
-func BuildNodeImages(ctx context.Context, repoRoot, dir, kubectl string) (*NodeImages, error) {
+// trusting it into dir (hack/images, from the module at repoRoot), from the
+// static kubectl in nodeAssets (NodeAssets) and cert-manager's binaries
+// (CertManagerAssets), and writes cert-manager's chart beside them.
+func BuildNodeImages(ctx context.Context, repoRoot, dir, nodeAssets string) (*NodeImages, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	certManager, err := CertManagerAssets()
+	if err != nil {
 		return nil, err
 	}
 	ca, err := testca.New("fake-azure-test-ca")
@@ -70,13 +78,17 @@ func BuildNodeImages(ctx context.Context, repoRoot, dir, kubectl string) (*NodeI
 	}
 	home, _ := os.UserHomeDir()
 	cmd := exec.CommandContext(ctx, "go", "run", "./hack/images", "--out", dir, "--images", strings.Join(nodeImageNames, ","),
-		"--registry", imageRegistry, "--version", version, "--extra-ca", filepath.Join(dir, azureCACert), "--binary", "kubectl="+kubectl,
+		"--registry", imageRegistry, "--version", version, "--extra-ca", filepath.Join(dir, azureCACert),
+		"--binary", "kubectl="+filepath.Join(nodeAssets, "static", "kubectl"),
+		"--binary", "cert-manager-controller="+filepath.Join(certManager, "controller"),
+		"--binary", "cert-manager-cainjector="+filepath.Join(certManager, "cainjector"),
 		"--deb-cache", filepath.Join(home, ".cache", "aad-pod-identity", "debs"))
 	cmd.Dir = repoRoot
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("building the node images: %w: %s", err, out)
 	}
-	return &NodeImages{Dir: dir, CA: ca}, nil
+	images := &NodeImages{Dir: dir, CA: ca}
+	return images, images.writeCertManagerChart(ctx, repoRoot)
 }
 
 // LoadNodeImages opens a directory BuildNodeImages wrote.

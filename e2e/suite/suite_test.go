@@ -47,6 +47,9 @@ var env struct {
 	// installed tells whether the release is installed: TestUninstall
 	// removes it and the next test that needs it installs it again.
 	installed bool
+	// images are the real nodes' images and cert-manager's chart; nil on
+	// kubelet stand-ins, which run no cert-manager.
+	images *sandbox.NodeImages
 }
 
 func TestMain(m *testing.M) {
@@ -118,7 +121,7 @@ func setUp() error {
 		if opts.NodeAssets, err = sandbox.NodeAssets(); err != nil {
 			return err
 		}
-		opts.NodeImages, err = sandbox.BuildNodeImages(ctx, framework.RepoRoot(), filepath.Join(dir, "images"), filepath.Join(opts.NodeAssets, "static", "kubectl"))
+		opts.NodeImages, err = sandbox.BuildNodeImages(ctx, framework.RepoRoot(), filepath.Join(dir, "images"), opts.NodeAssets)
 		if err != nil {
 			return err
 		}
@@ -134,8 +137,25 @@ func setUp() error {
 	if err := sb.AddNodes(ctx, sandbox.NodeOptions{Count: 2, Pools: 2}); err != nil {
 		return fmt.Errorf("adding nodes: %w", err)
 	}
-	env.client, err = kubernetes.NewForConfig(sb.Config)
-	return err
+	if env.client, err = kubernetes.NewForConfig(sb.Config); err != nil {
+		return err
+	}
+	if env.images = opts.NodeImages; env.images != nil {
+		return installCertManager()
+	}
+	return nil
+}
+
+// installCertManager installs cert-manager's chart as docs/install.md does,
+// with the sandbox's values (sandbox.NodeImages.CertManagerValues).
+func installCertManager() error {
+	out, err := exec.Command(env.helm, "install", sandbox.CertManagerRelease, env.images.CertManagerChart(), "--kubeconfig", env.sb.Kubeconfig,
+		"--namespace", sandbox.CertManagerNamespace, "--create-namespace", "-f", env.images.CertManagerValues(),
+		"--wait", "--timeout", "5m").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("helm install cert-manager: %w\n%s", err, out)
+	}
+	return nil
 }
 
 // tearDown stops the sandbox, which kills its processes and removes its
@@ -153,8 +173,9 @@ func tearDown() {
 }
 
 // helmInstall installs the chart as docs/install.md says, with the fake
-// Azure's endpoints and service principal, the built-in certificates (no
-// cert-manager here), service principals enabled and a short GC grace period.
+// Azure's endpoints and service principal, certificates from cert-manager
+// (the built-in ones on kubelet stand-ins, which run no cert-manager),
+// service principals enabled and a short GC grace period.
 func helmInstall() error { return helmRelease("install") }
 
 // helmRelease runs helm install or upgrade with the suite's values and
@@ -163,7 +184,7 @@ func helmRelease(verb string, extra ...string) error {
 	chart := filepath.Join(framework.RepoRoot(), "charts", "aad-pod-identity")
 	args := []string{verb, release, chart, "--kubeconfig", env.sb.Kubeconfig,
 		"--namespace", releaseNS,
-		"--set", "certManager.enabled=false",
+		"--set", fmt.Sprintf("certManager.enabled=%t", env.images != nil),
 		"--set", "assigner.azure.source=secret",
 		"--set-string", "assigner.azure.tenantID=" + env.sb.Azure.TenantID,
 		"--set-string", "assigner.azure.subscriptionID=" + sandbox.SubscriptionID,

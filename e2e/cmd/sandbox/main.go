@@ -175,7 +175,7 @@ func buildImages(ctx context.Context, log logr.Logger, repo, out string) (*sandb
 		return nil, err
 	}
 	log.Info("building the node images", "dir", out)
-	return sandbox.BuildNodeImages(ctx, repo, out, filepath.Join(assets, "static", "kubectl"))
+	return sandbox.BuildNodeImages(ctx, repo, out, assets)
 }
 
 // images builds the real nodes' images for `up --images`.

@@ -1,0 +1,131 @@
+// Command cainjector is cert-manager's CA injector built from its Go module.
+// The module proxy does not serve cert-manager's cmd/cainjector module, so
+// this main wires the public package that binary uses,
+// pkg/controller/cainjector, into a controller-runtime manager with leader
+// election: it writes the CA of a Certificate (cert-manager.io/inject-ca-from)
+// or a Secret (inject-ca-from-secret) into webhook configurations, CRDs and
+// APIServices.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/pflag"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/tools/clientcmd"
+	logsapi "k8s.io/component-base/logs/api/v1"
+	apiregistrationv1 "k8s.io/kube-aggregator/pkg/apis/apiregistration/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	"github.com/cert-manager/cert-manager/pkg/controller/cainjector"
+	logf "github.com/cert-manager/cert-manager/pkg/logs"
+)
+
+type options struct {
+	kubeconfig, leaderNamespace          string
+	leaseDuration, renewDeadline, retry  time.Duration
+	metricsAddress, healthzAddress       string
+	namespace                            string
+	enableCertificatesDataSource         bool
+	logging                              *logsapi.LoggingConfiguration
+	injectWebhooks, injectCRDs, injectAS bool
+}
+
+func main() {
+	o := options{logging: logsapi.NewLoggingConfiguration()}
+	fs := pflag.NewFlagSet("cert-manager-cainjector", pflag.ExitOnError)
+	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "Kubeconfig; in-cluster configuration when empty.")
+	fs.StringVar(&o.namespace, "namespace", "", "Only inject into objects of this namespace (all when empty).")
+	fs.StringVar(&o.leaderNamespace, "leader-election-namespace", "kube-system", "Namespace of the leader election Lease.")
+	fs.DurationVar(&o.leaseDuration, "leader-election-lease-duration", 60*time.Second, "Leader election lease duration.")
+	fs.DurationVar(&o.renewDeadline, "leader-election-renew-deadline", 40*time.Second, "Leader election renew deadline.")
+	fs.DurationVar(&o.retry, "leader-election-retry-period", 15*time.Second, "Leader election retry period.")
+	fs.StringVar(&o.metricsAddress, "metrics-listen-address", "0.0.0.0:9402", "Prometheus metrics endpoint.")
+	fs.StringVar(&o.healthzAddress, "healthz-listen-address", "0.0.0.0:9403", "Liveness and readiness endpoints (/livez, /readyz).")
+	fs.BoolVar(&o.enableCertificatesDataSource, "enable-certificates-data-source", true, "Inject from Certificates (cert-manager.io/inject-ca-from).")
+	fs.BoolVar(&o.injectWebhooks, "enable-webhook-injectable", true, "Inject into Mutating and ValidatingWebhookConfigurations.")
+	fs.BoolVar(&o.injectCRDs, "enable-customresourcedefinition-injectable", true, "Inject into CustomResourceDefinitions' conversion webhooks.")
+	fs.BoolVar(&o.injectAS, "enable-apiservices-injectable", true, "Inject into APIServices.")
+	logf.AddFlags(o.logging, fs)
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	logf.InitLogs()
+	defer logf.FlushLogs()
+	if err := logf.ValidateAndApply(o.logging); err != nil {
+		fmt.Fprintln(os.Stderr, "logging:", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ctx = logf.NewContext(ctx, logf.Log, "cainjector")
+	if err := run(ctx, o); err != nil {
+		logf.Log.Error(err, "cert-manager cainjector failed")
+		logf.FlushLogs()
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, o options) error {
+	scheme := runtime.NewScheme()
+	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
+	utilruntime.Must(cmapi.AddToScheme(scheme))
+	utilruntime.Must(apiextensionsv1.AddToScheme(scheme))
+	utilruntime.Must(apiregistrationv1.AddToScheme(scheme))
+	ctrl.SetLogger(logf.Log)
+
+	// In-cluster configuration when --kubeconfig is empty.
+	cfg, err := clientcmd.BuildConfigFromFlags("", o.kubeconfig)
+	if err != nil {
+		return fmt.Errorf("kubeconfig: %w", err)
+	}
+	cfg.UserAgent = "cert-manager-cainjector"
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:                  scheme,
+		LeaderElection:          true,
+		LeaderElectionID:        "cert-manager-cainjector-leader-election",
+		LeaderElectionNamespace: o.leaderNamespace,
+		LeaseDuration:           &o.leaseDuration,
+		RenewDeadline:           &o.renewDeadline,
+		RetryPeriod:             &o.retry,
+		Metrics:                 metricsserver.Options{BindAddress: o.metricsAddress},
+		HealthProbeBindAddress:  o.healthzAddress,
+		LivenessEndpointName:    "/livez",
+	})
+	if err != nil {
+		return fmt.Errorf("manager: %w", err)
+	}
+	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("ping", healthz.Ping); err != nil {
+		return err
+	}
+	err = cainjector.RegisterAllInjectors(ctx, mgr, cainjector.SetupOptions{
+		Namespace:                    o.namespace,
+		EnableCertificatesDataSource: o.enableCertificatesDataSource,
+		EnabledReconcilersFor: map[string]bool{
+			// cainjector's resource names (its setups keep them unexported).
+			"mutatingwebhookconfiguration":   o.injectWebhooks,
+			"validatingwebhookconfiguration": o.injectWebhooks,
+			"apiservice":                     o.injectAS,
+			"customresourcedefinition":       o.injectCRDs,
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("injectors: %w", err)
+	}
+	return mgr.Start(ctx)
+}
