@@ -38,7 +38,7 @@ import (
 const (
 	webhookName       = release + "-webhook"
 	servingCert       = webhookName
-	servingSecret     = webhookName + "-cert"
+	servingSecret     = webhookName + "-tls"
 	caCert            = webhookName + "-ca"
 	webhookConfigName = release
 )

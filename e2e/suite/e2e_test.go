@@ -402,6 +402,18 @@ func TestUninstall(t *testing.T) {
 		}
 		return nil
 	})
+	// Nor a certificate: cert-manager's objects go with the release, and the
+	// Secrets cert-manager issued (which it never deletes) with them.
+	kinds := "secrets"
+	if env.images != nil {
+		kinds = "certificates.cert-manager.io,issuers.cert-manager.io,certificaterequests.cert-manager.io,secrets"
+	}
+	left := kubectl(t, "-n", releaseNS, "get", kinds, "-o", "name")
+	for _, name := range strings.Fields(left) {
+		if strings.Contains(name, "/"+webhookName) {
+			t.Errorf("helm uninstall left %s", name)
+		}
+	}
 }
 
 // nodeOf returns the simulated node a pod runs on.

@@ -18,6 +18,7 @@ import (
 
 	"github.com/go-logr/logr"
 	"k8s.io/client-go/kubernetes"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/aad-pod-identity/aad-pod-identity/e2e/sandbox"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/framework"
@@ -53,6 +54,8 @@ var env struct {
 }
 
 func TestMain(m *testing.M) {
+	// The suite's controller-runtime clients log nothing worth reading.
+	ctrllog.SetLogger(logr.Discard())
 	code := m.Run()
 	tearDown()
 	os.Exit(code)

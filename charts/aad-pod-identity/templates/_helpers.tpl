@@ -22,7 +22,9 @@
 {{- define "aad-pod-identity.nmi" -}}{{ include "aad-pod-identity.fullname" . }}-nmi{{- end }}
 {{- define "aad-pod-identity.cleanup" -}}{{ include "aad-pod-identity.fullname" . }}-cleanup{{- end }}
 {{/* Secret holding the webhook's serving certificate (cert-manager or built-in rotation). */}}
-{{- define "aad-pod-identity.webhookCertSecret" -}}{{ include "aad-pod-identity.webhook" . }}-cert{{- end }}
+{{- /* The webhook's serving certificate Secret: the chart's own with the built-in certificates,
+cert-manager's otherwise. Two names, so that neither mode adopts the other's Secret on a switch. */}}
+{{- define "aad-pod-identity.webhookCertSecret" -}}{{ include "aad-pod-identity.webhook" . }}-{{ ternary "tls" "cert" .Values.certManager.enabled }}{{- end }}
 
 {{/* Labels on every object; call with (dict "root" $ "component" "webhook"). */}}
 {{- define "aad-pod-identity.labels" -}}
