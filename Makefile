@@ -241,6 +241,10 @@ bench-sandbox: deps control-plane ## Time 100 pods to Running and to deleted in 
 bench-e2e: deps control-plane node-binaries cert-manager $(HELM) ## Time from `kubectl apply` of 100 demo pods to each one's first token, on the helm-installed sandbox (E2E_BENCH_* sizes).
 	go test -tags e2e -count=1 -run '^$$' -bench BenchmarkTimeToFirstToken -benchtime 1x -timeout 30m ./e2e/suite/
 
+.PHONY: bench-install
+bench-install: deps control-plane node-binaries cert-manager $(HELM) ## Time helm install to the webhook Ready and to the first admitted pod, with cert-manager and with the built-in certificates (docs/performance.md).
+	go test -tags e2e -count=1 -run '^$$' -bench BenchmarkInstall -benchtime 3x -timeout 30m ./e2e/suite/
+
 ##@ Demo
 .PHONY: demo
 demo: deps control-plane node-binaries cert-manager sandbox-build $(HELM) ## The walkthrough end to end on the sandbox (as root, ~2 min); KEEP=1 leaves the cluster up.

@@ -4,6 +4,7 @@ package suite
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"os"
@@ -15,8 +16,10 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
@@ -24,6 +27,59 @@ import (
 	"github.com/aad-pod-identity/aad-pod-identity/e2e/sandbox"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/framework"
 )
+
+// BenchmarkInstall times `helm install` of the chart, after an uninstall,
+// to every webhook pod Ready and to the first labelled pod admitted for its
+// identity: with the built-in certificates, and with cert-manager issuing
+// them and cainjector injecting the CA (real nodes only). It leaves the
+// release installed with the suite's defaults.
+func BenchmarkInstall(b *testing.B) {
+	installed(b)
+	userIdentity(b, "bench-install", "bench-install")
+	pod := demoPod{Name: "bench-install", Labels: map[string]string{aadv1.BindingLabel: "bench-install"}}.object()
+	modes := []bool{false}
+	if env.images != nil {
+		modes = append(modes, true)
+	}
+	for _, certManager := range modes {
+		b.Run(fmt.Sprintf("certManager=%t", certManager), func(b *testing.B) {
+			c := cmClient(b)
+			var toReady, toAdmitted []time.Duration
+			for b.Loop() {
+				if err := helmUninstall(); err != nil {
+					b.Fatal(err)
+				}
+				start := time.Now()
+				if err := helmRelease("install", "--wait=hookOnly", "--set", fmt.Sprintf("certManager.enabled=%t", certManager)); err != nil {
+					b.Fatal(err)
+				}
+				env.installed = true
+				framework.Eventually(b, 3*time.Minute, "webhook pods Ready", func() error {
+					var d appsv1.Deployment
+					if err := c.Get(b.Context(), client.ObjectKey{Namespace: releaseNS, Name: webhookName}, &d); err != nil {
+						return err
+					}
+					if d.Status.ReadyReplicas != *d.Spec.Replicas || d.Status.UpdatedReplicas != *d.Spec.Replicas {
+						return fmt.Errorf("%d of %d ready", d.Status.ReadyReplicas, *d.Spec.Replicas)
+					}
+					return nil
+				})
+				toReady = append(toReady, time.Since(start))
+				framework.Eventually(b, 3*time.Minute, "a labelled pod admitted", func() error {
+					if why := admit(pod); why != "" {
+						return errors.New(why)
+					}
+					return nil
+				})
+				toAdmitted = append(toAdmitted, time.Since(start))
+			}
+			slices.Sort(toReady)
+			slices.Sort(toAdmitted)
+			b.ReportMetric(quantile(toReady, 0.5).Seconds(), "s-to-webhook-ready")
+			b.ReportMetric(quantile(toAdmitted, 0.5).Seconds(), "s-to-first-admission")
+		})
+	}
+}
 
 // benchSizes are the benchmark's pods, identities and ARM write latency
 // (docs/performance.md), overridable with E2E_BENCH_PODS, E2E_BENCH_IDENTITIES

@@ -97,12 +97,14 @@ func run(ctx context.Context, o options) error {
 		LeaderElection:          true,
 		LeaderElectionID:        "cert-manager-cainjector-leader-election",
 		LeaderElectionNamespace: o.leaderNamespace,
-		LeaseDuration:           &o.leaseDuration,
-		RenewDeadline:           &o.renewDeadline,
-		RetryPeriod:             &o.retry,
-		Metrics:                 metricsserver.Options{BindAddress: o.metricsAddress},
-		HealthProbeBindAddress:  o.healthzAddress,
-		LivenessEndpointName:    "/livez",
+		// A successor (a rollout, a scale from 0) need not wait out the lease.
+		LeaderElectionReleaseOnCancel: true,
+		LeaseDuration:                 &o.leaseDuration,
+		RenewDeadline:                 &o.renewDeadline,
+		RetryPeriod:                   &o.retry,
+		Metrics:                       metricsserver.Options{BindAddress: o.metricsAddress},
+		HealthProbeBindAddress:        o.healthzAddress,
+		LivenessEndpointName:          "/livez",
 	})
 	if err != nil {
 		return fmt.Errorf("manager: %w", err)
