@@ -94,7 +94,7 @@ func testIssuedAndInjected(t *testing.T) {
 			bundles, writers := caBundles(obj)
 			for _, b := range bundles {
 				if !bytes.Equal(b, ca) {
-					return fmt.Errorf("%T: a caBundle is not the Issuer's CA", obj)
+					return fmt.Errorf("%T: a caBundle (%s) is not the Issuer's CA (%s); caBundle writers %v", obj, subjects(b), subjects(ca), writers)
 				}
 			}
 			if len(writers) != 1 || !strings.Contains(writers[0], "cainjector") {
@@ -298,6 +298,17 @@ func verifyChain(t *testing.T, leaf, ca []byte) {
 	if _, err := cert.Verify(x509.VerifyOptions{Roots: roots, DNSName: dns}); err != nil {
 		t.Errorf("the serving certificate does not chain to the Issuer's CA for %s: %v", dns, err)
 	}
+}
+
+// subjects names the certificates of a PEM bundle, for messages.
+func subjects(bundle []byte) string {
+	var names []string
+	for b, rest := pem.Decode(bundle); b != nil; b, rest = pem.Decode(rest) {
+		if c, err := x509.ParseCertificate(b.Bytes); err == nil {
+			names = append(names, c.Subject.CommonName+" "+c.NotBefore.Format(time.TimeOnly))
+		}
+	}
+	return strings.Join(names, ", ")
 }
 
 func firstDER(t *testing.T, chain []byte) []byte {
