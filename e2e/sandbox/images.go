@@ -30,7 +30,7 @@ type NodeImages struct {
 const imageRegistry = "ghcr.io/aad-pod-identity"
 
 // nodeImageNames are the archives of a NodeImages directory.
-var nodeImageNames = []string{"webhook", "assigner", "nmi", "demo", "pause", "kubectl"}
+var nodeImageNames = []string{"webhook", "assigner", "nmi", "demo", "pause", "kubectl", "coredns"}
 
 // imageAliases are the other names each node's containerd knows an image
 // by: the walkthrough's demo image, and the images the chart's uninstall
@@ -39,6 +39,7 @@ var imageAliases = map[string][]string{
 	"demo":    {"mcr.microsoft.com/oss/azure/aad-pod-identity/demo:v1.7.5"},
 	"pause":   {sandboxImage},
 	"kubectl": {"registry.k8s.io/kubectl:v1.37.2"},
+	"coredns": {corednsImage},
 }
 
 // sandboxImage is every real node's pod sandbox image (containerd's pinned
@@ -68,9 +69,13 @@ func BuildNodeImages(ctx context.Context, repoRoot, dir, kubectl string) (*NodeI
 	if err != nil {
 		return nil, err
 	}
+	coredns, err := CoreDNS()
+	if err != nil {
+		return nil, err
+	}
 	home, _ := os.UserHomeDir()
 	cmd := exec.CommandContext(ctx, "go", "run", "./hack/images", "--out", dir, "--images", strings.Join(nodeImageNames, ","),
-		"--registry", imageRegistry, "--version", version, "--extra-ca", filepath.Join(dir, azureCACert), "--binary", "kubectl="+kubectl,
+		"--registry", imageRegistry, "--version", version, "--extra-ca", filepath.Join(dir, azureCACert), "--binary", "kubectl="+kubectl, "--binary", "coredns="+coredns,
 		"--deb-cache", filepath.Join(home, ".cache", "aad-pod-identity", "debs"))
 	cmd.Dir = repoRoot
 	if out, err := cmd.CombinedOutput(); err != nil {
