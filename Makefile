@@ -14,6 +14,14 @@ BIN         ?= $(CURDIR)/bin
 CONTROLLER_GEN ?= $(BIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
 GOLANGCI_LINT  ?= $(BIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 
+# The cluster DNS of the real-node sandbox: CoreDNS with the plugins it uses
+# (hack/tools/coredns), static for its image. The version must match
+# hack/tools/coredns/go.mod (and corednsVersion in e2e/sandbox). Defined
+# here, before the rules that name it as a prerequisite.
+COREDNS_VERSION ?= 1.15.0
+COREDNS ?= $(TOOLS_CACHE)/coredns-$(COREDNS_VERSION)/coredns
+export COREDNS
+
 K8S_MINOR := $(word 2,$(subst ., ,$(K8S_VERSION)))
 K8S_LDFLAGS := $(foreach p,k8s.io/component-base/version k8s.io/client-go/pkg/version,\
 	-X $(p).gitVersion=v$(K8S_VERSION) -X $(p).gitMajor=1 -X $(p).gitMinor=$(K8S_MINOR))
@@ -136,12 +144,6 @@ $(NODE_ASSETS)/.done:
 	cd hack/tools/cni && go build -o $(NODE_ASSETS)/cni/ $(addprefix github.com/containernetworking/plugins/plugins/,$(CNI_PLUGINS))
 	$(NODE_ASSETS)/kubelet --version && $(NODE_ASSETS)/containerd --version
 	touch $@
-
-# The cluster DNS of the real-node sandbox: CoreDNS with the plugins it uses
-# (hack/tools/coredns), static for its image. The version must match hack/tools/coredns/go.mod.
-COREDNS_VERSION ?= 1.15.0
-COREDNS ?= $(TOOLS_CACHE)/coredns-$(COREDNS_VERSION)/coredns
-export COREDNS
 
 .PHONY: coredns
 coredns: $(COREDNS) ## Build CoreDNS for the sandbox's cluster DNS (docs/sandbox.md).
