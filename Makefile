@@ -15,6 +15,14 @@ BIN         ?= $(CURDIR)/bin
 CONTROLLER_GEN ?= $(BIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
 GOLANGCI_LINT  ?= $(BIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 
+# The cluster DNS of the real-node sandbox: CoreDNS with the plugins it uses
+# (hack/tools/coredns), static for its image. The version must match
+# hack/tools/coredns/go.mod (and corednsVersion in e2e/sandbox). Defined
+# here, before the rules that name it as a prerequisite.
+COREDNS_VERSION ?= 1.15.0
+COREDNS ?= $(TOOLS_CACHE)/coredns-$(COREDNS_VERSION)/coredns
+export COREDNS
+
 K8S_MINOR := $(word 2,$(subst ., ,$(K8S_VERSION)))
 K8S_LDFLAGS := $(foreach p,k8s.io/component-base/version k8s.io/client-go/pkg/version,\
 	-X $(p).gitVersion=v$(K8S_VERSION) -X $(p).gitMajor=1 -X $(p).gitMinor=$(K8S_MINOR))
@@ -78,7 +86,7 @@ test-unit: ## Unit tests: no root, no control plane.
 test-integration: control-plane chart-test-deps ## Integration tests against envtest: webhook, assigner, charts.
 	go test -race -count=1 -tags integration $(INTEGRATION_PKGS)
 
-test-e2e: deps control-plane node-binaries cert-manager $(HELM) ## End-to-end tests, as root: NMI in network namespaces, the sandbox, the e2e suite, the demo.
+test-e2e: deps control-plane node-binaries cert-manager $(COREDNS) $(HELM) ## End-to-end tests, as root: NMI in network namespaces, the sandbox, the e2e suite, the demo.
 	go test -race -count=1 -p 1 -timeout 30m -tags e2e ./e2e/... ./hack/images/
 
 test-fuzz: ## Fuzz smoke runs (FUZZ_*_EXECS inputs each).
@@ -117,11 +125,14 @@ NODE_ASSETS ?= $(TOOLS_CACHE)/node-$(K8S_VERSION)-containerd-$(CONTAINERD_VERSIO
 CNI_PLUGINS := ipam/host-local main/bridge main/loopback meta/portmap
 
 .PHONY: node-binaries
-node-binaries: $(NODE_ASSETS)/.done $(NODE_ASSETS)/static/kubectl ## Build kubelet, containerd (shim, ctr), the CNI plugins and a static kubectl (for the hooks' image) for real nodes (docs/sandbox.md).
+node-binaries: $(NODE_ASSETS)/.done $(NODE_ASSETS)/static/kubectl $(NODE_ASSETS)/kube-proxy ## Build kubelet, kube-proxy, containerd (shim, ctr), the CNI plugins and a static kubectl (for the hooks' image) for real nodes (docs/sandbox.md).
 
-# Its own target, so that a node cache built before it gains it without a rebuild.
+# Their own targets, so that a node cache built before them gains them without a rebuild.
 $(NODE_ASSETS)/static/kubectl:
 	cd hack/tools/k8s && CGO_ENABLED=0 go build -ldflags '$(K8S_LDFLAGS)' -o $@ k8s.io/kubernetes/cmd/kubectl
+
+$(NODE_ASSETS)/kube-proxy:
+	cd hack/tools/k8s && go build -ldflags '$(K8S_LDFLAGS)' -o $@ k8s.io/kubernetes/cmd/kube-proxy
 
 $(NODE_ASSETS)/.done:
 	mkdir -p $(NODE_ASSETS)/cni
@@ -151,6 +162,13 @@ $(CERT_MANAGER_ASSETS)/.done:
 	cd hack/tools/cert-manager && CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o $(CERT_MANAGER_ASSETS)/ ./controller ./cainjector
 	touch $@
 
+.PHONY: coredns
+coredns: $(COREDNS) ## Build CoreDNS for the sandbox's cluster DNS (docs/sandbox.md).
+
+$(COREDNS):
+	cd hack/tools/coredns && CGO_ENABLED=0 go build -o $@ .
+	$@ -version
+
 $(CONTROLLER_GEN):
 	GOBIN=$(BIN) go install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_TOOLS_VERSION)
 	mv $(BIN)/controller-gen $@
@@ -165,6 +183,8 @@ APT_PACKAGES := iptables iproute2
 APT_PACKAGES += python3
 # The real node (e2e/realnode): containerd's OCI runtime, and pgrep to stop its shims.
 APT_PACKAGES += runc procps
+# kube-proxy's nftables mode (SANDBOX_KUBE_PROXY_MODE=nftables) runs nft.
+APT_PACKAGES += nftables
 .PHONY: deps
 deps: ## Install the system packages the tests need (apt, when missing).
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -226,7 +246,7 @@ sandbox-build: ## Build the component binaries, the sandbox and its pod programs
 	go build -o $(BIN)/ ./cmd/... ./e2e/cmd/...
 
 .PHONY: sandbox-up
-sandbox-up: deps control-plane node-binaries cert-manager sandbox-build ## Run the sandbox cluster in the foreground; Ctrl-C tears it down.
+sandbox-up: deps control-plane node-binaries cert-manager $(COREDNS) sandbox-build ## Run the sandbox cluster in the foreground; Ctrl-C tears it down.
 	$(BIN)/sandbox up --bin-dir $(BIN) --dir $(SANDBOX_DIR)
 
 .PHONY: sandbox-down
@@ -238,7 +258,7 @@ bench-sandbox: deps control-plane ## Time 100 pods to Running and to deleted in 
 	go test -tags e2e -count=1 -run '^$$' -bench BenchmarkPodStartup100 -benchtime 3x ./e2e/sandbox/
 
 .PHONY: bench-e2e
-bench-e2e: deps control-plane node-binaries cert-manager $(HELM) ## Time from `kubectl apply` of 100 demo pods to each one's first token, on the helm-installed sandbox (E2E_BENCH_* sizes).
+bench-e2e: deps control-plane node-binaries cert-manager $(COREDNS) $(HELM) ## Time from `kubectl apply` of 100 demo pods to each one's first token, on the helm-installed sandbox (E2E_BENCH_* sizes).
 	go test -tags e2e -count=1 -run '^$$' -bench BenchmarkTimeToFirstToken -benchtime 1x -timeout 30m ./e2e/suite/
 
 .PHONY: bench-install
@@ -247,5 +267,5 @@ bench-install: deps control-plane node-binaries cert-manager $(HELM) ## Time hel
 
 ##@ Demo
 .PHONY: demo
-demo: deps control-plane node-binaries cert-manager sandbox-build $(HELM) ## The walkthrough end to end on the sandbox (as root, ~2 min); KEEP=1 leaves the cluster up.
+demo: deps control-plane node-binaries cert-manager $(COREDNS) sandbox-build $(HELM) ## The walkthrough end to end on the sandbox (as root, ~2 min); KEEP=1 leaves the cluster up.
 	BIN=$(BIN) HELM=$(HELM) KEEP=$(KEEP) hack/demo.sh

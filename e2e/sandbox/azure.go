@@ -21,8 +21,8 @@ const (
 	aadPort = 8444
 )
 
-// armHost is the public ARM's name; pods resolve it to the fake ARM (see
-// podHosts), so programs with the default endpoint, like the walkthrough's
+// armHost is the public ARM's name; pods resolve it to the fake ARM (the
+// cluster DNS on real nodes, podHosts on stand-ins), so programs with the default endpoint, like the walkthrough's
 // demo pod, reach it unchanged.
 const armHost = "management.azure.com"
 
@@ -109,8 +109,8 @@ func (s *Sandbox) addCloser(f func()) {
 	s.closers = append(s.closers, f)
 }
 
-// podHosts is the /etc/hosts of a pod, as the kubelet writes it, plus the
-// fake cloud's names: the sandbox has no DNS.
+// podHosts is the /etc/hosts of a stand-in pod, as the kubelet writes it,
+// plus the fake cloud's names: stand-ins have no cluster DNS.
 func (s *Sandbox) podHosts(podIP, podName string) []byte {
 	var b strings.Builder
 	fmt.Fprintf(&b, "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n%s\t%s\n", podIP, podName)

@@ -31,7 +31,7 @@ type NodeImages struct {
 const imageRegistry = "ghcr.io/aad-pod-identity"
 
 // nodeImageNames are the archives of a NodeImages directory.
-var nodeImageNames = append([]string{"webhook", "assigner", "nmi", "demo", "pause", "kubectl"}, certManagerImages...)
+var nodeImageNames = append([]string{"webhook", "assigner", "nmi", "demo", "pause", "kubectl", "coredns"}, certManagerImages...)
 
 // imageAliases are the other names each node's containerd knows an image
 // by: the walkthrough's demo image, and the images the chart's uninstall
@@ -42,6 +42,7 @@ var imageAliases = map[string][]string{
 	"kubectl":                 {"registry.k8s.io/kubectl:v1.37.2"},
 	"cert-manager-controller": {"quay.io/jetstack/cert-manager-controller:" + CertManagerVersion},
 	"cert-manager-cainjector": {"quay.io/jetstack/cert-manager-cainjector:" + CertManagerVersion},
+	"coredns":                 {corednsImage},
 }
 
 // sandboxImage is every real node's pod sandbox image (containerd's pinned
@@ -56,7 +57,8 @@ const (
 // BuildNodeImages creates the fake Azure's CA and builds the node images
 // trusting it into dir (hack/images, from the module at repoRoot), from the
 // static kubectl in nodeAssets (NodeAssets) and cert-manager's binaries
-// (CertManagerAssets), and writes cert-manager's chart beside them.
+// (CertManagerAssets) and CoreDNS (CoreDNS), and writes cert-manager's chart
+// beside them.
 func BuildNodeImages(ctx context.Context, repoRoot, dir, nodeAssets string) (*NodeImages, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
@@ -76,12 +78,17 @@ func BuildNodeImages(ctx context.Context, repoRoot, dir, nodeAssets string) (*No
 	if err != nil {
 		return nil, err
 	}
+	coredns, err := CoreDNS()
+	if err != nil {
+		return nil, err
+	}
 	home, _ := os.UserHomeDir()
 	cmd := exec.CommandContext(ctx, "go", "run", "./hack/images", "--out", dir, "--images", strings.Join(nodeImageNames, ","),
 		"--registry", imageRegistry, "--version", version, "--extra-ca", filepath.Join(dir, azureCACert),
 		"--binary", "kubectl="+filepath.Join(nodeAssets, "static", "kubectl"),
 		"--binary", "cert-manager-controller="+filepath.Join(certManager, "controller"),
 		"--binary", "cert-manager-cainjector="+filepath.Join(certManager, "cainjector"),
+		"--binary", "coredns="+coredns,
 		"--deb-cache", filepath.Join(home, ".cache", "aad-pod-identity", "debs"))
 	cmd.Dir = repoRoot
 	if out, err := cmd.CombinedOutput(); err != nil {

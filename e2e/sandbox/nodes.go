@@ -47,13 +47,16 @@ type Node struct {
 	// node's address, should ever reach IMDS from a node with NMI.
 	imdsMu      sync.Mutex
 	imdsCallers map[string]int
-	cancel      context.CancelFunc
-	done        chan struct{}
+	// real is the node's kubelet, containerd and kube-proxy; nil on a stand-in.
+	real   *realNode
+	cancel context.CancelFunc
+	done   chan struct{}
 }
 
 // AddNodes creates the pools in the fake Azure, one network namespace per
-// node joined to the control plane, and a kubelet stand-in per node, and
-// waits until each Node is registered.
+// node joined to the control plane, and a kubelet stand-in or a real node
+// per node, and waits until each Node is registered; real nodes then get
+// the cluster DNS (once ServeAzure ran, it knows the fake cloud's names).
 func (s *Sandbox) AddNodes(ctx context.Context, opts NodeOptions) error {
 	if opts.Count == 0 {
 		opts.Count = 2
@@ -123,6 +126,9 @@ func (s *Sandbox) AddNodes(ctx context.Context, opts NodeOptions) error {
 			return ctx.Err()
 		}
 	}
+	if s.opts.Kubelet == KubeletReal {
+		return s.deployClusterDNS(ctx)
+	}
 	return nil
 }
 
@@ -181,5 +187,6 @@ func (s *Sandbox) addRealNode(ctx context.Context, netns ns.NetNS, i int, n *Nod
 	s.mu.Unlock()
 	var err error
 	r, err = s.startRealNode(ctx, netns, i, n, providerID, taints)
+	n.real = r
 	return err
 }

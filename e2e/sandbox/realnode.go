@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -32,8 +33,8 @@ const (
 	KubeletStandin = "standin"
 )
 
-// NodeAssets finds kubelet, containerd (with its shim and ctr), the CNI
-// plugins and the static kubectl `make node-binaries` built, and checks runc
+// NodeAssets finds kubelet, kube-proxy, containerd (with its shim and ctr),
+// the CNI plugins and the static kubectl `make node-binaries` built, and checks runc
 // is installed.
 func NodeAssets() (string, error) {
 	dir := os.Getenv("AADPI_NODE_ASSETS")
@@ -45,7 +46,7 @@ func NodeAssets() (string, error) {
 		}
 		dir = filepath.Dir(matches[len(matches)-1])
 	}
-	for _, b := range []string{"kubelet", "containerd", "containerd-shim-runc-v2", "ctr", "cni/bridge", "static/kubectl"} {
+	for _, b := range []string{"kubelet", "kube-proxy", "containerd", "containerd-shim-runc-v2", "ctr", "cni/bridge", "static/kubectl"} {
 		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
 			return "", fmt.Errorf("node binaries in %s: %w (run `make node-binaries`)", dir, err)
 		}
@@ -66,6 +67,9 @@ type realNode struct {
 	netns   ns.NetNS
 	cgroups []string
 	procs   []*process
+
+	mu        sync.Mutex
+	kubeProxy *process
 }
 
 // startRealNode starts containerd, imports the images and starts the
@@ -93,7 +97,10 @@ func (s *Sandbox) startRealNode(ctx context.Context, netns ns.NetNS, i int, n *N
 	if err := r.startKubelet(sock, kubeconfig, providerID, n.Pool.Name, taints); err != nil {
 		return r, err
 	}
-	return r, r.waitReady(ctx)
+	if err := r.waitReady(ctx); err != nil {
+		return r, err
+	}
+	return r, r.startKubeProxy(ctx, s.opts.KubeProxyMode)
 }
 
 // nodeDir is where a real node keeps everything of its own, named after
@@ -166,9 +173,10 @@ func (r *realNode) startContainerd(ctx context.Context) (string, error) {
 		return "", err
 	}
 	// No masquerading: NMI tells pods apart by their source address.
+	// Hairpin: a pod reaches itself through a Service.
 	// The network's name starts the node's entries in libcni's results
 	// cache, the machine's /var/lib/cni/results, so teardown finds them.
-	conflist := fmt.Sprintf(`{"cniVersion":"1.0.0","name":%q,"plugins":[{"type":"bridge","bridge":"cni0","isDefaultGateway":true,"ipMasq":false,"ipam":{"type":"host-local","dataDir":%q,"ranges":[[{"subnet":%q}]]}},{"type":"portmap","capabilities":{"portMappings":true}}]}`,
+	conflist := fmt.Sprintf(`{"cniVersion":"1.0.0","name":%q,"plugins":[{"type":"bridge","bridge":"cni0","isDefaultGateway":true,"hairpinMode":true,"ipMasq":false,"ipam":{"type":"host-local","dataDir":%q,"ranges":[[{"subnet":%q}]]}},{"type":"portmap","capabilities":{"portMappings":true}}]}`,
 		r.cgroupName(), r.path("ipam"), podCIDR(r.index).String())
 	if err := os.WriteFile(r.path("cni", "10-bridge.conflist"), []byte(conflist), 0o644); err != nil {
 		return "", err
@@ -220,20 +228,28 @@ func (r *realNode) writeKubeconfig() (string, error) {
 	if err != nil {
 		return "", err
 	}
+	path := r.path("kubelet.kubeconfig")
+	return path, r.writeClientKubeconfig(path, crt, key)
+}
+
+// writeClientKubeconfig writes a kubeconfig for the apiserver's address
+// with a client certificate.
+func (r *realNode) writeClientKubeconfig(path, crt, key string) error {
 	cfg := clientcmdapi.NewConfig()
 	cfg.Clusters["sandbox"] = &clientcmdapi.Cluster{Server: fmt.Sprintf("https://%s:%d", APIServerIP, apiserverPort), CertificateAuthorityData: r.sb.ca.PEM}
-	cfg.AuthInfos["kubelet"] = &clientcmdapi.AuthInfo{ClientCertificate: crt, ClientKey: key}
-	cfg.Contexts["sandbox"] = &clientcmdapi.Context{Cluster: "sandbox", AuthInfo: "kubelet"}
+	cfg.AuthInfos["client"] = &clientcmdapi.AuthInfo{ClientCertificate: crt, ClientKey: key}
+	cfg.Contexts["sandbox"] = &clientcmdapi.Context{Cluster: "sandbox", AuthInfo: "client"}
 	cfg.CurrentContext = "sandbox"
-	path := r.path("kubelet.kubeconfig")
-	return path, clientcmd.WriteToFile(*cfg, path)
+	return clientcmd.WriteToFile(*cfg, path)
 }
 
 // startKubelet configures the kubelet for this machine (cgroup v1,
-// cgroupfs, no swap check; docs/sandbox.md), the sandbox's DNS, the node's
-// VMSS instance as providerID and its pool's labels.
+// cgroupfs, no swap check; docs/sandbox.md), the cluster DNS, the node's
+// VMSS instance as providerID and its pool's labels. The node's own
+// resolver is the cluster DNS too: it knows the fake cloud's names, as a
+// VM's does the cloud's.
 func (r *realNode) startKubelet(sock, kubeconfig, providerID, pool string, taints []corev1.Taint) error {
-	if err := os.WriteFile(r.path("resolv.conf"), fmt.Appendf(nil, "nameserver %s\n", APIServerIP), 0o644); err != nil {
+	if err := os.WriteFile(r.path("resolv.conf"), fmt.Appendf(nil, "nameserver %s\n", ClusterDNSIP), 0o644); err != nil {
 		return err
 	}
 	var registerTaints strings.Builder
@@ -271,7 +287,7 @@ imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 evictionHard: {memory.available: "1Mi", nodefs.available: "1%%", imagefs.available: "1%%"}
 localStorageCapacityIsolation: false
-`, r.cgroupName(), sock, r.path("pod-logs"), r.sb.path("pki", "ca.crt"), ip, APIServerIP, r.path("resolv.conf"), providerID, registerTaints.String())
+`, r.cgroupName(), sock, r.path("pod-logs"), r.sb.path("pki", "ca.crt"), ip, ClusterDNSIP, r.path("resolv.conf"), providerID, registerTaints.String())
 	if err := os.WriteFile(r.path("kubelet.yaml"), []byte(config), 0o644); err != nil {
 		return err
 	}
@@ -308,11 +324,11 @@ func (r *realNode) waitReady(ctx context.Context) error {
 	return nil
 }
 
-// stop ends the kubelet and containerd, then what outlives them by
-// design (the runc shims and the containers), and removes the node's
-// cgroups and the mounts under its directory.
+// stop ends kube-proxy, the kubelet and containerd, then what outlives
+// them by design (the runc shims and the containers), and removes the
+// node's cgroups and the mounts under its directory.
 func (r *realNode) stop() error {
-	var errs []error
+	errs := []error{r.stopKubeProxy()}
 	for i := len(r.procs) - 1; i >= 0; i-- {
 		errs = append(errs, r.procs[i].stop(10*time.Second))
 	}

@@ -55,6 +55,9 @@ type Options struct {
 	// NodeAssets holds kubelet, containerd and the CNI plugins of real nodes
 	// (NodeAssets() when empty).
 	NodeAssets string
+	// KubeProxyMode is the mode of real nodes' kube-proxy: KubeProxyIPTables
+	// or KubeProxyNFTables (KubeProxyModeFromEnv() when empty).
+	KubeProxyMode string
 	// NodeImages are the images real nodes run; required with KubeletReal.
 	NodeImages *NodeImages
 	// PodInit is the podinit binary the kubelet stand-ins start containers with.
@@ -93,7 +96,8 @@ type Sandbox struct {
 	closers []func()
 	// azureCAFile is the fake Azure's CA once ServeAzure ran.
 	azureCAFile string
-	// hostAliases are names pods resolve through their /etc/hosts, to IPs.
+	// hostAliases are the fake cloud's names, to IPs: in stand-in pods'
+	// /etc/hosts, in the cluster DNS of real nodes.
 	hostAliases map[string]string
 }
 
@@ -133,6 +137,12 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 				return nil, err
 			}
 		}
+		if opts.KubeProxyMode == "" {
+			opts.KubeProxyMode = KubeProxyModeFromEnv()
+		}
+		if err := checkKubeProxyMode(opts.KubeProxyMode); err != nil {
+			return nil, err
+		}
 	case KubeletStandin:
 	default:
 		return nil, fmt.Errorf("unknown kubelet %q: want %s or %s", opts.Kubelet, KubeletReal, KubeletStandin)
@@ -165,14 +175,6 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 	}
 	if err := s.startControlPlane(ctx); err != nil {
 		return nil, err
-	}
-	if opts.Kubelet == KubeletReal {
-		if err := s.serveDNS(); err != nil {
-			return nil, err
-		}
-		if err := s.serveKubernetesService(); err != nil {
-			return nil, err
-		}
 	}
 	if err := s.serveAdmin(); err != nil {
 		return nil, err
@@ -252,8 +254,7 @@ func (s *Sandbox) startControlPlane(ctx context.Context) error {
 		"--enable-aggregator-routing=true",
 		"--allow-privileged=true",
 		"--kubelet-client-certificate", kubeletCrt, "--kubelet-client-key", kubeletKey,
-		"--kubelet-preferred-address-types", "InternalIP",
-		"--endpoint-reconciler-type", "none"); err != nil {
+		"--kubelet-preferred-address-types", "InternalIP"); err != nil {
 		return err
 	}
 	if s.fwd, err = newForwarder(s.opts.Listen, s.cp, net.JoinHostPort(apiIP, fmt.Sprint(apiserverPort)), s.log); err != nil {
@@ -431,29 +432,14 @@ func KubeletFromEnv() string {
 	return KubeletReal
 }
 
-// serveKubernetesService makes the kubernetes Service's ClusterIP reach the
-// apiserver from every node and pod, as kube-proxy would (the sandbox runs
-// none): one DNAT rule in the control-plane namespace, where node and pod
-// traffic for the service range is routed.
-func (s *Sandbox) serveKubernetesService() error {
-	return s.cp.Do(func(ns.NetNS) error {
-		out, err := exec.Command("iptables", "-w", "5", "-t", "nat", "-A", "PREROUTING", "-d", kubernetesServiceIP+"/32", "-p", "tcp", "--dport", "443",
-			"-j", "DNAT", "--to-destination", fmt.Sprintf("%s:%d", APIServerIP, apiserverPort)).CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("the kubernetes Service's DNAT rule: %w: %s", err, out)
-		}
-		return nil
-	})
-}
-
 // kubernetesServiceIP is the kubernetes Service's ClusterIP, the first of
 // --service-cluster-ip-range.
 const kubernetesServiceIP = "10.0.0.1"
 
-// podEnv is the environment every container gets unless it sets the
-// variable itself: in-cluster clients reach the apiserver at its address
-// (the sandbox runs no kube-proxy for the kubernetes Service), and trust the
-// fake Azure's CA.
+// podEnv is the environment every stand-in container gets unless it sets
+// the variable itself: in-cluster clients reach the apiserver at its
+// address (stand-in nodes run no kube-proxy for the kubernetes Service), and
+// trust the fake Azure's CA.
 func (s *Sandbox) podEnv() map[string]string {
 	env := map[string]string{
 		"PATH":                    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",

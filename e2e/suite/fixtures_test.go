@@ -259,10 +259,13 @@ func node(t *testing.T, i int) *sandbox.Node {
 }
 
 // natRules returns the nat table's rules inside a node's network namespace.
-func natRules(n *sandbox.Node) (string, error) {
-	out, err := exec.Command("ip", "netns", "exec", n.NetNS, "iptables", "-w", "5", "-t", "nat", "-S").CombinedOutput()
+func natRules(n *sandbox.Node) (string, error) { return tableRules(n, "nat") }
+
+// tableRules returns one table's rules inside a node's network namespace.
+func tableRules(n *sandbox.Node, table string) (string, error) {
+	out, err := exec.Command("ip", "netns", "exec", n.NetNS, "iptables", "-w", "5", "-t", table, "-S").CombinedOutput()
 	if err != nil {
-		return "", fmt.Errorf("iptables -t nat -S in %s: %w: %s", n.NetNS, err, out)
+		return "", fmt.Errorf("iptables -t %s -S in %s: %w: %s", table, n.NetNS, err, out)
 	}
 	return string(out), nil
 }
@@ -278,17 +281,33 @@ func intercepted(rules string) bool {
 // called, which returns how many checks ran and the first one that found
 // the interception missing (or could not read the rules).
 func watchInterception(n *sandbox.Node) (stop func() (checks int, gap error)) {
+	return watchRules(n, func(nat, _ string) error {
+		if !intercepted(nat) {
+			return fmt.Errorf("interception missing:\n%s", nat)
+		}
+		return nil
+	})
+}
+
+// watchRules runs check on the node's nat and filter rules every 50 ms
+// until stop is called, which returns how many checks ran and the first
+// failure (or failure to read the rules).
+func watchRules(n *sandbox.Node, check func(nat, filter string) error) (stop func() (checks int, gap error)) {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	var checks int
 	var gap error
 	wg.Go(func() {
 		for {
-			rules, err := natRules(n)
-			checks++
-			if err == nil && !intercepted(rules) {
-				err = fmt.Errorf("interception missing:\n%s", rules)
+			nat, err := natRules(n)
+			var filter string
+			if err == nil {
+				filter, err = tableRules(n, "filter")
 			}
+			if err == nil {
+				err = check(nat, filter)
+			}
+			checks++
 			if err != nil && gap == nil {
 				gap = err
 			}

@@ -70,6 +70,7 @@ func up(log logr.Logger, args []string) error {
 	readyFile := fs.String("ready-file", "", "create this file once the cluster and its nodes are up")
 	startupTaint := fs.Bool("startup-taint", false, "register nodes with NMI's not-ready taint")
 	kubelet := fs.String("kubelet", sandbox.KubeletFromEnv(), "nodes: real (kubelet, containerd, runc, CNI) or standin (virtual-kubelet running binaries); default from SANDBOX_KUBELET")
+	kubeProxyMode := fs.String("kube-proxy-mode", sandbox.KubeProxyModeFromEnv(), "real nodes' kube-proxy: iptables (AKS's) or nftables; default from SANDBOX_KUBE_PROXY_MODE")
 	images := fs.String("images", "", "real nodes' images, built by `sandbox images`; built into <dir>/images when empty")
 	_ = fs.Parse(args)
 	bin, err := filepath.Abs(*binDir)
@@ -79,7 +80,7 @@ func up(log logr.Logger, args []string) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	opts := sandbox.Options{ID: *id, Dir: *dir, Listen: *listen, Log: log, Kubelet: *kubelet,
+	opts := sandbox.Options{ID: *id, Dir: *dir, Listen: *listen, Log: log, Kubelet: *kubelet, KubeProxyMode: *kubeProxyMode,
 		PodInit: filepath.Join(bin, "podinit"), Images: sandbox.DefaultImages(bin, os.Getenv("KUBEBUILDER_ASSETS"))}
 	if *kubelet == sandbox.KubeletReal {
 		if opts.NodeImages, err = nodeImages(ctx, log, *images, *dir); err != nil {
