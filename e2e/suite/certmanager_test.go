@@ -415,7 +415,7 @@ func caBundles(obj client.Object) (bundles [][]byte, writers []string) {
 		}
 	}
 	for _, mf := range obj.GetManagedFields() {
-		if mf.FieldsV1 != nil && strings.Contains(string(mf.FieldsV1.Raw), `"f:caBundle"`) {
+		if mf.FieldsV1 != nil && strings.Contains(mf.FieldsV1.GetRawString(), `"f:caBundle"`) {
 			writers = append(writers, mf.Manager)
 		}
 	}
