@@ -208,10 +208,16 @@ func testCertManagerDown(t *testing.T) {
 		}
 		return nil
 	})
-	out := kubectl(t, "-n", releaseNS, "logs", "deployment/"+webhookName, "--tail=50")
-	if !strings.Contains(out, "waiting for the serving certificate") || !strings.Contains(out, "cert-manager") {
-		t.Errorf("the webhook's log does not say why it is unready:\n%s", out)
-	}
+	framework.Eventually(t, time.Minute, "the webhook's log says why it is unready", func() error {
+		out, err := kubectlIn("-n", releaseNS, "logs", "deployment/"+webhookName, "--tail=50")
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(out, "waiting for the serving certificate") || !strings.Contains(out, "cert-manager") {
+			return fmt.Errorf("it does not:\n%s", out)
+		}
+		return nil
+	})
 	labelled := demoPod{Name: "refused-no-cert", Labels: map[string]string{aadv1.BindingLabel: "anything"}}.object()
 	_, err := env.client.CoreV1().Pods("default").Create(t.Context(), labelled, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
 	if err == nil || !strings.Contains(err.Error(), "failed calling webhook") {
