@@ -122,8 +122,6 @@ func proxiesIn(t *testing.T, n *sandbox.Node, mode string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Table names only: Debian's nft 1.0.6 need not print every rule of a
-	// newer kube-proxy's table.
 	tables, err := exec.Command("ip", "netns", "exec", n.NetNS, "nft", "list", "tables").CombinedOutput()
 	if err != nil {
 		t.Fatalf("nft list tables in %s: %v: %s", n.NetNS, err, tables)
