@@ -106,7 +106,7 @@ func restartKubeProxy(t *testing.T, n *sandbox.Node, from, to string, before fun
 	} else {
 		stop = watchRules(n, interceptionFirst)
 	}
-	t.Cleanup(func() { stop() }) // when the test fails before its caller stops it
+	t.Cleanup(func() { _, _ = stop() }) // when the test fails before its caller stops it
 	before()
 	if err := n.RestartKubeProxy(t.Context(), to); err != nil {
 		t.Fatal(err)
