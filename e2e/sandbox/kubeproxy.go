@@ -4,11 +4,14 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	testns "github.com/aad-pod-identity/aad-pod-identity/internal/testing/netns"
@@ -45,9 +48,15 @@ func checkKubeProxyMode(mode string) error {
 	return nil
 }
 
-// kubeProxyHealthz is where kube-proxy reports its last sync, on the node's
-// loopback.
-const kubeProxyHealthz = "127.0.0.1:10256"
+// kube-proxy's health and metrics ports, on the node's loopback.
+const (
+	kubeProxyHealthz = "127.0.0.1:10256"
+	kubeProxyMetrics = "127.0.0.1:10249"
+)
+
+// lastSyncMetric is the time of kube-proxy's last successful sync of its
+// rules, 0 before the first: its healthz answers 200 while it starts.
+const lastSyncMetric = "kubeproxy_sync_proxy_rules_last_timestamp_seconds"
 
 // clusterCIDR is every node's pod range: kube-proxy masquerades service
 // traffic from elsewhere only, so pods keep their source address (NMI and
@@ -82,11 +91,11 @@ hostnameOverride: %q
 mode: %s
 clusterCIDR: %s
 healthzBindAddress: %s
-metricsBindAddress: 127.0.0.1:10249
+metricsBindAddress: %s
 conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
 nodePortAddresses: [primary]
 iptables: {localhostNodePorts: false}
-`, kubeconfig, r.name, mode, clusterCIDR, kubeProxyHealthz)
+`, kubeconfig, r.name, mode, clusterCIDR, kubeProxyHealthz, kubeProxyMetrics)
 	configFile := r.path("kube-proxy.yaml")
 	if err := os.WriteFile(configFile, []byte(config), 0o644); err != nil {
 		return err
@@ -101,8 +110,8 @@ iptables: {localhostNodePorts: false}
 	return r.waitKubeProxy(ctx, p)
 }
 
-// waitKubeProxy waits until kube-proxy's healthz answers 200, which it does
-// once it has synced the rules of every Service.
+// waitKubeProxy waits until kube-proxy has synced its rules once (its
+// metrics say when).
 func (r *realNode) waitKubeProxy(ctx context.Context, p *process) error {
 	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -115,19 +124,34 @@ func (r *realNode) waitKubeProxy(ctx context.Context, p *process) error {
 		if p.exited() {
 			return fmt.Errorf("kube-proxy on %s exited: see %s", r.name, r.path("kube-proxy.log"))
 		}
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+kubeProxyHealthz+"/healthz", nil)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+kubeProxyMetrics+"/metrics", nil)
 		if resp, err := client.Do(req); err == nil {
+			body, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
+			if synced(body) {
 				return nil
 			}
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("kube-proxy on %s healthy: %w", r.name, ctx.Err())
+			return fmt.Errorf("kube-proxy on %s synced: %w", r.name, ctx.Err())
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// synced reports whether kube-proxy's metrics show a sync of its rules.
+func synced(metrics []byte) bool {
+	for _, line := range strings.Split(string(metrics), "\n") {
+		if !strings.HasPrefix(line, lastSyncMetric) {
+			continue
+		}
+		f := strings.Fields(line)
+		if v, err := strconv.ParseFloat(f[len(f)-1], 64); err == nil && v > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // stopKubeProxy stops the node's kube-proxy, leaving its rules in place as

@@ -66,11 +66,7 @@ func testKubeProxyMode(t *testing.T, mode string) {
 	demoPod{Name: "kp-prober", Node: n.Name, Period: 100 * time.Millisecond}.create(t)
 	prober := running(t, "default", "kp-prober")
 
-	stop := watchRules(n, interceptionFirst)
-	churnServices(t, 3)
-	if err := n.RestartKubeProxy(t.Context(), mode); err != nil {
-		t.Fatal(err)
-	}
+	stop := restartKubeProxy(t, n, base, mode, func() { churnServices(t, 3) })
 	proxiesIn(t, n, mode)
 	churnServices(t, 3)
 	checkPodNetwork(t, n)
@@ -88,16 +84,38 @@ func testKubeProxyMode(t *testing.T, mode string) {
 	if mode == base {
 		return
 	}
-	// Back in the base mode, a kube-proxy starting afresh prepends its own
-	// jumps; the interception never goes missing, and NMI's periodic check
-	// (the chart's nmi.syncPeriod, 60 s) puts its jumps first again.
-	stop = watchInterception(n)
 	restored = true
-	if err := n.RestartKubeProxy(t.Context(), base); err != nil {
+	stop = restartKubeProxy(t, n, mode, base, func() {})
+	if _, gap := stop(); gap != nil {
+		t.Error(gap)
+	}
+	checkPodNetwork(t, n)
+}
+
+// restartKubeProxy runs before, then restarts n's kube-proxy, which ran in
+// mode from, in mode to, while the node's rules are checked every 50 ms
+// until stop is called: NMI's interception is never missing and its jumps
+// stay first. Except that kube-proxy starting in iptables mode on a node
+// without its jumps (from nftables) prepends them; NMI's periodic check
+// (the chart's nmi.syncPeriod, 60 s) puts its own first again, which this
+// then waits for.
+func restartKubeProxy(t *testing.T, n *sandbox.Node, from, to string, before func()) (stop func() (checks int, gap error)) {
+	prepends := to == sandbox.KubeProxyIPTables && from != to
+	if prepends {
+		stop = watchInterception(n)
+	} else {
+		stop = watchRules(n, interceptionFirst)
+	}
+	t.Cleanup(func() { _, _ = stop() }) // when the test fails before its caller stops it
+	before()
+	if err := n.RestartKubeProxy(t.Context(), to); err != nil {
 		t.Fatal(err)
 	}
+	if !prepends {
+		return stop
+	}
 	restarted := time.Now()
-	framework.Eventually(t, 90*time.Second, "NMI's jumps first again after kube-proxy started in "+base+" mode", func() error {
+	framework.Eventually(t, 90*time.Second, "NMI's jumps first again after kube-proxy started in "+to+" mode", func() error {
 		nat, err := natRules(n)
 		if err != nil {
 			return err
@@ -108,11 +126,8 @@ func testKubeProxyMode(t *testing.T, mode string) {
 		}
 		return interceptionFirst(nat, filter)
 	})
-	t.Logf("NMI's jumps first %v after kube-proxy synced in %s mode", time.Since(restarted).Round(time.Millisecond), base)
-	if _, gap := stop(); gap != nil {
-		t.Error(gap)
-	}
-	checkPodNetwork(t, n)
+	t.Logf("NMI's jumps first %v after kube-proxy synced in %s mode", time.Since(restarted).Round(time.Millisecond), to)
+	return stop
 }
 
 // proxiesIn checks that the node's Service rules are those of mode only:
@@ -122,8 +137,6 @@ func proxiesIn(t *testing.T, n *sandbox.Node, mode string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Table names only: Debian's nft 1.0.6 need not print every rule of a
-	// newer kube-proxy's table.
 	tables, err := exec.Command("ip", "netns", "exec", n.NetNS, "nft", "list", "tables").CombinedOutput()
 	if err != nil {
 		t.Fatalf("nft list tables in %s: %v: %s", n.NetNS, err, tables)

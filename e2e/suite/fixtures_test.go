@@ -290,8 +290,8 @@ func watchInterception(n *sandbox.Node) (stop func() (checks int, gap error)) {
 }
 
 // watchRules runs check on the node's nat and filter rules every 50 ms
-// until stop is called, which returns how many checks ran and the first
-// failure (or failure to read the rules).
+// until stop is called (any number of times), which returns how many
+// checks ran and the first failure (or failure to read the rules).
 func watchRules(n *sandbox.Node, check func(nat, filter string) error) (stop func() (checks int, gap error)) {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
@@ -318,8 +318,9 @@ func watchRules(n *sandbox.Node, check func(nat, filter string) error) (stop fun
 			}
 		}
 	})
+	var once sync.Once
 	return func() (int, error) {
-		close(done)
+		once.Do(func() { close(done) })
 		wg.Wait()
 		return checks, gap
 	}
