@@ -13,6 +13,10 @@ TOOLS_CACHE ?= $(HOME)/.cache/aad-pod-identity
 ASSETS      ?= $(TOOLS_CACHE)/k8s-$(K8S_VERSION)-etcd-$(ETCD_VERSION)
 BIN         ?= $(CURDIR)/bin
 CONTROLLER_GEN ?= $(BIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
+HELM_VERSION   ?= v4.3.1
+# Kept in the tools cache, like the control plane, so that fresh clones reuse it. Defined before
+# the rules that name it: make expands prerequisites when it reads a rule.
+HELM           ?= $(TOOLS_CACHE)/helm-$(HELM_VERSION)/helm
 GOLANGCI_LINT  ?= $(BIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 
 # The cluster DNS of the real-node sandbox: CoreDNS with the plugins it uses
@@ -192,9 +196,6 @@ deps: ## Install the system packages the tests need (apt, when missing).
 		DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
 
 ##@ Chart and images
-HELM_VERSION         ?= v4.3.1
-# Kept in the tools cache, like the control plane, so that fresh clones reuse it.
-HELM                 ?= $(TOOLS_CACHE)/helm-$(HELM_VERSION)/helm
 CHART                := charts/aad-pod-identity
 # cert-manager's CRDs are plain YAML in its Go module; the chart tests install them into envtest.
 CERT_MANAGER_CRDS    ?= $(shell go env GOMODCACHE)/github.com/cert-manager/cert-manager@$(CERT_MANAGER_VERSION)/deploy/crds
