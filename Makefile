@@ -152,9 +152,9 @@ $(NODE_ASSETS)/.done:
 
 # cert-manager's controller and cainjector for the sandbox (docs/sandbox.md), built from its Go
 # module in hack/tools/cert-manager (at cert-manager's own dependency versions), cached like the
-# node binaries, keyed by the tools module's sources too (its mains are ours). CERT_MANAGER_VERSION
+# node binaries, keyed by the tools module's sources too (its code is ours). CERT_MANAGER_VERSION
 # must match hack/tools/cert-manager/go.mod.
-CERT_MANAGER_SOURCES := $(shell cat hack/tools/cert-manager/go.sum hack/tools/cert-manager/*/main.go | sha256sum | cut -c1-12)
+CERT_MANAGER_SOURCES := $(shell find hack/tools/cert-manager -name '*.go' -o -name go.sum | sort | xargs cat | sha256sum | cut -c1-12)
 CERT_MANAGER_ASSETS ?= $(TOOLS_CACHE)/cert-manager-$(CERT_MANAGER_VERSION)-$(CERT_MANAGER_SOURCES)
 export AADPI_CERT_MANAGER_ASSETS := $(CERT_MANAGER_ASSETS)
 

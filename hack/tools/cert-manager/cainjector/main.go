@@ -10,9 +10,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -21,7 +18,6 @@ import (
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/clientcmd"
-	logsapi "k8s.io/component-base/logs/api/v1"
 	apiregistrationv1 "k8s.io/kube-aggregator/pkg/apis/apiregistration/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
@@ -30,6 +26,8 @@ import (
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	"github.com/cert-manager/cert-manager/pkg/controller/cainjector"
 	logf "github.com/cert-manager/cert-manager/pkg/logs"
+
+	"github.com/aad-pod-identity/aad-pod-identity/hack/tools/cert-manager/internal/command"
 )
 
 type options struct {
@@ -38,12 +36,11 @@ type options struct {
 	metricsAddress, healthzAddress       string
 	namespace                            string
 	enableCertificatesDataSource         bool
-	logging                              *logsapi.LoggingConfiguration
 	injectWebhooks, injectCRDs, injectAS bool
 }
 
 func main() {
-	o := options{logging: logsapi.NewLoggingConfiguration()}
+	var o options
 	fs := pflag.NewFlagSet("cert-manager-cainjector", pflag.ExitOnError)
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "Kubeconfig; in-cluster configuration when empty.")
 	fs.StringVar(&o.namespace, "namespace", "", "Only inject into objects of this namespace (all when empty).")
@@ -57,25 +54,7 @@ func main() {
 	fs.BoolVar(&o.injectWebhooks, "enable-webhook-injectable", true, "Inject into Mutating and ValidatingWebhookConfigurations.")
 	fs.BoolVar(&o.injectCRDs, "enable-customresourcedefinition-injectable", true, "Inject into CustomResourceDefinitions' conversion webhooks.")
 	fs.BoolVar(&o.injectAS, "enable-apiservices-injectable", true, "Inject into APIServices.")
-	logf.AddFlags(o.logging, fs)
-	if err := fs.Parse(os.Args[1:]); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(2)
-	}
-	logf.InitLogs()
-	defer logf.FlushLogs()
-	if err := logf.ValidateAndApply(o.logging); err != nil {
-		fmt.Fprintln(os.Stderr, "logging:", err)
-		os.Exit(2)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	ctx = logf.NewContext(ctx, logf.Log, "cainjector")
-	if err := run(ctx, o); err != nil {
-		logf.Log.Error(err, "cert-manager cainjector failed")
-		logf.FlushLogs()
-		os.Exit(1)
-	}
+	command.Main("cainjector", fs, func(ctx context.Context) error { return run(ctx, o) })
 }
 
 func run(ctx context.Context, o options) error {

@@ -14,16 +14,13 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/signal"
 	"slices"
-	"syscall"
 	"time"
 
 	"github.com/spf13/pflag"
 	"golang.org/x/sync/errgroup"
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
-	logsapi "k8s.io/component-base/logs/api/v1"
 
 	controllerpkg "github.com/cert-manager/cert-manager/pkg/controller"
 	"github.com/cert-manager/cert-manager/pkg/controller/certificaterequests/approver"
@@ -42,6 +39,8 @@ import (
 	_ "github.com/cert-manager/cert-manager/pkg/issuer/ca" // registers the CA issuer
 	_ "github.com/cert-manager/cert-manager/pkg/issuer/selfsigned"
 	logf "github.com/cert-manager/cert-manager/pkg/logs"
+
+	"github.com/aad-pod-identity/aad-pod-identity/hack/tools/cert-manager/internal/command"
 )
 
 // wired are the controllers this build runs: Issuers and ClusterIssuers of
@@ -63,11 +62,10 @@ type options struct {
 	retryPeriod                    time.Duration
 	clusterResourceNamespace       string
 	healthzAddress, metricsAddress string
-	logging                        *logsapi.LoggingConfiguration
 }
 
 func main() {
-	o := options{logging: logsapi.NewLoggingConfiguration()}
+	var o options
 	fs := pflag.NewFlagSet("cert-manager-controller", pflag.ExitOnError)
 	fs.StringSliceVar(&o.controllers, "controllers", []string{"*"}, "Controllers to run: * (all wired), or names; wired: "+fmt.Sprint(wired))
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "Kubeconfig; in-cluster configuration when empty.")
@@ -83,25 +81,7 @@ func main() {
 	for _, name := range []string{"acme-http01-solver-image", "max-concurrent-challenges", "default-issuer-name", "default-issuer-kind", "default-issuer-group"} {
 		fs.String(name, "", "Ignored: ACME and the ingress shim are not wired into this build.")
 	}
-	logf.AddFlags(o.logging, fs)
-	if err := fs.Parse(os.Args[1:]); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(2)
-	}
-	logf.InitLogs()
-	defer logf.FlushLogs()
-	if err := logf.ValidateAndApply(o.logging); err != nil {
-		fmt.Fprintln(os.Stderr, "logging:", err)
-		os.Exit(2)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	ctx = logf.NewContext(ctx, logf.Log, "controller")
-	if err := run(ctx, o); err != nil {
-		logf.Log.Error(err, "cert-manager controller failed")
-		logf.FlushLogs()
-		os.Exit(1)
-	}
+	command.Main("controller", fs, func(ctx context.Context) error { return run(ctx, o) })
 }
 
 func run(ctx context.Context, o options) error {
