@@ -36,7 +36,8 @@ func TestWalkthroughDemo(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
+	// A cold run builds the images and fills the .deb cache in here.
+	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, filepath.Join(framework.RepoRoot(), "hack", "demo.sh"))
 	// On timeout the script gets SIGTERM, as from Ctrl-C, and tears the sandbox down.
