@@ -52,20 +52,12 @@ func TestCertManager(t *testing.T) {
 	if env.images == nil {
 		t.Skip("kubelet stand-ins run no cert-manager: the suite uses the built-in certificates there")
 	}
-	for _, c := range []struct {
-		name string
-		run  func(*testing.T)
-	}{
+	runInstalled(t, []suiteCase{
 		{"serving certificate chains to the Issuer's CA, caBundle injected by cainjector", testIssuedAndInjected},
 		{"forced renewal while pods are admitted", testForcedRenewal},
 		{"helm upgrade to the built-in certificates and back while pods are admitted", testSwitchCertificates},
 		{"cert-manager down at install", testCertManagerDown},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			installed(t)
-			c.run(t)
-		})
-	}
+	})
 }
 
 // testIssuedAndInjected: every webhook pod serves the Secret cert-manager

@@ -24,10 +24,7 @@ import (
 // needs and cleans up after itself, so any one runs alone
 // (-run 'TestE2E/binding').
 func TestE2E(t *testing.T) {
-	for _, c := range []struct {
-		name string
-		run  func(*testing.T)
-	}{
+	runInstalled(t, []suiteCase{
 		{"labelled pod gets its identity's token", testLabelledPod},
 		{"unlabelled pod gets no token", testUnlabelledPod},
 		{"pod in another namespace than the binding gets no token", testOtherNamespace},
@@ -39,12 +36,7 @@ func TestE2E(t *testing.T) {
 		{"NMI restarted", testNMIRestart},
 		{"assigner killed mid-burst", testAssignerKilled},
 		{"webhook down", testWebhookDown},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			installed(t)
-			c.run(t)
-		})
-	}
+	})
 }
 
 // testLabelledPod: the walkthrough's path (e2e/demo runs the walkthrough

@@ -39,10 +39,7 @@ func TestRealNode(t *testing.T) {
 	if env.sb.Nodes()[0].CRISocket == "" {
 		t.Skip("the nodes are kubelet stand-ins (SANDBOX_KUBELET=standin)")
 	}
-	for _, c := range []struct {
-		name string
-		run  func(*testing.T)
-	}{
+	for _, c := range []suiteCase{
 		{"webhook and assigner run non-root on a read-only root and turn Ready", testNonRootComponents},
 		{"NMI has only NET_ADMIN and NET_RAW; killed, the kubelet restarts it with no gap in interception", testNMIContainerRestart},
 		{"a pod running as another user gets its token; a host-network pod does not", testPodUsers},

@@ -252,6 +252,24 @@ func kubectl(t testing.TB, args ...string) string {
 	return out
 }
 
+// suiteCase is one subtest of a suite test.
+type suiteCase struct {
+	name string
+	run  func(*testing.T)
+}
+
+// runInstalled runs each case as a subtest on the installed release,
+// installing it again first when a case before has removed it.
+func runInstalled(t *testing.T, cases []suiteCase) {
+	t.Helper()
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			installed(t)
+			c.run(t)
+		})
+	}
+}
+
 // componentPods lists the names of a chart component's pods, on one node
 // when node is set.
 func componentPods(t *testing.T, component, node string) []string {

@@ -10,7 +10,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"time"
 
 	"github.com/spf13/pflag"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
@@ -31,8 +30,7 @@ import (
 )
 
 type options struct {
-	kubeconfig, leaderNamespace          string
-	leaseDuration, renewDeadline, retry  time.Duration
+	command.Cluster
 	metricsAddress, healthzAddress       string
 	namespace                            string
 	enableCertificatesDataSource         bool
@@ -42,12 +40,8 @@ type options struct {
 func main() {
 	var o options
 	fs := pflag.NewFlagSet("cert-manager-cainjector", pflag.ExitOnError)
-	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "Kubeconfig; in-cluster configuration when empty.")
+	o.Cluster.AddFlags(fs)
 	fs.StringVar(&o.namespace, "namespace", "", "Only inject into objects of this namespace (all when empty).")
-	fs.StringVar(&o.leaderNamespace, "leader-election-namespace", "kube-system", "Namespace of the leader election Lease.")
-	fs.DurationVar(&o.leaseDuration, "leader-election-lease-duration", 60*time.Second, "Leader election lease duration.")
-	fs.DurationVar(&o.renewDeadline, "leader-election-renew-deadline", 40*time.Second, "Leader election renew deadline.")
-	fs.DurationVar(&o.retry, "leader-election-retry-period", 15*time.Second, "Leader election retry period.")
 	fs.StringVar(&o.metricsAddress, "metrics-listen-address", "0.0.0.0:9402", "Prometheus metrics endpoint.")
 	fs.StringVar(&o.healthzAddress, "healthz-listen-address", "0.0.0.0:9403", "Liveness and readiness endpoints (/livez, /readyz).")
 	fs.BoolVar(&o.enableCertificatesDataSource, "enable-certificates-data-source", true, "Inject from Certificates (cert-manager.io/inject-ca-from).")
@@ -66,7 +60,7 @@ func run(ctx context.Context, o options) error {
 	ctrl.SetLogger(logf.Log)
 
 	// In-cluster configuration when --kubeconfig is empty.
-	cfg, err := clientcmd.BuildConfigFromFlags("", o.kubeconfig)
+	cfg, err := clientcmd.BuildConfigFromFlags("", o.Kubeconfig)
 	if err != nil {
 		return fmt.Errorf("kubeconfig: %w", err)
 	}
@@ -75,12 +69,12 @@ func run(ctx context.Context, o options) error {
 		Scheme:                  scheme,
 		LeaderElection:          true,
 		LeaderElectionID:        "cert-manager-cainjector-leader-election",
-		LeaderElectionNamespace: o.leaderNamespace,
+		LeaderElectionNamespace: o.LeaderNamespace,
 		// A successor (a rollout, a scale from 0) need not wait out the lease.
 		LeaderElectionReleaseOnCancel: true,
-		LeaseDuration:                 &o.leaseDuration,
-		RenewDeadline:                 &o.renewDeadline,
-		RetryPeriod:                   &o.retry,
+		LeaseDuration:                 &o.LeaseDuration,
+		RenewDeadline:                 &o.RenewDeadline,
+		RetryPeriod:                   &o.RetryPeriod,
 		Metrics:                       metricsserver.Options{BindAddress: o.metricsAddress},
 		HealthProbeBindAddress:        o.healthzAddress,
 		LivenessEndpointName:          "/livez",

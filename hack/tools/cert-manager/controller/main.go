@@ -56,10 +56,8 @@ var wired = []string{
 const workers = 5
 
 type options struct {
-	controllers                    []string
-	kubeconfig, leaderNamespace    string
-	leaseDuration, renewDeadline   time.Duration
-	retryPeriod                    time.Duration
+	controllers []string
+	command.Cluster
 	clusterResourceNamespace       string
 	healthzAddress, metricsAddress string
 }
@@ -68,12 +66,8 @@ func main() {
 	var o options
 	fs := pflag.NewFlagSet("cert-manager-controller", pflag.ExitOnError)
 	fs.StringSliceVar(&o.controllers, "controllers", []string{"*"}, "Controllers to run: * (all wired), or names; wired: "+fmt.Sprint(wired))
-	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "Kubeconfig; in-cluster configuration when empty.")
+	o.Cluster.AddFlags(fs)
 	fs.StringVar(&o.clusterResourceNamespace, "cluster-resource-namespace", "kube-system", "Namespace of the Secrets ClusterIssuers read.")
-	fs.StringVar(&o.leaderNamespace, "leader-election-namespace", "kube-system", "Namespace of the leader election Lease.")
-	fs.DurationVar(&o.leaseDuration, "leader-election-lease-duration", 60*time.Second, "Leader election lease duration.")
-	fs.DurationVar(&o.renewDeadline, "leader-election-renew-deadline", 40*time.Second, "Leader election renew deadline.")
-	fs.DurationVar(&o.retryPeriod, "leader-election-retry-period", 15*time.Second, "Leader election retry period.")
 	fs.StringVar(&o.healthzAddress, "healthz-listen-address", "0.0.0.0:9403", "Liveness endpoint (/livez).")
 	fs.StringVar(&o.metricsAddress, "metrics-listen-address", "0.0.0.0:9402", "Prometheus metrics endpoint.")
 	// cert-manager's chart sets these for ACME and the ingress shim, which
@@ -91,7 +85,7 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	factory, err := controllerpkg.NewContextFactory(ctx, controllerpkg.ContextOptions{
-		Kubeconfig:         o.kubeconfig,
+		Kubeconfig:         o.Kubeconfig,
 		KubernetesAPIQPS:   20,
 		KubernetesAPIBurst: 50,
 		IssuerOptions:      controllerpkg.IssuerOptions{ClusterResourceNamespace: o.clusterResourceNamespace},
@@ -109,7 +103,7 @@ func run(ctx context.Context, o options) error {
 	}
 
 	g, ctx := errgroup.WithContext(ctx)
-	health := healthz.NewServer(o.leaseDuration + 20*time.Second)
+	health := healthz.NewServer(o.LeaseDuration + 20*time.Second)
 	if err := serve(ctx, g, o.healthzAddress, func(ctx context.Context, l net.Listener) error { return health.Start(ctx, l) }); err != nil {
 		return fmt.Errorf("liveness server: %w", err)
 	}
@@ -125,7 +119,7 @@ func run(ctx context.Context, o options) error {
 	}
 
 	host, _ := os.Hostname()
-	lock, err := resourcelock.New(resourcelock.LeasesResourceLock, o.leaderNamespace, "cert-manager-controller",
+	lock, err := resourcelock.New(resourcelock.LeasesResourceLock, o.LeaderNamespace, "cert-manager-controller",
 		cmctx.Client.CoreV1(), cmctx.Client.CoordinationV1(), resourcelock.ResourceLockConfig{Identity: host, EventRecorder: cmctx.Recorder})
 	if err != nil {
 		return fmt.Errorf("leader election lock: %w", err)
@@ -133,7 +127,7 @@ func run(ctx context.Context, o options) error {
 	g.Go(func() error {
 		var runErr error
 		leaderelection.RunOrDie(ctx, leaderelection.LeaderElectionConfig{
-			Lock: lock, LeaseDuration: o.leaseDuration, RenewDeadline: o.renewDeadline, RetryPeriod: o.retryPeriod,
+			Lock: lock, LeaseDuration: o.LeaseDuration, RenewDeadline: o.RenewDeadline, RetryPeriod: o.RetryPeriod,
 			ReleaseOnCancel: true, Name: "cert-manager-controller", WatchDog: health.LeaderHealthzAdaptor,
 			Callbacks: leaderelection.LeaderCallbacks{
 				OnStartedLeading: func(ctx context.Context) { runErr = runControllers(ctx, factory, enabled) },

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spf13/pflag"
 	logsapi "k8s.io/component-base/logs/api/v1"
@@ -41,4 +42,20 @@ func Main(name string, fs *pflag.FlagSet, run func(context.Context) error) {
 	if err != nil {
 		os.Exit(1)
 	}
+}
+
+// Cluster is how both binaries reach the API server and elect a leader,
+// with cert-manager's flag names and defaults.
+type Cluster struct {
+	Kubeconfig, LeaderNamespace               string
+	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
+}
+
+// AddFlags adds the Cluster flags to fs.
+func (c *Cluster) AddFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "Kubeconfig; in-cluster configuration when empty.")
+	fs.StringVar(&c.LeaderNamespace, "leader-election-namespace", "kube-system", "Namespace of the leader election Lease.")
+	fs.DurationVar(&c.LeaseDuration, "leader-election-lease-duration", 60*time.Second, "Leader election lease duration.")
+	fs.DurationVar(&c.RenewDeadline, "leader-election-renew-deadline", 40*time.Second, "Leader election renew deadline.")
+	fs.DurationVar(&c.RetryPeriod, "leader-election-retry-period", 15*time.Second, "Leader election retry period.")
 }
