@@ -91,7 +91,7 @@ func startWebhook(t *testing.T, opts Options) (stop func()) {
 	ctx, cancel, done := runManager(t, opts)
 	// Ready once a labelled pod is admitted, i.e. TLS is served and the
 	// cache synced.
-	if err := waitServing(ctx); err != nil {
+	if err := waitServing(ctx, done); err != nil {
 		cancel()
 		t.Fatalf("webhook did not become ready: %v", err)
 	}
@@ -126,12 +126,15 @@ func runManager(t *testing.T, opts Options) (context.Context, context.CancelFunc
 	return ctx, cancel, done
 }
 
-func waitServing(ctx context.Context) error {
+// waitServing returns once the webhook admits a labelled pod, or with the
+// manager's own error if it stopped first. The deadline is generous: CI runs
+// several envtest packages at once under the race detector.
+func waitServing(ctx context.Context, done <-chan error) error {
 	probe := &corev1.Pod{}
 	probe.Namespace, probe.GenerateName = "default", "probe-"
 	probe.Labels = map[string]string{"aadpodidbinding": "probe"}
 	probe.Spec.Containers = []corev1.Container{{Name: "c", Image: "probe"}}
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		err := admin.Create(ctx, probe.DeepCopy(), client.DryRunAll)
 		if err == nil {
@@ -140,6 +143,10 @@ func waitServing(ctx context.Context) error {
 		if time.Now().After(deadline) {
 			return err
 		}
-		time.Sleep(100 * time.Millisecond)
+		select {
+		case merr := <-done:
+			return fmt.Errorf("manager stopped: %w (last admission: %v)", merr, err)
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
 }
