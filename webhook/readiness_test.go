@@ -103,6 +103,62 @@ func TestReadyOnlyOnceCertificatesAreLoaded(t *testing.T) {
 	})
 }
 
+// On shutdown the webhook drains: for --shutdown-drain it still answers,
+// each answer closing its connection, and is unready; then it stops.
+func TestShutdownDrains(t *testing.T) {
+	certDir := t.TempDir()
+	writeCert(t, certDir, "drain.example")
+	probe := freeAddr(t)
+	_, port, _ := net.SplitHostPort(freeAddr(t))
+	opts := Options{CertDir: certDir, CertName: "tls.crt", KeyName: "tls.key", MetricsAddr: "0", ProbeAddr: probe, ShutdownDrain: 3 * time.Second}
+	if _, err := fmt.Sscan(port, &opts.Port); err != nil {
+		t.Fatal(err)
+	}
+	_, cancel, done := runManager(t, opts)
+	defer cancel()
+	serving := "https://127.0.0.1:" + port + MutatePodPath
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} //nolint:gosec // the test checks the connection, not the certificate
+	post := func() (*http.Response, error) {
+		resp, err := client.Post(serving, "application/json", strings.NewReader("{}"))
+		if err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		return resp, err
+	}
+	framework.Eventually(t, 30*time.Second, "webhook ready", func() error {
+		if code := readyz(probe); code != http.StatusOK {
+			return fmt.Errorf("/readyz %d", code)
+		}
+		return nil
+	})
+	if resp, err := post(); err != nil || resp.Close {
+		t.Fatalf("before the shutdown: %v, connection closed %t; want an answer on a kept connection", err, resp != nil && resp.Close)
+	}
+
+	cancel()
+	stopped := time.Now()
+	framework.Eventually(t, 2*time.Second, "unready while draining", func() error {
+		if code := readyz(probe); code != http.StatusInternalServerError {
+			return fmt.Errorf("/readyz %d", code)
+		}
+		return nil
+	})
+	resp, err := post()
+	if err != nil || !resp.Close {
+		t.Fatalf("while draining: %v, connection closed %t; want an answer that closes its connection", err, resp != nil && resp.Close)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("manager: %v", err)
+	}
+	if took := time.Since(stopped); took < 2*time.Second {
+		t.Errorf("the manager stopped %s after its context ended, before the 3 s drain", took)
+	}
+	if _, err := post(); err == nil {
+		t.Error("the webhook still answers after the drain")
+	}
+}
+
 // writeCert writes a fresh self-signed serving certificate and returns its DER.
 func writeCert(t *testing.T, dir, host string) []byte {
 	t.Helper()

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -95,6 +96,11 @@ type Options struct {
 	// MutatingWebhookConfiguration of this release.
 	AdoptPreexistingPods     bool
 	WebhookConfigurationName string
+	// ShutdownDrain is how long the webhook keeps serving after its context
+	// ends, unready and closing each connection after its answer, so that
+	// the API server stops reusing connections to this pod before they
+	// close (0: stop at once).
+	ShutdownDrain time.Duration
 	// NMINodeSelection is where NMI runs, its DaemonSet's node selection
 	// as JSON ("": nodepool.DefaultCoverage): a gated pod's identities go
 	// only onto those nodes' pools, and a pod that can only run elsewhere
@@ -116,7 +122,7 @@ func NewManager(ctx context.Context, cfg *rest.Config, opts Options) (manager.Ma
 	if err != nil {
 		return nil, fmt.Errorf("creating manager: %w", err)
 	}
-	server := CertWaitingServer{
+	server := &CertWaitingServer{
 		Server:   webhook.NewServer(webhook.Options{Port: opts.Port, CertDir: opts.CertDir, CertName: opts.CertName, KeyName: opts.KeyName}),
 		CertFile: filepath.Join(opts.CertDir, opts.CertName),
 		KeyFile:  filepath.Join(opts.CertDir, opts.KeyName),
@@ -134,7 +140,39 @@ func NewManager(ctx context.Context, cfg *rest.Config, opts Options) (manager.Ma
 	if err := mgr.AddReadyzCheck("webhook", server.Checker()); err != nil {
 		return nil, fmt.Errorf("adding ready check: %w", err)
 	}
+	if opts.ShutdownDrain > 0 {
+		return &drainingManager{Manager: mgr, server: server, drain: opts.ShutdownDrain}, nil
+	}
 	return mgr, nil
+}
+
+// drainingManager starts draining the webhook server when its context ends
+// and stops the manager drain later. The manager's own shutdown stops the
+// caches before the webhook server, so the drain must come first.
+type drainingManager struct {
+	manager.Manager
+	server *CertWaitingServer
+	drain  time.Duration
+}
+
+func (m *drainingManager) Start(ctx context.Context) error {
+	running, stop := context.WithCancel(context.WithoutCancel(ctx))
+	defer stop()
+	go func() {
+		select {
+		case <-running.Done():
+			return
+		case <-ctx.Done():
+		}
+		m.server.draining.Store(true)
+		log.FromContext(ctx).Info("draining: unready, closing connections after each answer", "for", m.drain.String())
+		select {
+		case <-running.Done():
+		case <-time.After(m.drain):
+			stop()
+		}
+	}()
+	return m.Manager.Start(running)
 }
 
 // nodeForTargets keeps what nodepool.Targets reads of a Node: name,
@@ -236,6 +274,9 @@ func serviceAccountUsername(nsName string) (string, error) {
 type CertWaitingServer struct {
 	webhook.Server
 	CertFile, KeyFile string
+	// draining: shutting down; answers ask the client to close the
+	// connection (drainingManager).
+	draining atomic.Bool
 }
 
 // errNoCertificate says why a webhook without its certificate is not ready.
@@ -245,9 +286,12 @@ var errNoCertificate = errors.New("no serving certificate yet: with cert-manager
 
 // Checker is the readiness check: ready once the server answers TLS, and
 // until the certificate exists an error that says why it does not.
-func (s CertWaitingServer) Checker() healthz.Checker {
+func (s *CertWaitingServer) Checker() healthz.Checker {
 	started := s.StartedChecker()
 	return func(req *http.Request) error {
+		if s.draining.Load() {
+			return errors.New("shutting down")
+		}
 		if !fileExists(s.CertFile) || !fileExists(s.KeyFile) {
 			return fmt.Errorf("%s: %w", s.CertFile, errNoCertificate)
 		}
@@ -255,8 +299,19 @@ func (s CertWaitingServer) Checker() healthz.Checker {
 	}
 }
 
+// Register serves hook on path; while draining, each answer closes its
+// connection, so that no client sends on a connection the shutdown closes.
+func (s *CertWaitingServer) Register(path string, hook http.Handler) {
+	s.Server.Register(path, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.draining.Load() {
+			w.Header().Set("Connection", "close")
+		}
+		hook.ServeHTTP(w, r)
+	}))
+}
+
 // Start waits for the certificate, then serves until ctx ends.
-func (s CertWaitingServer) Start(ctx context.Context) error {
+func (s *CertWaitingServer) Start(ctx context.Context) error {
 	logger := log.FromContext(ctx).WithValues("certFile", s.CertFile)
 	for tick, n := time.NewTicker(time.Second), 0; ; n++ {
 		if fileExists(s.CertFile) && fileExists(s.KeyFile) {

@@ -57,6 +57,7 @@ func main() {
 	flag.StringVar(&rotation.ServiceName, "cert-service-name", "aad-pod-identity-webhook", "With --cert-rotation: the webhook Service in $POD_NAMESPACE the certificate is issued for.")
 	flag.StringVar(&opts.WebhookConfigurationName, "webhook-configuration-name", "aad-pod-identity", "The release's Mutating- and ValidatingWebhookConfiguration: the mutating one's creation dates --adopt-preexisting-pods; with --cert-rotation their caBundle is injected.")
 	flag.BoolVar(&opts.AdoptPreexistingPods, "adopt-preexisting-pods", true, "Once per start, resolve and annotate the live labelled pods created before --webhook-configuration-name (aad-pod-identity 1.x's workloads), with an event, so NMI serves them without a restart. Younger pods without annotations are never adopted.")
+	flag.DurationVar(&opts.ShutdownDrain, "shutdown-drain", 5*time.Second, "On SIGTERM, keep serving this long, unready and closing each connection after its answer, before stopping: the API server then stops reusing connections to this pod instead of losing a request on one the shutdown closes.")
 	flag.StringVar(&opts.NMINodeSelection, "nmi-node-selection", "", "NMI's DaemonSet node selection as JSON (nodeSelector, affinity, tolerations): identities go only onto the pools of nodes NMI runs on, and a labelled pod that can only run elsewhere is refused.")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)

@@ -6,16 +6,18 @@ package certrotation
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/open-policy-agent/cert-controller/pkg/rotator"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 )
 
-// Config makes the webhook its own certificate authority: cert-controller keeps a CA and a serving certificate
-// in a Secret, renews them before they expire and injects the CA into the
-// webhook configurations. The Secret is mounted as the certificate directory;
-// the server reloads the files when the kubelet updates them.
+// Config makes the webhook its own certificate authority: cert-controller
+// keeps a CA and a serving certificate in a Secret and renews them before
+// they expire, and the injector adds the CA to the webhook configurations'
+// caBundle. The Secret is mounted as the certificate directory; the server
+// reloads the files when the kubelet updates them.
 type Config struct {
 	// Secret holds ca.crt, ca.key, tls.crt and tls.key.
 	Secret types.NamespacedName
@@ -27,6 +29,9 @@ type Config struct {
 	WebhookConfigurationName string
 	// CertDir, CertName and KeyName are where the mounted Secret appears.
 	CertDir, CertName, KeyName string
+	// Overlap is how long the CAs trusted before the Secret's CA are kept
+	// in the caBundle beside it (0: DefaultOverlap).
+	Overlap time.Duration
 }
 
 // Add adds the rotator to mgr. Every replica runs it: the
@@ -47,13 +52,12 @@ func Add(mgr manager.Manager, c Config) error {
 		DNSName:        dns,
 		ExtraDNSNames:  []string{dns + ".cluster.local"},
 		IsReady:        make(chan struct{}),
-		Webhooks: []rotator.WebhookInfo{
-			{Name: c.WebhookConfigurationName, Type: rotator.Mutating},
-			{Name: c.WebhookConfigurationName, Type: rotator.Validating},
-		},
+		// No Webhooks: cert-controller would replace the caBundle, and
+		// pods still serving the previous certificate would fail until the
+		// kubelet delivers the new one. The injector merges instead.
 	})
 	if err != nil {
 		return fmt.Errorf("adding certificate rotator: %w", err)
 	}
-	return nil
+	return addInjector(mgr, c)
 }
