@@ -10,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -59,7 +60,10 @@ func (a *assignments) check(ctx context.Context, id *aadv1.AzureIdentity) error 
 	for {
 		var rec aadv1.AzureAssignedIdentity
 		var entry *aadv1.IdentityAssignment // nil: not recorded yet
-		if err := a.records.Get(ctx, key, &rec); err == nil {
+		// Read in place: a pool's record is about 300 KB for 1,000
+		// identities, and a copy per request halved NMI's throughput.
+		// Nothing here writes to it.
+		if err := a.records.Get(ctx, key, &rec, noCopy); err == nil {
 			entry = rec.Status.Find(id.Namespace, id.Name)
 		} else if !apierrors.IsNotFound(err) {
 			return fmt.Errorf("reading AzureAssignedIdentity %s: %w", key, err)
@@ -78,6 +82,10 @@ func (a *assignments) check(ctx context.Context, id *aadv1.AzureIdentity) error 
 		}
 	}
 }
+
+// noCopy reads a cached object without its deep copy; the result shares
+// the cache's memory and must not be modified.
+var noCopy = &client.GetOptions{UnsafeDisableDeepCopy: ptr.To(true)}
 
 // nodePool reads this node's pool from its provider ID, once it has one (a
 // cloud node manager may set it after the node registers).

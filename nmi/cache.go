@@ -1,14 +1,15 @@
 package nmi
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"strconv"
-	"sync"
 	"time"
 
 	"golang.org/x/sync/singleflight"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/utils/lru"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 )
@@ -51,11 +52,13 @@ func (t Token) expiry() time.Time {
 }
 
 // tokenCache keeps tokens per (identity, resource) until refreshMargin before
-// they expire, and collapses concurrent misses into one fetch.
+// they expire, at most size of them (the least recently used go first), and
+// collapses concurrent misses into one fetch. Tokens live about a day, so
+// without the bound a few pods asking for ever new resources would grow NMI
+// without limit; an expired token stays until it is asked for again or
+// pushed out, and no sweep holds the lock over the whole cache.
 type tokenCache struct {
-	mu            sync.Mutex
-	tokens        map[string]Token
-	nextSweep     time.Time
+	tokens        *lru.Cache
 	group         singleflight.Group
 	refreshMargin time.Duration
 	now           func() time.Time
@@ -65,12 +68,16 @@ type tokenCache struct {
 // must hold neither them nor the key's singleflight slot for long.
 const fetchDeadline = time.Minute
 
-// sweepInterval paces the removal of expired tokens, so that the cache holds
-// what pods use now rather than everything they ever asked for.
-const sweepInterval = time.Minute
+// DefaultTokenCacheSize holds a node's working set many times over (110
+// pods, a few identities and resources each) in about 30 MB.
+const DefaultTokenCacheSize = 10000
 
-func newTokenCache(refreshMargin time.Duration) *tokenCache {
-	return &tokenCache{tokens: map[string]Token{}, refreshMargin: refreshMargin, now: time.Now}
+func newTokenCache(refreshMargin time.Duration, size int) *tokenCache {
+	return &tokenCache{
+		tokens:        lru.NewWithEvictionFunc(cmp.Or(size, DefaultTokenCacheSize), func(lru.Key, any) { tokenCacheEvictions.Inc() }),
+		refreshMargin: refreshMargin,
+		now:           time.Now,
+	}
 }
 
 // get returns the cached token for key or, once admit lets the miss
@@ -115,26 +122,17 @@ func (c *tokenCache) get(ctx context.Context, key string, admit func() error, fe
 }
 
 func (c *tokenCache) store(key string, tok Token) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.tokens[key] = tok
-	now := c.now()
-	if now.Before(c.nextSweep) {
-		return
-	}
-	c.nextSweep = now.Add(sweepInterval)
-	for k, t := range c.tokens {
-		if !now.Before(t.expiry()) {
-			delete(c.tokens, k)
-		}
-	}
+	c.tokens.Add(key, tok)
+	tokenCacheEntries.Set(float64(c.tokens.Len()))
 }
 
 func (c *tokenCache) lookup(key string) (Token, bool) {
-	c.mu.Lock()
-	tok, ok := c.tokens[key]
-	c.mu.Unlock()
-	if !ok || !c.now().Add(c.refreshMargin).Before(tok.expiry()) {
+	v, ok := c.tokens.Get(key)
+	if !ok {
+		return Token{}, false
+	}
+	tok := v.(Token)
+	if !c.now().Add(c.refreshMargin).Before(tok.expiry()) {
 		return Token{}, false
 	}
 	return c.fresh(tok), true

@@ -15,7 +15,7 @@ import (
 
 func TestTokenCache(t *testing.T) {
 	now := time.Unix(1_000_000, 0)
-	c := newTokenCache(5 * time.Minute)
+	c := newTokenCache(5*time.Minute, 0)
 	c.now = func() time.Time { return now }
 	var fetches atomic.Int32
 	fetch := func(context.Context) (Token, error) {
@@ -48,7 +48,7 @@ func TestTokenCache(t *testing.T) {
 }
 
 func TestTokenCacheCollapsesMisses(t *testing.T) {
-	c := newTokenCache(time.Minute)
+	c := newTokenCache(time.Minute, 0)
 	release := make(chan struct{})
 	var fetches atomic.Int32
 	fetch := func(context.Context) (Token, error) {
@@ -84,7 +84,7 @@ func TestTokenCacheCollapsesMisses(t *testing.T) {
 }
 
 func TestTokenCacheErrorsAreNotCached(t *testing.T) {
-	c := newTokenCache(time.Minute)
+	c := newTokenCache(time.Minute, 0)
 	boom := errors.New("boom")
 	if _, _, err := c.get(context.Background(), "k", admitAll, func(context.Context) (Token, error) { return Token{}, boom }); !errors.Is(err, boom) {
 		t.Fatalf("got %v, want boom", err)
@@ -100,7 +100,7 @@ func TestTokenCacheErrorsAreNotCached(t *testing.T) {
 func admitAll() error { return nil }
 
 func TestTokenCacheFetchPanicIsAnError(t *testing.T) {
-	c := newTokenCache(time.Minute)
+	c := newTokenCache(time.Minute, 0)
 	before := testutil.ToFloat64(panicsTotal)
 	_, _, err := c.get(context.Background(), "k", admitAll, func(context.Context) (Token, error) { panic("bad upstream answer") })
 	if err == nil || !strings.Contains(err.Error(), "panicked") {
@@ -112,7 +112,7 @@ func TestTokenCacheFetchPanicIsAnError(t *testing.T) {
 }
 
 func TestTokenCacheFetchHasDeadline(t *testing.T) {
-	c := newTokenCache(time.Minute)
+	c := newTokenCache(time.Minute, 0)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel() // the caller has gone: the shared fetch still runs, bounded
 	var deadline time.Time
@@ -127,7 +127,7 @@ func TestTokenCacheFetchHasDeadline(t *testing.T) {
 }
 
 func TestTokenCacheRefusedMissFetchesNothing(t *testing.T) {
-	c := newTokenCache(time.Minute)
+	c := newTokenCache(time.Minute, 0)
 	limited := errors.New("limited")
 	_, _, err := c.get(context.Background(), "k", func() error { return limited }, func(context.Context) (Token, error) {
 		t.Fatal("fetched although the miss was refused")
@@ -138,14 +138,31 @@ func TestTokenCacheRefusedMissFetchesNothing(t *testing.T) {
 	}
 }
 
-func TestTokenCacheEvictsExpired(t *testing.T) {
-	c := newTokenCache(time.Minute)
-	now := time.Unix(1_000_000, 0)
-	c.now = func() time.Time { return now }
-	c.store("old", Token{ExpiresOn: strconv.FormatInt(now.Add(time.Hour).Unix(), 10)})
-	now = now.Add(2 * time.Hour) // "old" expired, and a sweep is due
-	c.store("new", Token{ExpiresOn: strconv.FormatInt(now.Add(time.Hour).Unix(), 10)})
-	if _, ok := c.tokens["old"]; ok || len(c.tokens) != 1 {
-		t.Errorf("cache holds %d tokens (old kept: %v), want only the new one", len(c.tokens), ok)
+// The cache holds at most its size: the least recently used token goes
+// first, counted in nmi_token_cache_evictions_total.
+func TestTokenCacheIsBounded(t *testing.T) {
+	c := newTokenCache(time.Minute, 3)
+	tok := Token{AccessToken: "t", ExpiresOn: strconv.FormatInt(time.Now().Add(time.Hour).Unix(), 10)}
+	before := testutil.ToFloat64(tokenCacheEvictions)
+	for _, k := range []string{"a", "b", "c"} {
+		c.store(k, tok)
+	}
+	if _, ok := c.lookup("a"); !ok {
+		t.Fatal("a not cached")
+	}
+	c.store("d", tok) // b is now the least recently used
+	for k, want := range map[string]bool{"a": true, "b": false, "c": true, "d": true} {
+		if _, ok := c.lookup(k); ok != want {
+			t.Errorf("%s cached: %t, want %t", k, ok, want)
+		}
+	}
+	if n := c.tokens.Len(); n != 3 {
+		t.Errorf("cache holds %d tokens, want 3", n)
+	}
+	if got := testutil.ToFloat64(tokenCacheEvictions) - before; got != 1 {
+		t.Errorf("evictions counted: %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(tokenCacheEntries); got != 3 {
+		t.Errorf("nmi_token_cache_entries = %v, want 3", got)
 	}
 }

@@ -19,6 +19,14 @@ var (
 		Name: "nmi_token_cache_total",
 		Help: "Token cache lookups, by result (hit or miss).",
 	}, []string{"result"})
+	tokenCacheEntries = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "nmi_token_cache_entries",
+		Help: "Tokens in the cache, at most --token-cache-size.",
+	})
+	tokenCacheEvictions = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "nmi_token_cache_evictions_total",
+		Help: "Tokens evicted, least recently used first, because the cache held --token-cache-size.",
+	})
 	upstreamDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "nmi_upstream_duration_seconds",
 		Help:    "Latency of calls to IMDS and Azure AD, by upstream.",
@@ -55,5 +63,5 @@ var (
 )
 
 func init() {
-	ctrlmetrics.Registry.MustRegister(requestsTotal, requestDuration, tokenCacheTotal, upstreamDuration, upstreamErrors, panicsTotal, connectionsRefused, waitingRequests, waitsRefused, rulesRepairs, spoofGuardedPods)
+	ctrlmetrics.Registry.MustRegister(requestsTotal, requestDuration, tokenCacheTotal, tokenCacheEntries, tokenCacheEvictions, upstreamDuration, upstreamErrors, panicsTotal, connectionsRefused, waitingRequests, waitsRefused, rulesRepairs, spoofGuardedPods)
 }

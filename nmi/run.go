@@ -68,6 +68,8 @@ type Options struct {
 	UnknownCallerWait time.Duration
 	// TokenRefreshMargin is how long before expiry a cached token is renewed.
 	TokenRefreshMargin time.Duration
+	// TokenCacheSize bounds the cached tokens (0: DefaultTokenCacheSize).
+	TokenCacheSize int
 	// UncachedTokensPerSecond and UncachedTokenBurst limit, per pod, the
 	// token requests that miss the cache (0: no limit).
 	UncachedTokensPerSecond float64
@@ -81,6 +83,11 @@ type Options struct {
 	// MaxWaitingRequests caps the requests waiting at once for the cache
 	// (0: no cap).
 	MaxWaitingRequests int
+	// UpstreamIdleConns is how many idle connections NMI keeps to each
+	// upstream (IMDS, each Azure AD authority): as many as concurrent
+	// token fetches, so that a busy NMI reuses them instead of opening one
+	// per call (Go's default keeps 2).
+	UpstreamIdleConns int
 	// Exceptions scopes AzurePodIdentityExceptions.
 	Exceptions ExceptionPolicy
 	// ProtectedIdentities (client or resource IDs) are the cluster's own;
@@ -233,6 +240,12 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		return err
 	}
 	waits := newWaitLimit(opts.MaxWaitingRequests)
+	if opts.IMDSTransport == nil {
+		opts.IMDSTransport = upstreamTransport(opts.UpstreamIdleConns)
+	}
+	if opts.AADTransport == nil {
+		opts.AADTransport = &http.Client{Transport: upstreamTransport(opts.UpstreamIdleConns)}
+	}
 	srv := &Server{
 		reader:       mgr.GetClient(),
 		resolver:     resolver,
@@ -247,7 +260,7 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 			nodes: mgr.GetClient(), nodeName: opts.NodeName, pool: pool,
 			allowExternal: opts.ServeExternalIdentities, wait: opts.UnknownCallerWait, waits: waits,
 		},
-		tokens:     newTokenCache(opts.TokenRefreshMargin),
+		tokens:     newTokenCache(opts.TokenRefreshMargin, opts.TokenCacheSize),
 		misses:     newMissLimiter(opts.UncachedTokensPerSecond, opts.UncachedTokenBurst),
 		waits:      waits,
 		callerWait: opts.UnknownCallerWait,

@@ -189,7 +189,7 @@ func newFixture(t *testing.T, objs ...client.Object) *fixture {
 		imds:         &imdsClient{endpoint: u, http: upstream.Client(), notFoundRetry: wait.Backoff{Duration: time.Millisecond, Steps: 3}},
 		passthrough:  newPassthrough(u, nil),
 		allowedPaths: []string{"/metadata/instance", "/metadata/versions"},
-		tokens:       newTokenCache(time.Minute),
+		tokens:       newTokenCache(time.Minute, 0),
 		misses:       newMissLimiter(0, 0),
 		exceptions:   ExceptionPolicy{Namespaces: []string{"ns"}, Tokens: ExceptionTokensNode, NodeIdentityClientIDs: []string{"client-x"}},
 		assignments:  &assignments{records: c, namespace: recordsNS, pool: &testPool, wait: 50 * time.Millisecond},

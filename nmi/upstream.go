@@ -93,6 +93,16 @@ func (c *imdsClient) fetch(ctx context.Context, clientID, resource string) (tok 
 	return Token{}, false, newError(resp.StatusCode, eb.Error, "imds_error", "IMDS answered %d: %s", resp.StatusCode, eb.Description)
 }
 
+// upstreamTransport is Go's default transport keeping idle connections
+// idle to each host (0: Go's default of 2).
+func upstreamTransport(idle int) *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	if idle > 0 {
+		t.MaxIdleConns, t.MaxIdleConnsPerHost = idle, idle
+	}
+	return t
+}
+
 // newPassthrough proxies requests unchanged to IMDS. It sets no
 // X-Forwarded-For: IMDS refuses proxied requests that carry one.
 func newPassthrough(endpoint *url.URL, transport http.RoundTripper) *httputil.ReverseProxy {

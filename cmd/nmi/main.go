@@ -44,6 +44,8 @@ func main() {
 	fs.Float64Var(&opts.UncachedTokensPerSecond, "uncached-token-rate", 10, "Token requests per second one pod may make that miss NMI's cache and reach IMDS or Azure AD; more get 429 with Retry-After. 0 disables the limit.")
 	fs.IntVar(&opts.UncachedTokenBurst, "uncached-token-burst", 50, "Burst of --uncached-token-rate (a pod starting with many identities and resources).")
 	fs.IntVar(&opts.MaxConnsPerIP, "max-connections-per-ip", 64, "Open connections NMI accepts from one pod address; more are closed at once. 0 disables the cap.")
+	fs.IntVar(&opts.TokenCacheSize, "token-cache-size", nmi.DefaultTokenCacheSize, "Tokens NMI caches at most; beyond it the least recently used is evicted (nmi_token_cache_evictions_total).")
+	fs.IntVar(&opts.UpstreamIdleConns, "upstream-idle-connections", 64, "Idle connections kept to IMDS and to each Azure AD authority: at least the token fetches NMI runs at once, or a busy NMI opens a connection per call.")
 	fs.IntVar(&opts.MaxWaitingRequests, "max-waiting-requests", 1000, "Requests that may wait at once for NMI's cache to catch up (an unknown caller's IP, a newer pod's, the assigner's record); more get 503 with Retry-After at once. 0 disables the cap.")
 	var exceptionNamespaces, exceptionTokens, nodeIdentities, protected, scopes string
 	fs.StringVar(&scopes, "identity-scopes", "", "Comma-separated namespace=scope entries: AzureIdentities of a namespace may name only user-assigned identities under its scopes (/subscriptions/<id> or /subscriptions/<id>/resourceGroups/<group>); namespace * is every namespace without entries. Empty: no restriction. NMI serves no other; must match the webhook's flag.")

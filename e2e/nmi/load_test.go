@@ -3,6 +3,7 @@
 package nmi_test
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -19,6 +20,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
 	testns "github.com/aad-pod-identity/aad-pod-identity/internal/testing/netns"
 )
 
@@ -38,7 +42,12 @@ func TestNMILoad(t *testing.T) {
 		time.Sleep(10 * time.Second) // let the informer settle
 		t.Logf("NMI RSS with %d pods in the cluster, %d on its node: %s", total+len(n.pods), onNode+len(n.pods), rss(t, n.nmi.Process.Pid))
 	}
-	duration := 8 * time.Second
+	// AADPI_NMI_LOAD_DURATION lengthens each run: a minute of misses at
+	// 32 callers asks for about 56,000 distinct resources.
+	duration, err := time.ParseDuration(cmp.Or(os.Getenv("AADPI_NMI_LOAD_DURATION"), "8s"))
+	if err != nil {
+		t.Fatalf("AADPI_NMI_LOAD_DURATION: %v", err)
+	}
 	podA := n.pods["pod-a"]
 	hitURL := func(int) string { return "http://" + metadataIP + tokenPath("https://vault.azure.net") }
 
@@ -54,19 +63,89 @@ func TestNMILoad(t *testing.T) {
 			return "http://" + metadataIP + tokenPath(fmt.Sprintf("https://%s-%d-%d.example", prefix, w, *i))
 		}
 	}
+	// The pool record's size, side by side: NMI reads it on every request.
+	for _, entries := range recordSizes(t) {
+		padRecord(t, n, entries)
+		hit := load(t, 32, duration, hitURL, podA.netns)
+		t.Logf("pool record of %4d entries  concurrency 32  cache hit via NMI: %s", entries, hit)
+	}
+	padRecord(t, n, 1)
 	for _, c := range []int{32, 1} {
 		hit := load(t, c, duration, hitURL, podA.netns)
 		t.Logf("concurrency %2d  cache hit via NMI:  %s", c, hit)
 		direct := load(t, c, duration, next(fmt.Sprintf("direct%d", c)), "")
 		t.Logf("concurrency %2d  direct fake IMDS:   %s", c, direct)
+		calls, conns := n.imdsCalls.Load(), n.imdsConns.Load()
 		miss := load(t, c, duration, next(fmt.Sprintf("nmi%d", c)), podA.netns)
-		t.Logf("concurrency %2d  cache miss via NMI: %s", c, miss)
+		calls, conns = n.imdsCalls.Load()-calls, n.imdsConns.Load()-conns
+		t.Logf("concurrency %2d  cache miss via NMI: %s; NMI opened %d connections to IMDS for %d calls (%.3f per call)", c, miss, conns, calls, float64(conns)/float64(max(calls, 1)))
 		t.Logf("concurrency %2d  miss-path overhead: p50 %v, p99 %v", c, miss.p50-direct.p50, miss.p99-direct.p99)
+		t.Logf("concurrency %2d  NMI RSS after %d distinct resources: %s", c, seqTotal(&seq), rss(t, n.nmi.Process.Pid))
 	}
 
-	if total > 0 {
-		t.Logf("NMI RSS after the load runs: %s", rss(t, n.nmi.Process.Pid))
+}
+
+// seqTotal is how many distinct resources the miss runs asked NMI for.
+func seqTotal(seq *sync.Map) int {
+	total := 0
+	seq.Range(func(k, v any) bool {
+		if strings.HasPrefix(k.(string), "nmi") {
+			total += *v.(*int)
+		}
+		return true
+	})
+	return total
+}
+
+// recordSizes are the pool record sizes (entries) of the side-by-side hit
+// runs: AADPI_NMI_LOAD_RECORD_ENTRIES, comma-separated.
+func recordSizes(t *testing.T) []int {
+	t.Helper()
+	var sizes []int
+	for f := range strings.SplitSeq(cmp.Or(os.Getenv("AADPI_NMI_LOAD_RECORD_ENTRIES"), "1,1000"), ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			t.Fatalf("AADPI_NMI_LOAD_RECORD_ENTRIES: %q is not a positive number", f)
+		}
+		sizes = append(sizes, n)
 	}
+	return sizes
+}
+
+// padRecord makes the node pool's record hold entries entries: pod-a's
+// and fillers as large as real ones (an ARM resource ID, a client ID),
+// Assigned in another namespace, as the assigner would write them.
+func padRecord(t *testing.T, n *node, entries int) {
+	t.Helper()
+	ctx := context.Background()
+	p, err := nodepool.ParseID(n.pool.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec aadv1.AzureAssignedIdentity
+	if err := n.client.Get(ctx, client.ObjectKey{Namespace: assignmentsNS, Name: identity.RecordName(p)}, &rec); err != nil {
+		t.Fatal(err)
+	}
+	rec.Status.Identities = slices.DeleteFunc(rec.Status.Identities, func(e aadv1.IdentityAssignment) bool {
+		return e.AzureIdentityRef.Namespace == "filler"
+	})
+	for i := len(rec.Status.Identities); i < entries; i++ {
+		name := fmt.Sprintf("identity-%05d", i)
+		rec.Status.Identities = append(rec.Status.Identities, aadv1.IdentityAssignment{
+			AzureIdentityRef: aadv1.IdentityReference{Namespace: "filler", Name: name},
+			ClientID:         fmt.Sprintf("00000000-0000-0000-0000-%012d", i),
+			ResourceID:       "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/identities/providers/Microsoft.ManagedIdentity/userAssignedIdentities/" + name,
+			State:            aadv1.StateAssigned, Pods: 3,
+		})
+	}
+	slices.SortFunc(rec.Status.Identities, func(a, b aadv1.IdentityAssignment) int {
+		return aadv1.CompareRefs(a.AzureIdentityRef, b.AzureIdentityRef.Namespace, b.AzureIdentityRef.Name)
+	})
+	rec.Status.Assigned = int32(len(rec.Status.Identities))
+	if err := n.client.Status().Update(ctx, &rec); err != nil {
+		t.Fatalf("padding the pool record to %d entries: %v", entries, err)
+	}
+	time.Sleep(2 * time.Second) // let NMI's informer see it
 }
 
 // loadGenerator skips a load generator unless env is 1 (its make target

@@ -219,6 +219,8 @@ type node struct {
 	// imdsCalls counts the requests the node's IMDS answered; direct those
 	// that came from a pod's address, i.e. were not intercepted.
 	imdsCalls, direct atomic.Int64
+	// imdsConns counts the connections the node's IMDS accepted.
+	imdsConns atomic.Int64
 }
 
 const tokenURL = "http://" + metadataIP + "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net"
@@ -261,7 +263,11 @@ func setupNode(t *testing.T) *node {
 			n.direct.Add(1)
 		}
 		fake.ServeHTTP(w, r)
-	})}
+	}), ConnState: func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			n.imdsConns.Add(1)
+		}
+	}}
 	go func() { _ = imds.Serve(lis) }()
 	t.Cleanup(func() { _ = imds.Close() })
 
