@@ -47,8 +47,8 @@ func expected(release string, builtinCerts, servicePrincipals, taintRemoval, cle
 			{"authentication.k8s.io", "tokenreviews", []string{"create"}, "", nil},
 			{"authorization.k8s.io", "subjectaccessreviews", []string{"create"}, "", nil},
 			// Adoption of pods created before the webhook (webhook.adoptPreexistingPods, on by default;
-			// in managed mode the pod grant also lifts gates).
-			{"", "pods", []string{"list", "patch"}, "*", nil},
+			// in managed mode the pod grant also watches unscheduled pods and lifts their gates).
+			{"", "pods", []string{"list", "watch", "patch"}, "*", nil},
 			{"admissionregistration.k8s.io", "mutatingwebhookconfigurations", []string{"get"}, "", []string{release}},
 			{"events.k8s.io", "events", []string{"create", "patch"}, "*", nil},
 			// Target pools at admission (standard mode).

@@ -8,8 +8,10 @@ import (
 	"testing"
 
 	"github.com/go-logr/logr"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 )
@@ -42,7 +44,7 @@ func TestManagedModeLiftsGates(t *testing.T) {
 		t.Fatal(err)
 	}
 	g := &gateReleaser{reader: admin, client: c, log: logr.Discard()}
-	if err := g.releaseAll(context.Background()); err != nil {
+	if _, err := g.Reconcile(context.Background(), reconcile.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: "demo"}}); err != nil {
 		t.Fatal(err)
 	}
 	if got := getPod(t, ns, "demo"); identity.HasGate(got) {

@@ -38,9 +38,10 @@ import (
 // +kubebuilder:rbac:groups=aadpodidentity.k8s.io,resources=azureidentities;azureidentitybindings,verbs=get;list;watch
 // Standard mode: a gated pod's target pools at admission.
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch
-// Lifting the gates of pods admitted in standard mode (managed mode), and
-// adopting pods created before the webhook, dated by its configuration.
-// +kubebuilder:rbac:groups="",resources=pods,verbs=list;patch
+// Lifting the gates of pods admitted in standard mode (managed mode: a
+// watch of unscheduled pods), and adopting pods created before the
+// webhook, dated by its configuration.
+// +kubebuilder:rbac:groups="",resources=pods,verbs=list;watch;patch
 // +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=mutatingwebhookconfigurations,verbs=get
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 // Metrics behind authentication and authorization (--secure-metrics).
@@ -111,11 +112,17 @@ type Options struct {
 // NewManager builds a manager that serves the webhook with health checks and
 // metrics; the caller starts it.
 func NewManager(ctx context.Context, cfg *rest.Config, opts Options) (manager.Manager, error) {
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme: identity.Scheme(),
+	byObject := map[client.Object]cache.ByObject{
 		// Nodes are read for target pools only: their status (images,
 		// conditions) would be most of the cache.
-		Cache:                  cache.Options{ByObject: map[client.Object]cache.ByObject{&corev1.Node{}: {Transform: nodeForTargets}}},
+		&corev1.Node{}: {Transform: nodeForTargets},
+	}
+	if opts.Mode == ModeManaged {
+		byObject[&corev1.Pod{}] = unscheduledPods()
+	}
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:                 identity.Scheme(),
+		Cache:                  cache.Options{ByObject: byObject},
 		Metrics:                metrics.ServerOptions(opts.MetricsAddr, opts.SecureMetrics),
 		HealthProbeBindAddress: opts.ProbeAddr,
 	})
@@ -228,8 +235,7 @@ func Setup(ctx context.Context, mgr manager.Manager, server webhook.Server, opts
 			return fmt.Errorf("watching nodes: %w", err)
 		}
 	case ModeManaged:
-		err = mgr.Add(&gateReleaser{reader: mgr.GetAPIReader(), client: mgr.GetClient(), period: 10 * time.Second, log: mgr.GetLogger().WithName("gates")})
-		if err != nil {
+		if err := addGateReleaser(mgr, mgr.GetLogger().WithName("gates")); err != nil {
 			return fmt.Errorf("adding the gate releaser: %w", err)
 		}
 	default:
