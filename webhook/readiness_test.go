@@ -118,13 +118,15 @@ func TestShutdownDrains(t *testing.T) {
 	defer cancel()
 	serving := "https://127.0.0.1:" + port + MutatePodPath
 	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} //nolint:gosec // the test checks the connection, not the certificate
-	post := func() (*http.Response, error) {
+	// post sends a review and says whether the answer closed its connection.
+	post := func() (closed bool, err error) {
 		resp, err := client.Post(serving, "application/json", strings.NewReader("{}"))
-		if err == nil {
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
+		if err != nil {
+			return false, err
 		}
-		return resp, err
+		defer resp.Body.Close()
+		_, _ = io.Copy(io.Discard, resp.Body)
+		return resp.Close, nil
 	}
 	framework.Eventually(t, 30*time.Second, "webhook ready", func() error {
 		if code := readyz(probe); code != http.StatusOK {
@@ -132,8 +134,8 @@ func TestShutdownDrains(t *testing.T) {
 		}
 		return nil
 	})
-	if resp, err := post(); err != nil || resp.Close {
-		t.Fatalf("before the shutdown: %v, connection closed %t; want an answer on a kept connection", err, resp != nil && resp.Close)
+	if closed, err := post(); err != nil || closed {
+		t.Fatalf("before the shutdown: %v, connection closed %t; want an answer on a kept connection", err, closed)
 	}
 
 	cancel()
@@ -144,9 +146,8 @@ func TestShutdownDrains(t *testing.T) {
 		}
 		return nil
 	})
-	resp, err := post()
-	if err != nil || !resp.Close {
-		t.Fatalf("while draining: %v, connection closed %t; want an answer that closes its connection", err, resp != nil && resp.Close)
+	if closed, err := post(); err != nil || !closed {
+		t.Fatalf("while draining: %v, connection closed %t; want an answer that closes its connection", err, closed)
 	}
 	if err := <-done; err != nil {
 		t.Fatalf("manager: %v", err)

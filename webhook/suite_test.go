@@ -145,7 +145,7 @@ func waitServing(ctx context.Context, done <-chan error) error {
 		}
 		select {
 		case merr := <-done:
-			return fmt.Errorf("manager stopped: %w (last admission: %v)", merr, err)
+			return fmt.Errorf("manager stopped: %w (last admission: %w)", merr, err)
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
