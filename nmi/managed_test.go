@@ -40,6 +40,7 @@ func TestManagedMode(t *testing.T) {
 	}
 	f.imds.mirIDs = map[string]string{"client-a": resA, "client-x": resKubelet}
 	recorder := events.NewFakeRecorder(10)
+	f.server.mode = ModeManaged
 	f.server.managed = &managedIdentities{recorder: recorder, reported: map[string]bool{},
 		nodePool: func(context.Context) (nodepool.Pool, error) { return testPool, nil }}
 

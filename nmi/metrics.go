@@ -52,16 +52,8 @@ var (
 		Name: "nmi_waits_refused_total",
 		Help: "Requests answered 503 at once instead of waiting, because --max-waiting-requests were waiting.",
 	})
-	rulesRepairs = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "nmi_iptables_repairs_total",
-		Help: "Times the interception rules were found missing or different and rewritten.",
-	})
-	spoofGuardedPods = prometheus.NewGauge(prometheus.GaugeOpts{
-		Name: "nmi_antispoof_pods",
-		Help: "Pod addresses the anti-spoofing chain ties to their host-side interface (--cni-cache-dir).",
-	})
 )
 
 func init() {
-	ctrlmetrics.Registry.MustRegister(requestsTotal, requestDuration, tokenCacheTotal, tokenCacheEntries, tokenCacheEvictions, upstreamDuration, upstreamErrors, panicsTotal, connectionsRefused, waitingRequests, waitsRefused, rulesRepairs, spoofGuardedPods)
+	ctrlmetrics.Registry.MustRegister(requestsTotal, requestDuration, tokenCacheTotal, tokenCacheEntries, tokenCacheEvictions, upstreamDuration, upstreamErrors, panicsTotal, connectionsRefused, waitingRequests, waitsRefused)
 }

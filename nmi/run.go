@@ -10,18 +10,12 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"slices"
-	"strings"
 	"sync/atomic"
 	"time"
 
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
-	"github.com/go-logr/logr"
-	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/retry"
@@ -37,97 +31,6 @@ import (
 	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
 )
 
-// Options configure NMI; cmd/nmi maps its flags onto them.
-type Options struct {
-	NodeName         string
-	ListenAddress    string
-	MetricsAddr      string
-	ProbeAddr        string
-	Interception     Interception
-	IMDSEndpoint     string
-	AADAuthorityHost string
-	SyncPeriod       time.Duration
-	// CNICacheDir is libcni's results cache (/var/lib/cni/results): set,
-	// metadata traffic from a pod's address that enters through another
-	// interface than the pod's own veth is dropped (SpoofChain).
-	CNICacheDir          string
-	RemoveStartupTaint   bool
-	FlushConntrack       bool
-	AllowedMetadataPaths []string
-	// EnableServicePrincipals lets NMI read Secrets for type 1 and 2.
-	EnableServicePrincipals    bool
-	AllowCrossNamespaceSecrets bool
-	// AllowCrossNamespace counts bindings outside the pod's namespace when
-	// re-resolving its label; it must match the webhook's.
-	AllowCrossNamespace bool
-	// IdentityNotFoundRetry paces retries while IMDS does not know a
-	// user-assigned identity yet.
-	IdentityNotFoundRetry wait.Backoff
-	// UnknownCallerWait is how long a request from an IP no pod on this
-	// node has yet waits for the pod's IP to reach NMI's cache.
-	UnknownCallerWait time.Duration
-	// TokenRefreshMargin is how long before expiry a cached token is renewed.
-	TokenRefreshMargin time.Duration
-	// TokenCacheSize bounds the cached tokens (0: DefaultTokenCacheSize).
-	TokenCacheSize int
-	// UncachedTokensPerSecond and UncachedTokenBurst limit, per pod, the
-	// token requests that miss the cache (0: no limit).
-	UncachedTokensPerSecond float64
-	UncachedTokenBurst      int
-	// SecureMetrics serves metrics over HTTPS to callers the apiserver
-	// authenticates and authorizes (get on /metrics): NMI shares the node's
-	// address, which every pod can reach.
-	SecureMetrics bool
-	// MaxConnsPerIP caps the open connections from one source address.
-	MaxConnsPerIP int
-	// MaxWaitingRequests caps the requests waiting at once for the cache
-	// (0: no cap).
-	MaxWaitingRequests int
-	// UpstreamIdleConns is how many idle connections NMI keeps to each
-	// upstream (IMDS, each Azure AD authority): as many as concurrent
-	// token fetches, so that a busy NMI reuses them instead of opening one
-	// per call (Go's default keeps 2).
-	UpstreamIdleConns int
-	// Exceptions scopes AzurePodIdentityExceptions.
-	Exceptions ExceptionPolicy
-	// ProtectedIdentities (client or resource IDs) are the cluster's own;
-	// NMI serves them to no pod, whatever an AzureIdentity names.
-	ProtectedIdentities []string
-	// CloudConfig is the node's azure.json: the kubelet identity it names
-	// is protected, and is a node identity for exception pods.
-	CloudConfig string
-	// IdentityScopes are namespace=scope entries: the admin's allowlist of
-	// where each namespace's user-assigned identities may live (see
-	// identity.ParseScopes); none: no restriction.
-	IdentityScopes []string
-	// Mode is ModeStandard (the assigner assigns and records identities) or
-	// ModeManaged (admins assign them; no records).
-	Mode string
-	// AssignmentsNamespace is where the assigner writes its
-	// AzureAssignedIdentities, one per node pool: a user-assigned identity is
-	// served only if its entry in the record of this node's pool vouches
-	// for it.
-	AssignmentsNamespace string
-	// CRISocket, when set, is the container runtime's socket: each caller is
-	// confirmed with the runtime's pod sandboxes, not only NMI's cache.
-	CRISocket string
-	// ServeExternalIdentities serves identities that were on the pool before
-	// the assigner needed them (entries marked external).
-	ServeExternalIdentities bool
-
-	// IPTablesBackend selects the iptables binary (auto: the node's).
-	IPTablesBackend Backend
-
-	// IPTables, IMDSTransport and AADTransport replace the real ones in tests.
-	IPTables      IPTables
-	IMDSTransport http.RoundTripper
-	AADTransport  policy.Transporter
-}
-
-// DefaultIdentityNotFoundRetry waits about 15 s in all for an assignment to
-// reach the VM.
-var DefaultIdentityNotFoundRetry = wait.Backoff{Duration: 250 * time.Millisecond, Factor: 2, Steps: 7, Cap: 4 * time.Second}
-
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
 // Update only for the startup taint of its own node (the chart's nmi-node policy).
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get;update
@@ -142,38 +45,24 @@ var DefaultIdentityNotFoundRetry = wait.Backoff{Duration: 250 * time.Millisecond
 // +kubebuilder:rbac:groups=authorization.k8s.io,resources=subjectaccessreviews,verbs=create
 
 // Run serves until ctx ends. The interception rules stay in place after it
-// returns: see RemoveRules.
-// protectedIdentities are those NMI serves to no pod: the listed ones, the
-// node identities exception pods may name, and the node's own (kubelet)
-// identity from its cloud config, which becomes one of those node
-// identities: secure without a chart value on AKS.
-func protectedIdentities(opts *Options) (identity.Protected, error) {
-	kubelet, err := identity.NodeIdentity(opts.CloudConfig)
-	if err != nil {
-		return nil, err
-	}
-	if kubelet != "" && !slices.ContainsFunc(opts.Exceptions.NodeIdentityClientIDs, func(id string) bool { return aadv1.SameID(id, kubelet) }) {
-		opts.Exceptions.NodeIdentityClientIDs = append(opts.Exceptions.NodeIdentityClientIDs, kubelet)
-	}
-	return identity.NewProtected(append(slices.Clone(opts.ProtectedIdentities), opts.Exceptions.NodeIdentityClientIDs...)), nil
-}
-
+// returns: see intercept.RemoveRules.
 func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 	if opts.NodeName == "" {
 		return errors.New("node name is empty: set NODE_NAME (the chart sets it from spec.nodeName)")
 	}
+	if opts.Mode == "" {
+		opts.Mode = ModeStandard
+	}
 	switch opts.Mode {
-	case ModeStandard, "":
-	case ModeManaged:
+	case ModeStandard, ModeManaged:
 	default:
 		return fmt.Errorf("mode %q: want %s or %s", opts.Mode, ModeStandard, ModeManaged)
 	}
 	if opts.AssignmentsNamespace == "" && opts.Mode != ModeManaged {
 		return errors.New("assignments namespace is empty: set --assignments-namespace to the assigner's namespace (the chart sets the release namespace)")
 	}
-	opts.Interception.ListenAddress = opts.ListenAddress
-	if _, err := opts.Interception.chains(); err != nil {
-		return err
+	if opts.Rules == nil {
+		return errors.New("no interception rules: cmd/nmi passes nmi/intercept's Keeper")
 	}
 	scopes, err := identity.ParseScopes(opts.IdentityScopes)
 	if err != nil {
@@ -188,14 +77,6 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		return fmt.Errorf("IMDS endpoint %q is not an absolute URL", opts.IMDSEndpoint)
 	}
 	log := ctrl.Log.WithName("nmi")
-	if opts.IPTables == nil {
-		ipt, backend, reason, err := NewIPTables(opts.IPTablesBackend, ExecRunner)
-		if err != nil {
-			return err
-		}
-		log.Info("iptables backend", "backend", backend, "reason", reason)
-		opts.IPTables = ipt
-	}
 
 	byObject := map[client.Object]cache.ByObject{&corev1.Pod{}: {Field: fields.OneTermEqualSelector("spec.nodeName", opts.NodeName)}}
 	var pool *nodepool.Pool // known before the cache starts: only its record is cached
@@ -264,6 +145,7 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		misses:     newMissLimiter(opts.UncachedTokensPerSecond, opts.UncachedTokenBurst),
 		waits:      waits,
 		callerWait: opts.UnknownCallerWait,
+		mode:       opts.Mode,
 		log:        log,
 	}
 	if opts.Mode == ModeManaged {
@@ -311,7 +193,7 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 	); err != nil {
 		return err
 	}
-	log.Info("starting NMI", "node", opts.NodeName, "allowCrossNamespace", opts.AllowCrossNamespace, "listen", opts.ListenAddress, "metadata", net.JoinHostPort(opts.Interception.MetadataIP, fmt.Sprint(opts.Interception.MetadataPort)), "imds", opts.IMDSEndpoint)
+	log.Info("starting NMI", "node", opts.NodeName, "allowCrossNamespace", opts.AllowCrossNamespace, "listen", opts.ListenAddress, "imds", opts.IMDSEndpoint)
 	return mgr.Start(ctx)
 }
 
@@ -385,85 +267,30 @@ func serveOn(ctx context.Context, l net.Listener, maxConnsPerIP int, h http.Hand
 
 // keepRules installs the interception and its guard (and closes guarded),
 // then, once the pod cache is synced, marks NMI ready and lifts the startup
-// taint; it re-checks the rules every sync period, and the anti-spoofing
-// rules also whenever a pod of the node comes, goes or changes address.
+// taint; the rules are kept until ctx ends.
 func keepRules(ctx context.Context, mgr manager.Manager, opts Options, ready *atomic.Bool, guarded chan<- struct{}) error {
-	log := ctrl.Log.WithName("iptables")
-	spoofed := func() error {
-		if opts.CNICacheDir == "" {
-			return nil
-		}
-		pods, changed, err := EnsureSpoofRules(opts.IPTables, opts.Interception, opts.CNICacheDir)
-		if err != nil {
-			return fmt.Errorf("anti-spoofing rules: %w", err)
-		}
-		spoofGuardedPods.Set(float64(pods))
-		if changed {
-			log.V(1).Info("anti-spoofing rules written", "chain", SpoofChain, "pods", pods)
-		}
-		return nil
-	}
-	check := func() error {
-		// Rules first: until route_localnet is on, redirected packets are
-		// dropped (fail closed), and the guard is in before it is.
-		changed, err := EnsureRules(opts.IPTables, opts.Interception)
-		if err != nil {
-			return err
-		}
-		if changed {
-			rulesRepairs.Inc()
-			log.Info("interception rules written", "chain", Chain)
-		}
-		if opts.Interception.LoopbackTarget() {
-			if err := enableRouteLocalnet(); err != nil {
-				return err
-			}
-		}
-		return spoofed()
-	}
-	// Nothing may be served before the rules are in place.
-	if err := check(); err != nil {
-		return fmt.Errorf("installing interception rules: %w", err)
+	if err := opts.Rules.Install(); err != nil {
+		return err
 	}
 	close(guarded)
 	if err := syncCaches(ctx, mgr.GetCache(), opts.Mode); err != nil {
 		return err
 	}
-	podsChanged := make(chan struct{}, 1)
-	if opts.CNICacheDir != "" {
+	var podsChanged chan struct{}
+	if opts.Rules.GuardsPods() {
+		podsChanged = make(chan struct{}, 1)
 		if err := notifyPodChanges(ctx, mgr.GetCache(), podsChanged); err != nil {
 			return err
-		}
-		warnWithoutBridgeNetfilter(log)
-	}
-	if opts.FlushConntrack {
-		if err := flushConntrack(opts.Interception.MetadataIP); err != nil {
-			log.Error(err, "flushing conntrack entries; connections opened before interception keep reaching IMDS until they close")
 		}
 	}
 	if opts.RemoveStartupTaint {
 		if err := removeStartupTaint(ctx, mgr.GetClient(), opts.NodeName); err != nil {
 			return err
 		}
-		log.Info("startup taint removed", "node", opts.NodeName, "taint", aadv1.NMINotReadyTaint)
+		ctrl.Log.WithName("nmi").Info("startup taint removed", "node", opts.NodeName, "taint", aadv1.NMINotReadyTaint)
 	}
 	ready.Store(true)
-	tick := time.NewTicker(opts.SyncPeriod)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-tick.C:
-			if err := check(); err != nil {
-				log.Error(err, "checking interception rules")
-			}
-		case <-podsChanged:
-			if err := spoofed(); err != nil {
-				log.Error(err, "updating anti-spoofing rules")
-			}
-		}
-	}
+	return opts.Rules.Keep(ctx, podsChanged)
 }
 
 // notifyPodChanges signals changed (without blocking: one pending signal
@@ -495,28 +322,6 @@ func notifyPodChanges(ctx context.Context, c cache.Cache, changed chan<- struct{
 	return nil
 }
 
-// bridgeNetfilterPath says whether bridged packets traverse iptables, which
-// the physdev rules need.
-var bridgeNetfilterPath = "/proc/sys/net/bridge/bridge-nf-call-iptables"
-
-func warnWithoutBridgeNetfilter(log logr.Logger) {
-	if v, err := os.ReadFile(bridgeNetfilterPath); err != nil || strings.TrimSpace(string(v)) != "1" {
-		log.Error(errors.New("bridged packets do not traverse iptables (br_netfilter not loaded, or net.bridge.bridge-nf-call-iptables=0)"),
-			"the anti-spoofing rules cannot see pods on bridges", "sysctl", bridgeNetfilterPath)
-	}
-}
-
-// flushConntrack drops tracked connections to the metadata IP, so that none
-// opened before the DNAT rule keeps bypassing it.
-func flushConntrack(metadataIP string) error {
-	f := &netlink.ConntrackFilter{}
-	if err := f.AddIP(netlink.ConntrackOrigDstIP, net.ParseIP(metadataIP)); err != nil {
-		return err
-	}
-	_, err := netlink.ConntrackDeleteFilters(netlink.ConntrackTable, netlink.FAMILY_V4, f)
-	return err
-}
-
 // removeStartupTaint removes NMINotReadyTaint from the node.
 func removeStartupTaint(ctx context.Context, c client.Client, nodeName string) error {
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
@@ -536,7 +341,3 @@ func removeStartupTaint(ctx context.Context, c client.Client, nodeName string) e
 	}
 	return nil
 }
-
-// metricsOptions serves metrics in plain HTTP or, with SecureMetrics, over
-// HTTPS (a self-signed certificate) behind the apiserver's authentication
-// and authorization, as kubebuilder's projects do.

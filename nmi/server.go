@@ -16,7 +16,6 @@ import (
 	"github.com/go-logr/logr"
 	"github.com/gorilla/mux"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
@@ -38,11 +37,14 @@ type Server struct {
 	protected    identity.Protected // never served, whatever an AzureIdentity says
 	scopes       identity.Scopes    // where each namespace's identities may live
 	assignments  *assignments       // vouch for user-assigned identities (standard mode)
-	managed      *managedIdentities // nil: standard mode
-	runtime      *sandboxes         // nil: callers are not confirmed with the CRI
-	tokens       *tokenCache
-	misses       *missLimiter
-	waits        *waitLimit // shared by every request that waits for the cache
+	// mode is ModeStandard or ModeManaged: it chooses the token policy
+	// (newPolicy); managed is set in managed mode.
+	mode    string
+	managed *managedIdentities
+	runtime *sandboxes // nil: callers are not confirmed with the CRI
+	tokens  *tokenCache
+	misses  *missLimiter
+	waits   *waitLimit // shared by every request that waits for the cache
 	// callerWait is how long an unknown source IP is looked up again.
 	callerWait time.Duration
 	log        logr.Logger
@@ -52,7 +54,8 @@ type Server struct {
 // sent: what reaches IMDS must be what NMI judged.
 func (s *Server) Handler() http.Handler {
 	r := mux.NewRouter()
-	r.Path(tokenPath).Handler(s.instrument("token", s.token))
+	policy := newPolicy(s)
+	r.Path(tokenPath).Handler(s.instrument("token", func(w http.ResponseWriter, r *http.Request) (string, error) { return s.token(w, r, policy) }))
 	r.MatcherFunc(func(req *http.Request, _ *mux.RouteMatch) bool { return s.allowed(req.URL.Path) }).
 		Handler(s.instrument("allowed", s.proxy))
 	r.NotFoundHandler = s.instrument("other", s.other)
@@ -215,60 +218,33 @@ func (s *Server) exemptCaller(r *http.Request) (bool, error) {
 	return s.exceptions.isException(r.Context(), s.reader, pod)
 }
 
-func (s *Server) token(w http.ResponseWriter, r *http.Request) (string, error) {
+// token serves a token request the policy lets through.
+func (s *Server) token(w http.ResponseWriter, r *http.Request, policy tokenPolicy) (string, error) {
 	ctx := r.Context()
-	pod, err := s.caller(ctx, remoteIP(r))
-	if err != nil {
+	c := &tokenCall{ip: remoteIP(r), header: r.Header, query: r.URL.Query()}
+	if err := policy.decide(ctx, c); err != nil {
 		return "", err
 	}
-	if exempt, err := s.exceptions.isException(ctx, s.reader, pod); err != nil {
-		return "", err
-	} else if exempt {
-		q, err := s.exceptions.tokenQuery(r.Header, r.URL.Query())
-		if err != nil {
-			return "", err
-		}
-		if q != nil {
-			r = asJudged(r, q)
+	if c.exempt {
+		if c.passthrough != nil {
+			r = asJudged(r, c.passthrough)
 		}
 		return s.proxy(w, r)
 	}
-	req, err := parseTokenRequest(r.Header, r.URL.Query())
-	if err != nil {
-		return "", err
-	}
-	ent, err := podIdentities(ctx, s.reader, s.resolver, pod)
-	if err != nil {
-		return "", err
-	}
-	id, err := selectIdentity(req, ent)
-	if err != nil {
-		return "", err
-	}
-	if f := s.protected.Named(id); f != "" {
-		return "", forbidden("protected_identity", "AzureIdentity %s/%s names in spec.%s one of the cluster's own identities, which NMI serves to no pod", id.Namespace, id.Name, f)
-	}
-	if err := s.scopes.Check(id); err != nil {
-		return "", forbidden("identity_out_of_scope", "AzureIdentity %s/%s: %s", id.Namespace, id.Name, err)
-	}
-	if id.Spec.Type == aadv1.UserAssignedMSI && s.managed == nil {
-		if err := s.assignments.check(ctx, id); err != nil {
-			return "", err
-		}
-	}
-	tok, err := s.identityToken(ctx, pod.UID, id, req.Resource)
-	if err != nil && s.managed != nil && id.Spec.Type == aadv1.UserAssignedMSI {
-		err = s.managed.notAssigned(ctx, pod, id, err)
+	tok, err := s.identityToken(ctx, c)
+	if err != nil && c.explain != nil {
+		err = c.explain(ctx, c.pod, c.id, err)
 	}
 	if err != nil {
 		return "", err
 	}
 	writeJSON(w, http.StatusOK, tok)
-	s.log.V(1).Info("token served", "pod", ent.pod.String(), "identity", id.Namespace+"/"+id.Name, "clientID", id.Spec.ClientID, "resource", req.Resource)
+	s.log.V(1).Info("token served", "pod", c.ent.pod.String(), "identity", c.id.Namespace+"/"+c.id.Name, "clientID", c.id.Spec.ClientID, "resource", c.req.Resource)
 	return "ok", nil
 }
 
-func (s *Server) identityToken(ctx context.Context, pod types.UID, id *aadv1.AzureIdentity, resource string) (Token, error) {
+func (s *Server) identityToken(ctx context.Context, c *tokenCall) (Token, error) {
+	id, resource := c.id, c.req.Resource
 	name := id.Namespace + "/" + id.Name
 	var fetch func(context.Context) (Token, error)
 	var secret *corev1.Secret // a service principal's
@@ -276,8 +252,8 @@ func (s *Server) identityToken(ctx context.Context, pod types.UID, id *aadv1.Azu
 	case id.Spec.Type == aadv1.UserAssignedMSI:
 		fetch = func(ctx context.Context) (Token, error) {
 			tok, err := s.imds.token(ctx, id.Spec.ClientID, resource)
-			if err == nil && s.managed != nil {
-				err = checkPairing(tok, id) // before the token is cached
+			if err == nil && c.verify != nil {
+				err = c.verify(tok, id) // before the token is cached
 			}
 			return tok, err
 		}
@@ -291,7 +267,7 @@ func (s *Server) identityToken(ctx context.Context, pod types.UID, id *aadv1.Azu
 		fetch = func(ctx context.Context) (Token, error) { return s.sp.token(ctx, id, secret, resource) }
 	}
 	key := tokenKey(id, secret, resource)
-	tok, hit, err := s.tokens.get(ctx, key, func() error { return s.misses.admit(pod) }, fetch)
+	tok, hit, err := s.tokens.get(ctx, key, func() error { return s.misses.admit(c.pod.UID) }, fetch)
 	if hit {
 		tokenCacheTotal.WithLabelValues("hit").Inc()
 	} else {

@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/aad-pod-identity/aad-pod-identity/nmi"
+	"github.com/aad-pod-identity/aad-pod-identity/nmi/intercept"
 )
 
 func main() {
@@ -26,15 +27,17 @@ func main() {
 	fs := flag.CommandLine
 	opts := nmi.Options{NodeName: os.Getenv("NODE_NAME"), IdentityNotFoundRetry: nmi.DefaultIdentityNotFoundRetry, TokenRefreshMargin: 5 * time.Minute}
 	var allowed string
+	var rules intercept.Keeper
+	backend := intercept.BackendAuto
 	fs.StringVar(&opts.ListenAddress, "listen-address", "127.0.0.1:2579", "ip:port NMI serves metadata on; iptables redirects pods' metadata traffic there.")
 	fs.StringVar(&opts.ProbeAddr, "health-probe-bind-address", "127.0.0.1:8085", "Address of /healthz and /readyz; the node's loopback, since NMI shares the node's address with every pod's reach.")
 	fs.StringVar(&opts.MetricsAddr, "metrics-bind-address", ":9090", "Address of the Prometheus metrics endpoint; 0 disables it.")
 	fs.BoolVar(&opts.SecureMetrics, "secure-metrics", true, "Serve metrics over HTTPS to callers the apiserver authenticates and authorizes (get on nonResourceURL /metrics), rather than in plain HTTP to anyone who reaches the node.")
-	fs.StringVar(&opts.Interception.MetadataIP, "metadata-ip", "169.254.169.254", "IP address of the instance metadata endpoint to intercept.")
-	fs.IntVar(&opts.Interception.MetadataPort, "metadata-port", 80, "TCP port of the instance metadata endpoint to intercept.")
+	fs.StringVar(&rules.Interception.MetadataIP, "metadata-ip", "169.254.169.254", "IP address of the instance metadata endpoint to intercept.")
+	fs.IntVar(&rules.Interception.MetadataPort, "metadata-port", 80, "TCP port of the instance metadata endpoint to intercept.")
 	fs.StringVar(&opts.IMDSEndpoint, "imds-endpoint", "http://169.254.169.254", "Upstream IMDS NMI itself calls (its own traffic is not intercepted).")
 	fs.StringVar(&opts.AADAuthorityHost, "aad-authority-host", "https://login.microsoftonline.com/", "Azure AD authority for service principals whose AzureIdentity has no adEndpoint.")
-	fs.DurationVar(&opts.SyncPeriod, "sync-period", 60*time.Second, "How often the iptables rules are checked and repaired.")
+	fs.DurationVar(&rules.SyncPeriod, "sync-period", 60*time.Second, "How often the iptables rules are checked and repaired.")
 	fs.BoolVar(&opts.RemoveStartupTaint, "remove-startup-taint", false, "Remove the taint "+"aadpodidentity.k8s.io/nmi-not-ready"+" from this node once interception is in place.")
 	fs.StringVar(&allowed, "allowed-metadata-paths", "/metadata/instance,/metadata/versions", "Comma-separated metadata paths (and their sub-paths) proxied for every pod; others get 403.")
 	fs.BoolVar(&opts.EnableServicePrincipals, "enable-service-principals", false, "Serve type 1 and 2 AzureIdentities (NMI then reads their Secrets).")
@@ -57,16 +60,16 @@ func main() {
 	fs.StringVar(&opts.AssignmentsNamespace, "assignments-namespace", os.Getenv("POD_NAMESPACE"), "Namespace of the assigner's AzureAssignedIdentities (default $POD_NAMESPACE): a user-assigned identity is served only when its entry in the record of this node's pool says the assigner put it there with the client ID ARM reports.")
 	fs.StringVar(&opts.CRISocket, "cri-socket", "", "Container runtime (CRI) socket, e.g. /run/containerd/containerd.sock: each caller's IP is confirmed against the runtime's ready pod sandboxes, which closes the window where NMI's cache still gives a reused IP to its previous pod. Empty: the cache alone decides.")
 	fs.StringVar(&opts.Mode, "mode", nmi.ModeStandard, "Who assigns user-assigned identities to the node pools: standard (the assigner, whose AzureAssignedIdentities NMI checks) or managed (the cluster's admins, as with the AKS add-on; NMI checks the client and resource ID pairing on IMDS's token, and tells a pod whose identity is not on its pool what to run).")
-	fs.StringVar(&opts.CNICacheDir, "cni-cache-dir", "", "The container runtime's CNI results cache, e.g. /var/lib/cni/results: each pod address is tied to the host side of its interface, and metadata traffic carrying a pod's address from any other interface is dropped (chain "+nmi.SpoofChain+" in mangle). Bridges need br_netfilter. Empty: off.")
+	fs.StringVar(&rules.CNICacheDir, "cni-cache-dir", "", "The container runtime's CNI results cache, e.g. /var/lib/cni/results: each pod address is tied to the host side of its interface, and metadata traffic carrying a pod's address from any other interface is dropped (chain "+intercept.SpoofChain+" in mangle). Bridges need br_netfilter. Empty: off.")
 	fs.BoolVar(&opts.ServeExternalIdentities, "serve-external-identities", false, "Also serve user-assigned identities that were on the node pool before the assigner needed them (records marked external): nothing ties them to the AzureIdentity that names them.")
-	fs.StringVar((*string)(&opts.IPTablesBackend), "iptables-backend", string(nmi.BackendAuto), "iptables backend to write the rules into: auto (the node's: where kubelet's and kube-proxy's hint chains are, else the one with more rules, else iptables on PATH), legacy, nft, or path (iptables on PATH).")
-	fs.BoolVar(&opts.FlushConntrack, "flush-conntrack", false, "After installing the rules, drop tracked connections to the metadata IP.")
+	fs.StringVar((*string)(&backend), "iptables-backend", string(intercept.BackendAuto), "iptables backend to write the rules into: auto (the node's: where kubelet's and kube-proxy's hint chains are, else the one with more rules, else iptables on PATH), legacy, nft, or path (iptables on PATH).")
+	fs.BoolVar(&rules.FlushConntrack, "flush-conntrack", false, "After installing the rules, drop tracked connections to the metadata IP.")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
 	_ = fs.Parse(args) // flag.CommandLine exits on error
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
 	log := ctrl.Log.WithName("setup")
-	opts.Interception.ListenAddress = opts.ListenAddress
+	rules.Interception.ListenAddress = opts.ListenAddress
 	opts.AllowedMetadataPaths = splitList(allowed)
 	opts.Exceptions.Namespaces = splitList(exceptionNamespaces)
 	opts.Exceptions.NodeIdentityClientIDs = splitList(nodeIdentities)
@@ -79,12 +82,17 @@ func main() {
 	}
 
 	if cleanup {
-		if err := runCleanup(opts.IPTablesBackend); err != nil {
+		if err := runCleanup(backend); err != nil {
 			fmt.Fprintln(os.Stderr, "nmi cleanup:", err)
 			os.Exit(1)
 		}
-		log.Info("interception rules removed", "chain", nmi.Chain)
+		log.Info("interception rules removed", "chain", intercept.Chain)
 		return
+	}
+	rules.Log = ctrl.Log.WithName("iptables")
+	if opts.Rules, err = intercept.NewKeeper(rules, backend); err != nil {
+		log.Error(err, "setting up interception")
+		os.Exit(1)
 	}
 	ctx := ctrl.SetupSignalHandler()
 	if err := nmi.Run(ctx, ctrl.GetConfigOrDie(), opts); err != nil {
@@ -93,12 +101,12 @@ func main() {
 	}
 }
 
-func runCleanup(backend nmi.Backend) error {
-	ipt, _, _, err := nmi.NewIPTables(backend, nmi.ExecRunner)
+func runCleanup(backend intercept.Backend) error {
+	ipt, _, _, err := intercept.NewIPTables(backend, intercept.ExecRunner)
 	if err != nil {
 		return err
 	}
-	return nmi.RemoveRules(ipt)
+	return intercept.RemoveRules(ipt)
 }
 
 // splitList splits a comma-separated flag value, dropping empty items.

@@ -17,7 +17,7 @@ import (
 
 	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/framework"
 	testns "github.com/aad-pod-identity/aad-pod-identity/internal/testing/netns"
-	"github.com/aad-pod-identity/aad-pod-identity/nmi"
+	"github.com/aad-pod-identity/aad-pod-identity/nmi/intercept"
 )
 
 // spoofingDropped has bridged-b pose as bridged-a (poseAs): a request it
@@ -35,7 +35,7 @@ func spoofingDropped(t *testing.T, n *node) {
 		t.Fatalf("with the anti-spoofing chain: %v\n%s", err, run(t, "iptables", "-t", "mangle", "-S"))
 	}
 
-	jump := []string{"-t", "mangle", "-D", "PREROUTING", "-j", nmi.SpoofChain}
+	jump := []string{"-t", "mangle", "-D", "PREROUTING", "-j", intercept.SpoofChain}
 	run(t, "iptables", jump...)
 	status, body, err := getWith(spoofed, tokenURL)
 	if err != nil || status != http.StatusOK || !strings.Contains(string(body), "access_token") {
@@ -91,7 +91,7 @@ func listenGuarded(t *testing.T, n *node) {
 	}
 	_ = local.Close()
 
-	run(t, "iptables", "-D", "INPUT", "-j", nmi.GuardChain)
+	run(t, "iptables", "-D", "INPUT", "-j", intercept.GuardChain)
 	// pod-a and bridged-a are admitted for the same identity.
 	for name, c := range map[string]*http.Client{"pod-a's direct connection": fromPod, "a direct connection posing as bridged-a": spoofed} {
 		status, body, err := getWith(c, direct)

@@ -1,4 +1,4 @@
-package nmi
+package intercept
 
 import (
 	"errors"
