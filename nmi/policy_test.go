@@ -41,9 +41,9 @@ func TestPolicies(t *testing.T) {
 
 // stub is a rule that records it ran and returns err, or exempts the call.
 type stub struct {
-	ran    *[]string
-	label  string
-	err    error
+	ran   *[]string
+	label string
+	err   error
 }
 
 func (s stub) name() string { return s.label }
