@@ -235,7 +235,7 @@ NMI_LOAD_DURATION ?= 8s
 NMI_LOAD_RECORD_ENTRIES ?= 1,1000
 .PHONY: bench-nmi
 bench-nmi: deps control-plane ## NMI load generator in network namespaces, as root (see docs/performance.md, section NMI).
-	AADPI_NMI_LOAD=1 AADPI_NMI_LOAD_PODS=$(NMI_LOAD_PODS) AADPI_NMI_LOAD_DURATION=$(NMI_LOAD_DURATION) AADPI_NMI_LOAD_RECORD_ENTRIES=$(NMI_LOAD_RECORD_ENTRIES) AADPI_NMI_ARGS=--uncached-token-rate=0 go test -tags e2e -count=1 -v -timeout 30m -run '^TestNMILoad$$' ./e2e/nmi/
+	AADPI_NMI_LOAD=1 AADPI_NMI_LOAD_PODS=$(NMI_LOAD_PODS) AADPI_NMI_LOAD_DURATION=$(NMI_LOAD_DURATION) AADPI_NMI_LOAD_RECORD_ENTRIES=$(NMI_LOAD_RECORD_ENTRIES) go test -tags e2e -count=1 -v -timeout 30m -run '^TestNMILoad$$' ./e2e/nmi/
 
 .PHONY: bench-nmi-density
 bench-nmi-density: deps control-plane ## NMI at node density, as root: 250 pods, 50 identities, one cold-cache burst (docs/performance.md).

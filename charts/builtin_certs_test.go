@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	"github.com/aad-pod-identity/aad-pod-identity/internal/config"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 	"github.com/aad-pod-identity/aad-pod-identity/webhook/certrotation"
 )
@@ -39,15 +40,12 @@ func TestBuiltinCertsWorkWithTheChartsRBAC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var args map[string]string
+	rotation := renderedConfig(t, objs, ns).Webhook
 	for _, o := range objs {
 		switch o.GetKind() {
 		case "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration":
 			neverMatch(t, o)
 		case "Deployment":
-			if o.GetName() == release+"-webhook" {
-				args = containerArgs(t, o)
-			}
 			continue
 		case "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Secret":
 		default:
@@ -58,8 +56,8 @@ func TestBuiltinCertsWorkWithTheChartsRBAC(t *testing.T) {
 		}
 		t.Cleanup(func() { _ = k8s.Delete(context.Background(), o) })
 	}
-	if _, ok := args["--cert-rotation"]; !ok {
-		t.Fatalf("the webhook Deployment does not pass --cert-rotation: %v", args)
+	if !rotation.CertRotation.Enabled {
+		t.Fatalf("the configuration does not turn on the built-in certificates: %+v", rotation)
 	}
 
 	asWebhook := rest.CopyConfig(cfg)
@@ -71,9 +69,9 @@ func TestBuiltinCertsWorkWithTheChartsRBAC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	secretKey := types.NamespacedName{Namespace: ns, Name: args["--cert-secret-name"]}
+	secretKey := types.NamespacedName{Namespace: ns, Name: rotation.CertRotation.SecretName}
 	err = certrotation.Add(mgr, certrotation.Config{
-		Secret: secretKey, ServiceName: args["--cert-service-name"], WebhookConfigurationName: args["--webhook-configuration-name"],
+		Secret: secretKey, ServiceName: rotation.CertRotation.ServiceName, WebhookConfigurationName: rotation.ConfigurationName,
 		CertDir: t.TempDir(), CertName: "tls.crt", KeyName: "tls.key",
 	})
 	if err != nil {
@@ -134,6 +132,32 @@ func neverMatch(t *testing.T, o *unstructured.Unstructured) {
 	if err := unstructured.SetNestedSlice(o.Object, hooks, "webhooks"); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// configPath is where the chart mounts the components' configuration.
+const configPath = "/etc/aad-pod-identity/config.yaml"
+
+// renderedConfig is the configuration the chart renders into its
+// ConfigMap, read as the components read it (strictly, defaulted, valid).
+func renderedConfig(t *testing.T, objs []*unstructured.Unstructured, ns string) *config.Configuration {
+	t.Helper()
+	for _, o := range objs {
+		if o.GetKind() != "ConfigMap" || !strings.HasSuffix(o.GetName(), "-config") {
+			continue
+		}
+		data, _, _ := unstructured.NestedString(o.Object, "data", "config.yaml")
+		c, err := config.Decode([]byte(data))
+		if err != nil {
+			t.Fatalf("ConfigMap %s: %v\n%s", o.GetName(), err, data)
+		}
+		config.SetDefaults(c, ns)
+		if errs := config.Validate(c); len(errs) > 0 {
+			t.Fatalf("ConfigMap %s: %v", o.GetName(), errs.ToAggregate())
+		}
+		return c
+	}
+	t.Fatal("the chart renders no configuration ConfigMap")
+	return nil
 }
 
 // containerArgs maps the first container's --flag[=value] arguments.

@@ -4,13 +4,13 @@ package charts
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -24,6 +24,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/yaml"
 
+	"github.com/aad-pod-identity/aad-pod-identity/internal/config"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/framework"
 )
@@ -182,11 +183,11 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 	}
 }
 
-// Flags the components must agree on are rendered alike into each:
-// --allow-cross-namespace into the webhook, the assigner and NMI (they
-// resolve a pod's label alike), --identity-scopes into the webhook and NMI
-// (one refuses what the other would not serve).
-func TestSharedFlagsAreConsistent(t *testing.T) {
+// The webhook, the assigner and NMI read one configuration, so that they
+// cannot disagree on the policy (how a label resolves, which identities
+// are out of scope or protected): each mounts the release's ConfigMap and
+// passes --config, and the values reach that ConfigMap.
+func TestComponentsReadOneConfiguration(t *testing.T) {
 	scopes := filepath.Join(t.TempDir(), "scopes.yaml")
 	err := os.WriteFile(scopes, []byte(`identityScopes:
   team-b: ["/subscriptions/s/resourceGroups/b"]
@@ -195,21 +196,26 @@ func TestSharedFlagsAreConsistent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const webhook, assigner, nmi = "webhook", "assigner", "nmi"
-	workloads := map[string]string{"Deployment/" + goldenRelease + "-webhook": webhook, "Deployment/" + goldenRelease + "-assigner": assigner, "DaemonSet/" + goldenRelease + "-nmi": nmi}
+	webhook, assigner, nmi := "Deployment/"+goldenRelease+"-webhook", "Deployment/"+goldenRelease+"-assigner", "DaemonSet/"+goldenRelease+"-nmi"
 	tests := []struct {
 		name, values string
 		set          []string
-		flag         string
-		want         map[string]string // component → value; absent: no flag
+		check        func(*config.Configuration) error
+		managed      bool // no assigner
 	}{
-		{name: "same namespace", flag: "--allow-cross-namespace", want: map[string]string{}},
-		{name: "cross namespace", set: []string{"webhook.allowCrossNamespace=true"}, flag: "--allow-cross-namespace",
-			want: map[string]string{webhook: "", assigner: "", nmi: ""}},
-		{name: "no identity scopes", flag: "--identity-scopes", want: map[string]string{}},
-		{name: "identity scopes", values: scopes, flag: "--identity-scopes", want: map[string]string{
-			webhook: "*=/subscriptions/s/resourceGroups/shared,*=/subscriptions/t,team-b=/subscriptions/s/resourceGroups/b",
-			nmi:     "*=/subscriptions/s/resourceGroups/shared,*=/subscriptions/t,team-b=/subscriptions/s/resourceGroups/b"}},
+		{name: "same namespace", check: func(c *config.Configuration) error {
+			return want(!c.Policy.AllowCrossNamespace, "allowCrossNamespace %v", c.Policy.AllowCrossNamespace)
+		}},
+		{name: "cross namespace", set: []string{"webhook.allowCrossNamespace=true"}, check: func(c *config.Configuration) error {
+			return want(c.Policy.AllowCrossNamespace, "allowCrossNamespace %v", c.Policy.AllowCrossNamespace)
+		}},
+		{name: "identity scopes", values: scopes, check: func(c *config.Configuration) error {
+			got := strings.Join(c.Policy.ScopeEntries(), ",")
+			return want(got == "*=/subscriptions/s/resourceGroups/shared,*=/subscriptions/t,team-b=/subscriptions/s/resourceGroups/b", "scopes %s", got)
+		}},
+		{name: "managed mode", set: []string{"mode=managed"}, managed: true, check: func(c *config.Configuration) error {
+			return want(c.Policy.Mode == config.ModeManaged, "mode %s", c.Policy.Mode)
+		}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -221,29 +227,96 @@ func TestSharedFlagsAreConsistent(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			seen := 0
-			for _, o := range objs {
-				component, ok := workloads[o.GetKind()+"/"+o.GetName()]
-				if !ok {
-					continue
-				}
-				seen++
-				got, has := containerArgs(t, o)[tc.flag]
-				want, wantHas := tc.want[component]
-				if has != wantHas || got != want {
-					t.Errorf("%s: %s=%q (present %v), want %q (present %v)", component, tc.flag, got, has, want, wantHas)
-				}
+			if err := tc.check(renderedConfig(t, objs, goldenNamespace)); err != nil {
+				t.Error(err)
 			}
-			if seen != len(workloads) {
-				t.Fatalf("found %d of the %d workloads", seen, len(workloads))
+			workloads := []string{webhook, assigner, nmi}
+			if tc.managed {
+				workloads = []string{webhook, nmi}
+			}
+			for _, w := range workloads {
+				o := find(t, objs, w)
+				if got := containerArgs(t, o)["--config"]; got != configPath {
+					t.Errorf("%s: --config=%q, want %s", w, got, configPath)
+				}
+				if !mountsConfig(t, o) {
+					t.Errorf("%s does not mount ConfigMap %s-config at %s", w, goldenRelease, path.Dir(configPath))
+				}
 			}
 		})
 	}
 }
 
+func want(ok bool, format string, args ...any) error {
+	if ok {
+		return nil
+	}
+	return fmt.Errorf("unexpected "+format, args...)
+}
+
+// find returns the object named kind/name.
+func find(t *testing.T, objs []*unstructured.Unstructured, kindName string) *unstructured.Unstructured {
+	t.Helper()
+	for _, o := range objs {
+		if o.GetKind()+"/"+o.GetName() == kindName {
+			return o
+		}
+	}
+	t.Fatalf("the chart renders no %s", kindName)
+	return nil
+}
+
+// mountsConfig reports whether the workload's first container mounts the
+// release's configuration ConfigMap where --config reads it.
+func mountsConfig(t *testing.T, o *unstructured.Unstructured) bool {
+	t.Helper()
+	spec, _, _ := unstructured.NestedMap(o.Object, "spec", "template", "spec")
+	var pod corev1.PodSpec
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(spec, &pod); err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range pod.Volumes {
+		if v.ConfigMap == nil || v.ConfigMap.Name != goldenRelease+"-config" {
+			continue
+		}
+		for _, m := range pod.Containers[0].VolumeMounts {
+			if m.Name == v.Name && m.MountPath == path.Dir(configPath) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// One default per setting, in code: what the chart renders by default is
+// the code's default, but for what only the release can know.
+func TestChartDefaultsAreTheCodes(t *testing.T) {
+	manifest, err := render(goldenRelease, goldenNamespace, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, err := objects(manifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := renderedConfig(t, objs, goldenNamespace)
+	code, err := config.Load("", goldenNamespace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The release's own names, and the runtime socket's path inside NMI's
+	// pod (the chart mounts the node's), are the chart's to say.
+	code.Webhook.ConfigurationName = goldenRelease
+	code.Webhook.TrustedServiceAccounts = []string{goldenNamespace + "/" + goldenRelease + "-webhook", goldenNamespace + "/" + goldenRelease + "-assigner"}
+	code.NMI.CRISocket = "/run/cri/containerd.sock"
+	if diff := cmp.Diff(code, got); diff != "" {
+		t.Errorf("the chart's defaults contradict the code's (-code +chart):\n%s", diff)
+	}
+}
+
 // The webhook and the assigner put identities only where NMI runs: the
-// --nmi-node-selection they get is NMI's DaemonSet's own node selector,
-// affinity and tolerations, whatever the values say.
+// policy.nmiNodeSelection they read is NMI's DaemonSet's own node
+// selector, affinity and tolerations, whatever the values say.
 func TestNMINodeSelectionIsTheDaemonSets(t *testing.T) {
 	custom := filepath.Join(t.TempDir(), "nmi.yaml")
 	err := os.WriteFile(custom, []byte(`nmi:
@@ -267,33 +340,18 @@ func TestNMINodeSelectionIsTheDaemonSets(t *testing.T) {
 			t.Fatal(err)
 		}
 		var daemonSet corev1.PodSpec
-		selections := map[string]string{}
-		for _, o := range objs {
-			switch o.GetKind() + "/" + o.GetName() {
-			case "DaemonSet/" + goldenRelease + "-nmi":
-				spec, _, _ := unstructured.NestedMap(o.Object, "spec", "template", "spec")
-				if err := runtime.DefaultUnstructuredConverter.FromUnstructured(spec, &daemonSet); err != nil {
-					t.Fatal(err)
-				}
-			case "Deployment/" + goldenRelease + "-webhook", "Deployment/" + goldenRelease + "-assigner":
-				selections[o.GetName()] = containerArgs(t, o)["--nmi-node-selection"]
-			}
+		spec, _, _ := unstructured.NestedMap(find(t, objs, "DaemonSet/"+goldenRelease+"-nmi").Object, "spec", "template", "spec")
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(spec, &daemonSet); err != nil {
+			t.Fatal(err)
 		}
+		sel := renderedConfig(t, objs, goldenNamespace).Policy.NMINodeSelection
+		got := corev1.PodSpec{NodeSelector: sel.NodeSelector, Affinity: sel.Affinity, Tolerations: sel.Tolerations}
 		want := corev1.PodSpec{NodeSelector: daemonSet.NodeSelector, Affinity: daemonSet.Affinity, Tolerations: daemonSet.Tolerations}
-		if len(selections) != 2 || want.NodeSelector == nil {
-			t.Fatalf("values %q: selections %v, DaemonSet node selector %v", values, selections, want.NodeSelector)
+		if want.NodeSelector == nil || !equality.Semantic.DeepEqual(got, want) {
+			t.Errorf("values %q: policy.nmiNodeSelection %s, want NMI's %+v", values, sel.JSON(), want)
 		}
-		for name, sel := range selections {
-			var got corev1.PodSpec
-			if err := json.Unmarshal([]byte(sel), &got); err != nil {
-				t.Fatalf("%s: --nmi-node-selection=%s: %v", name, sel, err)
-			}
-			if !equality.Semantic.DeepEqual(got, want) {
-				t.Errorf("values %q: %s --nmi-node-selection=%s, want NMI's %+v", values, name, sel, want)
-			}
-			if _, err := nodepool.ParseCoverage(sel); err != nil {
-				t.Errorf("%s: %v", name, err)
-			}
+		if _, err := nodepool.ParseCoverage(sel.JSON()); err != nil {
+			t.Error(err)
 		}
 	}
 }

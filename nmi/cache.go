@@ -12,6 +12,7 @@ import (
 	"k8s.io/utils/lru"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/config"
 )
 
 // Token is IMDS's token answer; IMDS sends every field as a string.
@@ -68,13 +69,9 @@ type tokenCache struct {
 // must hold neither them nor the key's singleflight slot for long.
 const fetchDeadline = time.Minute
 
-// DefaultTokenCacheSize holds a node's working set many times over (110
-// pods, a few identities and resources each) in about 30 MB.
-const DefaultTokenCacheSize = 10000
-
 func newTokenCache(refreshMargin time.Duration, size int) *tokenCache {
 	return &tokenCache{
-		tokens:        lru.NewWithEvictionFunc(cmp.Or(size, DefaultTokenCacheSize), func(lru.Key, any) { tokenCacheEvictions.Inc() }),
+		tokens:        lru.NewWithEvictionFunc(cmp.Or(size, config.DefaultTokenCacheSize), func(lru.Key, any) { tokenCacheEvictions.Inc() }),
 		refreshMargin: refreshMargin,
 		now:           time.Now,
 	}

@@ -11,21 +11,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
-)
-
-// ExceptionTokens is what tokens an AzurePodIdentityException grants.
-type ExceptionTokens string
-
-const (
-	// ExceptionTokensNone: no tokens, only the node's instance metadata.
-	ExceptionTokensNone ExceptionTokens = "none"
-	// ExceptionTokensNode: the node's own identity, i.e. requests that name
-	// no identity (IMDS then answers for the VM's system-assigned identity)
-	// or one of ExceptionPolicy.NodeIdentityClientIDs.
-	ExceptionTokensNode ExceptionTokens = "node"
-	// ExceptionTokensAny: IMDS unchanged, every identity on the node pool
-	// included; what releases before this design granted.
-	ExceptionTokensAny ExceptionTokens = "any"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/config"
 )
 
 // ExceptionPolicy scopes AzurePodIdentityExceptions. An exception is a hole
@@ -34,19 +20,10 @@ const (
 type ExceptionPolicy struct {
 	// Namespaces whose exceptions count; "*" is every namespace.
 	Namespaces []string
-	Tokens     ExceptionTokens
+	Tokens     config.ExceptionTokens
 	// NodeIdentityClientIDs are the node's own user-assigned identities
-	// (the kubelet's), which ExceptionTokensNode lets exception pods name.
+	// (the kubelet's), which config.ExceptionTokensNode lets exception pods name.
 	NodeIdentityClientIDs []string
-}
-
-// ParseExceptionTokens validates a --exception-tokens value.
-func ParseExceptionTokens(s string) (ExceptionTokens, error) {
-	switch t := ExceptionTokens(s); t {
-	case ExceptionTokensNone, ExceptionTokensNode, ExceptionTokensAny:
-		return t, nil
-	}
-	return "", fmt.Errorf("exception tokens %q: want %s, %s or %s", s, ExceptionTokensNone, ExceptionTokensNode, ExceptionTokensAny)
 }
 
 // isException reports whether an AzurePodIdentityException in the pod's
@@ -70,15 +47,15 @@ func (p ExceptionPolicy) isException(ctx context.Context, r client.Reader, pod *
 }
 
 // tokenQuery decides an exception pod's token request and returns the query
-// to send IMDS, or nil to send the pod's own (ExceptionTokensAny: IMDS
+// to send IMDS, or nil to send the pod's own (config.ExceptionTokensAny: IMDS
 // unchanged). Otherwise the query is rebuilt from the variables NMI parsed
 // and allowed, so that IMDS never reads one NMI did not judge: another
 // spelling of a name, or a pair Go's parser skips and IMDS's may not.
 func (p ExceptionPolicy) tokenQuery(h http.Header, q url.Values) (url.Values, error) {
 	switch p.Tokens {
-	case ExceptionTokensAny:
+	case config.ExceptionTokensAny:
 		return nil, nil
-	case ExceptionTokensNode:
+	case config.ExceptionTokensNode:
 		req, err := parseTokenRequest(h, q)
 		if err != nil {
 			return nil, err
@@ -97,11 +74,11 @@ func (p ExceptionPolicy) tokenQuery(h http.Header, q url.Values) (url.Values, er
 }
 
 // pathAllowed tells which non-token paths an exception pod may reach: with
-// ExceptionTokensAny every one, otherwise the node's instance metadata
+// config.ExceptionTokensAny every one, otherwise the node's instance metadata
 // without the opt-in paths the allowlist does not name, and without IMDS's
 // identity API, which such a pod reaches through the token route alone.
 func (p ExceptionPolicy) pathAllowed(s *Server, path string) bool {
-	if p.Tokens == ExceptionTokensAny {
+	if p.Tokens == config.ExceptionTokensAny {
 		return true
 	}
 	return under(path, "/metadata", func(a, b string) bool { return a == b }) && !s.optInRefused(path) && !identityPath(path)

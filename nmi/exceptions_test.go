@@ -10,6 +10,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/config"
 )
 
 // exceptionFixture serves an exception pod (10.0.0.5, app=agent), a plain
@@ -39,31 +40,31 @@ func TestExceptionPodsGetOnlyTheNodeIdentity(t *testing.T) {
 	tests := []struct {
 		name   string
 		ip     string
-		tokens ExceptionTokens
+		tokens config.ExceptionTokens
 		paths  []string // NMI's --allowed-metadata-paths; nil: the default
 		target string
 		status int
 	}{
-		{"trailing slash", "10.0.0.5", ExceptionTokensNode, nil, "/metadata/identity/oauth2/token/" + q + "&client_id=client-a", 403},
-		{"last segment in another case", "10.0.0.5", ExceptionTokensNode, nil, "/metadata/identity/oauth2/Token" + q + "&client_id=client-a", 403},
-		{"identity segment in another case", "10.0.0.5", ExceptionTokensNode, nil, "/metadata/IDENTITY/oauth2/token" + q + "&client_id=client-a", 403},
-		{"every segment in another case, trailing slash", "10.0.0.5", ExceptionTokensNode, nil, "/Metadata/Identity/OAuth2/Token/" + q + "&client_id=client-a", 403},
-		{"extra segment", "10.0.0.5", ExceptionTokensNode, nil, "/metadata/identity/oauth2/token/x" + q + "&client_id=client-a", 403},
-		{"identity API itself", "10.0.0.5", ExceptionTokensNode, nil, "/metadata/identity" + q + "&client_id=client-a", 403},
-		{"another identity endpoint", "10.0.0.5", ExceptionTokensNode, nil, "/metadata/identity/info" + q, 403},
-		{"escaped slashes", "10.0.0.5", ExceptionTokensNode, nil, "/metadata/identity%2Foauth2%2Ftoken" + q + "&client_id=client-a", 400},
-		{"Client_Id", "10.0.0.5", ExceptionTokensNode, nil, "/metadata/identity/oauth2/token" + q + "&Client_Id=client-a", 403},
-		{"CLIENT_ID", "10.0.0.5", ExceptionTokensNode, nil, "/metadata/identity/oauth2/token" + q + "&CLIENT_ID=client-a", 403},
-		{"escaped name", "10.0.0.5", ExceptionTokensNode, nil, "/metadata/identity/oauth2/token" + q + "&client%5Fid=client-a", 403},
-		{"Mi_Res_Id", "10.0.0.5", ExceptionTokensNode, nil, "/metadata/identity/oauth2/token" + q + "&Mi_Res_Id=" + rid, 403},
-		{"MSI_RES_ID", "10.0.0.5", ExceptionTokensNode, nil, "/metadata/identity/oauth2/token" + q + "&MSI_RES_ID=" + rid, 403},
-		{"node identity and another spelled otherwise", "10.0.0.5", ExceptionTokensNode, nil, "/metadata/identity/oauth2/token" + q + "&client_id=client-x&Client_Id=client-a", 400},
-		{"Object_Id", "10.0.0.5", ExceptionTokensNode, nil, "/metadata/identity/oauth2/token" + q + "&Object_Id=oid-a", 400},
-		{"no tokens, path in another case", "10.0.0.5", ExceptionTokensNone, nil, "/metadata/IDENTITY/oauth2/token" + q + "&client_id=client-a", 403},
-		{"no tokens, trailing slash", "10.0.0.5", ExceptionTokensNone, nil, "/metadata/identity/oauth2/token/" + q, 403},
-		{"allowlist naming the metadata root", "10.0.0.3", ExceptionTokensNode, []string{"/metadata"}, "/metadata/identity/oauth2/Token" + q + "&client_id=client-a", 403},
-		{"allowlist naming the identity API", "10.0.0.3", ExceptionTokensNode, []string{"/metadata/identity"}, "/metadata/identity/oauth2/token/" + q + "&client_id=client-a", 403},
-		{"admitted pod, Client_Id of another identity", "10.0.0.1", ExceptionTokensNode, nil, "/metadata/identity/oauth2/token" + q + "&Client_Id=client-x", 403},
+		{"trailing slash", "10.0.0.5", config.ExceptionTokensNode, nil, "/metadata/identity/oauth2/token/" + q + "&client_id=client-a", 403},
+		{"last segment in another case", "10.0.0.5", config.ExceptionTokensNode, nil, "/metadata/identity/oauth2/Token" + q + "&client_id=client-a", 403},
+		{"identity segment in another case", "10.0.0.5", config.ExceptionTokensNode, nil, "/metadata/IDENTITY/oauth2/token" + q + "&client_id=client-a", 403},
+		{"every segment in another case, trailing slash", "10.0.0.5", config.ExceptionTokensNode, nil, "/Metadata/Identity/OAuth2/Token/" + q + "&client_id=client-a", 403},
+		{"extra segment", "10.0.0.5", config.ExceptionTokensNode, nil, "/metadata/identity/oauth2/token/x" + q + "&client_id=client-a", 403},
+		{"identity API itself", "10.0.0.5", config.ExceptionTokensNode, nil, "/metadata/identity" + q + "&client_id=client-a", 403},
+		{"another identity endpoint", "10.0.0.5", config.ExceptionTokensNode, nil, "/metadata/identity/info" + q, 403},
+		{"escaped slashes", "10.0.0.5", config.ExceptionTokensNode, nil, "/metadata/identity%2Foauth2%2Ftoken" + q + "&client_id=client-a", 400},
+		{"Client_Id", "10.0.0.5", config.ExceptionTokensNode, nil, "/metadata/identity/oauth2/token" + q + "&Client_Id=client-a", 403},
+		{"CLIENT_ID", "10.0.0.5", config.ExceptionTokensNode, nil, "/metadata/identity/oauth2/token" + q + "&CLIENT_ID=client-a", 403},
+		{"escaped name", "10.0.0.5", config.ExceptionTokensNode, nil, "/metadata/identity/oauth2/token" + q + "&client%5Fid=client-a", 403},
+		{"Mi_Res_Id", "10.0.0.5", config.ExceptionTokensNode, nil, "/metadata/identity/oauth2/token" + q + "&Mi_Res_Id=" + rid, 403},
+		{"MSI_RES_ID", "10.0.0.5", config.ExceptionTokensNode, nil, "/metadata/identity/oauth2/token" + q + "&MSI_RES_ID=" + rid, 403},
+		{"node identity and another spelled otherwise", "10.0.0.5", config.ExceptionTokensNode, nil, "/metadata/identity/oauth2/token" + q + "&client_id=client-x&Client_Id=client-a", 400},
+		{"Object_Id", "10.0.0.5", config.ExceptionTokensNode, nil, "/metadata/identity/oauth2/token" + q + "&Object_Id=oid-a", 400},
+		{"no tokens, path in another case", "10.0.0.5", config.ExceptionTokensNone, nil, "/metadata/IDENTITY/oauth2/token" + q + "&client_id=client-a", 403},
+		{"no tokens, trailing slash", "10.0.0.5", config.ExceptionTokensNone, nil, "/metadata/identity/oauth2/token/" + q, 403},
+		{"allowlist naming the metadata root", "10.0.0.3", config.ExceptionTokensNode, []string{"/metadata"}, "/metadata/identity/oauth2/Token" + q + "&client_id=client-a", 403},
+		{"allowlist naming the identity API", "10.0.0.3", config.ExceptionTokensNode, []string{"/metadata/identity"}, "/metadata/identity/oauth2/token/" + q + "&client_id=client-a", 403},
+		{"admitted pod, Client_Id of another identity", "10.0.0.1", config.ExceptionTokensNode, nil, "/metadata/identity/oauth2/token" + q + "&Client_Id=client-x", 403},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -90,18 +91,18 @@ func TestExceptionPodsGetOnlyTheNodeIdentity(t *testing.T) {
 func TestExceptionTokenRequestIsRebuilt(t *testing.T) {
 	tests := []struct {
 		name     string
-		tokens   ExceptionTokens
+		tokens   config.ExceptionTokens
 		target   string
 		upstream string // path and raw query IMDS gets
 		body     string
 	}{
-		{"variables NMI does not know are dropped", ExceptionTokensNode,
+		{"variables NMI does not know are dropped", config.ExceptionTokensNode,
 			"/MetaData/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net&bypass_cache=true&x=1;client_id=client-a",
 			"/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net", "tok-node-identity"},
-		{"names folded and re-spelled", ExceptionTokensNode,
+		{"names folded and re-spelled", config.ExceptionTokensNode,
 			"/metadata/identity/oauth2/token?API-Version=1&Resource=r&Client_ID=client-x",
 			"/metadata/identity/oauth2/token?api-version=1&client_id=client-x&resource=r", "tok-client-x"},
-		{"any: IMDS gets the pod's request", ExceptionTokensAny,
+		{"any: IMDS gets the pod's request", config.ExceptionTokensAny,
 			"/metadata/identity/oauth2/token?api-version=1&resource=r&Client_Id=client-a&extra=1",
 			"/metadata/identity/oauth2/token?api-version=1&resource=r&Client_Id=client-a&extra=1", "tok-client-a"},
 	}

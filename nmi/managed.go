@@ -17,17 +17,6 @@ import (
 	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
 )
 
-// Modes: who puts user-assigned identities on the node pools.
-const (
-	// ModeStandard: the assigner, which records each assignment; NMI serves
-	// an identity only when its record vouches for it.
-	ModeStandard = "standard"
-	// ModeManaged: the cluster's admins (`az vmss identity assign`), as with
-	// the AKS pod-identity add-on; there are no records, and NMI checks the
-	// client and resource ID pairing on the token IMDS returns.
-	ModeManaged = "managed"
-)
-
 // EventIdentityNotAssigned is the pod event NMI records, in managed mode,
 // the first time a pod asks for an identity its node's pool does not have.
 const EventIdentityNotAssigned = "IdentityNotAssigned"

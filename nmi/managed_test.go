@@ -10,6 +10,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/config"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
 )
@@ -40,7 +41,7 @@ func TestManagedMode(t *testing.T) {
 	}
 	f.imds.mirIDs = map[string]string{"client-a": resA, "client-x": resKubelet}
 	recorder := events.NewFakeRecorder(10)
-	f.server.mode = ModeManaged
+	f.server.mode = config.ModeManaged
 	f.server.managed = &managedIdentities{recorder: recorder, reported: map[string]bool{},
 		nodePool: func(context.Context) (nodepool.Pool, error) { return testPool, nil }}
 

@@ -10,6 +10,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/config"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 )
 
@@ -37,7 +38,7 @@ type Options struct {
 	UnknownCallerWait time.Duration
 	// TokenRefreshMargin is how long before expiry a cached token is renewed.
 	TokenRefreshMargin time.Duration
-	// TokenCacheSize bounds the cached tokens (0: DefaultTokenCacheSize).
+	// TokenCacheSize bounds the cached tokens (0: config.DefaultTokenCacheSize).
 	TokenCacheSize int
 	// UncachedTokensPerSecond and UncachedTokenBurst limit, per pod, the
 	// token requests that miss the cache (0: no limit).
@@ -69,9 +70,9 @@ type Options struct {
 	// where each namespace's user-assigned identities may live (see
 	// identity.ParseScopes); none: no restriction.
 	IdentityScopes []string
-	// Mode is ModeStandard (the assigner assigns and records identities) or
-	// ModeManaged (admins assign them; no records).
-	Mode string
+	// Mode is config.ModeStandard (the assigner assigns and records identities) or
+	// config.ModeManaged (admins assign them; no records).
+	Mode config.Mode
 	// AssignmentsNamespace is where the assigner writes its
 	// AzureAssignedIdentities, one per node pool: a user-assigned identity is
 	// served only if its entry in the record of this node's pool vouches

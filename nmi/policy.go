@@ -11,6 +11,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/config"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 )
 
@@ -84,7 +85,7 @@ func newPolicy(s *Server) tokenPolicy {
 		notProtected{s.protected},
 		inScope{s.scopes},
 	}
-	if s.mode == ModeManaged {
+	if s.mode == config.ModeManaged {
 		return append(p, pairedOnToken{s.managed})
 	}
 	return append(p, recorded{s.assignments})

@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/config"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 )
 
@@ -23,10 +24,10 @@ func TestPolicies(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, mode := range []string{ModeStandard, ModeManaged} {
+	for _, mode := range []config.Mode{config.ModeStandard, config.ModeManaged} {
 		got := newPolicy(&Server{mode: mode}).String()
 		t.Logf("%s mode:\n%s", mode, got)
-		begin, end := "<!-- token policy: "+mode+" -->\n", "<!-- end token policy -->"
+		begin, end := "<!-- token policy: "+string(mode)+" -->\n", "<!-- end token policy -->"
 		_, section, ok := strings.Cut(string(doc), begin)
 		section, _, ok2 := strings.Cut(section, end)
 		if !ok || !ok2 {
@@ -207,14 +208,14 @@ func TestRuleException(t *testing.T) {
 	for _, tt := range []struct {
 		name       string
 		pod        *corev1.Pod
-		tokens     ExceptionTokens
+		tokens     config.ExceptionTokens
 		wantExempt bool
 		want       string
 	}{
-		{"not an exception pod: the rules below decide", plain, ExceptionTokensAny, false, ""},
-		{"any: IMDS unchanged", agent, ExceptionTokensAny, true, ""},
-		{"node: the node's identity", agent, ExceptionTokensNode, true, ""},
-		{"none: no tokens", agent, ExceptionTokensNone, false, "exception_scope"},
+		{"not an exception pod: the rules below decide", plain, config.ExceptionTokensAny, false, ""},
+		{"any: IMDS unchanged", agent, config.ExceptionTokensAny, true, ""},
+		{"node: the node's identity", agent, config.ExceptionTokensNode, true, ""},
+		{"none: no tokens", agent, config.ExceptionTokensNone, false, "exception_scope"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c := &tokenCall{pod: tt.pod, header: http.Header{"Metadata": {"true"}}, query: q}

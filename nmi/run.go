@@ -26,6 +26,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/config"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/metrics"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
@@ -51,14 +52,14 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		return errors.New("node name is empty: set NODE_NAME (the chart sets it from spec.nodeName)")
 	}
 	if opts.Mode == "" {
-		opts.Mode = ModeStandard
+		opts.Mode = config.ModeStandard
 	}
 	switch opts.Mode {
-	case ModeStandard, ModeManaged:
+	case config.ModeStandard, config.ModeManaged:
 	default:
-		return fmt.Errorf("mode %q: want %s or %s", opts.Mode, ModeStandard, ModeManaged)
+		return fmt.Errorf("mode %q: want %s or %s", opts.Mode, config.ModeStandard, config.ModeManaged)
 	}
-	if opts.AssignmentsNamespace == "" && opts.Mode != ModeManaged {
+	if opts.AssignmentsNamespace == "" && opts.Mode != config.ModeManaged {
 		return errors.New("assignments namespace is empty: set --assignments-namespace to the assigner's namespace (the chart sets the release namespace)")
 	}
 	if opts.Rules == nil {
@@ -81,7 +82,7 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 	byObject := map[client.Object]cache.ByObject{&corev1.Pod{}: {Field: fields.OneTermEqualSelector("spec.nodeName", opts.NodeName)}}
 	var pool *nodepool.Pool // known before the cache starts: only its record is cached
 	switch {
-	case opts.AssignmentsNamespace == "", opts.Mode == ModeManaged:
+	case opts.AssignmentsNamespace == "", opts.Mode == config.ModeManaged:
 		// No records are read.
 	default:
 		node, err := readNode(ctx, cfg, opts.NodeName)
@@ -148,7 +149,7 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		mode:       opts.Mode,
 		log:        log,
 	}
-	if opts.Mode == ModeManaged {
+	if opts.Mode == config.ModeManaged {
 		srv.managed = &managedIdentities{nodePool: srv.assignments.nodePool, recorder: mgr.GetEventRecorder("aad-pod-identity-nmi"), reported: map[string]bool{}}
 	}
 	if opts.CRISocket != "" {
@@ -215,9 +216,9 @@ func readNode(ctx context.Context, cfg *rest.Config, name string) (*corev1.Node,
 
 // syncCaches starts the informers NMI reads and waits until they are
 // filled; managed mode has no assignment records to read.
-func syncCaches(ctx context.Context, c cache.Cache, mode string) error {
+func syncCaches(ctx context.Context, c cache.Cache, mode config.Mode) error {
 	objs := []client.Object{&corev1.Pod{}, &aadv1.AzureIdentity{}, &aadv1.AzureIdentityBinding{}, &aadv1.AzurePodIdentityException{}}
-	if mode != ModeManaged {
+	if mode != config.ModeManaged {
 		objs = append(objs, &aadv1.AzureAssignedIdentity{})
 	}
 	for _, o := range objs {

@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/config"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 )
 
@@ -37,9 +38,9 @@ type Server struct {
 	protected    identity.Protected // never served, whatever an AzureIdentity says
 	scopes       identity.Scopes    // where each namespace's identities may live
 	assignments  *assignments       // vouch for user-assigned identities (standard mode)
-	// mode is ModeStandard or ModeManaged: it chooses the token policy
+	// mode is config.ModeStandard or config.ModeManaged: it chooses the token policy
 	// (newPolicy); managed is set in managed mode.
-	mode    string
+	mode    config.Mode
 	managed *managedIdentities
 	runtime *sandboxes // nil: callers are not confirmed with the CRI
 	tokens  *tokenCache

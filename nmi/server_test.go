@@ -27,6 +27,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/config"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
 )
@@ -191,7 +192,7 @@ func newFixture(t *testing.T, objs ...client.Object) *fixture {
 		allowedPaths: []string{"/metadata/instance", "/metadata/versions"},
 		tokens:       newTokenCache(time.Minute, 0),
 		misses:       newMissLimiter(0, 0),
-		exceptions:   ExceptionPolicy{Namespaces: []string{"ns"}, Tokens: ExceptionTokensNode, NodeIdentityClientIDs: []string{"client-x"}},
+		exceptions:   ExceptionPolicy{Namespaces: []string{"ns"}, Tokens: config.ExceptionTokensNode, NodeIdentityClientIDs: []string{"client-x"}},
 		assignments:  &assignments{records: c, namespace: recordsNS, pool: &testPool, wait: 50 * time.Millisecond},
 		log:          logr.Discard(),
 	}
@@ -530,11 +531,11 @@ func TestExceptionPolicy(t *testing.T) {
 		status int
 		want   string
 	}{
-		{"exceptions outside the listed namespaces do not count", ExceptionPolicy{Namespaces: []string{"kube-system"}, Tokens: ExceptionTokensAny}, tok, 403, "no admitted AzureIdentity"},
-		{"every namespace", ExceptionPolicy{Namespaces: []string{"*"}, Tokens: ExceptionTokensAny}, tok, 200, "tok-client-a"},
-		{"any: IMDS unchanged", ExceptionPolicy{Namespaces: []string{"ns"}, Tokens: ExceptionTokensAny}, "/other", 200, "upstream /other"},
-		{"none: no token", ExceptionPolicy{Namespaces: []string{"ns"}, Tokens: ExceptionTokensNone}, "/metadata/identity/oauth2/token?api-version=1&resource=r", 403, "no tokens"},
-		{"none: instance metadata", ExceptionPolicy{Namespaces: []string{"ns"}, Tokens: ExceptionTokensNone}, "/metadata/scheduledevents", 200, "upstream /metadata/scheduledevents"},
+		{"exceptions outside the listed namespaces do not count", ExceptionPolicy{Namespaces: []string{"kube-system"}, Tokens: config.ExceptionTokensAny}, tok, 403, "no admitted AzureIdentity"},
+		{"every namespace", ExceptionPolicy{Namespaces: []string{"*"}, Tokens: config.ExceptionTokensAny}, tok, 200, "tok-client-a"},
+		{"any: IMDS unchanged", ExceptionPolicy{Namespaces: []string{"ns"}, Tokens: config.ExceptionTokensAny}, "/other", 200, "upstream /other"},
+		{"none: no token", ExceptionPolicy{Namespaces: []string{"ns"}, Tokens: config.ExceptionTokensNone}, "/metadata/identity/oauth2/token?api-version=1&resource=r", 403, "no tokens"},
+		{"none: instance metadata", ExceptionPolicy{Namespaces: []string{"ns"}, Tokens: config.ExceptionTokensNone}, "/metadata/scheduledevents", 200, "upstream /metadata/scheduledevents"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

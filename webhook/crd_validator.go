@@ -13,6 +13,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/config"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 )
 
@@ -122,7 +123,7 @@ type ExceptionValidator struct {
 	// Namespaces whose exceptions NMI honours ("*": all) and Tokens what
 	// they grant, as NMI's --exception-namespaces and --exception-tokens.
 	Namespaces []string
-	Tokens     string
+	Tokens     config.ExceptionTokens
 }
 
 var _ admitter[*aadv1.AzurePodIdentityException] = ExceptionValidator{}
@@ -140,12 +141,12 @@ func (v ExceptionValidator) Admit(_ context.Context, _ admission.Request, e, _ *
 		e.Namespace, e.Name, e.Namespace, e.Spec.PodLabels, exceptionGrant(v.Tokens)))
 }
 
-// exceptionGrant says in words what NMI's --exception-tokens gives.
-func exceptionGrant(tokens string) string {
+// exceptionGrant says in words what policy.exceptions.tokens gives.
+func exceptionGrant(tokens config.ExceptionTokens) string {
 	switch tokens {
-	case "any":
+	case config.ExceptionTokensAny:
 		return "the instance metadata service unchanged: tokens for every identity on their node's pool, other teams' and the kubelet's included"
-	case "none":
+	case config.ExceptionTokensNone:
 		return "the node's instance metadata, and no tokens"
 	}
 	return "the node's instance metadata and tokens for the node's own identity (requests naming no identity, or the kubelet identity)"

@@ -12,6 +12,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/config"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 )
 
@@ -35,7 +36,7 @@ func TestExceptionValidator(t *testing.T) {
 	tests := []struct {
 		name       string
 		namespaces []string
-		tokens     string
+		tokens     config.ExceptionTokens
 		req        admission.Request
 		want       string
 	}{

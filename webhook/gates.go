@@ -21,18 +21,6 @@ import (
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 )
 
-// Modes: who puts user-assigned identities on the node pools.
-const (
-	// ModeStandard: the assigner, which lifts the scheduling gate the
-	// webhook sets once a pod's identities are in place.
-	ModeStandard = "standard"
-	// ModeManaged: the cluster's admins, as with the AKS pod-identity
-	// add-on. Nothing would lift a gate, so pods are not gated, and the
-	// webhook lifts the gates of pods admitted while the release ran in
-	// standard mode.
-	ModeManaged = "managed"
-)
-
 // gateReleaser lifts our scheduling gate from pods as they appear: in
 // managed mode no assigner will. It watches unscheduled pods only (the
 // manager's pod cache is restricted to them, see NewManager), so a pod

@@ -13,6 +13,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
+	"github.com/aad-pod-identity/aad-pod-identity/internal/config"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 )
 
@@ -20,7 +21,7 @@ import (
 // admitted in standard mode is lifted, by the webhook's service account
 // (the pod validator lets no one else lift it).
 func TestManagedModeLiftsGates(t *testing.T) {
-	stop := startWebhook(t, Options{Mode: ModeStandard})
+	stop := startWebhook(t, Options{Mode: config.ModeStandard})
 	ns := newNamespace(t)
 	id, binding, pod := walkthrough("demo", demoClientID, demoResourceID)
 	apply(t, ns, id)
@@ -30,7 +31,7 @@ func TestManagedModeLiftsGates(t *testing.T) {
 		t.Fatal("standard mode did not gate the demo pod")
 	}
 	stop()
-	startWebhook(t, Options{Mode: ModeManaged})
+	startWebhook(t, Options{Mode: config.ModeManaged})
 	apply(t, ns, strings.Replace(pod, "name: demo\n", "name: demo-managed\n", 1))
 	managed := getPod(t, ns, "demo-managed")
 	if identity.HasGate(managed) || managed.Annotations["aadpodidentity.k8s.io/identities"] != ns+"/demo" {

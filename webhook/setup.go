@@ -30,6 +30,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/config"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/metrics"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
@@ -74,17 +75,17 @@ type Options struct {
 	// AllowCrossNamespace lets a pod match bindings in every namespace, as
 	// releases before this design did.
 	AllowCrossNamespace bool
-	// Mode is ModeStandard (pods with user-assigned identities are gated
-	// until the assigner has put them on the pools) or ModeManaged (admins
+	// Mode is config.ModeStandard (pods with user-assigned identities are gated
+	// until the assigner has put them on the pools) or config.ModeManaged (admins
 	// assign identities; no gate, and gates set earlier are lifted).
-	Mode string
+	Mode config.Mode
 	// TrustedServiceAccounts ("namespace/name") may change the label,
 	// annotations and gate of an existing pod.
 	TrustedServiceAccounts []string
 	// ExceptionNamespaces and ExceptionTokens are NMI's scope for
 	// AzurePodIdentityExceptions, told to whoever creates one.
 	ExceptionNamespaces []string
-	ExceptionTokens     string
+	ExceptionTokens     config.ExceptionTokens
 	// ProtectedIdentities (client or resource IDs) are the cluster's own;
 	// no AzureIdentity may name them.
 	ProtectedIdentities []string
@@ -117,7 +118,7 @@ func NewManager(ctx context.Context, cfg *rest.Config, opts Options) (manager.Ma
 		// conditions) would be most of the cache.
 		&corev1.Node{}: {Transform: nodeForTargets},
 	}
-	if opts.Mode == ModeManaged {
+	if opts.Mode == config.ModeManaged {
 		byObject[&corev1.Pod{}] = unscheduledPods()
 	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
@@ -227,19 +228,19 @@ func Setup(ctx context.Context, mgr manager.Manager, server webhook.Server, opts
 		nodes client.Reader
 	)
 	switch opts.Mode {
-	case ModeStandard, "":
+	case config.ModeStandard, "":
 		gate, nodes = true, mgr.GetClient()
 		// Started with the cache, so that the first admission does not
 		// wait for the node informer to sync.
 		if _, err := mgr.GetCache().GetInformer(ctx, &corev1.Node{}); err != nil {
 			return fmt.Errorf("watching nodes: %w", err)
 		}
-	case ModeManaged:
+	case config.ModeManaged:
 		if err := addGateReleaser(mgr, mgr.GetLogger().WithName("gates")); err != nil {
 			return fmt.Errorf("adding the gate releaser: %w", err)
 		}
 	default:
-		return fmt.Errorf("mode %q: want %s or %s", opts.Mode, ModeStandard, ModeManaged)
+		return fmt.Errorf("mode %q: want %s or %s", opts.Mode, config.ModeStandard, config.ModeManaged)
 	}
 	if opts.AdoptPreexistingPods {
 		err = mgr.Add(&adopter{reader: mgr.GetAPIReader(), client: mgr.GetClient(), resolver: resolver,

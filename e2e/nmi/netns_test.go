@@ -33,10 +33,13 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/yaml"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/config"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/fakeazure"
@@ -634,6 +637,30 @@ func writeKubeconfig(t *testing.T, env *envtest.Environment) string {
 	return path
 }
 
+// nmiConfig writes the harness's NMI configuration.
+func nmiConfig(t *testing.T) string {
+	t.Helper()
+	c := config.Configuration{TypeMeta: metav1.TypeMeta{APIVersion: config.APIVersion, Kind: config.Kind}}
+	c.Policy.Exceptions.Namespaces = []string{"default"}
+	c.NMI.SyncPeriod = &metav1.Duration{Duration: 2 * time.Second}
+	c.NMI.RemoveStartupTaint = true
+	c.NMI.CNICacheDir = os.Getenv(envCNICache)
+	if os.Getenv("AADPI_NMI_LOAD") != "" {
+		// The load generator measures the miss path, which the per-pod
+		// limit on uncached tokens would only cut short.
+		c.NMI.UncachedTokenRate = ptr.To(0.0)
+	}
+	data, err := yaml.Marshal(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
 func startNMI(t *testing.T, kubeconfig, logPath string, extra ...string) *exec.Cmd {
 	t.Helper()
 	logFile, err := os.Create(logPath)
@@ -641,11 +668,7 @@ func startNMI(t *testing.T, kubeconfig, logPath string, extra ...string) *exec.C
 		t.Fatal(err)
 	}
 	args := []string{"--kubeconfig", kubeconfig, "--metrics-bind-address", "0",
-		"--health-probe-bind-address", "127.0.0.1:0", "--sync-period", "2s", "--remove-startup-taint",
-		"--exception-namespaces", "default", "--assignments-namespace", assignmentsNS, "--cni-cache-dir", os.Getenv(envCNICache)}
-	// The load generators' own settings (make bench-nmi lifts the per-pod
-	// limit on uncached tokens, which the miss-path run would only measure).
-	args = append(args, strings.Fields(os.Getenv("AADPI_NMI_ARGS"))...)
+		"--health-probe-bind-address", "127.0.0.1:0", "--assignments-namespace", assignmentsNS, "--config", nmiConfig(t)}
 	args = append(args, extra...)
 	cmd := exec.Command(os.Getenv(envNMIPath), args...)
 	cmd.Env = append(os.Environ(), "NODE_NAME="+nodeName)

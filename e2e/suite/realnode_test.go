@@ -237,7 +237,7 @@ func testRuntimeKnowsPod(t *testing.T) {
 
 // testRuntimeConfirmsCallers: the chart gives NMI the node's containerd
 // socket, and NMI confirms every caller with it. A pod admitted for an
-// identity gets its token, which with --cri-socket NMI serves only to a
+// identity gets its token, which with nmi.criSocket NMI serves only to a
 // caller the runtime confirms; then the API is made to give that pod's IP to
 // another pod and the other way round, as NMI's cache would show them after
 // an IP changed hands unseen: the other pod is never served the identity,
@@ -247,8 +247,8 @@ func testRuntimeKnowsPod(t *testing.T) {
 func testRuntimeConfirmsCallers(t *testing.T) {
 	n := node(t, 0)
 	nmiPod := componentPods(t, "nmi", n.Name)[0]
-	if args := kubectl(t, "-n", releaseNS, "get", nmiPod, "-o", "jsonpath={.spec.containers[0].args}"); !strings.Contains(args, "--cri-socket=") {
-		t.Fatalf("NMI on %s runs without --cri-socket: %s", n.Name, args)
+	if cfg := kubectl(t, "-n", releaseNS, "get", "configmap", release+"-config", "-o", `jsonpath={.data.config\.yaml}`); !strings.Contains(cfg, "criSocket: ") {
+		t.Fatalf("NMI on %s runs without nmi.criSocket: %s", n.Name, cfg)
 	}
 	id := userIdentity(t, "e2e-runtime", "e2e-runtime")
 	demoPod{Name: "runtime-owner", Labels: map[string]string{aadv1.BindingLabel: "e2e-runtime"}, ClientID: id.ClientID, Node: n.Name}.create(t)

@@ -73,14 +73,53 @@ affinity:
 {{- end }}
 {{- end }}
 
-{{/* NMI's DaemonSet node selection as JSON, from the values its pod template uses: the webhook
-and assigner put identities only onto the pools of nodes NMI runs on (--nmi-node-selection). */}}
+{{- define "aad-pod-identity.config" -}}{{ include "aad-pod-identity.fullname" . }}-config{{- end }}
+
+{{/* NMI's DaemonSet node selection, from the values its pod template uses: the webhook and
+assigner put identities only onto the pools of nodes NMI runs on (policy.nmiNodeSelection). */}}
 {{- define "aad-pod-identity.nmiNodeSelection" -}}
 {{- $s := dict -}}
 {{- with .Values.nmi.nodeSelector }}{{ $_ := set $s "nodeSelector" . }}{{ end -}}
 {{- with .Values.nmi.affinity }}{{ $_ := set $s "affinity" . }}{{ end -}}
 {{- with .Values.nmi.tolerations }}{{ $_ := set $s "tolerations" . }}{{ end -}}
-{{- printf "--nmi-node-selection=%s" (toJson $s) | quote -}}
+{{- toJson $s -}}
+{{- end }}
+
+{{/* The components' one configuration file (internal/config, docs/configuration.md): the
+webhook, the assigner and NMI all read it from the release's ConfigMap. */}}
+{{- define "aad-pod-identity.configuration" -}}
+{{- $nmi := .Values.nmi -}}
+{{- $exceptions := dict "namespaces" .Values.exceptions.namespaces "tokens" .Values.exceptions.tokens -}}
+{{- with include "aad-pod-identity.nodeIdentityClientIDs" . | splitList "," | compact }}{{ $_ := set $exceptions "nodeIdentityClientIDs" . }}{{ end -}}
+{{- $policy := dict "mode" .Values.mode "allowCrossNamespace" .Values.webhook.allowCrossNamespace "exceptions" $exceptions
+  "serveExternalIdentities" $nmi.serveExternalIdentities "nmiNodeSelection" (include "aad-pod-identity.nmiNodeSelection" . | fromJson) -}}
+{{- with include "aad-pod-identity.protectedIdentities" . | splitList "," | compact }}{{ $_ := set $policy "protectedIdentities" . }}{{ end -}}
+{{- with .Values.identityScopes }}{{ $_ := set $policy "identityScopes" . }}{{ end -}}
+{{- $webhook := dict "configurationName" (include "aad-pod-identity.fullname" .) "adoptPreexistingPods" .Values.webhook.adoptPreexistingPods
+  "trustedServiceAccounts" (list (printf "%s/%s" .Release.Namespace (include "aad-pod-identity.webhook" .)) (printf "%s/%s" .Release.Namespace (include "aad-pod-identity.assigner" .))) -}}
+{{- if not .Values.certManager.enabled }}
+{{- $_ := set $webhook "certRotation" (dict "enabled" true "secretName" (include "aad-pod-identity.webhookCertSecret" .) "serviceName" (include "aad-pod-identity.webhook" .)) -}}
+{{- end -}}
+{{- $assigner := dict "leaderElect" .Values.assigner.leaderElect "gcGracePeriod" .Values.assigner.gcGracePeriod "driftCheckPeriod" .Values.assigner.driftCheckPeriod -}}
+{{- with concat .Values.assigner.immutableIdentities (list .Values.nodeIdentity.clientID .Values.nodeIdentity.resourceID | compact) }}{{ $_ := set $assigner "immutableIdentities" . }}{{ end -}}
+{{- $nmiConfig := dict "syncPeriod" $nmi.syncPeriod "unknownCallerWait" $nmi.unknownCallerWait "tokenCacheSize" (int $nmi.tokenCacheSize)
+  "allowedMetadataPaths" $nmi.allowedMetadataPaths "removeStartupTaint" $nmi.removeStartupTaint "enableServicePrincipals" $nmi.enableServicePrincipals
+  "allowCrossNamespaceSecrets" $nmi.allowCrossNamespaceSecrets "flushConntrack" $nmi.flushConntrack "iptablesBackend" $nmi.iptablesBackend -}}
+{{- with $nmi.criSocket }}{{ $_ := set $nmiConfig "criSocket" (printf "/run/cri/%s" (base .)) }}{{ end -}}
+{{- with $nmi.cniCacheDir }}{{ $_ := set $nmiConfig "cniCacheDir" . }}{{ end -}}
+{{- toYaml (dict "apiVersion" "config.aadpodidentity.k8s.io/v1alpha1" "kind" "Configuration" "policy" $policy "webhook" $webhook "assigner" $assigner "nmi" $nmiConfig) -}}
+{{- end }}
+
+{{/* The configuration's mount, for the webhook's, the assigner's and NMI's containers. */}}
+{{- define "aad-pod-identity.configMount" -}}
+- name: config
+  mountPath: /etc/aad-pod-identity
+  readOnly: true
+{{- end }}
+{{- define "aad-pod-identity.configVolume" -}}
+- name: config
+  configMap:
+    name: {{ include "aad-pod-identity.config" . }}
 {{- end }}
 
 {{/* Pod template metadata; call with (dict "root" $ "component" "webhook" "v" .Values.webhook). */}}
@@ -91,10 +130,12 @@ metadata:
     {{- with .v.podLabels }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
-  {{- with .v.podAnnotations }}
   annotations:
+    {{- /* A changed configuration rolls the pods, as a changed flag did. */}}
+    checksum/config: {{ include "aad-pod-identity.configuration" .root | sha256sum }}
+    {{- with .v.podAnnotations }}
     {{- toYaml . | nindent 4 }}
-  {{- end }}
+    {{- end }}
 {{- end }}
 
 {{/* The flags that locate NMI's iptables redirect; `nmi` and `nmi cleanup` take the same. */}}
