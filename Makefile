@@ -79,7 +79,7 @@ build: ## Build the binaries into bin/.
 # Three tiers, by what they need: unit tests nothing but Go; integration
 # tests (build tag integration) the envtest control plane; end-to-end tests
 # (build tag e2e) root, for network namespaces and iptables.
-INTEGRATION_PKGS := ./webhook/... ./assigner/... ./charts/... ./internal/metrics/... ./internal/crdsync/...
+INTEGRATION_PKGS := ./webhook/... ./assigner/... ./charts/... ./internal/metrics/... ./internal/crdsync/... ./internal/config/...
 
 .PHONY: test test-unit test-integration test-e2e test-fuzz
 test: deps control-plane chart-test-deps verify-generated fmt-check vet lint test-unit test-integration test-e2e test-fuzz ## Run every test: what CI runs.

@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"flag"
+	"fmt"
 	"os"
 	"slices"
 
@@ -47,7 +48,8 @@ func main() {
 	}
 	cfg, err := config.Load(configFile, podNamespace)
 	if err != nil {
-		fail(err, "loading configuration")
+		fmt.Fprintln(os.Stderr, err) // the field and what is wrong with it
+		os.Exit(2)
 	}
 	a := cfg.Assigner
 	opts.GCGracePeriod, opts.DriftCheckPeriod, opts.BatchWindow = a.GCGracePeriod.Duration, a.DriftCheckPeriod.Duration, a.BatchWindow.Duration

@@ -46,7 +46,7 @@ func main() {
 	log := ctrl.Log.WithName("setup")
 	cfg, err := config.Load(configFile, os.Getenv("POD_NAMESPACE"))
 	if err != nil {
-		log.Error(err, "loading configuration")
+		fmt.Fprintln(os.Stderr, err) // the field and what is wrong with it
 		os.Exit(2)
 	}
 	applyConfig(&opts, &rules, cfg)

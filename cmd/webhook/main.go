@@ -6,6 +6,7 @@ package main
 import (
 	"context"
 	"flag"
+	"fmt"
 	"os"
 	"time"
 
@@ -46,7 +47,7 @@ func main() {
 	log := ctrl.Log.WithName("setup")
 	cfg, err := config.Load(configFile, podNamespace)
 	if err != nil {
-		log.Error(err, "loading configuration")
+		fmt.Fprintln(os.Stderr, err) // the field and what is wrong with it
 		os.Exit(2)
 	}
 	p, w := cfg.Policy, cfg.Webhook
