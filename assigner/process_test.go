@@ -47,7 +47,14 @@ func (w *world) runBinary(path string, batchWindow time.Duration) *process {
 	if err != nil {
 		w.t.Fatal(err)
 	}
-	files := map[string][]byte{"azure.json": azureJSON}
+	files := map[string][]byte{"azure.json": azureJSON, "config.yaml": []byte(fmt.Sprintf(`apiVersion: config.aadpodidentity.k8s.io/v1alpha1
+kind: Configuration
+assigner:
+  leaderElect: false
+  batchWindow: %s
+  gcGracePeriod: 1h
+  driftCheckPeriod: 1h
+`, batchWindow))}
 	if files["kubeconfig"], err = clientcmd.Write(kubeconfig(w)); err != nil {
 		w.t.Fatal(err)
 	}
@@ -64,9 +71,8 @@ func (w *world) runBinary(path string, batchWindow time.Duration) *process {
 		w.t.Fatal(err)
 	}
 	cmd := exec.Command(path, "--kubeconfig", filepath.Join(dir, "kubeconfig"), "--azure-config-file", filepath.Join(dir, "azure.json"),
-		"--arm-endpoint", w.arm.URL, "--aad-authority-host", aadSrv.URL, "--leader-elect=false",
-		"--metrics-bind-address", "0", "--health-probe-bind-address", "0", "--batch-window", batchWindow.String(),
-		"--gc-grace-period", "1h", "--drift-check-period", "1h")
+		"--arm-endpoint", w.arm.URL, "--aad-authority-host", aadSrv.URL, "--config", filepath.Join(dir, "config.yaml"),
+		"--metrics-bind-address", "0", "--health-probe-bind-address", "0")
 	cmd.Args = append(cmd.Args, strings.Fields(os.Getenv("ASSIGNER_BENCH_ARGS"))...)
 	cmd.Env = append(os.Environ(), "POD_NAMESPACE="+w.recordNS, "SSL_CERT_FILE="+filepath.Join(dir, "ca.pem"))
 	cmd.Stdout, cmd.Stderr = logFile, logFile

@@ -38,7 +38,7 @@ func TestServedOnlyWhatTheAssignerVouchesFor(t *testing.T) {
 		// record edits the pool's record, which holds an Assigned entry for
 		// the identity and one for another identity on the pool.
 		record   func(*aadv1.AzureAssignedIdentity)
-		external bool // --serve-external-identities
+		external bool // policy.serveExternalIdentities
 		status   int
 		want     string
 	}{
@@ -53,7 +53,7 @@ func TestServedOnlyWhatTheAssignerVouchesFor(t *testing.T) {
 		{"client ID of another identity on the pool", "client-b", entry(func(e *aadv1.IdentityAssignment) {
 			e.State, e.LastError = aadv1.StateFailed, `ARM reports client ID "client-mine" for identity `+rid+`, but the AzureIdentity names client ID client-b`
 		}), false, 403, "AzureIdentity ns/mine could not be assigned to this node's pool (identity_assignment_failed)"},
-		{"was on the pool before the assigner", "client-a", entry(func(e *aadv1.IdentityAssignment) { e.External = true }), false, 403, "identity_not_ours|--serve-external-identities"},
+		{"was on the pool before the assigner", "client-a", entry(func(e *aadv1.IdentityAssignment) { e.External = true }), false, 403, "identity_not_ours|policy.serveExternalIdentities"},
 		{"external, served by choice", "client-a", entry(func(e *aadv1.IdentityAssignment) { e.External = true }), true, 200, "tok-client-a"},
 		{"client ID edited after assignment", "client-a", entry(func(e *aadv1.IdentityAssignment) { e.ClientID = "client-b" }), false, 403, "different clientID or resourceID"},
 		// An earlier single-identity record (0.1's, one per identity and

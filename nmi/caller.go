@@ -87,7 +87,7 @@ func callerPod(ctx context.Context, r client.Reader, ip string) (*corev1.Pod, er
 // cache showed either change, the caller is the newer pod. It clears once
 // the kubelet reports the newer pod's IP, or ipReuseWindow after its
 // sandbox may have come. Without the container runtime's word this is a
-// guess; with --cri-socket the runtime decides instead.
+// guess; with nmi.criSocket the runtime decides instead.
 func ipMayBeReused(ctx context.Context, r client.Reader, owner *corev1.Pod, ip string, now time.Time) error {
 	var pending corev1.PodList
 	if err := r.List(ctx, &pending, client.MatchingFields{podIPIndex: noIP}); err != nil {

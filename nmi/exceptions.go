@@ -68,9 +68,9 @@ func (p ExceptionPolicy) tokenQuery(h http.Header, q url.Values) (url.Values, er
 			out.Set("client_id", req.ClientID)
 			return out, nil
 		}
-		return nil, forbidden("exception_scope", "An AzurePodIdentityException gives this pod only the node's own identity (NMI --exception-tokens=node): name no identity, or one of the node identities %v", p.NodeIdentityClientIDs)
+		return nil, forbidden("exception_scope", "An AzurePodIdentityException gives this pod only the node's own identity (policy.exceptions.tokens: node): name no identity, or one of the node identities %v", p.NodeIdentityClientIDs)
 	}
-	return nil, forbidden("exception_scope", "An AzurePodIdentityException gives this pod the node's instance metadata but no tokens (NMI --exception-tokens=none)")
+	return nil, forbidden("exception_scope", "An AzurePodIdentityException gives this pod the node's instance metadata but no tokens (policy.exceptions.tokens: none)")
 }
 
 // pathAllowed tells which non-token paths an exception pod may reach: with

@@ -41,7 +41,7 @@ func TestExceptionPodsGetOnlyTheNodeIdentity(t *testing.T) {
 		name   string
 		ip     string
 		tokens config.ExceptionTokens
-		paths  []string // NMI's --allowed-metadata-paths; nil: the default
+		paths  []string // NMI's nmi.allowedMetadataPaths; nil: the default
 		target string
 		status int
 	}{

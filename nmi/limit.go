@@ -75,7 +75,7 @@ func (l *missLimiter) sweep(now time.Time) {
 // cache to catch up (an unknown caller's IP, a newer pod's, the assigner's
 // record): each holds a connection, two goroutines and about 60 KiB of
 // heap and stacks (TestWaitingRequestsAreCapped) for up to
-// --unknown-caller-wait, and the per-address connection cap does not bound
+// nmi.unknownCallerWait, and the per-address connection cap does not bound
 // how many addresses wait.
 type waitLimit struct {
 	slots chan struct{} // nil: no cap

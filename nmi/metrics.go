@@ -21,11 +21,11 @@ var (
 	}, []string{"result"})
 	tokenCacheEntries = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "nmi_token_cache_entries",
-		Help: "Tokens in the cache, at most --token-cache-size.",
+		Help: "Tokens in the cache, at most nmi.tokenCacheSize.",
 	})
 	tokenCacheEvictions = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "nmi_token_cache_evictions_total",
-		Help: "Tokens evicted, least recently used first, because the cache held --token-cache-size.",
+		Help: "Tokens evicted, least recently used first, because the cache held nmi.tokenCacheSize.",
 	})
 	upstreamDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "nmi_upstream_duration_seconds",
@@ -42,7 +42,7 @@ var (
 	})
 	connectionsRefused = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "nmi_connections_refused_total",
-		Help: "Connections closed on accept because their source address had --max-connections-per-ip open.",
+		Help: "Connections closed on accept because their source address had nmi.maxConnectionsPerIP open.",
 	})
 	waitingRequests = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "nmi_waiting_requests",
@@ -50,7 +50,7 @@ var (
 	})
 	waitsRefused = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "nmi_waits_refused_total",
-		Help: "Requests answered 503 at once instead of waiting, because --max-waiting-requests were waiting.",
+		Help: "Requests answered 503 at once instead of waiting, because nmi.maxWaitingRequests were waiting.",
 	})
 )
 

@@ -113,7 +113,7 @@ type exceptionPods struct {
 
 func (exceptionPods) name() string { return "exception" }
 func (exceptionPods) why() string {
-	return "a pod an AzurePodIdentityException matches gets what --exception-tokens grants, and no rule below applies"
+	return "a pod an AzurePodIdentityException matches gets what policy.exceptions.tokens grants, and no rule below applies"
 }
 
 func (r exceptionPods) check(ctx context.Context, c *tokenCall) error {
@@ -180,7 +180,7 @@ type notProtected struct{ protected identity.Protected }
 
 func (notProtected) name() string { return "not-protected" }
 func (notProtected) why() string {
-	return "the identity is none of the cluster's own (--protected-identities, node identities, the kubelet's from azure.json)"
+	return "the identity is none of the cluster's own (policy.protectedIdentities, node identities, the kubelet's from azure.json)"
 }
 
 func (r notProtected) check(_ context.Context, c *tokenCall) error {
@@ -196,7 +196,7 @@ type inScope struct{ scopes identity.Scopes }
 
 func (inScope) name() string { return "in-scope" }
 func (inScope) why() string {
-	return "a user-assigned identity lives under a scope --identity-scopes allows for its namespace"
+	return "a user-assigned identity lives under a scope policy.identityScopes allows for its namespace"
 }
 
 func (r inScope) check(_ context.Context, c *tokenCall) error {

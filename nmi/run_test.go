@@ -11,7 +11,7 @@ import (
 
 // The node's own (kubelet) identity, named by the cloud config AKS writes
 // on every node, is served to no pod, without any chart value; exception
-// pods with --exception-tokens=node may still name it.
+// pods with policy.exceptions.tokens: node may still name it.
 func TestKubeletIdentityIsProtected(t *testing.T) {
 	const kubelet = "11111111-2222-3333-4444-555555555555"
 	cloudConfig := filepath.Join(t.TempDir(), "azure.json")

@@ -113,7 +113,7 @@ func (e entitlement) bindingRemoved(ids ...aadv1.AzureIdentity) error {
 	for i, id := range ids {
 		names[i] = fmt.Sprintf("%s/%s (client_id %s)", id.Namespace, id.Name, id.Spec.ClientID)
 		if id.Namespace != e.pod.Namespace && !e.crossNamespace {
-			hint = "; bindings outside the pod's namespace count only when NMI runs with --allow-cross-namespace, like the webhook"
+			hint = "; bindings outside the pod's namespace count only when policy.allowCrossNamespace is true (the configuration all components read)"
 		}
 	}
 	return forbidden("binding_removed", "Pod %s is no longer bound to AzureIdentity %s: no AzureIdentityBinding with selector %q names it any more (it was deleted or changed); restore the binding to use it again%s",

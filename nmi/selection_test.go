@@ -51,7 +51,7 @@ func TestSelectIdentity(t *testing.T) {
 		{"binding gone, its resource id named", tokenRequest{ResourceID: "/subs/x/ids/b"}, nil, ids(b), "", http.StatusForbidden, "binding_removed", "restore the binding"},
 		{"binding gone, another one named", tokenRequest{ClientID: "eeee"}, nil, ids(a), "", http.StatusForbidden, "binding_removed", "ns/a"},
 		{"one binding gone, the other served", tokenRequest{}, ids(a), ids(b), "a", 0, "", ""},
-		{"cross-namespace binding without the flag", tokenRequest{}, nil, ids(other), "", http.StatusForbidden, "binding_removed", "--allow-cross-namespace"},
+		{"cross-namespace binding without the flag", tokenRequest{}, nil, ids(other), "", http.StatusForbidden, "binding_removed", "policy.allowCrossNamespace"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

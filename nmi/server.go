@@ -157,7 +157,7 @@ func (s *Server) proxy(w http.ResponseWriter, r *http.Request) (string, error) {
 // as far as their policy goes.
 func (s *Server) other(w http.ResponseWriter, r *http.Request) (string, error) {
 	if exempt, err := s.exemptCaller(r); err != nil || !exempt || !s.exceptions.pathAllowed(s, r.URL.Path) {
-		return "", forbidden("path_not_allowed", "Path %s is not served to pods; allowed: the token endpoint, %s (NMI flag --allowed-metadata-paths)", r.URL.Path, strings.Join(s.allowedPaths, ", "))
+		return "", forbidden("path_not_allowed", "Path %s is not served to pods; allowed: the token endpoint, %s (configuration nmi.allowedMetadataPaths)", r.URL.Path, strings.Join(s.allowedPaths, ", "))
 	}
 	return s.proxy(w, r)
 }
@@ -259,7 +259,7 @@ func (s *Server) identityToken(ctx context.Context, c *tokenCall) (Token, error)
 			return tok, err
 		}
 	case s.sp == nil:
-		return Token{}, forbidden("service_principals_disabled", "AzureIdentity %s is a service principal (type %d); NMI serves those only with --enable-service-principals", name, id.Spec.Type)
+		return Token{}, forbidden("service_principals_disabled", "AzureIdentity %s is a service principal (type %d); NMI serves those only with nmi.enableServicePrincipals: true", name, id.Spec.Type)
 	default:
 		var err error
 		if secret, err = s.sp.secret(ctx, id); err != nil {

@@ -263,7 +263,7 @@ func TestServer(t *testing.T) {
 		{"terminating pod", "10.0.0.8", tok, false, 403, "No running pod"},
 		{"host network pod", "10.0.0.9", tok, false, 403, "No running pod"},
 		{"no metadata header", "10.0.0.1", tok, true, 400, "Required metadata header"},
-		{"service principals disabled", "10.0.0.10", tok, false, 403, "--enable-service-principals"},
+		{"service principals disabled", "10.0.0.10", tok, false, 403, "nmi.enableServicePrincipals"},
 		{"exception pod passes through", "10.0.0.5", tok, false, 200, "tok-node-identity"},
 		{"exception pod other path", "10.0.0.5", "/metadata/scheduledevents", false, 200, "upstream /metadata/scheduledevents"},
 		{"exception pod naming a pool identity", "10.0.0.5", tok + "&client_id=client-a", false, 403, "only the node's own identity"},
@@ -432,14 +432,14 @@ func TestBindingChangesWhilePodRuns(t *testing.T) {
 }
 
 // A binding outside the pod's namespace counts only with
-// --allow-cross-namespace, as in the webhook.
+// policy.allowCrossNamespace, as in the webhook.
 func TestCrossNamespaceBinding(t *testing.T) {
 	tests := []struct {
 		crossNamespace bool
 		status         int
 		want           string
 	}{
-		{false, 403, "count only when NMI runs with --allow-cross-namespace"},
+		{false, 403, "count only when policy.allowCrossNamespace is true"},
 		{true, 200, "tok-client-x"},
 	}
 	for _, tt := range tests {

@@ -153,7 +153,7 @@ func (s *servicePrincipals) secret(ctx context.Context, id *aadv1.AzureIdentity)
 		key.Namespace = id.Namespace
 	}
 	if key.Namespace != id.Namespace && !s.allowCrossNamespace {
-		return nil, forbidden("cross_namespace_secret", "AzureIdentity %s refers to Secret %s in another namespace; move the Secret to %s or start NMI with --allow-cross-namespace-secrets", name, key, id.Namespace)
+		return nil, forbidden("cross_namespace_secret", "AzureIdentity %s refers to Secret %s in another namespace; move the Secret to %s or set nmi.allowCrossNamespaceSecrets: true", name, key, id.Namespace)
 	}
 	secret, err := s.secrets.get(ctx, key)
 	if err != nil {

@@ -147,7 +147,7 @@ func TestServicePrincipalTokens(t *testing.T) {
 		{"adEndpoint of another server", "10.0.0.8", 403, "not an Azure AD authority NMI sends secrets to"},
 		{"adEndpoint over plain HTTP", "10.0.0.9", 403, "not an Azure AD authority NMI sends secrets to"},
 		{"adEndpoint naming NMI's own authority", "10.0.0.10", 200, `"token_type":"Bearer"`},
-		{"secret in another namespace", "10.0.0.4", 403, "--allow-cross-namespace-secrets"},
+		{"secret in another namespace", "10.0.0.4", 403, "nmi.allowCrossNamespaceSecrets"},
 		{"missing secret", "10.0.0.5", 500, "does not exist"},
 		{"certificate", "10.0.0.6", 200, `"client_id":"` + app.AppID},
 		{"unusable certificate", "10.0.0.7", 500, "no usable certificate"},

@@ -109,7 +109,7 @@ func (v IdentityValidator) Admit(_ context.Context, _ admission.Request, id, _ *
 	var warnings []string
 	if ref := id.Spec.ClientPassword; id.Spec.Type != aadv1.UserAssignedMSI && ref != nil && ref.Namespace != "" && ref.Namespace != id.Namespace {
 		warnings = append(warnings, fmt.Sprintf(
-			"%s: Secret %s/%s is outside the identity's namespace %s; NMI reads it only when started with --allow-cross-namespace-secrets",
+			"%s: Secret %s/%s is outside the identity's namespace %s; NMI reads it only with nmi.allowCrossNamespaceSecrets: true",
 			field.NewPath("spec", "clientPassword", "namespace"), ref.Namespace, ref.Name, id.Namespace))
 	}
 	return validOrWarned(warnings)
@@ -121,7 +121,7 @@ func (v IdentityValidator) Admit(_ context.Context, _ admission.Request, id, _ *
 // harms nobody.
 type ExceptionValidator struct {
 	// Namespaces whose exceptions NMI honours ("*": all) and Tokens what
-	// they grant, as NMI's --exception-namespaces and --exception-tokens.
+	// they grant, as NMI's policy.exceptions.namespaces and policy.exceptions.tokens.
 	Namespaces []string
 	Tokens     config.ExceptionTokens
 }

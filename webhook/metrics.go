@@ -20,7 +20,7 @@ var gatesLifted = prometheus.NewCounter(prometheus.CounterOpts{
 
 var podsAdopted = prometheus.NewCounter(prometheus.CounterOpts{
 	Name: "aadpodidentity_webhook_pods_adopted_total",
-	Help: "Labelled pods created before the webhook that it resolved and annotated (--adopt-preexisting-pods).",
+	Help: "Labelled pods created before the webhook that it resolved and annotated (webhook.adoptPreexistingPods).",
 })
 
 func init() {

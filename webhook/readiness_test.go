@@ -103,7 +103,7 @@ func TestReadyOnlyOnceCertificatesAreLoaded(t *testing.T) {
 	})
 }
 
-// On shutdown the webhook drains: for --shutdown-drain it still answers,
+// On shutdown the webhook drains: for webhook.shutdownDrain it still answers,
 // each answer closing its connection, and is unready; then it stops.
 func TestShutdownDrains(t *testing.T) {
 	certDir := t.TempDir()

@@ -289,7 +289,7 @@ type CertWaitingServer struct {
 // errNoCertificate says why a webhook without its certificate is not ready.
 var errNoCertificate = errors.New("no serving certificate yet: with cert-manager, its Certificate has not been issued " +
 	"(is cert-manager running? see `kubectl describe certificate` in the release namespace); " +
-	"with --cert-rotation, the rotator has not written it")
+	"with webhook.certRotation.enabled, the rotator has not written it")
 
 // Checker is the readiness check: ready once the server answers TLS, and
 // until the certificate exists an error that says why it does not.

@@ -52,7 +52,7 @@ const (
 	envPods    = "AADPI_NMI_PODS" // comma-separated name=netns=ip
 	envNMIPath = "AADPI_NMI_BINARY"
 	// envCNICache is the CNI results cache the test writes for the pods,
-	// as a container runtime would, for NMI's --cni-cache-dir.
+	// as a container runtime would, for NMI's nmi.cniCacheDir.
 	envCNICache = "AADPI_NMI_CNI_CACHE"
 	bridge      = "cni0"
 	metadataIP  = "169.254.169.254"

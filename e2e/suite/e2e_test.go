@@ -91,7 +91,7 @@ func denied(t *testing.T, pod *corev1.Pod) {
 	if !strings.Contains(first.Line, "403") {
 		t.Errorf("denial is not NMI's 403: %s", first.Line)
 	}
-	// Any round: an unknown caller waits out NMI's --unknown-caller-wait
+	// Any round: an unknown caller waits out NMI's nmi.unknownCallerWait
 	// (5 s) on each of the demo's requests, so a round takes a while.
 	waitFor(t, pod.Namespace, pod.Name, defaultError, time.Time{}, 2*time.Minute)
 	never(t, pod.Namespace, pod.Name, userToken)

@@ -293,7 +293,7 @@ func testRuntimeConfirmsCallers(t *testing.T) {
 	waitFor(t, owner.Namespace, owner.Name, userToken, time.Now(), 2*time.Minute)
 }
 
-// sandboxHasIP checks what NMI's --cri-socket relies on: the pod's ready
+// sandboxHasIP checks what NMI's nmi.criSocket relies on: the pod's ready
 // sandbox is found by the kubelet's pod UID label and reports the pod's IP.
 func sandboxHasIP(t *testing.T, sock string, pod *corev1.Pod) {
 	t.Helper()
@@ -319,7 +319,7 @@ func sandboxHasIP(t *testing.T, sock string, pod *corev1.Pod) {
 	}
 }
 
-// cniResultNamesBridgePort checks what NMI's --cni-cache-dir relies on:
+// cniResultNamesBridgePort checks what NMI's nmi.cniCacheDir relies on:
 // containerd caches the bridge plugin's result under /var/lib/cni/results,
 // and the result holding the pod's address names, outside the pod, an
 // interface of the node that is a port of the bridge.

@@ -183,7 +183,7 @@ func nmiRoot(t *testing.T, img v1.Image) {
 		if rules := in("iptables-" + b + "-save"); !strings.Contains(rules, "--to-destination 127.0.0.1:2579") || !strings.Contains(rules, "ctstate") {
 			t.Fatalf("%s: rules written from the image are not in the kernel:\n%s", b, rules)
 		}
-		image("/nmi", "cleanup", "--iptables-backend=auto")
+		image("/nmi", "cleanup")
 		if rules := in("iptables-" + b + "-save"); strings.Contains(rules, "aad-metadata") {
 			t.Errorf("%s: the image's NMI left its chains behind:\n%s", b, rules)
 		}

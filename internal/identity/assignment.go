@@ -71,7 +71,7 @@ func CheckAssignment(rec *aadv1.IdentityAssignment, id *aadv1.AzureIdentity, all
 			Message: fmt.Sprintf("AzureIdentity %s is not assigned to this node's pool (%s)", name, orNone(string(rec.State)))}
 	case rec.External && !allowExternal:
 		return &AssignmentError{Reason: ReasonExternal,
-			Message: fmt.Sprintf("AzureIdentity %s names an identity that was on this node's pool before the assigner put it there, so nothing ties it to the AzureIdentity; it is served only with --serve-external-identities", name)}
+			Message: fmt.Sprintf("AzureIdentity %s names an identity that was on this node's pool before the assigner put it there, so nothing ties it to the AzureIdentity; it is served only with policy.serveExternalIdentities: true", name)}
 	}
 	return nil
 }

@@ -12,7 +12,7 @@ var (
 	})
 	spoofGuardedPods = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "nmi_antispoof_pods",
-		Help: "Pod addresses the anti-spoofing chain ties to their host-side interface (--cni-cache-dir).",
+		Help: "Pod addresses the anti-spoofing chain ties to their host-side interface (nmi.cniCacheDir).",
 	})
 )
 
