@@ -156,3 +156,50 @@ func testPod(name string) *corev1.Pod {
 		aadv1.AnnotationNodePools:  testPool.ID(),
 	}}}
 }
+
+// The record names its pool for kubectl get, whether the round creates it
+// or finds one written before the field existed.
+func TestRecordNamesItsPool(t *testing.T) {
+	ctx := context.Background()
+	ai := &aadv1.AzureIdentity{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "a"},
+		Spec:       aadv1.AzureIdentitySpec{Type: aadv1.UserAssignedMSI, ResourceID: uami(1), ClientID: clientIDOf(uami(1))},
+	}
+	older := &aadv1.AzureAssignedIdentity{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "sys", Name: identity.RecordName(testPool)},
+		Spec:       aadv1.AzureAssignedIdentitySpec{NodePool: testPool.ID()},
+		Status: aadv1.AzureAssignedIdentityStatus{Assigned: 1, Identities: []aadv1.IdentityAssignment{{
+			AzureIdentityRef: aadv1.IdentityReference{Namespace: "ns", Name: "a"},
+			ClientID:         ai.Spec.ClientID, ResourceID: ai.Spec.ResourceID, State: aadv1.StateAssigned, Pods: 1,
+		}}},
+	}
+	tests := []struct {
+		name     string
+		existing []client.Object
+	}{
+		{name: "new record"},
+		{name: "record written before nodePoolName", existing: []client.Object{older}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := fake.NewClientBuilder().WithScheme(identity.Scheme()).
+				WithObjects(append(tc.existing, ai.DeepCopy(), testPod("p0"))...).
+				WithStatusSubresource(&aadv1.AzureAssignedIdentity{}).
+				WithIndex(&corev1.Pod{}, podPoolIndex, indexPodPools).
+				WithIndex(&aadv1.AzureAssignedIdentity{}, recordPoolIndex, indexRecordPool).
+				Build()
+			r := newPoolReconciler(c, nil, Options{Namespace: "sys", GCGracePeriod: time.Minute, DriftCheckPeriod: time.Hour, Clock: clocktesting.NewFakeClock(t0)})
+			r.arm = &fakeARM{onPool: map[string]bool{strings.ToLower(uami(1)): true}}
+			if _, err := r.Reconcile(ctx, ctrl.Request{NamespacedName: types.NamespacedName{Name: testPool.ID()}}); err != nil {
+				t.Fatal(err)
+			}
+			var rec aadv1.AzureAssignedIdentity
+			if err := c.Get(ctx, client.ObjectKeyFromObject(older), &rec); err != nil {
+				t.Fatal(err)
+			}
+			if rec.Status.NodePoolName != testPool.Name || rec.Spec.NodePool != testPool.ID() {
+				t.Errorf("record names pool %q (%s), want %q (%s)", rec.Status.NodePoolName, rec.Spec.NodePool, testPool.Name, testPool.ID())
+			}
+		})
+	}
+}
