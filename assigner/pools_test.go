@@ -23,7 +23,8 @@ import (
 // Rounds of one pool on a fake clock, with a fake client and ARM: the
 // identity is added and recorded, pods coming on it cost no ARM read while
 // the pool is settled, and once no pod needs it, it is removed after the
-// grace period, not before.
+// grace period, not before. The entry's pods and unneededSince change in
+// the same write, so the record never shows both.
 func TestPoolRounds(t *testing.T) {
 	const grace, drift = 5 * time.Minute, time.Hour
 	ctx := context.Background()
@@ -67,22 +68,37 @@ func TestPoolRounds(t *testing.T) {
 		t.Errorf("entry counts %d pods, want 2", rec.Pods)
 	}
 
-	clk.Step(time.Minute)
+	// Within countInterval of that count: the pods of an entry needed
+	// again are written with it all the same.
+	clk.Step(2 * time.Second)
 	for _, name := range []string{"p0", "p1"} {
 		if err := c.Delete(ctx, testPod(name)); err != nil {
 			t.Fatal(err)
 		}
 	}
 	round("no pod left: the grace period starts", grace, 2, 1)
-	if rec, _ := record(); rec.UnneededSince == nil || !rec.UnneededSince.Time.Equal(clk.Now()) {
-		t.Errorf("unneeded since %v, want now", rec.UnneededSince)
+	if rec, _ := record(); rec.UnneededSince == nil || !rec.UnneededSince.Time.Equal(clk.Now()) || rec.Pods != 0 {
+		t.Errorf("unneeded since %v with %d pods, want now and 0", rec.UnneededSince, rec.Pods)
 	}
 
+	clk.Step(2 * time.Second)
+	if err := c.Create(ctx, testPod("p2")); err != nil {
+		t.Fatal(err)
+	}
+	round("a pod again within the grace period", drift, 3, 1)
+	if rec, _ := record(); rec.UnneededSince != nil || rec.Pods != 1 {
+		t.Errorf("unneeded since %v with %d pods, want needed by 1", rec.UnneededSince, rec.Pods)
+	}
+	if err := c.Delete(ctx, testPod("p2")); err != nil {
+		t.Fatal(err)
+	}
+	round("no pod left again", grace, 4, 1)
+
 	clk.Step(grace - time.Second)
-	round("within the grace period", time.Second, 3, 1)
+	round("within the grace period", time.Second, 5, 1)
 
 	clk.Step(time.Second)
-	round("grace period over: removed", drift, 4, 2)
+	round("grace period over: removed", drift, 6, 2)
 	if len(arm.onPool) != 0 {
 		t.Errorf("identities left on the pool: %v", arm.onPool)
 	}

@@ -140,12 +140,17 @@ func (r *poolReconciler) deleteSingle(ctx context.Context, s *poolState) error {
 }
 
 // recordStatus is the record status of the pool named poolName for
-// entries: sorted, with counts.
+// entries: sorted, with counts. An entry waiting out its grace period shows
+// no pods: counts are kept up to date for wanted entries only, and the
+// record must not show pods next to unneededSince.
 func recordStatus(poolName string, entries map[types.NamespacedName]*aadv1.IdentityAssignment) aadv1.AzureAssignedIdentityStatus {
 	st := aadv1.AzureAssignedIdentityStatus{NodePoolName: poolName}
 	for _, key := range slices.SortedFunc(maps.Keys(entries), compareKeys) {
-		e := entries[key]
-		st.Identities = append(st.Identities, *e)
+		e := *entries[key]
+		if e.UnneededSince != nil {
+			e.Pods = 0
+		}
+		st.Identities = append(st.Identities, e)
 		switch e.State {
 		case aadv1.StateAssigned:
 			st.Assigned++
