@@ -29,7 +29,9 @@ type poolARM interface {
 // ARM writes, then their outcome (one more write).
 func (r *poolReconciler) apply(ctx context.Context, s *poolState, p plan) (ctrl.Result, error) {
 	for _, e := range p.clearUnneeded {
-		e.UnneededSince = nil
+		// Its pods come back in the same write: the entry showed none
+		// while unneeded (recordStatus).
+		e.UnneededSince, e.Pods = nil, s.wanted[entryKey(e)].pods
 	}
 	for _, e := range p.markUnneeded {
 		e.UnneededSince = &metav1.MicroTime{Time: p.unneededSince}

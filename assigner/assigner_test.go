@@ -59,6 +59,9 @@ func TestWalkthroughPodGateLiftedAfterAssignment(t *testing.T) {
 	if got := pod.Annotations[aadv1.AnnotationNodePools]; !strings.EqualFold(got, p.ID) {
 		t.Errorf("node-pools = %q, want %q", got, p.ID)
 	}
+	if at, err := time.Parse(time.RFC3339, pod.Annotations[aadv1.AnnotationIdentitiesReadyAt]); err != nil || at.Before(pod.CreationTimestamp.Time) {
+		t.Errorf("%s = %q (%v), want when the gate was lifted", aadv1.AnnotationIdentitiesReadyAt, pod.Annotations[aadv1.AnnotationIdentitiesReadyAt], err)
+	}
 	rec, err := w.record("demo", p)
 	if err != nil {
 		t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/client-go/tools/events"
+	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -44,7 +45,8 @@ type podReconciler struct {
 	// and identity events concern them all.
 	crossNamespace bool
 	// nmi: identities go only onto pools of nodes where NMI runs.
-	nmi nodepool.Coverage
+	nmi   nodepool.Coverage
+	clock clock.PassiveClock
 }
 
 func (r *podReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
@@ -147,6 +149,7 @@ func (r *podReconciler) update(ctx context.Context, pod *corev1.Pod, res identit
 	liftGate := assignment == aadv1.AssignmentAssigned && identity.HasGate(pod)
 	if liftGate {
 		identity.RemoveGate(pod)
+		pod.Annotations[aadv1.AnnotationIdentitiesReadyAt] = r.clock.Now().UTC().Format(time.RFC3339)
 	}
 	previous := orig.Annotations[aadv1.AnnotationAssignment]
 	if !liftGate && previous == assignment && maps.Equal(orig.Annotations, pod.Annotations) {

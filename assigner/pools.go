@@ -54,10 +54,7 @@ func newPoolReconciler(c client.Client, recorder events.EventRecorder, opts Opti
 			immutable[aadv1.IDKey(id)] = true
 		}
 	}
-	clk := opts.Clock
-	if clk == nil {
-		clk = clock.RealClock{}
-	}
+	clk := opts.clock()
 	return &poolReconciler{
 		client:    c,
 		arm:       opts.ARM,

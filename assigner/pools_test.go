@@ -23,7 +23,8 @@ import (
 // Rounds of one pool on a fake clock, with a fake client and ARM: the
 // identity is added and recorded, pods coming on it cost no ARM read while
 // the pool is settled, and once no pod needs it, it is removed after the
-// grace period, not before.
+// grace period, not before. The entry's pods and unneededSince change in
+// the same write, so the record never shows both.
 func TestPoolRounds(t *testing.T) {
 	const grace, drift = 5 * time.Minute, time.Hour
 	ctx := context.Background()
@@ -67,22 +68,37 @@ func TestPoolRounds(t *testing.T) {
 		t.Errorf("entry counts %d pods, want 2", rec.Pods)
 	}
 
-	clk.Step(time.Minute)
+	// Within countInterval of that count: the pods of an entry needed
+	// again are written with it all the same.
+	clk.Step(2 * time.Second)
 	for _, name := range []string{"p0", "p1"} {
 		if err := c.Delete(ctx, testPod(name)); err != nil {
 			t.Fatal(err)
 		}
 	}
 	round("no pod left: the grace period starts", grace, 2, 1)
-	if rec, _ := record(); rec.UnneededSince == nil || !rec.UnneededSince.Time.Equal(clk.Now()) {
-		t.Errorf("unneeded since %v, want now", rec.UnneededSince)
+	if rec, _ := record(); rec.UnneededSince == nil || !rec.UnneededSince.Time.Equal(clk.Now()) || rec.Pods != 0 {
+		t.Errorf("unneeded since %v with %d pods, want now and 0", rec.UnneededSince, rec.Pods)
 	}
 
+	clk.Step(2 * time.Second)
+	if err := c.Create(ctx, testPod("p2")); err != nil {
+		t.Fatal(err)
+	}
+	round("a pod again within the grace period", drift, 3, 1)
+	if rec, _ := record(); rec.UnneededSince != nil || rec.Pods != 1 {
+		t.Errorf("unneeded since %v with %d pods, want needed by 1", rec.UnneededSince, rec.Pods)
+	}
+	if err := c.Delete(ctx, testPod("p2")); err != nil {
+		t.Fatal(err)
+	}
+	round("no pod left again", grace, 4, 1)
+
 	clk.Step(grace - time.Second)
-	round("within the grace period", time.Second, 3, 1)
+	round("within the grace period", time.Second, 5, 1)
 
 	clk.Step(time.Second)
-	round("grace period over: removed", drift, 4, 2)
+	round("grace period over: removed", drift, 6, 2)
 	if len(arm.onPool) != 0 {
 		t.Errorf("identities left on the pool: %v", arm.onPool)
 	}
@@ -155,4 +171,51 @@ func testPod(name string) *corev1.Pod {
 		aadv1.AnnotationIdentities: "ns/a",
 		aadv1.AnnotationNodePools:  testPool.ID(),
 	}}}
+}
+
+// The record names its pool for kubectl get, whether the round creates it
+// or finds one written before the field existed.
+func TestRecordNamesItsPool(t *testing.T) {
+	ctx := context.Background()
+	ai := &aadv1.AzureIdentity{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "a"},
+		Spec:       aadv1.AzureIdentitySpec{Type: aadv1.UserAssignedMSI, ResourceID: uami(1), ClientID: clientIDOf(uami(1))},
+	}
+	older := &aadv1.AzureAssignedIdentity{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "sys", Name: identity.RecordName(testPool)},
+		Spec:       aadv1.AzureAssignedIdentitySpec{NodePool: testPool.ID()},
+		Status: aadv1.AzureAssignedIdentityStatus{Assigned: 1, Identities: []aadv1.IdentityAssignment{{
+			AzureIdentityRef: aadv1.IdentityReference{Namespace: "ns", Name: "a"},
+			ClientID:         ai.Spec.ClientID, ResourceID: ai.Spec.ResourceID, State: aadv1.StateAssigned, Pods: 1,
+		}}},
+	}
+	tests := []struct {
+		name     string
+		existing []client.Object
+	}{
+		{name: "new record"},
+		{name: "record written before nodePoolName", existing: []client.Object{older}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := fake.NewClientBuilder().WithScheme(identity.Scheme()).
+				WithObjects(append(tc.existing, ai.DeepCopy(), testPod("p0"))...).
+				WithStatusSubresource(&aadv1.AzureAssignedIdentity{}).
+				WithIndex(&corev1.Pod{}, podPoolIndex, indexPodPools).
+				WithIndex(&aadv1.AzureAssignedIdentity{}, recordPoolIndex, indexRecordPool).
+				Build()
+			r := newPoolReconciler(c, nil, Options{Namespace: "sys", GCGracePeriod: time.Minute, DriftCheckPeriod: time.Hour, Clock: clocktesting.NewFakeClock(t0)})
+			r.arm = &fakeARM{onPool: map[string]bool{strings.ToLower(uami(1)): true}}
+			if _, err := r.Reconcile(ctx, ctrl.Request{NamespacedName: types.NamespacedName{Name: testPool.ID()}}); err != nil {
+				t.Fatal(err)
+			}
+			var rec aadv1.AzureAssignedIdentity
+			if err := c.Get(ctx, client.ObjectKeyFromObject(older), &rec); err != nil {
+				t.Fatal(err)
+			}
+			if rec.Status.NodePoolName != testPool.Name || rec.Spec.NodePool != testPool.ID() {
+				t.Errorf("record names pool %q (%s), want %q (%s)", rec.Status.NodePoolName, rec.Spec.NodePool, testPool.Name, testPool.ID())
+			}
+		})
+	}
 }

@@ -88,7 +88,7 @@ func compareKeys(a, b types.NamespacedName) int {
 // first if need be, and deleted once it has no entry left. Earlier
 // one-identity records are deleted once the record holds their entries.
 func (r *poolReconciler) flush(ctx context.Context, s *poolState) error {
-	status := recordStatus(s.entries)
+	status := recordStatus(s.pool.Name, s.entries)
 	if s.record == nil {
 		if len(status.Identities) == 0 {
 			return r.deleteSingle(ctx, s)
@@ -139,12 +139,18 @@ func (r *poolReconciler) deleteSingle(ctx context.Context, s *poolState) error {
 	return nil
 }
 
-// recordStatus is the record status for entries: sorted, with counts.
-func recordStatus(entries map[types.NamespacedName]*aadv1.IdentityAssignment) aadv1.AzureAssignedIdentityStatus {
-	var st aadv1.AzureAssignedIdentityStatus
+// recordStatus is the record status of the pool named poolName for
+// entries: sorted, with counts. An entry waiting out its grace period shows
+// no pods: counts are kept up to date for wanted entries only, and the
+// record must not show pods next to unneededSince.
+func recordStatus(poolName string, entries map[types.NamespacedName]*aadv1.IdentityAssignment) aadv1.AzureAssignedIdentityStatus {
+	st := aadv1.AzureAssignedIdentityStatus{NodePoolName: poolName}
 	for _, key := range slices.SortedFunc(maps.Keys(entries), compareKeys) {
-		e := entries[key]
-		st.Identities = append(st.Identities, *e)
+		e := *entries[key]
+		if e.UnneededSince != nil {
+			e.Pods = 0
+		}
+		st.Identities = append(st.Identities, e)
 		switch e.State {
 		case aadv1.StateAssigned:
 			st.Assigned++

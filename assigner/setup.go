@@ -72,9 +72,17 @@ type Options struct {
 	// nodes' pools, since on any other node every pod reads them from IMDS.
 	NMINodeSelection    string
 	AllowCrossNamespace bool
-	// Clock paces the pool controller (nil: the real clock); tests use a
-	// fake one.
+	// Clock paces the pool controller and dates the lifted gates (nil: the
+	// real clock); tests use a fake one.
 	Clock clock.PassiveClock
+}
+
+// clock is opts.Clock, or the real one.
+func (o Options) clock() clock.PassiveClock {
+	if o.Clock == nil {
+		return clock.RealClock{}
+	}
+	return o.Clock
 }
 
 // ManagerOptions configure the process around the controllers.
@@ -227,6 +235,7 @@ func Setup(ctx context.Context, mgr manager.Manager, opts Options) error {
 		namespace:      opts.Namespace,
 		crossNamespace: opts.AllowCrossNamespace,
 		nmi:            nmi,
+		clock:          opts.clock(),
 	}
 	if err := pods.SetupWithManager(mgr); err != nil {
 		return err

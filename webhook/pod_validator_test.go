@@ -70,6 +70,8 @@ func TestPodValidatorHandle(t *testing.T) {
 	assignedWithPools.Annotations[aadv1.AnnotationAssignment] = aadv1.AssignmentAssigned
 	relabelled := admitted.DeepCopy()
 	relabelled.Labels[aadv1.BindingLabel] = "admin"
+	ready := assignedWithPools.DeepCopy()
+	ready.Annotations[aadv1.AnnotationIdentitiesReadyAt] = "2026-12-07T12:00:00Z"
 
 	ann := func(k string) string { return "metadata.annotations[" + k + "]" }
 	tests := []struct {
@@ -91,6 +93,11 @@ func TestPodValidatorHandle(t *testing.T) {
 		{"create with target pools, Assigned", podRequest(t, admissionv1.Create, assignedWithPools, nil, "alice"), false, reasonAnnotationMismatch,
 			[]string{"FieldValueForbidden " + ann(aadv1.AnnotationAssignment), "FieldValueForbidden " + ann(aadv1.AnnotationNodePools)}},
 		{"update by trusted assigner", podRequest(t, admissionv1.Update, assigned, admitted, assigner), true, reasonTrusted, nil},
+		{"readiness dated by the assigner", podRequest(t, admissionv1.Update, ready, targeted, assigner), true, reasonTrusted, nil},
+		{"readiness dated by user", podRequest(t, admissionv1.Update, ready, assignedWithPools, "alice"), false, reasonUntrustedChange,
+			[]string{"FieldValueForbidden " + ann(aadv1.AnnotationIdentitiesReadyAt)}},
+		{"create with a readiness date", podRequest(t, admissionv1.Create, ready, nil, "alice"), false, reasonAnnotationMismatch,
+			[]string{"FieldValueForbidden " + ann(aadv1.AnnotationAssignment), "FieldValueForbidden " + ann(aadv1.AnnotationIdentitiesReadyAt), "FieldValueForbidden " + ann(aadv1.AnnotationNodePools)}},
 		{"annotation update by user", podRequest(t, admissionv1.Update, assigned, admitted, "alice"), false, reasonUntrustedChange,
 			[]string{"FieldValueForbidden " + ann(aadv1.AnnotationAssignment)}},
 		{"label update by user", podRequest(t, admissionv1.Update, relabelled, admitted, "alice"), false, reasonUntrustedChange,

@@ -140,6 +140,10 @@ type AzureAssignedIdentityStatus struct {
 	// Failed counts the Failed Identities.
 	// +optional
 	Failed int32 `json:"failed,omitempty"`
+	// NodePoolName is the VMSS or VM name of spec.nodePool, for kubectl
+	// get (a printer column cannot cut it out of the ARM ID).
+	// +optional
+	NodePoolName string `json:"nodePoolName,omitempty"`
 
 	// Status, LastError and External belong to a single-identity record
 	// (0.1's, 1.x's); read only to take it over.
@@ -175,11 +179,12 @@ func CompareRefs(ref IdentityReference, namespace, name string) int {
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:metadata:annotations="api-approved.kubernetes.io=unapproved, the aadpodidentity.k8s.io API predates the approval process and is kept for compatibility"
-// +kubebuilder:printcolumn:name="Pool",type=string,JSONPath=`.spec.nodePool`
+// +kubebuilder:printcolumn:name="Pool",type=string,JSONPath=`.status.nodePoolName`
 // +kubebuilder:printcolumn:name="Assigned",type=integer,JSONPath=`.status.assigned`
 // +kubebuilder:printcolumn:name="Assigning",type=integer,JSONPath=`.status.assigning`
 // +kubebuilder:printcolumn:name="Failed",type=integer,JSONPath=`.status.failed`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+// +kubebuilder:printcolumn:name="Pool ID",type=string,JSONPath=`.spec.nodePool`,priority=1
 type AzureAssignedIdentity struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`

@@ -19,6 +19,10 @@ const (
 	AnnotationNodePools = AnnotationPrefix + "node-pools"
 	// AnnotationAssignment is Pending, Assigned or "Failed: <reason>".
 	AnnotationAssignment = AnnotationPrefix + "assignment"
+	// AnnotationIdentitiesReadyAt is when the assigner lifted the pod's gate,
+	// its identities on every target pool (RFC 3339, UTC). Written with the
+	// gate's removal, so kubectl describe pod tells it at no extra write.
+	AnnotationIdentitiesReadyAt = AnnotationPrefix + "identities-ready-at"
 
 	// SchedulingGate holds a pod until its user-assigned identities are on
 	// every node pool it may land on.

@@ -54,6 +54,7 @@ func TestWalkthroughDemo(t *testing.T) {
 		"successfully listed VMSS instances from ARM via AAD Pod Identity",
 		"successfully acquired a service principal token using a user-assigned identity",
 		"aadpodidentity.k8s.io/assignment: Assigned",
+		"aadpodidentity.k8s.io/identities-ready-at: ",
 		"azureidentitybinding.aadpodidentity.k8s.io \"demo-binding\" deleted",
 	}
 	if sandbox.KubeletFromEnv() == sandbox.KubeletReal {
