@@ -75,6 +75,20 @@ func render(release, ns, values string, set ...string) (string, error) {
 	return helm(args...)
 }
 
+// renderObjects renders the golden release with values and set, as objects.
+func renderObjects(t *testing.T, values string, set ...string) []*unstructured.Unstructured {
+	t.Helper()
+	manifest, err := render(goldenRelease, goldenNamespace, values, set...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, err := objects(manifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return objs
+}
+
 // objects splits a rendering into its documents.
 func objects(manifest string) ([]*unstructured.Unstructured, error) {
 	var objs []*unstructured.Unstructured
@@ -219,14 +233,7 @@ func TestComponentsReadOneConfiguration(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			manifest, err := render(goldenRelease, goldenNamespace, tc.values, tc.set...)
-			if err != nil {
-				t.Fatal(err)
-			}
-			objs, err := objects(manifest)
-			if err != nil {
-				t.Fatal(err)
-			}
+			objs := renderObjects(t, tc.values, tc.set...)
 			if err := tc.check(renderedConfig(t, objs, goldenNamespace)); err != nil {
 				t.Error(err)
 			}
@@ -291,14 +298,7 @@ func mountsConfig(t *testing.T, o *unstructured.Unstructured) bool {
 // One default per setting, in code: what the chart renders by default is
 // the code's default, but for what only the release can know.
 func TestChartDefaultsAreTheCodes(t *testing.T) {
-	manifest, err := render(goldenRelease, goldenNamespace, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	objs, err := objects(manifest)
-	if err != nil {
-		t.Fatal(err)
-	}
+	objs := renderObjects(t, "")
 	got := renderedConfig(t, objs, goldenNamespace)
 	code, err := config.Load("", goldenNamespace)
 	if err != nil {
@@ -331,14 +331,7 @@ func TestNMINodeSelectionIsTheDaemonSets(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, values := range []string{"", custom} {
-		manifest, err := render(goldenRelease, goldenNamespace, values)
-		if err != nil {
-			t.Fatal(err)
-		}
-		objs, err := objects(manifest)
-		if err != nil {
-			t.Fatal(err)
-		}
+		objs := renderObjects(t, values)
 		var daemonSet corev1.PodSpec
 		spec, _, _ := unstructured.NestedMap(find(t, objs, "DaemonSet/"+goldenRelease+"-nmi").Object, "spec", "template", "spec")
 		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(spec, &daemonSet); err != nil {
@@ -363,14 +356,7 @@ func TestWebhooksMatchConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	manifest, err := render(goldenRelease, goldenNamespace, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	objs, err := objects(manifest)
-	if err != nil {
-		t.Fatal(err)
-	}
+	objs := renderObjects(t, "")
 	var gotM admissionregistrationv1.MutatingWebhookConfiguration
 	var gotV admissionregistrationv1.ValidatingWebhookConfiguration
 	for _, o := range objs {
