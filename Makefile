@@ -18,6 +18,8 @@ HELM_VERSION   ?= v4.3.1
 # the rules that name it: make expands prerequisites when it reads a rule.
 HELM           ?= $(TOOLS_CACHE)/helm-$(HELM_VERSION)/helm
 GOLANGCI_LINT  ?= $(BIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
+HELM_DOCS_VERSION ?= v1.14.2
+HELM_DOCS      ?= $(TOOLS_CACHE)/helm-docs-$(HELM_DOCS_VERSION)/helm-docs
 
 # The cluster DNS of the real-node sandbox: CoreDNS with the plugins it uses
 # (hack/tools/coredns), static for its image. The version must match
@@ -57,8 +59,12 @@ manifests: $(CONTROLLER_GEN) ## Generate CRD, RBAC and webhook manifests into co
 	$(CONTROLLER_GEN) webhook paths=./webhook/... output:webhook:artifacts:config=config/webhook
 
 .PHONY: verify-generated
-verify-generated: generate manifests ## Fail when generated files are stale.
-	@git diff --exit-code -- api config || { echo "generated files are stale: run 'make generate manifests' and commit"; exit 1; }
+verify-generated: generate manifests helm-docs ## Fail when generated files are stale.
+	@git diff --exit-code -- api config $(CHART)/README.md || { echo "generated files are stale: run 'make generate manifests helm-docs' and commit"; exit 1; }
+
+.PHONY: helm-docs
+helm-docs: $(HELM_DOCS) ## Generate the chart README's values table from the comments in values.yaml.
+	$(HELM_DOCS) --chart-search-root $(CHART) --ignore-non-descriptions --skip-version-footer --sort-values-order file
 
 .PHONY: fmt fmt-check vet lint
 fmt: ## gofmt the tree.
@@ -176,6 +182,9 @@ $(COREDNS):
 $(CONTROLLER_GEN):
 	GOBIN=$(BIN) go install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_TOOLS_VERSION)
 	mv $(BIN)/controller-gen $@
+
+$(HELM_DOCS):
+	GOBIN=$(dir $@) go install -trimpath -ldflags='-s -w' github.com/norwoodj/helm-docs/cmd/helm-docs@$(HELM_DOCS_VERSION)
 
 $(GOLANGCI_LINT):
 	GOBIN=$(BIN) go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)

@@ -183,9 +183,11 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		{"identity type out of range", []string{"azureIdentities[0].name=x", "azureIdentities[0].type=3"}, "type"},
 		{"user-assigned identity without client ID", []string{"azureIdentities[0].name=x", "azureIdentities[0].type=0", "azureIdentities[0].resourceID=/r"}, "clientID"},
 		{"bad metadata path", []string{"nmi.allowedMetadataPaths={metadata/instance}"}, "allowedMetadataPaths"},
-		{"unknown mode", []string{"mode=addon"}, "mode"},
+		{"unknown mode", []string{"policy.mode=addon"}, "mode"},
+		{"mode where it was", []string{"mode=managed"}, "mode is now policy.mode"},
+		{"cross-namespace matching where it was", []string{"webhook.allowCrossNamespace=true"}, "webhook.allowCrossNamespace is now policy.allowCrossNamespace"},
 		{"runtime socket without a directory", []string{"nmi.criSocket=/containerd.sock"}, "criSocket"},
-		{"identity scope that is not an ARM scope", []string{"identityScopes.team-a={team-a-identities}"}, "identityScopes"},
+		{"identity scope that is not an ARM scope", []string{"policy.identityScopes.team-a={team-a-identities}"}, "identityScopes"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -203,7 +205,8 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 // passes --config, and the values reach that ConfigMap.
 func TestComponentsReadOneConfiguration(t *testing.T) {
 	scopes := filepath.Join(t.TempDir(), "scopes.yaml")
-	err := os.WriteFile(scopes, []byte(`identityScopes:
+	err := os.WriteFile(scopes, []byte(`policy:
+ identityScopes:
   team-b: ["/subscriptions/s/resourceGroups/b"]
   "*": ["/subscriptions/s/resourceGroups/shared", "/subscriptions/t"]
 `), 0o644)
@@ -220,14 +223,14 @@ func TestComponentsReadOneConfiguration(t *testing.T) {
 		{name: "same namespace", check: func(c *config.Configuration) error {
 			return want(!c.Policy.AllowCrossNamespace, "allowCrossNamespace %v", c.Policy.AllowCrossNamespace)
 		}},
-		{name: "cross namespace", set: []string{"webhook.allowCrossNamespace=true"}, check: func(c *config.Configuration) error {
+		{name: "cross namespace", set: []string{"policy.allowCrossNamespace=true"}, check: func(c *config.Configuration) error {
 			return want(c.Policy.AllowCrossNamespace, "allowCrossNamespace %v", c.Policy.AllowCrossNamespace)
 		}},
 		{name: "identity scopes", values: scopes, check: func(c *config.Configuration) error {
 			got := strings.Join(c.Policy.ScopeEntries(), ",")
 			return want(got == "*=/subscriptions/s/resourceGroups/shared,*=/subscriptions/t,team-b=/subscriptions/s/resourceGroups/b", "scopes %s", got)
 		}},
-		{name: "managed mode", set: []string{"mode=managed"}, managed: true, check: func(c *config.Configuration) error {
+		{name: "managed mode", set: []string{"policy.mode=managed"}, managed: true, check: func(c *config.Configuration) error {
 			return want(c.Policy.Mode == config.ModeManaged, "mode %s", c.Policy.Mode)
 		}},
 	}

@@ -192,7 +192,7 @@ func TestRBACIsLeastPrivilege(t *testing.T) {
 		builtinCerts, servicePrincipals, taintRemoval, clean, managed bool
 	}{
 		{name: "default", values: "default", clean: true},
-		{name: "managed", values: "default", set: []string{"mode=managed"}, clean: true, managed: true},
+		{name: "managed", values: "default", set: []string{"policy.mode=managed"}, clean: true, managed: true},
 		{name: "all-features", values: "builtin-certs", builtinCerts: true, servicePrincipals: true, taintRemoval: true, clean: true},
 		{name: "no-cleanup", values: "custom-issuer", servicePrincipals: true},
 	}

@@ -55,7 +55,7 @@ func TestManagedMode(t *testing.T) {
 		t.Fatalf("standard mode did not gate the pod: %v", pod.Spec.SchedulingGates)
 	}
 
-	if err := helmRelease("upgrade", "--set", "mode=managed"); err != nil {
+	if err := helmRelease("upgrade", "--set", "policy.mode=managed"); err != nil {
 		t.Fatal(err)
 	}
 	if pods := componentPods(t, "assigner", ""); len(pods) > 0 {
@@ -90,7 +90,7 @@ func TestManagedMode(t *testing.T) {
 	}
 	waitFor(t, "default", "mode-admin", userToken, time.Now(), time.Minute)
 
-	if err := helmRelease("upgrade", "--set", "mode=standard", "--set", "nmi.serveExternalIdentities=true"); err != nil {
+	if err := helmRelease("upgrade", "--set", "policy.mode=standard", "--set", "policy.serveExternalIdentities=true"); err != nil {
 		t.Fatal(err)
 	}
 	since = time.Now()

@@ -85,7 +85,7 @@ func upgradeFrom18(t *testing.T, managed bool) {
 	// chart's hook replaces the CRDs anyway (docs/migration.md).
 	flags := []string{"--install", "--skip-crds"}
 	if managed {
-		flags = append(flags, "--set", "mode=managed")
+		flags = append(flags, "--set", "policy.mode=managed")
 	}
 	if err := helmRelease("upgrade", flags...); err != nil {
 		t.Fatal(err)

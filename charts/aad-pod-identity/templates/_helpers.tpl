@@ -89,12 +89,12 @@ assigner put identities only onto the pools of nodes NMI runs on (policy.nmiNode
 webhook, the assigner and NMI all read it from the release's ConfigMap. */}}
 {{- define "aad-pod-identity.configuration" -}}
 {{- $nmi := .Values.nmi -}}
-{{- $exceptions := dict "namespaces" .Values.exceptions.namespaces "tokens" .Values.exceptions.tokens -}}
+{{- $exceptions := dict "namespaces" .Values.policy.exceptions.namespaces "tokens" .Values.policy.exceptions.tokens -}}
 {{- with include "aad-pod-identity.nodeIdentityClientIDs" . | splitList "," | compact }}{{ $_ := set $exceptions "nodeIdentityClientIDs" . }}{{ end -}}
-{{- $policy := dict "mode" .Values.mode "allowCrossNamespace" .Values.webhook.allowCrossNamespace "exceptions" $exceptions
-  "serveExternalIdentities" $nmi.serveExternalIdentities "nmiNodeSelection" (include "aad-pod-identity.nmiNodeSelection" . | fromJson) -}}
+{{- $policy := dict "mode" .Values.policy.mode "allowCrossNamespace" .Values.policy.allowCrossNamespace "exceptions" $exceptions
+  "serveExternalIdentities" .Values.policy.serveExternalIdentities "nmiNodeSelection" (include "aad-pod-identity.nmiNodeSelection" . | fromJson) -}}
 {{- with include "aad-pod-identity.protectedIdentities" . | splitList "," | compact }}{{ $_ := set $policy "protectedIdentities" . }}{{ end -}}
-{{- with .Values.identityScopes }}{{ $_ := set $policy "identityScopes" . }}{{ end -}}
+{{- with .Values.policy.identityScopes }}{{ $_ := set $policy "identityScopes" . }}{{ end -}}
 {{- $webhook := dict "configurationName" (include "aad-pod-identity.fullname" .) "adoptPreexistingPods" .Values.webhook.adoptPreexistingPods
   "trustedServiceAccounts" (list (printf "%s/%s" .Release.Namespace (include "aad-pod-identity.webhook" .)) (printf "%s/%s" .Release.Namespace (include "aad-pod-identity.assigner" .))) -}}
 {{- if not .Values.certManager.enabled }}
@@ -108,6 +108,17 @@ webhook, the assigner and NMI all read it from the release's ConfigMap. */}}
 {{- with $nmi.criSocket }}{{ $_ := set $nmiConfig "criSocket" (printf "/run/cri/%s" (base .)) }}{{ end -}}
 {{- with $nmi.cniCacheDir }}{{ $_ := set $nmiConfig "cniCacheDir" . }}{{ end -}}
 {{- toYaml (dict "apiVersion" "config.aadpodidentity.k8s.io/v1alpha1" "kind" "Configuration" "policy" $policy "webhook" $webhook "assigner" $assigner "nmi" $nmiConfig) -}}
+{{- end }}
+
+{{/* Values that moved under policy: say where, rather than ignore them. */}}
+{{- define "aad-pod-identity.movedValues" -}}
+{{- $moved := list -}}
+{{- range $k := list "mode" "exceptions" "protectedIdentities" "identityScopes" -}}
+{{- if hasKey $.Values $k }}{{ $moved = append $moved (printf "%s is now policy.%s" $k $k) }}{{ end -}}
+{{- end -}}
+{{- if hasKey .Values.webhook "allowCrossNamespace" }}{{ $moved = append $moved "webhook.allowCrossNamespace is now policy.allowCrossNamespace" }}{{ end -}}
+{{- if hasKey .Values.nmi "serveExternalIdentities" }}{{ $moved = append $moved "nmi.serveExternalIdentities is now policy.serveExternalIdentities" }}{{ end -}}
+{{- with $moved }}{{ fail (printf "values moved under policy (docs/configuration.md): %s" (join "; " .)) }}{{ end -}}
 {{- end }}
 
 {{/* The configuration's mount, for the webhook's, the assigner's and NMI's containers. */}}
@@ -182,19 +193,19 @@ metadata:
 
 {{/* The cluster's own identities: no AzureIdentity may name them (webhook) and NMI serves them to no pod. */}}
 {{- define "aad-pod-identity.protectedIdentities" -}}
-{{ join "," (concat .Values.protectedIdentities .Values.assigner.immutableIdentities (include "aad-pod-identity.nodeIdentityClientIDs" . | splitList "," | compact) (list .Values.nodeIdentity.resourceID | compact) | uniq) }}
+{{ join "," (concat .Values.policy.protectedIdentities .Values.assigner.immutableIdentities (include "aad-pod-identity.nodeIdentityClientIDs" . | splitList "," | compact) (list .Values.nodeIdentity.resourceID | compact) | uniq) }}
 {{- end }}
 
 {{/* The node identities exception pods may name: exceptions.nodeIdentityClientIDs and nodeIdentity.clientID. */}}
 {{- define "aad-pod-identity.nodeIdentityClientIDs" -}}
-{{ join "," (concat .Values.exceptions.nodeIdentityClientIDs (list .Values.nodeIdentity.clientID | compact) | uniq) }}
+{{ join "," (concat .Values.policy.exceptions.nodeIdentityClientIDs (list .Values.nodeIdentity.clientID | compact) | uniq) }}
 {{- end }}
 
 {{/* identityScopes as namespace=scope entries, for the webhook's and NMI's --identity-scopes. */}}
 {{- define "aad-pod-identity.identityScopes" -}}
 {{- $entries := list }}
-{{- range $ns := keys .Values.identityScopes | sortAlpha }}
-{{- range index $.Values.identityScopes $ns }}
+{{- range $ns := keys .Values.policy.identityScopes | sortAlpha }}
+{{- range index $.Values.policy.identityScopes $ns }}
 {{- $entries = append $entries (printf "%s=%s" $ns .) }}
 {{- end }}
 {{- end }}
