@@ -14,7 +14,8 @@ import (
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 )
 
-// Options configure NMI; cmd/nmi maps its flags onto them.
+// Options configure NMI; cmd/nmi maps its flags and configuration file
+// onto them.
 type Options struct {
 	NodeName             string
 	ListenAddress        string
