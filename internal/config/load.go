@@ -98,7 +98,9 @@ func SetDefaults(c *Configuration, namespace string) {
 	w := &c.Webhook
 	setDefault(&w.ConfigurationName, "aad-pod-identity")
 	if w.TrustedServiceAccounts == nil {
-		w.TrustedServiceAccounts = []string{namespace + "/aad-pod-identity-webhook", namespace + "/aad-pod-identity-assigner"}
+		// A process outside a pod (nmi cleanup, tests) has no namespace.
+		ns := cmp.Or(namespace, "default")
+		w.TrustedServiceAccounts = []string{ns + "/aad-pod-identity-webhook", ns + "/aad-pod-identity-assigner"}
 	}
 	setDefault(&w.AdoptPreexistingPods, ptr.To(true))
 	setDefault(&w.ShutdownDrain, duration(5*time.Second))

@@ -40,6 +40,16 @@ func TestLoadDefaults(t *testing.T) {
 	}
 }
 
+func TestLoadWithoutNamespace(t *testing.T) {
+	c, err := Load("", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Webhook.TrustedServiceAccounts[0]; got != "default/aad-pod-identity-webhook" {
+		t.Errorf("trusted service account %q", got)
+	}
+}
+
 func TestLoadKeepsExplicitZeroes(t *testing.T) {
 	c, err := load(t, header+"nmi:\n  maxConnectionsPerIP: 0\n  uncachedTokenRate: 0\nassigner:\n  leaderElect: false\n")
 	if err != nil {
