@@ -4,6 +4,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -44,6 +45,14 @@ func main() {
 	_ = fs.Parse(args) // flag.CommandLine exits on error
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
 	log := ctrl.Log.WithName("setup")
+	if cleanup && configFile != "" {
+		// The release's ConfigMap may be gone when an uninstall is retried:
+		// the rules are then looked for with the default backend.
+		if _, err := os.Stat(configFile); errors.Is(err, os.ErrNotExist) {
+			log.Info("no configuration file; cleaning up with the defaults", "config", configFile)
+			configFile = ""
+		}
+	}
 	cfg, err := config.Load(configFile, os.Getenv("POD_NAMESPACE"))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err) // the field and what is wrong with it
