@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -35,12 +36,8 @@ func spoofingDropped(t *testing.T, n *node) {
 		t.Fatalf("with the anti-spoofing chain: %v\n%s", err, run(t, "iptables", "-t", "mangle", "-S"))
 	}
 
-	jump := []string{"-t", "mangle", "-D", "PREROUTING", "-j", intercept.SpoofChain}
-	run(t, "iptables", jump...)
-	status, body, err := getWith(spoofed, tokenURL)
-	if err != nil || status != http.StatusOK || !strings.Contains(string(body), "access_token") {
-		t.Fatalf("without the chain the spoof should get bridged-a's token (or the test proves nothing): %d %s %v", status, body, err)
-	}
+	unjump := []string{"-t", "mangle", "-D", "PREROUTING", "-j", intercept.SpoofChain}
+	servedWithout(t, unjump, "the spoof, posing as bridged-a", spoofed, tokenURL)
 	// NMI's periodic check (2 s here) puts the jump back.
 	framework.Eventually(t, 30*time.Second, "the spoofed request dropped again", dropped)
 	stop()
@@ -91,20 +88,33 @@ func listenGuarded(t *testing.T, n *node) {
 	}
 	_ = local.Close()
 
-	run(t, "iptables", "-D", "INPUT", "-j", intercept.GuardChain)
+	unjump := []string{"-D", "INPUT", "-j", intercept.GuardChain}
 	// pod-a and bridged-a are admitted for the same identity.
-	for name, c := range map[string]*http.Client{"pod-a's direct connection": fromPod, "a direct connection posing as bridged-a": spoofed} {
-		status, body, err := getWith(c, direct)
-		if err != nil || status != http.StatusOK || !strings.Contains(string(body), "access_token") {
-			t.Fatalf("without the guard, %s should get a token (or the test proves nothing): %d %s %v", name, status, body, err)
-		}
-	}
+	servedWithout(t, unjump, "pod-a's direct connection", fromPod, direct)
+	servedWithout(t, unjump, "a direct connection posing as bridged-a", spoofed, direct)
 	framework.Eventually(t, 30*time.Second, "direct connections dropped again", dropped)
 	stop()
 	expectToken(t, n.signer, victim, tokenURL, n.idA.ClientID, n.idA.ResourceID)
 	// Stop this NMI before the cleanup, which it would otherwise undo.
 	_ = n.nmi.Process.Kill()
 	_ = n.nmi.Wait()
+}
+
+// servedWithout removes one of NMI's jumps (unjump, iptables arguments)
+// and expects c's request to get a token, which shows that jump is what
+// drops it. NMI's periodic check may put the jump back before the request
+// arrives, so it removes it again until the request gets through.
+func servedWithout(t *testing.T, unjump []string, what string, c *http.Client, url string) {
+	t.Helper()
+	framework.Eventually(t, 30*time.Second, "without the jump, "+what+" gets a token (or the test proves nothing)", func() error {
+		// Fails when NMI has not put the jump back yet: nothing to remove.
+		_ = exec.Command("iptables", unjump...).Run()
+		status, body, err := getWith(c, url)
+		if err != nil || status != http.StatusOK || !strings.Contains(string(body), "access_token") {
+			return fmt.Errorf("%d %s %v", status, body, err)
+		}
+		return nil
+	})
 }
 
 // droppedFor tells whether a request with c gets no answer at all.
