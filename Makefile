@@ -254,12 +254,12 @@ bench-nmi-density: deps control-plane ## NMI at node density, as root: 250 pods,
 SANDBOX_DIR ?= /tmp/aadpi-sbx-make
 
 .PHONY: sandbox-build
-sandbox-build: ## Build the component binaries, the sandbox and its pod programs into bin/.
+sandbox-build: ## Build the component binaries and the sandbox into bin/.
 	go build -o $(BIN)/ ./cmd/... ./e2e/cmd/...
 
 .PHONY: sandbox-up
 sandbox-up: deps control-plane node-binaries cert-manager $(COREDNS) sandbox-build ## Run the sandbox cluster in the foreground; Ctrl-C tears it down.
-	$(BIN)/sandbox up --bin-dir $(BIN) --dir $(SANDBOX_DIR)
+	$(BIN)/sandbox up --dir $(SANDBOX_DIR)
 
 .PHONY: sandbox-down
 sandbox-down: ## Remove the namespaces and processes a killed sandbox left behind.

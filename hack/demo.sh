@@ -19,7 +19,7 @@ CHART="$ROOT/charts/aad-pod-identity"
 export PATH="$KUBEBUILDER_ASSETS:$PATH"
 helm() { "$HELM" "$@"; }
 
-STEPS=11
+STEPS=12
 step=0
 progress() { step=$((step + 1)); printf '\n==> [%d/%d] %s\n' "$step" "$STEPS" "$*"; }
 
@@ -65,26 +65,13 @@ EOF
 trap teardown EXIT
 trap 'exit 130' INT TERM
 
-KUBELET="${SANDBOX_KUBELET:-real}"
 mkdir -p "$DIR"
-UP_ARGS=(--kubelet "$KUBELET")
-# The chart's default: cert-manager issues the webhook's certificate. The
-# kubelet stand-in runs no images, hence no cert-manager: built-in certificates.
-CERTS=(--set certManager.enabled=false)
-if [[ "$KUBELET" == real ]]; then
-	STEPS=$((STEPS + 1))
-	CERTS=()
-	progress "building the images offline (webhook, assigner, nmi, demo; pause and kubectl for the nodes and the hooks; cert-manager's controller and cainjector)"
-	"$BIN/sandbox" images --repo "$ROOT" --out "$DIR/images" 2>&1 | tail -n 3
-	UP_ARGS+=(--images "$DIR/images")
-	NODES="2 real nodes (kubelet, containerd, runc, CNI bridge)"
-else
-	STEPS=$((STEPS - 1))
-	NODES="2 kubelet stand-ins"
-fi
+progress "building the images offline (webhook, assigner, nmi, demo; pause, kubectl, CoreDNS and a shell for the nodes and the hooks; cert-manager's controller and cainjector)"
+"$BIN/sandbox" images --repo "$ROOT" --out "$DIR/images" 2>&1 | tail -n 3
+NODES="2 real nodes (kubelet, containerd, runc, CNI bridge)"
 progress "starting the sandbox: control plane, $NODES in 2 VMSS pools, fake Azure (ARM, AAD, IMDS per node)"
 # Its own session: Ctrl-C reaches this script, whose trap tears the sandbox down in order.
-setsid "$BIN/sandbox" up --id "$ID" --dir "$DIR" --bin-dir "$BIN" --ready-file "$DIR/ready" "${UP_ARGS[@]}" >"$DIR/sandbox.out" 2>&1 &
+setsid "$BIN/sandbox" up --id "$ID" --dir "$DIR" --ready-file "$DIR/ready" --images "$DIR/images" >"$DIR/sandbox.out" 2>&1 &
 SANDBOX_PID=$!
 for _ in $(seq 600); do
 	[[ -f "$DIR/ready" ]] && break
@@ -103,18 +90,16 @@ export IDENTITY_RESOURCE_GROUP="$NODE_RESOURCE_GROUP"
 export IDENTITY_NAME="demo"
 az() { "$BIN/sandbox" az --dir "$DIR" "$@"; }
 
-if [[ "$KUBELET" == real ]]; then
-	# docs/install.md, step 1, with the sandbox's values for the parts of
-	# cert-manager that cannot be built here (its webhook; docs/sandbox.md).
-	progress "docs/install.md 1: installing cert-manager with its chart (controller and cainjector built from its Go module)"
-	helm install cert-manager "$DIR/images/charts/cert-manager" --namespace cert-manager --create-namespace --set crds.enabled=true \
-		-f "$DIR/images/cert-manager-values.yaml" --wait --timeout 5m
-	kubectl -n cert-manager rollout status deployment/cert-manager
-	kubectl -n cert-manager rollout status deployment/cert-manager-cainjector
-fi
+# docs/install.md, step 1, with the sandbox's values for the parts of
+# cert-manager that cannot be built here (its webhook; docs/sandbox.md).
+progress "docs/install.md 1: installing cert-manager with its chart (controller and cainjector built from its Go module)"
+helm install cert-manager "$DIR/images/charts/cert-manager" --namespace cert-manager --create-namespace --set crds.enabled=true \
+	-f "$DIR/images/cert-manager-values.yaml" --wait --timeout 5m
+kubectl -n cert-manager rollout status deployment/cert-manager
+kubectl -n cert-manager rollout status deployment/cert-manager-cainjector
 
-progress "walkthrough 1: deploying aad-pod-identity with helm (certificates: ${CERTS[*]:-cert-manager}; assigner credentials for the fake Azure)"
-helm install aad-pod-identity "$CHART" --namespace=kube-system "${CERTS[@]}" \
+progress "walkthrough 1: deploying aad-pod-identity with helm (certificates: cert-manager; assigner credentials for the fake Azure)"
+helm install aad-pod-identity "$CHART" --namespace=kube-system \
 	--set assigner.azure.source=secret \
 	--set-string assigner.azure.tenantID="$TENANT_ID" \
 	--set-string assigner.azure.subscriptionID="$SUBSCRIPTION_ID" \
@@ -203,12 +188,10 @@ kubectl logs demo | grep -q "$want" || { echo "the demo pod did not get a token 
 
 progress "kubectl describe pod demo"
 kubectl describe pod demo
-if [[ "$KUBELET" == real ]]; then
-	echo
-	echo "\$ kubectl get certificate -n kube-system"
-	kubectl get certificate -n kube-system
-	kubectl wait -n kube-system certificate --all --for=condition=Ready --timeout=10s >/dev/null
-fi
+echo
+echo "\$ kubectl get certificate -n kube-system"
+kubectl get certificate -n kube-system
+kubectl wait -n kube-system certificate --all --for=condition=Ready --timeout=10s >/dev/null
 
 if [[ -n "$KEEP" ]]; then
 	ok=1

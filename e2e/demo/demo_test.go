@@ -56,10 +56,8 @@ func TestWalkthroughDemo(t *testing.T) {
 		"aadpodidentity.k8s.io/assignment: Assigned",
 		"aadpodidentity.k8s.io/identities-ready-at: ",
 		"azureidentitybinding.aadpodidentity.k8s.io \"demo-binding\" deleted",
-	}
-	if sandbox.KubeletFromEnv() == sandbox.KubeletReal {
 		// The nodes are real: kubectl get nodes shows the runtime.
-		wants = append(wants, "containerd://")
+		"containerd://",
 	}
 	for _, want := range wants {
 		if !strings.Contains(log, want) {

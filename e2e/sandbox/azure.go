@@ -2,17 +2,13 @@ package sandbox
 
 import (
 	"fmt"
-	"maps"
 	"net"
 	"net/http"
 	"os"
-	"slices"
-	"strings"
 	"time"
 
 	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/fakeazure"
 	testns "github.com/aad-pod-identity/aad-pod-identity/internal/testing/netns"
-	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/testca"
 )
 
 // Ports of the fake ARM and AAD on APIServerIP in the control-plane namespace.
@@ -55,14 +51,8 @@ type AzureEndpoints struct {
 // container started afterwards trust that CA through SSL_CERT_FILE (Go
 // honours it), so the components need no extra CA flags.
 func (s *Sandbox) ServeAzure() (*AzureEndpoints, error) {
-	// Real nodes' images were built to trust the CA of their NodeImages.
-	var ca *testca.CA
-	var err error
-	if s.opts.Kubelet == KubeletReal {
-		ca = s.opts.NodeImages.CA
-	} else if ca, err = testca.New("fake-azure-test-ca"); err != nil {
-		return nil, err
-	}
+	// The nodes' images were built to trust the CA of their NodeImages.
+	ca := s.opts.NodeImages.CA
 	e := &AzureEndpoints{CAFile: s.path("pki", AzureCAFile), AAD: fakeazure.NewAAD(s.Signer)}
 	if err := ca.WritePEM(e.CAFile); err != nil {
 		return nil, err
@@ -97,7 +87,6 @@ func (s *Sandbox) ServeAzure() (*AzureEndpoints, error) {
 		return nil, err
 	}
 	s.mu.Lock()
-	s.azureCAFile = e.CAFile
 	s.hostAliases = map[string]string{armHost: APIServerIP.String()}
 	s.mu.Unlock()
 	return e, nil
@@ -107,17 +96,4 @@ func (s *Sandbox) addCloser(f func()) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.closers = append(s.closers, f)
-}
-
-// podHosts is the /etc/hosts of a stand-in pod, as the kubelet writes it,
-// plus the fake cloud's names: stand-ins have no cluster DNS.
-func (s *Sandbox) podHosts(podIP, podName string) []byte {
-	var b strings.Builder
-	fmt.Fprintf(&b, "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n%s\t%s\n", podIP, podName)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, name := range slices.Sorted(maps.Keys(s.hostAliases)) {
-		fmt.Fprintf(&b, "%s\t%s\n", s.hostAliases[name], name)
-	}
-	return []byte(b.String())
 }

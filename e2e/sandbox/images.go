@@ -13,10 +13,11 @@ import (
 	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/testca"
 )
 
-// NodeImages are the container images real nodes run, built offline by
+// NodeImages are the container images the nodes run, built offline by
 // hack/images into one directory: the project's four, the sandbox's pause
-// image, a kubectl image for the chart's uninstall hooks and cert-manager's
-// controller and cainjector; beside them, cert-manager's chart. Every image
+// image, a kubectl image for the chart's uninstall hooks, CoreDNS,
+// cert-manager's controller and cainjector, and a shell (busybox); beside
+// them, cert-manager's chart. Every image
 // trusts the fake Azure's CA (appended to its CA bundle), as an image built
 // for a cloud with a private CA would, so that pods reach the fake ARM and
 // Azure AD over verified TLS with their manifests unchanged.
@@ -31,7 +32,11 @@ type NodeImages struct {
 const imageRegistry = "ghcr.io/aad-pod-identity"
 
 // nodeImageNames are the archives of a NodeImages directory.
-var nodeImageNames = append([]string{"webhook", "assigner", "nmi", "demo", "pause", "kubectl", "coredns"}, certManagerImages...)
+var nodeImageNames = append([]string{"webhook", "assigner", "nmi", "demo", "pause", "kubectl", "coredns", "busybox"}, certManagerImages...)
+
+// BusyboxImage is the sandbox's shell image (Debian's static busybox), for
+// tests of the nodes themselves.
+const BusyboxImage = "sandbox.test/busybox:1"
 
 // imageAliases are the other names each node's containerd knows an image
 // by: the walkthrough's demo image, and the images the chart's uninstall
@@ -43,6 +48,7 @@ var imageAliases = map[string][]string{
 	"cert-manager-controller": {"quay.io/jetstack/cert-manager-controller:" + CertManagerVersion},
 	"cert-manager-cainjector": {"quay.io/jetstack/cert-manager-cainjector:" + CertManagerVersion},
 	"coredns":                 {corednsImage},
+	"busybox":                 {BusyboxImage},
 }
 
 // sandboxImage is every real node's pod sandbox image (containerd's pinned

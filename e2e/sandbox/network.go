@@ -24,7 +24,6 @@ var (
 
 func nodeLinkCP(i int) net.IP   { return net.IPv4(10, 200, byte(i), 1) }
 func nodeLinkNode(i int) net.IP { return net.IPv4(10, 200, byte(i), 2) }
-func podGateway(i int) net.IP   { return net.IPv4(10, 244, byte(i), 1) }
 func podCIDR(i int) *net.IPNet {
 	return &net.IPNet{IP: net.IPv4(10, 244, byte(i), 0), Mask: net.CIDRMask(24, 32)}
 }
@@ -63,31 +62,15 @@ func setupControlPlaneNS(cp ns.NetNS) error {
 }
 
 // setupNodeNS joins node i to the control plane with a veth pair, gives it
-// the metadata address on loopback, a bridge for its pods unless a CNI
-// plugin makes one (real nodes), and routes both ways.
-func setupNodeNS(cp, node ns.NetNS, i int, bridge bool) error {
+// the metadata address on loopback (the node's CNI plugin makes the pods'
+// bridge), and routes both ways.
+func setupNodeNS(cp, node ns.NetNS, i int) error {
 	cpLink := fmt.Sprintf("n%d", i)
 	err := node.Do(func(ns.NetNS) error {
 		if err := testns.Uplink(cp, cpLink, nodeLinkNode(i), nodeLinkCP(i)); err != nil {
 			return fmt.Errorf("link to control plane: %w", err)
 		}
 		if err := testns.AddAddr("lo", &net.IPNet{IP: MetadataIP, Mask: net.CIDRMask(32, 32)}); err != nil {
-			return err
-		}
-		if !bridge {
-			return setSysctls(routerSysctls())
-		}
-		// A fixed MAC: otherwise the bridge takes the lowest of its ports'
-		// and changes it as pods come, and pods that cached the old one lose
-		// their gateway for about 30 s (ARP reachable time).
-		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "cbr0", MTU: 1500, HardwareAddr: net.HardwareAddr{0x02, 0x42, 0x0a, 0xf4, byte(i), 0x01}}}
-		if err := netlink.LinkAdd(br); err != nil {
-			return fmt.Errorf("bridge: %w", err)
-		}
-		if err := netlink.AddrAdd(br, &netlink.Addr{IPNet: &net.IPNet{IP: podGateway(i), Mask: net.CIDRMask(24, 32)}}); err != nil {
-			return err
-		}
-		if err := netlink.LinkSetUp(br); err != nil {
 			return err
 		}
 		return setSysctls(routerSysctls())
@@ -104,30 +87,6 @@ func setupNodeNS(cp, node ns.NetNS, i int, bridge bool) error {
 			return err
 		}
 		return ip.AddRoute(podCIDR(i), nodeLinkNode(i), link)
-	})
-}
-
-// setupPodNS plugs a pod namespace into its node's bridge with address podIP.
-func setupPodNS(node, pod ns.NetNS, i int, podIP net.IP, hostLink string) error {
-	err := pod.Do(func(ns.NetNS) error {
-		if err := testns.Uplink(node, hostLink, podIP, podGateway(i)); err != nil {
-			return fmt.Errorf("pod veth: %w", err)
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	return node.Do(func(ns.NetNS) error {
-		link, err := netlink.LinkByName(hostLink)
-		if err != nil {
-			return err
-		}
-		br, err := netlink.LinkByName("cbr0")
-		if err != nil {
-			return err
-		}
-		return netlink.LinkSetMaster(link, br)
 	})
 }
 

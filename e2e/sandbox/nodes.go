@@ -13,7 +13,6 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/client-go/kubernetes"
 
 	v1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/fakeazure"
@@ -41,22 +40,22 @@ type Node struct {
 	Pool  fakeazure.Pool
 	IP    string
 	NetNS string
-	// CRISocket is the node's containerd socket; empty on a stand-in.
+	// CRISocket is the node's containerd socket.
 	CRISocket string
 	// imdsCallers counts IMDS requests by source IP: only NMI, on the
 	// node's address, should ever reach IMDS from a node with NMI.
 	imdsMu      sync.Mutex
 	imdsCallers map[string]int
-	// real is the node's kubelet, containerd and kube-proxy; nil on a stand-in.
+	// real is the node's kubelet, containerd and kube-proxy.
 	real   *realNode
 	cancel context.CancelFunc
 	done   chan struct{}
 }
 
 // AddNodes creates the pools in the fake Azure, one network namespace per
-// node joined to the control plane, and a kubelet stand-in or a real node
-// per node, and waits until each Node is registered; real nodes then get
-// the cluster DNS (once ServeAzure ran, it knows the fake cloud's names).
+// node joined to the control plane, and a real node (kubelet, containerd,
+// kube-proxy) per node, and waits until each Node is registered; the nodes
+// then get the cluster DNS (once ServeAzure ran, it knows the fake cloud's names).
 func (s *Sandbox) AddNodes(ctx context.Context, opts NodeOptions) error {
 	if opts.Count == 0 {
 		opts.Count = 2
@@ -66,10 +65,6 @@ func (s *Sandbox) AddNodes(ctx context.Context, opts NodeOptions) error {
 	}
 	if opts.Count < 1 || opts.Count > maxNodes || opts.Pools < 1 || opts.Pools > opts.Count {
 		return fmt.Errorf("want 1..%d nodes over 1..nodes pools, got %d over %d", maxNodes, opts.Count, opts.Pools)
-	}
-	client, err := kubernetes.NewForConfig(s.Config)
-	if err != nil {
-		return err
 	}
 	var pools []fakeazure.Pool
 	for p := range opts.Pools {
@@ -89,7 +84,7 @@ func (s *Sandbox) AddNodes(ctx context.Context, opts NodeOptions) error {
 		if err != nil {
 			return err
 		}
-		if err := setupNodeNS(s.cp, netns, i, s.opts.Kubelet == KubeletStandin); err != nil {
+		if err := setupNodeNS(s.cp, netns, i); err != nil {
 			return err
 		}
 		n := &Node{Name: name, Pool: pool, IP: nodeLinkNode(i).String(), NetNS: s.NetNSName(fmt.Sprintf("n%d", i)),
@@ -98,38 +93,11 @@ func (s *Sandbox) AddNodes(ctx context.Context, opts NodeOptions) error {
 			return fmt.Errorf("node %s: %w", name, err)
 		}
 		providerID := fmt.Sprintf("azure://%s/virtualMachines/%d", pool.ID, instance)
-		if s.opts.Kubelet == KubeletReal {
-			if err := s.addRealNode(ctx, netns, i, n, providerID, taints); err != nil {
-				return err
-			}
-			continue
-		}
-		k := &kubelet{sb: s, index: i, name: name, nodeIP: nodeLinkNode(i), netns: netns, client: client,
-			images: s.opts.Images, log: s.log.WithValues("node", name),
-			pods: map[string]*podRun{}, ips: map[byte]bool{}, ready: make(chan struct{})}
-		kctx, cancel := context.WithCancel(context.Background())
-		n.cancel = cancel
-		errc := make(chan error, 1)
-		go func() {
-			defer close(n.done)
-			k.run(kctx, nodeObject(name, providerID, pool.Name, k.nodeIP, taints), errc)
-		}()
-		s.mu.Lock()
-		s.nodes = append(s.nodes, n)
-		s.mu.Unlock()
-		select {
-		case err := <-errc:
-			if err != nil {
-				return err
-			}
-		case <-ctx.Done():
-			return ctx.Err()
+		if err := s.addRealNode(ctx, netns, i, n, providerID, taints); err != nil {
+			return err
 		}
 	}
-	if s.opts.Kubelet == KubeletReal {
-		return s.deployClusterDNS(ctx)
-	}
-	return nil
+	return s.deployClusterDNS(ctx)
 }
 
 // Nodes returns the simulated nodes.

@@ -23,16 +23,6 @@ import (
 	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/testca"
 )
 
-// Kubelet kinds of a sandbox's nodes.
-const (
-	// KubeletReal runs a real kubelet, containerd, runc and the CNI bridge
-	// per node, with the images of NodeImages.
-	KubeletReal = "real"
-	// KubeletStandin runs the virtual-kubelet stand-in, which runs the
-	// images' binaries as processes (faster to start, no images to build).
-	KubeletStandin = "standin"
-)
-
 // NodeAssets finds kubelet, kube-proxy, containerd (with its shim and ctr),
 // the CNI plugins and the static kubectl `make node-binaries` built, and checks runc
 // is installed.
@@ -114,11 +104,8 @@ const containerdSocket = "containerd.sock"
 // ChartCRISocket is the chart's nmi.criSocket for this sandbox: the nodes
 // share the machine's filesystem, so each real node's containerd listens in
 // the node's own directory, which the chart resolves per node from
-// "$(NODE_NAME)". Stand-ins have no runtime: "".
+// "$(NODE_NAME)".
 func (s *Sandbox) ChartCRISocket() string {
-	if s.opts.Kubelet != KubeletReal {
-		return ""
-	}
 	return filepath.Join(s.nodeDir("$(NODE_NAME)"), containerdSocket)
 }
 

@@ -50,20 +50,14 @@ type Options struct {
 	Listen string
 	// Log receives the sandbox's own progress.
 	Log logr.Logger
-	// Kubelet is the kind of node: KubeletReal (the default) or KubeletStandin.
-	Kubelet string
 	// NodeAssets holds kubelet, containerd and the CNI plugins of real nodes
 	// (NodeAssets() when empty).
 	NodeAssets string
 	// KubeProxyMode is the mode of real nodes' kube-proxy: KubeProxyIPTables
 	// or KubeProxyNFTables (KubeProxyModeFromEnv() when empty).
 	KubeProxyMode string
-	// NodeImages are the images real nodes run; required with KubeletReal.
+	// NodeImages are the images the nodes run (required).
 	NodeImages *NodeImages
-	// PodInit is the podinit binary the kubelet stand-ins start containers with.
-	PodInit string
-	// Images maps container images to binaries for the stand-ins (see Images).
-	Images Images
 	// Azure is the fake cloud; a new one when nil.
 	Azure *fakeazure.State
 }
@@ -94,10 +88,7 @@ type Sandbox struct {
 	tokens map[string]string // user name → bearer token
 	// closers stop in-process servers (admin socket, fake Azure) at teardown.
 	closers []func()
-	// azureCAFile is the fake Azure's CA once ServeAzure ran.
-	azureCAFile string
-	// hostAliases are the fake cloud's names, to IPs: in stand-in pods'
-	// /etc/hosts, in the cluster DNS of real nodes.
+	// hostAliases are the fake cloud's names, to IPs, in the cluster DNS.
 	hostAliases map[string]string
 }
 
@@ -123,29 +114,20 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 	if opts.Azure == nil {
 		opts.Azure = fakeazure.NewState()
 	}
-	if opts.Kubelet == "" {
-		opts.Kubelet = KubeletReal
+	if opts.NodeImages == nil {
+		return nil, errors.New("the nodes need their images: Options.NodeImages (BuildNodeImages)")
 	}
-	switch opts.Kubelet {
-	case KubeletReal:
-		if opts.NodeImages == nil {
-			return nil, errors.New("real nodes need their images: Options.NodeImages (BuildNodeImages)")
-		}
-		if opts.NodeAssets == "" {
-			var err error
-			if opts.NodeAssets, err = NodeAssets(); err != nil {
-				return nil, err
-			}
-		}
-		if opts.KubeProxyMode == "" {
-			opts.KubeProxyMode = KubeProxyModeFromEnv()
-		}
-		if err := checkKubeProxyMode(opts.KubeProxyMode); err != nil {
+	if opts.NodeAssets == "" {
+		var err error
+		if opts.NodeAssets, err = NodeAssets(); err != nil {
 			return nil, err
 		}
-	case KubeletStandin:
-	default:
-		return nil, fmt.Errorf("unknown kubelet %q: want %s or %s", opts.Kubelet, KubeletReal, KubeletStandin)
+	}
+	if opts.KubeProxyMode == "" {
+		opts.KubeProxyMode = KubeProxyModeFromEnv()
+	}
+	if err := checkKubeProxyMode(opts.KubeProxyMode); err != nil {
+		return nil, err
 	}
 	s := &Sandbox{ID: opts.ID, Dir: opts.Dir, Azure: opts.Azure, opts: opts, log: opts.Log, tokens: map[string]string{}}
 	defer func() {
@@ -423,38 +405,9 @@ func (s *Sandbox) Stop() error {
 	return errors.Join(errs...)
 }
 
-// KubeletFromEnv is the kind of node SANDBOX_KUBELET asks for, KubeletReal
-// when it is unset.
-func KubeletFromEnv() string {
-	if k := os.Getenv("SANDBOX_KUBELET"); k != "" {
-		return k
-	}
-	return KubeletReal
-}
-
 // kubernetesServiceIP is the kubernetes Service's ClusterIP, the first of
 // --service-cluster-ip-range.
 const kubernetesServiceIP = "10.0.0.1"
-
-// podEnv is the environment every stand-in container gets unless it sets
-// the variable itself: in-cluster clients reach the apiserver at its
-// address (stand-in nodes run no kube-proxy for the kubernetes Service), and
-// trust the fake Azure's CA.
-func (s *Sandbox) podEnv() map[string]string {
-	env := map[string]string{
-		"PATH":                    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-		"KUBERNETES_SERVICE_HOST": APIServerIP.String(),
-		"KUBERNETES_SERVICE_PORT": fmt.Sprint(apiserverPort),
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.azureCAFile != "" {
-		// The only roots of the pods: they talk TLS to no one but the fake
-		// Azure and the apiserver, whose CA they get from their token volume.
-		env["SSL_CERT_FILE"] = s.azureCAFile
-	}
-	return env
-}
 
 func randomHex(n int) string {
 	b := make([]byte, n)

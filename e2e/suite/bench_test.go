@@ -37,11 +37,7 @@ func BenchmarkInstall(b *testing.B) {
 	installed(b)
 	userIdentity(b, "bench-install", "bench-install")
 	pod := demoPod{Name: "bench-install", Labels: map[string]string{aadv1.BindingLabel: "bench-install"}}.object()
-	modes := []bool{false}
-	if env.images != nil {
-		modes = append(modes, true)
-	}
-	for _, certManager := range modes {
+	for _, certManager := range []bool{false, true} {
 		b.Run(fmt.Sprintf("certManager=%t", certManager), func(b *testing.B) {
 			c := cmClient(b)
 			var toReady, toAdmitted []time.Duration
@@ -270,12 +266,9 @@ func deleteBenchPods(b *testing.B) {
 }
 
 // logComponentMemory logs, in one line, the memory cgroup of every
-// container of the release on real nodes: usage (what the kubelet's
+// container of the release: usage (what the kubelet's
 // eviction and a limit see) and its rss (anonymous) part, in MiB.
 func logComponentMemory(b *testing.B, when string) {
-	if env.sb.Nodes()[0].CRISocket == "" {
-		return
-	}
 	pods, err := env.client.CoreV1().Pods(releaseNS).List(b.Context(), metav1.ListOptions{LabelSelector: "app.kubernetes.io/instance=" + release})
 	if err != nil {
 		b.Fatal(err)

@@ -49,9 +49,6 @@ const (
 // real nodes with cert-manager built from its module.
 func TestCertManager(t *testing.T) {
 	started(t)
-	if env.images == nil {
-		t.Skip("kubelet stand-ins run no cert-manager: the suite uses the built-in certificates there")
-	}
 	runInstalled(t, []suiteCase{
 		{"serving certificate chains to the Issuer's CA, caBundle injected by cainjector", testIssuedAndInjected},
 		{"forced renewal while pods are admitted", testForcedRenewal},

@@ -28,9 +28,6 @@ import (
 // through NMI, and no pod ever reached IMDS.
 func TestClusterNetwork(t *testing.T) {
 	installed(t)
-	if env.sb.Nodes()[0].CRISocket == "" {
-		t.Skip("the nodes are kubelet stand-ins (SANDBOX_KUBELET=standin): no kube-proxy, no CoreDNS")
-	}
 	healthService(t)
 	for _, mode := range []string{sandbox.KubeProxyIPTables, sandbox.KubeProxyNFTables} {
 		t.Run(mode, func(t *testing.T) { testKubeProxyMode(t, mode) })

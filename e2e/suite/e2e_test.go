@@ -283,7 +283,7 @@ func testAssignerKilled(t *testing.T) {
 		}
 		return nil
 	})
-	killed := killAll(t, componentBinary("assigner"))
+	killed := killAll(t, "/assigner")
 	t.Logf("killed %d assigner processes with %d of the burst's ARM writes started", killed, len(env.az.ARM.Writes())-writes)
 	if killed == 0 {
 		t.Fatal("no assigner process found")
@@ -396,10 +396,7 @@ func TestUninstall(t *testing.T) {
 	})
 	// Nor a certificate: cert-manager's objects go with the release, and the
 	// Secrets cert-manager issued (which it never deletes) with them.
-	kinds := "secrets"
-	if env.images != nil {
-		kinds = "certificates.cert-manager.io,issuers.cert-manager.io,certificaterequests.cert-manager.io,secrets"
-	}
+	kinds := "certificates.cert-manager.io,issuers.cert-manager.io,certificaterequests.cert-manager.io,secrets"
 	left := kubectl(t, "-n", releaseNS, "get", kinds, "-o", "name")
 	for _, name := range strings.Fields(left) {
 		if strings.Contains(name, "/"+webhookName) {

@@ -31,14 +31,11 @@ import (
 )
 
 // TestRealNode proves on the real kubelet, containerd and runc what the
-// stand-in cannot: the chart's security contexts, capabilities and probes,
+// chart asks of the node: its security contexts, capabilities and probes,
 // a container restart by the kubelet, and what NMI's optional CRI and CNI
 // checks assume of the runtime.
 func TestRealNode(t *testing.T) {
 	installed(t)
-	if env.sb.Nodes()[0].CRISocket == "" {
-		t.Skip("the nodes are kubelet stand-ins (SANDBOX_KUBELET=standin)")
-	}
 	for _, c := range []suiteCase{
 		{"webhook and assigner run non-root on a read-only root and turn Ready", testNonRootComponents},
 		{"NMI has only NET_ADMIN and NET_RAW; killed, the kubelet restarts it with no gap in interception", testNMIContainerRestart},
@@ -49,15 +46,6 @@ func TestRealNode(t *testing.T) {
 	} {
 		t.Run(c.name, c.run)
 	}
-}
-
-// componentBinary is the path a component's process runs: the image's
-// entrypoint on a real node, the built binary on a stand-in.
-func componentBinary(name string) string {
-	if env.sb.Nodes()[0].CRISocket != "" {
-		return "/" + name
-	}
-	return filepath.Join(env.bin, name)
 }
 
 // procStatus is what /proc/<pid>/status and mountinfo tell about a process.
@@ -107,7 +95,7 @@ func processes(t *testing.T, binary string) []procStatus {
 func testNonRootComponents(t *testing.T) {
 	for _, c := range []string{"webhook", "assigner"} {
 		kubectl(t, "-n", releaseNS, "wait", "--for=condition=Ready", "pod", "-l", "app.kubernetes.io/component="+c, "--timeout=2m")
-		procs := processes(t, componentBinary(c))
+		procs := processes(t, "/"+c)
 		if len(procs) == 0 {
 			t.Fatalf("no %s process", c)
 		}
@@ -130,7 +118,7 @@ func testNMIContainerRestart(t *testing.T) {
 	}
 	nodeNS := fmt.Sprintf("net:[%d]", nsFile.Sys().(*syscall.Stat_t).Ino)
 	var nmi *procStatus
-	for _, p := range processes(t, componentBinary("nmi")) {
+	for _, p := range processes(t, "/nmi") {
 		if p.netnsID == nodeNS {
 			nmi = &p
 		}

@@ -48,8 +48,7 @@ var env struct {
 	// installed tells whether the release is installed: TestUninstall
 	// removes it and the next test that needs it installs it again.
 	installed bool
-	// images are the real nodes' images and cert-manager's chart; nil on
-	// kubelet stand-ins, which run no cert-manager.
+	// images are the nodes' images and cert-manager's chart.
 	images *sandbox.NodeImages
 }
 
@@ -118,17 +117,14 @@ func setUp() error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	opts := sandbox.Options{Assets: assets, Dir: dir, Log: logr.Discard(), Kubelet: sandbox.KubeletFromEnv(),
-		PodInit: filepath.Join(env.bin, "podinit"), Images: sandbox.DefaultImages(env.bin, assets)}
-	if opts.Kubelet == sandbox.KubeletReal {
-		if opts.NodeAssets, err = sandbox.NodeAssets(); err != nil {
-			return err
-		}
-		opts.NodeImages, err = sandbox.BuildNodeImages(ctx, framework.RepoRoot(), filepath.Join(dir, "images"), opts.NodeAssets)
-		if err != nil {
-			return err
-		}
+	opts := sandbox.Options{Assets: assets, Dir: dir, Log: logr.Discard()}
+	if opts.NodeAssets, err = sandbox.NodeAssets(); err != nil {
+		return err
 	}
+	if env.images, err = sandbox.BuildNodeImages(ctx, framework.RepoRoot(), filepath.Join(dir, "images"), opts.NodeAssets); err != nil {
+		return err
+	}
+	opts.NodeImages = env.images
 	sb, err := sandbox.Start(ctx, opts)
 	if err != nil {
 		return fmt.Errorf("starting the sandbox: %w", err)
@@ -143,10 +139,7 @@ func setUp() error {
 	if env.client, err = kubernetes.NewForConfig(sb.Config); err != nil {
 		return err
 	}
-	if env.images = opts.NodeImages; env.images != nil {
-		return installCertManager()
-	}
-	return nil
+	return installCertManager()
 }
 
 // installCertManager installs cert-manager's chart as docs/install.md does,
@@ -176,8 +169,7 @@ func tearDown() {
 }
 
 // helmInstall installs the chart as docs/install.md says, with the fake
-// Azure's endpoints and service principal, certificates from cert-manager
-// (the built-in ones on kubelet stand-ins, which run no cert-manager),
+// Azure's endpoints and service principal, certificates from cert-manager,
 // service principals enabled and a short GC grace period.
 func helmInstall() error { return helmRelease("install") }
 
@@ -187,7 +179,7 @@ func helmRelease(verb string, extra ...string) error {
 	chart := filepath.Join(framework.RepoRoot(), "charts", "aad-pod-identity")
 	args := []string{verb, release, chart, "--kubeconfig", env.sb.Kubeconfig,
 		"--namespace", releaseNS,
-		"--set", fmt.Sprintf("certManager.enabled=%t", env.images != nil),
+		"--set", "certManager.enabled=true",
 		"--set", "assigner.azure.source=secret",
 		"--set-string", "assigner.azure.tenantID=" + env.sb.Azure.TenantID,
 		"--set-string", "assigner.azure.subscriptionID=" + sandbox.SubscriptionID,
@@ -204,9 +196,9 @@ func helmRelease(verb string, extra ...string) error {
 		"--set-string", "nmi.aadAuthorityHost=" + env.az.AADAuthorityHost,
 		// The nodes' azure.json, as AKS writes it, names the kubelet identity.
 		"--set-string", "nodeIdentity.cloudConfig=" + env.az.CloudConfig,
-		// Each real node's containerd socket (the chart's default path is
-		// the same on every node, which nodes sharing one filesystem cannot
-		// have); none on stand-ins.
+		// Each node's containerd socket (the chart's default path is the
+		// same on every node, which nodes sharing one filesystem cannot
+		// have).
 		"--set-string", "nmi.criSocket=" + env.sb.ChartCRISocket(),
 		"--wait", "--timeout", "3m"}
 	out, err := exec.Command(env.helm, append(args, extra...)...).CombinedOutput()

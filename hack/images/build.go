@@ -30,6 +30,11 @@ const nonRoot = 65532
 // by apt.
 var nmiPackages = []string{"iptables", "conntrack"}
 
+// busybox is the sandbox's shell image, Debian's static busybox, for the
+// sandbox's own tests of its nodes: its shell runs every applet (wget,
+// httpd, ip) with no links.
+const busybox = "busybox"
+
 type options struct {
 	out, registry, version, source, revision, debCache string
 	// extraCA is a PEM file appended to every image's CA bundle (a private
@@ -57,11 +62,11 @@ func build(ctx context.Context, o options) ([]built, error) {
 	for _, name := range o.images {
 		_, prebuilt := o.binaries[name]
 		switch _, ok := packages[name]; {
-		case prebuilt:
+		case prebuilt, name == busybox:
 		case ok:
 			compiled = append(compiled, name)
 		default:
-			return nil, fmt.Errorf("unknown image %q: not a package of this module (%s) and no --binary %s=PATH", name, strings.Join(slices.Sorted(maps.Keys(packages)), ", "), name)
+			return nil, fmt.Errorf("unknown image %q: not %s, a package of this module (%s), and no --binary %s=PATH", name, busybox, strings.Join(slices.Sorted(maps.Keys(packages)), ", "), name)
 		}
 	}
 	if err := os.MkdirAll(o.out, 0o755); err != nil {
@@ -99,15 +104,11 @@ func build(ctx context.Context, o options) ([]built, error) {
 			}
 			layers, user = append(layers, root), "0:0"
 		}
-		src, prebuilt := o.binaries[name]
-		if !prebuilt {
-			src = filepath.Join(bin, name)
-		}
-		app, err := binaryLayer(src, "/"+name)
+		app, entrypoint, err := o.appLayer(ctx, name, bin)
 		if err != nil {
 			return nil, err
 		}
-		img, err := assemble(append(layers, app), imageConfig{entrypoint: "/" + name, user: user, labels: o.labels(name)})
+		img, err := assemble(append(layers, app), imageConfig{entrypoint: entrypoint, user: user, labels: o.labels(name)})
 		if err != nil {
 			return nil, fmt.Errorf("image %s: %w", name, err)
 		}
@@ -119,6 +120,21 @@ func build(ctx context.Context, o options) ([]built, error) {
 		out = append(out, b)
 	}
 	return out, os.WriteFile(filepath.Join(o.out, "digests.txt"), []byte(digests.String()), 0o644)
+}
+
+// appLayer is the layer of image name above the base, and its entrypoint:
+// the binary, prebuilt or compiled into bin, at /<name>; busybox's shell.
+func (o options) appLayer(ctx context.Context, name, bin string) (v1.Layer, string, error) {
+	if name == busybox {
+		l, err := busyboxLayer(ctx, o.debCache)
+		return l, "/bin/sh", err
+	}
+	src, prebuilt := o.binaries[name]
+	if !prebuilt {
+		src = filepath.Join(bin, name)
+	}
+	l, err := binaryLayer(src, "/"+name)
+	return l, "/" + name, err
 }
 
 func (o options) labels(name string) map[string]string {

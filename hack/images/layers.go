@@ -160,6 +160,20 @@ func debianLayer(ctx context.Context, cache string, pkgs []string) (v1.Layer, er
 	return t.layer()
 }
 
+// busyboxLayer is Debian's busybox-static, with /bin/sh.
+func busyboxLayer(ctx context.Context, cache string) (v1.Layer, error) {
+	debs, err := fetchDebs(ctx, cache, []string{"busybox-static"}, false)
+	if err != nil {
+		return nil, err
+	}
+	t := newTree()
+	if err := unpackDeb(debs[0].file, t); err != nil {
+		return nil, err
+	}
+	t.symlink("bin/sh", "busybox")
+	return t.layer()
+}
+
 // unpackDeb adds a .deb's files to t (dpkg-deb reads the data archive
 // whatever its compression).
 func unpackDeb(file string, t *tree) error {

@@ -64,30 +64,21 @@ func up(log logr.Logger, args []string) error {
 	dir := fs.String("dir", "", "state directory (certificates, logs, kubeconfig)")
 	listen := fs.String("listen", "127.0.0.1:0", "loopback address the apiserver is forwarded to")
 	kubeconfig := fs.String("kubeconfig", "", "also copy the admin kubeconfig here")
-	binDir := fs.String("bin-dir", "bin", "directory with podinit and the webhook, assigner, nmi and demo binaries")
 	nodes := fs.Int("nodes", 2, "simulated nodes")
 	pools := fs.Int("pools", 2, "VMSS pools the nodes are spread over")
 	readyFile := fs.String("ready-file", "", "create this file once the cluster and its nodes are up")
 	startupTaint := fs.Bool("startup-taint", false, "register nodes with NMI's not-ready taint")
-	kubelet := fs.String("kubelet", sandbox.KubeletFromEnv(), "nodes: real (kubelet, containerd, runc, CNI) or standin (virtual-kubelet running binaries); default from SANDBOX_KUBELET")
-	kubeProxyMode := fs.String("kube-proxy-mode", sandbox.KubeProxyModeFromEnv(), "real nodes' kube-proxy: iptables (AKS's) or nftables; default from SANDBOX_KUBE_PROXY_MODE")
-	images := fs.String("images", "", "real nodes' images, built by `sandbox images`; built into <dir>/images when empty")
+	kubeProxyMode := fs.String("kube-proxy-mode", sandbox.KubeProxyModeFromEnv(), "the nodes' kube-proxy: iptables (AKS's) or nftables; default from SANDBOX_KUBE_PROXY_MODE")
+	images := fs.String("images", "", "the nodes' images, built by `sandbox images`; built into <dir>/images when empty")
 	_ = fs.Parse(args)
-	bin, err := filepath.Abs(*binDir)
-	if err != nil {
-		return err
-	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	opts := sandbox.Options{ID: *id, Dir: *dir, Listen: *listen, Log: log, Kubelet: *kubelet, KubeProxyMode: *kubeProxyMode,
-		PodInit: filepath.Join(bin, "podinit"), Images: sandbox.DefaultImages(bin, os.Getenv("KUBEBUILDER_ASSETS"))}
-	if *kubelet == sandbox.KubeletReal {
-		if opts.NodeImages, err = nodeImages(ctx, log, *images, *dir); err != nil {
-			return err
-		}
+	nodeImages, err := nodeImages(ctx, log, *images, *dir)
+	if err != nil {
+		return err
 	}
-	sb, err := sandbox.Start(ctx, opts)
+	sb, err := sandbox.Start(ctx, sandbox.Options{ID: *id, Dir: *dir, Listen: *listen, Log: log, KubeProxyMode: *kubeProxyMode, NodeImages: nodeImages})
 	if err != nil {
 		return err
 	}
@@ -179,7 +170,7 @@ func buildImages(ctx context.Context, log logr.Logger, repo, out string) (*sandb
 	return sandbox.BuildNodeImages(ctx, repo, out, assets)
 }
 
-// images builds the real nodes' images for `up --images`.
+// images builds the nodes' images for `up --images`.
 func images(log logr.Logger, args []string) error {
 	fs := flag.NewFlagSet("images", flag.ExitOnError)
 	out := fs.String("out", "build/sandbox-images", "directory for the image archives and the fake Azure's CA")
