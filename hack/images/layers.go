@@ -96,12 +96,8 @@ func baseLayer(ctx context.Context, cache string, extraCA []byte) (v1.Layer, err
 	t.dir("tmp", 0o1777, 0)
 	t.dir("root", 0o700, 0)
 	t.dir("home/nonroot", 0o700, nonRoot)
-	debs, err := fetchDebs(ctx, cache, []string{"ca-certificates"}, false)
+	certs, deb, err := unpackPackage(ctx, cache, "ca-certificates")
 	if err != nil {
-		return nil, err
-	}
-	certs := newTree()
-	if err := unpackDeb(debs[0].file, certs); err != nil {
 		return nil, err
 	}
 	var names []string
@@ -111,7 +107,7 @@ func baseLayer(ctx context.Context, cache string, extraCA []byte) (v1.Layer, err
 		}
 	}
 	if len(names) == 0 {
-		return nil, fmt.Errorf("no certificates in %s", debs[0].file)
+		return nil, fmt.Errorf("no certificates in %s", deb)
 	}
 	sort.Strings(names)
 	var bundle []byte
@@ -162,16 +158,23 @@ func debianLayer(ctx context.Context, cache string, pkgs []string) (v1.Layer, er
 
 // busyboxLayer is Debian's busybox-static, with /bin/sh.
 func busyboxLayer(ctx context.Context, cache string) (v1.Layer, error) {
-	debs, err := fetchDebs(ctx, cache, []string{"busybox-static"}, false)
+	t, _, err := unpackPackage(ctx, cache, "busybox-static")
 	if err != nil {
-		return nil, err
-	}
-	t := newTree()
-	if err := unpackDeb(debs[0].file, t); err != nil {
 		return nil, err
 	}
 	t.symlink("bin/sh", "busybox")
 	return t.layer()
+}
+
+// unpackPackage is the files of one Debian package (not its dependencies)
+// and the .deb they came from.
+func unpackPackage(ctx context.Context, cache, name string) (*tree, string, error) {
+	debs, err := fetchDebs(ctx, cache, []string{name}, false)
+	if err != nil {
+		return nil, "", err
+	}
+	t := newTree()
+	return t, debs[0].file, unpackDeb(debs[0].file, t)
 }
 
 // unpackDeb adds a .deb's files to t (dpkg-deb reads the data archive
