@@ -266,7 +266,7 @@ sandbox-down: ## Remove the namespaces and processes a killed sandbox left behin
 	go run ./e2e/cmd/sandbox down
 
 .PHONY: bench-sandbox
-bench-sandbox: deps control-plane ## Time 100 pods to Running and to deleted in the sandbox (docs/performance.md, "Sandbox").
+bench-sandbox: deps control-plane node-binaries cert-manager $(COREDNS) ## Time 100 pods to Running and to deleted on the sandbox's real nodes (docs/performance.md, "Sandbox").
 	go test -tags e2e -count=1 -run '^$$' -bench BenchmarkPodStartup100 -benchtime 3x ./e2e/sandbox/
 
 .PHONY: bench-e2e

@@ -97,6 +97,19 @@ func (s *Sandbox) startRealNode(ctx context.Context, netns ns.NetNS, i int, n *N
 // the node.
 func (s *Sandbox) nodeDir(name string) string { return s.path("nodes", name) }
 
+// checkSocketPaths refuses a state directory so deep that the kubelet's
+// deepest socket, its pod-resources socket, would not fit a unix socket
+// address (108 bytes with the NUL): the kubelet would exit at start.
+func checkSocketPaths(dir string) error {
+	const sunPathMax = 107
+	longest := filepath.Join(dir, "nodes", fmt.Sprintf("aks-pool%d-12345678-vmss%06d", maxNodes, maxNodes), "kubelet", "pod-resources", "kubelet.sock")
+	if len(longest) > sunPathMax {
+		return fmt.Errorf("state directory %q is too long: the kubelet's sockets under it (%s, %d bytes) would exceed the %d bytes of a unix socket path; use a shorter directory (%d bytes at most)",
+			dir, longest, len(longest), sunPathMax, len(dir)-(len(longest)-sunPathMax))
+	}
+	return nil
+}
+
 // containerdSocket is the file name of a real node's containerd socket, in
 // its directory.
 const containerdSocket = "containerd.sock"

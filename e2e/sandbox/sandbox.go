@@ -114,6 +114,9 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 	if opts.Azure == nil {
 		opts.Azure = fakeazure.NewState()
 	}
+	if err := checkSocketPaths(opts.Dir); err != nil {
+		return nil, err
+	}
 	if opts.NodeImages == nil {
 		return nil, errors.New("the nodes need their images: Options.NodeImages (BuildNodeImages)")
 	}

@@ -48,7 +48,9 @@ func startSandbox(t testing.TB) (*sandbox.Sandbox, kubernetes.Interface) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sb, err := sandbox.Start(ctx, sandbox.Options{Assets: assets, Dir: t.TempDir(), Log: logr.Discard(), NodeAssets: nodeAssets, NodeImages: images})
+	// The sandbox's own short state directory (a test's TempDir can be too
+	// deep for the kubelet's sockets).
+	sb, err := sandbox.Start(ctx, sandbox.Options{Assets: assets, Log: logr.Discard(), NodeAssets: nodeAssets, NodeImages: images})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,6 +58,7 @@ func startSandbox(t testing.TB) (*sandbox.Sandbox, kubernetes.Interface) {
 		if err := sb.Stop(); err != nil {
 			t.Error(err)
 		}
+		_ = os.RemoveAll(sb.Dir)
 		left, err := sandbox.ListNetNS(sandbox.NetNSPrefix(sb.ID))
 		if err != nil || len(left) > 0 {
 			t.Errorf("namespaces left behind: %v %v", left, err)
