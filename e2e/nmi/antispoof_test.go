@@ -110,8 +110,11 @@ func servedWithout(t *testing.T, unjump []string, what string, c *http.Client, u
 		// Fails when NMI has not put the jump back yet: nothing to remove.
 		_ = exec.Command("iptables", unjump...).Run()
 		status, body, err := getWith(c, url)
-		if err != nil || status != http.StatusOK || !strings.Contains(string(body), "access_token") {
-			return fmt.Errorf("%d %s %v", status, body, err)
+		if err != nil {
+			return err
+		}
+		if status != http.StatusOK || !strings.Contains(string(body), "access_token") {
+			return fmt.Errorf("%d %s", status, body)
 		}
 		return nil
 	})

@@ -417,16 +417,3 @@ func randomHex(n int) string {
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
 }
-
-// removeNetNS deletes one of the sandbox's namespaces before teardown.
-func (s *Sandbox) removeNetNS(name string) error {
-	s.mu.Lock()
-	for i, n := range s.netns {
-		if n == name {
-			s.netns = append(s.netns[:i], s.netns[i+1:]...)
-			break
-		}
-	}
-	s.mu.Unlock()
-	return testns.Delete(name)
-}
