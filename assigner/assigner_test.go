@@ -533,33 +533,29 @@ func TestAdoptsWhat1xAssigned(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	legacy := &aadv1.AzureAssignedIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: w.ns, Name: "a-" + w.ns + "-mic"},
-		Spec: aadv1.AzureAssignedIdentitySpec{
-			AzureIdentityRef: &aadv1.IdentityReference{LegacyMetadata: &aadv1.LegacyObjectMeta{Namespace: w.ns, Name: "mic"}, LegacySpec: &aadv1.LegacyIdentitySpec{ResourceID: mic.ResourceID}},
-			LegacyPod:        "a", LegacyPodNamespace: w.ns, LegacyNodeName: node,
-		}}
-	if err := w.c.Create(w.ctx, legacy); err != nil {
-		t.Fatal(err)
+	// MIC's record that it put identity on node's pool for pod.
+	record1x := func(pod, identity, resourceID string) *aadv1.AzureAssignedIdentity {
+		rec := &aadv1.AzureAssignedIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: w.ns, Name: pod + "-" + w.ns + "-" + identity},
+			Spec: aadv1.AzureAssignedIdentitySpec{LegacyRecordSpec: aadv1.LegacyRecordSpec{
+				LegacyIdentityRef: &aadv1.LegacyIdentityReference{Metadata: &aadv1.LegacyObjectMeta{Namespace: w.ns, Name: identity},
+					Spec: &aadv1.LegacyIdentitySpec{ResourceID: resourceID}},
+				LegacyPod: pod, LegacyPodNamespace: w.ns, LegacyNodeName: node,
+			}}}
+		if err := w.c.Create(w.ctx, rec); err != nil {
+			t.Fatal(err)
+		}
+		rec.Status = aadv1.AzureAssignedIdentityStatus{LegacyRecordStatus: aadv1.LegacyRecordStatus{LegacyStatus: aadv1.StateAssigned}}
+		if err := w.c.Status().Update(w.ctx, rec); err != nil {
+			t.Fatal(err)
+		}
+		return rec
 	}
-	legacy.Status.Status = aadv1.StateAssigned
-	if err := w.c.Status().Update(w.ctx, legacy); err != nil {
-		t.Fatal(err)
-	}
+	legacy := record1x("a", "mic", mic.ResourceID)
 	time.Sleep(time.Second) // creation times are whole seconds
 	w.opts.LegacyEvidenceBefore = time.Now()
 	time.Sleep(time.Second)
 	// Written after the installation, as MIC's would be for pod b.
-	forged := legacy.DeepCopy()
-	forged.ObjectMeta = metav1.ObjectMeta{Namespace: w.ns, Name: "b-" + w.ns + "-admin"}
-	forged.Spec.AzureIdentityRef = &aadv1.IdentityReference{LegacyMetadata: &aadv1.LegacyObjectMeta{Namespace: w.ns, Name: "admin"}, LegacySpec: &aadv1.LegacyIdentitySpec{ResourceID: admin.ResourceID}}
-	forged.Spec.LegacyPod = "b"
-	if err := w.c.Create(w.ctx, forged); err != nil {
-		t.Fatal(err)
-	}
-	forged.Status.Status = aadv1.StateAssigned
-	if err := w.c.Status().Update(w.ctx, forged); err != nil {
-		t.Fatal(err)
-	}
+	record1x("b", "admin", admin.ResourceID)
 	w.start()
 	time.Sleep(time.Second)
 	if got := w.getPod("a").Annotations; got[aadv1.AnnotationAssignment] != "" || len(w.records()) != 0 {
@@ -631,12 +627,13 @@ func TestTakesOverOneIdentityRecords(t *testing.T) {
 		external bool
 	}{{owned, "owned", false}, {foreign, "foreign", true}} {
 		rec := &aadv1.AzureAssignedIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: w.recordNS, Name: w.ns + "-" + tc.name + "-0123456789ab"},
-			Spec: aadv1.AzureAssignedIdentitySpec{AzureIdentityRef: &aadv1.IdentityReference{Namespace: w.ns, Name: tc.name},
-				ClientID: tc.id.ClientID, ResourceID: tc.id.ResourceID, NodePool: p.ID}}
+			Spec: aadv1.AzureAssignedIdentitySpec{NodePool: p.ID, LegacyRecordSpec: aadv1.LegacyRecordSpec{
+				LegacyIdentityRef: &aadv1.LegacyIdentityReference{Namespace: w.ns, Name: tc.name},
+				LegacyClientID:    tc.id.ClientID, LegacyResourceID: tc.id.ResourceID}}}
 		if err := w.c.Create(w.ctx, rec); err != nil {
 			t.Fatal(err)
 		}
-		rec.Status = aadv1.AzureAssignedIdentityStatus{Status: aadv1.StateAssigned, External: tc.external}
+		rec.Status = aadv1.AzureAssignedIdentityStatus{LegacyRecordStatus: aadv1.LegacyRecordStatus{LegacyStatus: aadv1.StateAssigned, LegacyExternal: tc.external}}
 		if err := w.c.Status().Update(w.ctx, rec); err != nil {
 			t.Fatal(err)
 		}

@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/compat"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
 )
@@ -40,25 +41,19 @@ const legacyResourceIndex = "legacy.resourceID"
 // evidence is looked at again.
 const legacyRecheck = 15 * time.Second
 
-// isLegacy reports whether a record is 1.x's: this assigner's records
-// always name their pool.
+// isLegacy reports whether a record is 1.x's.
 func isLegacy(o client.Object) bool {
 	rec, ok := o.(*aadv1.AzureAssignedIdentity)
-	return ok && rec.Spec.NodePool == ""
-}
-
-// legacyResourceID is the resource ID of the identity a 1.x record embeds.
-func legacyResourceID(rec *aadv1.AzureAssignedIdentity) string {
-	if ref := rec.Spec.AzureIdentityRef; ref != nil && ref.LegacySpec != nil {
-		return ref.LegacySpec.ResourceID
+	if !ok {
+		return false
 	}
-	return ""
+	_, ok = compat.Read1x(rec)
+	return ok
 }
 
 func indexLegacyResource(o client.Object) []string {
-	rec := o.(*aadv1.AzureAssignedIdentity)
-	if id := legacyResourceID(rec); isLegacy(rec) && id != "" {
-		return []string{aadv1.IDKey(id)}
+	if r, ok := compat.Read1x(o.(*aadv1.AzureAssignedIdentity)); ok && r.ResourceID != "" {
+		return []string{aadv1.IDKey(r.ResourceID)}
 	}
 	return nil
 }
@@ -102,35 +97,34 @@ func assignedBy1x(ctx context.Context, c client.Reader, ev evidence1x) (*aadv1.A
 // for it, on a node of the pool. A record written since, or for another
 // object, is someone's own: it proves nothing about the pool.
 func vouches(ctx context.Context, c client.Reader, rec *aadv1.AzureAssignedIdentity, ev evidence1x) (bool, error) {
-	ref := rec.Spec.AzureIdentityRef
-	if rec.Status.Status != aadv1.StateAssigned || !rec.CreationTimestamp.Time.Before(ev.before) ||
-		ref == nil || ref.LegacyMetadata == nil || ref.LegacyMetadata.Namespace != ev.identity.Namespace || ref.LegacyMetadata.Name != ev.identity.Name ||
-		rec.Spec.LegacyPodNamespace != ev.identity.Namespace || rec.Spec.LegacyPod == "" {
+	r, ok := compat.Read1x(rec)
+	if !ok || r.State != aadv1.StateAssigned || !rec.CreationTimestamp.Time.Before(ev.before) ||
+		r.Identity != ev.identity || r.Pod.Namespace != ev.identity.Namespace || r.Pod.Name == "" {
 		return false, nil
 	}
 	var pod corev1.Pod
-	if err := c.Get(ctx, client.ObjectKey{Namespace: rec.Spec.LegacyPodNamespace, Name: rec.Spec.LegacyPod}, &pod); err != nil {
+	if err := c.Get(ctx, r.Pod, &pod); err != nil {
 		return false, client.IgnoreNotFound(err)
 	}
 	if !identity.Live(&pod) || pod.Labels[aadv1.BindingLabel] == "" || !slices.Contains(identity.Admitted(&pod), ev.identity) {
 		return false, nil
 	}
-	p, err := legacyPool(ctx, c, rec)
+	p, err := nodePool(ctx, c, r.Node)
 	return p != nil && p.Key() == ev.pool.Key(), err
 }
 
-// legacyPool returns the pool of the node a 1.x record names; nil when the
-// node is gone or not an Azure VM.
-func legacyPool(ctx context.Context, c client.Reader, rec *aadv1.AzureAssignedIdentity) (*nodepool.Pool, error) {
-	if rec.Spec.LegacyNodeName == "" {
+// nodePool returns the pool of the node a 1.x record names; nil when the
+// record names none, or the node is gone or not an Azure VM.
+func nodePool(ctx context.Context, c client.Reader, name string) (*nodepool.Pool, error) {
+	if name == "" {
 		return nil, nil
 	}
 	var node corev1.Node
-	if err := c.Get(ctx, client.ObjectKey{Name: rec.Spec.LegacyNodeName}, &node); err != nil {
+	if err := c.Get(ctx, client.ObjectKey{Name: name}, &node); err != nil {
 		if apierrors.IsNotFound(err) {
 			return nil, nil
 		}
-		return nil, fmt.Errorf("getting node %s: %w", rec.Spec.LegacyNodeName, err)
+		return nil, fmt.Errorf("getting node %s: %w", name, err)
 	}
 	p, err := nodepool.FromProviderID(node.Spec.ProviderID)
 	if err != nil {
@@ -152,10 +146,11 @@ func (r *legacyReaper) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Re
 	if err := r.client.Get(ctx, req.NamespacedName, &rec); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
-	if !isLegacy(&rec) {
+	r1x, ok := compat.Read1x(&rec)
+	if !ok {
 		return ctrl.Result{}, nil
 	}
-	waiting, err := r.evidenceAwaited(ctx, &rec)
+	waiting, err := r.evidenceAwaited(ctx, r1x)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
@@ -172,22 +167,21 @@ func (r *legacyReaper) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Re
 // evidenceAwaited reports whether the pool controller may still need the
 // record: MIC assigned its identity to a node's pool for a pod still
 // running, and no record of ours says yet what the identity is there.
-func (r *legacyReaper) evidenceAwaited(ctx context.Context, rec *aadv1.AzureAssignedIdentity) (bool, error) {
-	resourceID := legacyResourceID(rec)
-	if rec.Status.Status != aadv1.StateAssigned || resourceID == "" || rec.Spec.LegacyPod == "" {
+func (r *legacyReaper) evidenceAwaited(ctx context.Context, rec compat.Record1x) (bool, error) {
+	if rec.State != aadv1.StateAssigned || rec.ResourceID == "" || rec.Pod.Name == "" {
 		return false, nil
 	}
 	var pod corev1.Pod
-	if err := r.client.Get(ctx, client.ObjectKey{Namespace: rec.Spec.LegacyPodNamespace, Name: rec.Spec.LegacyPod}, &pod); err != nil {
+	if err := r.client.Get(ctx, rec.Pod, &pod); err != nil {
 		if apierrors.IsNotFound(err) {
 			return false, nil
 		}
-		return false, fmt.Errorf("getting pod %s/%s: %w", rec.Spec.LegacyPodNamespace, rec.Spec.LegacyPod, err)
+		return false, fmt.Errorf("getting pod %s: %w", rec.Pod, err)
 	}
 	if !identity.Live(&pod) {
 		return false, nil
 	}
-	pool, err := legacyPool(ctx, r.client, rec)
+	pool, err := nodePool(ctx, r.client, rec.Node)
 	if err != nil || pool == nil {
 		return false, err
 	}
@@ -196,7 +190,7 @@ func (r *legacyReaper) evidenceAwaited(ctx context.Context, rec *aadv1.AzureAssi
 		return false, fmt.Errorf("listing AzureAssignedIdentities of pool: %w", err)
 	}
 	for i := range ours.Items {
-		if namesResource(&ours.Items[i], resourceID) {
+		if namesResource(&ours.Items[i], rec.ResourceID) {
 			return false, nil
 		}
 	}
@@ -206,7 +200,7 @@ func (r *legacyReaper) evidenceAwaited(ctx context.Context, rec *aadv1.AzureAssi
 // namesResource reports whether a record of ours names resourceID: an entry of a
 // pool's record, or a one-identity record not yet taken over.
 func namesResource(rec *aadv1.AzureAssignedIdentity, resourceID string) bool {
-	if aadv1.SameID(rec.Spec.ResourceID, resourceID) {
+	if e, ok := compat.Read01(rec); ok && aadv1.SameID(e.ResourceID, resourceID) {
 		return true
 	}
 	return slices.ContainsFunc(rec.Status.Identities, func(e aadv1.IdentityAssignment) bool {

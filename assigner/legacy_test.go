@@ -14,19 +14,27 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/compat"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 )
 
 // legacyRecord is 1.x's record of uami(1) for pod default/demo on node n1,
-// as read through today's CRD.
-func legacyRecord(status aadv1.AssignmentState) *aadv1.AzureAssignedIdentity {
+// as read through today's CRD, with edit's changes.
+func legacyRecord(state aadv1.AssignmentState, edit func(*compat.Record1x)) *aadv1.AzureAssignedIdentity {
+	r := compat.Record1x{Pod: types.NamespacedName{Namespace: "default", Name: "demo"}, Node: "n1",
+		Identity: types.NamespacedName{Namespace: "default", Name: "demo"}, ResourceID: uami(1), State: state}
+	if edit != nil {
+		edit(&r)
+	}
 	return &aadv1.AzureAssignedIdentity{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "demo-default-demo"},
-		Spec: aadv1.AzureAssignedIdentitySpec{
-			AzureIdentityRef: &aadv1.IdentityReference{LegacyMetadata: &aadv1.LegacyObjectMeta{Namespace: "default", Name: "demo"}, LegacySpec: &aadv1.LegacyIdentitySpec{ResourceID: uami(1)}},
-			LegacyPod:        "demo", LegacyPodNamespace: "default", LegacyNodeName: "n1",
-		},
-		Status: aadv1.AzureAssignedIdentityStatus{Status: status},
+		Spec: aadv1.AzureAssignedIdentitySpec{LegacyRecordSpec: aadv1.LegacyRecordSpec{
+			LegacyIdentityRef: &aadv1.LegacyIdentityReference{
+				Metadata: &aadv1.LegacyObjectMeta{Namespace: r.Identity.Namespace, Name: r.Identity.Name},
+				Spec:     &aadv1.LegacyIdentitySpec{ResourceID: r.ResourceID}},
+			LegacyPod: r.Pod.Name, LegacyPodNamespace: r.Pod.Namespace, LegacyNodeName: r.Node,
+		}},
+		Status: aadv1.AzureAssignedIdentityStatus{LegacyRecordStatus: aadv1.LegacyRecordStatus{LegacyStatus: r.State}},
 	}
 }
 
@@ -49,12 +57,12 @@ func TestLegacyRecords(t *testing.T) {
 		others []client.Object
 		kept   bool
 	}{
-		{"awaited: pod running, no record of ours", legacyRecord(aadv1.StateAssigned), []client.Object{node, pod}, true},
-		{"used: a record of ours", legacyRecord(aadv1.StateAssigned), []client.Object{node, pod, ours}, false},
-		{"pod gone", legacyRecord(aadv1.StateAssigned), []client.Object{node}, false},
-		{"pod ended", legacyRecord(aadv1.StateAssigned), []client.Object{node, ended}, false},
-		{"node gone", legacyRecord(aadv1.StateAssigned), []client.Object{pod}, false},
-		{"not assigned by MIC (1.x's Created)", legacyRecord("Created"), []client.Object{node, pod}, false},
+		{"awaited: pod running, no record of ours", legacyRecord(aadv1.StateAssigned, nil), []client.Object{node, pod}, true},
+		{"used: a record of ours", legacyRecord(aadv1.StateAssigned, nil), []client.Object{node, pod, ours}, false},
+		{"pod gone", legacyRecord(aadv1.StateAssigned, nil), []client.Object{node}, false},
+		{"pod ended", legacyRecord(aadv1.StateAssigned, nil), []client.Object{node, ended}, false},
+		{"node gone", legacyRecord(aadv1.StateAssigned, nil), []client.Object{pod}, false},
+		{"not assigned by MIC (1.x's Created)", legacyRecord("Created", nil), []client.Object{node, pod}, false},
 		{"pruned to nothing", &aadv1.AzureAssignedIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "demo-default-demo"}}, []client.Object{node, pod}, false},
 	}
 	for _, tt := range tests {
@@ -102,12 +110,19 @@ func TestAssignedBy1x(t *testing.T) {
 			Annotations: map[string]string{aadv1.AnnotationIdentities: identities}}}
 	}
 	demoPod := admitted("demo", "default", "default/demo")
-	record := func(edit func(*aadv1.AzureAssignedIdentity)) *aadv1.AzureAssignedIdentity {
-		rec := legacyRecord(aadv1.StateAssigned)
+	record := func(edit func(*compat.Record1x)) *aadv1.AzureAssignedIdentity {
+		rec := legacyRecord(aadv1.StateAssigned, edit)
 		rec.CreationTimestamp = metav1.NewTime(installed.Add(-time.Hour))
-		if edit != nil {
-			edit(rec)
-		}
+		return rec
+	}
+	created := func(at time.Time) *aadv1.AzureAssignedIdentity {
+		rec := record(nil)
+		rec.CreationTimestamp = metav1.NewTime(at)
+		return rec
+	}
+	inNamespace := func(ns string) *aadv1.AzureAssignedIdentity {
+		rec := record(nil)
+		rec.Namespace = ns
 		return rec
 	}
 	unlabelled := demoPod.DeepCopy()
@@ -122,16 +137,16 @@ func TestAssignedBy1x(t *testing.T) {
 		want    string
 	}{
 		{"MIC's: assigned on a node of the pool for this pod and AzureIdentity", []client.Object{record(nil)}, []client.Object{demoPod}, installed, "demo-default-demo"},
-		{"only on another pool", []client.Object{record(func(r *aadv1.AzureAssignedIdentity) { r.Spec.LegacyNodeName = "n2" })}, []client.Object{demoPod}, installed, ""},
-		{"1.x was removing it", []client.Object{record(func(r *aadv1.AzureAssignedIdentity) { r.Status.Status = "Unassigned" })}, []client.Object{demoPod}, installed, ""},
+		{"only on another pool", []client.Object{record(func(r *compat.Record1x) { r.Node = "n2" })}, []client.Object{demoPod}, installed, ""},
+		{"1.x was removing it", []client.Object{record(func(r *compat.Record1x) { r.State = "Unassigned" })}, []client.Object{demoPod}, installed, ""},
 		{"none", nil, []client.Object{demoPod}, installed, ""},
-		{"forged: created since the installation", []client.Object{record(func(r *aadv1.AzureAssignedIdentity) { r.CreationTimestamp = metav1.NewTime(installed.Add(time.Second)) })}, []client.Object{demoPod}, installed, ""},
+		{"forged: created since the installation", []client.Object{created(installed.Add(time.Second))}, []client.Object{demoPod}, installed, ""},
 		{"forged: installation time unknown", []client.Object{record(nil)}, []client.Object{demoPod}, time.Time{}, ""},
-		{"forged: in another namespace", []client.Object{record(func(r *aadv1.AzureAssignedIdentity) { r.Namespace = "attacker" })}, []client.Object{demoPod}, installed, ""},
-		{"forged: for another AzureIdentity", []client.Object{record(func(r *aadv1.AzureAssignedIdentity) { r.Spec.AzureIdentityRef.LegacyMetadata.Name = "mine" })}, []client.Object{demoPod}, installed, ""},
-		{"forged: for a pod of another namespace", []client.Object{record(func(r *aadv1.AzureAssignedIdentity) { r.Spec.LegacyPodNamespace = "attacker" })},
+		{"forged: in another namespace", []client.Object{inNamespace("attacker")}, []client.Object{demoPod}, installed, ""},
+		{"forged: for another AzureIdentity", []client.Object{record(func(r *compat.Record1x) { r.Identity.Name = "mine" })}, []client.Object{demoPod}, installed, ""},
+		{"forged: for a pod of another namespace", []client.Object{record(func(r *compat.Record1x) { r.Pod.Namespace = "attacker" })},
 			[]client.Object{demoPod, admitted("demo", "attacker", "default/demo")}, installed, ""},
-		{"forged: its pod does not exist", []client.Object{record(func(r *aadv1.AzureAssignedIdentity) { r.Spec.LegacyPod = "ghost" })}, []client.Object{demoPod}, installed, ""},
+		{"forged: its pod does not exist", []client.Object{record(func(r *compat.Record1x) { r.Pod.Name = "ghost" })}, []client.Object{demoPod}, installed, ""},
 		{"forged: its pod has no binding label", []client.Object{record(nil)}, []client.Object{unlabelled}, installed, ""},
 		{"forged: its pod was not admitted for the AzureIdentity", []client.Object{record(nil)}, []client.Object{admitted("demo", "default", "default/other")}, installed, ""},
 		{"its pod ended", []client.Object{record(nil)}, []client.Object{ended}, installed, ""},
@@ -161,7 +176,7 @@ func nameOf(rec *aadv1.AzureAssignedIdentity) string {
 
 // 1.x's records never enqueue pool rounds.
 func TestLegacyRecordEnqueuesNoPool(t *testing.T) {
-	if got := recordToPool(context.Background(), legacyRecord(aadv1.StateAssigned)); got != nil {
+	if got := recordToPool(context.Background(), legacyRecord(aadv1.StateAssigned, nil)); got != nil {
 		t.Errorf("1.x's record enqueues pool rounds %v", got)
 	}
 }

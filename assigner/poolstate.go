@@ -10,6 +10,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/compat"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
 )
@@ -217,11 +218,14 @@ func (r *poolReconciler) readRecords(ctx context.Context, s *poolState) error {
 	name := identity.RecordName(s.pool)
 	var cached *aadv1.AzureAssignedIdentity
 	s.entries = map[types.NamespacedName]*aadv1.IdentityAssignment{}
+	var takenOver []*aadv1.IdentityAssignment
 	for i := range list.Items {
-		if rec := &list.Items[i]; rec.Name == name {
+		rec := &list.Items[i]
+		if rec.Name == name {
 			cached = rec
-		} else if rec.Spec.AzureIdentityRef != nil {
+		} else if e, ok := compat.Read01(rec); ok {
 			s.single = append(s.single, rec)
+			takenOver = append(takenOver, e)
 		}
 	}
 	s.record = r.written.newest(s.pool.Key(), cached)
@@ -231,8 +235,7 @@ func (r *poolReconciler) readRecords(ctx context.Context, s *poolState) error {
 			s.entries[entryKey(e)] = e
 		}
 	}
-	for _, rec := range s.single {
-		e := takeOver(rec)
+	for _, e := range takenOver {
 		if s.entries[entryKey(e)] == nil {
 			s.entries[entryKey(e)] = e
 		}

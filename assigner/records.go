@@ -24,21 +24,6 @@ func entryKey(e *aadv1.IdentityAssignment) types.NamespacedName {
 	return types.NamespacedName{Namespace: e.AzureIdentityRef.Namespace, Name: e.AzureIdentityRef.Name}
 }
 
-// takeOver turns an earlier one-identity record of ours (0.1: one per
-// identity and pool) into an entry, keeping what it says.
-func takeOver(rec *aadv1.AzureAssignedIdentity) *aadv1.IdentityAssignment {
-	e := &aadv1.IdentityAssignment{
-		AzureIdentityRef: aadv1.IdentityReference{Namespace: rec.Spec.AzureIdentityRef.Namespace, Name: rec.Spec.AzureIdentityRef.Name},
-		ClientID:         rec.Spec.ClientID, ResourceID: rec.Spec.ResourceID,
-		State: rec.Status.Status, LastError: rec.Status.LastError, External: rec.Status.External,
-		AdoptedFrom: client.ObjectKeyFromObject(rec).String(),
-	}
-	if since, err := time.Parse(time.RFC3339Nano, rec.Annotations[aadv1.AnnotationPrefix+"unneeded-since"]); err == nil {
-		e.UnneededSince = &metav1.MicroTime{Time: since}
-	}
-	return e
-}
-
 // recordWanted adds an entry for every wanted identity that has none. An
 // identity already on the pool that no entry of ours put there, or one we
 // must never remove, is recorded external: nothing ties it to this

@@ -22,6 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/compat"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/metrics"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
@@ -268,8 +269,8 @@ func indexRecordIdentity(o client.Object) []string {
 	for i := range rec.Status.Identities {
 		keys = append(keys, entryKey(&rec.Status.Identities[i]).String())
 	}
-	if ref := rec.Spec.AzureIdentityRef; ref != nil && !isLegacy(rec) {
-		keys = append(keys, ref.Namespace+"/"+ref.Name)
+	if e, ok := compat.Read01(rec); ok {
+		keys = append(keys, entryKey(e).String())
 	}
 	return keys
 }

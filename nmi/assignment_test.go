@@ -60,9 +60,9 @@ func TestServedOnlyWhatTheAssignerVouchesFor(t *testing.T) {
 		// pool) is read only by the assigner, to take it over: its fields
 		// vouch for nothing, even under the pool record's own name.
 		{"only the fields of a single-identity record say Assigned", "client-a", func(r *aadv1.AzureAssignedIdentity) {
-			r.Spec.AzureIdentityRef = &aadv1.IdentityReference{Namespace: "ns", Name: "mine"}
-			r.Spec.ClientID, r.Spec.ResourceID = "client-a", rid
-			r.Status = aadv1.AzureAssignedIdentityStatus{Status: aadv1.StateAssigned}
+			r.Spec = aadv1.AzureAssignedIdentitySpec{NodePool: r.Spec.NodePool, LegacyRecordSpec: aadv1.LegacyRecordSpec{
+				LegacyIdentityRef: &aadv1.LegacyIdentityReference{Namespace: "ns", Name: "mine"}, LegacyClientID: "client-a", LegacyResourceID: rid}}
+			r.Status = aadv1.AzureAssignedIdentityStatus{LegacyRecordStatus: aadv1.LegacyRecordStatus{LegacyStatus: aadv1.StateAssigned}}
 		}, false, 403, "has not been assigned to this node's pool"},
 	}
 	for _, tc := range tests {

@@ -21,9 +21,9 @@ import (
 func TestSpellingMutator(t *testing.T) {
 	decoder := admission.NewDecoder(identity.Scheme())
 	identities := crFrontEnd("t", "AzureIdentity", decoder, func() *aadv1.AzureIdentity { return &aadv1.AzureIdentity{} },
-		SpellingMutator[*aadv1.AzureIdentity]{Spec: func(id *aadv1.AzureIdentity) legacySpec { return &id.Spec }})
+		SpellingMutator[*aadv1.AzureIdentity]{})
 	bindings := crFrontEnd("t", "AzureIdentityBinding", decoder, func() *aadv1.AzureIdentityBinding { return &aadv1.AzureIdentityBinding{} },
-		SpellingMutator[*aadv1.AzureIdentityBinding]{Spec: func(b *aadv1.AzureIdentityBinding) legacySpec { return &b.Spec }})
+		SpellingMutator[*aadv1.AzureIdentityBinding]{})
 	tests := []struct {
 		name     string
 		decide   func(context.Context, admission.Request) (admission.Response, string)

@@ -50,22 +50,6 @@ func (v *BindingValidator) Admit(ctx context.Context, _ admission.Request, b, _ 
 	return allowed(reasonValid)
 }
 
-// canonicalSpelling maps the 1.x spellings the CRDs accept to today's.
-var canonicalSpelling = map[string]string{"ResourceID": "resourceID", "ClientID": "clientID", "ClientId": "clientID",
-	"TenantID": "tenantID", "ClientPassword": "clientPassword", "AzureIdentity": "azureIdentity", "Selector": "selector"}
-
-// legacyWarnings tells whoever applies a 1.x manifest where its spellings
-// went, and which to write instead.
-func legacyWarnings(fields []string) []string {
-	var out []string
-	for _, f := range fields {
-		c := field.NewPath("spec", canonicalSpelling[f])
-		out = append(out, fmt.Sprintf("%s is aad-pod-identity 1.x's spelling: it is stored as %s (dropped where that is set too); write %s",
-			field.NewPath("spec", f), c, c))
-	}
-	return out
-}
-
 func validOrWarned(warnings []string) outcome {
 	if len(warnings) > 0 {
 		return allowed(reasonWarned, warnings...)

@@ -253,9 +253,9 @@ func Setup(ctx context.Context, mgr manager.Manager, server webhook.Server, opts
 	register(MutatePodPath, podFrontEnd("mutate-pod", decoder, &PodMutator{Resolver: resolver, Gate: gate, Nodes: nodes, NMI: nmi}))
 	register(ValidatePodPath, podFrontEnd("validate-pod", decoder, &PodValidator{Resolver: resolver, Trusted: trusted}))
 	register(MutateIdentityPath, crFrontEnd("mutate-azureidentity", "AzureIdentity", decoder, func() *aadv1.AzureIdentity { return &aadv1.AzureIdentity{} },
-		SpellingMutator[*aadv1.AzureIdentity]{Spec: func(id *aadv1.AzureIdentity) legacySpec { return &id.Spec }}))
+		SpellingMutator[*aadv1.AzureIdentity]{}))
 	register(MutateBindingPath, crFrontEnd("mutate-azureidentitybinding", "AzureIdentityBinding", decoder, func() *aadv1.AzureIdentityBinding { return &aadv1.AzureIdentityBinding{} },
-		SpellingMutator[*aadv1.AzureIdentityBinding]{Spec: func(b *aadv1.AzureIdentityBinding) legacySpec { return &b.Spec }}))
+		SpellingMutator[*aadv1.AzureIdentityBinding]{}))
 	register(ValidateBindingPath, crFrontEnd("validate-azureidentitybinding", "AzureIdentityBinding", decoder,
 		func() *aadv1.AzureIdentityBinding { return &aadv1.AzureIdentityBinding{} }, &BindingValidator{Reader: mgr.GetAPIReader()}))
 	register(ValidateIdentityPath, crFrontEnd("validate-azureidentity", "AzureIdentity", decoder,

@@ -27,29 +27,6 @@ const (
 type IdentityReference struct {
 	Namespace string `json:"namespace"`
 	Name      string `json:"name"`
-	// LegacyMetadata and LegacySpec are part of the whole AzureIdentity
-	// aad-pod-identity 1.x's MIC embedded here (its namespace and name are
-	// under metadata); read only to adopt the identities it assigned.
-	// +optional
-	LegacyMetadata *LegacyObjectMeta `json:"metadata,omitempty"`
-	// +optional
-	LegacySpec *LegacyIdentitySpec `json:"spec,omitempty"`
-}
-
-// LegacyObjectMeta is what is read of the metadata of the AzureIdentity 1.x
-// embedded in its records.
-type LegacyObjectMeta struct {
-	// +optional
-	Namespace string `json:"namespace,omitempty"`
-	// +optional
-	Name string `json:"name,omitempty"`
-}
-
-// LegacyIdentitySpec is what is read of the AzureIdentity 1.x embedded in
-// its records.
-type LegacyIdentitySpec struct {
-	// +optional
-	ResourceID string `json:"resourceID,omitempty"`
 }
 
 // AzureAssignedIdentitySpec names the node pool (VMSS or standalone VM)
@@ -61,28 +38,9 @@ type AzureAssignedIdentitySpec struct {
 	// +optional
 	NodePool string `json:"nodePool,omitempty"`
 
-	// Earlier records held a single identity; these fields are read only to
-	// take such records over (aad-pod-identity 0.1's, one per identity and
-	// pool, and 1.x's, one per pod and identity) and are no longer written.
-
-	// AzureIdentityRef is the AzureIdentity a single-identity record was for.
-	// +optional
-	AzureIdentityRef *IdentityReference `json:"azureIdentityRef,omitempty"`
-	// ClientID of that identity.
-	// +optional
-	ClientID string `json:"clientID,omitempty"`
-	// ResourceID is the ARM ID of that identity.
-	// +optional
-	ResourceID string `json:"resourceID,omitempty"`
-	// LegacyPod is the pod a 1.x record was written for.
-	// +optional
-	LegacyPod string `json:"pod,omitempty"`
-	// LegacyPodNamespace is that pod's namespace.
-	// +optional
-	LegacyPodNamespace string `json:"podNamespace,omitempty"`
-	// LegacyNodeName is the node whose VMSS or VM MIC put the identity on.
-	// +optional
-	LegacyNodeName string `json:"nodename,omitempty"`
+	// LegacyRecordSpec holds the fields of earlier releases' one-identity
+	// records (legacy.go).
+	LegacyRecordSpec `json:",inline"`
 }
 
 // IdentityAssignment is one user-assigned identity on the record's pool.
@@ -145,14 +103,9 @@ type AzureAssignedIdentityStatus struct {
 	// +optional
 	NodePoolName string `json:"nodePoolName,omitempty"`
 
-	// Status, LastError and External belong to a single-identity record
-	// (0.1's, 1.x's); read only to take it over.
-	// +optional
-	Status AssignmentState `json:"status,omitempty"`
-	// +optional
-	LastError string `json:"lastError,omitempty"`
-	// +optional
-	External bool `json:"external,omitempty"`
+	// LegacyRecordStatus holds the status of earlier releases'
+	// one-identity records (legacy.go).
+	LegacyRecordStatus `json:",inline"`
 }
 
 // Find returns the entry of the AzureIdentity namespace/name, or nil. It

@@ -1,9 +1,7 @@
 package v1
 
 import (
-	"cmp"
 	"encoding/json"
-	"slices"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -31,7 +29,7 @@ const (
 
 // AzureIdentitySpec describes an Azure AD identity pods may be bound to.
 // The 1.x spellings (ResourceID, ClientID, ...) count where the canonical
-// field is unset, as in Go's decoding; see Fold.
+// field is unset, as in Go's decoding (LegacyIdentitySpellings).
 // +kubebuilder:validation:XValidation:rule="self.type != 0 || (has(self.resourceID) && self.resourceID.matches('(?i)^/subscriptions/[^/]+/resourcegroups/[^/]+/providers/microsoft\\\\.managedidentity/userassignedidentities/[^/]+$')) || (!has(self.resourceID) && has(self.ResourceID) && self.ResourceID.matches('(?i)^/subscriptions/[^/]+/resourcegroups/[^/]+/providers/microsoft\\\\.managedidentity/userassignedidentities/[^/]+$'))",message="type 0 (user-assigned identity) needs resourceID of the form /subscriptions/<id>/resourceGroups/<group>/providers/Microsoft.ManagedIdentity/userAssignedIdentities/<name>",fieldPath=".resourceID",reason=FieldValueInvalid
 // +kubebuilder:validation:XValidation:rule="self.type != 0 || (has(self.clientID) && self.clientID.matches('^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$')) || (!has(self.clientID) && has(self.ClientID) && self.ClientID.matches('^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$')) || (!has(self.clientID) && !has(self.ClientID) && has(self.ClientId) && self.ClientId.matches('^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'))",message="type 0 (user-assigned identity) needs clientID, a GUID such as 00000000-0000-0000-0000-000000000000",fieldPath=".clientID",reason=FieldValueInvalid
 // +kubebuilder:validation:XValidation:rule="self.type == 0 || (has(self.tenantID) && size(self.tenantID) > 0) || (!has(self.tenantID) && has(self.TenantID) && size(self.TenantID) > 0)",message="type 1 and 2 (service principal) need tenantID",fieldPath=".tenantID",reason=FieldValueRequired
@@ -88,51 +86,9 @@ type AzureIdentitySpec struct {
 	// +optional
 	Replicas *int32 `json:"replicas,omitempty"`
 
-	// The spellings 1.x manifests used: its decoding ignored case, so
-	// ResourceID and ClientID worked, and existing manifests and stored
-	// objects still carry them. Fold gives them to the canonical fields.
-
-	// +kubebuilder:validation:MaxLength=1024
-	// +kubebuilder:validation:XValidation:rule="self.matches('^[ -~]*$')",message="must be printable ASCII, as Azure client and resource IDs are"
-	// +optional
-	LegacyResourceID string `json:"ResourceID,omitempty"`
-	// +kubebuilder:validation:MaxLength=128
-	// +kubebuilder:validation:XValidation:rule="self.matches('^[ -~]*$')",message="must be printable ASCII, as Azure client and resource IDs are"
-	// +optional
-	LegacyClientID string `json:"ClientID,omitempty"`
-	// +kubebuilder:validation:MaxLength=128
-	// +kubebuilder:validation:XValidation:rule="self.matches('^[ -~]*$')",message="must be printable ASCII, as Azure client and resource IDs are"
-	// +optional
-	LegacyClientIDMixed string `json:"ClientId,omitempty"`
-	// +kubebuilder:validation:MaxLength=128
-	// +optional
-	LegacyTenantID string `json:"TenantID,omitempty"`
-	// +optional
-	LegacyClientPassword *corev1.SecretReference `json:"ClientPassword,omitempty"`
-}
-
-// Fold gives the 1.x spellings' values to the canonical fields that are
-// unset, as 1.x's case-insensitive decoding did.
-func (s *AzureIdentitySpec) Fold() {
-	s.ResourceID = cmp.Or(s.ResourceID, s.LegacyResourceID)
-	s.ClientID = cmp.Or(s.ClientID, s.LegacyClientID, s.LegacyClientIDMixed)
-	s.TenantID = cmp.Or(s.TenantID, s.LegacyTenantID)
-	if s.ClientPassword == nil {
-		s.ClientPassword = s.LegacyClientPassword
-	}
-}
-
-// LegacyFields names the 1.x spellings s carries, for a warning.
-func (s *AzureIdentitySpec) LegacyFields() []string {
-	var out []string
-	for name, set := range map[string]bool{"ResourceID": s.LegacyResourceID != "", "ClientID": s.LegacyClientID != "", "ClientId": s.LegacyClientIDMixed != "",
-		"TenantID": s.LegacyTenantID != "", "ClientPassword": s.LegacyClientPassword != nil} {
-		if set {
-			out = append(out, name)
-		}
-	}
-	slices.Sort(out)
-	return out
+	// LegacyIdentitySpellings are 1.x's spellings of the fields above;
+	// decoding folds them in (legacy.go).
+	LegacyIdentitySpellings `json:",inline"`
 }
 
 // UnmarshalJSON decodes the spec and folds the 1.x spellings, so that
@@ -142,7 +98,7 @@ func (s *AzureIdentitySpec) UnmarshalJSON(b []byte) error {
 	if err := json.Unmarshal(b, (*plain)(s)); err != nil {
 		return err
 	}
-	s.Fold()
+	s.fold()
 	return nil
 }
 

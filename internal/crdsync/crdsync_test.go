@@ -14,10 +14,12 @@ import (
 	"github.com/go-logr/logr"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/compat"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/crdsync"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/framework"
@@ -83,10 +85,10 @@ func TestReplaceOver18(t *testing.T) {
 	if err := c.Get(ctx, client.ObjectKey{Namespace: w.Namespace, Name: w.LegacyRecordName()}, &legacy); err != nil {
 		t.Fatal(err)
 	}
-	got := legacy.Spec
-	if got.NodePool != "" || got.LegacyNodeName != w.Node || got.LegacyPod != w.Pod || got.LegacyPodNamespace != w.Namespace ||
-		got.AzureIdentityRef.LegacySpec == nil || got.AzureIdentityRef.LegacySpec.ResourceID != w.ResourceID || legacy.Status.Status != aadv1.StateAssigned {
-		t.Errorf("1.8's record reads as %+v, status %+v", got, legacy.Status)
+	want := compat.Record1x{Pod: types.NamespacedName{Namespace: w.Namespace, Name: w.Pod}, Node: w.Node,
+		Identity: types.NamespacedName{Namespace: w.Namespace, Name: w.Identity}, ResourceID: w.ResourceID, State: aadv1.StateAssigned}
+	if got, ok := compat.Read1x(&legacy); !ok || got != want {
+		t.Errorf("1.8's record reads as %+v (1.x's: %v), want %+v", got, ok, want)
 	}
 	var id aadv1.AzureIdentity
 	if err := c.Get(ctx, client.ObjectKey{Namespace: w.Namespace, Name: w.Identity}, &id); err != nil || id.Spec.ClientID != w.ClientID || id.Spec.ResourceID != w.ResourceID {
