@@ -149,7 +149,7 @@ func BenchmarkTimeToFirstToken(b *testing.B) {
 		started := map[string]time.Time{}
 		samples := map[string]string{} // a failed request's line per pod, for the log
 		baseline := map[string]baselinePod{}
-		framework.Eventually(b, 10*time.Minute, "every pod's first token and every unlabelled pod's start", func() error {
+		framework.Eventually(b, 10*time.Minute, "every labelled pod's first token and every unlabelled pod's refused request", func() error {
 			var mu sync.Mutex
 			var wg sync.WaitGroup
 			for i := range podCount {
