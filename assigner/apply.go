@@ -26,7 +26,14 @@ type poolARM interface {
 
 // apply carries out a plan: the entries' bookkeeping and the ownership of
 // what is about to be added go to the record first (one write), then the
-// ARM writes, then their outcome (one more write).
+// ARM write, then its outcome (one more write).
+//
+// A round sends one ARM request: a plan needing more (over
+// MaxIdentitiesPerRequest identities) sends its first, the oldest pods'
+// identities (decide's order), and requeues the pool behind the pools
+// already waiting. Every pool's first request thus goes before any pool's
+// second, and pods are released as soon as their own identities are on
+// their own pools, instead of after a few pools' every request.
 func (r *poolReconciler) apply(ctx context.Context, s *poolState, p plan) (ctrl.Result, error) {
 	for _, e := range p.clearUnneeded {
 		// Its pods come back in the same write: the entry showed none
@@ -53,13 +60,21 @@ func (r *poolReconciler) apply(ctx context.Context, s *poolState, p plan) (ctrl.
 	if err := r.flush(ctx, s); err != nil {
 		return ctrl.Result{}, err
 	}
-	refused, err := writeIdentities(ctx, r.arm, s.pool, s.actual, resourceIDs(p.add), resourceIDs(p.remove))
+	add, remove, requeue := resourceIDs(p.add), resourceIDs(p.remove), p.requeueAfter
+	if ps := Patches(s.actual, add, remove); len(ps) > 1 {
+		add, remove, requeue = ps[0].Add, ps[0].Remove, time.Millisecond
+	}
+	refused, err := writeIdentities(ctx, r.arm, s.pool, s.actual, add, remove)
 	if err != nil {
 		return r.armFailed(ctx, s, err)
 	}
 	r.pacer.armSucceeded(s.pool.Key())
+	var removed []*aadv1.IdentityAssignment
 	for _, e := range p.remove {
-		delete(s.entries, entryKey(e))
+		if !s.actual.Has(e.ResourceID) {
+			removed = append(removed, e)
+			delete(s.entries, entryKey(e))
+		}
 	}
 	// An entry whose state stays gets a new pod count only when counts are
 	// due, as in a settled round.
@@ -83,11 +98,11 @@ func (r *poolReconciler) apply(ctx context.Context, s *poolState, p plan) (ctrl.
 	if err := r.flush(ctx, s); err != nil {
 		return ctrl.Result{}, err
 	}
-	r.announce(s, before, p.remove)
+	r.announce(s, before, removed)
 	if !countNow && s.countsChanged() {
-		return ctrl.Result{RequeueAfter: positiveMin(p.requeueAfter, countInterval)}, nil
+		return ctrl.Result{RequeueAfter: positiveMin(requeue, countInterval)}, nil
 	}
-	return ctrl.Result{RequeueAfter: p.requeueAfter}, nil
+	return ctrl.Result{RequeueAfter: requeue}, nil
 }
 
 // positiveMin is the shorter of two delays, 0 meaning none.

@@ -1,7 +1,12 @@
 package assigner
 
 import (
+	"cmp"
+	"slices"
+	"strings"
 	"time"
+
+	"k8s.io/apimachinery/pkg/types"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 )
@@ -93,5 +98,21 @@ func decide(s *poolState, pol poolPolicy, now time.Time, retryFailed bool) plan 
 		}
 		p.drop = append(p.drop, rec)
 	}
+	oldestFirst(p.add, s.wanted)
 	return p
+}
+
+// oldestFirst orders additions by the oldest pod that wants each (then by
+// name, for a stable order): a pool takes one request per round, so the
+// pods waiting longest get their identities first on every pool.
+func oldestFirst(add []*aadv1.IdentityAssignment, wanted map[types.NamespacedName]*wantedIdentity) {
+	oldest := func(e *aadv1.IdentityAssignment) time.Time {
+		if w := wanted[entryKey(e)]; w != nil {
+			return w.oldest
+		}
+		return time.Time{}
+	}
+	slices.SortStableFunc(add, func(a, b *aadv1.IdentityAssignment) int {
+		return cmp.Or(oldest(a).Compare(oldest(b)), strings.Compare(entryKey(a).String(), entryKey(b).String()))
+	})
 }

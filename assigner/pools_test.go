@@ -3,6 +3,7 @@ package assigner
 import (
 	"context"
 	"fmt"
+	"maps"
 	"strings"
 	"testing"
 	"time"
@@ -162,6 +163,69 @@ func TestExternalRecords(t *testing.T) {
 		}
 		if e.External != tc.external || e.State != aadv1.StateAssigned {
 			t.Errorf("entry of %s: %+v, want Assigned, external %v", tc.id.Name, e, tc.external)
+		}
+	}
+}
+
+// A pool needing more identities than one ARM request takes sends one
+// request per round, the oldest pods' identities first, and requeues at
+// once behind the pools already waiting (breadth-first over pools); the
+// next round sends the rest.
+func TestPoolRoundsOneRequestEach(t *testing.T) {
+	ctx := context.Background()
+	const n = MaxIdentitiesPerRequest + 50
+	objs := make([]client.Object, 0, 2*n)
+	ids := make([]*aadv1.AzureIdentity, n)
+	for i := range n {
+		ids[i] = &aadv1.AzureIdentity{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: fmt.Sprintf("id-%03d", i)},
+			Spec:       aadv1.AzureIdentitySpec{Type: aadv1.UserAssignedMSI, ResourceID: uami(i), ClientID: clientIDOf(uami(i))},
+		}
+		// The later the name, the older its pod: age, not name, decides.
+		pod := testPod(fmt.Sprintf("p%03d", i))
+		pod.Annotations[aadv1.AnnotationIdentities] = "ns/" + ids[i].Name
+		pod.CreationTimestamp = metav1.NewTime(t0.Add(time.Duration(n-i) * time.Second))
+		objs = append(objs, ids[i], pod)
+	}
+	c := fake.NewClientBuilder().WithScheme(identity.Scheme()).
+		WithObjects(objs...).
+		WithStatusSubresource(&aadv1.AzureAssignedIdentity{}).
+		WithIndex(&corev1.Pod{}, podPoolIndex, indexPodPools).
+		WithIndex(&aadv1.AzureAssignedIdentity{}, recordPoolIndex, indexRecordPool).
+		Build()
+	arm := &fakeARM{}
+	r := newPoolReconciler(c, nil, Options{Namespace: "sys", GCGracePeriod: time.Minute, DriftCheckPeriod: time.Hour, Clock: clocktesting.NewFakeClock(t0)})
+	r.arm = arm
+	states := func() map[aadv1.AssignmentState]int {
+		t.Helper()
+		out := map[aadv1.AssignmentState]int{}
+		for i, id := range ids {
+			e, err := entryOf(ctx, c, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The youngest pods' identities are the ones left waiting.
+			if wantWaiting := i < n-MaxIdentitiesPerRequest; e.State == aadv1.StateAssigning != wantWaiting && len(arm.patches) == 1 {
+				t.Errorf("after the first request, %s is %s", id.Name, e.State)
+			}
+			out[e.State]++
+		}
+		return out
+	}
+	for _, want := range []struct {
+		requeue time.Duration
+		patches int
+		states  map[aadv1.AssignmentState]int
+	}{
+		{time.Millisecond, 1, map[aadv1.AssignmentState]int{aadv1.StateAssigned: MaxIdentitiesPerRequest, aadv1.StateAssigning: n - MaxIdentitiesPerRequest}},
+		{time.Hour, 2, map[aadv1.AssignmentState]int{aadv1.StateAssigned: n}},
+	} {
+		res, err := r.Reconcile(ctx, ctrl.Request{NamespacedName: types.NamespacedName{Name: testPool.ID()}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := states(); res.RequeueAfter != want.requeue || len(arm.patches) != want.patches || !maps.Equal(got, want.states) {
+			t.Fatalf("round %d: requeue %s, %d PATCHes, entries %v; want %s, %d, %v", want.patches, res.RequeueAfter, len(arm.patches), got, want.requeue, want.patches, want.states)
 		}
 	}
 }

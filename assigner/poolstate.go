@@ -3,6 +3,7 @@ package assigner
 import (
 	"context"
 	"fmt"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -37,10 +38,11 @@ type poolState struct {
 }
 
 // wantedIdentity is a user-assigned AzureIdentity the pool's live pods
-// use, and how many of them do.
+// use, how many of them do, and when the oldest of them was created.
 type wantedIdentity struct {
 	identity aadv1.AzureIdentity
 	pods     int32
+	oldest   time.Time
 }
 
 // empty reports whether nothing of ours concerns the pool.
@@ -146,12 +148,17 @@ func (r *poolReconciler) wantedIdentities(ctx context.Context, pool nodepool.Poo
 	wanted := map[types.NamespacedName]*wantedIdentity{}
 	skipped := map[types.NamespacedName]bool{}
 	for i := range pods.Items {
-		if !identity.Live(&pods.Items[i]) {
+		pod := &pods.Items[i]
+		if !identity.Live(pod) {
 			continue
 		}
-		for _, key := range identity.Admitted(&pods.Items[i]) {
+		created := pod.CreationTimestamp.Time
+		for _, key := range identity.Admitted(pod) {
 			if w, ok := wanted[key]; ok {
 				w.pods++
+				if created.Before(w.oldest) {
+					w.oldest = created
+				}
 				continue
 			}
 			if skipped[key] {
@@ -165,7 +172,7 @@ func (r *poolReconciler) wantedIdentities(ctx context.Context, pool nodepool.Poo
 				skipped[key] = true
 				continue
 			}
-			wanted[key] = &wantedIdentity{identity: id, pods: 1}
+			wanted[key] = &wantedIdentity{identity: id, pods: 1, oldest: created}
 		}
 	}
 	return wanted, nil
