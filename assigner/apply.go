@@ -28,12 +28,13 @@ type poolARM interface {
 // what is about to be added go to the record first (one write), then the
 // ARM write, then its outcome (one more write).
 //
-// A round sends one ARM request: a plan needing more (over
-// MaxIdentitiesPerRequest identities) sends its first, the oldest pods'
-// identities (decide's order), and requeues the pool behind the pools
-// already waiting. Every pool's first request thus goes before any pool's
-// second, and pods are released as soon as their own identities are on
-// their own pools, instead of after a few pools' every request.
+// A plan needing several ARM requests (over MaxIdentitiesPerRequest
+// identities) sends only its first, the oldest pods' identities (decide's
+// order), and requeues the pool behind the pools already waiting; its next
+// round sends the rest (pacer.yield). Every pool's first request thus goes
+// before any pool's second, and the oldest pods are released once their
+// identities are on their own pools, instead of after a few pools' every
+// request.
 func (r *poolReconciler) apply(ctx context.Context, s *poolState, p plan) (ctrl.Result, error) {
 	for _, e := range p.clearUnneeded {
 		// Its pods come back in the same write: the entry showed none
@@ -61,7 +62,7 @@ func (r *poolReconciler) apply(ctx context.Context, s *poolState, p plan) (ctrl.
 		return ctrl.Result{}, err
 	}
 	add, remove, requeue := resourceIDs(p.add), resourceIDs(p.remove), p.requeueAfter
-	if ps := Patches(s.actual, add, remove); len(ps) > 1 {
+	if ps := Patches(s.actual, add, remove); r.pacer.yield(s.pool.Key(), len(ps)) {
 		add, remove, requeue = ps[0].Add, ps[0].Remove, time.Millisecond
 	}
 	refused, err := writeIdentities(ctx, r.arm, s.pool, s.actual, add, remove)

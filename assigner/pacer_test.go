@@ -231,3 +231,17 @@ func armError(status int, headers map[string]string, code, message string) error
 	}
 	return runtime.NewResponseError(resp)
 }
+
+// A pool gives way once per burst: the round after sends everything, and a
+// later burst gives way again.
+func TestPacerYieldsOncePerBurst(t *testing.T) {
+	p := newPacer(clocktesting.NewFakeClock(t0), 0, time.Hour)
+	for i, tc := range []struct {
+		requests int
+		want     bool
+	}{{1, false}, {3, true}, {2, false}, {3, true}, {1, false}, {2, true}} {
+		if got := p.yield("pool", tc.requests); got != tc.want {
+			t.Errorf("round %d, %d requests: yield %v, want %v", i, tc.requests, got, tc.want)
+		}
+	}
+}

@@ -167,13 +167,13 @@ func TestExternalRecords(t *testing.T) {
 	}
 }
 
-// A pool needing more identities than one ARM request takes sends one
-// request per round, the oldest pods' identities first, and requeues at
-// once behind the pools already waiting (breadth-first over pools); the
-// next round sends the rest.
-func TestPoolRoundsOneRequestEach(t *testing.T) {
+// A pool needing more identities than one ARM request takes sends its
+// first request, the oldest pods' identities, alone and requeues at once
+// behind the pools already waiting (breadth-first over pools); the next
+// round sends the rest.
+func TestPoolRoundsFirstRequestAlone(t *testing.T) {
 	ctx := context.Background()
-	const n = MaxIdentitiesPerRequest + 50
+	const n = 2*MaxIdentitiesPerRequest + 50
 	objs := make([]client.Object, 0, 2*n)
 	ids := make([]*aadv1.AzureIdentity, n)
 	for i := range n {
@@ -218,14 +218,14 @@ func TestPoolRoundsOneRequestEach(t *testing.T) {
 		states  map[aadv1.AssignmentState]int
 	}{
 		{time.Millisecond, 1, map[aadv1.AssignmentState]int{aadv1.StateAssigned: MaxIdentitiesPerRequest, aadv1.StateAssigning: n - MaxIdentitiesPerRequest}},
-		{time.Hour, 2, map[aadv1.AssignmentState]int{aadv1.StateAssigned: n}},
+		{time.Hour, 3, map[aadv1.AssignmentState]int{aadv1.StateAssigned: n}},
 	} {
 		res, err := r.Reconcile(ctx, ctrl.Request{NamespacedName: types.NamespacedName{Name: testPool.ID()}})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if got := states(); res.RequeueAfter != want.requeue || len(arm.patches) != want.patches || !maps.Equal(got, want.states) {
-			t.Fatalf("round %d: requeue %s, %d PATCHes, entries %v; want %s, %d, %v", want.patches, res.RequeueAfter, len(arm.patches), got, want.requeue, want.patches, want.states)
+			t.Fatalf("requeue %s, %d PATCHes, entries %v; want %s, %d, %v", res.RequeueAfter, len(arm.patches), got, want.requeue, want.patches, want.states)
 		}
 	}
 }
