@@ -633,7 +633,14 @@ func writeKubeconfig(t *testing.T, env *envtest.Environment) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(t.TempDir(), "kubeconfig")
+	return writeTemp(t, "kubeconfig", data)
+}
+
+// writeTemp writes data to a file of the test's own directory, readable by
+// its owner only (a kubeconfig holds credentials), and returns its path.
+func writeTemp(t *testing.T, name string, data []byte) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), name)
 	if err := os.WriteFile(path, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -657,11 +664,7 @@ func nmiConfig(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(t.TempDir(), "config.yaml")
-	if err := os.WriteFile(path, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
+	return writeTemp(t, "config.yaml", data)
 }
 
 func startNMI(t *testing.T, kubeconfig, logPath string, extra ...string) *exec.Cmd {
