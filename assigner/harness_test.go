@@ -210,7 +210,7 @@ func (w *world) admission() *admission {
 
 // admit annotates and gates the pod as the webhook would.
 func (a *admission) admit(pod *corev1.Pod) {
-	res := identity.Resolve(a.ns, pod.Labels[aadv1.BindingLabel], a.bindings.Items, a.identities.Items, false)
+	res := identity.Resolve(a.ns, pod.Labels[aadv1.BindingLabel], a.bindings.Items, a.identities.Items, false, false)
 	pod.Annotations = res.Annotations()
 	if res.NeedsAssignment() && pod.Spec.NodeName == "" {
 		pod.Spec.SchedulingGates = []corev1.PodSchedulingGate{{Name: aadv1.SchedulingGate}}

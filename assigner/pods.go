@@ -70,7 +70,7 @@ func (r *podReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 	}
 	var userAssigned []identity.Resolved
 	for _, id := range res.Identities {
-		if id.Type == aadv1.UserAssignedMSI {
+		if id.OnPools() {
 			userAssigned = append(userAssigned, id)
 		}
 	}

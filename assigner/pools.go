@@ -124,7 +124,9 @@ func (r *poolReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	err := ctrl.NewControllerManagedBy(mgr).Named("pool").
 		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(podToPools), builder.WithPredicates(podTargetsChanged())).
 		Watches(&aadv1.AzureAssignedIdentity{}, handler.EnqueueRequestsFromMapFunc(recordToPool), builder.WithPredicates(predicate.GenerationChangedPredicate{})).
-		Watches(&aadv1.AzureIdentity{}, handler.EnqueueRequestsFromMapFunc(r.identityPools), builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Watches(&aadv1.AzureIdentity{}, handler.EnqueueRequestsFromMapFunc(r.identityPools), builder.WithPredicates(
+			// The annotation: an identity turned federated leaves the pools.
+			predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
 		WithOptions(controller.Options{MaxConcurrentReconciles: r.workers}).
 		Complete(r)
 	if err != nil {

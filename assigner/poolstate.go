@@ -202,7 +202,8 @@ func (r *poolReconciler) unseenIdentities(ctx context.Context, wanted map[types.
 }
 
 // userAssigned returns the AzureIdentity behind key, and whether it is a
-// user-assigned one the assigner can put on a pool (a missing one is not).
+// user-assigned one the assigner puts on a pool (a missing or federated one
+// is not).
 func (r *poolReconciler) userAssigned(ctx context.Context, key types.NamespacedName) (aadv1.AzureIdentity, bool, error) {
 	var id aadv1.AzureIdentity
 	if err := r.client.Get(ctx, key, &id); err != nil {
@@ -211,7 +212,7 @@ func (r *poolReconciler) userAssigned(ctx context.Context, key types.NamespacedN
 		}
 		return id, false, fmt.Errorf("getting AzureIdentity %s: %w", key, err)
 	}
-	return id, id.Spec.Type == aadv1.UserAssignedMSI && id.Spec.ResourceID != "", nil
+	return id, id.Spec.Type == aadv1.UserAssignedMSI && id.Spec.ResourceID != "" && !identity.Federated(&id, false), nil
 }
 
 // readRecords reads the pool's record into s.entries, and the earlier

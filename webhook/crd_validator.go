@@ -64,6 +64,9 @@ func validOrWarned(warnings []string) outcome {
 type IdentityValidator struct {
 	Protected identity.Protected
 	Scopes    identity.Scopes
+	// AllFederated and Federation are policy mode federated and
+	// policy.federation.enabled.
+	AllFederated, Federation bool
 }
 
 var _ admitter[*aadv1.AzureIdentity] = IdentityValidator{}
@@ -96,7 +99,25 @@ func (v IdentityValidator) Admit(_ context.Context, _ admission.Request, id, _ *
 			"%s: Secret %s/%s is outside the identity's namespace %s; NMI reads it only with nmi.allowCrossNamespaceSecrets: true",
 			field.NewPath("spec", "clientPassword", "namespace"), ref.Namespace, ref.Name, id.Namespace))
 	}
-	return validOrWarned(warnings)
+	return validOrWarned(append(warnings, v.federationWarnings(id)...))
+}
+
+// federationWarnings tells what the federated annotation does to id.
+func (v IdentityValidator) federationWarnings(id *aadv1.AzureIdentity) []string {
+	path := field.NewPath("metadata", "annotations").Key(aadv1.AnnotationFederated)
+	value, annotated := id.Annotations[aadv1.AnnotationFederated]
+	switch {
+	case annotated && value != "true" && value != "false":
+		return []string{fmt.Sprintf("%s: %q is neither \"true\" nor \"false\"; read as false", path, value)}
+	case annotated && value == "true" && id.Spec.Type != aadv1.UserAssignedMSI:
+		return []string{fmt.Sprintf("%s: only user-assigned identities (type 0) are federated; ignored for type %d", path, id.Spec.Type)}
+	case !identity.Federated(id, v.AllFederated):
+		return nil
+	case !v.Federation:
+		return []string{fmt.Sprintf("%s: NMI serves no federated identity until the chart's policy.federation.enabled is true", path)}
+	}
+	return []string{fmt.Sprintf("AzureIdentity %s/%s is federated: a pod gets its token only if client ID %s has a federated credential for the cluster's issuer, subject system:serviceaccount:%s:<the pod's service account> and audience %s",
+		id.Namespace, id.Name, id.Spec.ClientID, id.Namespace, identity.FederatedAudience)}
 }
 
 // ExceptionValidator tells whoever creates an AzurePodIdentityException what

@@ -141,3 +141,38 @@ func TestIdentityValidatorRefusesNonASCIIIDs(t *testing.T) {
 		{name: "ASCII", spec: aadv1.AzureIdentitySpec{ClientID: "another-client", ResourceID: userAssigned("team-a", "x")}},
 	})
 }
+
+func TestIdentityValidatorWarnsAboutFederation(t *testing.T) {
+	tests := []struct {
+		name       string
+		v          IdentityValidator
+		typ        aadv1.IdentityType
+		annotation string // "": none
+		want       string // a substring of the one warning; "": none
+	}{
+		{name: "standard identity", v: IdentityValidator{Federation: true}},
+		{name: "annotated, federation on", v: IdentityValidator{Federation: true}, annotation: "true", want: "has a federated credential for the cluster's issuer, subject system:serviceaccount:team-a:"},
+		{name: "mode federated, not annotated", v: IdentityValidator{AllFederated: true, Federation: true}, want: "audience api://AzureADTokenExchange"},
+		{name: "annotated, federation off", annotation: "true", want: "until the chart's policy.federation.enabled is true"},
+		{name: "annotated false", v: IdentityValidator{Federation: true}, annotation: "false"},
+		{name: "annotated with another word", v: IdentityValidator{Federation: true}, annotation: "yes", want: `"yes" is neither "true" nor "false"`},
+		{name: "a service principal", v: IdentityValidator{Federation: true}, typ: aadv1.ServicePrincipal, annotation: "true", want: "only user-assigned identities (type 0) are federated"},
+		{name: "a service principal in mode federated", v: IdentityValidator{AllFederated: true, Federation: true}, typ: aadv1.ServicePrincipal},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			id := &aadv1.AzureIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: "team-a", Name: "mine"},
+				Spec: aadv1.AzureIdentitySpec{Type: tt.typ, ClientID: "c"}}
+			if tt.annotation != "" {
+				id.Annotations = map[string]string{aadv1.AnnotationFederated: tt.annotation}
+			}
+			got := tt.v.federationWarnings(id)
+			switch {
+			case tt.want == "" && len(got) > 0:
+				t.Fatalf("warnings %q, want none", got)
+			case tt.want != "" && (len(got) != 1 || !strings.Contains(got[0], tt.want)):
+				t.Fatalf("warnings %q, want one containing %q", got, tt.want)
+			}
+		})
+	}
+}

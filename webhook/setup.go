@@ -76,9 +76,14 @@ type Options struct {
 	// releases before this design did.
 	AllowCrossNamespace bool
 	// Mode is config.ModeStandard (pods with user-assigned identities are gated
-	// until the assigner has put them on the pools) or config.ModeManaged (admins
-	// assign identities; no gate, and gates set earlier are lifted).
+	// until the assigner has put them on the pools), config.ModeManaged (admins
+	// assign identities) or config.ModeFederated (NMI exchanges the pod's
+	// service-account token); in the last two no pod is gated, and gates set
+	// earlier are lifted.
 	Mode config.Mode
+	// Federation is policy.federation.enabled: NMI serves federated
+	// identities (the AzureIdentity validator warns when it does not).
+	Federation bool
 	// TrustedServiceAccounts ("namespace/name") may change the label,
 	// annotations and gate of an existing pod.
 	TrustedServiceAccounts []string
@@ -118,7 +123,7 @@ func NewManager(ctx context.Context, cfg *rest.Config, opts Options) (manager.Ma
 		// conditions) would be most of the cache.
 		&corev1.Node{}: {Transform: nodeForTargets},
 	}
-	if opts.Mode == config.ModeManaged {
+	if opts.Mode == config.ModeManaged || opts.Mode == config.ModeFederated {
 		byObject[&corev1.Pod{}] = unscheduledPods()
 	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
@@ -219,6 +224,7 @@ func Setup(ctx context.Context, mgr manager.Manager, server webhook.Server, opts
 	if err != nil {
 		return err
 	}
+	resolver.AllFederated = opts.Mode == config.ModeFederated
 	decoder := admission.NewDecoder(mgr.GetScheme())
 	register := func(path string, h admission.Handler) {
 		server.Register(path, (&admission.Webhook{Handler: h}).WithRecoverPanic(true))
@@ -235,12 +241,12 @@ func Setup(ctx context.Context, mgr manager.Manager, server webhook.Server, opts
 		if _, err := mgr.GetCache().GetInformer(ctx, &corev1.Node{}); err != nil {
 			return fmt.Errorf("watching nodes: %w", err)
 		}
-	case config.ModeManaged:
+	case config.ModeManaged, config.ModeFederated:
 		if err := addGateReleaser(mgr, mgr.GetLogger().WithName("gates")); err != nil {
 			return fmt.Errorf("adding the gate releaser: %w", err)
 		}
 	default:
-		return fmt.Errorf("mode %q: want %s or %s", opts.Mode, config.ModeStandard, config.ModeManaged)
+		return fmt.Errorf("mode %q: want one of %v", opts.Mode, config.Modes)
 	}
 	if opts.AdoptPreexistingPods {
 		err = mgr.Add(&adopter{reader: mgr.GetAPIReader(), client: mgr.GetClient(), resolver: resolver,
@@ -259,7 +265,8 @@ func Setup(ctx context.Context, mgr manager.Manager, server webhook.Server, opts
 	register(ValidateBindingPath, crFrontEnd("validate-azureidentitybinding", "AzureIdentityBinding", decoder,
 		func() *aadv1.AzureIdentityBinding { return &aadv1.AzureIdentityBinding{} }, &BindingValidator{Reader: mgr.GetAPIReader()}))
 	register(ValidateIdentityPath, crFrontEnd("validate-azureidentity", "AzureIdentity", decoder,
-		func() *aadv1.AzureIdentity { return &aadv1.AzureIdentity{} }, IdentityValidator{Protected: identity.NewProtected(opts.ProtectedIdentities), Scopes: scopes}))
+		func() *aadv1.AzureIdentity { return &aadv1.AzureIdentity{} }, IdentityValidator{Protected: identity.NewProtected(opts.ProtectedIdentities), Scopes: scopes,
+			AllFederated: resolver.AllFederated, Federation: opts.Federation}))
 	register(ValidateExceptionPath, crFrontEnd("validate-azurepodidentityexception", "AzurePodIdentityException", decoder,
 		func() *aadv1.AzurePodIdentityException { return &aadv1.AzurePodIdentityException{} },
 		ExceptionValidator{Namespaces: opts.ExceptionNamespaces, Tokens: opts.ExceptionTokens}))

@@ -30,6 +30,12 @@ const (
 
 	// NMINotReadyTaint keeps pods off a node until NMI intercepts IMDS there.
 	NMINotReadyTaint = AnnotationPrefix + "nmi-not-ready"
+
+	// AnnotationFederated, "true" on a user-assigned AzureIdentity, serves
+	// it through workload identity federation (NMI exchanges the pod's
+	// service-account token) instead of putting it on the node pools. In
+	// policy mode federated every user-assigned identity is served so.
+	AnnotationFederated = AnnotationPrefix + "federated"
 )
 
 // Values of AnnotationAssignment.

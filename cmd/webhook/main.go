@@ -51,7 +51,7 @@ func main() {
 		os.Exit(2)
 	}
 	p, w := cfg.Policy, cfg.Webhook
-	opts.Mode = p.Mode
+	opts.Mode, opts.Federation = p.Mode, p.Federation.Enabled
 	opts.AllowCrossNamespace = p.AllowCrossNamespace
 	opts.TrustedServiceAccounts = w.TrustedServiceAccounts
 	opts.ExceptionNamespaces, opts.ExceptionTokens = p.Exceptions.Namespaces, p.Exceptions.Tokens

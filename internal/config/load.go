@@ -87,6 +87,9 @@ const DefaultTokenCacheSize = 10000
 func SetDefaults(c *Configuration, namespace string) {
 	p := &c.Policy
 	setDefault(&p.Mode, ModeStandard)
+	if p.Mode == ModeFederated {
+		p.Federation.Enabled = true
+	}
 	if p.Exceptions.Namespaces == nil {
 		p.Exceptions.Namespaces = defaultExceptionNamespaces
 	}
@@ -143,14 +146,22 @@ func setDefault[T comparable](v *T, def T) {
 
 func duration(d time.Duration) *metav1.Duration { return &metav1.Duration{Duration: d} }
 
+// Modes are the supported policy modes.
+var Modes = []Mode{ModeStandard, ModeManaged, ModeFederated}
+
+var uuidRE = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+
 var serviceAccountRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-.a-z0-9]*[a-z0-9])?$`)
 
 // Validate returns every invalid field of a defaulted c, by path.
 func Validate(c *Configuration) field.ErrorList {
 	var errs field.ErrorList
 	p, pp := c.Policy, field.NewPath("policy")
-	if p.Mode != ModeStandard && p.Mode != ModeManaged {
-		errs = append(errs, field.NotSupported(pp.Child("mode"), p.Mode, []Mode{ModeStandard, ModeManaged}))
+	if !slices.Contains(Modes, p.Mode) {
+		errs = append(errs, field.NotSupported(pp.Child("mode"), p.Mode, Modes))
+	}
+	if p.Federation.Enabled && !uuidRE.MatchString(p.Federation.TenantID) {
+		errs = append(errs, field.Invalid(pp.Child("federation", "tenantID"), p.Federation.TenantID, "federation needs the Azure AD tenant's ID (a GUID: az account show --query tenantId)"))
 	}
 	for ns, scopes := range p.IdentityScopes {
 		for i, s := range scopes {

@@ -70,6 +70,8 @@ func TestLoadRefuses(t *testing.T) {
 		{"no apiVersion", "policy: {}\n", []string{`apiVersion ""`}},
 		{"not YAML", header + "policy: [\n", []string{"decoding"}},
 		{"unknown mode", header + "policy:\n  mode: addon\n", []string{"policy.mode", `"addon"`, "standard"}},
+		{"mode federated without a tenant", header + "policy:\n  mode: federated\n", []string{"policy.federation.tenantID", "az account show"}},
+		{"federation with a tenant that is no GUID", header + "policy:\n  federation:\n    enabled: true\n    tenantID: contoso.onmicrosoft.com\n", []string{"policy.federation.tenantID", "contoso"}},
 		{"bad scope", header + "policy:\n  identityScopes:\n    team-a: [/subscription/x]\n", []string{"policy.identityScopes[team-a][0]"}},
 		{"bad exception tokens", header + "policy:\n  exceptions:\n    tokens: all\n", []string{"policy.exceptions.tokens"}},
 		{"bad node selection", header + "policy:\n  nmiNodeSelection:\n    affinity:\n      nodeAffinity:\n        requiredDuringSchedulingIgnoredDuringExecution:\n          nodeSelectorTerms:\n          - matchExpressions:\n            - {key: a, operator: Bogus}\n",
@@ -99,5 +101,15 @@ func TestScopeEntries(t *testing.T) {
 	p := Policy{IdentityScopes: map[string][]string{"b": {"/subscriptions/2"}, "a": {"/subscriptions/1", "/subscriptions/3"}}}
 	if got := strings.Join(p.ScopeEntries(), ","); got != "a=/subscriptions/1,a=/subscriptions/3,b=/subscriptions/2" {
 		t.Errorf("got %s", got)
+	}
+}
+
+func TestModeFederatedEnablesFederation(t *testing.T) {
+	c, err := load(t, header+"policy:\n  mode: federated\n  federation:\n    tenantID: 72f988bf-86f1-41af-91ab-2d7cd011db47\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.Policy.Federation.Enabled {
+		t.Error("mode federated left policy.federation.enabled false")
 	}
 }

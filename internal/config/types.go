@@ -44,6 +44,10 @@ const (
 	// ModeManaged: the cluster's admins (as with the AKS add-on); no
 	// assigner, no gate, and NMI checks the pairing on IMDS's token.
 	ModeManaged Mode = "managed"
+	// ModeFederated: nobody; NMI exchanges each pod's service-account token
+	// for its identities' tokens (workload identity federation). No
+	// assigner, no gate, no identity on any node pool.
+	ModeFederated Mode = "federated"
 )
 
 // ExceptionTokens is what an AzurePodIdentityException grants.
@@ -60,8 +64,12 @@ const (
 
 // Policy is the identity policy the three components share.
 type Policy struct {
-	// Mode is standard or managed.
+	// Mode is standard, managed or federated.
 	Mode Mode `json:"mode,omitempty"`
+	// Federation serves user-assigned identities through workload identity
+	// federation: all of them in mode federated, else those annotated
+	// aadpodidentity.k8s.io/federated: "true".
+	Federation Federation `json:"federation"`
 	// AllowCrossNamespace lets pods match AzureIdentityBindings in every
 	// namespace (releases before this design); off, a binding matches only
 	// pods of its namespace.
@@ -84,6 +92,17 @@ type Policy struct {
 	// onto the pools of nodes NMI runs on, and a labelled pod that can only
 	// run elsewhere is refused.
 	NMINodeSelection *NodeSelection `json:"nmiNodeSelection,omitempty"`
+}
+
+// Federation is workload identity federation: NMI asks for a service-account
+// token bound to the calling pod and exchanges it at Azure AD.
+type Federation struct {
+	// Enabled lets NMI request service-account tokens (on in mode
+	// federated); off, a federated AzureIdentity is refused.
+	Enabled bool `json:"enabled,omitempty"`
+	// TenantID is the Azure AD tenant of federated identities whose
+	// AzureIdentity names none (the walkthrough's do not).
+	TenantID string `json:"tenantID,omitempty"`
 }
 
 // Exceptions scopes AzurePodIdentityExceptions: whoever may create one in

@@ -3,6 +3,7 @@ package identity
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 
 	"k8s.io/apimachinery/pkg/types"
@@ -24,6 +25,24 @@ type Resolved struct {
 	// ResourceID is a user-assigned identity's ARM resource.
 	ResourceID string
 	Type       aadv1.IdentityType
+	// Federated: served through workload identity federation, never put
+	// on a node pool (see Federated).
+	Federated bool
+}
+
+// OnPools reports whether the identity must be on the pod's node pools for
+// IMDS to serve it.
+func (r Resolved) OnPools() bool { return r.Type == aadv1.UserAssignedMSI && !r.Federated }
+
+// FederatedAudience is the audience of the service-account tokens NMI
+// exchanges, Azure AD's default for federated credentials.
+const FederatedAudience = "api://AzureADTokenExchange"
+
+// Federated reports whether id is served through workload identity
+// federation: a user-assigned identity, in a cluster whose policy federates
+// all of them (all) or annotated so.
+func Federated(id *aadv1.AzureIdentity, all bool) bool {
+	return id.Spec.Type == aadv1.UserAssignedMSI && (all || id.Annotations[aadv1.AnnotationFederated] == "true")
 }
 
 // Key names the AzureIdentity.
@@ -41,19 +60,15 @@ type Resolution struct {
 // NeedsAssignment reports whether any identity must be put on a node pool
 // before the pod may be scheduled.
 func (r Resolution) NeedsAssignment() bool {
-	for _, id := range r.Identities {
-		if id.Type == aadv1.UserAssignedMSI {
-			return true
-		}
-	}
-	return false
+	return slices.ContainsFunc(r.Identities, Resolved.OnPools)
 }
 
 // Resolve matches bindings to a pod's selector. Only bindings in the pod's
 // namespace count unless allowCrossNamespace is set; a binding always names
 // an AzureIdentity in its own namespace. The result is sorted and
-// deduplicated so that annotations are stable across replicas.
-func Resolve(podNamespace, selector string, bindings []aadv1.AzureIdentityBinding, identities []aadv1.AzureIdentity, allowCrossNamespace bool) Resolution {
+// deduplicated so that annotations are stable across replicas. allFederated
+// is policy mode federated (see Federated).
+func Resolve(podNamespace, selector string, bindings []aadv1.AzureIdentityBinding, identities []aadv1.AzureIdentity, allowCrossNamespace, allFederated bool) Resolution {
 	var res Resolution
 	if selector == "" {
 		return res
@@ -77,7 +92,8 @@ func Resolve(podNamespace, selector string, bindings []aadv1.AzureIdentityBindin
 			continue
 		}
 		seen[key] = true
-		res.Identities = append(res.Identities, Resolved{Namespace: id.Namespace, Name: id.Name, ClientID: id.Spec.ClientID, ResourceID: id.Spec.ResourceID, Type: id.Spec.Type})
+		res.Identities = append(res.Identities, Resolved{Namespace: id.Namespace, Name: id.Name, ClientID: id.Spec.ClientID, ResourceID: id.Spec.ResourceID, Type: id.Spec.Type,
+			Federated: Federated(id, allFederated)})
 	}
 	sort.Slice(res.Identities, func(i, j int) bool {
 		return res.Identities[i].Key().String() < res.Identities[j].Key().String()
@@ -94,6 +110,9 @@ type Resolver struct {
 	Cache               client.Reader
 	Live                client.Reader
 	AllowCrossNamespace bool
+	// AllFederated is policy mode federated: every user-assigned identity
+	// is federated.
+	AllFederated bool
 }
 
 // NewResolver indexes AzureIdentityBindings by selector in the cache, which
@@ -148,7 +167,7 @@ func (r *Resolver) resolveFrom(ctx context.Context, reader client.Reader, indexe
 		}
 		identities = append(identities, id)
 	}
-	return Resolve(podNamespace, selector, bindings.Items, identities, r.AllowCrossNamespace), nil
+	return Resolve(podNamespace, selector, bindings.Items, identities, r.AllowCrossNamespace, r.AllFederated), nil
 }
 
 // IndexBindingSelector is the field indexer for BindingSelectorIndex; tests

@@ -17,13 +17,16 @@ func TestResolve(t *testing.T) {
 		objects.AzureIdentity("default", "demo", aadv1.UserAssignedMSI, "c-demo"),
 		objects.AzureIdentity("default", "sp", aadv1.ServicePrincipal, "c-sp"),
 		objects.AzureIdentity("other", "demo", aadv1.UserAssignedMSI, "c-other"),
+		objects.AzureIdentity("default", "fed", aadv1.UserAssignedMSI, "c-fed"),
 	}
+	ids[3].Annotations = map[string]string{aadv1.AnnotationFederated: "true"}
 	tests := []struct {
 		name       string
 		namespace  string
 		selector   string
 		bindings   []aadv1.AzureIdentityBinding
 		cross      bool
+		federated  bool // policy mode federated
 		want       []string // keys
 		wantIDs    string
 		dangling   []string
@@ -51,10 +54,19 @@ func TestResolve(t *testing.T) {
 			bindings: []aadv1.AzureIdentityBinding{
 				objects.Binding("default", "b1", "sp", "both"), objects.Binding("default", "b2", "demo", "both"), objects.Binding("default", "b3", "demo", "both")},
 			want: []string{"default/demo", "default/sp"}, wantIDs: "c-demo,c-sp", assignment: true},
+		{name: "an identity annotated federated needs no assignment", namespace: "default", selector: "fed",
+			bindings: []aadv1.AzureIdentityBinding{objects.Binding("default", "b", "fed", "fed")},
+			want:     []string{"default/fed"}, wantIDs: "c-fed"},
+		{name: "a federated identity beside a standard one", namespace: "default", selector: "mixed",
+			bindings: []aadv1.AzureIdentityBinding{objects.Binding("default", "b1", "fed", "mixed"), objects.Binding("default", "b2", "demo", "mixed")},
+			want:     []string{"default/demo", "default/fed"}, wantIDs: "c-demo,c-fed", assignment: true},
+		{name: "mode federated: no user-assigned identity needs assignment", namespace: "default", selector: "demo", federated: true,
+			bindings: []aadv1.AzureIdentityBinding{objects.Binding("default", "demo-binding", "demo", "demo")},
+			want:     []string{"default/demo"}, wantIDs: "c-demo"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			res := Resolve(tt.namespace, tt.selector, tt.bindings, ids, tt.cross)
+			res := Resolve(tt.namespace, tt.selector, tt.bindings, ids, tt.cross, tt.federated)
 			var got []string
 			for _, id := range res.Identities {
 				got = append(got, id.Key().String())
