@@ -26,7 +26,7 @@ func TestResolve(t *testing.T) {
 		selector   string
 		bindings   []aadv1.AzureIdentityBinding
 		cross      bool
-		federated  bool // policy mode federated
+		federated  bool     // policy mode federated
 		want       []string // keys
 		wantIDs    string
 		dangling   []string
