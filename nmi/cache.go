@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/singleflight"
@@ -71,7 +72,11 @@ const fetchDeadline = time.Minute
 
 func newTokenCache(refreshMargin time.Duration, size int) *tokenCache {
 	return &tokenCache{
-		tokens:        lru.NewWithEvictionFunc(cmp.Or(size, config.DefaultTokenCacheSize), func(lru.Key, any) { tokenCacheEvictions.Inc() }),
+		tokens: lru.NewWithEvictionFunc(cmp.Or(size, config.DefaultTokenCacheSize), func(_ lru.Key, v any) {
+			if !v.(*cachedToken).removed.Load() {
+				tokenCacheEvictions.Inc()
+			}
+		}),
 		refreshMargin: refreshMargin,
 		now:           time.Now,
 	}
@@ -118,9 +123,25 @@ func (c *tokenCache) get(ctx context.Context, key string, admit func() error, fe
 	}
 }
 
+// cachedToken is a cache entry; removed tells the eviction count a token
+// dropped on purpose (remove) from one pushed out.
+type cachedToken struct {
+	tok     Token
+	removed atomic.Bool
+}
+
 func (c *tokenCache) store(key string, tok Token) {
-	c.tokens.Add(key, tok)
+	c.tokens.Add(key, &cachedToken{tok: tok})
 	tokenCacheEntries.Set(float64(c.tokens.Len()))
+}
+
+// remove drops key's token, if cached.
+func (c *tokenCache) remove(key string) {
+	if v, ok := c.tokens.Get(key); ok {
+		v.(*cachedToken).removed.Store(true)
+		c.tokens.Remove(key)
+		tokenCacheEntries.Set(float64(c.tokens.Len()))
+	}
 }
 
 func (c *tokenCache) lookup(key string) (Token, bool) {
@@ -128,7 +149,7 @@ func (c *tokenCache) lookup(key string) (Token, bool) {
 	if !ok {
 		return Token{}, false
 	}
-	tok := v.(Token)
+	tok := v.(*cachedToken).tok
 	if !c.now().Add(c.refreshMargin).Before(tok.expiry()) {
 		return Token{}, false
 	}

@@ -27,14 +27,18 @@ var (
 		Name: "nmi_token_cache_evictions_total",
 		Help: "Tokens evicted, least recently used first, because the cache held nmi.tokenCacheSize.",
 	})
+	federatedPodsForgotten = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "nmi_federated_pods_forgotten_total",
+		Help: "Deleted pods whose service-account and Azure AD tokens NMI dropped.",
+	})
 	upstreamDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "nmi_upstream_duration_seconds",
-		Help:    "Latency of calls to IMDS and Azure AD, by upstream.",
+		Help:    "Latency of calls to IMDS, Azure AD and the apiserver's TokenRequest, by upstream.",
 		Buckets: prometheus.DefBuckets,
 	}, []string{"upstream"})
 	upstreamErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "nmi_upstream_errors_total",
-		Help: "Failed calls to IMDS and Azure AD, by upstream.",
+		Help: "Failed calls to IMDS, Azure AD and the apiserver's TokenRequest, by upstream.",
 	}, []string{"upstream"})
 	panicsTotal = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "nmi_panics_total",
@@ -55,5 +59,5 @@ var (
 )
 
 func init() {
-	ctrlmetrics.Registry.MustRegister(requestsTotal, requestDuration, tokenCacheTotal, tokenCacheEntries, tokenCacheEvictions, upstreamDuration, upstreamErrors, panicsTotal, connectionsRefused, waitingRequests, waitsRefused)
+	ctrlmetrics.Registry.MustRegister(requestsTotal, requestDuration, tokenCacheTotal, tokenCacheEntries, tokenCacheEvictions, federatedPodsForgotten, upstreamDuration, upstreamErrors, panicsTotal, connectionsRefused, waitingRequests, waitsRefused)
 }

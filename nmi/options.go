@@ -71,9 +71,16 @@ type Options struct {
 	// where each namespace's user-assigned identities may live (see
 	// identity.ParseScopes); none: no restriction.
 	IdentityScopes []string
-	// Mode is config.ModeStandard (the assigner assigns and records identities) or
-	// config.ModeManaged (admins assign them; no records).
+	// Mode is config.ModeStandard (the assigner assigns and records identities),
+	// config.ModeManaged (admins assign them; no records) or
+	// config.ModeFederated (every user-assigned identity is federated).
 	Mode config.Mode
+	// Federation serves federated identities (on in mode federated):
+	// service-account tokens bound to the calling pod, exchanged at
+	// AADAuthorityHost in FederationTenantID unless the AzureIdentity names
+	// its tenant.
+	Federation         bool
+	FederationTenantID string
 	// AssignmentsNamespace is where the assigner writes its
 	// AzureAssignedIdentities, one per node pool: a user-assigned identity is
 	// served only if its entry in the record of this node's pool vouches

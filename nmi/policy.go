@@ -33,6 +33,9 @@ type tokenCall struct {
 	// fetch error for the pod (both nil: nothing to add).
 	verify  func(Token, *aadv1.AzureIdentity) error
 	explain func(context.Context, *corev1.Pod, *aadv1.AzureIdentity, error) error
+	// federated: the token comes from Azure AD for the pod's own
+	// service-account token, not from IMDS.
+	federated bool
 }
 
 // rule is one step of the token policy. A rule refuses the call with an
@@ -74,7 +77,8 @@ func (p tokenPolicy) String() string {
 
 // newPolicy is the token policy of a mode: standard mode trusts the
 // assigner's record for a user-assigned identity, managed mode the token
-// IMDS issues.
+// IMDS issues, and a federated identity is served in any mode by Azure AD
+// for the pod's own service account.
 func newPolicy(s *Server) tokenPolicy {
 	p := tokenPolicy{
 		knownCaller{s},
@@ -84,9 +88,13 @@ func newPolicy(s *Server) tokenPolicy {
 		namedIdentity{},
 		notProtected{s.protected},
 		inScope{s.scopes},
+		federated{s.federation, s.mode == config.ModeFederated},
 	}
-	if s.mode == config.ModeManaged {
+	switch s.mode {
+	case config.ModeManaged:
 		return append(p, pairedOnToken{s.managed})
+	case config.ModeFederated:
+		return p
 	}
 	return append(p, recorded{s.assignments})
 }
@@ -206,6 +214,31 @@ func (r inScope) check(_ context.Context, c *tokenCall) error {
 	return nil
 }
 
+// federated marks a federated identity, which no record or pool vouches
+// for: Azure AD issues its token only for the service account its federated
+// credential names, and NMI asks for a service-account token bound to the
+// calling pod.
+type federated struct {
+	federation *federation // nil: policy.federation.enabled is off
+	all        bool        // policy mode federated
+}
+
+func (federated) name() string { return "federated" }
+func (federated) why() string {
+	return "a federated identity (mode federated, or annotated aadpodidentity.k8s.io/federated) is exchanged at Azure AD for a token of the pod's own service account bound to the pod; refused while policy.federation.enabled is off"
+}
+
+func (r federated) check(_ context.Context, c *tokenCall) error {
+	if !identity.Federated(c.id, r.all) {
+		return nil
+	}
+	if r.federation == nil {
+		return forbidden("federation_disabled", "AzureIdentity %s/%s is federated (annotation %s), but NMI serves federated identities only with the chart's policy.federation.enabled: true", c.id.Namespace, c.id.Name, aadv1.AnnotationFederated)
+	}
+	c.federated = true
+	return nil
+}
+
 // recorded (standard mode) serves a user-assigned identity only when the
 // assigner's record of this node's pool vouches for it.
 type recorded struct{ assignments *assignments }
@@ -216,7 +249,7 @@ func (recorded) why() string {
 }
 
 func (r recorded) check(ctx context.Context, c *tokenCall) error {
-	if c.id.Spec.Type != aadv1.UserAssignedMSI {
+	if c.id.Spec.Type != aadv1.UserAssignedMSI || c.federated {
 		return nil
 	}
 	return r.assignments.check(ctx, c.id)
@@ -232,7 +265,7 @@ func (pairedOnToken) why() string {
 }
 
 func (r pairedOnToken) check(_ context.Context, c *tokenCall) error {
-	if c.id.Spec.Type == aadv1.UserAssignedMSI {
+	if c.id.Spec.Type == aadv1.UserAssignedMSI && !c.federated {
 		c.verify, c.explain = checkPairing, r.managed.notAssigned
 	}
 	return nil

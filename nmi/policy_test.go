@@ -24,7 +24,7 @@ func TestPolicies(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, mode := range []config.Mode{config.ModeStandard, config.ModeManaged} {
+	for _, mode := range config.Modes {
 		got := newPolicy(&Server{mode: mode}).String()
 		t.Logf("%s mode:\n%s", mode, got)
 		begin, end := "<!-- token policy: "+string(mode)+" -->\n", "<!-- end token policy -->"

@@ -14,7 +14,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
@@ -38,6 +40,9 @@ import (
 // The assigner's records, in the release namespace (system).
 // +kubebuilder:rbac:groups=aadpodidentity.k8s.io,resources=azureassignedidentities,verbs=get;list;watch,namespace=system
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get
+// Federation only: tokens bound to this node's pods, audience
+// api://AzureADTokenExchange (the chart's nmi-token-request policy).
+// +kubebuilder:rbac:groups="",resources=serviceaccounts/token,verbs=create
 // Managed mode only: the IdentityNotAssigned event on a pod.
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups=aadpodidentity.k8s.io,resources=azureidentities;azureidentitybindings;azurepodidentityexceptions,verbs=get;list;watch
@@ -54,12 +59,10 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 	if opts.Mode == "" {
 		opts.Mode = config.ModeStandard
 	}
-	switch opts.Mode {
-	case config.ModeStandard, config.ModeManaged:
-	default:
-		return fmt.Errorf("mode %q: want %s or %s", opts.Mode, config.ModeStandard, config.ModeManaged)
+	if !slices.Contains(config.Modes, opts.Mode) {
+		return fmt.Errorf("mode %q: want one of %v", opts.Mode, config.Modes)
 	}
-	if opts.AssignmentsNamespace == "" && opts.Mode != config.ModeManaged {
+	if opts.AssignmentsNamespace == "" && opts.Mode == config.ModeStandard {
 		return errors.New("assignments namespace is empty: set --assignments-namespace to the assigner's namespace (the chart sets the release namespace)")
 	}
 	if opts.Rules == nil {
@@ -82,7 +85,7 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 	byObject := map[client.Object]cache.ByObject{&corev1.Pod{}: {Field: fields.OneTermEqualSelector("spec.nodeName", opts.NodeName)}}
 	var pool *nodepool.Pool // known before the cache starts: only its record is cached
 	switch {
-	case opts.AssignmentsNamespace == "", opts.Mode == config.ModeManaged:
+	case opts.AssignmentsNamespace == "", opts.Mode != config.ModeStandard:
 		// No records are read.
 	default:
 		node, err := readNode(ctx, cfg, opts.NodeName)
@@ -160,6 +163,11 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		defer conn.Close()
 		srv.runtime = runtime
 	}
+	if opts.Federation || opts.Mode == config.ModeFederated {
+		if srv.federation, err = startFederation(ctx, mgr, opts, srv.tokens); err != nil {
+			return err
+		}
+	}
 	if opts.EnableServicePrincipals {
 		srv.sp = &servicePrincipals{secrets: newRecentSecrets(mgr.GetClient(), secretReuse), allowCrossNamespace: opts.AllowCrossNamespaceSecrets, defaultAuthorityHost: opts.AADAuthorityHost, transport: opts.AADTransport}
 	}
@@ -215,10 +223,10 @@ func readNode(ctx context.Context, cfg *rest.Config, name string) (*corev1.Node,
 }
 
 // syncCaches starts the informers NMI reads and waits until they are
-// filled; managed mode has no assignment records to read.
+// filled; only standard mode has assignment records to read.
 func syncCaches(ctx context.Context, c cache.Cache, mode config.Mode) error {
 	objs := []client.Object{&corev1.Pod{}, &aadv1.AzureIdentity{}, &aadv1.AzureIdentityBinding{}, &aadv1.AzurePodIdentityException{}}
-	if mode != config.ModeManaged {
+	if mode == config.ModeStandard {
 		objs = append(objs, &aadv1.AzureAssignedIdentity{})
 	}
 	for _, o := range objs {
@@ -321,6 +329,37 @@ func notifyPodChanges(ctx context.Context, c cache.Cache, changed chan<- struct{
 		return fmt.Errorf("watching pods: %w", err)
 	}
 	return nil
+}
+
+// startFederation serves federated identities with service-account tokens
+// from the apiserver's TokenRequest, and drops what it keeps for a pod as
+// soon as the pod is deleted.
+func startFederation(ctx context.Context, mgr manager.Manager, opts Options, tokens *tokenCache) (*federation, error) {
+	c := mgr.GetClient()
+	requestToken := func(ctx context.Context, namespace, name string, req *authenticationv1.TokenRequest) (*authenticationv1.TokenRequest, error) {
+		sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name}}
+		if err := c.SubResource("token").Create(ctx, sa, req); err != nil {
+			return nil, fmt.Errorf("requesting a token of service account %s/%s: %w", namespace, name, err)
+		}
+		return req, nil
+	}
+	f := newFederation(requestToken, opts.NodeName, opts.FederationTenantID, opts.AADAuthorityHost, opts.AADTransport, tokens)
+	inf, err := mgr.GetCache().GetInformer(ctx, &corev1.Pod{})
+	if err != nil {
+		return nil, fmt.Errorf("watching pods: %w", err)
+	}
+	_, err = inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{DeleteFunc: func(obj any) {
+		if tomb, ok := obj.(toolscache.DeletedFinalStateUnknown); ok {
+			obj = tomb.Obj
+		}
+		if pod, ok := obj.(*corev1.Pod); ok {
+			f.forget(pod.UID)
+		}
+	}})
+	if err != nil {
+		return nil, fmt.Errorf("watching pods: %w", err)
+	}
+	return f, nil
 }
 
 // removeStartupTaint removes NMINotReadyTaint from the node.

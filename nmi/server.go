@@ -38,10 +38,13 @@ type Server struct {
 	protected    identity.Protected // never served, whatever an AzureIdentity says
 	scopes       identity.Scopes    // where each namespace's identities may live
 	assignments  *assignments       // vouch for user-assigned identities (standard mode)
-	// mode is config.ModeStandard or config.ModeManaged: it chooses the token policy
-	// (newPolicy); managed is set in managed mode.
+	// mode is config.ModeStandard, ModeManaged or ModeFederated: it chooses
+	// the token policy (newPolicy); managed is set in managed mode.
 	mode    config.Mode
 	managed *managedIdentities
+	// federation serves federated identities (nil: policy.federation.enabled
+	// is off).
+	federation *federation
 	runtime *sandboxes // nil: callers are not confirmed with the CRI
 	tokens  *tokenCache
 	misses  *missLimiter
@@ -249,7 +252,11 @@ func (s *Server) identityToken(ctx context.Context, c *tokenCall) (Token, error)
 	name := id.Namespace + "/" + id.Name
 	var fetch func(context.Context) (Token, error)
 	var secret *corev1.Secret // a service principal's
+	key := ""
 	switch {
+	case c.federated:
+		key = s.federation.key(c.pod, id, resource)
+		fetch = func(ctx context.Context) (Token, error) { return s.federation.token(ctx, c.pod, id, resource) }
 	case id.Spec.Type == aadv1.UserAssignedMSI:
 		fetch = func(ctx context.Context) (Token, error) {
 			tok, err := s.imds.token(ctx, id.Spec.ClientID, resource)
@@ -267,7 +274,9 @@ func (s *Server) identityToken(ctx context.Context, c *tokenCall) (Token, error)
 		}
 		fetch = func(ctx context.Context) (Token, error) { return s.sp.token(ctx, id, secret, resource) }
 	}
-	key := tokenKey(id, secret, resource)
+	if key == "" {
+		key = tokenKey(id, secret, resource)
+	}
 	tok, hit, err := s.tokens.get(ctx, key, func() error { return s.misses.admit(c.pod.UID) }, fetch)
 	if hit {
 		tokenCacheTotal.WithLabelValues("hit").Inc()

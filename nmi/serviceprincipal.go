@@ -40,6 +40,19 @@ func (s *servicePrincipals) token(ctx context.Context, id *aadv1.AzureIdentity, 
 	if err != nil {
 		return Token{}, err
 	}
+	tok, err := aadToken(ctx, cred, id.Spec.ClientID, resource)
+	if err != nil {
+		// Azure AD's answer stays in NMI's log: it is the authority's body,
+		// not something the pod should be handed.
+		log.FromContext(ctx).Error(err, "Azure AD refused a service principal", "identity", id.Namespace+"/"+id.Name, "clientID", id.Spec.ClientID)
+		return Token{}, newError(http.StatusBadGateway, "upstream_error", "aad_error",
+			"Azure AD refused service principal %s of AzureIdentity %s/%s%s; NMI's log on the node has its answer", id.Spec.ClientID, id.Namespace, id.Name, upstreamStatus(err))
+	}
+	return tok, nil
+}
+
+// aadToken gets cred's token for resource from Azure AD, in IMDS's shape.
+func aadToken(ctx context.Context, cred tokenCredential, clientID, resource string) (Token, error) {
 	scope := resource
 	if !strings.HasSuffix(scope, "/.default") {
 		scope += "/.default"
@@ -49,11 +62,7 @@ func (s *servicePrincipals) token(ctx context.Context, id *aadv1.AzureIdentity, 
 	upstreamDuration.WithLabelValues("aad").Observe(time.Since(start).Seconds())
 	if err != nil {
 		upstreamErrors.WithLabelValues("aad").Inc()
-		// Azure AD's answer stays in NMI's log: it is the authority's body,
-		// not something the pod should be handed.
-		log.FromContext(ctx).Error(err, "Azure AD refused a service principal", "identity", id.Namespace+"/"+id.Name, "clientID", id.Spec.ClientID)
-		return Token{}, newError(http.StatusBadGateway, "upstream_error", "aad_error",
-			"Azure AD refused service principal %s of AzureIdentity %s/%s%s; NMI's log on the node has its answer", id.Spec.ClientID, id.Namespace, id.Name, upstreamStatus(err))
+		return Token{}, err
 	}
 	now := time.Now()
 	return Token{
@@ -63,7 +72,7 @@ func (s *servicePrincipals) token(ctx context.Context, id *aadv1.AzureIdentity, 
 		NotBefore:   strconv.FormatInt(now.Unix(), 10),
 		Resource:    resource,
 		TokenType:   "Bearer",
-		ClientID:    id.Spec.ClientID,
+		ClientID:    clientID,
 	}, nil
 }
 

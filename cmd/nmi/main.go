@@ -94,6 +94,7 @@ func runCleanup(backend intercept.Backend) error {
 func applyConfig(opts *nmi.Options, rules *intercept.Keeper, cfg *config.Configuration) {
 	p, n := cfg.Policy, cfg.NMI
 	opts.Mode = p.Mode
+	opts.Federation, opts.FederationTenantID = p.Federation.Enabled, p.Federation.TenantID
 	opts.AllowCrossNamespace = p.AllowCrossNamespace
 	opts.ProtectedIdentities, opts.IdentityScopes = p.ProtectedIdentities, p.ScopeEntries()
 	opts.Exceptions = nmi.ExceptionPolicy{Namespaces: p.Exceptions.Namespaces, Tokens: p.Exceptions.Tokens, NodeIdentityClientIDs: p.Exceptions.NodeIdentityClientIDs}
