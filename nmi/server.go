@@ -45,10 +45,10 @@ type Server struct {
 	// federation serves federated identities (nil: policy.federation.enabled
 	// is off).
 	federation *federation
-	runtime *sandboxes // nil: callers are not confirmed with the CRI
-	tokens  *tokenCache
-	misses  *missLimiter
-	waits   *waitLimit // shared by every request that waits for the cache
+	runtime    *sandboxes // nil: callers are not confirmed with the CRI
+	tokens     *tokenCache
+	misses     *missLimiter
+	waits      *waitLimit // shared by every request that waits for the cache
 	// callerWait is how long an unknown source IP is looked up again.
 	callerWait time.Duration
 	log        logr.Logger
