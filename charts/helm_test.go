@@ -32,11 +32,13 @@ import (
 var update = flag.Bool("update", false, "rewrite the golden files (make update-golden)")
 
 // cases are the value sets with golden renderings, in testdata/<case>.values.yaml.
-var cases = []string{"default", "builtin-certs", "custom-issuer"}
+var cases = []string{"default", "builtin-certs", "custom-issuer", "federated"}
 
 const (
 	goldenRelease   = "aad-pod-identity"
 	goldenNamespace = "aad-pod-identity"
+	// testTenant is the Azure AD tenant of the federated case.
+	testTenant = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 )
 
 func chartDir() string { return filepath.Join(framework.RepoRoot(), "charts", "aad-pod-identity") }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -436,6 +437,56 @@ func TestRequireDropNetRawPolicy(t *testing.T) {
 			case !tt.allowed && (err == nil || !strings.Contains(err.Error(), "NET_RAW")):
 				t.Fatalf("got %v, want a denial naming NET_RAW", err)
 			}
+		})
+	}
+}
+
+// With federation NMI may create service-account tokens only for Azure AD:
+// audience api://AzureADTokenExchange, bound to a pod, 10 minutes at most.
+func TestNMITokenRequestPolicy(t *testing.T) {
+	const ns = "aadpi-nmi-token"
+	ctx := context.Background()
+	createNamespace(t, ns)
+	applyPolicies(t, ns, 6, "policy.mode=federated", "policy.federation.tenantID="+testTenant)
+	nmi := "system:serviceaccount:" + ns + ":" + goldenRelease + "-nmi"
+	grantCluster(t, "aadpi-nmi-token", []string{"serviceaccounts/token"}, []string{"create"}, nmi)
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "app"}}
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "app"},
+		Spec: corev1.PodSpec{ServiceAccountName: "app", Containers: []corev1.Container{{Name: "c", Image: "busybox",
+			// TestRequireDropNetRawPolicy's policy may be in force.
+			SecurityContext: &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}}}}}}
+	for _, o := range []client.Object{sa, pod} {
+		if err := k8s.Create(ctx, o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	podRef := &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID}
+	request := func(user string, spec authenticationv1.TokenRequestSpec) error {
+		c := impersonate(t, rest.ImpersonationConfig{UserName: user})
+		return c.SubResource("token").Create(ctx, sa.DeepCopy(), &authenticationv1.TokenRequest{Spec: spec})
+	}
+	azure := []string{"api://AzureADTokenExchange"}
+	untilDenied(t, func(int) error {
+		return request(nmi, authenticationv1.TokenRequestSpec{Audiences: []string{"https://kubernetes.default.svc"}, BoundObjectRef: podRef, ExpirationSeconds: ptr.To[int64](600)})
+	})
+
+	tests := []struct {
+		name, user string
+		spec       authenticationv1.TokenRequestSpec
+		message    string // "": allowed
+	}{
+		{"NMI's request", nmi, authenticationv1.TokenRequestSpec{Audiences: azure, BoundObjectRef: podRef, ExpirationSeconds: ptr.To[int64](600)}, ""},
+		{"the apiserver's audience", nmi, authenticationv1.TokenRequestSpec{BoundObjectRef: podRef, ExpirationSeconds: ptr.To[int64](600)}, "only for the audience api://AzureADTokenExchange"},
+		{"Azure AD's and another audience", nmi, authenticationv1.TokenRequestSpec{Audiences: append(azure, "https://vault.example"), BoundObjectRef: podRef, ExpirationSeconds: ptr.To[int64](600)}, "only for the audience"},
+		{"bound to nothing", nmi, authenticationv1.TokenRequestSpec{Audiences: azure, ExpirationSeconds: ptr.To[int64](600)}, "bound to a pod"},
+		{"an hour", nmi, authenticationv1.TokenRequestSpec{Audiences: azure, BoundObjectRef: podRef, ExpirationSeconds: ptr.To[int64](3600)}, "at most 10 minutes"},
+		{"the default lifetime", nmi, authenticationv1.TokenRequestSpec{Audiences: azure, BoundObjectRef: podRef}, "at most 10 minutes"},
+		{"someone else is not held to it", "aadpi-admin", authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr.To[int64](3600)}, ""},
+	}
+	grantCluster(t, "aadpi-nmi-token-admin", []string{"serviceaccounts/token"}, []string{"create"}, "aadpi-admin")
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			wantDenial(t, request(tt.user, tt.spec), tt.message)
 		})
 	}
 }

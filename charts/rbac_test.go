@@ -39,7 +39,7 @@ var (
 const aad = "aadpodidentity.k8s.io"
 
 // expected lists what each component needs, per chart options.
-func expected(release string, builtinCerts, servicePrincipals, taintRemoval, cleanup, managed bool) map[string][]grant {
+func expected(release string, builtinCerts, servicePrincipals, taintRemoval, cleanup bool, mode string) map[string][]grant {
 	g := map[string][]grant{
 		"webhook": {
 			{aad, "azureidentities", read, "*", nil},
@@ -98,13 +98,19 @@ func expected(release string, builtinCerts, servicePrincipals, taintRemoval, cle
 	if taintRemoval {
 		g["nmi"] = append(g["nmi"], grant{"", "nodes", []string{"update"}, "", nil})
 	}
-	if managed {
-		// No assigner (the webhook lifts gates with its pod grant); NMI reads no records and
-		// tells pods about unassigned identities with events.
+	if mode != "standard" {
+		// No assigner (the webhook lifts gates with its pod grant); NMI reads no records.
 		delete(g, "assigner")
 		g["webhook"] = slices.DeleteFunc(g["webhook"], func(x grant) bool { return x.resource == "nodes" })
 		g["nmi"] = slices.DeleteFunc(g["nmi"], func(x grant) bool { return x.resource == "azureassignedidentities" })
+	}
+	switch mode {
+	case "managed":
+		// NMI tells pods about unassigned identities with events.
 		g["nmi"] = append(g["nmi"], grant{"events.k8s.io", "events", []string{"create", "patch"}, "*", nil})
+	case "federated":
+		// Service-account tokens for Azure AD, bound to its node's pods (the nmi-token-request policy).
+		g["nmi"] = append(g["nmi"], grant{"", "serviceaccounts/token", []string{"create"}, "*", nil})
 	}
 	// The CRD upgrade hook (crds.upgrade, on in every case here).
 	g["crds"] = []grant{{"apiextensions.k8s.io", "customresourcedefinitions", []string{"get", "update"}, "", []string{
@@ -142,7 +148,7 @@ func universe(releaseNS string) []authorizationv1.ResourceAttributes {
 	verbs := []string{"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"}
 	type res struct{ group, resource, sub string }
 	namespaced := []res{
-		{"", "pods", ""}, {"", "secrets", ""}, {"", "configmaps", ""}, {"", "events", ""}, {"", "serviceaccounts", ""},
+		{"", "pods", ""}, {"", "secrets", ""}, {"", "configmaps", ""}, {"", "events", ""}, {"", "serviceaccounts", ""}, {"", "serviceaccounts", "token"},
 		{"events.k8s.io", "events", ""}, {"coordination.k8s.io", "leases", ""}, {"apps", "daemonsets", ""}, {"apps", "deployments", ""},
 		{aad, "azureassignedidentities", "status"}, {"rbac.authorization.k8s.io", "roles", ""},
 	}
@@ -187,14 +193,15 @@ func can(ctx context.Context, t *testing.T, ns, sa string, a authorizationv1.Res
 // grants hold for their names only.
 func TestRBACIsLeastPrivilege(t *testing.T) {
 	tests := []struct {
-		name, values                                                  string
-		set                                                           []string
-		builtinCerts, servicePrincipals, taintRemoval, clean, managed bool
+		name, values, mode                                   string
+		set                                                  []string
+		builtinCerts, servicePrincipals, taintRemoval, clean bool
 	}{
-		{name: "default", values: "default", clean: true},
-		{name: "managed", values: "default", set: []string{"policy.mode=managed"}, clean: true, managed: true},
-		{name: "all-features", values: "builtin-certs", builtinCerts: true, servicePrincipals: true, taintRemoval: true, clean: true},
-		{name: "no-cleanup", values: "custom-issuer", servicePrincipals: true},
+		{name: "default", values: "default", mode: "standard", clean: true},
+		{name: "managed", values: "default", set: []string{"policy.mode=managed"}, mode: "managed", clean: true},
+		{name: "federated", values: "default", set: []string{"policy.mode=federated", "policy.federation.tenantID=" + testTenant}, mode: "federated", clean: true},
+		{name: "all-features", values: "builtin-certs", mode: "standard", builtinCerts: true, servicePrincipals: true, taintRemoval: true, clean: true},
+		{name: "no-cleanup", values: "custom-issuer", mode: "standard", servicePrincipals: true},
 	}
 	ctx := context.Background()
 	for _, tc := range tests {
@@ -218,7 +225,7 @@ func TestRBACIsLeastPrivilege(t *testing.T) {
 					t.Cleanup(func() { _ = k8s.Delete(ctx, o) })
 				}
 			}
-			want := expected(release, tc.builtinCerts, tc.servicePrincipals, tc.taintRemoval, tc.clean, tc.managed)
+			want := expected(release, tc.builtinCerts, tc.servicePrincipals, tc.taintRemoval, tc.clean, tc.mode)
 			// The authorizer's informers see new bindings a moment later.
 			err = wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
 				return can(ctx, t, ns, release+"-nmi", authorizationv1.ResourceAttributes{Verb: "list", Resource: "pods", Namespace: ns}), nil
@@ -252,14 +259,17 @@ func TestRBACIsLeastPrivilege(t *testing.T) {
 }
 
 // The chart grants everything the code's kubebuilder RBAC markers ask for
-// (config/rbac, generated by `make manifests`), in one mode or the other: a
+// (config/rbac, generated by `make manifests`), in one mode or another: a
 // permission added to a component's code but not to the chart fails here,
 // since the table above only checks the chart against itself. A
 // ClusterRole's rules must hold in every namespace, a Role's (namespace
 // system, the release's) in the release namespace.
 func TestChartGrantsWhatTheCodeNeeds(t *testing.T) {
 	const releaseNS = "kube-system"
-	standard, managed := expected("aad-pod-identity", true, true, true, true, false), expected("aad-pod-identity", true, true, true, true, true)
+	modes := []map[string][]grant{}
+	for _, mode := range []string{"standard", "managed", "federated"} {
+		modes = append(modes, expected("aad-pod-identity", true, true, true, true, mode))
+	}
 	for _, component := range []string{"webhook", "assigner", "nmi"} {
 		raw, err := os.ReadFile(filepath.Join(framework.RepoRoot(), "config", "rbac", component, "role.yaml"))
 		if err != nil {
@@ -287,8 +297,9 @@ func TestChartGrantsWhatTheCodeNeeds(t *testing.T) {
 								// Markers cannot name an object; the code reads only the release's own.
 								named := a
 								named.Name = "aad-pod-identity"
-								if !allows(standard[component], releaseNS, a) && !allows(managed[component], releaseNS, a) &&
-									!allows(standard[component], releaseNS, named) && !allows(managed[component], releaseNS, named) {
+								if !slices.ContainsFunc(modes, func(g map[string][]grant) bool {
+									return allows(g[component], releaseNS, a) || allows(g[component], releaseNS, named)
+								}) {
 									t.Errorf("%s: the code needs %s %s/%s in namespace %s, the chart does not grant it", component, verb, group, res, ns)
 								}
 							}

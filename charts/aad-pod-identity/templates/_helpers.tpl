@@ -85,6 +85,13 @@ assigner put identities only onto the pools of nodes NMI runs on (policy.nmiNode
 {{- toJson $s -}}
 {{- end }}
 
+{{/* "true" when NMI serves federated identities: policy.federation.enabled or mode federated. */}}
+{{- define "aad-pod-identity.federation" -}}
+{{- if or .Values.policy.federation.enabled (eq .Values.policy.mode "federated") -}}
+{{- if not .Values.policy.federation.tenantID }}{{ fail "policy.federation.tenantID is required with federation (mode federated or policy.federation.enabled): the Azure AD tenant's ID, az account show --query tenantId -o tsv" }}{{ end -}}
+true
+{{- end -}}
+{{- end }}
 {{/* The components' one configuration file (internal/config, docs/configuration.md): the
 webhook, the assigner and NMI all read it from the release's ConfigMap. */}}
 {{- define "aad-pod-identity.configuration" -}}
@@ -95,6 +102,7 @@ webhook, the assigner and NMI all read it from the release's ConfigMap. */}}
   "serveExternalIdentities" .Values.policy.serveExternalIdentities "nmiNodeSelection" (include "aad-pod-identity.nmiNodeSelection" . | fromJson) -}}
 {{- with include "aad-pod-identity.protectedIdentities" . | splitList "," | compact }}{{ $_ := set $policy "protectedIdentities" . }}{{ end -}}
 {{- with .Values.policy.identityScopes }}{{ $_ := set $policy "identityScopes" . }}{{ end -}}
+{{- if include "aad-pod-identity.federation" . }}{{ $_ := set $policy "federation" (dict "enabled" true "tenantID" .Values.policy.federation.tenantID) }}{{ end -}}
 {{- $webhook := dict "configurationName" (include "aad-pod-identity.fullname" .) "adoptPreexistingPods" .Values.webhook.adoptPreexistingPods
   "trustedServiceAccounts" (list (printf "%s/%s" .Release.Namespace (include "aad-pod-identity.webhook" .)) (printf "%s/%s" .Release.Namespace (include "aad-pod-identity.assigner" .))) -}}
 {{- if not .Values.certManager.enabled }}
