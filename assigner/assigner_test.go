@@ -662,3 +662,47 @@ func TestTakesOverOneIdentityRecords(t *testing.T) {
 		t.Errorf("ARM writes %+v; both identities were in place", writes)
 	}
 }
+
+// An identity turned federated (the AzureIdentity annotated) while its pod
+// runs: new pods of it are released without an ARM write, and the identity
+// leaves the pool after the grace period, as when no pod needs it.
+func TestIdentityTurnedFederatedLeavesThePool(t *testing.T) {
+	const grace = 2 * time.Second
+	w := newWorld(t, func(o *assigner.Options) { o.GCGracePeriod = grace })
+	p := w.pool("p", true, nil)
+	moving := w.identity("moving")
+	w.pod("a", "moving")
+	w.waitAssigned("a", waitFor)
+	if !w.state.Assigned(p.ID, moving.ClientID) {
+		t.Fatal("identity not on the pool")
+	}
+
+	var ai aadv1.AzureIdentity
+	if err := w.c.Get(w.ctx, client.ObjectKey{Namespace: w.ns, Name: "moving"}, &ai); err != nil {
+		t.Fatal(err)
+	}
+	ai.Annotations = map[string]string{aadv1.AnnotationFederated: "true"}
+	if err := w.c.Update(w.ctx, &ai); err != nil {
+		t.Fatal(err)
+	}
+	writes := len(w.arm.Writes())
+	// Admitted as the webhook would now: federated, so not gated.
+	w.pod("b", "moving")
+	if pod := w.waitAssigned("b", waitFor); pod.Annotations[aadv1.AnnotationNodePools] != "" {
+		t.Errorf("pod b targets pools %q for a federated identity", pod.Annotations[aadv1.AnnotationNodePools])
+	}
+	framework.Eventually(t, waitFor, "the federated identity off the pool", func() error {
+		if w.state.Assigned(p.ID, moving.ClientID) {
+			return fmt.Errorf("still on the pool")
+		}
+		return nil
+	})
+	for _, wr := range w.arm.Writes()[writes:] {
+		if added, ok := wr.Body[moving.ResourceID]; ok && added {
+			t.Errorf("the federated identity was written to the pool again: %+v", wr)
+		}
+	}
+	if a := w.getPod("a").Annotations[aadv1.AnnotationAssignment]; a != aadv1.AssignmentAssigned {
+		t.Errorf("running pod a's assignment became %q", a)
+	}
+}

@@ -26,6 +26,7 @@ import (
 func TestResolutionPatch(t *testing.T) {
 	msi := identity.Resolution{Identities: []identity.Resolved{{Namespace: "default", Name: "demo", ClientID: "c-demo", Type: aadv1.UserAssignedMSI}}}
 	sp := identity.Resolution{Identities: []identity.Resolved{{Namespace: "default", Name: "sp", ClientID: "c-sp", Type: aadv1.ServicePrincipal}}}
+	federated := identity.Resolution{Identities: []identity.Resolved{{Namespace: "default", Name: "fed", ClientID: "c-fed", Type: aadv1.UserAssignedMSI, Federated: true}}}
 	gate := []corev1.PodSchedulingGate{{Name: aadv1.SchedulingGate}}
 	pools := []nodepool.Pool{
 		{Subscription: "s", ResourceGroup: "rg", Kind: nodepool.KindVMSS, Name: "a"},
@@ -51,6 +52,8 @@ func TestResolutionPatch(t *testing.T) {
 			wantGates: gate},
 		{name: "managed mode: annotations, no gate (no assigner would lift it)", res: msi, managed: true,
 			wantAnn: map[string]string{aadv1.AnnotationIdentities: "default/demo", aadv1.AnnotationClientIDs: "c-demo"}},
+		{name: "federated identity is not gated (nothing goes on a pool)", res: federated, pools: pools,
+			wantAnn: map[string]string{aadv1.AnnotationIdentities: "default/fed", aadv1.AnnotationClientIDs: "c-fed"}},
 		{name: "service principal is not gated", res: sp,
 			wantAnn: map[string]string{aadv1.AnnotationIdentities: "default/sp", aadv1.AnnotationClientIDs: "c-sp"}},
 		{name: "nothing resolved records empty annotations", res: identity.Resolution{},
