@@ -84,14 +84,7 @@ func signAssertion(t *testing.T, key *rsa.PrivateKey, kid string, c jwt.Register
 }
 
 func TestAADFederatedCredentials(t *testing.T) {
-	signer, err := NewSigner()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, err := testca.New("fake-azure-test-ca")
-	if err != nil {
-		t.Fatal(err)
-	}
+	signer, ca, aad, srv := startTestAAD(t)
 	key1, key2, stranger := newRSAKey(t), newRSAKey(t), newRSAKey(t)
 	issuer := startIssuer(t, map[string]*rsa.PublicKey{"k1": &key1.PublicKey})
 	state := NewState()
@@ -100,11 +93,6 @@ func TestAADFederatedCredentials(t *testing.T) {
 	if _, err := state.CreateFederatedCredential(id.ResourceID, "fic", issuer.URL, subject); err != nil {
 		t.Fatal(err)
 	}
-	aad, srv, err := StartAAD(signer, ca)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
 	aad.Federate(state, issuer.Client())
 
 	now := time.Now()
