@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -60,6 +61,10 @@ func (s *Sandbox) serveAdmin() error {
 	mux.HandleFunc("POST /identities/{rg}/{name}", a.createIdentity)
 	mux.HandleFunc("GET /identities/{rg}/{name}", a.showIdentity)
 	mux.HandleFunc("DELETE /identities/{rg}/{name}", a.deleteIdentity)
+	mux.HandleFunc("GET /identities/{rg}/{name}/federated-credentials", a.listFederatedCredentials)
+	mux.HandleFunc("PUT /identities/{rg}/{name}/federated-credentials/{fic}", a.createFederatedCredential)
+	mux.HandleFunc("DELETE /identities/{rg}/{name}/federated-credentials/{fic}", a.deleteFederatedCredential)
+	mux.HandleFunc("GET /aks/{rg}/{name}", a.showCluster)
 	mux.HandleFunc("POST /vmss/{rg}/{name}/identities", a.vmssIdentities(true))
 	mux.HandleFunc("DELETE /vmss/{rg}/{name}/identities", a.vmssIdentities(false))
 	mux.HandleFunc("POST /roleassignments", a.createRole)
@@ -88,15 +93,105 @@ func (a *admin) createIdentity(w http.ResponseWriter, r *http.Request) {
 func (a *admin) showIdentity(w http.ResponseWriter, r *http.Request) {
 	id, ok := a.sb.Azure.LookupIdentity(a.identityID(r))
 	if !ok {
-		reply(w, http.StatusNotFound, map[string]string{"error": fmt.Sprintf("(ResourceNotFound) identity %s not found in resource group %s", r.PathValue("name"), r.PathValue("rg"))})
+		identityNotFound(w, r)
 		return
 	}
 	reply(w, http.StatusOK, azIdentity(r.PathValue("rg"), id))
 }
 
+func identityNotFound(w http.ResponseWriter, r *http.Request) {
+	reply(w, http.StatusNotFound, map[string]string{"error": fmt.Sprintf("(ResourceNotFound) identity %s not found in resource group %s", r.PathValue("name"), r.PathValue("rg"))})
+}
+
 func (a *admin) deleteIdentity(w http.ResponseWriter, r *http.Request) {
 	a.sb.Azure.DeleteIdentity(a.identityID(r))
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// AzFederatedCredential is what `az identity federated-credential create`
+// prints, and `list` prints a list of.
+type AzFederatedCredential struct {
+	ID            string   `json:"id"`
+	Name          string   `json:"name"`
+	ResourceGroup string   `json:"resourceGroup"`
+	Issuer        string   `json:"issuer"`
+	Subject       string   `json:"subject"`
+	Audiences     []string `json:"audiences"`
+	Type          string   `json:"type"`
+}
+
+func azFederatedCredential(rg string, fc fakeazure.FederatedCredential) AzFederatedCredential {
+	return AzFederatedCredential{ID: fc.ID, Name: fc.Name, ResourceGroup: rg, Issuer: fc.Issuer, Subject: fc.Subject,
+		Audiences: fc.Audiences, Type: "Microsoft.ManagedIdentity/userAssignedIdentities/federatedIdentityCredentials"}
+}
+
+func (a *admin) createFederatedCredential(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Issuer, Subject string
+		Audiences       []string
+	}
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.Issuer == "" || req.Subject == "" {
+		reply(w, http.StatusBadRequest, map[string]string{"error": "a federated credential needs --issuer and --subject"})
+		return
+	}
+	fc, err := a.sb.Azure.CreateFederatedCredential(a.identityID(r), r.PathValue("fic"), req.Issuer, req.Subject, req.Audiences...)
+	switch {
+	case errors.Is(err, fakeazure.ErrIdentityNotFound):
+		identityNotFound(w, r)
+	case errors.Is(err, fakeazure.ErrFederatedCredentialExists):
+		reply(w, http.StatusConflict, map[string]string{"error": fmt.Sprintf("(Conflict) federated credential %s already exists on identity %s", r.PathValue("fic"), r.PathValue("name"))})
+	case err != nil:
+		reply(w, http.StatusBadRequest, map[string]string{"error": "(BadRequest) " + err.Error()})
+	default:
+		reply(w, http.StatusOK, azFederatedCredential(r.PathValue("rg"), fc))
+	}
+}
+
+// deleteFederatedCredential succeeds for a credential that does not exist,
+// as ARM's DELETE does.
+func (a *admin) deleteFederatedCredential(w http.ResponseWriter, r *http.Request) {
+	_ = a.sb.Azure.DeleteFederatedCredential(a.identityID(r), r.PathValue("fic"))
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (a *admin) listFederatedCredentials(w http.ResponseWriter, r *http.Request) {
+	if _, ok := a.sb.Azure.LookupIdentity(a.identityID(r)); !ok {
+		identityNotFound(w, r)
+		return
+	}
+	out := []AzFederatedCredential{}
+	for _, fc := range a.sb.Azure.FederatedCredentials(a.identityID(r)) {
+		out = append(out, azFederatedCredential(r.PathValue("rg"), fc))
+	}
+	reply(w, http.StatusOK, out)
+}
+
+// AzCluster is the part of `az aks show` that federation needs: the
+// cluster's OIDC issuer, always enabled in the sandbox.
+type AzCluster struct {
+	ID                string              `json:"id"`
+	Name              string              `json:"name"`
+	ResourceGroup     string              `json:"resourceGroup"`
+	Location          string              `json:"location"`
+	NodeResourceGroup string              `json:"nodeResourceGroup"`
+	OIDCIssuerProfile AzOIDCIssuerProfile `json:"oidcIssuerProfile"`
+}
+
+// AzOIDCIssuerProfile is a cluster's oidcIssuerProfile.
+type AzOIDCIssuerProfile struct {
+	Enabled   bool   `json:"enabled"`
+	IssuerURL string `json:"issuerUrl"`
+}
+
+// showCluster answers for any resource group and name: the sandbox is the
+// one cluster.
+func (a *admin) showCluster(w http.ResponseWriter, r *http.Request) {
+	rg, name := r.PathValue("rg"), r.PathValue("name")
+	reply(w, http.StatusOK, AzCluster{
+		ID:   fmt.Sprintf("/subscriptions/%s/resourceGroups/%s/providers/Microsoft.ContainerService/managedClusters/%s", SubscriptionID, rg, name),
+		Name: name, ResourceGroup: rg, Location: "westus2", NodeResourceGroup: NodeResourceGroup,
+		OIDCIssuerProfile: AzOIDCIssuerProfile{Enabled: true, IssuerURL: a.sb.IssuerURL},
+	})
 }
 
 // AzVMSSIdentity is what `az vmss identity assign` prints.

@@ -28,7 +28,9 @@ const AzureCAFile = "azure-ca.crt"
 
 // AzureEndpoints are the fake Azure's management plane and Azure AD, served
 // in the control-plane namespace and reachable from every node and pod, and
-// a service principal the cluster's components can authenticate as.
+// a service principal the cluster's components can authenticate as. The
+// Azure AD exchanges service-account tokens of the sandbox's issuer
+// (Sandbox.IssuerURL) that an identity's federated credentials accept.
 type AzureEndpoints struct {
 	ARM *fakeazure.ARM
 	AAD *fakeazure.AAD
@@ -54,6 +56,7 @@ func (s *Sandbox) ServeAzure() (*AzureEndpoints, error) {
 	// The nodes' images were built to trust the CA of their NodeImages.
 	ca := s.opts.NodeImages.CA
 	e := &AzureEndpoints{CAFile: s.path("pki", AzureCAFile), AAD: fakeazure.NewAAD(s.Signer)}
+	e.AAD.Federate(s.Azure, s.issuerClient())
 	if err := ca.WritePEM(e.CAFile); err != nil {
 		return nil, err
 	}

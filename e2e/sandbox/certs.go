@@ -1,9 +1,8 @@
 package sandbox
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
@@ -27,13 +26,14 @@ func writeKeyPair(ca *testca.CA, dir, name string, leaf testca.Leaf) (certFile, 
 }
 
 // writeServiceAccountKey writes the key pair the apiserver signs and checks
-// service-account tokens with.
+// service-account tokens with: RSA, so tokens are RS256 as AKS's are, the
+// algorithm the fake Azure AD verifies federated assertions with.
 func writeServiceAccountKey(dir string) (keyFile, pubFile string, err error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
 		return "", "", err
 	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
 		return "", "", err
 	}
@@ -42,7 +42,7 @@ func writeServiceAccountKey(dir string) (keyFile, pubFile string, err error) {
 		return "", "", err
 	}
 	keyFile, pubFile = filepath.Join(dir, "sa.key"), filepath.Join(dir, "sa.pub")
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
 		return "", "", err
 	}
 	return keyFile, pubFile, os.WriteFile(pubFile, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}), 0o644)

@@ -70,6 +70,11 @@ type Sandbox struct {
 	Kubeconfig string
 	// Config is the admin rest.Config for the forwarded port.
 	Config *rest.Config
+	// IssuerURL is the service-account issuer, the apiserver's address in
+	// the control-plane namespace (https://10.200.0.1:6443), which serves
+	// its OpenID discovery document and keys to anyone: the issuer of
+	// federated identity credentials, as AKS's OIDC issuer URL is.
+	IssuerURL string
 
 	// Azure is the fake cloud the nodes' pools live in.
 	Azure *fakeazure.State
@@ -132,7 +137,7 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 	if err := checkKubeProxyMode(opts.KubeProxyMode); err != nil {
 		return nil, err
 	}
-	s := &Sandbox{ID: opts.ID, Dir: opts.Dir, Azure: opts.Azure, opts: opts, log: opts.Log, tokens: map[string]string{}}
+	s := &Sandbox{ID: opts.ID, Dir: opts.Dir, IssuerURL: issuerURL(), Azure: opts.Azure, opts: opts, log: opts.Log, tokens: map[string]string{}}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, s.Stop())
@@ -233,7 +238,10 @@ func (s *Sandbox) startControlPlane(ctx context.Context) error {
 		"--token-auth-file", s.path("pki", "tokens.csv"),
 		"--authorization-mode", "Node,RBAC",
 		"--enable-admission-plugins", "NodeRestriction",
-		"--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
+		// The first issuer signs; every one listed validates. Tokens keep
+		// their former default audience first.
+		"--service-account-issuer", s.IssuerURL, "--service-account-issuer", legacyIssuer,
+		"--api-audiences", legacyIssuer+","+s.IssuerURL,
 		"--service-account-key-file", saPub, "--service-account-signing-key-file", saKey,
 		"--service-cluster-ip-range", "10.0.0.0/24",
 		"--enable-aggregator-routing=true",
@@ -281,19 +289,18 @@ func (s *Sandbox) startControlPlane(ctx context.Context) error {
 	}
 	// Both serve /healthz on their own self-signed certificates, inside the
 	// control-plane namespace.
-	insideClient := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return testns.Dial(ctx, s.cp, network, addr)
-		},
-		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, // only a liveness check on loopback
-	}}
+	insideClient := s.controlPlaneClient(&tls.Config{InsecureSkipVerify: true}) // only a liveness check on loopback
+	insideClient.Timeout = 2 * time.Second
 	if err := s.waitReady(ctx, insideClient, "kube-controller-manager", "https://127.0.0.1:10257/healthz"); err != nil {
 		return err
 	}
 	if err := s.waitReady(ctx, insideClient, "kube-scheduler", "https://127.0.0.1:10259/healthz"); err != nil {
 		return err
 	}
-	return s.waitDefaults(ctx)
+	if err := s.waitDefaults(ctx); err != nil {
+		return err
+	}
+	return s.allowAnonymousIssuerDiscovery(ctx)
 }
 
 // waitDefaults waits for what the controller manager publishes before pods

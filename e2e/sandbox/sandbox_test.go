@@ -5,8 +5,13 @@ package sandbox_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +22,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -25,6 +31,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/aad-pod-identity/aad-pod-identity/e2e/sandbox"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/fakeazure"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/framework"
 )
 
@@ -240,8 +247,82 @@ func TestSandbox(t *testing.T) {
 		})
 	})
 
+	t.Run("a pod's bound service-account token signs its identity in at the fake Azure AD through a federated credential", func(t *testing.T) {
+		testFederatedExchange(t, sb, c)
+	})
+
 	if after := rootNetworkState(t); after != rootBefore {
 		t.Errorf("root network namespace changed:\nbefore:\n%s\nafter:\n%s", rootBefore, after)
+	}
+}
+
+// testFederatedExchange exchanges a pod-bound token of the ServiceAccount
+// "app" for Azure AD tokens of identities with federated credentials, over
+// HTTPS inside the control-plane namespace: the fake Azure AD fetches the
+// apiserver's discovery document and keys anonymously.
+func testFederatedExchange(t *testing.T, sb *sandbox.Sandbox, c kubernetes.Interface) {
+	ctx := t.Context()
+	az, err := sb.ServeAzure()
+	must(t, err)
+	pod := shPod("federated", "sleep 600")
+	pod.Spec.ServiceAccountName = "app"
+	must(t, createObj(ctx, c, pod))
+	created, err := c.CoreV1().Pods("default").Get(ctx, "federated", metav1.GetOptions{})
+	must(t, err)
+	tr, err := c.CoreV1().ServiceAccounts("default").CreateToken(ctx, "app", &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
+		Audiences:         []string{fakeazure.FederatedAudience},
+		ExpirationSeconds: ptr.To[int64](600),
+		BoundObjectRef:    &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: created.Name, UID: created.UID},
+	}}, metav1.CreateOptions{})
+	must(t, err)
+
+	workload := sb.Azure.CreateIdentity(sandbox.SubscriptionID, "rg", "workload")
+	other := sb.Azure.CreateIdentity(sandbox.SubscriptionID, "rg", "other")
+	for id, subject := range map[fakeazure.Identity]string{workload: "system:serviceaccount:default:app", other: "system:serviceaccount:default:other"} {
+		_, err := sb.Azure.CreateFederatedCredential(id.ResourceID, "sandbox", sb.IssuerURL, subject)
+		must(t, err)
+	}
+	caPEM, err := os.ReadFile(az.CAFile)
+	must(t, err)
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(caPEM)
+	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DialContext: sb.DialControlPlane, TLSClientConfig: &tls.Config{RootCAs: roots}}}
+
+	tests := []struct {
+		name     string
+		id       fakeazure.Identity
+		status   int
+		contains string
+	}{
+		{"the identity whose credential names the ServiceAccount", workload, http.StatusOK, ""},
+		{"an identity whose credential names another subject", other, http.StatusBadRequest,
+			"AADSTS70021: No matching federated identity record found for presented assertion. Assertion Issuer: '" + sb.IssuerURL +
+				"'. Assertion Subject: 'system:serviceaccount:default:app'."},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, err := client.PostForm(az.AADAuthorityHost+tt.id.TenantID+"/oauth2/v2.0/token", url.Values{
+				"grant_type": {"client_credentials"}, "client_id": {tt.id.ClientID}, "scope": {"https://vault.azure.net/.default"},
+				"client_assertion_type": {fakeazure.JWTBearer}, "client_assertion": {tr.Status.Token}})
+			must(t, err)
+			defer resp.Body.Close()
+			var body struct {
+				AccessToken      string `json:"access_token"`
+				ErrorDescription string `json:"error_description"`
+			}
+			must(t, json.NewDecoder(resp.Body).Decode(&body))
+			if resp.StatusCode != tt.status || !strings.Contains(body.ErrorDescription, tt.contains) {
+				t.Fatalf("got %d %+v, want %d %q", resp.StatusCode, body, tt.status, tt.contains)
+			}
+			if tt.status != http.StatusOK {
+				return
+			}
+			claims, err := sb.Signer.Parse(body.AccessToken)
+			must(t, err)
+			if claims.AppID != tt.id.ClientID || claims.XMSMirID != tt.id.ResourceID || len(claims.Audience) != 1 || claims.Audience[0] != "https://vault.azure.net" {
+				t.Fatalf("claims %+v, want those of %+v for https://vault.azure.net", claims, tt.id)
+			}
+		})
 	}
 }
 

@@ -119,9 +119,9 @@ func up(log logr.Logger, args []string) error {
 }
 
 // AzureEnvFile is the file name, in the state directory, of the fake Azure's
-// endpoints, the cluster's service principal and the nodes' runtime socket
-// (the chart's nmi.criSocket) as shell variables, for scripts that install
-// the chart against them.
+// endpoints, the cluster's service principal, its service-account issuer
+// and the nodes' runtime socket (the chart's nmi.criSocket) as shell
+// variables, for scripts that install the chart against them.
 const AzureEnvFile = "azure.env"
 
 func writeAzureEnv(path string, sb *sandbox.Sandbox, az *sandbox.AzureEndpoints) error {
@@ -133,6 +133,7 @@ func writeAzureEnv(path string, sb *sandbox.Sandbox, az *sandbox.AzureEndpoints)
 		{"AZURE_CLIENT_SECRET", az.Principal.Secret},
 		{"ARM_ENDPOINT", az.ARMEndpoint},
 		{"AAD_AUTHORITY_HOST", az.AADAuthorityHost},
+		{"OIDC_ISSUER_URL", sb.IssuerURL},
 		{"AZURE_CA_FILE", az.CAFile},
 		{"CLOUD_CONFIG", az.CloudConfig},
 		{"CRI_SOCKET", sb.ChartCRISocket()},

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"math/big"
 	"net/http"
@@ -35,9 +36,10 @@ type ServicePrincipal struct {
 // certificate assertion). Serve it over HTTPS (CA.ServerTLSConfig): azidentity
 // refuses a plain-HTTP authority.
 type AAD struct {
-	Signer *Signer
-	mu     sync.Mutex
-	apps   map[string]*ServicePrincipal // by app ID
+	Signer     *Signer
+	mu         sync.Mutex
+	apps       map[string]*ServicePrincipal // by app ID
+	federation *federation                  // nil until Federate
 }
 
 // NewAAD returns an AAD with no apps.
@@ -110,22 +112,26 @@ func (a *AAD) discovery(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
+// tokenError is a refusal of the token endpoint as Azure AD words it: the
+// HTTP status, the OAuth 2.0 error code and an AADSTS description.
+type tokenError struct {
+	status      int
+	code        string
+	description string
+}
+
+func (e *tokenError) Error() string { return e.description }
+
 func (a *AAD) token(w http.ResponseWriter, r *http.Request) {
-	tenant := mux.Vars(r)["tenant"]
 	if err := r.ParseForm(); err != nil || r.PostForm.Get("grant_type") != "client_credentials" {
 		oauthError(w, http.StatusBadRequest, "unsupported_grant_type", "AADSTS70003: only client_credentials is supported")
 		return
 	}
-	appID := r.PostForm.Get("client_id")
-	a.mu.Lock()
-	sp, ok := a.apps[appID]
-	a.mu.Unlock()
-	if !ok || !strings.EqualFold(sp.TenantID, tenant) {
-		oauthError(w, http.StatusBadRequest, "unauthorized_client", fmt.Sprintf("AADSTS700016: Application with identifier '%s' was not found in the directory '%s'", appID, tenant))
-		return
-	}
-	if err := a.authenticate(sp, r); err != nil {
-		oauthError(w, http.StatusUnauthorized, "invalid_client", "AADSTS7000215: "+err.Error())
+	claims, err := a.authenticate(r, mux.Vars(r)["tenant"])
+	if err != nil {
+		te := &tokenError{http.StatusInternalServerError, "server_error", err.Error()}
+		errors.As(err, &te)
+		oauthError(w, te.status, te.code, te.description)
 		return
 	}
 	// MSAL adds OpenID scopes; the resource is the one ending in /.default.
@@ -139,7 +145,7 @@ func (a *AAD) token(w http.ResponseWriter, r *http.Request) {
 		oauthError(w, http.StatusBadRequest, "invalid_scope", "AADSTS1002012: client credentials need a scope ending in /.default")
 		return
 	}
-	tok, _, err := a.Signer.Sign(Claims{AppID: sp.AppID, OID: sp.ObjectID, TID: sp.TenantID}, audience)
+	tok, _, err := a.Signer.Sign(*claims, audience)
 	if err != nil {
 		oauthError(w, http.StatusInternalServerError, "server_error", err.Error())
 		return
@@ -148,8 +154,37 @@ func (a *AAD) token(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"token_type": "Bearer", "expires_in": secs, "ext_expires_in": secs, "access_token": tok})
 }
 
-// authenticate checks the client secret or the certificate-signed assertion.
-func (a *AAD) authenticate(sp *ServicePrincipal, r *http.Request) error {
+// authenticate finds the client in the tenant and checks its credential: a
+// service principal's secret or certificate, or the assertion of a managed
+// identity's federated credential. The claims are those of the client's
+// token; a managed identity's match what IMDS issues for it.
+func (a *AAD) authenticate(r *http.Request, tenant string) (*Claims, error) {
+	clientID := r.PostForm.Get("client_id")
+	a.mu.Lock()
+	sp, isApp := a.apps[clientID]
+	fed := a.federation
+	a.mu.Unlock()
+	if isApp && strings.EqualFold(sp.TenantID, tenant) {
+		if err := checkAppCredential(sp, r); err != nil {
+			return nil, &tokenError{http.StatusUnauthorized, "invalid_client", "AADSTS7000215: " + err.Error()}
+		}
+		return &Claims{AppID: sp.AppID, OID: sp.ObjectID, TID: sp.TenantID}, nil
+	}
+	if fed != nil {
+		if id, ok := fed.state.IdentityByClientID(clientID); ok && strings.EqualFold(id.TenantID, tenant) {
+			if err := fed.verify(r.Context(), id, r.PostForm); err != nil {
+				return nil, err
+			}
+			return &Claims{AppID: id.ClientID, OID: id.PrincipalID, TID: id.TenantID, XMSMirID: id.ResourceID}, nil
+		}
+	}
+	return nil, &tokenError{http.StatusBadRequest, "unauthorized_client",
+		fmt.Sprintf("AADSTS700016: Application with identifier '%s' was not found in the directory '%s'", clientID, tenant)}
+}
+
+// checkAppCredential checks a service principal's client secret or
+// certificate-signed assertion.
+func checkAppCredential(sp *ServicePrincipal, r *http.Request) error {
 	if secret := r.PostForm.Get("client_secret"); secret != "" {
 		if secret != sp.Secret {
 			return fmt.Errorf("invalid client secret for app %s", sp.AppID)

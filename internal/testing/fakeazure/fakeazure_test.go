@@ -71,7 +71,9 @@ func TestIMDSIssuesOnlyAssignedIdentities(t *testing.T) {
 	}
 }
 
-func TestAADClientCredentials(t *testing.T) {
+// startTestAAD serves a new AAD over HTTPS until the test ends.
+func startTestAAD(t *testing.T) (*Signer, *testca.CA, *AAD, *httptest.Server) {
+	t.Helper()
 	signer, err := NewSigner()
 	if err != nil {
 		t.Fatal(err)
@@ -84,7 +86,12 @@ func TestAADClientCredentials(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer srv.Close()
+	t.Cleanup(srv.Close)
+	return signer, ca, aad, srv
+}
+
+func TestAADClientCredentials(t *testing.T) {
+	signer, ca, aad, srv := startTestAAD(t)
 	opts := azcore.ClientOptions{
 		Cloud:     cloud.Configuration{ActiveDirectoryAuthorityHost: srv.URL + "/"},
 		Transport: ca.Client(),

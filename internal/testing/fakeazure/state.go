@@ -4,8 +4,10 @@
 package fakeazure
 
 import (
+	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -53,11 +55,15 @@ type State struct {
 	TenantID   string
 	identities map[string]Identity // by lower-cased resource ID
 	pools      map[string]*Pool    // by lower-cased ARM ID
+	// federated holds each identity's federated credentials, by the
+	// identity's lower-cased resource ID, in creation order.
+	federated map[string][]FederatedCredential
 }
 
 // NewState returns an empty cloud in a fresh tenant.
 func NewState() *State {
-	return &State{TenantID: uuid.NewString(), identities: map[string]Identity{}, pools: map[string]*Pool{}}
+	return &State{TenantID: uuid.NewString(), identities: map[string]Identity{}, pools: map[string]*Pool{},
+		federated: map[string][]FederatedCredential{}}
 }
 
 func key(id string) string { return strings.ToLower(id) }
@@ -86,6 +92,19 @@ func (s *State) LookupIdentity(resourceID string) (Identity, bool) {
 	defer s.mu.Unlock()
 	id, ok := s.identities[key(resourceID)]
 	return id, ok
+}
+
+// IdentityByClientID finds a registered identity by client ID (any case), as
+// Azure AD does when the identity signs in with a federated credential.
+func (s *State) IdentityByClientID(clientID string) (Identity, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, id := range s.identities {
+		if strings.EqualFold(id.ClientID, clientID) {
+			return id, true
+		}
+	}
+	return Identity{}, false
 }
 
 // AddPool creates a VMSS (with instances named <name>_0 … ) or a VM.
@@ -162,7 +181,91 @@ func (s *State) DeleteIdentity(resourceID string) bool {
 	defer s.mu.Unlock()
 	_, ok := s.identities[key(resourceID)]
 	delete(s.identities, key(resourceID))
+	delete(s.federated, key(resourceID)) // child resources go with it
 	return ok
+}
+
+// FederatedCredential lets tokens of an external issuer sign in as a
+// user-assigned identity (`az identity federated-credential create`).
+type FederatedCredential struct {
+	// ID is the credential's ARM ID, under its identity's.
+	ID        string
+	Name      string
+	Issuer    string
+	Subject   string
+	Audiences []string
+}
+
+// FederatedAudience is the audience a federated credential accepts unless
+// told otherwise, the one Azure AD recommends.
+const FederatedAudience = "api://AzureADTokenExchange"
+
+// MaxFederatedCredentials is Azure AD's limit per identity.
+const MaxFederatedCredentials = 20
+
+// Errors of CreateFederatedCredential and DeleteFederatedCredential.
+var (
+	ErrIdentityNotFound            = errors.New("identity not found")
+	ErrFederatedCredentialExists   = errors.New("a federated credential with this name exists")
+	ErrTooManyFederatedCredentials = fmt.Errorf("an identity has at most %d federated credentials", MaxFederatedCredentials)
+	ErrFederatedCredentialNotFound = errors.New("federated credential not found")
+)
+
+// CreateFederatedCredential adds a federated credential to the identity with
+// resourceID; no audiences means FederatedAudience. Names are unique per
+// identity, case-insensitively, as ARM resource names are.
+func (s *State) CreateFederatedCredential(resourceID, name, issuer, subject string, audiences ...string) (FederatedCredential, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	id, ok := s.identities[key(resourceID)]
+	if !ok {
+		return FederatedCredential{}, fmt.Errorf("%w: %s", ErrIdentityNotFound, resourceID)
+	}
+	creds := s.federated[key(resourceID)]
+	if federatedIndex(creds, name) >= 0 {
+		return FederatedCredential{}, fmt.Errorf("%w: %s", ErrFederatedCredentialExists, name)
+	}
+	if len(creds) >= MaxFederatedCredentials {
+		return FederatedCredential{}, ErrTooManyFederatedCredentials
+	}
+	if len(audiences) == 0 {
+		audiences = []string{FederatedAudience}
+	}
+	fc := FederatedCredential{ID: id.ResourceID + "/federatedIdentityCredentials/" + name, Name: name,
+		Issuer: issuer, Subject: subject, Audiences: slices.Clone(audiences)}
+	s.federated[key(resourceID)] = append(creds, fc)
+	return fc, nil
+}
+
+// DeleteFederatedCredential removes an identity's federated credential by
+// name (any case).
+func (s *State) DeleteFederatedCredential(resourceID, name string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	creds := s.federated[key(resourceID)]
+	i := federatedIndex(creds, name)
+	if i < 0 {
+		return fmt.Errorf("%w: %s on %s", ErrFederatedCredentialNotFound, name, resourceID)
+	}
+	s.federated[key(resourceID)] = slices.Delete(slices.Clone(creds), i, i+1)
+	return nil
+}
+
+// FederatedCredentials returns copies of an identity's federated
+// credentials in creation order.
+func (s *State) FederatedCredentials(resourceID string) []FederatedCredential {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []FederatedCredential
+	for _, fc := range s.federated[key(resourceID)] {
+		fc.Audiences = slices.Clone(fc.Audiences)
+		out = append(out, fc)
+	}
+	return out
+}
+
+func federatedIndex(creds []FederatedCredential, name string) int {
+	return slices.IndexFunc(creds, func(fc FederatedCredential) bool { return strings.EqualFold(fc.Name, name) })
 }
 
 // SetUserAssigned adds or removes a user-assigned identity on a pool out of
