@@ -279,5 +279,5 @@ bench-install: deps control-plane node-binaries cert-manager $(HELM) ## Time hel
 
 ##@ Demo
 .PHONY: demo
-demo: deps control-plane node-binaries cert-manager $(COREDNS) sandbox-build $(HELM) ## The walkthrough end to end on the sandbox (as root, ~2 min); KEEP=1 leaves the cluster up.
-	BIN=$(BIN) HELM=$(HELM) KEEP=$(KEEP) hack/demo.sh
+demo: deps control-plane node-binaries cert-manager $(COREDNS) sandbox-build $(HELM) ## The walkthrough end to end on the sandbox (as root, ~2 min); KEEP=1 leaves the cluster up; MODE=federated runs it with workload identity federation.
+	BIN=$(BIN) HELM=$(HELM) KEEP=$(KEEP) MODE=$(MODE) hack/demo.sh

@@ -4,6 +4,10 @@
 # commands and manifests, the demo pod's log and description, the cleanup,
 # and the teardown (also on Ctrl-C). KEEP=1 leaves everything up.
 #
+# MODE=federated runs it in federated mode (docs/federation.md): the AKS
+# steps that give the identity a federated credential for the cluster's
+# issuer replace the assigner, and no identity goes on any node pool.
+#
 # Run through `make demo` (as root); it passes BIN, HELM and KUBEBUILDER_ASSETS.
 set -euo pipefail
 
@@ -13,6 +17,11 @@ if [[ $EUID -ne 0 ]]; then
 	exit 1
 fi
 KEEP="${KEEP:-}"
+MODE="${MODE:-standard}"
+case "$MODE" in
+standard | federated) ;;
+*) echo "MODE=$MODE: want standard or federated" >&2; exit 2 ;;
+esac
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 CHART="$ROOT/charts/aad-pod-identity"
 # kubectl of the control plane we built, so the walkthrough's commands run as written.
@@ -20,6 +29,7 @@ export PATH="$KUBEBUILDER_ASSETS:$PATH"
 helm() { "$HELM" "$@"; }
 
 STEPS=12
+[[ "$MODE" == federated ]] && STEPS=13
 step=0
 progress() { step=$((step + 1)); printf '\n==> [%d/%d] %s\n' "$step" "$STEPS" "$*"; }
 
@@ -98,8 +108,13 @@ helm install cert-manager "$DIR/images/charts/cert-manager" --namespace cert-man
 kubectl -n cert-manager rollout status deployment/cert-manager
 kubectl -n cert-manager rollout status deployment/cert-manager-cainjector
 
-progress "walkthrough 1: deploying aad-pod-identity with helm (certificates: cert-manager; assigner credentials for the fake Azure)"
-helm install aad-pod-identity "$CHART" --namespace=kube-system \
+# Federated mode: no assigner; NMI exchanges pods' service-account tokens at the fake Azure AD.
+mode_values=()
+if [[ "$MODE" == federated ]]; then
+	mode_values=(--set policy.mode=federated --set-string policy.federation.tenantID="$TENANT_ID" --set-string nmi.aadAuthorityHost="$AAD_AUTHORITY_HOST")
+fi
+progress "walkthrough 1: deploying aad-pod-identity with helm in $MODE mode (certificates: cert-manager; assigner credentials for the fake Azure)"
+helm install aad-pod-identity "$CHART" --namespace=kube-system "${mode_values[@]}" \
 	--set assigner.azure.source=secret \
 	--set-string assigner.azure.tenantID="$TENANT_ID" \
 	--set-string assigner.azure.subscriptionID="$SUBSCRIPTION_ID" \
@@ -118,6 +133,14 @@ az identity create -g ${IDENTITY_RESOURCE_GROUP} -n ${IDENTITY_NAME}
 export IDENTITY_CLIENT_ID="$(az identity show -g ${IDENTITY_RESOURCE_GROUP} -n ${IDENTITY_NAME} --query clientId -otsv)"
 export IDENTITY_RESOURCE_ID="$(az identity show -g ${IDENTITY_RESOURCE_GROUP} -n ${IDENTITY_NAME} --query id -otsv)"
 export IDENTITY_ASSIGNMENT_ID="$(az role assignment create --role Reader --assignee ${IDENTITY_CLIENT_ID} --scope /subscriptions/${SUBSCRIPTION_ID}/resourceGroups/${IDENTITY_RESOURCE_GROUP} --query id -otsv)"
+
+if [[ "$MODE" == federated ]]; then
+	progress "docs/federation.md: the cluster's OIDC issuer and the identity's federated credential for the demo pod's service account"
+	az aks update -g "$NODE_RESOURCE_GROUP" -n sandbox --enable-oidc-issuer >/dev/null
+	export AKS_OIDC_ISSUER="$(az aks show -g "$NODE_RESOURCE_GROUP" -n sandbox --query oidcIssuerProfile.issuerUrl -otsv)"
+	az identity federated-credential create --name demo-federated --identity-name ${IDENTITY_NAME} --resource-group ${IDENTITY_RESOURCE_GROUP} \
+		--issuer "${AKS_OIDC_ISSUER}" --subject system:serviceaccount:default:default --audiences api://AzureADTokenExchange
+fi
 
 progress "walkthrough 3: deploying the AzureIdentity"
 cat <<EOF | kubectl apply -f -
@@ -185,6 +208,18 @@ done
 progress "kubectl logs demo"
 kubectl logs demo
 kubectl logs demo | grep -q "$want" || { echo "the demo pod did not get a token with the user-assigned identity in 3 minutes" >&2; exit 1; }
+if [[ "$MODE" == federated ]]; then
+	echo
+	echo "\$ kubectl get azureassignedidentities -A     # federated: nothing is assigned to any node pool"
+	kubectl get azureassignedidentities -A
+	[[ -z "$(kubectl get azureassignedidentities -A -o name)" ]] || { echo "federated mode assigned identities to node pools" >&2; exit 1; }
+	pools=$(kubectl get nodes -o jsonpath='{range .items[*]}{.spec.providerID}{"\n"}{end}' | sed -n 's|.*/virtualMachineScaleSets/\([^/]*\)/.*|\1|p' | sort -u)
+	for pool in $pools; do
+		echo "\$ az vmss identity show -g $NODE_RESOURCE_GROUP -n $pool"
+		az vmss identity show -g "$NODE_RESOURCE_GROUP" -n "$pool" | tee "$DIR/vmss-identity.json"
+		! grep -qi "$IDENTITY_RESOURCE_ID" "$DIR/vmss-identity.json" || { echo "federated mode put the identity on VMSS $pool" >&2; exit 1; }
+	done
+fi
 
 progress "kubectl describe pod demo"
 kubectl describe pod demo
@@ -202,5 +237,6 @@ kubectl delete pod demo
 kubectl delete azureidentity ${IDENTITY_NAME}
 kubectl delete azureidentitybinding ${IDENTITY_NAME}-binding
 az role assignment delete --id ${IDENTITY_ASSIGNMENT_ID}
+[[ "$MODE" != federated ]] || az identity federated-credential delete --name demo-federated --identity-name ${IDENTITY_NAME} --resource-group ${IDENTITY_RESOURCE_GROUP} --yes
 az identity delete -g ${IDENTITY_RESOURCE_GROUP} -n ${IDENTITY_NAME}
 ok=1

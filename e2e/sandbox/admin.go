@@ -65,6 +65,7 @@ func (s *Sandbox) serveAdmin() error {
 	mux.HandleFunc("PUT /identities/{rg}/{name}/federated-credentials/{fic}", a.createFederatedCredential)
 	mux.HandleFunc("DELETE /identities/{rg}/{name}/federated-credentials/{fic}", a.deleteFederatedCredential)
 	mux.HandleFunc("GET /aks/{rg}/{name}", a.showCluster)
+	mux.HandleFunc("GET /vmss/{rg}/{name}/identities", a.showVMSSIdentity)
 	mux.HandleFunc("POST /vmss/{rg}/{name}/identities", a.vmssIdentities(true))
 	mux.HandleFunc("DELETE /vmss/{rg}/{name}/identities", a.vmssIdentities(false))
 	mux.HandleFunc("POST /roleassignments", a.createRole)
@@ -209,7 +210,7 @@ func (a *admin) vmssIdentities(assign bool) http.HandlerFunc {
 			reply(w, http.StatusBadRequest, map[string]string{"error": "--identities needs at least one identity resource ID"})
 			return
 		}
-		poolID := fmt.Sprintf("/subscriptions/%s/resourceGroups/%s/providers/Microsoft.Compute/virtualMachineScaleSets/%s", SubscriptionID, r.PathValue("rg"), r.PathValue("name"))
+		poolID := vmssID(r)
 		for _, id := range req.Identities {
 			if _, ok := a.sb.Azure.LookupIdentity(id); !ok && assign {
 				reply(w, http.StatusNotFound, map[string]string{"error": "(FailedIdentityOperation) identity " + id + " not found"})
@@ -220,13 +221,27 @@ func (a *admin) vmssIdentities(assign bool) http.HandlerFunc {
 				return
 			}
 		}
-		pool, _ := a.sb.Azure.Pool(poolID)
-		out := AzVMSSIdentity{SystemAssignedIdentity: pool.SystemAssigned, UserAssignedIdentities: map[string]map[string]string{}}
-		for _, id := range pool.UserAssigned {
-			out.UserAssignedIdentities[id.ResourceID] = map[string]string{"clientId": id.ClientID, "principalId": id.PrincipalID}
-		}
-		reply(w, http.StatusOK, out)
+		a.showVMSSIdentity(w, r)
 	}
+}
+
+// showVMSSIdentity answers the VMSS's identities, as `az vmss identity show`.
+func (a *admin) showVMSSIdentity(w http.ResponseWriter, r *http.Request) {
+	pool, ok := a.sb.Azure.Pool(vmssID(r))
+	if !ok {
+		reply(w, http.StatusNotFound, map[string]string{"error": "(ResourceNotFound) virtual machine scale set " + r.PathValue("name") + " not found"})
+		return
+	}
+	out := AzVMSSIdentity{SystemAssignedIdentity: pool.SystemAssigned, UserAssignedIdentities: map[string]map[string]string{}}
+	for _, id := range pool.UserAssigned {
+		out.UserAssignedIdentities[id.ResourceID] = map[string]string{"clientId": id.ClientID, "principalId": id.PrincipalID}
+	}
+	reply(w, http.StatusOK, out)
+}
+
+// vmssID is the ARM ID of the VMSS the request's path names.
+func vmssID(r *http.Request) string {
+	return fmt.Sprintf("/subscriptions/%s/resourceGroups/%s/providers/Microsoft.Compute/virtualMachineScaleSets/%s", SubscriptionID, r.PathValue("rg"), r.PathValue("name"))
 }
 
 func (a *admin) createRole(w http.ResponseWriter, r *http.Request) {

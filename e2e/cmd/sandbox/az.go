@@ -23,6 +23,7 @@ import (
 //	az identity federated-credential delete -n NAME --identity-name ID -g RG [--yes]
 //	az identity federated-credential list --identity-name ID -g RG
 //	az vmss identity assign|remove -g RG -n NAME --identities ID ...
+//	az vmss identity show -g RG -n NAME
 //	az role assignment create --role ROLE --assignee ID --scope SCOPE [--query FIELD] [-o tsv|json]
 //	az role assignment delete --id ID
 //	az aks show -g RG -n NAME [--query oidcIssuerProfile.issuerUrl] [-o tsv|json]
@@ -68,7 +69,7 @@ type adminRequest struct {
 	body         any
 }
 
-const azSupported = "identity create|show|delete, identity federated-credential create|delete|list, vmss identity assign|remove, " +
+const azSupported = "identity create|show|delete, identity federated-credential create|delete|list, vmss identity assign|remove|show, " +
 	"role assignment create|delete, aks show|update"
 
 // azRequest maps an az command and its flags to the admin socket's API.
@@ -107,6 +108,11 @@ func azRequest(cmd string, flags map[string]string) (adminRequest, error) {
 		method := map[string]string{"assign": http.MethodPost, "remove": http.MethodDelete}[words[2]]
 		return adminRequest{method: method, path: "/vmss/" + esc(flags["g"]) + "/" + esc(flags["n"]) + "/identities",
 			body: map[string][]string{"identities": strings.Fields(flags["identities"])}}, nil
+	case "vmss identity show":
+		if flags["g"] == "" || flags["n"] == "" {
+			return adminRequest{}, fmt.Errorf("az %s: -g/--resource-group and -n/--name are required", cmd)
+		}
+		return adminRequest{method: http.MethodGet, path: "/vmss/" + esc(flags["g"]) + "/" + esc(flags["n"]) + "/identities"}, nil
 	case "role assignment create":
 		return adminRequest{method: http.MethodPost, path: "/roleassignments",
 			body: map[string]string{"role": flags["role"], "assignee": flags["assignee"], "scope": flags["scope"]}}, nil

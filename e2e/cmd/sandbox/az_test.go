@@ -34,6 +34,8 @@ func TestAzRequest(t *testing.T) {
 			want: adminRequest{method: http.MethodGet, path: "/identities/rg/id/federated-credentials"}},
 		{name: "vmss identity assign with two identities", args: "vmss identity assign -g rg -n pool --identities /a /b",
 			want: adminRequest{method: http.MethodPost, path: "/vmss/rg/pool/identities", body: map[string][]string{"identities": {"/a", "/b"}}}},
+		{name: "vmss identity show", args: "vmss identity show -g rg -n pool",
+			want: adminRequest{method: http.MethodGet, path: "/vmss/rg/pool/identities"}},
 		{name: "aks show with a dotted query", args: "aks show -g rg -n cluster --query oidcIssuerProfile.issuerUrl -o tsv",
 			want: adminRequest{method: http.MethodGet, path: "/aks/rg/cluster"}},
 		{name: "aks update enabling the OIDC issuer", args: "aks update -g rg -n cluster --enable-oidc-issuer",
