@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"slices"
 	"strings"
 	"sync"
@@ -20,8 +19,6 @@ import (
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/config"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
-	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/fakeazure"
-	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/testca"
 )
 
 const (
@@ -68,30 +65,11 @@ func (a *federatedAAD) count() int {
 // documents from fakeazure, and returns its URL and a transport trusting it.
 func startFederatedAAD(t *testing.T, a *federatedAAD) (string, *http.Client) {
 	t.Helper()
-	signer, err := fakeazure.NewSigner()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, err := testca.New("federation-test-ca")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tlsCfg, err := ca.ServerTLSConfig("127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	discovery := fakeazure.NewAAD(signer).Handler()
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.HasSuffix(r.URL.Path, "/oauth2/v2.0/token") {
-			a.ServeHTTP(w, r)
-			return
-		}
-		discovery.ServeHTTP(w, r)
-	}))
-	srv.TLS = tlsCfg
-	srv.StartTLS()
-	t.Cleanup(srv.Close)
-	return srv.URL + "/", ca.Client()
+	srv := startAAD(t)
+	srv.mu.Lock()
+	srv.tokens = a
+	srv.mu.Unlock()
+	return srv.URL + "/", srv.client
 }
 
 // tokenRequests is a fake TokenRequest endpoint: each token names its

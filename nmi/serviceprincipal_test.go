@@ -29,6 +29,8 @@ type aadServer struct {
 	client *http.Client // trusts the server's CA
 	mu     sync.Mutex
 	paths  []string
+	// tokens, when set, answers the token endpoint instead of the fake.
+	tokens http.Handler
 }
 
 func startAAD(t *testing.T) *aadServer {
@@ -50,7 +52,12 @@ func startAAD(t *testing.T) *aadServer {
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		a.mu.Lock()
 		a.paths = append(a.paths, r.URL.Path)
+		tokens := a.tokens
 		a.mu.Unlock()
+		if tokens != nil && strings.HasSuffix(r.URL.Path, "/oauth2/v2.0/token") {
+			tokens.ServeHTTP(w, r)
+			return
+		}
 		handler.ServeHTTP(w, r)
 	}))
 	srv.TLS = tlsCfg
