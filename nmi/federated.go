@@ -31,6 +31,11 @@ import (
 // expiry, and the pod it is bound to may be gone before then.
 const assertionLifetime = 10 * time.Minute
 
+// maxPodTokens bounds the tokens one pod has cached: a pod asking for ever
+// new resources replaces its own, not its neighbours', and what NMI keeps to
+// drop them with the pod stays small.
+const maxPodTokens = 256
+
 // assertionMargin is how long before its expiry a cached service-account
 // token is replaced, so that Azure AD never sees an expired one.
 const assertionMargin = 2 * time.Minute
@@ -79,6 +84,13 @@ func (f *federation) key(pod *corev1.Pod, id *aadv1.AzureIdentity, resource stri
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	p := f.pod(pod.UID)
+	if !p.keys[key] && len(p.keys) >= maxPodTokens {
+		for old := range p.keys { // any one of the pod's own
+			f.tokens.remove(old)
+			delete(p.keys, old)
+			break
+		}
+	}
 	p.keys[key] = true
 	return key
 }

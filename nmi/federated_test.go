@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -183,6 +184,32 @@ func TestFederatedTokens(t *testing.T) {
 			t.Fatalf("%d %s; exchanges %d → %d, IMDS calls %d", rec.Code, rec.Body, before, aad.count(), g.imds.calls.Load())
 		}
 	})
+}
+
+func TestFederationBoundsAPodsTokens(t *testing.T) {
+	tokens := newTokenCache(time.Minute, 0)
+	f := newFederation(nil, "node-0", testTenant, "https://login.example/", nil, tokens)
+	p, other := pod("x", "10.0.0.9"), pod("y", "10.0.0.10")
+	id := azureIdentity("fed", "client-f", "")
+	tok := Token{ExpiresOn: strconv.FormatInt(time.Now().Add(time.Hour).Unix(), 10)}
+	neighbour := f.key(other, &id, "https://neighbour")
+	tokens.store(neighbour, tok)
+	for i := range maxPodTokens + 10 {
+		tokens.store(f.key(p, &id, fmt.Sprintf("https://r%d", i)), tok)
+	}
+	if n := len(f.pods[p.UID].keys); n != maxPodTokens {
+		t.Errorf("pod x has %d tokens tracked, want %d", n, maxPodTokens)
+	}
+	if got := tokens.tokens.Len(); got != maxPodTokens+1 {
+		t.Errorf("cache holds %d tokens, want pod x's %d and its neighbour's", got, maxPodTokens)
+	}
+	if _, ok := tokens.lookup(neighbour); !ok {
+		t.Error("the neighbour's token went for pod x's")
+	}
+	f.forget(p.UID)
+	if got := tokens.tokens.Len(); got != 1 {
+		t.Errorf("after pod x was deleted the cache holds %d tokens, want its neighbour's", got)
+	}
 }
 
 func TestFederationRefusesAnotherNodesPod(t *testing.T) {
