@@ -164,7 +164,7 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		srv.runtime = runtime
 	}
 	if opts.Federation || opts.Mode == config.ModeFederated {
-		if srv.federation, err = startFederation(ctx, mgr, opts, srv.tokens); err != nil {
+		if srv.federation, err = startFederation(ctx, mgr.GetClient(), mgr.GetCache(), opts, srv.tokens); err != nil {
 			return err
 		}
 	}
@@ -334,8 +334,7 @@ func notifyPodChanges(ctx context.Context, c cache.Cache, changed chan<- struct{
 // startFederation serves federated identities with service-account tokens
 // from the apiserver's TokenRequest, and drops what it keeps for a pod as
 // soon as the pod is deleted.
-func startFederation(ctx context.Context, mgr manager.Manager, opts Options, tokens *tokenCache) (*federation, error) {
-	c := mgr.GetClient()
+func startFederation(ctx context.Context, c client.Client, informers cache.Cache, opts Options, tokens *tokenCache) (*federation, error) {
 	requestToken := func(ctx context.Context, namespace, name string, req *authenticationv1.TokenRequest) (*authenticationv1.TokenRequest, error) {
 		sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name}}
 		if err := c.SubResource("token").Create(ctx, sa, req); err != nil {
@@ -344,7 +343,7 @@ func startFederation(ctx context.Context, mgr manager.Manager, opts Options, tok
 		return req, nil
 	}
 	f := newFederation(requestToken, opts.NodeName, opts.FederationTenantID, opts.AADAuthorityHost, opts.AADTransport, tokens)
-	inf, err := mgr.GetCache().GetInformer(ctx, &corev1.Pod{})
+	inf, err := informers.GetInformer(ctx, &corev1.Pod{})
 	if err != nil {
 		return nil, fmt.Errorf("watching pods: %w", err)
 	}
