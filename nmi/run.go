@@ -14,23 +14,24 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sync/errgroup"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/retry"
-	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/cluster"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
-	"sigs.k8s.io/controller-runtime/pkg/manager"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/config"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
-	"github.com/aad-pod-identity/aad-pod-identity/internal/metrics"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/nodepool"
 )
 
@@ -80,15 +81,19 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 	if err != nil || imdsURL.Host == "" {
 		return fmt.Errorf("IMDS endpoint %q is not an absolute URL", opts.IMDSEndpoint)
 	}
-	log := ctrl.Log.WithName("nmi")
+	log := logf.Log.WithName("nmi")
+	scheme, err := newScheme()
+	if err != nil {
+		return err
+	}
 
-	byObject := map[client.Object]cache.ByObject{&corev1.Pod{}: {Field: fields.OneTermEqualSelector("spec.nodeName", opts.NodeName)}}
+	byObject := map[client.Object]cache.ByObject{&corev1.Pod{}: {Field: fields.OneTermEqualSelector("spec.nodeName", opts.NodeName), Transform: trimPod}}
 	var pool *nodepool.Pool // known before the cache starts: only its record is cached
 	switch {
 	case opts.AssignmentsNamespace == "", opts.Mode != config.ModeStandard:
 		// No records are read.
 	default:
-		node, err := readNode(ctx, cfg, opts.NodeName)
+		node, err := readNode(ctx, cfg, scheme, opts.NodeName)
 		records, known, whole := recordCacheConfig(opts.AssignmentsNamespace, node, err)
 		byObject[&aadv1.AzureAssignedIdentity{}], pool = records, known
 		if whole != nil {
@@ -97,30 +102,28 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 			log.Info("caching only this node's pool's AzureAssignedIdentity", "namespace", opts.AssignmentsNamespace, "record", identity.RecordName(*pool), "pool", pool.ID())
 		}
 	}
-	mgr, err := ctrl.NewManager(cfg, manager.Options{
-		Scheme:                 identity.Scheme(),
-		Metrics:                metrics.ServerOptions(opts.MetricsAddr, opts.SecureMetrics),
-		HealthProbeBindAddress: opts.ProbeAddr,
-		Cache: cache.Options{
-			ByObject:         byObject,
-			DefaultTransform: cache.TransformStripManagedFields(),
-		},
+	// A cluster, not a manager: NMI elects no leader and runs no controller,
+	// and the manager's metrics serving links k8s.io/apiserver
+	// (internal/metricsserver serves them instead).
+	cl, err := cluster.New(cfg, func(o *cluster.Options) {
+		o.Scheme = scheme
+		o.Cache = cache.Options{ByObject: byObject, DefaultTransform: cache.TransformStripManagedFields()}
 		// Caching Secrets would mean watching every Secret in the cluster:
 		// they are read live, each read reused for a second
 		// (recentSecrets); the Node is read rarely.
-		Client: client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{&corev1.Secret{}, &corev1.Node{}}}},
+		o.Client = client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{&corev1.Secret{}, &corev1.Node{}}}}
 	})
 	if err != nil {
-		return fmt.Errorf("creating manager: %w", err)
+		return fmt.Errorf("creating the cluster's client and cache: %w", err)
 	}
-	if err := mgr.GetFieldIndexer().IndexField(ctx, &corev1.Pod{}, podIPIndex, podIPs); err != nil {
+	if err := cl.GetFieldIndexer().IndexField(ctx, &corev1.Pod{}, podIPIndex, podIPs); err != nil {
 		return fmt.Errorf("indexing pods by IP: %w", err)
 	}
 	// The resolver reads the cache only, unlike the webhook's: the binding a
 	// pod was admitted through reached the cache long before the pod runs,
 	// and a live read on every refused request would let any pod load the
 	// apiserver.
-	resolver, err := identity.NewResolver(ctx, mgr.GetCache(), nil, opts.AllowCrossNamespace)
+	resolver, err := identity.NewResolver(ctx, cl.GetCache(), nil, opts.AllowCrossNamespace)
 	if err != nil {
 		return err
 	}
@@ -132,7 +135,7 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		opts.AADTransport = &http.Client{Transport: upstreamTransport(opts.UpstreamIdleConns)}
 	}
 	srv := &Server{
-		reader:       mgr.GetClient(),
+		reader:       cl.GetClient(),
 		resolver:     resolver,
 		imds:         &imdsClient{endpoint: imdsURL, http: &http.Client{Transport: opts.IMDSTransport, Timeout: 30 * time.Second}, notFoundRetry: opts.IdentityNotFoundRetry},
 		passthrough:  newPassthrough(imdsURL, opts.IMDSTransport),
@@ -141,8 +144,8 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		protected:    protected,
 		scopes:       scopes,
 		assignments: &assignments{
-			records: mgr.GetClient(), namespace: opts.AssignmentsNamespace,
-			nodes: mgr.GetClient(), nodeName: opts.NodeName, pool: pool,
+			records: cl.GetClient(), namespace: opts.AssignmentsNamespace,
+			nodes: cl.GetClient(), nodeName: opts.NodeName, pool: pool,
 			allowExternal: opts.ServeExternalIdentities, wait: opts.UnknownCallerWait, waits: waits,
 		},
 		tokens:     newTokenCache(opts.TokenRefreshMargin, opts.TokenCacheSize),
@@ -153,7 +156,7 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		log:        log,
 	}
 	if opts.Mode == config.ModeManaged {
-		srv.managed = &managedIdentities{nodePool: srv.assignments.nodePool, recorder: mgr.GetEventRecorder("aad-pod-identity-nmi"), reported: map[string]bool{}}
+		srv.managed = &managedIdentities{nodePool: srv.assignments.nodePool, recorder: cl.GetEventRecorder("aad-pod-identity-nmi"), reported: map[string]bool{}}
 	}
 	if opts.CRISocket != "" {
 		runtime, conn, err := dialRuntime(opts.CRISocket, 5*time.Second)
@@ -164,52 +167,50 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		srv.runtime = runtime
 	}
 	if opts.Federation || opts.Mode == config.ModeFederated {
-		if srv.federation, err = startFederation(ctx, mgr.GetClient(), mgr.GetCache(), opts, srv.tokens); err != nil {
+		if srv.federation, err = startFederation(ctx, cl.GetClient(), cl.GetCache(), opts, srv.tokens); err != nil {
 			return err
 		}
 	}
 	if opts.EnableServicePrincipals {
-		srv.sp = &servicePrincipals{secrets: newRecentSecrets(mgr.GetClient(), secretReuse), allowCrossNamespace: opts.AllowCrossNamespaceSecrets, defaultAuthorityHost: opts.AADAuthorityHost, transport: opts.AADTransport}
+		srv.sp = &servicePrincipals{secrets: newRecentSecrets(cl.GetClient(), secretReuse), allowCrossNamespace: opts.AllowCrossNamespaceSecrets, defaultAuthorityHost: opts.AADAuthorityHost, transport: opts.AADTransport}
 	}
 
 	var ready atomic.Bool
 	// Closed once the rules are in: the guard must stand before the
 	// listener takes connections that did not come through the DNAT.
 	guarded := make(chan struct{})
-	if err := errors.Join(
-		mgr.AddHealthzCheck("ping", healthz.Ping),
-		mgr.AddReadyzCheck("interception", func(*http.Request) error {
-			if !ready.Load() {
-				return errors.New("interception rules or pod cache not ready")
-			}
-			return nil
-		}),
-		mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
-			// Serving before the caches are filled would refuse known pods.
-			if err := syncCaches(ctx, mgr.GetCache(), opts.Mode); err != nil {
-				return err
-			}
-			select {
-			case <-guarded:
-			case <-ctx.Done():
-				return nil
-			}
-			return serve(ctx, opts.ListenAddress, opts.MaxConnsPerIP, srv.Handler())
-		})),
-		mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
-			return keepRules(ctx, mgr, opts, &ready, guarded)
-		})),
-	); err != nil {
-		return err
-	}
+	probes := map[string]healthz.Checker{"interception": func(*http.Request) error {
+		if !ready.Load() {
+			return errors.New("interception rules or pod cache not ready")
+		}
+		return nil
+	}}
 	log.Info("starting NMI", "node", opts.NodeName, "allowCrossNamespace", opts.AllowCrossNamespace, "listen", opts.ListenAddress, "imds", opts.IMDSEndpoint)
-	return mgr.Start(ctx)
+	// As a manager would: the first to fail stops the others.
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return cl.Start(ctx) })
+	g.Go(func() error { return serveMetrics(ctx, cfg, cl.GetHTTPClient(), opts, log.WithName("metrics")) })
+	g.Go(func() error { return serveProbes(ctx, opts.ProbeAddr, probes) })
+	g.Go(func() error {
+		// Serving before the caches are filled would refuse known pods.
+		if err := syncCaches(ctx, cl.GetCache(), opts.Mode); err != nil {
+			return err
+		}
+		select {
+		case <-guarded:
+		case <-ctx.Done():
+			return nil
+		}
+		return serve(ctx, opts.ListenAddress, opts.MaxConnsPerIP, srv.Handler())
+	})
+	g.Go(func() error { return keepRules(ctx, cl, opts, &ready, guarded) })
+	return g.Wait()
 }
 
-// readNode reads the node once, uncached (the manager's cache is not built
-// yet), to learn its pool before the cache is.
-func readNode(ctx context.Context, cfg *rest.Config, name string) (*corev1.Node, error) {
-	c, err := client.New(cfg, client.Options{Scheme: identity.Scheme()})
+// readNode reads the node once, uncached (the cache is not built yet), to
+// learn its pool before the cache is.
+func readNode(ctx context.Context, cfg *rest.Config, scheme *runtime.Scheme, name string) (*corev1.Node, error) {
+	c, err := client.New(cfg, client.Options{Scheme: scheme})
 	if err != nil {
 		return nil, fmt.Errorf("reading node %s: %w", name, err)
 	}
@@ -253,7 +254,7 @@ func serve(ctx context.Context, addr string, maxConnsPerIP int, h http.Handler) 
 // hostile: connections are capped per source address, and slow or idle ones
 // are closed.
 func serveOn(ctx context.Context, l net.Listener, maxConnsPerIP int, h http.Handler) error {
-	hs := &http.Server{
+	return serveHTTP(ctx, limitPerIP(l, maxConnsPerIP), &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
@@ -261,15 +262,19 @@ func serveOn(ctx context.Context, l net.Listener, maxConnsPerIP int, h http.Hand
 		WriteTimeout:   fetchDeadline + 30*time.Second,
 		IdleTimeout:    30 * time.Second,
 		MaxHeaderBytes: 16 << 10,
-	}
+	})
+}
+
+// serveHTTP runs hs on l until ctx ends.
+func serveHTTP(ctx context.Context, l net.Listener, hs *http.Server) error {
 	go func() {
 		<-ctx.Done()
 		shutdown, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		_ = hs.Shutdown(shutdown) // best effort: the process is stopping
 	}()
-	if err := hs.Serve(limitPerIP(l, maxConnsPerIP)); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("serving metadata on %s: %w", l.Addr(), err)
+	if err := hs.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serving on %s: %w", l.Addr(), err)
 	}
 	return nil
 }
@@ -277,26 +282,26 @@ func serveOn(ctx context.Context, l net.Listener, maxConnsPerIP int, h http.Hand
 // keepRules installs the interception and its guard (and closes guarded),
 // then, once the pod cache is synced, marks NMI ready and lifts the startup
 // taint; the rules are kept until ctx ends.
-func keepRules(ctx context.Context, mgr manager.Manager, opts Options, ready *atomic.Bool, guarded chan<- struct{}) error {
+func keepRules(ctx context.Context, cl cluster.Cluster, opts Options, ready *atomic.Bool, guarded chan<- struct{}) error {
 	if err := opts.Rules.Install(); err != nil {
 		return err
 	}
 	close(guarded)
-	if err := syncCaches(ctx, mgr.GetCache(), opts.Mode); err != nil {
+	if err := syncCaches(ctx, cl.GetCache(), opts.Mode); err != nil {
 		return err
 	}
 	var podsChanged chan struct{}
 	if opts.Rules.GuardsPods() {
 		podsChanged = make(chan struct{}, 1)
-		if err := notifyPodChanges(ctx, mgr.GetCache(), podsChanged); err != nil {
+		if err := notifyPodChanges(ctx, cl.GetCache(), podsChanged); err != nil {
 			return err
 		}
 	}
 	if opts.RemoveStartupTaint {
-		if err := removeStartupTaint(ctx, mgr.GetClient(), opts.NodeName); err != nil {
+		if err := removeStartupTaint(ctx, cl.GetClient(), opts.NodeName); err != nil {
 			return err
 		}
-		ctrl.Log.WithName("nmi").Info("startup taint removed", "node", opts.NodeName, "taint", aadv1.NMINotReadyTaint)
+		logf.Log.WithName("nmi").Info("startup taint removed", "node", opts.NodeName, "taint", aadv1.NMINotReadyTaint)
 	}
 	ready.Store(true)
 	return opts.Rules.Keep(ctx, podsChanged)

@@ -10,8 +10,10 @@ import (
 	"os"
 	"time"
 
-	ctrl "sigs.k8s.io/controller-runtime"
+	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/client/config"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/manager/signals"
 
 	"github.com/aad-pod-identity/aad-pod-identity/internal/config"
 	"github.com/aad-pod-identity/aad-pod-identity/nmi"
@@ -24,7 +26,7 @@ func main() {
 	if cleanup {
 		args = args[1:]
 	}
-	// flag.CommandLine carries controller-runtime's --kubeconfig.
+	// flag.CommandLine carries controller-runtime's --kubeconfig (pkg/client/config).
 	fs := flag.CommandLine
 	opts := nmi.Options{NodeName: os.Getenv("NODE_NAME"), IdentityNotFoundRetry: nmi.DefaultIdentityNotFoundRetry, TokenRefreshMargin: 5 * time.Minute}
 	var rules intercept.Keeper
@@ -43,8 +45,8 @@ func main() {
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
 	_ = fs.Parse(args) // flag.CommandLine exits on error
-	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
-	log := ctrl.Log.WithName("setup")
+	logf.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
+	log := logf.Log.WithName("setup")
 	if cleanup && configFile != "" {
 		// The release's ConfigMap may be gone when an uninstall is retried:
 		// the rules are then looked for with the default backend.
@@ -70,13 +72,13 @@ func main() {
 		log.Info("interception rules removed", "chain", intercept.Chain)
 		return
 	}
-	rules.Log = ctrl.Log.WithName("iptables")
+	rules.Log = logf.Log.WithName("iptables")
 	if opts.Rules, err = intercept.NewKeeper(rules, backend); err != nil {
 		log.Error(err, "setting up interception")
 		os.Exit(1)
 	}
-	ctx := ctrl.SetupSignalHandler()
-	if err := nmi.Run(ctx, ctrl.GetConfigOrDie(), opts); err != nil {
+	ctx := signals.SetupSignalHandler()
+	if err := nmi.Run(ctx, ctrlconfig.GetConfigOrDie(), opts); err != nil {
 		log.Error(err, "running NMI")
 		os.Exit(1)
 	}

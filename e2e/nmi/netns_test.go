@@ -83,7 +83,11 @@ func runInNamespaces(t *testing.T) {
 		t.Fatal(err)
 	}
 	bin := filepath.Join(t.TempDir(), "nmi")
-	run(t, "go", "build", "-o", bin, filepath.Join(framework.RepoRoot(), "cmd", "nmi"))
+	// Built as the image builds it (build/Dockerfile): static and stripped,
+	// so that the RSS figures are the shipped binary's (a cgo build maps
+	// libc too).
+	t.Setenv("CGO_ENABLED", "0")
+	run(t, "go", "build", "-trimpath", "-ldflags=-s -w", "-o", bin, filepath.Join(framework.RepoRoot(), "cmd", "nmi"))
 
 	suffix := make([]byte, 3)
 	_, _ = rand.Read(suffix)

@@ -76,6 +76,19 @@ func TestComponentsDoNotLinkAdmission(t *testing.T) {
 	}
 }
 
+// TestNMIDoesNotLinkManager: NMI's binary pages are most of its memory; the
+// manager, and k8s.io/apiserver behind its metrics filters, are linked for
+// nothing NMI does (internal/metricsserver serves its metrics).
+func TestNMIDoesNotLinkManager(t *testing.T) {
+	for _, bin := range goList(t, repoRoot(), "./cmd/nmi") {
+		for _, d := range bin.Deps {
+			if d == "sigs.k8s.io/controller-runtime/pkg/manager" || strings.HasPrefix(d, "k8s.io/apiserver/") {
+				t.Errorf("%s links %s", bin.ImportPath, d)
+			}
+		}
+	}
+}
+
 // readPackageMap parses the table between the package map markers.
 func readPackageMap(t *testing.T, path string) []rule {
 	t.Helper()

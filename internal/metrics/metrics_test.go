@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -20,43 +21,76 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	"github.com/aad-pod-identity/aad-pod-identity/internal/metrics"
+	"github.com/aad-pod-identity/aad-pod-identity/internal/metricsserver"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/framework"
 )
 
 // Secure metrics answer only callers the apiserver authenticates and
-// authorizes for get on /metrics; plain ones answer everyone.
+// authorizes for get on /metrics; plain ones answer everyone. The manager's
+// endpoint (webhook, assigner) and internal/metricsserver's (NMI) answer
+// alike.
 func TestServerOptions(t *testing.T) {
 	_, cfg := framework.StartEnvironment(t, framework.Options{})
 	c := kubernetes.NewForConfigOrDie(cfg)
 	scraper, outsider := token(t, c, "scraper"), token(t, c, "outsider")
 	grantMetrics(t, c, "scraper")
 
-	secure := serve(t, cfg, true)
-	plain := serve(t, cfg, false)
-	for _, tc := range []struct {
-		name, url, token string
-		want             int
+	for _, srv := range []struct {
+		name  string
+		serve func(*testing.T, *rest.Config, bool) string
 	}{
-		{"secure, anonymous", "https://" + secure, "", http.StatusUnauthorized},
-		{"secure, authenticated but not authorized", "https://" + secure, outsider, http.StatusForbidden},
-		{"secure, authorized", "https://" + secure, scraper, http.StatusOK},
-		{"plain, anonymous", "http://" + plain, "", http.StatusOK},
+		{"manager", serve},
+		{"metricsserver", serveStandalone},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			framework.Eventually(t, 30*time.Second, "status "+fmt.Sprint(tc.want), func() error {
-				got, body, err := get(tc.url+"/metrics", tc.token)
-				if err != nil {
-					return err
-				}
-				if got != tc.want || (got == http.StatusOK && !strings.Contains(body, "# TYPE")) {
-					return fmt.Errorf("got %d %.80s", got, body)
-				}
-				return nil
+		secure := srv.serve(t, cfg, true)
+		plain := srv.serve(t, cfg, false)
+		for _, tc := range []struct {
+			name, url, token string
+			want             int
+		}{
+			{"secure, anonymous", "https://" + secure, "", http.StatusUnauthorized},
+			{"secure, authenticated but not authorized", "https://" + secure, outsider, http.StatusForbidden},
+			{"secure, authorized", "https://" + secure, scraper, http.StatusOK},
+			{"plain, anonymous", "http://" + plain, "", http.StatusOK},
+		} {
+			t.Run(srv.name+", "+tc.name, func(t *testing.T) {
+				framework.Eventually(t, 30*time.Second, "status "+fmt.Sprint(tc.want), func() error {
+					got, body, err := get(tc.url+"/metrics", tc.token)
+					if err != nil {
+						return err
+					}
+					if got != tc.want || (got == http.StatusOK && !strings.Contains(body, "# TYPE")) {
+						return fmt.Errorf("got %d %.80s", got, body)
+					}
+					return nil
+				})
 			})
-		})
+		}
 	}
+}
+
+// serveStandalone serves controller-runtime's registry as NMI does.
+func serveStandalone(t *testing.T, cfg *rest.Config, secure bool) string {
+	t.Helper()
+	httpClient, err := rest.HTTPClientFor(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := metricsserver.Handler(cfg, httpClient, ctrlmetrics.Registry, secure, logr.Discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := metricsserver.Listen(t.Context(), "127.0.0.1:0", secure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = hs.Serve(l) }() // ends when closed
+	t.Cleanup(func() { _ = hs.Close() })
+	return l.Addr().String()
 }
 
 func serve(t *testing.T, cfg *rest.Config, secure bool) string {
