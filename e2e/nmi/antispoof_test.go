@@ -56,7 +56,7 @@ func spoofingDropped(t *testing.T, n *node) {
 func listenGuarded(t *testing.T, n *node) {
 	// Not 2579: the earlier NMI's stand-in still listens there.
 	listen := net.JoinHostPort(nodeIP, "2580")
-	n.nmi = startNMI(t, n.kubeconfig, filepath.Join(t.TempDir(), "nmi.log"), "--listen-address", listen)
+	n.nmi = startNMI(t, n, filepath.Join(t.TempDir(), "nmi.log"), "--listen-address", listen)
 	t.Cleanup(func() {
 		_ = n.nmi.Process.Kill()
 		_ = n.nmi.Wait()

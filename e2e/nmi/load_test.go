@@ -82,7 +82,26 @@ func TestNMILoad(t *testing.T) {
 		t.Logf("concurrency %2d  miss-path overhead: p50 %v, p99 %v", c, miss.p50-direct.p50, miss.p99-direct.p99)
 		t.Logf("concurrency %2d  NMI RSS after %d distinct resources: %s", c, seqTotal(&seq), rss(t, n.nmi.Process.Pid))
 	}
+	federatedLoad(t, n, duration, hitURL, next)
+}
 
+// federatedLoad runs the hit and miss runs again for a federated identity,
+// given to pod-b (unused by the runs above): every miss is an Azure AD
+// exchange, and the service-account token they carry comes from one
+// TokenRequest, cached until near its expiry, for the whole run.
+func federatedLoad(t *testing.T, n *node, d time.Duration, hitURL func(int) string, next func(string) func(int) string) {
+	start := time.Now()
+	federatePod(t, n, "pod-b")
+	podB := n.pods["pod-b"]
+	for _, c := range []int{32, 1} {
+		hit := load(t, c, d, hitURL, podB.netns)
+		t.Logf("concurrency %2d  federated hit via NMI:  %s", c, hit)
+		miss := load(t, c, d, next(fmt.Sprintf("fed%d", c)), podB.netns)
+		t.Logf("concurrency %2d  federated miss via NMI (an Azure AD exchange each): %s", c, miss)
+	}
+	requests, exchanges := n.aad.counts("pod-b")
+	t.Logf("federated: NMI made %d TokenRequest(s) for pod-b in %v, for %d Azure AD exchanges; NMI RSS now %s",
+		requests, time.Since(start).Round(time.Second), exchanges, rss(t, n.nmi.Process.Pid))
 }
 
 // seqTotal is how many distinct resources the miss runs asked NMI for.

@@ -228,6 +228,9 @@ type node struct {
 	imdsCalls, direct atomic.Int64
 	// imdsConns counts the connections the node's IMDS accepted.
 	imdsConns atomic.Int64
+	// aad is the fake Azure AD that NMI exchanges federated identities'
+	// service-account tokens at.
+	aad *federatedAAD
 }
 
 const tokenURL = "http://" + metadataIP + "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net"
@@ -278,7 +281,8 @@ func setupNode(t *testing.T) *node {
 	go func() { _ = imds.Serve(lis) }()
 	t.Cleanup(func() { _ = imds.Close() })
 
-	env, cfg := framework.StartEnvironment(t, framework.Options{})
+	env, cfg := framework.StartEnvironment(t, framework.Options{ServiceAccountKeyFile: writeRSAKey(t)})
+	n.aad = startFederatedAAD(t, n, env, cfg)
 	scheme := clientgoscheme.Scheme
 	if err := aadv1.AddToScheme(scheme); err != nil {
 		t.Fatal(err)
@@ -295,7 +299,7 @@ func setupNode(t *testing.T) *node {
 	// tokens throughout and must never reach IMDS itself.
 	installLegacyNMI(t)
 	stopPolling := poll(n.pods["pod-b"])
-	n.nmi = startNMI(t, n.kubeconfig, n.nmiLog)
+	n.nmi = startNMI(t, n, n.nmiLog)
 
 	// NMI intercepts once an unadmitted pod is refused by it.
 	var status int
@@ -561,6 +565,8 @@ func createObjects(ctx context.Context, t *testing.T, c client.Client, pods map[
 		bindingA(),
 		&aadv1.AzurePodIdentityException{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "agents"},
 			Spec: aadv1.AzurePodIdentityExceptionSpec{PodLabels: map[string]string{"app": "agent"}}},
+		// No controller manager creates it here.
+		&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "default"}},
 	}
 	meta := map[string]metav1.ObjectMeta{
 		"pod-a": {Labels: map[string]string{aadv1.BindingLabel: "a"}, Annotations: map[string]string{aadv1.AnnotationIdentities: "default/id-a", aadv1.AnnotationClientIDs: idA.ClientID}},
@@ -577,7 +583,9 @@ func createObjects(ctx context.Context, t *testing.T, c client.Client, pods map[
 	for name, p := range pods {
 		m := meta[name]
 		m.Namespace, m.Name = "default", name
-		obj := &corev1.Pod{ObjectMeta: m, Spec: corev1.PodSpec{NodeName: nodeName, Containers: []corev1.Container{{Name: "c", Image: "demo"}}}}
+		// ServiceAccountName as the ServiceAccount admission plugin, which
+		// envtest disables, sets it: a token bound to the pod must name it.
+		obj := &corev1.Pod{ObjectMeta: m, Spec: corev1.PodSpec{NodeName: nodeName, ServiceAccountName: "default", Containers: []corev1.Container{{Name: "c", Image: "demo"}}}}
 		if err := c.Create(ctx, obj); err != nil {
 			t.Fatalf("creating pod %s: %v", name, err)
 		}
@@ -651,11 +659,13 @@ func writeTemp(t *testing.T, name string, data []byte) string {
 	return path
 }
 
-// nmiConfig writes the harness's NMI configuration.
-func nmiConfig(t *testing.T) string {
+// nmiConfig writes the harness's NMI configuration: federation is on, in
+// the fake Azure's tenant.
+func nmiConfig(t *testing.T, tenantID string) string {
 	t.Helper()
 	c := config.Configuration{TypeMeta: metav1.TypeMeta{APIVersion: config.APIVersion, Kind: config.Kind}}
 	c.Policy.Exceptions.Namespaces = []string{"default"}
+	c.Policy.Federation.Enabled, c.Policy.Federation.TenantID = true, tenantID
 	c.NMI.SyncPeriod = &metav1.Duration{Duration: 2 * time.Second}
 	c.NMI.RemoveStartupTaint = true
 	c.NMI.CNICacheDir = os.Getenv(envCNICache)
@@ -671,17 +681,19 @@ func nmiConfig(t *testing.T) string {
 	return writeTemp(t, "config.yaml", data)
 }
 
-func startNMI(t *testing.T, kubeconfig, logPath string, extra ...string) *exec.Cmd {
+func startNMI(t *testing.T, n *node, logPath string, extra ...string) *exec.Cmd {
 	t.Helper()
 	logFile, err := os.Create(logPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	args := []string{"--kubeconfig", kubeconfig, "--metrics-bind-address", "0",
-		"--health-probe-bind-address", "127.0.0.1:0", "--assignments-namespace", assignmentsNS, "--config", nmiConfig(t)}
+	args := []string{"--kubeconfig", n.kubeconfig, "--metrics-bind-address", "0",
+		"--health-probe-bind-address", "127.0.0.1:0", "--assignments-namespace", assignmentsNS, "--config", nmiConfig(t, n.state.TenantID),
+		"--aad-authority-host", n.aad.url}
 	args = append(args, extra...)
 	cmd := exec.Command(os.Getenv(envNMIPath), args...)
-	cmd.Env = append(os.Environ(), "NODE_NAME="+nodeName)
+	// The fake Azure AD's CA, as the sandbox gives every container its own.
+	cmd.Env = append(os.Environ(), "NODE_NAME="+nodeName, "SSL_CERT_FILE="+n.aad.caFile)
 	// The chart's nmi.goMemLimit, for the load generators' RSS figures.
 	if limit := os.Getenv("AADPI_NMI_GOMEMLIMIT"); limit != "" {
 		cmd.Env = append(cmd.Env, "GOMEMLIMIT="+limit)

@@ -86,6 +86,12 @@ type Options struct {
 	Webhooks bool
 	// CRDDirectories are installed besides the project's CRDs.
 	CRDDirectories []string
+	// ServiceAccountKeyFile is a PEM private key the apiserver signs
+	// service-account tokens with ("": envtest's own, ECDSA). An RSA key
+	// makes them RS256, as AKS's are and as Azure AD's federation wants;
+	// the issuer's keys are then published on envtest's loopback address,
+	// where a verifier can fetch them.
+	ServiceAccountKeyFile string
 }
 
 // NewEnvironment returns an envtest environment for this project, not yet
@@ -99,6 +105,14 @@ func NewEnvironment(opts Options) (*envtest.Environment, error) {
 		BinaryAssetsDirectory: assets,
 		CRDDirectoryPaths:     append([]string{filepath.Join(RepoRoot(), "config", "crd")}, opts.CRDDirectories...),
 		ErrorIfCRDPathMissing: true,
+	}
+	if opts.ServiceAccountKeyFile != "" {
+		env.ControlPlane.GetAPIServer().Configure().
+			Set("service-account-key-file", opts.ServiceAccountKeyFile).
+			Set("service-account-signing-key-file", opts.ServiceAccountKeyFile).
+			// The discovery document's jwks_uri names this host; by
+			// default the node's address, where envtest does not listen.
+			Set("external-hostname", "127.0.0.1")
 	}
 	if opts.Webhooks {
 		mutating, validating, err := WebhookConfigurations()
