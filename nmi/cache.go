@@ -3,6 +3,7 @@ package nmi
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"strconv"
 	"sync/atomic"
@@ -44,6 +45,15 @@ func tokenKey(id *aadv1.AzureIdentity, secret *corev1.Secret, resource string) s
 	return fmt.Sprintf("%q", []string{id.Namespace + "/" + id.Name, strconv.Itoa(int(spec.Type)), aadv1.IDKey(spec.ClientID), aadv1.IDKey(spec.ResourceID),
 		spec.TenantID, spec.ADEndpoint, fmt.Sprintf("%q", spec.AuxiliaryTenantIDs), secretVersion, resource})
 }
+
+// cacheKey is what the cache holds a token under: the SHA-256 of its
+// tokenKey, 32 bytes instead of the key's few hundred (identity and
+// resource IDs, twice quoted for a federated pod), which would otherwise be
+// an eighth of a cached token's heap. Keys stay distinct as long as SHA-256
+// is collision-resistant, so no token is served for another key.
+type cacheKey [sha256.Size]byte
+
+func hashKey(key string) cacheKey { return sha256.Sum256([]byte(key)) }
 
 func (t Token) expiry() time.Time {
 	s, err := strconv.ParseInt(t.ExpiresOn, 10, 64)
@@ -131,12 +141,12 @@ type cachedToken struct {
 }
 
 func (c *tokenCache) store(key string, tok Token) {
-	c.tokens.Add(key, &cachedToken{tok: tok})
+	c.tokens.Add(hashKey(key), &cachedToken{tok: tok})
 	tokenCacheEntries.Set(float64(c.tokens.Len()))
 }
 
 // remove drops key's token, if cached.
-func (c *tokenCache) remove(key string) {
+func (c *tokenCache) remove(key cacheKey) {
 	if v, ok := c.tokens.Get(key); ok {
 		v.(*cachedToken).removed.Store(true)
 		c.tokens.Remove(key)
@@ -145,7 +155,7 @@ func (c *tokenCache) remove(key string) {
 }
 
 func (c *tokenCache) lookup(key string) (Token, bool) {
-	v, ok := c.tokens.Get(key)
+	v, ok := c.tokens.Get(hashKey(key))
 	if !ok {
 		return Token{}, false
 	}

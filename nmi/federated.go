@@ -67,7 +67,7 @@ type federation struct {
 type federatedPod struct {
 	assertion string
 	expires   time.Time
-	keys      map[string]bool // the pod's tokens in the server's cache
+	keys      map[cacheKey]bool // the pod's tokens in the server's cache
 }
 
 func newFederation(requestToken requestTokenFunc, nodeName, tenantID, authorityHost string, transport policy.Transporter, tokens *tokenCache) *federation {
@@ -83,15 +83,15 @@ func (f *federation) key(pod *corev1.Pod, id *aadv1.AzureIdentity, resource stri
 	key := fmt.Sprintf("%q", []string{"federated", string(pod.UID), pod.Namespace + "/" + serviceAccount(pod), f.tenant(id), tokenKey(id, nil, resource)})
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	p := f.pod(pod.UID)
-	if !p.keys[key] && len(p.keys) >= maxPodTokens {
+	p, hashed := f.pod(pod.UID), hashKey(key)
+	if !p.keys[hashed] && len(p.keys) >= maxPodTokens {
 		for old := range p.keys { // any one of the pod's own
 			f.tokens.remove(old)
 			delete(p.keys, old)
 			break
 		}
 	}
-	p.keys[key] = true
+	p.keys[hashed] = true
 	return key
 }
 
@@ -99,7 +99,7 @@ func (f *federation) key(pod *corev1.Pod, id *aadv1.AzureIdentity, resource stri
 func (f *federation) pod(uid types.UID) *federatedPod {
 	p := f.pods[uid]
 	if p == nil {
-		p = &federatedPod{keys: map[string]bool{}}
+		p = &federatedPod{keys: map[cacheKey]bool{}}
 		f.pods[uid] = p
 	}
 	return p
