@@ -79,9 +79,13 @@ var (
 	}
 )
 
-// DefaultTokenCacheSize holds a node's working set many times over (110
-// pods, a few identities and resources each) in about 30 MB.
-const DefaultTokenCacheSize = 10000
+// DefaultTokenCacheSize holds a full node's working set: user-assigned
+// identities' tokens are shared by the pods (identities times resources,
+// 50 at the density benchmark's 250 pods), federated ones are each pod's
+// own, and 2,000 is 250 pods (AKS's maximum) with 8 identity-resource pairs
+// each, in about 6 MB of NMI's RSS; 10,000 would take about 30 MB past the
+// 50 MiB goal for tokens no node asks for (docs/performance.md).
+const DefaultTokenCacheSize = 2000
 
 // SetDefaults fills what c leaves unset; namespace is the release's.
 func SetDefaults(c *Configuration, namespace string) {
