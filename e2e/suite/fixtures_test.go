@@ -31,9 +31,16 @@ import (
 // the test ends.
 func userIdentity(t testing.TB, name, selector string) fakeazure.Identity {
 	t.Helper()
+	return annotatedIdentity(t, name, selector, nil)
+}
+
+// annotatedIdentity is userIdentity with annotations on the AzureIdentity
+// from its creation.
+func annotatedIdentity(t testing.TB, name, selector string, annotations map[string]string) fakeazure.Identity {
+	t.Helper()
 	id := env.sb.Azure.CreateIdentity(sandbox.SubscriptionID, sandbox.NodeResourceGroup, name)
 	t.Cleanup(func() { env.sb.Azure.DeleteIdentity(id.ResourceID) })
-	applyIdentity(t, name, selector, fmt.Sprintf("type: 0\n  resourceID: %s\n  clientID: %s", id.ResourceID, id.ClientID))
+	applyAnnotatedIdentity(t, name, selector, annotations, fmt.Sprintf("type: 0\n  resourceID: %s\n  clientID: %s", id.ResourceID, id.ClientID))
 	return id
 }
 
@@ -41,11 +48,25 @@ func userIdentity(t testing.TB, name, selector string) fakeazure.Identity {
 // for the spec block) and a binding <name>-binding for selector.
 func applyIdentity(t testing.TB, name, selector, spec string) {
 	t.Helper()
+	applyAnnotatedIdentity(t, name, selector, nil, spec)
+}
+
+// applyAnnotatedIdentity is applyIdentity with annotations on the
+// AzureIdentity.
+func applyAnnotatedIdentity(t testing.TB, name, selector string, annotations map[string]string, spec string) {
+	t.Helper()
+	var meta strings.Builder
+	if len(annotations) > 0 {
+		meta.WriteString("\n  annotations:")
+		for k, v := range annotations {
+			fmt.Fprintf(&meta, "\n    %s: %q", k, v)
+		}
+	}
 	kubectl(t, "apply", "-f", "-", "stdin:"+fmt.Sprintf(`apiVersion: aadpodidentity.k8s.io/v1
 kind: AzureIdentity
 metadata:
   name: %[1]s
-  namespace: default
+  namespace: default%[4]s
 spec:
   %[3]s
 ---
@@ -57,7 +78,7 @@ metadata:
 spec:
   azureIdentity: %[1]s
   selector: %[2]s
-`, name, selector, spec))
+`, name, selector, spec, meta.String()))
 	t.Cleanup(func() {
 		_, _ = kubectlIn("-n", "default", "delete", "azureidentitybinding", name+"-binding", "--ignore-not-found")
 		_, _ = kubectlIn("-n", "default", "delete", "azureidentity", name, "--ignore-not-found")
