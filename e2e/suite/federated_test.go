@@ -5,7 +5,6 @@ package suite
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -26,7 +25,6 @@ import (
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/fakeazure"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/framework"
-	testns "github.com/aad-pod-identity/aad-pod-identity/internal/testing/netns"
 )
 
 // TestFederatedMode proves workload identity federation (issue 27) on the
@@ -37,12 +35,7 @@ import (
 // serves NMI's metrics over plain HTTP so that the suite can read them from
 // the node, and is uninstalled at the end.
 func TestFederatedMode(t *testing.T) {
-	installed(t)
-	t.Cleanup(func() {
-		if err := helmUninstall(); err != nil {
-			t.Error(err)
-		}
-	})
+	releaseOfItsOwn(t)
 	if err := helmRelease("upgrade", federationValues()...); err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +51,7 @@ func TestFederatedMode(t *testing.T) {
 }
 
 // federationValues turn federation on with the sandbox's tenant, and NMI's
-// metrics to plain HTTP (read by federatedPodsForgotten).
+// metrics to plain HTTP (read by nmiMetric).
 func federationValues(extra ...string) []string {
 	return append([]string{"--set", "policy.federation.enabled=true",
 		"--set-string", "policy.federation.tenantID=" + env.sb.Azure.TenantID,
@@ -142,8 +135,17 @@ func testFederatedMigration(t *testing.T) {
 	}
 
 	federate(t, id, "default", sa)
+	requests := nmiMetric(t, n, tokenRequests)
 	annotated := time.Now()
 	kubectl(t, "-n", "default", "annotate", "azureidentity", "e2e-fed-migrated", aadv1.AnnotationFederated+"=true")
+	// The pod's tokens cached from IMDS are not served any more: NMI asks
+	// for the pod's service-account token to exchange.
+	framework.Eventually(t, 30*time.Second, "NMI on "+n.Name+" requesting a service-account token", func() error {
+		if got := nmiMetric(t, n, tokenRequests); got <= requests {
+			return fmt.Errorf("%s %v, was %v before the annotation", tokenRequests, got, requests)
+		}
+		return nil
+	})
 	framework.Eventually(t, gcGracePeriod+time.Minute, "the federated identity off "+n.Pool.Name, func() error {
 		if env.sb.Azure.Assigned(n.Pool.ID, id.ClientID) {
 			return fmt.Errorf("still on %s", n.Pool.Name)
@@ -199,11 +201,12 @@ func testFederatedPodForgotten(t *testing.T) {
 		Modify: withServiceAccount("e2e-fed-forgotten")}.create(t)
 	running(t, "default", "fed-forgotten")
 	waitFor(t, "default", "fed-forgotten", userToken, time.Time{}, time.Minute)
-	before := federatedPodsForgotten(t, n)
+	const forgotten = "nmi_federated_pods_forgotten_total"
+	before := nmiMetric(t, n, forgotten)
 	deletePod(t, "default", "fed-forgotten")
 	framework.Eventually(t, time.Minute, "NMI on "+n.Name+" forgetting the deleted pod", func() error {
-		if got := federatedPodsForgotten(t, n); got <= before {
-			return fmt.Errorf("nmi_federated_pods_forgotten_total %v, was %v before the deletion", got, before)
+		if got := nmiMetric(t, n, forgotten); got <= before {
+			return fmt.Errorf("%s %v, was %v before the deletion", forgotten, got, before)
 		}
 		return nil
 	})
@@ -253,12 +256,7 @@ func onNoPool(t *testing.T, id fakeazure.Identity) {
 // namespace, as the pod's own programs do, and returns the token's claims.
 func podToken(t *testing.T, pod *corev1.Pod, clientID string) *fakeazure.Claims {
 	t.Helper()
-	netns := podNetNS(t, pod)
-	defer netns.Close()
-	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return testns.Dial(ctx, netns, network, addr)
-		}}}
+	client := httpIn(podNetNS(t, pod))
 	q := url.Values{"api-version": {"2018-02-01"}, "resource": {demo.ManagementResource}, "client_id": {clientID}}
 	body := get(t, client, "http://"+sandbox.MetadataIP.String()+demo.TokenPath+"?"+q.Encode(), "Metadata", "true")
 	var tok struct {
@@ -275,7 +273,7 @@ func podToken(t *testing.T, pod *corev1.Pod, clientID string) *fakeazure.Claims 
 }
 
 // podNetNS opens the pod's network namespace through its sandbox's process,
-// which containerd names.
+// which containerd names; it is closed when the test ends.
 func podNetNS(t *testing.T, pod *corev1.Pod) ns.NetNS {
 	t.Helper()
 	st := readySandbox(t, nodeOf(t, pod).CRISocket, pod, true)
@@ -289,28 +287,25 @@ func podNetNS(t *testing.T, pod *corev1.Pod) ns.NetNS {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = netns.Close() })
 	return netns
 }
 
-// federatedPodsForgotten reads nmi_federated_pods_forgotten_total from the
-// NMI of node n, which serves its metrics on the node's address
-// (nmi.secureMetrics=false).
-func federatedPodsForgotten(t *testing.T, n *sandbox.Node) float64 {
+// tokenRequests counts the service-account tokens NMI requested, which it
+// does for federated identities only.
+const tokenRequests = `nmi_upstream_duration_seconds_count{upstream="tokenrequest"}`
+
+// nmiMetric reads a series (name and labels as exposed) from the NMI of node
+// n, which serves its metrics on the node's address
+// (nmi.secureMetrics=false); a series not yet exposed is 0.
+func nmiMetric(t *testing.T, n *sandbox.Node, series string) float64 {
 	t.Helper()
-	netns, err := testns.Open(n.NetNS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer netns.Close()
-	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return testns.Dial(ctx, netns, network, addr)
-		}}}
+	client := httpIn(nodeNetNS(t, n))
 	port := kubectl(t, "-n", releaseNS, "get", "daemonset", release+"-nmi", "-o", `jsonpath={.spec.template.spec.containers[0].ports[?(@.name=="metrics")].containerPort}`)
 	body := get(t, client, "http://"+net.JoinHostPort(n.IP, strings.TrimSpace(port))+"/metrics")
 	sc := bufio.NewScanner(bytes.NewReader(body))
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "nmi_federated_pods_forgotten_total "); ok {
+		if v, ok := strings.CutPrefix(sc.Text(), series+" "); ok {
 			f, err := strconv.ParseFloat(v, 64)
 			if err != nil {
 				t.Fatalf("metric line %q: %v", sc.Text(), err)
@@ -318,7 +313,6 @@ func federatedPodsForgotten(t *testing.T, n *sandbox.Node) float64 {
 			return f
 		}
 	}
-	t.Fatalf("no nmi_federated_pods_forgotten_total among NMI's metrics on %s", n.Name)
 	return 0
 }
 

@@ -7,6 +7,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
+	"net/http"
 	"os/exec"
 	"regexp"
 	"strings"
@@ -14,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containernetworking/plugins/pkg/ns"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -23,6 +26,7 @@ import (
 	"github.com/aad-pod-identity/aad-pod-identity/e2e/sandbox"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/fakeazure"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/framework"
+	testns "github.com/aad-pod-identity/aad-pod-identity/internal/testing/netns"
 )
 
 // userIdentity creates a user-assigned identity in the fake Azure, as the
@@ -277,6 +281,25 @@ func node(t *testing.T, i int) *sandbox.Node {
 		t.Fatalf("the suite needs %d nodes, the sandbox has %d", i+1, len(nodes))
 	}
 	return nodes[i]
+}
+
+// nodeNetNS opens the node's network namespace, closed when the test ends.
+func nodeNetNS(t testing.TB, n *sandbox.Node) ns.NetNS {
+	t.Helper()
+	netns, err := testns.Open(n.NetNS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = netns.Close() })
+	return netns
+}
+
+// httpIn is an HTTP client whose connections start inside netns.
+func httpIn(netns ns.NetNS) *http.Client {
+	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return testns.Dial(ctx, netns, network, addr)
+		}}}
 }
 
 // natRules returns the nat table's rules inside a node's network namespace.

@@ -356,13 +356,8 @@ func cniResultNamesBridgePort(t *testing.T, n *sandbox.Node, podIP string) {
 // bridgePort reports whether link is a port of cni0 in the node's namespace.
 func bridgePort(t *testing.T, n *sandbox.Node, link string) bool {
 	t.Helper()
-	netns, err := testns.Open(n.NetNS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer netns.Close()
 	var port bool
-	err = netns.Do(func(ns.NetNS) error {
+	err := nodeNetNS(t, n).Do(func(ns.NetNS) error {
 		l, err := netlink.LinkByName(link)
 		if err != nil {
 			return err
