@@ -100,7 +100,8 @@ func testFederatedRefusals(t *testing.T) {
 		return err
 	})
 	labels := map[string]string{aadv1.BindingLabel: "e2e-fed-refused"}
-	demoPod{Name: "fed-untrusted", Labels: labels, ClientID: id.ClientID, Modify: withServiceAccount("e2e-fed-untrusted")}.create(t)
+	n := node(t, 0)
+	demoPod{Name: "fed-untrusted", Labels: labels, ClientID: id.ClientID, Node: n.Name, Modify: withServiceAccount("e2e-fed-untrusted")}.create(t)
 	demoPod{Name: "fed-elsewhere", Namespace: "e2e-fed-other", Labels: labels, ClientID: id.ClientID}.create(t)
 
 	running(t, "default", "fed-untrusted")
@@ -112,6 +113,10 @@ func testFederatedRefusals(t *testing.T) {
 		}
 	}
 	never(t, "default", "fed-untrusted", userToken)
+	// The reason is in NMI's request log and metrics, not in the answer.
+	if got := nmiMetric(t, n, `nmi_requests_total{code="403",reason="no_federated_credential"}`); got == 0 {
+		t.Errorf("NMI on %s counted no 403 of reason no_federated_credential", n.Name)
+	}
 
 	pod := running(t, "e2e-fed-other", "fed-elsewhere")
 	if got := pod.Annotations[aadv1.AnnotationIdentities]; got != "" {
