@@ -377,14 +377,9 @@ func servedBy(t *testing.T, pod corev1.Pod) []byte {
 	if n == nil {
 		t.Fatalf("webhook pod %s on unknown node %q", pod.Name, pod.Spec.NodeName)
 	}
-	netns, err := testns.Open(n.NetNS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer netns.Close()
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
-	raw, err := testns.Dial(ctx, netns, "tcp", net.JoinHostPort(pod.Status.PodIP, "9443"))
+	raw, err := testns.Dial(ctx, nodeNetNS(t, n), "tcp", net.JoinHostPort(pod.Status.PodIP, "9443"))
 	if err != nil {
 		t.Fatalf("dialling webhook pod %s: %v", pod.Name, err)
 	}

@@ -7,6 +7,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
+	"net/http"
 	"os/exec"
 	"regexp"
 	"strings"
@@ -14,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containernetworking/plugins/pkg/ns"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -23,6 +26,7 @@ import (
 	"github.com/aad-pod-identity/aad-pod-identity/e2e/sandbox"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/fakeazure"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/testing/framework"
+	testns "github.com/aad-pod-identity/aad-pod-identity/internal/testing/netns"
 )
 
 // userIdentity creates a user-assigned identity in the fake Azure, as the
@@ -31,9 +35,16 @@ import (
 // the test ends.
 func userIdentity(t testing.TB, name, selector string) fakeazure.Identity {
 	t.Helper()
+	return annotatedIdentity(t, name, selector, nil)
+}
+
+// annotatedIdentity is userIdentity with annotations on the AzureIdentity
+// from its creation.
+func annotatedIdentity(t testing.TB, name, selector string, annotations map[string]string) fakeazure.Identity {
+	t.Helper()
 	id := env.sb.Azure.CreateIdentity(sandbox.SubscriptionID, sandbox.NodeResourceGroup, name)
 	t.Cleanup(func() { env.sb.Azure.DeleteIdentity(id.ResourceID) })
-	applyIdentity(t, name, selector, fmt.Sprintf("type: 0\n  resourceID: %s\n  clientID: %s", id.ResourceID, id.ClientID))
+	applyAnnotatedIdentity(t, name, selector, annotations, fmt.Sprintf("type: 0\n  resourceID: %s\n  clientID: %s", id.ResourceID, id.ClientID))
 	return id
 }
 
@@ -41,11 +52,25 @@ func userIdentity(t testing.TB, name, selector string) fakeazure.Identity {
 // for the spec block) and a binding <name>-binding for selector.
 func applyIdentity(t testing.TB, name, selector, spec string) {
 	t.Helper()
+	applyAnnotatedIdentity(t, name, selector, nil, spec)
+}
+
+// applyAnnotatedIdentity is applyIdentity with annotations on the
+// AzureIdentity.
+func applyAnnotatedIdentity(t testing.TB, name, selector string, annotations map[string]string, spec string) {
+	t.Helper()
+	var meta strings.Builder
+	if len(annotations) > 0 {
+		meta.WriteString("\n  annotations:")
+		for k, v := range annotations {
+			fmt.Fprintf(&meta, "\n    %s: %q", k, v)
+		}
+	}
 	kubectl(t, "apply", "-f", "-", "stdin:"+fmt.Sprintf(`apiVersion: aadpodidentity.k8s.io/v1
 kind: AzureIdentity
 metadata:
   name: %[1]s
-  namespace: default
+  namespace: default%[4]s
 spec:
   %[3]s
 ---
@@ -57,7 +82,7 @@ metadata:
 spec:
   azureIdentity: %[1]s
   selector: %[2]s
-`, name, selector, spec))
+`, name, selector, spec, meta.String()))
 	t.Cleanup(func() {
 		_, _ = kubectlIn("-n", "default", "delete", "azureidentitybinding", name+"-binding", "--ignore-not-found")
 		_, _ = kubectlIn("-n", "default", "delete", "azureidentity", name, "--ignore-not-found")
@@ -256,6 +281,25 @@ func node(t *testing.T, i int) *sandbox.Node {
 		t.Fatalf("the suite needs %d nodes, the sandbox has %d", i+1, len(nodes))
 	}
 	return nodes[i]
+}
+
+// nodeNetNS opens the node's network namespace, closed when the test ends.
+func nodeNetNS(t testing.TB, n *sandbox.Node) ns.NetNS {
+	t.Helper()
+	netns, err := testns.Open(n.NetNS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = netns.Close() })
+	return netns
+}
+
+// httpIn is an HTTP client whose connections start inside netns.
+func httpIn(netns ns.NetNS) *http.Client {
+	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return testns.Dial(ctx, netns, network, addr)
+		}}}
 }
 
 // natRules returns the nat table's rules inside a node's network namespace.

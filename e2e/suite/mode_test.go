@@ -30,12 +30,7 @@ import (
 // to the assigner, so it is served only with nmi.serveExternalIdentities
 // (docs/install.md). The release is uninstalled at the end.
 func TestManagedMode(t *testing.T) {
-	installed(t)
-	t.Cleanup(func() {
-		if err := helmUninstall(); err != nil {
-			t.Error(err)
-		}
-	})
+	releaseOfItsOwn(t)
 	n := node(t, 0)
 	before := userIdentity(t, "e2e-mode-before", "e2e-mode-before")
 	demoPod{Name: "mode-before", Labels: map[string]string{aadv1.BindingLabel: "e2e-mode-before"}, ClientID: before.ClientID, Node: n.Name}.create(t)

@@ -285,6 +285,16 @@ func testRuntimeConfirmsCallers(t *testing.T) {
 // sandbox is found by the kubelet's pod UID label and reports the pod's IP.
 func sandboxHasIP(t *testing.T, sock string, pod *corev1.Pod) {
 	t.Helper()
+	if ip := readySandbox(t, sock, pod, false).GetStatus().GetNetwork().GetIp(); ip != pod.Status.PodIP {
+		t.Errorf("the runtime reports IP %q for the pod's sandbox, the API %q", ip, pod.Status.PodIP)
+	}
+}
+
+// readySandbox returns the status of the pod's one ready sandbox, found by
+// the kubelet's pod UID label; verbose adds the runtime's own information
+// (containerd's names the sandbox's process).
+func readySandbox(t *testing.T, sock string, pod *corev1.Pod, verbose bool) *runtimeapi.PodSandboxStatusResponse {
+	t.Helper()
 	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -298,13 +308,11 @@ func sandboxHasIP(t *testing.T, sock string, pod *corev1.Pod) {
 	if err != nil || len(list.GetItems()) != 1 {
 		t.Fatalf("ready sandboxes of pod %s: %v, %v", pod.UID, list.GetItems(), err)
 	}
-	st, err := rt.PodSandboxStatus(t.Context(), &runtimeapi.PodSandboxStatusRequest{PodSandboxId: list.GetItems()[0].GetId()})
+	st, err := rt.PodSandboxStatus(t.Context(), &runtimeapi.PodSandboxStatusRequest{PodSandboxId: list.GetItems()[0].GetId(), Verbose: verbose})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ip := st.GetStatus().GetNetwork().GetIp(); ip != pod.Status.PodIP {
-		t.Errorf("the runtime reports IP %q for the pod's sandbox, the API %q", ip, pod.Status.PodIP)
-	}
+	return st
 }
 
 // cniResultNamesBridgePort checks what NMI's nmi.cniCacheDir relies on:
@@ -348,13 +356,8 @@ func cniResultNamesBridgePort(t *testing.T, n *sandbox.Node, podIP string) {
 // bridgePort reports whether link is a port of cni0 in the node's namespace.
 func bridgePort(t *testing.T, n *sandbox.Node, link string) bool {
 	t.Helper()
-	netns, err := testns.Open(n.NetNS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer netns.Close()
 	var port bool
-	err = netns.Do(func(ns.NetNS) error {
+	err := nodeNetNS(t, n).Do(func(ns.NetNS) error {
 		l, err := netlink.LinkByName(link)
 		if err != nil {
 			return err

@@ -74,6 +74,19 @@ func installed(t testing.TB) {
 	}
 }
 
+// releaseOfItsOwn is installed for a test that upgrades the release with
+// values of its own: the release is uninstalled when the test ends, so that
+// the next test installs it afresh with the suite's values.
+func releaseOfItsOwn(t *testing.T) {
+	t.Helper()
+	installed(t)
+	t.Cleanup(func() {
+		if err := helmUninstall(); err != nil {
+			t.Error(err)
+		}
+	})
+}
+
 // uninstalled returns once the sandbox runs without the release.
 func uninstalled(t testing.TB) {
 	t.Helper()
