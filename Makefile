@@ -270,7 +270,7 @@ bench-sandbox: deps control-plane node-binaries cert-manager $(COREDNS) ## Time 
 	go test -tags e2e -count=1 -run '^$$' -bench BenchmarkPodStartup100 -benchtime 3x ./e2e/sandbox/
 
 .PHONY: bench-e2e
-bench-e2e: deps control-plane node-binaries cert-manager $(COREDNS) $(HELM) ## Time from `kubectl apply` of 100 demo pods to each one's first token, on the helm-installed sandbox (E2E_BENCH_* sizes).
+bench-e2e: deps control-plane node-binaries cert-manager $(COREDNS) $(HELM) ## Time from `kubectl apply` of 100 demo pods to each one's first token, on the helm-installed sandbox (E2E_BENCH_* sizes; E2E_BENCH_MODE=federated).
 	go test -tags e2e -count=1 -run '^$$' -bench BenchmarkTimeToFirstToken -benchtime 1x -timeout 30m ./e2e/suite/
 
 .PHONY: bench-install

@@ -111,16 +111,30 @@ func benchSizes(b *testing.B) (pods, identities int, latency time.Duration) {
 // the identity's whole cost plus the demo's own first checks; the gap to
 // their own (refused) request for the user-assigned token is the
 // identity's cost alone. Run it with -benchtime 1x: one iteration is one
-// burst.
+// burst. E2E_BENCH_MODE=federated runs it in federated mode: each identity
+// has a federated credential for the pods' service account, and none goes
+// on a pool.
 func BenchmarkTimeToFirstToken(b *testing.B) {
-	installed(b)
+	federated := os.Getenv("E2E_BENCH_MODE") == "federated"
+	if federated {
+		releaseOfItsOwn(b)
+		if err := helmRelease("upgrade", federationValues("--set", "policy.mode=federated")...); err != nil {
+			b.Fatal(err)
+		}
+	} else {
+		installed(b)
+	}
 	podCount, idCount, latency := benchSizes(b)
 	env.az.ARM.SetWriteLatency(latency)
 	b.Cleanup(func() { env.az.ARM.SetWriteLatency(0) })
 	clientIDs := make([]string, idCount)
 	for i := range clientIDs {
 		name := fmt.Sprintf("bench-%02d", i)
-		clientIDs[i] = userIdentity(b, name, name).ClientID
+		id := userIdentity(b, name, name)
+		if federated {
+			federate(b, id, "default", "default")
+		}
+		clientIDs[i] = id.ClientID
 	}
 	var manifest strings.Builder
 	for i := range podCount {

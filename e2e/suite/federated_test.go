@@ -226,7 +226,7 @@ func federatedIdentity(t *testing.T, name, selector string) fakeazure.Identity {
 
 // federate gives id a federated credential for the cluster's issuer and a
 // service account, as `az identity federated-credential create` does.
-func federate(t *testing.T, id fakeazure.Identity, namespace, sa string) {
+func federate(t testing.TB, id fakeazure.Identity, namespace, sa string) {
 	t.Helper()
 	name := "e2e-" + namespace + "-" + sa
 	if _, err := env.sb.Azure.CreateFederatedCredential(id.ResourceID, name, env.sb.IssuerURL, "system:serviceaccount:"+namespace+":"+sa); err != nil {

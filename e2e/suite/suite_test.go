@@ -77,7 +77,7 @@ func installed(t testing.TB) {
 // releaseOfItsOwn is installed for a test that upgrades the release with
 // values of its own: the release is uninstalled when the test ends, so that
 // the next test installs it afresh with the suite's values.
-func releaseOfItsOwn(t *testing.T) {
+func releaseOfItsOwn(t testing.TB) {
 	t.Helper()
 	installed(t)
 	t.Cleanup(func() {
