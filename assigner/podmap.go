@@ -32,6 +32,7 @@ import (
 type mapper struct {
 	client         client.Client
 	namespace      string
+	poolSets       *poolSets
 	crossNamespace bool
 	// recordNames memoizes identity.RecordName by pool ID as written on
 	// pods (a hash per pool and pod of every record event otherwise).
@@ -87,7 +88,11 @@ func (m mapper) recordPods() handler.EventHandler {
 		if len(changed) == 0 {
 			return
 		}
-		pods := m.list(ctx, client.MatchingFields{podPoolIndex: aadv1.IDKey(rec.Spec.NodePool)})
+		pods, err := podsOf(ctx, m.client, m.poolSets, aadv1.IDKey(rec.Spec.NodePool))
+		if err != nil {
+			ctrl.LoggerFrom(ctx).Error(err, "listing pods of pool", "pool", rec.Spec.NodePool)
+			return
+		}
 		// Oldest first: the workqueue keeps this order, so the pods that
 		// waited longest have their gates lifted first.
 		slices.SortFunc(pods, olderFirst)
@@ -165,8 +170,8 @@ func addAhead(q workqueue.TypedRateLimitingInterface[reconcile.Request], reqs []
 // it back when it changes. Re-enqueueing it for every pool would put the
 // oldest pods at the back of the queue when the last pool completes.
 func (m mapper) waitsElsewhere(ctx context.Context, pod *corev1.Pod, rec *aadv1.AzureAssignedIdentity) bool {
-	// Not podPools: lower-casing a 50-pool annotation for every pod of every
-	// record event was most of the CPU of a 10k-pod burst.
+	// Not lower-cased: doing so to a 50-pool annotation for every pod of
+	// every record event was most of the CPU of a 10k-pod burst.
 	for _, id := range strings.Split(pod.Annotations[aadv1.AnnotationNodePools], ",") {
 		if id == "" || aadv1.SameID(id, rec.Spec.NodePool) {
 			continue

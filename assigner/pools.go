@@ -35,6 +35,7 @@ import (
 // records ownership, decides the changes and applies them.
 type poolReconciler struct {
 	client    client.Client
+	poolSets  *poolSets
 	arm       poolARM
 	namespace string
 	policy    poolPolicy
@@ -47,7 +48,7 @@ type poolReconciler struct {
 	legacyBefore time.Time
 }
 
-func newPoolReconciler(c client.Client, recorder events.EventRecorder, opts Options) *poolReconciler {
+func newPoolReconciler(c client.Client, poolSets *poolSets, recorder events.EventRecorder, opts Options) *poolReconciler {
 	immutable := map[string]bool{}
 	for _, id := range opts.Immutable {
 		if id = strings.TrimSpace(id); id != "" {
@@ -57,6 +58,7 @@ func newPoolReconciler(c client.Client, recorder events.EventRecorder, opts Opti
 	clk := opts.clock()
 	return &poolReconciler{
 		client:    c,
+		poolSets:  poolSets,
 		arm:       opts.ARM,
 		namespace: opts.Namespace,
 		policy:    poolPolicy{grace: opts.GCGracePeriod, drift: opts.DriftCheckPeriod, immutable: immutable},

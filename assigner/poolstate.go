@@ -140,15 +140,14 @@ func (r *poolReconciler) gather(ctx context.Context, pool nodepool.Pool) (*poolS
 
 // wantedIdentities sums, per AzureIdentity, the live pods targeting pool.
 func (r *poolReconciler) wantedIdentities(ctx context.Context, pool nodepool.Pool) (map[types.NamespacedName]*wantedIdentity, error) {
-	var pods corev1.PodList
-	// Only read, and a pool may have thousands of pods.
-	if err := r.client.List(ctx, &pods, client.MatchingFields{podPoolIndex: pool.Key()}, client.UnsafeDisableDeepCopy); err != nil {
-		return nil, fmt.Errorf("listing pods of pool: %w", err)
+	pods, err := podsOf(ctx, r.client, r.poolSets, pool.Key())
+	if err != nil {
+		return nil, err
 	}
 	wanted := map[types.NamespacedName]*wantedIdentity{}
 	skipped := map[types.NamespacedName]bool{}
-	for i := range pods.Items {
-		pod := &pods.Items[i]
+	for i := range pods {
+		pod := &pods[i]
 		if !identity.Live(pod) {
 			continue
 		}
@@ -182,7 +181,8 @@ func (r *poolReconciler) wantedIdentities(ctx context.Context, pool nodepool.Poo
 // handled yet carries a user-assigned identity missing from wanted.
 func (r *poolReconciler) unseenIdentities(ctx context.Context, wanted map[types.NamespacedName]*wantedIdentity) (bool, error) {
 	var pods corev1.PodList
-	if err := r.client.List(ctx, &pods, client.MatchingFields{podPoolIndex: untargeted}); err != nil {
+	// Only read.
+	if err := r.client.List(ctx, &pods, client.MatchingFields{podPoolSetIndex: untargeted}, client.UnsafeDisableDeepCopy); err != nil {
 		return false, fmt.Errorf("listing pods without target pools: %w", err)
 	}
 	for i := range pods.Items {

@@ -30,13 +30,15 @@ import (
 
 // Field indexes of the assigner's cache.
 const (
-	podPoolIndex    = "assigner.pools"
+	// podPoolSetIndex indexes pods by the set of pools they target
+	// (poolSets).
+	podPoolSetIndex = "assigner.poolSet"
 	recordPoolIndex = "spec.nodePool"
 	// recordIdentityIndex indexes records by the AzureIdentities
 	// (namespace/name) of their entries, so an edit of one finds the pools
 	// to re-pair.
 	recordIdentityIndex = "spec.azureIdentityRef"
-	// untargeted is the podPoolIndex value of pods the pod controller has
+	// untargeted is the podPoolSetIndex value of pods the pod controller has
 	// not handled yet (no node-pools annotation): pool batches wait for
 	// their identities.
 	untargeted = "untargeted"
@@ -157,7 +159,7 @@ func NewManager(cfg *rest.Config, mo ManagerOptions, opts Options) (manager.Mana
 		// (an entry per identity): they are read from the cache without a
 		// copy and never modified in place.
 		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
-			&corev1.Pod{}:                  {Label: labels.NewSelector().Add(*labelled)},
+			&corev1.Pod{}:                  {Label: labels.NewSelector().Add(*labelled), Transform: podForAssigner},
 			&aadv1.AzureAssignedIdentity{}: {UnsafeDisableDeepCopy: ptr.To(true)},
 		},
 			// managedFields were about a third of the cached pods' memory at
@@ -214,7 +216,8 @@ func Setup(ctx context.Context, mgr manager.Manager, opts Options) error {
 		return err
 	}
 	indexer := mgr.GetFieldIndexer()
-	if err := indexer.IndexField(ctx, &corev1.Pod{}, podPoolIndex, indexPodPools); err != nil {
+	poolSets := newPoolSets()
+	if err := indexer.IndexField(ctx, &corev1.Pod{}, podPoolSetIndex, poolSets.index); err != nil {
 		return fmt.Errorf("indexing pods by pool: %w", err)
 	}
 	if err := indexer.IndexField(ctx, &aadv1.AzureAssignedIdentity{}, recordPoolIndex, indexRecordPool); err != nil {
@@ -234,6 +237,7 @@ func Setup(ctx context.Context, mgr manager.Manager, opts Options) error {
 		resolver:       resolver,
 		recorder:       recorder,
 		namespace:      opts.Namespace,
+		poolSets:       poolSets,
 		crossNamespace: opts.AllowCrossNamespace,
 		nmi:            nmi,
 		clock:          opts.clock(),
@@ -244,16 +248,7 @@ func Setup(ctx context.Context, mgr manager.Manager, opts Options) error {
 	if err := (&legacyReaper{client: c, namespace: opts.Namespace}).SetupWithManager(mgr); err != nil {
 		return err
 	}
-	return newPoolReconciler(c, recorder, opts).SetupWithManager(mgr)
-}
-
-// indexPodPools indexes pods by the pools they target, or as untargeted.
-func indexPodPools(o client.Object) []string {
-	pod := o.(*corev1.Pod)
-	if _, ok := pod.Annotations[aadv1.AnnotationNodePools]; !ok {
-		return []string{untargeted}
-	}
-	return podPools(pod)
+	return newPoolReconciler(c, poolSets, recorder, opts).SetupWithManager(mgr)
 }
 
 // indexRecordPool indexes records by their pool's key.
