@@ -3,12 +3,15 @@ package assigner
 import (
 	"maps"
 	"slices"
+	"strings"
 	"testing"
+	"time"
 	"unsafe"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	toolscache "k8s.io/client-go/tools/cache"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
@@ -72,66 +75,151 @@ func TestPodForAssigner(t *testing.T) {
 	}
 }
 
-// Pods are indexed by their set of pools; a pool's pods are those of the
-// sets holding it; a set is forgotten once no pod is indexed under it.
-func TestPoolSets(t *testing.T) {
-	pod := func(pools *string) *corev1.Pod {
-		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{}}}
-		if pools != nil {
-			p.Annotations[aadv1.AnnotationNodePools] = *pools
+// The records of two pools share the strings of the identities they both
+// hold, and keep no managedFields.
+func TestRecordForAssigner(t *testing.T) {
+	record := func(pool string) *aadv1.AzureAssignedIdentity {
+		return &aadv1.AzureAssignedIdentity{
+			ObjectMeta: metav1.ObjectMeta{Name: pool, ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "assigner"}}},
+			Status: aadv1.AzureAssignedIdentityStatus{Identities: []aadv1.IdentityAssignment{{
+				AzureIdentityRef: aadv1.IdentityReference{Namespace: "ns", Name: "a"},
+				ClientID:         string([]byte(clientIDOf(uami(1)))), ResourceID: string([]byte(uami(1))), State: aadv1.StateAssigned,
+			}}},
+		}
+	}
+	var got [2]*aadv1.AzureAssignedIdentity
+	for i, pool := range []string{"pool-a", "pool-b"} {
+		obj, err := recordForAssigner(record(pool))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[i] = obj.(*aadv1.AzureAssignedIdentity)
+	}
+	if got[0].ManagedFields != nil {
+		t.Errorf("managedFields kept: %v", got[0].ManagedFields)
+	}
+	a, b := got[0].Status.Identities[0], got[1].Status.Identities[0]
+	if unsafe.StringData(a.ResourceID) != unsafe.StringData(b.ResourceID) || unsafe.StringData(a.ClientID) != unsafe.StringData(b.ClientID) {
+		t.Error("two records hold two copies of an identity's IDs")
+	}
+	if !equality.Semantic.DeepEqual(a, record("x").Status.Identities[0]) {
+		t.Errorf("entry %+v changed", a)
+	}
+}
+
+// The tally counts each pool's live pods by AzureIdentity, and the
+// untargeted pods apart, as pods come, change and go; it keeps nothing of a
+// pod gone.
+func TestPodTally(t *testing.T) {
+	const a, b = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/A", "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/b"
+	poolA, poolB := aadv1.IDKey(a), aadv1.IDKey(b)
+	pod := func(name string, created int, ids string, pools ...string) *corev1.Pod {
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, CreationTimestamp: metav1.NewTime(t0.Add(time.Duration(created) * time.Second)),
+			Annotations: map[string]string{aadv1.AnnotationIdentities: ids}}}
+		if len(pools) > 0 {
+			p.Annotations[aadv1.AnnotationNodePools] = strings.Join(pools, ",")
 		}
 		return p
 	}
-	ptr := func(s string) *string { return &s }
-	a, b := "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/A", "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/b"
-	sets := newPoolSets()
-	tests := []struct {
-		name  string
-		pools *string
-		// same: the key of the step named, a set already indexed
-		same string
-	}{
-		{name: "no node-pools annotation: untargeted"},
-		{name: "no pool", pools: ptr("")},
-		{name: "both pools", pools: ptr(a + "," + b)},
-		{name: "pool b", pools: ptr(b)},
-		{name: "both pools again", pools: ptr(a + "," + b), same: "both pools"},
+	key := func(name string) types.NamespacedName { return types.NamespacedName{Namespace: "ns", Name: name} }
+	count := func(pods, oldest int) podCount {
+		return podCount{pods: int32(pods), oldest: t0.Add(time.Duration(oldest) * time.Second)}
 	}
-	keys := map[string][]string{}
+	tally := newPodTally()
+	tests := []struct {
+		name           string
+		change         func()
+		wantA, wantB   map[types.NamespacedName]podCount
+		wantUntargeted []types.NamespacedName
+	}{
+		{
+			name:   "a pod on both pools",
+			change: func() { tally.observe(pod("p0", 2, "ns/a", a+","+b)) },
+			wantA:  map[types.NamespacedName]podCount{key("a"): count(1, 2)},
+			wantB:  map[types.NamespacedName]podCount{key("a"): count(1, 2)},
+		},
+		{
+			name:   "an older pod on pool b with two identities",
+			change: func() { tally.observe(pod("p1", 1, "ns/a,ns/b", b)) },
+			wantA:  map[types.NamespacedName]podCount{key("a"): count(1, 2)},
+			wantB:  map[types.NamespacedName]podCount{key("a"): count(2, 1), key("b"): count(1, 1)},
+		},
+		{
+			name:           "an untargeted pod",
+			change:         func() { tally.observe(pod("p2", 3, "ns/c")) },
+			wantA:          map[types.NamespacedName]podCount{key("a"): count(1, 2)},
+			wantB:          map[types.NamespacedName]podCount{key("a"): count(2, 1), key("b"): count(1, 1)},
+			wantUntargeted: []types.NamespacedName{key("c")},
+		},
+		{
+			name:   "the untargeted pod targets pool a",
+			change: func() { tally.observe(pod("p2", 3, "ns/c", a)) },
+			wantA:  map[types.NamespacedName]podCount{key("a"): count(1, 2), key("c"): count(1, 3)},
+			wantB:  map[types.NamespacedName]podCount{key("a"): count(2, 1), key("b"): count(1, 1)},
+		},
+		{
+			name: "the older pod succeeded",
+			change: func() {
+				p := pod("p1", 1, "ns/a,ns/b", b)
+				p.Status.Phase = corev1.PodSucceeded
+				tally.observe(p)
+			},
+			wantA: map[types.NamespacedName]podCount{key("a"): count(1, 2), key("c"): count(1, 3)},
+			wantB: map[types.NamespacedName]podCount{key("a"): count(1, 2)},
+		},
+		{
+			name:   "a pod admitted for no identity",
+			change: func() { tally.observe(pod("p3", 0, "", a)) },
+			wantA:  map[types.NamespacedName]podCount{key("a"): count(1, 2), key("c"): count(1, 3)},
+			wantB:  map[types.NamespacedName]podCount{key("a"): count(1, 2)},
+		},
+		{
+			name:   "the first pod deleted",
+			change: func() { tally.forget(key("p0")) },
+			wantA:  map[types.NamespacedName]podCount{key("c"): count(1, 3)},
+			wantB:  map[types.NamespacedName]podCount{},
+		},
+		{
+			name:   "every pod deleted",
+			change: func() { tally.forget(key("p2")) },
+			wantA:  map[types.NamespacedName]podCount{},
+			wantB:  map[types.NamespacedName]podCount{},
+		},
+	}
 	for _, tc := range tests {
-		keys[tc.name] = sets.index(pod(tc.pools))
-		got := keys[tc.name]
-		switch {
-		case tc.pools == nil && (len(got) != 1 || got[0] != untargeted):
-			t.Errorf("%s: keys %v, want [%s]", tc.name, got, untargeted)
-		case tc.pools != nil && *tc.pools == "" && len(got) != 0:
-			t.Errorf("%s: keys %v, want none", tc.name, got)
-		case tc.same != "" && !equality.Semantic.DeepEqual(got, keys[tc.same]):
-			t.Errorf("%s: keys %v, want those of %s, %v", tc.name, got, tc.same, keys[tc.same])
+		tc.change()
+		if got := tally.wanted(poolA); !maps.EqualFunc(got, tc.wantA, samePodCount) {
+			t.Errorf("%s: pool a wants %v, want %v", tc.name, got, tc.wantA)
+		}
+		if got := tally.wanted(poolB); !maps.EqualFunc(got, tc.wantB, samePodCount) {
+			t.Errorf("%s: pool b wants %v, want %v", tc.name, got, tc.wantB)
+		}
+		if got := tally.untargetedIdentities(); !slices.Equal(got, tc.wantUntargeted) {
+			t.Errorf("%s: untargeted %v, want %v", tc.name, got, tc.wantUntargeted)
 		}
 	}
-	both, onlyB := keys["both pools"][0], keys["pool b"][0]
-	if both == onlyB {
-		t.Fatalf("two sets share key %s", both)
+	if len(tally.pods) != 0 || len(tally.sets) != 0 || len(tally.untargeted.identities) != 0 {
+		t.Errorf("the tally keeps %d pods and %d sets of pools after every pod went", len(tally.pods), len(tally.sets))
 	}
-	lower := aadv1.IDKey(a)
-	inA := sets.containing(lower)
-	if len(inA) != 1 || inA[both] == 0 {
-		t.Fatalf("sets holding %s: %v, want %s", lower, inA, both)
-	}
-	inB := sets.containing(aadv1.IDKey(b))
-	if !slices.Equal(slices.Sorted(maps.Keys(inB)), slices.Sorted(maps.Keys(map[string]uint64{both: 0, onlyB: 0}))) {
-		t.Fatalf("sets holding b: %v, want %s and %s", inB, both, onlyB)
-	}
+}
 
-	// A pod indexed under a set after its pods were listed keeps it.
-	sets.index(pod(ptr(b)))
-	sets.forget(onlyB, inB[onlyB])
-	if _, ok := sets.containing(aadv1.IDKey(b))[onlyB]; !ok {
-		t.Error("a set indexed after its listing was forgotten")
+func samePodCount(a, b podCount) bool { return a.pods == b.pods && a.oldest.Equal(b.oldest) }
+
+// targets matches pool IDs ignoring case.
+func TestTargets(t *testing.T) {
+	tests := []struct {
+		pools string
+		want  bool
+	}{
+		{pools: testPool.ID(), want: true},
+		{pools: "/subscriptions/x/other," + strings.ToUpper(testPool.ID()), want: true},
+		{pools: testPool.ID() + "2"},
+		{pools: ""},
 	}
-	sets.forget(both, inA[both])
-	if _, ok := sets.containing(lower)[both]; ok {
-		t.Error("a set no pod was indexed under since its empty listing is still known")
+	for _, tc := range tests {
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{aadv1.AnnotationNodePools: tc.pools}}}
+		if got := targets(pod, testPool.Key()); got != tc.want {
+			t.Errorf("targets(%q) = %t, want %t", tc.pools, got, tc.want)
+		}
 	}
 }

@@ -41,7 +41,6 @@ type podReconciler struct {
 	resolver  *identity.Resolver
 	recorder  events.EventRecorder
 	namespace string
-	poolSets  *poolSets
 	// crossNamespace: bindings select pods in every namespace, so binding
 	// and identity events concern them all.
 	crossNamespace bool
@@ -92,7 +91,7 @@ func (r *podReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 // SetupWithManager registers the pod controller: besides its pods, node,
 // record, binding and identity events enqueue the pods they concern.
 func (r *podReconciler) SetupWithManager(mgr ctrl.Manager) error {
-	m := mapper{client: r.client, namespace: r.namespace, poolSets: r.poolSets, crossNamespace: r.crossNamespace, recordNames: &sync.Map{}}
+	m := mapper{client: r.client, namespace: r.namespace, crossNamespace: r.crossNamespace, recordNames: &sync.Map{}}
 	err := ctrl.NewControllerManagedBy(mgr).Named("pod").
 		For(&corev1.Pod{}).
 		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(m.unassignedPods), builder.WithPredicates(nodeChanged())).

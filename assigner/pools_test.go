@@ -35,11 +35,11 @@ func TestPoolRounds(t *testing.T) {
 		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "a"},
 		Spec:       aadv1.AzureIdentitySpec{Type: aadv1.UserAssignedMSI, ResourceID: uami(1), ClientID: clientIDOf(uami(1))},
 	}
-	poolSets := newPoolSets()
-	c := poolClient(poolSets, ai, testPod("p0")).
+	tally := newPodTally()
+	c := poolClient(tally, ai, testPod("p0")).
 		Build()
 	arm := &fakeARM{}
-	r := newPoolReconciler(c, poolSets, nil, Options{Namespace: "sys", GCGracePeriod: grace, DriftCheckPeriod: drift, Clock: clk})
+	r := newPoolReconciler(c, tally, nil, Options{Namespace: "sys", GCGracePeriod: grace, DriftCheckPeriod: drift, Clock: clk})
 	r.arm = arm
 	round := func(step string, wantRequeue time.Duration, wantGets, wantPatches int) {
 		t.Helper()
@@ -129,11 +129,11 @@ func TestExternalRecords(t *testing.T) {
 			Spec: aadv1.AzureIdentitySpec{Type: aadv1.UserAssignedMSI, ResourceID: resourceID, ClientID: clientIDOf(resourceID)}}
 	}
 	a, b, pre := userAssigned("a", uami(1)), userAssigned("b", uami(1)), userAssigned("pre", uami(2))
-	poolSets := newPoolSets()
-	c := poolClient(poolSets, a, b, pre, testPod("p0")).
+	tally := newPodTally()
+	c := poolClient(tally, a, b, pre, testPod("p0")).
 		WithIndex(&aadv1.AzureAssignedIdentity{}, legacyResourceIndex, indexLegacyResource).
 		Build()
-	r := newPoolReconciler(c, poolSets, nil, Options{Namespace: "sys", GCGracePeriod: time.Minute, DriftCheckPeriod: time.Hour, Clock: clocktesting.NewFakeClock(t0)})
+	r := newPoolReconciler(c, tally, nil, Options{Namespace: "sys", GCGracePeriod: time.Minute, DriftCheckPeriod: time.Hour, Clock: clocktesting.NewFakeClock(t0)})
 	r.arm = &fakeARM{onPool: map[string]bool{strings.ToLower(uami(2)): true}}
 	round := func() {
 		t.Helper()
@@ -182,11 +182,11 @@ func TestPoolRoundsFirstRequestAlone(t *testing.T) {
 		pod.CreationTimestamp = metav1.NewTime(t0.Add(time.Duration(n-i) * time.Second))
 		objs = append(objs, ids[i], pod)
 	}
-	poolSets := newPoolSets()
-	c := poolClient(poolSets, objs...).
+	tally := newPodTally()
+	c := poolClient(tally, objs...).
 		Build()
 	arm := &fakeARM{}
-	r := newPoolReconciler(c, poolSets, nil, Options{Namespace: "sys", GCGracePeriod: time.Minute, DriftCheckPeriod: time.Hour, Clock: clocktesting.NewFakeClock(t0)})
+	r := newPoolReconciler(c, tally, nil, Options{Namespace: "sys", GCGracePeriod: time.Minute, DriftCheckPeriod: time.Hour, Clock: clocktesting.NewFakeClock(t0)})
 	r.arm = arm
 	states := func() map[aadv1.AssignmentState]int {
 		t.Helper()
@@ -222,32 +222,36 @@ func TestPoolRoundsFirstRequestAlone(t *testing.T) {
 	}
 }
 
-// poolClient is a fake client holding objs, with the assigner's pod and
-// record indexes. Its pods are registered with sets when written, as the
-// cache's index does it: the fake client runs index functions only when
-// it lists.
-func poolClient(sets *poolSets, objs ...client.Object) *fake.ClientBuilder {
-	index := func(obj client.Object) {
-		if _, ok := obj.(*corev1.Pod); ok {
-			sets.index(obj)
+// poolClient is a fake client holding objs, with the assigner's record
+// index. Its pods are counted in tally as they are written, as the pool
+// controller's pod events count them.
+func poolClient(tally *podTally, objs ...client.Object) *fake.ClientBuilder {
+	observe := func(obj client.Object) {
+		if pod, ok := obj.(*corev1.Pod); ok {
+			tally.observe(pod)
 		}
 	}
 	for _, obj := range objs {
-		index(obj)
+		observe(obj)
 	}
 	return fake.NewClientBuilder().WithScheme(identity.Scheme()).
 		WithObjects(objs...).
 		WithStatusSubresource(&aadv1.AzureAssignedIdentity{}).
-		WithIndex(&corev1.Pod{}, podPoolSetIndex, sets.index).
 		WithIndex(&aadv1.AzureAssignedIdentity{}, recordPoolIndex, indexRecordPool).
 		WithInterceptorFuncs(interceptor.Funcs{
 			Create: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
-				index(obj)
+				observe(obj)
 				return c.Create(ctx, obj, opts...)
 			},
 			Update: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.UpdateOption) error {
-				index(obj)
+				observe(obj)
 				return c.Update(ctx, obj, opts...)
+			},
+			Delete: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.DeleteOption) error {
+				if _, ok := obj.(*corev1.Pod); ok {
+					tally.forget(client.ObjectKeyFromObject(obj))
+				}
+				return c.Delete(ctx, obj, opts...)
 			},
 		})
 }
@@ -284,10 +288,10 @@ func TestRecordNamesItsPool(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			poolSets := newPoolSets()
-			c := poolClient(poolSets, append(tc.existing, ai.DeepCopy(), testPod("p0"))...).
+			tally := newPodTally()
+			c := poolClient(tally, append(tc.existing, ai.DeepCopy(), testPod("p0"))...).
 				Build()
-			r := newPoolReconciler(c, poolSets, nil, Options{Namespace: "sys", GCGracePeriod: time.Minute, DriftCheckPeriod: time.Hour, Clock: clocktesting.NewFakeClock(t0)})
+			r := newPoolReconciler(c, tally, nil, Options{Namespace: "sys", GCGracePeriod: time.Minute, DriftCheckPeriod: time.Hour, Clock: clocktesting.NewFakeClock(t0)})
 			r.arm = &fakeARM{onPool: map[string]bool{strings.ToLower(uami(1)): true}}
 			if _, err := r.Reconcile(ctx, ctrl.Request{NamespacedName: types.NamespacedName{Name: testPool.ID()}}); err != nil {
 				t.Fatal(err)
