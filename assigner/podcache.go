@@ -20,7 +20,7 @@ import (
 )
 
 // podForAssigner is the pod cache's transform: it keeps what the assigner
-// reads of a pod (its identity, labels, our annotations, what
+// reads of a pod (name, UID, labels, our annotations, what
 // nodepool.Targets reads, the gates and the phase) and shares the
 // annotation values that many pods repeat. Pods are only ever patched with
 // the difference to this copy, so what is left out is never written.
@@ -69,7 +69,7 @@ func ourAnnotations(in map[string]string) map[string]string {
 // wanted identities here instead of listing the pool's pods: at 10,000
 // pods every round copied 12 MB of them out of the cache, and indexing
 // them by pool kept 100 keys per pod (50 pools, by namespace and for all).
-// The pods a pod controller has not targeted yet are tallied apart.
+// The pods the pod controller has not targeted yet are tallied apart.
 type podTally struct {
 	mu         sync.Mutex
 	pods       map[types.NamespacedName]tallied
@@ -81,7 +81,7 @@ type podTally struct {
 type tallied struct {
 	set        *poolSetTally
 	identities []types.NamespacedName
-	created    int64 // Unix nanoseconds
+	created    int64 // Unix seconds, creationTimestamp's resolution
 }
 
 // poolSetTally is the live pods of one set of pools: how many, and by
@@ -118,7 +118,7 @@ func (t *podTally) observe(pod *corev1.Pod) {
 	if !identity.Live(pod) || len(ids) == 0 {
 		return
 	}
-	c := tallied{set: t.set(pod), identities: ids, created: pod.CreationTimestamp.UnixNano()}
+	c := tallied{set: t.set(pod), identities: ids, created: pod.CreationTimestamp.Unix()}
 	c.set.add(c, 1)
 	t.pods[key] = c
 }
@@ -190,8 +190,8 @@ func (t *podTally) wanted(pool string) map[types.NamespacedName]podCount {
 		for id, created := range s.identities {
 			n, seen := out[id]
 			for at, pods := range created {
-				if !seen || at < n.oldest.UnixNano() {
-					n.oldest, seen = time.Unix(0, at), true
+				if !seen || at < n.oldest.Unix() {
+					n.oldest, seen = time.Unix(at, 0), true
 				}
 				n.pods += pods
 			}
