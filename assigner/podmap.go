@@ -34,22 +34,23 @@ type mapper struct {
 	client         client.Client
 	namespace      string
 	crossNamespace bool
-	// recordNames memoizes identity.RecordName by pool ID as written on
-	// pods (a hash per pool and pod of every record event otherwise).
-	recordNames *sync.Map
+	recordNames    *recordNames
 }
 
-func (m mapper) recordName(poolID string) (string, error) {
-	if name, ok := m.recordNames.Load(poolID); ok {
-		return name.(string), nil
-	}
-	pool, err := nodepool.ParseID(poolID)
-	if err != nil {
-		return "", err
+// recordNames memoizes identity.RecordName: a hash per pool and pod of
+// every pod reconcile and record event otherwise (50 pools per pod at
+// 10,000 pods).
+type recordNames struct {
+	byPool sync.Map
+}
+
+func (n *recordNames) of(pool nodepool.Pool) string {
+	if name, ok := n.byPool.Load(pool); ok {
+		return name.(string)
 	}
 	name := identity.RecordName(pool)
-	m.recordNames.Store(poolID, name)
-	return name, nil
+	n.byPool.Store(pool, name)
+	return name
 }
 
 func requests(pods []corev1.Pod, keep func(*corev1.Pod) bool) []reconcile.Request {
@@ -198,10 +199,11 @@ func (m mapper) waitsElsewhere(ctx context.Context, pod *corev1.Pod, rec *aadv1.
 		if id == "" || aadv1.SameID(id, rec.Spec.NodePool) {
 			continue
 		}
-		name, err := m.recordName(id)
+		pool, err := nodepool.ParseID(id)
 		if err != nil {
 			return false
 		}
+		name := m.recordNames.of(pool)
 		var other aadv1.AzureAssignedIdentity
 		if err := m.client.Get(ctx, client.ObjectKey{Namespace: m.namespace, Name: name}, &other); err != nil {
 			return apierrors.IsNotFound(err)
