@@ -38,7 +38,9 @@ import (
 // assigner binary to run instead of the in-process one, so that the RSS
 // reported is the assigner's alone (it polls ARM's operations every 1 s,
 // the binary's minimum, instead of 50 ms); ASSIGNER_BENCH_ARGS adds flags
-// to it.
+// to it and ASSIGNER_BENCH_ENV variables to its environment (such as
+// GOMEMLIMIT=150MiB, which would bound the generator's heap too if set on
+// the test).
 func BenchmarkPodReady(b *testing.B) {
 	pods, identities, pools := envInt("ASSIGNER_BENCH_PODS", 100), envInt("ASSIGNER_BENCH_IDENTITIES", 10), envInt("ASSIGNER_BENCH_POOLS", 3)
 	scheduled := os.Getenv("ASSIGNER_BENCH_SCHEDULED") == "1"

@@ -11,6 +11,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/resourceversion"
 	"k8s.io/client-go/util/workqueue"
@@ -33,22 +34,23 @@ type mapper struct {
 	client         client.Client
 	namespace      string
 	crossNamespace bool
-	// recordNames memoizes identity.RecordName by pool ID as written on
-	// pods (a hash per pool and pod of every record event otherwise).
-	recordNames *sync.Map
+	recordNames    *recordNames
 }
 
-func (m mapper) recordName(poolID string) (string, error) {
-	if name, ok := m.recordNames.Load(poolID); ok {
-		return name.(string), nil
-	}
-	pool, err := nodepool.ParseID(poolID)
-	if err != nil {
-		return "", err
+// recordNames memoizes identity.RecordName: a hash per pool and pod of
+// every pod reconcile and record event otherwise (50 pools per pod at
+// 10,000 pods).
+type recordNames struct {
+	byPool sync.Map
+}
+
+func (n *recordNames) of(pool nodepool.Pool) string {
+	if name, ok := n.byPool.Load(pool); ok {
+		return name.(string)
 	}
 	name := identity.RecordName(pool)
-	m.recordNames.Store(poolID, name)
-	return name, nil
+	n.byPool.Store(pool, name)
+	return name
 }
 
 func requests(pods []corev1.Pod, keep func(*corev1.Pod) bool) []reconcile.Request {
@@ -87,14 +89,33 @@ func (m mapper) recordPods() handler.EventHandler {
 		if len(changed) == 0 {
 			return
 		}
-		pods := m.list(ctx, client.MatchingFields{podPoolIndex: aadv1.IDKey(rec.Spec.NodePool)})
+		pool := aadv1.IDKey(rec.Spec.NodePool)
+		// Only what orders them is kept of the pods: every pod of the pool
+		// when its last round assigns every entry.
+		var found []queuedPod
+		seen := map[types.NamespacedName]bool{} // a pod of several changed entries
+		for key := range changed {
+			pods := m.list(ctx, client.MatchingFields{podIdentityIndex: key.String()})
+			for i := range pods {
+				p := &pods[i]
+				name := client.ObjectKeyFromObject(p)
+				if seen[name] || !targets(p, pool) {
+					continue
+				}
+				seen[name] = true
+				if p.Annotations[aadv1.AnnotationAssignment] == aadv1.AssignmentAssigned || !m.waitsElsewhere(ctx, p, rec) {
+					found = append(found, queuedPod{name: name, created: p.CreationTimestamp, resourceVersion: p.ResourceVersion})
+				}
+			}
+		}
 		// Oldest first: the workqueue keeps this order, so the pods that
 		// waited longest have their gates lifted first.
-		slices.SortFunc(pods, olderFirst)
-		addAhead(q, requests(pods, func(p *corev1.Pod) bool {
-			return slices.ContainsFunc(identity.Admitted(p), func(k types.NamespacedName) bool { return changed[k] }) &&
-				(p.Annotations[aadv1.AnnotationAssignment] == aadv1.AssignmentAssigned || !m.waitsElsewhere(ctx, p, rec))
-		}))
+		slices.SortFunc(found, olderFirst)
+		reqs := make([]reconcile.Request, 0, len(found))
+		for _, p := range found {
+			reqs = append(reqs, reconcile.Request{NamespacedName: p.name})
+		}
+		addAhead(q, reqs)
 	}
 	none := &aadv1.AzureAssignedIdentity{}
 	return handler.Funcs{
@@ -114,15 +135,22 @@ func (m mapper) recordPods() handler.EventHandler {
 	}
 }
 
+// queuedPod is a pod a record's change enqueues, and what orders it.
+type queuedPod struct {
+	name            types.NamespacedName
+	created         metav1.Time
+	resourceVersion string
+}
+
 // olderFirst orders pods by creation and, within the second that
 // creationTimestamp resolves (a burst creates hundreds), by resourceVersion:
 // until its gate is lifted a pod is written only at its creation and by the
 // scheduler's SchedulingGated condition, which follows the same order.
-func olderFirst(a, b corev1.Pod) int {
-	if c := a.CreationTimestamp.Compare(b.CreationTimestamp.Time); c != 0 {
+func olderFirst(a, b queuedPod) int {
+	if c := a.created.Compare(b.created.Time); c != 0 {
 		return c
 	}
-	c, err := resourceversion.CompareResourceVersion(a.ResourceVersion, b.ResourceVersion)
+	c, err := resourceversion.CompareResourceVersion(a.resourceVersion, b.resourceVersion)
 	if err != nil {
 		return 0 // not an apiserver's: no order known
 	}
@@ -165,16 +193,17 @@ func addAhead(q workqueue.TypedRateLimitingInterface[reconcile.Request], reqs []
 // it back when it changes. Re-enqueueing it for every pool would put the
 // oldest pods at the back of the queue when the last pool completes.
 func (m mapper) waitsElsewhere(ctx context.Context, pod *corev1.Pod, rec *aadv1.AzureAssignedIdentity) bool {
-	// Not podPools: lower-casing a 50-pool annotation for every pod of every
-	// record event was most of the CPU of a 10k-pod burst.
+	// Not lower-cased: doing so to a 50-pool annotation for every pod of
+	// every record event was most of the CPU of a 10k-pod burst.
 	for _, id := range strings.Split(pod.Annotations[aadv1.AnnotationNodePools], ",") {
 		if id == "" || aadv1.SameID(id, rec.Spec.NodePool) {
 			continue
 		}
-		name, err := m.recordName(id)
+		pool, err := nodepool.ParseID(id)
 		if err != nil {
 			return false
 		}
+		name := m.recordNames.of(pool)
 		var other aadv1.AzureAssignedIdentity
 		if err := m.client.Get(ctx, client.ObjectKey{Namespace: m.namespace, Name: name}, &other); err != nil {
 			return apierrors.IsNotFound(err)

@@ -5,7 +5,6 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
@@ -91,27 +90,27 @@ func TestAddAhead(t *testing.T) {
 func TestOlderFirst(t *testing.T) {
 	second := metav1.NewTime(time.Date(2026, 12, 6, 21, 0, 0, 0, time.UTC))
 	next := metav1.NewTime(second.Add(time.Second))
-	pod := func(name string, created metav1.Time, rv string) corev1.Pod {
-		return corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, CreationTimestamp: created, ResourceVersion: rv}}
+	pod := func(name string, created metav1.Time, rv string) queuedPod {
+		return queuedPod{name: types.NamespacedName{Name: name}, created: created, resourceVersion: rv}
 	}
 	tests := []struct {
 		name string
-		pods []corev1.Pod
+		pods []queuedPod
 		want []string
 	}{
 		{
 			name: "earlier second first, whatever the resourceVersion",
-			pods: []corev1.Pod{pod("b", next, "5"), pod("a", second, "900")},
+			pods: []queuedPod{pod("b", next, "5"), pod("a", second, "900")},
 			want: []string{"a", "b"},
 		},
 		{
 			name: "same second: by resourceVersion as a number, not as text",
-			pods: []corev1.Pod{pod("c", second, "1000"), pod("b", second, "999"), pod("a", second, "998")},
+			pods: []queuedPod{pod("c", second, "1000"), pod("b", second, "999"), pod("a", second, "998")},
 			want: []string{"a", "b", "c"},
 		},
 		{
 			name: "same second, malformed resourceVersion: left in place",
-			pods: []corev1.Pod{pod("x", second, "abc"), pod("y", second, "7")},
+			pods: []queuedPod{pod("x", second, "abc"), pod("y", second, "7")},
 			want: []string{"x", "y"},
 		},
 	}
@@ -121,7 +120,7 @@ func TestOlderFirst(t *testing.T) {
 			slices.SortStableFunc(pods, olderFirst)
 			var got []string
 			for _, p := range pods {
-				got = append(got, p.Name)
+				got = append(got, p.name.Name)
 			}
 			if !slices.Equal(got, tt.want) {
 				t.Errorf("order %v, want %v", got, tt.want)

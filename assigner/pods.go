@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"maps"
 	"strings"
-	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -45,8 +44,9 @@ type podReconciler struct {
 	// and identity events concern them all.
 	crossNamespace bool
 	// nmi: identities go only onto pools of nodes where NMI runs.
-	nmi   nodepool.Coverage
-	clock clock.PassiveClock
+	nmi         nodepool.Coverage
+	clock       clock.PassiveClock
+	recordNames recordNames
 }
 
 func (r *podReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
@@ -91,7 +91,7 @@ func (r *podReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 // SetupWithManager registers the pod controller: besides its pods, node,
 // record, binding and identity events enqueue the pods they concern.
 func (r *podReconciler) SetupWithManager(mgr ctrl.Manager) error {
-	m := mapper{client: r.client, namespace: r.namespace, crossNamespace: r.crossNamespace, recordNames: &sync.Map{}}
+	m := mapper{client: r.client, namespace: r.namespace, crossNamespace: r.crossNamespace, recordNames: &r.recordNames}
 	err := ctrl.NewControllerManagedBy(mgr).Named("pod").
 		For(&corev1.Pod{}).
 		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(m.unassignedPods), builder.WithPredicates(nodeChanged())).
@@ -116,7 +116,7 @@ func (r *podReconciler) assignment(ctx context.Context, identities []identity.Re
 	state := aadv1.AssignmentAssigned
 	for _, p := range pools {
 		var rec aadv1.AzureAssignedIdentity
-		if err := r.client.Get(ctx, client.ObjectKey{Namespace: r.namespace, Name: identity.RecordName(p)}, &rec); err != nil {
+		if err := r.client.Get(ctx, client.ObjectKey{Namespace: r.namespace, Name: r.recordNames.of(p)}, &rec); err != nil {
 			state = aadv1.AssignmentPending
 			continue
 		}
@@ -169,13 +169,4 @@ func (r *podReconciler) update(ctx context.Context, pod *corev1.Pod, res identit
 		r.recorder.Eventf(pod, nil, corev1.EventTypeWarning, EventFailed, "Assign", "%s", assignment)
 	}
 	return nil
-}
-
-// podPools returns the lower-cased pool IDs a pod targets.
-func podPools(pod *corev1.Pod) []string {
-	v := pod.Annotations[aadv1.AnnotationNodePools]
-	if v == "" {
-		return nil
-	}
-	return strings.Split(aadv1.IDKey(v), ",")
 }

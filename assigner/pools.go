@@ -10,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
+	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
@@ -34,7 +35,9 @@ import (
 // back (throttling, batch window, settled pool), reads the pool from ARM,
 // records ownership, decides the changes and applies them.
 type poolReconciler struct {
-	client    client.Client
+	client client.Client
+	// tally counts the pools' pods, from the pod events.
+	tally     *podTally
 	arm       poolARM
 	namespace string
 	policy    poolPolicy
@@ -47,7 +50,7 @@ type poolReconciler struct {
 	legacyBefore time.Time
 }
 
-func newPoolReconciler(c client.Client, recorder events.EventRecorder, opts Options) *poolReconciler {
+func newPoolReconciler(c client.Client, tally *podTally, recorder events.EventRecorder, opts Options) *poolReconciler {
 	immutable := map[string]bool{}
 	for _, id := range opts.Immutable {
 		if id = strings.TrimSpace(id); id != "" {
@@ -57,6 +60,7 @@ func newPoolReconciler(c client.Client, recorder events.EventRecorder, opts Opti
 	clk := opts.clock()
 	return &poolReconciler{
 		client:    c,
+		tally:     tally,
 		arm:       opts.ARM,
 		namespace: opts.Namespace,
 		policy:    poolPolicy{grace: opts.GCGracePeriod, drift: opts.DriftCheckPeriod, immutable: immutable},
@@ -122,7 +126,7 @@ func (r *poolReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.
 // edited (to re-pair their entries) enqueue their pools.
 func (r *poolReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	err := ctrl.NewControllerManagedBy(mgr).Named("pool").
-		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(podToPools), builder.WithPredicates(podTargetsChanged())).
+		Watches(&corev1.Pod{}, r.podEvents(), builder.WithPredicates(podTargetsChanged())).
 		Watches(&aadv1.AzureAssignedIdentity{}, handler.EnqueueRequestsFromMapFunc(recordToPool), builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Watches(&aadv1.AzureIdentity{}, handler.EnqueueRequestsFromMapFunc(r.identityPools), builder.WithPredicates(
 			// The annotation: an identity turned federated leaves the pools.
@@ -133,6 +137,26 @@ func (r *poolReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		return fmt.Errorf("creating pool controller: %w", err)
 	}
 	return nil
+}
+
+// podEvents counts the pod in the tally, then enqueues the pools it
+// targets: the round then sees it counted.
+func (r *poolReconciler) podEvents() handler.EventHandler {
+	enqueue := handler.EnqueueRequestsFromMapFunc(podToPools)
+	return handler.Funcs{
+		CreateFunc: func(ctx context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			r.tally.observe(e.Object.(*corev1.Pod))
+			enqueue.Create(ctx, e, q)
+		},
+		UpdateFunc: func(ctx context.Context, e event.UpdateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			r.tally.observe(e.ObjectNew.(*corev1.Pod))
+			enqueue.Update(ctx, e, q)
+		},
+		DeleteFunc: func(ctx context.Context, e event.DeleteEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			r.tally.forget(client.ObjectKeyFromObject(e.Object))
+			enqueue.Delete(ctx, e, q)
+		},
+	}
 }
 
 func podToPools(_ context.Context, obj client.Object) []reconcile.Request {

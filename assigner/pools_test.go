@@ -16,6 +16,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 
 	aadv1 "github.com/aad-pod-identity/aad-pod-identity/api/v1"
 	"github.com/aad-pod-identity/aad-pod-identity/internal/identity"
@@ -34,14 +35,11 @@ func TestPoolRounds(t *testing.T) {
 		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "a"},
 		Spec:       aadv1.AzureIdentitySpec{Type: aadv1.UserAssignedMSI, ResourceID: uami(1), ClientID: clientIDOf(uami(1))},
 	}
-	c := fake.NewClientBuilder().WithScheme(identity.Scheme()).
-		WithObjects(ai, testPod("p0")).
-		WithStatusSubresource(&aadv1.AzureAssignedIdentity{}).
-		WithIndex(&corev1.Pod{}, podPoolIndex, indexPodPools).
-		WithIndex(&aadv1.AzureAssignedIdentity{}, recordPoolIndex, indexRecordPool).
+	tally := newPodTally()
+	c := poolClient(tally, ai, testPod("p0")).
 		Build()
 	arm := &fakeARM{}
-	r := newPoolReconciler(c, nil, Options{Namespace: "sys", GCGracePeriod: grace, DriftCheckPeriod: drift, Clock: clk})
+	r := newPoolReconciler(c, tally, nil, Options{Namespace: "sys", GCGracePeriod: grace, DriftCheckPeriod: drift, Clock: clk})
 	r.arm = arm
 	round := func(step string, wantRequeue time.Duration, wantGets, wantPatches int) {
 		t.Helper()
@@ -131,14 +129,11 @@ func TestExternalRecords(t *testing.T) {
 			Spec: aadv1.AzureIdentitySpec{Type: aadv1.UserAssignedMSI, ResourceID: resourceID, ClientID: clientIDOf(resourceID)}}
 	}
 	a, b, pre := userAssigned("a", uami(1)), userAssigned("b", uami(1)), userAssigned("pre", uami(2))
-	c := fake.NewClientBuilder().WithScheme(identity.Scheme()).
-		WithObjects(a, b, pre, testPod("p0")).
-		WithStatusSubresource(&aadv1.AzureAssignedIdentity{}).
-		WithIndex(&corev1.Pod{}, podPoolIndex, indexPodPools).
-		WithIndex(&aadv1.AzureAssignedIdentity{}, recordPoolIndex, indexRecordPool).
+	tally := newPodTally()
+	c := poolClient(tally, a, b, pre, testPod("p0")).
 		WithIndex(&aadv1.AzureAssignedIdentity{}, legacyResourceIndex, indexLegacyResource).
 		Build()
-	r := newPoolReconciler(c, nil, Options{Namespace: "sys", GCGracePeriod: time.Minute, DriftCheckPeriod: time.Hour, Clock: clocktesting.NewFakeClock(t0)})
+	r := newPoolReconciler(c, tally, nil, Options{Namespace: "sys", GCGracePeriod: time.Minute, DriftCheckPeriod: time.Hour, Clock: clocktesting.NewFakeClock(t0)})
 	r.arm = &fakeARM{onPool: map[string]bool{strings.ToLower(uami(2)): true}}
 	round := func() {
 		t.Helper()
@@ -187,14 +182,11 @@ func TestPoolRoundsFirstRequestAlone(t *testing.T) {
 		pod.CreationTimestamp = metav1.NewTime(t0.Add(time.Duration(n-i) * time.Second))
 		objs = append(objs, ids[i], pod)
 	}
-	c := fake.NewClientBuilder().WithScheme(identity.Scheme()).
-		WithObjects(objs...).
-		WithStatusSubresource(&aadv1.AzureAssignedIdentity{}).
-		WithIndex(&corev1.Pod{}, podPoolIndex, indexPodPools).
-		WithIndex(&aadv1.AzureAssignedIdentity{}, recordPoolIndex, indexRecordPool).
+	tally := newPodTally()
+	c := poolClient(tally, objs...).
 		Build()
 	arm := &fakeARM{}
-	r := newPoolReconciler(c, nil, Options{Namespace: "sys", GCGracePeriod: time.Minute, DriftCheckPeriod: time.Hour, Clock: clocktesting.NewFakeClock(t0)})
+	r := newPoolReconciler(c, tally, nil, Options{Namespace: "sys", GCGracePeriod: time.Minute, DriftCheckPeriod: time.Hour, Clock: clocktesting.NewFakeClock(t0)})
 	r.arm = arm
 	states := func() map[aadv1.AssignmentState]int {
 		t.Helper()
@@ -230,6 +222,40 @@ func TestPoolRoundsFirstRequestAlone(t *testing.T) {
 	}
 }
 
+// poolClient is a fake client holding objs, with the assigner's record
+// index. Its pods are counted in tally as they are written, as the pool
+// controller's pod events count them.
+func poolClient(tally *podTally, objs ...client.Object) *fake.ClientBuilder {
+	observe := func(obj client.Object) {
+		if pod, ok := obj.(*corev1.Pod); ok {
+			tally.observe(pod)
+		}
+	}
+	for _, obj := range objs {
+		observe(obj)
+	}
+	return fake.NewClientBuilder().WithScheme(identity.Scheme()).
+		WithObjects(objs...).
+		WithStatusSubresource(&aadv1.AzureAssignedIdentity{}).
+		WithIndex(&aadv1.AzureAssignedIdentity{}, recordPoolIndex, indexRecordPool).
+		WithInterceptorFuncs(interceptor.Funcs{
+			Create: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
+				observe(obj)
+				return c.Create(ctx, obj, opts...)
+			},
+			Update: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.UpdateOption) error {
+				observe(obj)
+				return c.Update(ctx, obj, opts...)
+			},
+			Delete: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.DeleteOption) error {
+				if _, ok := obj.(*corev1.Pod); ok {
+					tally.forget(client.ObjectKeyFromObject(obj))
+				}
+				return c.Delete(ctx, obj, opts...)
+			},
+		})
+}
+
 func testPod(name string) *corev1.Pod {
 	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, Annotations: map[string]string{
 		aadv1.AnnotationIdentities: "ns/a",
@@ -262,13 +288,10 @@ func TestRecordNamesItsPool(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			c := fake.NewClientBuilder().WithScheme(identity.Scheme()).
-				WithObjects(append(tc.existing, ai.DeepCopy(), testPod("p0"))...).
-				WithStatusSubresource(&aadv1.AzureAssignedIdentity{}).
-				WithIndex(&corev1.Pod{}, podPoolIndex, indexPodPools).
-				WithIndex(&aadv1.AzureAssignedIdentity{}, recordPoolIndex, indexRecordPool).
+			tally := newPodTally()
+			c := poolClient(tally, append(tc.existing, ai.DeepCopy(), testPod("p0"))...).
 				Build()
-			r := newPoolReconciler(c, nil, Options{Namespace: "sys", GCGracePeriod: time.Minute, DriftCheckPeriod: time.Hour, Clock: clocktesting.NewFakeClock(t0)})
+			r := newPoolReconciler(c, tally, nil, Options{Namespace: "sys", GCGracePeriod: time.Minute, DriftCheckPeriod: time.Hour, Clock: clocktesting.NewFakeClock(t0)})
 			r.arm = &fakeARM{onPool: map[string]bool{strings.ToLower(uami(1)): true}}
 			if _, err := r.Reconcile(ctx, ctrl.Request{NamespacedName: types.NamespacedName{Name: testPool.ID()}}); err != nil {
 				t.Fatal(err)

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -138,41 +137,17 @@ func (r *poolReconciler) gather(ctx context.Context, pool nodepool.Pool) (*poolS
 	return s, nil
 }
 
-// wantedIdentities sums, per AzureIdentity, the live pods targeting pool.
+// wantedIdentities returns the user-assigned AzureIdentities of the live
+// pods targeting pool, with how many of them (the tally's count) use each.
 func (r *poolReconciler) wantedIdentities(ctx context.Context, pool nodepool.Pool) (map[types.NamespacedName]*wantedIdentity, error) {
-	var pods corev1.PodList
-	// Only read, and a pool may have thousands of pods.
-	if err := r.client.List(ctx, &pods, client.MatchingFields{podPoolIndex: pool.Key()}, client.UnsafeDisableDeepCopy); err != nil {
-		return nil, fmt.Errorf("listing pods of pool: %w", err)
-	}
 	wanted := map[types.NamespacedName]*wantedIdentity{}
-	skipped := map[types.NamespacedName]bool{}
-	for i := range pods.Items {
-		pod := &pods.Items[i]
-		if !identity.Live(pod) {
-			continue
+	for key, n := range r.tally.wanted(pool.Key()) {
+		id, ok, err := r.userAssigned(ctx, key)
+		if err != nil {
+			return nil, err
 		}
-		created := pod.CreationTimestamp.Time
-		for _, key := range identity.Admitted(pod) {
-			if w, ok := wanted[key]; ok {
-				w.pods++
-				if created.Before(w.oldest) {
-					w.oldest = created
-				}
-				continue
-			}
-			if skipped[key] {
-				continue
-			}
-			id, ok, err := r.userAssigned(ctx, key)
-			if err != nil {
-				return nil, err
-			}
-			if !ok {
-				skipped[key] = true
-				continue
-			}
-			wanted[key] = &wantedIdentity{identity: id, pods: 1, oldest: created}
+		if ok {
+			wanted[key] = &wantedIdentity{identity: id, pods: n.pods, oldest: n.oldest}
 		}
 	}
 	return wanted, nil
@@ -181,21 +156,12 @@ func (r *poolReconciler) wantedIdentities(ctx context.Context, pool nodepool.Poo
 // unseenIdentities reports whether a live pod the pod controller has not
 // handled yet carries a user-assigned identity missing from wanted.
 func (r *poolReconciler) unseenIdentities(ctx context.Context, wanted map[types.NamespacedName]*wantedIdentity) (bool, error) {
-	var pods corev1.PodList
-	if err := r.client.List(ctx, &pods, client.MatchingFields{podPoolIndex: untargeted}); err != nil {
-		return false, fmt.Errorf("listing pods without target pools: %w", err)
-	}
-	for i := range pods.Items {
-		if !identity.Live(&pods.Items[i]) {
+	for _, key := range r.tally.untargetedIdentities() {
+		if wanted[key] != nil {
 			continue
 		}
-		for _, key := range identity.Admitted(&pods.Items[i]) {
-			if wanted[key] != nil {
-				continue
-			}
-			if _, ok, err := r.userAssigned(ctx, key); err != nil || ok {
-				return ok, err
-			}
+		if _, ok, err := r.userAssigned(ctx, key); err != nil || ok {
+			return ok, err
 		}
 	}
 	return false, nil

@@ -75,6 +75,7 @@ assigner:
 		"--metrics-bind-address", "0", "--health-probe-bind-address", "0")
 	cmd.Args = append(cmd.Args, strings.Fields(os.Getenv("ASSIGNER_BENCH_ARGS"))...)
 	cmd.Env = append(os.Environ(), "POD_NAMESPACE="+w.recordNS, "SSL_CERT_FILE="+filepath.Join(dir, "ca.pem"))
+	cmd.Env = append(cmd.Env, strings.Fields(os.Getenv("ASSIGNER_BENCH_ENV"))...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {

@@ -30,16 +30,14 @@ import (
 
 // Field indexes of the assigner's cache.
 const (
-	podPoolIndex    = "assigner.pools"
-	recordPoolIndex = "spec.nodePool"
+	// podIdentityIndex indexes pods by the AzureIdentities they were
+	// admitted for.
+	podIdentityIndex = "assigner.identity"
+	recordPoolIndex  = "spec.nodePool"
 	// recordIdentityIndex indexes records by the AzureIdentities
 	// (namespace/name) of their entries, so an edit of one finds the pools
 	// to re-pair.
 	recordIdentityIndex = "spec.azureIdentityRef"
-	// untargeted is the podPoolIndex value of pods the pod controller has
-	// not handled yet (no node-pools annotation): pool batches wait for
-	// their identities.
-	untargeted = "untargeted"
 )
 
 // Options configure the assigner's controllers.
@@ -152,13 +150,15 @@ func NewManager(cfg *rest.Config, mo ManagerOptions, opts Options) (manager.Mana
 		LeaderElection:          mo.LeaderElect,
 		LeaderElectionID:        leaderElectionID,
 		LeaderElectionNamespace: mo.LeaderElectionNamespace,
-		// Only labelled pods concern us; caching the rest would cost memory.
-		// Pool records are read whole by every pod round and can be large
-		// (an entry per identity): they are read from the cache without a
-		// copy and never modified in place.
+		// Only labelled pods concern us, and only what podForAssigner keeps
+		// of them; caching the rest would cost memory. Pool records are read
+		// whole by every pod round and can be large (an entry per
+		// identity): they are read from the cache without a copy and never
+		// modified in place, and share their entries' strings
+		// (recordForAssigner).
 		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
-			&corev1.Pod{}:                  {Label: labels.NewSelector().Add(*labelled)},
-			&aadv1.AzureAssignedIdentity{}: {UnsafeDisableDeepCopy: ptr.To(true)},
+			&corev1.Pod{}:                  {Label: labels.NewSelector().Add(*labelled), Transform: podForAssigner},
+			&aadv1.AzureAssignedIdentity{}: {UnsafeDisableDeepCopy: ptr.To(true), Transform: recordForAssigner},
 		},
 			// managedFields were about a third of the cached pods' memory at
 			// 10k pods; the assigner writes merge patches, never applies.
@@ -214,8 +214,8 @@ func Setup(ctx context.Context, mgr manager.Manager, opts Options) error {
 		return err
 	}
 	indexer := mgr.GetFieldIndexer()
-	if err := indexer.IndexField(ctx, &corev1.Pod{}, podPoolIndex, indexPodPools); err != nil {
-		return fmt.Errorf("indexing pods by pool: %w", err)
+	if err := indexer.IndexField(ctx, &corev1.Pod{}, podIdentityIndex, indexPodIdentities); err != nil {
+		return fmt.Errorf("indexing pods by identity: %w", err)
 	}
 	if err := indexer.IndexField(ctx, &aadv1.AzureAssignedIdentity{}, recordPoolIndex, indexRecordPool); err != nil {
 		return fmt.Errorf("indexing records by pool: %w", err)
@@ -244,16 +244,7 @@ func Setup(ctx context.Context, mgr manager.Manager, opts Options) error {
 	if err := (&legacyReaper{client: c, namespace: opts.Namespace}).SetupWithManager(mgr); err != nil {
 		return err
 	}
-	return newPoolReconciler(c, recorder, opts).SetupWithManager(mgr)
-}
-
-// indexPodPools indexes pods by the pools they target, or as untargeted.
-func indexPodPools(o client.Object) []string {
-	pod := o.(*corev1.Pod)
-	if _, ok := pod.Annotations[aadv1.AnnotationNodePools]; !ok {
-		return []string{untargeted}
-	}
-	return podPools(pod)
+	return newPoolReconciler(c, newPodTally(), recorder, opts).SetupWithManager(mgr)
 }
 
 // indexRecordPool indexes records by their pool's key.
