@@ -8,9 +8,11 @@ CERT_MANAGER_VERSION ?= v1.21.2
 CONTROLLER_TOOLS_VERSION ?= v0.23.0
 GOLANGCI_LINT_VERSION    ?= v2.15.0
 
-# Versioned cache: a second build of the same versions is skipped.
+# Versioned cache: a second build of the same versions is skipped. The
+# "-static" suffix names the layout: one static hyperkube linked under each
+# component's name (hack/tools/k8s/hyperkube).
 TOOLS_CACHE ?= $(HOME)/.cache/aad-pod-identity
-ASSETS      ?= $(TOOLS_CACHE)/k8s-$(K8S_VERSION)-etcd-$(ETCD_VERSION)
+ASSETS      ?= $(TOOLS_CACHE)/k8s-$(K8S_VERSION)-etcd-$(ETCD_VERSION)-static
 BIN         ?= $(CURDIR)/bin
 CONTROLLER_GEN ?= $(BIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
 HELM_VERSION   ?= v4.3.1
@@ -29,8 +31,16 @@ COREDNS_VERSION ?= 1.15.0
 COREDNS ?= $(TOOLS_CACHE)/coredns-$(COREDNS_VERSION)/coredns
 export COREDNS
 
+# Every build that is not a race test uses one configuration: static,
+# -trimpath, no debug info. The images need static binaries, so vet, the
+# sandbox, the images and the tools all share one compile of each package
+# (std included), and links without DWARF are faster (docs/performance.md,
+# "Cold start"). Race tests need cgo and are compiled apart anyway.
+GO_STATIC := CGO_ENABLED=0 go
+STATIC_FLAGS := -trimpath -ldflags='-s -w'
+
 K8S_MINOR := $(word 2,$(subst ., ,$(K8S_VERSION)))
-K8S_LDFLAGS := $(foreach p,k8s.io/component-base/version k8s.io/client-go/pkg/version,\
+K8S_LDFLAGS := -s -w $(foreach p,k8s.io/component-base/version k8s.io/client-go/pkg/version,\
 	-X $(p).gitVersion=v$(K8S_VERSION) -X $(p).gitMajor=1 -X $(p).gitMinor=$(K8S_MINOR))
 
 # Fuzz budgets are execution counts (about a minute each here): a duration
@@ -72,14 +82,14 @@ fmt: ## gofmt the tree.
 fmt-check: ## Fail when a file needs gofmt.
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 vet: ## go vet, with and without the test tiers' build tags.
-	go vet ./...
-	go vet -tags integration,e2e ./...
+	$(GO_STATIC) vet -trimpath ./...
+	$(GO_STATIC) vet -trimpath -tags integration,e2e ./...
 lint: $(GOLANGCI_LINT) ## golangci-lint with .golangci.yml.
 	$(GOLANGCI_LINT) run ./...
 
 .PHONY: build
-build: ## Build the binaries into bin/.
-	go build -o $(BIN)/ ./cmd/...
+build: ## Build the binaries into bin/ (static, as in the images).
+	$(GO_STATIC) build $(STATIC_FLAGS) -o $(BIN)/ ./cmd/...
 
 ##@ Test
 # Three tiers, by what they need: unit tests nothing but Go; integration
@@ -88,7 +98,7 @@ build: ## Build the binaries into bin/.
 INTEGRATION_PKGS := ./webhook/... ./assigner/... ./charts/... ./internal/metrics/... ./internal/crdsync/... ./internal/config/...
 
 .PHONY: test test-unit test-integration test-e2e test-fuzz
-test: deps control-plane chart-test-deps verify-generated fmt-check vet lint test-unit test-integration test-e2e test-fuzz ## Run every test: what CI runs.
+test: deps test-tools verify-generated fmt-check vet lint test-unit test-integration test-e2e test-fuzz ## Run every test: what CI runs.
 
 test-unit: ## Unit tests: no root, no control plane.
 	go test -race -count=1 ./...
@@ -115,44 +125,55 @@ bench-assigner: control-plane ## Run the assigner load generator (see docs/perfo
 bench-assigner-process: control-plane build ## The same with the real assigner binary, so that its RSS is its own (ASSIGNER_BENCH_* sizes).
 	ASSIGNER_BENCH_BINARY=$(BIN)/assigner go test -tags integration -run '^$$' -bench BenchmarkPodReady -benchtime 1x -count=1 -timeout 60m ./assigner/
 
+# The builds the demo and the tests need, two at a time: each go build is
+# parallel inside, but its links and the tails of its package graph leave a
+# core idle (docs/performance.md, "Cold start").
+DEMO_TOOLS := control-plane node-binaries cert-manager coredns $(HELM)
+TEST_TOOLS = $(DEMO_TOOLS) $(CERT_MANAGER_CRDS) $(CONTROLLER_GEN) $(HELM_DOCS) $(GOLANGCI_LINT)
+.PHONY: demo-tools test-tools
+demo-tools: ## Build what `make demo` needs, two builds at a time.
+	$(MAKE) -j2 --output-sync=line --no-print-directory $(DEMO_TOOLS)
+test-tools: ## Build what `make test` needs, two builds at a time.
+	$(MAKE) -j2 --output-sync=line --no-print-directory $(TEST_TOOLS)
+
 .PHONY: control-plane
 control-plane: $(ASSETS)/.done ## Build etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubectl from source.
 
 $(ASSETS)/.done:
 	mkdir -p $(ASSETS)
-	cd hack/tools/k8s && go build -ldflags '$(K8S_LDFLAGS)' -o $(ASSETS)/ \
-		k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-		k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
-	cd hack/tools/etcd && go build -o $(ASSETS)/etcd go.etcd.io/etcd/server/v3
+	cd hack/tools/k8s && $(GO_STATIC) build -trimpath -ldflags '$(K8S_LDFLAGS)' -o $(ASSETS)/ ./hyperkube k8s.io/kubernetes/cmd/kubectl
+	for c in $(HYPERKUBE_COMMANDS); do ln -sf hyperkube $(ASSETS)/$$c; done
+	cd hack/tools/etcd && $(GO_STATIC) build $(STATIC_FLAGS) -o $(ASSETS)/etcd go.etcd.io/etcd/server/v3
 	$(ASSETS)/kube-apiserver --version
 	touch $@
 
+# What hyperkube runs as (hack/tools/k8s/hyperkube/main.go).
+HYPERKUBE_COMMANDS := kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy
+
 # The real-node sandbox's node software (kubelet, containerd, the CNI plugins), in the versioned
 # cache like the control plane. The versions must match hack/tools/{k8s,containerd,cni}/go.mod.
+# kubelet, kube-proxy and the static kubectl (the hooks' image) are links into the control plane's
+# build: one static build serves both.
 CONTAINERD_VERSION  ?= 2.4.2
 CNI_PLUGINS_VERSION ?= 1.10.0
-NODE_ASSETS ?= $(TOOLS_CACHE)/node-$(K8S_VERSION)-containerd-$(CONTAINERD_VERSION)-cni-$(CNI_PLUGINS_VERSION)
+NODE_ASSETS ?= $(TOOLS_CACHE)/node-$(K8S_VERSION)-containerd-$(CONTAINERD_VERSION)-cni-$(CNI_PLUGINS_VERSION)-static
+export AADPI_NODE_ASSETS := $(NODE_ASSETS)
 CNI_PLUGINS := ipam/host-local main/bridge main/loopback meta/portmap
 
 .PHONY: node-binaries
-node-binaries: $(NODE_ASSETS)/.done $(NODE_ASSETS)/static/kubectl $(NODE_ASSETS)/kube-proxy ## Build kubelet, kube-proxy, containerd (shim, ctr), the CNI plugins and a static kubectl (for the hooks' image) for real nodes (docs/sandbox.md).
+node-binaries: $(NODE_ASSETS)/.done ## Build containerd (shim, ctr) and the CNI plugins, and link kubelet, kube-proxy and a static kubectl (for the hooks' image) from the control plane's build, for real nodes (docs/sandbox.md).
 
-# Their own targets, so that a node cache built before them gains them without a rebuild.
-$(NODE_ASSETS)/static/kubectl:
-	cd hack/tools/k8s && CGO_ENABLED=0 go build -ldflags '$(K8S_LDFLAGS)' -o $@ k8s.io/kubernetes/cmd/kubectl
-
-$(NODE_ASSETS)/kube-proxy:
-	cd hack/tools/k8s && go build -ldflags '$(K8S_LDFLAGS)' -o $@ k8s.io/kubernetes/cmd/kube-proxy
-
-$(NODE_ASSETS)/.done:
-	mkdir -p $(NODE_ASSETS)/cni
-	cd hack/tools/k8s && go build -ldflags '$(K8S_LDFLAGS)' -o $(NODE_ASSETS)/ k8s.io/kubernetes/cmd/kubelet
-	# Static, without the snapshotters that need C libraries: the sandbox uses the native one.
-	cd hack/tools/containerd && CGO_ENABLED=0 go build -tags no_btrfs,no_devmapper,no_zfs \
-		-ldflags '-X github.com/containerd/containerd/v2/version.Version=v$(CONTAINERD_VERSION)' -o $(NODE_ASSETS)/ \
+$(NODE_ASSETS)/.done: $(ASSETS)/.done
+	mkdir -p $(NODE_ASSETS)/cni $(NODE_ASSETS)/static
+	ln -sf $(ASSETS)/hyperkube $(NODE_ASSETS)/kubelet
+	ln -sf $(ASSETS)/hyperkube $(NODE_ASSETS)/kube-proxy
+	ln -sf $(ASSETS)/kubectl $(NODE_ASSETS)/static/kubectl
+	# Without the snapshotters that need C libraries: the sandbox uses the native one.
+	cd hack/tools/containerd && $(GO_STATIC) build -trimpath -tags no_btrfs,no_devmapper,no_zfs \
+		-ldflags '-s -w -X github.com/containerd/containerd/v2/version.Version=v$(CONTAINERD_VERSION)' -o $(NODE_ASSETS)/ \
 		github.com/containerd/containerd/v2/cmd/containerd github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 \
 		github.com/containerd/containerd/v2/cmd/ctr
-	cd hack/tools/cni && go build -o $(NODE_ASSETS)/cni/ $(addprefix github.com/containernetworking/plugins/plugins/,$(CNI_PLUGINS))
+	cd hack/tools/cni && $(GO_STATIC) build $(STATIC_FLAGS) -o $(NODE_ASSETS)/cni/ $(addprefix github.com/containernetworking/plugins/plugins/,$(CNI_PLUGINS))
 	$(NODE_ASSETS)/kubelet --version && $(NODE_ASSETS)/containerd --version
 	touch $@
 
@@ -169,25 +190,25 @@ cert-manager: $(CERT_MANAGER_ASSETS)/.done ## Build cert-manager's controller an
 
 $(CERT_MANAGER_ASSETS)/.done:
 	mkdir -p $(CERT_MANAGER_ASSETS)
-	cd hack/tools/cert-manager && CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o $(CERT_MANAGER_ASSETS)/ ./controller ./cainjector
+	cd hack/tools/cert-manager && $(GO_STATIC) build $(STATIC_FLAGS) -o $(CERT_MANAGER_ASSETS)/ ./controller ./cainjector
 	touch $@
 
 .PHONY: coredns
 coredns: $(COREDNS) ## Build CoreDNS for the sandbox's cluster DNS (docs/sandbox.md).
 
 $(COREDNS):
-	cd hack/tools/coredns && CGO_ENABLED=0 go build -o $@ .
+	cd hack/tools/coredns && $(GO_STATIC) build $(STATIC_FLAGS) -o $@ .
 	$@ -version
 
 $(CONTROLLER_GEN):
-	GOBIN=$(BIN) go install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_TOOLS_VERSION)
+	GOBIN=$(BIN) $(GO_STATIC) install $(STATIC_FLAGS) sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_TOOLS_VERSION)
 	mv $(BIN)/controller-gen $@
 
 $(HELM_DOCS):
-	GOBIN=$(dir $@) go install -trimpath -ldflags='-s -w' github.com/norwoodj/helm-docs/cmd/helm-docs@$(HELM_DOCS_VERSION)
+	GOBIN=$(dir $@) $(GO_STATIC) install $(STATIC_FLAGS) github.com/norwoodj/helm-docs/cmd/helm-docs@$(HELM_DOCS_VERSION)
 
 $(GOLANGCI_LINT):
-	GOBIN=$(BIN) go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
+	GOBIN=$(BIN) $(GO_STATIC) install $(STATIC_FLAGS) github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
 	mv $(BIN)/golangci-lint $@
 
 # Packages a fresh Debian machine lacks; the netns tests need iptables and iproute2.
@@ -218,7 +239,7 @@ CONTAINER_TOOL ?= docker
 chart-test-deps: $(HELM) $(CERT_MANAGER_CRDS) ## Build helm and fetch cert-manager's CRDs for the chart tests.
 
 $(HELM):
-	GOBIN=$(dir $@) go install helm.sh/helm/v4/cmd/helm@$(HELM_VERSION)
+	GOBIN=$(dir $@) $(GO_STATIC) install $(STATIC_FLAGS) helm.sh/helm/v4/cmd/helm@$(HELM_VERSION)
 
 $(CERT_MANAGER_CRDS):
 	cd $(CURDIR) && go mod download github.com/cert-manager/cert-manager@$(CERT_MANAGER_VERSION)
@@ -230,7 +251,7 @@ update-golden: chart-test-deps ## Rewrite the chart's golden helm template outpu
 	go test -tags integration ./charts/... -run TestGolden -update
 
 images: ## Build the images offline (no container engine, no registry) into build/images as OCI archives.
-	go run ./hack/images --out build/images --registry $(IMAGE_REGISTRY) --version $(IMAGE_TAG) \
+	$(GO_STATIC) run -trimpath ./hack/images --out build/images --registry $(IMAGE_REGISTRY) --version $(IMAGE_TAG) \
 		--revision $$(git rev-parse HEAD 2>/dev/null) --deb-cache $(TOOLS_CACHE)/debs
 
 .PHONY: docker-images
@@ -255,7 +276,7 @@ SANDBOX_DIR ?= /tmp/aadpi-sbx-make
 
 .PHONY: sandbox-build
 sandbox-build: ## Build the component binaries and the sandbox into bin/.
-	go build -o $(BIN)/ ./cmd/... ./e2e/cmd/...
+	$(GO_STATIC) build $(STATIC_FLAGS) -o $(BIN)/ ./cmd/... ./e2e/cmd/...
 
 .PHONY: sandbox-up
 sandbox-up: deps control-plane node-binaries cert-manager $(COREDNS) sandbox-build ## Run the sandbox cluster in the foreground; Ctrl-C tears it down.
@@ -263,7 +284,7 @@ sandbox-up: deps control-plane node-binaries cert-manager $(COREDNS) sandbox-bui
 
 .PHONY: sandbox-down
 sandbox-down: ## Remove the namespaces and processes a killed sandbox left behind.
-	go run ./e2e/cmd/sandbox down
+	$(GO_STATIC) run -trimpath ./e2e/cmd/sandbox down
 
 .PHONY: bench-sandbox
 bench-sandbox: deps control-plane node-binaries cert-manager $(COREDNS) ## Time 100 pods to Running and to deleted on the sandbox's real nodes (docs/performance.md, "Sandbox").
@@ -279,5 +300,5 @@ bench-install: deps control-plane node-binaries cert-manager $(HELM) ## Time hel
 
 ##@ Demo
 .PHONY: demo
-demo: deps control-plane node-binaries cert-manager $(COREDNS) sandbox-build $(HELM) ## The walkthrough end to end on the sandbox (as root, ~2 min); KEEP=1 leaves the cluster up; MODE=federated runs it with workload identity federation.
+demo: deps demo-tools sandbox-build ## The walkthrough end to end on the sandbox (as root, ~2 min); KEEP=1 leaves the cluster up; MODE=federated runs it with workload identity federation.
 	BIN=$(BIN) HELM=$(HELM) KEEP=$(KEEP) MODE=$(MODE) hack/demo.sh

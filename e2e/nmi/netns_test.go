@@ -86,8 +86,9 @@ func runInNamespaces(t *testing.T) {
 	// Built as the image builds it (build/Dockerfile): static and stripped,
 	// so that the RSS figures are the shipped binary's (a cgo build maps
 	// libc too).
-	t.Setenv("CGO_ENABLED", "0")
-	run(t, "go", "build", "-trimpath", "-ldflags=-s -w", "-o", bin, filepath.Join(framework.RepoRoot(), "cmd", "nmi"))
+	if out, err := framework.StaticBuild(bin, "./cmd/nmi").CombinedOutput(); err != nil {
+		t.Fatalf("building nmi: %v\n%s", err, out)
+	}
 
 	suffix := make([]byte, 3)
 	_, _ = rand.Read(suffix)

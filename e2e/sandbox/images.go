@@ -89,7 +89,8 @@ func BuildNodeImages(ctx context.Context, repoRoot, dir, nodeAssets string) (*No
 		return nil, err
 	}
 	home, _ := os.UserHomeDir()
-	cmd := exec.CommandContext(ctx, "go", "run", "./hack/images", "--out", dir, "--images", strings.Join(nodeImageNames, ","),
+	// Static like the images' binaries (hack/images), so that one compile serves both.
+	cmd := exec.CommandContext(ctx, "go", "run", "-trimpath", "./hack/images", "--out", dir, "--images", strings.Join(nodeImageNames, ","),
 		"--registry", imageRegistry, "--version", version, "--extra-ca", filepath.Join(dir, azureCACert),
 		"--binary", "kubectl="+filepath.Join(nodeAssets, "static", "kubectl"),
 		"--binary", "cert-manager-controller="+filepath.Join(certManager, "controller"),
@@ -97,6 +98,7 @@ func BuildNodeImages(ctx context.Context, repoRoot, dir, nodeAssets string) (*No
 		"--binary", "coredns="+coredns,
 		"--deb-cache", filepath.Join(home, ".cache", "aad-pod-identity", "debs"))
 	cmd.Dir = repoRoot
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("building the node images: %w: %s", err, out)
 	}

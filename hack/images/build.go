@@ -7,10 +7,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"golang.org/x/sync/errgroup"
 )
 
 // allImages are the images of the project, named after their binaries.
@@ -90,36 +92,52 @@ func build(ctx context.Context, o options) ([]built, error) {
 	if err != nil {
 		return nil, err
 	}
-	var out []built
+	// One image per core: gzipping the layers is most of the time.
+	out := make([]built, len(o.images))
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(runtime.GOMAXPROCS(0))
+	for i, name := range o.images {
+		g.Go(func() (err error) {
+			out[i], err = o.image(ctx, name, base, bin)
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
 	var digests strings.Builder
-	for _, name := range o.images {
-		layers := []v1.Layer{base}
-		user := fmt.Sprintf("%d:%d", nonRoot, nonRoot)
-		if name == "nmi" {
-			// Root: iptables in the node's network namespace needs it; the
-			// chart grants only NET_ADMIN and NET_RAW.
-			root, err := debianLayer(ctx, o.debCache, nmiPackages)
-			if err != nil {
-				return nil, err
-			}
-			layers, user = append(layers, root), "0:0"
-		}
-		app, entrypoint, err := o.appLayer(ctx, name, bin)
-		if err != nil {
-			return nil, err
-		}
-		img, err := assemble(append(layers, app), imageConfig{entrypoint: entrypoint, user: user, labels: o.labels(name)})
-		if err != nil {
-			return nil, fmt.Errorf("image %s: %w", name, err)
-		}
-		b := built{name: name, ref: fmt.Sprintf("%s/%s:%s", o.registry, name, o.version), path: filepath.Join(o.out, name+".tar")}
-		if b.digest, b.size, err = writeArchive(b.path, b.ref, img); err != nil {
-			return nil, fmt.Errorf("image %s: %w", name, err)
-		}
+	for _, b := range out {
 		fmt.Fprintf(&digests, "%s@%s\n", b.ref, b.digest)
-		out = append(out, b)
 	}
 	return out, os.WriteFile(filepath.Join(o.out, "digests.txt"), []byte(digests.String()), 0o644)
+}
+
+// image writes image name's archive: base, NMI's Debian packages, its app layer.
+func (o options) image(ctx context.Context, name string, base v1.Layer, bin string) (built, error) {
+	layers := []v1.Layer{base}
+	user := fmt.Sprintf("%d:%d", nonRoot, nonRoot)
+	if name == "nmi" {
+		// Root: iptables in the node's network namespace needs it; the
+		// chart grants only NET_ADMIN and NET_RAW.
+		root, err := debianLayer(ctx, o.debCache, nmiPackages)
+		if err != nil {
+			return built{}, err
+		}
+		layers, user = append(layers, root), "0:0"
+	}
+	app, entrypoint, err := o.appLayer(ctx, name, bin)
+	if err != nil {
+		return built{}, err
+	}
+	img, err := assemble(append(layers, app), imageConfig{entrypoint: entrypoint, user: user, labels: o.labels(name)})
+	if err != nil {
+		return built{}, fmt.Errorf("image %s: %w", name, err)
+	}
+	b := built{name: name, ref: fmt.Sprintf("%s/%s:%s", o.registry, name, o.version), path: filepath.Join(o.out, name+".tar")}
+	if b.digest, b.size, err = writeArchive(b.path, b.ref, img); err != nil {
+		return built{}, fmt.Errorf("image %s: %w", name, err)
+	}
+	return b, nil
 }
 
 // appLayer is the layer of image name above the base, and its entrypoint:

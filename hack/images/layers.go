@@ -80,8 +80,10 @@ func (t *tree) layer() (v1.Layer, error) {
 		return nil, err
 	}
 	data := buf.Bytes()
+	// Compressed once: the digest and every archive the layer goes into
+	// (the base is in all of them) reuse the gzipped bytes.
 	return tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil },
-		tarball.WithMediaType(types.OCILayer))
+		tarball.WithMediaType(types.OCILayer), tarball.WithCompressedCaching)
 }
 
 // baseLayer is what distroless/static gives: root and nonroot users, CA

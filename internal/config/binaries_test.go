@@ -29,8 +29,7 @@ func TestBinariesRefuseInvalidConfig(t *testing.T) {
 	for _, component := range []string{"webhook", "assigner", "nmi"} {
 		t.Run(component, func(t *testing.T) {
 			bin := filepath.Join(dir, component)
-			build := exec.Command("go", "build", "-o", bin, "./cmd/"+component)
-			build.Dir = framework.RepoRoot()
+			build := framework.StaticBuild(bin, "./cmd/"+component)
 			if out, err := build.CombinedOutput(); err != nil {
 				t.Fatalf("building %s: %v\n%s", component, err, out)
 			}

@@ -1,13 +1,7 @@
 //go:build tools
 
-// Package tools pins the control-plane and node commands built by the Makefile.
+// Package tools pins kubectl, which the Makefile builds on its own beside
+// hyperkube: the hooks' image carries it, and it must stay small.
 package tools
 
-import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
-	_ "k8s.io/kubernetes/cmd/kube-proxy"
-	_ "k8s.io/kubernetes/cmd/kube-scheduler"
-	_ "k8s.io/kubernetes/cmd/kubectl"
-	_ "k8s.io/kubernetes/cmd/kubelet"
-)
+import _ "k8s.io/kubernetes/cmd/kubectl"

@@ -28,11 +28,21 @@ func RepoRoot() string {
 	return filepath.Join(filepath.Dir(file), "..", "..", "..")
 }
 
+// StaticBuild is `go build` as the Makefile and the images run it (static,
+// -trimpath, stripped) in the repository, so that every build shares one
+// compile of each package, even one started from a race test, whose own
+// environment has cgo on.
+func StaticBuild(out string, pkgs ...string) *exec.Cmd {
+	cmd := exec.Command("go", append([]string{"build", "-trimpath", "-ldflags=-s -w", "-o", out}, pkgs...)...)
+	cmd.Dir = RepoRoot()
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	return cmd
+}
+
 // BuildBinaries builds every program of the project (the components, the
 // sandbox and its pod programs) into dir, as `make sandbox-build` does.
 func BuildBinaries(dir string) error {
-	build := exec.Command("go", "build", "-o", dir+"/", "./cmd/...", "./e2e/cmd/...")
-	build.Dir = RepoRoot()
+	build := StaticBuild(dir+"/", "./cmd/...", "./e2e/cmd/...")
 	if out, err := build.CombinedOutput(); err != nil {
 		return fmt.Errorf("building binaries: %w\n%s", err, out)
 	}
