@@ -98,7 +98,7 @@ build: ## Build the binaries into bin/ (static, as in the images).
 INTEGRATION_PKGS := ./webhook/... ./assigner/... ./charts/... ./internal/metrics/... ./internal/crdsync/... ./internal/config/...
 
 .PHONY: test test-unit test-integration test-e2e test-fuzz
-test: deps test-tools verify-generated fmt-check vet lint test-unit test-integration test-e2e test-fuzz ## Run every test: what CI runs.
+test: deps test-builds verify-generated fmt-check vet lint test-unit test-integration test-e2e test-fuzz ## Run every test: what CI runs.
 
 test-unit: ## Unit tests: no root, no control plane.
 	go test -race -count=1 ./...
@@ -127,14 +127,15 @@ bench-assigner-process: control-plane build ## The same with the real assigner b
 
 # The builds the demo and the tests need, two at a time: each go build is
 # parallel inside, but its links and the tails of its package graph leave a
-# core idle (docs/performance.md, "Cold start").
-DEMO_TOOLS := control-plane node-binaries cert-manager coredns $(HELM)
-TEST_TOOLS = $(DEMO_TOOLS) $(CERT_MANAGER_CRDS) $(CONTROLLER_GEN) $(HELM_DOCS) $(GOLANGCI_LINT)
-.PHONY: demo-tools test-tools
-demo-tools: ## Build what `make demo` needs, two builds at a time.
-	$(MAKE) -j2 --output-sync=line --no-print-directory $(DEMO_TOOLS)
-test-tools: ## Build what `make test` needs, two builds at a time.
-	$(MAKE) -j2 --output-sync=line --no-print-directory $(TEST_TOOLS)
+# core idle (docs/performance.md, "Cold start"). sandbox-build compiles our
+# dependencies as vet and the images do.
+DEMO_BUILDS := control-plane node-binaries cert-manager coredns $(HELM) sandbox-build
+TEST_BUILDS = $(DEMO_BUILDS) $(CERT_MANAGER_CRDS) $(CONTROLLER_GEN) $(HELM_DOCS) $(GOLANGCI_LINT)
+.PHONY: demo-builds test-builds
+demo-builds: ## Build what `make demo` needs, two builds at a time.
+	$(MAKE) -j2 --output-sync=line --no-print-directory $(DEMO_BUILDS)
+test-builds: ## Build what `make test` needs, two builds at a time.
+	$(MAKE) -j2 --output-sync=line --no-print-directory $(TEST_BUILDS)
 
 .PHONY: control-plane
 control-plane: $(ASSETS)/.done ## Build etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubectl from source.
@@ -300,5 +301,5 @@ bench-install: deps control-plane node-binaries cert-manager $(HELM) ## Time hel
 
 ##@ Demo
 .PHONY: demo
-demo: deps demo-tools sandbox-build ## The walkthrough end to end on the sandbox (as root, ~2 min); KEEP=1 leaves the cluster up; MODE=federated runs it with workload identity federation.
+demo: deps demo-builds ## The walkthrough end to end on the sandbox (as root, ~2 min); KEEP=1 leaves the cluster up; MODE=federated runs it with workload identity federation.
 	BIN=$(BIN) HELM=$(HELM) KEEP=$(KEEP) MODE=$(MODE) hack/demo.sh
